@@ -1,0 +1,52 @@
+# The two commands a newcomer runs: `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+MODE   ?= etcd
+
+.PHONY: run test lint typecheck unit e2e system-deps bench-proxy bench-router bench-balancer clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+# etcd (Debian etcd-server) is needed by `make run` and by the tests; installed when missing.
+system-deps:
+	@scripts/ensure-system-deps.sh
+
+run: $(STAMP) system-deps
+	MODE=$(MODE) scripts/run-demo.sh
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+test: $(STAMP) system-deps lint typecheck
+	$(BIN)/pytest -q tests; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing on purpose"; exit 1; fi; \
+	exit $$rc
+
+unit: $(STAMP)
+	$(BIN)/pytest -q tests/unit
+
+e2e: $(STAMP) system-deps
+	$(BIN)/pytest -q tests/e2e
+
+bench-proxy: $(STAMP)
+	scripts/ensure-system-deps.sh bench
+	$(BIN)/python bench/proxy.py
+
+bench-router: $(STAMP)
+	$(BIN)/python bench/router.py
+
+bench-balancer: $(STAMP)
+	$(BIN)/python bench/balancer.py
+
+clean:
+	rm -rf $(VENV) run .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Tollway's tests and demo need, only when missing.
+#   scripts/ensure-system-deps.sh         etcd (server + client)
+#   scripts/ensure-system-deps.sh bench   etcd, nginx and wrk
+set -euo pipefail
+pkgs=()
+command -v etcd >/dev/null 2>&1 || pkgs+=(etcd-server)
+command -v etcdctl >/dev/null 2>&1 || pkgs+=(etcd-client)
+if [ "${1:-}" = bench ]; then
+  command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || pkgs+=(nginx)
+  command -v wrk >/dev/null 2>&1 || pkgs+=(wrk)
+fi
+[ ${#pkgs[@]} -eq 0 ] && exit 0
+echo "installing Debian packages: ${pkgs[*]}"
+SUDO=""
+[ "$(id -u)" -ne 0 ] && SUDO="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+# policy-rc.d may refuse to start the system etcd service: that is what we want (we run our own).
+$SUDO apt-get install -y -qq "${pkgs[@]}" >/dev/null
+# Never leave the system etcd service holding 2379 when the host runs systemd.
+if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+  $SUDO systemctl disable --now etcd >/dev/null 2>&1 || true
+fi

@@ -1,0 +1,188 @@
+"""The Store: validated config collections, one per etcd directory, each with a version.
+
+Invariants: a rejected item never changes the store (the last valid value keeps serving);
+``Collection.version`` (APISIX's conf_version) bumps once per applied change; items keep
+insertion order (key order after a full load, append order for keys created later), which is the
+router's tie-break for equal priorities.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from tollway.config.source import KeyValue
+from tollway.errors import ConfigError
+from tollway.model import KINDS, decode_item, kind_of_key
+
+log = logging.getLogger("tollway.config")
+
+# checker(kind, item_id, obj, store) -> None, raises ConfigError. Injected by whoever assembles
+# the store (plugin schema checks live in tollway.plugins, which config must not import).
+Checker = Callable[[str, str, Any, "Store"], None]
+
+ALL_KINDS: tuple[str, ...] = (*KINDS, "credentials")
+
+
+@dataclass(slots=True)
+class Item:
+    kind: str
+    id: str
+    key: str
+    obj: Any
+    value: dict[str, Any]
+    raw: bytes
+    mod_revision: int
+    create_revision: int
+
+
+@dataclass(slots=True)
+class Collection:
+    kind: str
+    items: dict[str, Item] = field(default_factory=dict)
+    version: int = 0
+
+    def get(self, item_id: str) -> Item | None:
+        return self.items.get(item_id)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+class RateLimitedLog:
+    """The same message at most once per ``interval`` seconds (APISIX: 30 s)."""
+
+    def __init__(self, logger: logging.Logger, interval: float = 30.0) -> None:
+        self._log = logger
+        self._interval = interval
+        self._last: dict[str, float] = {}
+
+    def __call__(self, level: int, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        key = msg % args if args else msg
+        last = self._last.get(key)
+        if last is not None and now - last < self._interval:
+            return
+        if len(self._last) > 4096:
+            self._last.clear()
+        self._last[key] = now
+        self._log.log(level, msg, *args)
+
+
+class Store:
+    def __init__(self, prefix: str = "/apisix", checker: Checker | None = None) -> None:
+        self.prefix = prefix.rstrip("/")
+        self.checker = checker
+        self.collections: dict[str, Collection] = {k: Collection(k) for k in ALL_KINDS}
+        self.revision = 0
+        self.rejected = 0
+        self.loaded = False
+        self._warn = RateLimitedLog(log)
+
+    def __getitem__(self, kind: str) -> Collection:
+        return self.collections[kind]
+
+    def versions(self) -> dict[str, int]:
+        return {k: c.version for k, c in self.collections.items()}
+
+    # -- decoding -------------------------------------------------------------------------
+
+    def _decode(self, kind: str, item_id: str, kv: KeyValue) -> Item | None:
+        raw = kv.value or b""
+        try:
+            value = msgspec.json.decode(raw)
+        except msgspec.DecodeError:
+            # APISIX treats a non-JSON value as a directory marker (init_dir); say so if it is not one.
+            if raw.strip() not in (b"", b"init_dir"):
+                self._reject(kv.key, "invalid JSON")
+            return None
+        if not isinstance(value, dict):
+            self._reject(kv.key, "invalid item data, it should be an object")
+            return None
+        try:
+            obj = decode_item(kind, value)
+            if self.checker is not None:
+                self.checker(kind, item_id, obj, self)
+        except ConfigError as e:
+            self._reject(kv.key, str(e))
+            return None
+        return Item(kind, item_id, kv.key, obj, value, raw, kv.mod_revision, kv.create_revision)
+
+    def _reject(self, key: str, reason: str) -> None:
+        self.rejected += 1
+        self._warn(logging.WARNING, "rejected config item %s: %s", key, reason)
+
+    # -- loading --------------------------------------------------------------------------
+
+    def load(self, revision: int, kvs: Iterable[KeyValue]) -> set[str]:
+        """Full load. Items whose raw value did not change are reused; versions bump only for
+        collections that changed. An invalid new value keeps the previous valid one."""
+        fresh: dict[str, dict[str, Item]] = {k: {} for k in ALL_KINDS}
+        for kv in kvs:
+            where = kind_of_key(kv.key, self.prefix)
+            if where is None or kv.value is None:
+                continue
+            kind, item_id = where
+            old = self.collections[kind].items.get(item_id)
+            if old is not None and old.raw == kv.value:
+                old.mod_revision = kv.mod_revision or old.mod_revision
+                fresh[kind][item_id] = old
+                continue
+            item = self._decode(kind, item_id, kv)
+            if item is None:
+                if old is not None:
+                    fresh[kind][item_id] = old
+                continue
+            fresh[kind][item_id] = item
+        changed: set[str] = set()
+        for kind, items in fresh.items():
+            coll = self.collections[kind]
+            if _differs(coll.items, items):
+                coll.items = items
+                coll.version += 1
+                changed.add(kind)
+        self.revision = revision
+        self.loaded = True
+        return changed
+
+    def apply(self, revision: int, changes: Iterable[KeyValue]) -> set[str]:
+        """Incremental changes. Returns the kinds that changed."""
+        changed: set[str] = set()
+        for kv in changes:
+            where = kind_of_key(kv.key, self.prefix)
+            if where is None:
+                continue
+            kind, item_id = where
+            coll = self.collections[kind]
+            if kv.value is None:
+                if coll.items.pop(item_id, None) is not None:
+                    coll.version += 1
+                    changed.add(kind)
+                continue
+            item = self._decode(kind, item_id, kv)
+            if item is None:
+                continue
+            coll.items[item_id] = item
+            coll.version += 1
+            changed.add(kind)
+        self.revision = max(self.revision, revision)
+        return changed
+
+    def snapshot(self) -> list[KeyValue]:
+        """Every accepted item as key/values (what a late worker or the disk snapshot gets)."""
+        out: list[KeyValue] = []
+        for coll in self.collections.values():
+            for it in coll.items.values():
+                out.append(KeyValue(it.key, it.raw, it.mod_revision, it.create_revision))
+        return out
+
+
+def _differs(old: dict[str, Item], new: dict[str, Item]) -> bool:
+    if old.keys() != new.keys() or list(old) != list(new):
+        return True
+    return any(old[k] is not new[k] for k in new)

@@ -1,0 +1,456 @@
+"""APISIX 3.x object schemas (apisix/schema_def.lua), as msgspec Structs.
+
+Defaults here are the runtime defaults the data plane fills in memory; the Admin API stores the
+body as given (APISIX >= 3.14 does not persist defaults).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+ID = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9-_.]+$")] | Annotated[
+    int, Meta(ge=1)
+]
+Name = Annotated[str, Meta(min_length=1, max_length=256)]
+Desc = Annotated[str, Meta(max_length=256)]
+Labels = dict[str, Annotated[str, Meta(min_length=1, max_length=256, pattern=r"^\S+$")]]
+Plugins = dict[str, dict[str, Any]]
+Port = Annotated[int, Meta(ge=1, le=65535)]
+HostPattern = Annotated[str, Meta(pattern=r"^\*$|^\*?[0-9a-zA-Z-._\[\]:]+$")]
+Method = Literal[
+    "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE", "PURGE"
+]
+Positive = Annotated[float, Meta(gt=0)]
+
+_CHASH_VARS_KEY = re.compile(
+    r"^((uri|server_name|server_addr|request_uri|remote_port|remote_addr|query_string|host"
+    r"|hostname|mqtt_client_id)|arg_[0-9a-zA-z_-]+)$"
+)
+_CHASH_HEADER_KEY = re.compile(r"^[a-zA-Z0-9-_]+$")
+
+
+class Base(Struct, forbid_unknown_fields=True, kw_only=True, frozen=True, omit_defaults=True):
+    pass
+
+
+def check_ip_or_cidr(value: str) -> None:
+    try:
+        if "/" in value:
+            ipaddress.ip_network(value, strict=False)
+        else:
+            ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(f"invalid IP or CIDR: {value}") from None
+
+
+class Timeout(Base):
+    connect: Positive
+    send: Positive
+    read: Positive
+
+
+class Node(Base):
+    host: Annotated[str, Meta(min_length=1)]
+    weight: Annotated[int, Meta(ge=0)]
+    port: Port | None = None
+    priority: int = 0
+    metadata: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if ":" in self.host and not self.host.startswith("["):
+            # APISIX: bare IPv6 hosts must be bracketed in array form.
+            raise ValueError("IPv6 address must be enclosed with '[' and ']'")
+
+
+class KeepalivePool(Base):
+    size: Annotated[int, Meta(ge=1)] = 320
+    idle_timeout: Annotated[float, Meta(ge=0)] = 60.0
+    requests: Annotated[int, Meta(ge=1)] = 1000
+
+
+class UpstreamTLS(Base):
+    client_cert: Annotated[str, Meta(min_length=128, max_length=65536)] | None = None
+    client_key: Annotated[str, Meta(min_length=64, max_length=65536)] | None = None
+    client_cert_id: ID | None = None
+    verify: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.client_cert is None) != (self.client_key is None):
+            raise ValueError("client_cert and client_key must be set together")
+        if self.client_cert is not None and self.client_cert_id is not None:
+            raise ValueError("client_cert and client_cert_id are mutually exclusive")
+
+
+def _statuses() -> type:
+    return list[Annotated[int, Meta(ge=200, le=599)]]
+
+
+class ActiveHealthy(Base):
+    interval: Annotated[int, Meta(ge=1)] = 1
+    http_statuses: list[Annotated[int, Meta(ge=200, le=599)]] = msgspec.field(
+        default_factory=lambda: [200, 302]
+    )
+    successes: Annotated[int, Meta(ge=1, le=254)] = 2
+
+
+class ActiveUnhealthy(Base):
+    interval: Annotated[int, Meta(ge=1)] = 1
+    http_statuses: list[Annotated[int, Meta(ge=200, le=599)]] = msgspec.field(
+        default_factory=lambda: [429, 404, 500, 501, 502, 503, 504, 505]
+    )
+    http_failures: Annotated[int, Meta(ge=1, le=254)] = 5
+    tcp_failures: Annotated[int, Meta(ge=1, le=254)] = 2
+    timeouts: Annotated[int, Meta(ge=1, le=254)] = 3
+
+
+class ActiveCheck(Base):
+    type: Literal["http", "https", "tcp"] = "http"
+    timeout: Annotated[float, Meta(ge=0)] = 1.0
+    concurrency: Annotated[int, Meta(ge=1)] = 10
+    host: str | None = None
+    port: Port | None = None
+    http_method: Literal["GET", "HEAD", "POST"] = "GET"
+    http_path: str = "/"
+    http_req_body: str = ""
+    https_verify_certificate: bool = True
+    req_headers: list[str] | None = None
+    healthy: ActiveHealthy = msgspec.field(default_factory=ActiveHealthy)
+    unhealthy: ActiveUnhealthy = msgspec.field(default_factory=ActiveUnhealthy)
+
+
+class PassiveHealthy(Base):
+    http_statuses: list[Annotated[int, Meta(ge=200, le=599)]] = msgspec.field(
+        default_factory=lambda: [*range(200, 209), 226, *range(300, 309)]
+    )
+    successes: Annotated[int, Meta(ge=0, le=254)] = 5
+
+
+class PassiveUnhealthy(Base):
+    http_statuses: list[Annotated[int, Meta(ge=200, le=599)]] = msgspec.field(
+        default_factory=lambda: [429, 500, 503]
+    )
+    tcp_failures: Annotated[int, Meta(ge=0, le=254)] = 2
+    timeouts: Annotated[int, Meta(ge=0, le=254)] = 7
+    http_failures: Annotated[int, Meta(ge=0, le=254)] = 5
+
+
+class PassiveCheck(Base):
+    type: Literal["http", "https", "tcp"] = "http"
+    healthy: PassiveHealthy = msgspec.field(default_factory=PassiveHealthy)
+    unhealthy: PassiveUnhealthy = msgspec.field(default_factory=PassiveUnhealthy)
+
+
+class HealthChecks(Base):
+    active: ActiveCheck | None = None
+    passive: PassiveCheck | None = None
+
+    def __post_init__(self) -> None:
+        # APISIX: anyOf [active] / [active, passive]. Tollway also accepts passive-only checks
+        # (nodes recover after a timeout, see upstream.health) - a documented deviation.
+        if self.active is None and self.passive is None:
+            raise ValueError("checks needs active or passive")
+
+
+class Upstream(Base):
+    id: ID | None = None
+    name: Name | None = None
+    desc: Desc | None = None
+    labels: Labels | None = None
+    create_time: int | None = None
+    update_time: int | None = None
+    nodes: dict[str, Annotated[int, Meta(ge=0)]] | list[Node] | None = None
+    service_name: Annotated[str, Meta(min_length=1, max_length=256)] | None = None
+    discovery_type: str | None = None
+    discovery_args: dict[str, Any] | None = None
+    type: str = "roundrobin"
+    hash_on: Literal["vars", "header", "cookie", "consumer", "vars_combinations"] = "vars"
+    key: str | None = None
+    retries: Annotated[int, Meta(ge=0)] | None = None
+    retry_timeout: Annotated[float, Meta(ge=0)] | None = None
+    timeout: Timeout | None = None
+    scheme: Literal["http", "https", "grpc", "grpcs", "tcp", "tls", "udp", "kafka"] = "http"
+    pass_host: Literal["pass", "node", "rewrite"] = "pass"
+    upstream_host: str | None = None
+    keepalive_pool: KeepalivePool | None = None
+    tls: UpstreamTLS | None = None
+    checks: HealthChecks | None = None
+
+    def __post_init__(self) -> None:
+        if self.nodes is None and not (self.service_name and self.discovery_type):
+            raise ValueError("nodes or service_name+discovery_type is required")
+        if isinstance(self.nodes, dict):
+            for addr in self.nodes:
+                _check_hash_node(addr)
+
+    def check(self) -> None:
+        """Checks APISIX applies after the schema (check_upstream_conf)."""
+        if self.pass_host == "rewrite" and not self.upstream_host:
+            raise ValueError('"upstream_host" is required when "pass_host" is "rewrite"')
+        if self.type == "chash":
+            if self.hash_on != "consumer" and not self.key:
+                raise ValueError("missing key")
+            if self.key and self.hash_on == "vars" and not _CHASH_VARS_KEY.match(self.key):
+                raise ValueError(f"invalid key: {self.key}")
+            if self.key and self.hash_on in ("header", "cookie"):
+                if not _CHASH_HEADER_KEY.match(self.key):
+                    raise ValueError(f"invalid key: {self.key}")
+
+    def node_list(self) -> list[Node]:
+        """Nodes in array form (APISIX's filter_upstream converts the hash form)."""
+        if self.nodes is None:
+            return []
+        if isinstance(self.nodes, list):
+            return self.nodes
+        out: list[Node] = []
+        for addr, weight in self.nodes.items():
+            host, port = split_host_port(addr)
+            out.append(Node(host=host, port=port, weight=weight))
+        return out
+
+
+def split_host_port(addr: str) -> tuple[str, int | None]:
+    """'1.2.3.4:80' -> ('1.2.3.4', 80); '[::1]:80' -> ('[::1]', 80); 'a.com' -> ('a.com', None)."""
+    if addr.startswith("["):
+        end = addr.find("]")
+        if end < 0:
+            raise ValueError(f"invalid node address: {addr}")
+        host, rest = addr[: end + 1], addr[end + 1 :]
+        if not rest:
+            return host, None
+        if not rest.startswith(":"):
+            raise ValueError(f"invalid node address: {addr}")
+        return host, _parse_port(rest[1:], addr)
+    if addr.count(":") > 1:
+        raise ValueError("IPv6 address must be enclosed with '[' and ']'")
+    host, sep, port = addr.partition(":")
+    if not host:
+        raise ValueError(f"invalid node address: {addr}")
+    return host, (_parse_port(port, addr) if sep else None)
+
+
+def _parse_port(text: str, addr: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise ValueError(f"invalid port in node address: {addr}")
+    return int(text)
+
+
+def _check_hash_node(addr: str) -> None:
+    split_host_port(addr)
+
+
+class Route(Base):
+    id: ID | None = None
+    name: Name | None = None
+    desc: Desc | None = None
+    labels: Labels | None = None
+    create_time: int | None = None
+    update_time: int | None = None
+    uri: Annotated[str, Meta(min_length=1, max_length=4096)] | None = None
+    uris: Annotated[list[Annotated[str, Meta(min_length=1, max_length=4096)]], Meta(min_length=1)] | None = None
+    methods: list[Method] | None = None
+    host: HostPattern | None = None
+    hosts: Annotated[list[HostPattern], Meta(min_length=1)] | None = None
+    remote_addr: str | None = None
+    remote_addrs: Annotated[list[str], Meta(min_length=1)] | None = None
+    vars: list[Any] | None = None
+    filter_func: Annotated[str, Meta(min_length=10, pattern=r"^function")] | None = None
+    priority: int = 0
+    status: Literal[0, 1] = 1
+    plugins: Plugins | None = None
+    plugin_config_id: ID | None = None
+    upstream: Upstream | None = None
+    upstream_id: ID | None = None
+    service_id: ID | None = None
+    timeout: Timeout | None = None
+    enable_websocket: bool | None = None
+    script: Annotated[str, Meta(min_length=10, max_length=102400)] | None = None
+    script_id: ID | None = None
+    service_protocol: Literal["grpc", "http"] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.uri is None) == (self.uris is None):
+            raise ValueError('exactly one of "uri" or "uris" is required')
+        if self.uris is not None and len(set(self.uris)) != len(self.uris):
+            raise ValueError('"uris" items must be unique')
+        if self.methods is not None and len(set(self.methods)) != len(self.methods):
+            raise ValueError('"methods" items must be unique')
+        if (
+            self.plugins is None
+            and self.upstream is None
+            and self.upstream_id is None
+            and self.service_id is None
+            and self.plugin_config_id is None
+            and self.script is None
+        ):
+            raise ValueError(
+                "object matches none of the required: one of plugins, upstream, upstream_id, "
+                "service_id, plugin_config_id or script"
+            )
+        if self.script is not None and (self.plugins is not None or self.plugin_config_id):
+            raise ValueError('"script" cannot be used with "plugins" or "plugin_config_id"')
+        for addr in [self.remote_addr] if self.remote_addr else self.remote_addrs or []:
+            check_ip_or_cidr(addr)
+
+    def host_list(self) -> list[str] | None:
+        if self.host is not None:
+            return [self.host]
+        return self.hosts
+
+
+class Service(Base):
+    id: ID | None = None
+    name: Name | None = None
+    desc: Desc | None = None
+    labels: Labels | None = None
+    create_time: int | None = None
+    update_time: int | None = None
+    plugins: Plugins | None = None
+    upstream: Upstream | None = None
+    upstream_id: ID | None = None
+    hosts: Annotated[list[HostPattern], Meta(min_length=1)] | None = None
+    enable_websocket: bool | None = None
+    script: str | None = None
+
+
+class Consumer(Base):
+    username: Annotated[str, Meta(min_length=1, max_length=100, pattern=r"^[a-zA-Z0-9_\-]+$")]
+    id: ID | None = None
+    desc: Desc | None = None
+    labels: Labels | None = None
+    create_time: int | None = None
+    update_time: int | None = None
+    plugins: Plugins | None = None
+    group_id: ID | None = None
+
+
+class Credential(Base):
+    id: ID | None = None
+    name: Name | None = None
+    desc: Desc | None = None
+    labels: Labels | None = None
+    create_time: int | None = None
+    update_time: int | None = None
+    plugins: Plugins | None = None
+
+
+class SSLClient(Base):
+    ca: Annotated[str, Meta(min_length=128, max_length=65536)]
+    depth: Annotated[int, Meta(ge=0)] = 1
+    skip_mtls_uri_regex: list[str] | None = None
+
+
+class SSL(Base):
+    id: ID | None = None
+    desc: Desc | None = None
+    labels: Labels | None = None
+    create_time: int | None = None
+    update_time: int | None = None
+    type: Literal["server", "client"] = "server"
+    cert: Annotated[str, Meta(min_length=128, max_length=65536)] | None = None
+    key: Annotated[str, Meta(min_length=32, max_length=65536)] | None = None
+    certs: list[str] | None = None
+    keys: list[str] | None = None
+    sni: Annotated[str, Meta(pattern=r"^\*?[0-9a-zA-Z-.]+$")] | None = None
+    snis: Annotated[list[Annotated[str, Meta(pattern=r"^\*?[0-9a-zA-Z-.]+$")]], Meta(min_length=1)] | None = None
+    client: SSLClient | None = None
+    status: Literal[0, 1] = 1
+    ssl_protocols: list[Literal["TLSv1.1", "TLSv1.2", "TLSv1.3"]] | None = None
+    validity_start: int | None = None
+    validity_end: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.type == "server" and self.sni is None and self.snis is None:
+            raise ValueError('"sni" or "snis" is required')
+        if self.sni is not None and self.snis is not None:
+            raise ValueError('only one of "sni" or "snis" is allowed')
+        if self.cert is None or self.key is None:
+            raise ValueError('"cert" and "key" are required')
+
+
+class GlobalRule(Base):
+    plugins: Plugins
+    id: ID | None = None
+    create_time: int | None = None
+    update_time: int | None = None
+
+
+class PluginConfig(Base):
+    plugins: Plugins
+    id: ID | None = None
+    name: Name | None = None
+    desc: Desc | None = None
+    labels: Labels | None = None
+    create_time: int | None = None
+    update_time: int | None = None
+
+
+class ConsumerGroup(PluginConfig):
+    pass
+
+
+class Proto(Base):
+    content: Annotated[str, Meta(min_length=1, max_length=1048576)]
+    id: ID | None = None
+    name: Name | None = None
+    desc: Desc | None = None
+    labels: Labels | None = None
+    create_time: int | None = None
+    update_time: int | None = None
+
+
+class StreamRoute(Base):
+    id: ID | None = None
+    name: Name | None = None
+    desc: Desc | None = None
+    labels: Labels | None = None
+    create_time: int | None = None
+    update_time: int | None = None
+    remote_addr: str | None = None
+    server_addr: str | None = None
+    server_port: Port | None = None
+    sni: str | None = None
+    upstream: Upstream | None = None
+    upstream_id: ID | None = None
+    service_id: ID | None = None
+    plugins: Plugins | None = None
+    protocol: dict[str, Any] | None = None
+
+
+class PluginMetadata(Struct, kw_only=True, frozen=True):
+    """Free-form: each plugin's metadata_schema validates the rest."""
+
+    id: str | None = None
+
+
+class Secret(Struct, kw_only=True, frozen=True):
+    """Secret manager config (vault/aws/gcp); the fields depend on the manager."""
+
+    id: str | None = None
+    uri: str | None = None
+    prefix: str | None = None
+    token: str | None = None
+
+
+# etcd directory (= Admin API resource type) -> object type. Order is APISIX's constants.lua.
+KINDS: dict[str, type[Struct]] = {
+    "routes": Route,
+    "services": Service,
+    "upstreams": Upstream,
+    "consumers": Consumer,
+    "ssls": SSL,
+    "global_rules": GlobalRule,
+    "plugin_configs": PluginConfig,
+    "consumer_groups": ConsumerGroup,
+    "plugin_metadata": PluginMetadata,
+    "protos": Proto,
+    "stream_routes": StreamRoute,
+    "secrets": Secret,
+}
+
+# Keys under the prefix that are single values, not directories of items.
+SINGLE_KEY_KINDS = frozenset({"plugins"})

@@ -1,0 +1,90 @@
+"""Decoding config items and turning msgspec errors into APISIX-style messages."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import msgspec
+
+from tollway.errors import ConfigError
+from tollway.model.objects import KINDS, Credential, Route, Service, Upstream
+
+_PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+_UNKNOWN = re.compile(r"^Object contains unknown field `(?P<field>[^`]+)`")
+_MISSING = re.compile(r"^Object missing required field `(?P<field>[^`]+)`")
+
+
+def format_validation_error(err: msgspec.ValidationError) -> str:
+    """APISIX's jsonschema messages say `property "x" validation failed: ...`; keep that shape."""
+    text = str(err)
+    m = _PATH.search(text)
+    path = m.group("path") if m else ""
+    detail = text[: m.start()] if m else text
+    unknown = _UNKNOWN.match(detail)
+    missing = _MISSING.match(detail)
+    top = re.match(r"^\.([A-Za-z0-9_]+)", path)
+    if not path or path == "":
+        if unknown:
+            return f"invalid configuration: additional properties forbidden, found {unknown['field']}"
+        if missing:
+            return f'invalid configuration: property "{missing["field"]}" is required'
+        return f"invalid configuration: {detail}"
+    prop = top.group(1) if top else path.lstrip(".")
+    if unknown:
+        detail = f"additional properties forbidden, found {unknown['field']}"
+    elif missing:
+        detail = f'property "{missing["field"]}" is required'
+    return f'invalid configuration: property "{prop}" validation failed: {detail} (at {path})'
+
+
+def decode_item(kind: str, value: dict[str, Any] | bytes) -> Any:
+    """Validate one item of ``kind`` against its schema; raises ConfigError with APISIX's message."""
+    typ: type[Any] = Credential if kind == "credentials" else KINDS[kind]
+    try:
+        if isinstance(value, bytes | bytearray | memoryview):
+            obj = msgspec.json.decode(value, type=typ)
+        else:
+            obj = msgspec.convert(value, typ)
+    except msgspec.ValidationError as e:
+        raise ConfigError(format_validation_error(e)) from None
+    except msgspec.DecodeError as e:
+        raise ConfigError(f"invalid JSON: {e}") from None
+    try:
+        if isinstance(obj, Upstream):
+            obj.check()
+        elif isinstance(obj, Route | Service) and obj.upstream is not None:
+            obj.upstream.check()
+    except ValueError as e:
+        raise ConfigError(f"failed to check upstream: {e}" if not isinstance(obj, Upstream) else str(e)) from None
+    return obj
+
+
+def kind_of_key(key: str, prefix: str) -> tuple[str, str] | None:
+    """'/apisix/routes/1' -> ('routes', '1'). None for keys that are not items we know."""
+    if not key.startswith(prefix + "/"):
+        return None
+    rest = key[len(prefix) + 1 :]
+    kind, sep, item = rest.partition("/")
+    if not sep or not item or kind not in KINDS:
+        return None
+    if "/" in item:
+        # consumers/<name>/credentials/<id> is a credential; secrets/<manager>/<id> is a secret;
+        # other sub-keys (services/<id>/graphql_cost_decorations/...) are not items we serve.
+        parts = item.split("/")
+        if kind == "consumers" and len(parts) == 3 and parts[1] == "credentials" and parts[2]:
+            return "credentials", item
+        if kind == "secrets" and len(parts) == 2 and parts[1]:
+            return kind, item
+        return None
+    return kind, item
+
+
+_SCHEMA_CACHE: dict[str, dict[str, Any]] = {}
+
+
+def json_schema(kind: str) -> dict[str, Any]:
+    if kind not in _SCHEMA_CACHE:
+        typ: type[Any] = Credential if kind == "credentials" else KINDS[kind]
+        _SCHEMA_CACHE[kind] = msgspec.json.schema(typ)
+    return _SCHEMA_CACHE[kind]
