@@ -42,7 +42,9 @@ class EtcdCompacted(EtcdError):
     """The requested revision was compacted."""
 
     def __init__(self, compact_revision: int) -> None:
-        super().__init__(f"required revision has been compacted (compact_revision={compact_revision})")
+        super().__init__(
+            f"required revision has been compacted (compact_revision={compact_revision})"
+        )
         self.compact_revision = compact_revision
 
 

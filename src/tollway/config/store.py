@@ -82,6 +82,8 @@ class Store:
         self.revision = 0
         self.rejected = 0
         self.loaded = False
+        # (kind, id) of every item changed by the last load()/apply(), for incremental compiles.
+        self.last_changes: list[tuple[str, str, str]] = []
         self._warn = RateLimitedLog(log)
 
     def __getitem__(self, kind: str) -> Collection:
@@ -97,7 +99,7 @@ class Store:
         try:
             value = msgspec.json.decode(raw)
         except msgspec.DecodeError:
-            # APISIX treats a non-JSON value as a directory marker (init_dir); say so if it is not one.
+            # APISIX treats a non-JSON value as a directory marker (init_dir); say so otherwise.
             if raw.strip() not in (b"", b"init_dir"):
                 self._reject(kv.key, "invalid JSON")
             return None
@@ -123,6 +125,7 @@ class Store:
         """Full load. Items whose raw value did not change are reused; versions bump only for
         collections that changed. An invalid new value keeps the previous valid one."""
         fresh: dict[str, dict[str, Item]] = {k: {} for k in ALL_KINDS}
+        self.last_changes = []
         for kv in kvs:
             where = kind_of_key(kv.key, self.prefix)
             if where is None or kv.value is None:
@@ -143,6 +146,11 @@ class Store:
         for kind, items in fresh.items():
             coll = self.collections[kind]
             if _differs(coll.items, items):
+                for item_id in coll.items.keys() | items.keys():
+                    old_it, new_it = coll.items.get(item_id), items.get(item_id)
+                    if old_it is not new_it:
+                        key = (new_it or old_it).key  # type: ignore[union-attr]
+                        self.last_changes.append((kind, item_id, key))
                 coll.items = items
                 coll.version += 1
                 changed.add(kind)
@@ -153,6 +161,7 @@ class Store:
     def apply(self, revision: int, changes: Iterable[KeyValue]) -> set[str]:
         """Incremental changes. Returns the kinds that changed."""
         changed: set[str] = set()
+        self.last_changes = []
         for kv in changes:
             where = kind_of_key(kv.key, self.prefix)
             if where is None:
@@ -163,6 +172,7 @@ class Store:
                 if coll.items.pop(item_id, None) is not None:
                     coll.version += 1
                     changed.add(kind)
+                    self.last_changes.append((kind, item_id, kv.key))
                 continue
             item = self._decode(kind, item_id, kv)
             if item is None:
@@ -170,6 +180,7 @@ class Store:
             coll.items[item_id] = item
             coll.version += 1
             changed.add(kind)
+            self.last_changes.append((kind, item_id, kv.key))
         self.revision = max(self.revision, revision)
         return changed
 

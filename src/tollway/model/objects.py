@@ -13,9 +13,10 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
-ID = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9-_.]+$")] | Annotated[
-    int, Meta(ge=1)
-]
+ID = (
+    Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9-_.]+$")]
+    | Annotated[int, Meta(ge=1)]
+)
 Name = Annotated[str, Meta(min_length=1, max_length=256)]
 Desc = Annotated[str, Meta(max_length=256)]
 Labels = dict[str, Annotated[str, Meta(min_length=1, max_length=256, pattern=r"^\S+$")]]
@@ -48,13 +49,13 @@ def check_ip_or_cidr(value: str) -> None:
         raise ValueError(f"invalid IP or CIDR: {value}") from None
 
 
-class Timeout(Base):
+class Timeout(Base, frozen=True):
     connect: Positive
     send: Positive
     read: Positive
 
 
-class Node(Base):
+class Node(Base, frozen=True):
     host: Annotated[str, Meta(min_length=1)]
     weight: Annotated[int, Meta(ge=0)]
     port: Port | None = None
@@ -67,13 +68,13 @@ class Node(Base):
             raise ValueError("IPv6 address must be enclosed with '[' and ']'")
 
 
-class KeepalivePool(Base):
+class KeepalivePool(Base, frozen=True):
     size: Annotated[int, Meta(ge=1)] = 320
     idle_timeout: Annotated[float, Meta(ge=0)] = 60.0
     requests: Annotated[int, Meta(ge=1)] = 1000
 
 
-class UpstreamTLS(Base):
+class UpstreamTLS(Base, frozen=True):
     client_cert: Annotated[str, Meta(min_length=128, max_length=65536)] | None = None
     client_key: Annotated[str, Meta(min_length=64, max_length=65536)] | None = None
     client_cert_id: ID | None = None
@@ -90,7 +91,7 @@ def _statuses() -> type:
     return list[Annotated[int, Meta(ge=200, le=599)]]
 
 
-class ActiveHealthy(Base):
+class ActiveHealthy(Base, frozen=True):
     interval: Annotated[int, Meta(ge=1)] = 1
     http_statuses: list[Annotated[int, Meta(ge=200, le=599)]] = msgspec.field(
         default_factory=lambda: [200, 302]
@@ -98,7 +99,7 @@ class ActiveHealthy(Base):
     successes: Annotated[int, Meta(ge=1, le=254)] = 2
 
 
-class ActiveUnhealthy(Base):
+class ActiveUnhealthy(Base, frozen=True):
     interval: Annotated[int, Meta(ge=1)] = 1
     http_statuses: list[Annotated[int, Meta(ge=200, le=599)]] = msgspec.field(
         default_factory=lambda: [429, 404, 500, 501, 502, 503, 504, 505]
@@ -108,7 +109,7 @@ class ActiveUnhealthy(Base):
     timeouts: Annotated[int, Meta(ge=1, le=254)] = 3
 
 
-class ActiveCheck(Base):
+class ActiveCheck(Base, frozen=True):
     type: Literal["http", "https", "tcp"] = "http"
     timeout: Annotated[float, Meta(ge=0)] = 1.0
     concurrency: Annotated[int, Meta(ge=1)] = 10
@@ -123,14 +124,14 @@ class ActiveCheck(Base):
     unhealthy: ActiveUnhealthy = msgspec.field(default_factory=ActiveUnhealthy)
 
 
-class PassiveHealthy(Base):
+class PassiveHealthy(Base, frozen=True):
     http_statuses: list[Annotated[int, Meta(ge=200, le=599)]] = msgspec.field(
         default_factory=lambda: [*range(200, 209), 226, *range(300, 309)]
     )
     successes: Annotated[int, Meta(ge=0, le=254)] = 5
 
 
-class PassiveUnhealthy(Base):
+class PassiveUnhealthy(Base, frozen=True):
     http_statuses: list[Annotated[int, Meta(ge=200, le=599)]] = msgspec.field(
         default_factory=lambda: [429, 500, 503]
     )
@@ -139,13 +140,13 @@ class PassiveUnhealthy(Base):
     http_failures: Annotated[int, Meta(ge=0, le=254)] = 5
 
 
-class PassiveCheck(Base):
+class PassiveCheck(Base, frozen=True):
     type: Literal["http", "https", "tcp"] = "http"
     healthy: PassiveHealthy = msgspec.field(default_factory=PassiveHealthy)
     unhealthy: PassiveUnhealthy = msgspec.field(default_factory=PassiveUnhealthy)
 
 
-class HealthChecks(Base):
+class HealthChecks(Base, frozen=True):
     active: ActiveCheck | None = None
     passive: PassiveCheck | None = None
 
@@ -156,7 +157,7 @@ class HealthChecks(Base):
             raise ValueError("checks needs active or passive")
 
 
-class Upstream(Base):
+class Upstream(Base, frozen=True):
     id: ID | None = None
     name: Name | None = None
     desc: Desc | None = None
@@ -243,7 +244,7 @@ def _check_hash_node(addr: str) -> None:
     split_host_port(addr)
 
 
-class Route(Base):
+class Route(Base, frozen=True):
     id: ID | None = None
     name: Name | None = None
     desc: Desc | None = None
@@ -251,7 +252,10 @@ class Route(Base):
     create_time: int | None = None
     update_time: int | None = None
     uri: Annotated[str, Meta(min_length=1, max_length=4096)] | None = None
-    uris: Annotated[list[Annotated[str, Meta(min_length=1, max_length=4096)]], Meta(min_length=1)] | None = None
+    uris: (
+        Annotated[list[Annotated[str, Meta(min_length=1, max_length=4096)]], Meta(min_length=1)]
+        | None
+    ) = None
     methods: list[Method] | None = None
     host: HostPattern | None = None
     hosts: Annotated[list[HostPattern], Meta(min_length=1)] | None = None
@@ -302,7 +306,7 @@ class Route(Base):
         return self.hosts
 
 
-class Service(Base):
+class Service(Base, frozen=True):
     id: ID | None = None
     name: Name | None = None
     desc: Desc | None = None
@@ -317,7 +321,7 @@ class Service(Base):
     script: str | None = None
 
 
-class Consumer(Base):
+class Consumer(Base, frozen=True):
     username: Annotated[str, Meta(min_length=1, max_length=100, pattern=r"^[a-zA-Z0-9_\-]+$")]
     id: ID | None = None
     desc: Desc | None = None
@@ -328,7 +332,7 @@ class Consumer(Base):
     group_id: ID | None = None
 
 
-class Credential(Base):
+class Credential(Base, frozen=True):
     id: ID | None = None
     name: Name | None = None
     desc: Desc | None = None
@@ -338,13 +342,13 @@ class Credential(Base):
     plugins: Plugins | None = None
 
 
-class SSLClient(Base):
+class SSLClient(Base, frozen=True):
     ca: Annotated[str, Meta(min_length=128, max_length=65536)]
     depth: Annotated[int, Meta(ge=0)] = 1
     skip_mtls_uri_regex: list[str] | None = None
 
 
-class SSL(Base):
+class SSL(Base, frozen=True):
     id: ID | None = None
     desc: Desc | None = None
     labels: Labels | None = None
@@ -356,7 +360,10 @@ class SSL(Base):
     certs: list[str] | None = None
     keys: list[str] | None = None
     sni: Annotated[str, Meta(pattern=r"^\*?[0-9a-zA-Z-.]+$")] | None = None
-    snis: Annotated[list[Annotated[str, Meta(pattern=r"^\*?[0-9a-zA-Z-.]+$")]], Meta(min_length=1)] | None = None
+    snis: (
+        Annotated[list[Annotated[str, Meta(pattern=r"^\*?[0-9a-zA-Z-.]+$")]], Meta(min_length=1)]
+        | None
+    ) = None
     client: SSLClient | None = None
     status: Literal[0, 1] = 1
     ssl_protocols: list[Literal["TLSv1.1", "TLSv1.2", "TLSv1.3"]] | None = None
@@ -372,14 +379,14 @@ class SSL(Base):
             raise ValueError('"cert" and "key" are required')
 
 
-class GlobalRule(Base):
+class GlobalRule(Base, frozen=True):
     plugins: Plugins
     id: ID | None = None
     create_time: int | None = None
     update_time: int | None = None
 
 
-class PluginConfig(Base):
+class PluginConfig(Base, frozen=True):
     plugins: Plugins
     id: ID | None = None
     name: Name | None = None
@@ -389,11 +396,11 @@ class PluginConfig(Base):
     update_time: int | None = None
 
 
-class ConsumerGroup(PluginConfig):
+class ConsumerGroup(PluginConfig, frozen=True):
     pass
 
 
-class Proto(Base):
+class Proto(Base, frozen=True):
     content: Annotated[str, Meta(min_length=1, max_length=1048576)]
     id: ID | None = None
     name: Name | None = None
@@ -403,7 +410,7 @@ class Proto(Base):
     update_time: int | None = None
 
 
-class StreamRoute(Base):
+class StreamRoute(Base, frozen=True):
     id: ID | None = None
     name: Name | None = None
     desc: Desc | None = None

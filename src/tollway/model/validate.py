@@ -26,7 +26,9 @@ def format_validation_error(err: msgspec.ValidationError) -> str:
     top = re.match(r"^\.([A-Za-z0-9_]+)", path)
     if not path or path == "":
         if unknown:
-            return f"invalid configuration: additional properties forbidden, found {unknown['field']}"
+            return (
+                f"invalid configuration: additional properties forbidden, found {unknown['field']}"
+            )
         if missing:
             return f'invalid configuration: property "{missing["field"]}" is required'
         return f"invalid configuration: {detail}"
@@ -39,7 +41,7 @@ def format_validation_error(err: msgspec.ValidationError) -> str:
 
 
 def decode_item(kind: str, value: dict[str, Any] | bytes) -> Any:
-    """Validate one item of ``kind`` against its schema; raises ConfigError with APISIX's message."""
+    """Validate one item of ``kind``; raises ConfigError with APISIX's message."""
     typ: type[Any] = Credential if kind == "credentials" else KINDS[kind]
     try:
         if isinstance(value, bytes | bytearray | memoryview):
@@ -56,7 +58,9 @@ def decode_item(kind: str, value: dict[str, Any] | bytes) -> Any:
         elif isinstance(obj, Route | Service) and obj.upstream is not None:
             obj.upstream.check()
     except ValueError as e:
-        raise ConfigError(f"failed to check upstream: {e}" if not isinstance(obj, Upstream) else str(e)) from None
+        raise ConfigError(
+            f"failed to check upstream: {e}" if not isinstance(obj, Upstream) else str(e)
+        ) from None
     return obj
 
 

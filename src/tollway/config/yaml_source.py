@@ -1,0 +1,145 @@
+"""APISIX standalone mode: config from ``apisix.yaml``, re-read when the file changes.
+
+The file must end with ``#END`` (APISIX: the last bytes must match ``#END\\s*$``), otherwise it is
+rejected and the last good config keeps serving. ``${{VAR}}`` and ``${{VAR:=default}}`` are
+substituted from the environment on the raw text before parsing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import yaml
+
+from tollway.config.source import ConfigSink, ConfigSource, KeyValue
+from tollway.config.store import RateLimitedLog
+from tollway.errors import SourceError
+from tollway.model import KINDS
+
+log = logging.getLogger("tollway.config")
+
+_END = re.compile(rb"#END\s*$")
+_ENV = re.compile(r"\$\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?::=\s*([^}]*?))?\s*\}\}")
+
+
+def substitute_env(text: str) -> str:
+    def repl(m: re.Match[str]) -> str:
+        name, default = m.group(1), m.group(2)
+        val = os.environ.get(name)
+        if val is None:
+            if default is None:
+                raise SourceError(f"environment variable {name} is not set")
+            return default
+        return val
+
+    return _ENV.sub(repl, text)
+
+
+def parse_yaml_config(raw: bytes, prefix: str = "/apisix") -> list[KeyValue]:
+    """apisix.yaml bytes -> key/values in file order. Raises SourceError if the file is unusable."""
+    if not _END.search(raw[-10:] if len(raw) > 10 else raw):
+        raise SourceError("the file does not end with #END (it may be partially written)")
+    try:
+        data = yaml.safe_load(substitute_env(raw.decode("utf-8")))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise SourceError(f"invalid YAML: {e}") from None
+    if data is None:
+        return []
+    if not isinstance(data, dict):
+        raise SourceError("the top level must be a mapping")
+    kvs: list[KeyValue] = []
+    for kind, items in data.items():
+        if kind not in KINDS:
+            if kind != "plugins":
+                log.warning("apisix.yaml: unknown top-level key %s ignored", kind)
+            continue
+        if not isinstance(items, list):
+            log.warning("apisix.yaml: %s must be a list; ignored", kind)
+            continue
+        for n, item in enumerate(items):
+            item_id = _item_id(kind, item, n)
+            value = item
+            if isinstance(item, dict) and "id" not in item and kind != "consumers":
+                value = {**item, "id": item_id}
+            kvs.append(KeyValue(f"{prefix}/{kind}/{item_id}", msgspec.json.encode(value)))
+            if kind == "consumers" and isinstance(item, dict):
+                for cred in item.get("credentials") or []:
+                    if isinstance(cred, dict) and "id" in cred:
+                        key = f"{prefix}/consumers/{item_id}/credentials/{cred['id']}"
+                        kvs.append(KeyValue(key, msgspec.json.encode(cred)))
+    return kvs
+
+
+def _item_id(kind: str, item: Any, n: int) -> str:
+    if isinstance(item, dict):
+        if item.get("id") is not None:
+            return str(item["id"])
+        if kind == "consumers" and item.get("username"):
+            return str(item["username"])
+    return f"arr_{n}"
+
+
+class YamlSource(ConfigSource):
+    def __init__(self, path: Path, prefix: str = "/apisix", poll_interval: float = 0.25) -> None:
+        self.path = path
+        self.prefix = prefix
+        self.poll_interval = poll_interval
+        self.revision = 0
+        self.last_error: str | None = None
+        self._mtime: float | None = None
+        self._warn = RateLimitedLog(log)
+
+    def read(self) -> list[KeyValue] | None:
+        try:
+            raw = self.path.read_bytes()
+        except OSError as e:
+            self._fail(f"cannot read {self.path}: {e.strerror}")
+            return None
+        try:
+            kvs = parse_yaml_config(raw, self.prefix)
+        except SourceError as e:
+            self._fail(f"{self.path}: {e}")
+            return None
+        self.last_error = None
+        return kvs
+
+    def _fail(self, msg: str) -> None:
+        self.last_error = msg
+        self._warn(logging.ERROR, "%s; keeping the last good config", msg)
+
+    async def run(self, sink: ConfigSink) -> None:
+        first = True
+        while True:
+            try:
+                st = self.path.stat()
+                mtime: float | None = st.st_mtime_ns + st.st_size
+            except OSError:
+                mtime = None
+            if first or mtime != self._mtime:
+                self._mtime = mtime
+                kvs = self.read()
+                if kvs is not None:
+                    self.revision += 1
+                    sink.load(self.revision, kvs)
+                elif first:
+                    sink.load(self.revision, [])
+                first = False
+            await asyncio.sleep(self.poll_interval)
+
+
+class MemorySource(ConfigSource):
+    """For unit tests: a fixed list of key/values."""
+
+    def __init__(self, kvs: list[KeyValue], revision: int = 1) -> None:
+        self.kvs = kvs
+        self.revision = revision
+
+    async def run(self, sink: ConfigSink) -> None:
+        sink.load(self.revision, self.kvs)
+        await asyncio.Event().wait()

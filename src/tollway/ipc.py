@@ -1,0 +1,53 @@
+"""Supervisor <-> worker messages over a socketpair: 4-byte length + msgpack.
+
+agent -> worker: {"t": "load"|"apply", "rev": N, "kvs": [[key, value|None, mod, create], ...]}
+worker -> agent: {"t": "ready"|"ack", "rev": N, "pid": P}
+Every change carries its etcd revision; a worker applies messages in the order they arrive,
+which is revision order because one agent writes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from typing import Any
+
+import msgspec
+
+from tollway.config.source import KeyValue
+
+_HEADER = struct.Struct("!I")
+_enc = msgspec.msgpack.Encoder()
+_dec = msgspec.msgpack.Decoder()
+
+MAX_MESSAGE = 1 << 30
+
+
+def encode(msg: dict[str, Any]) -> bytes:
+    body = _enc.encode(msg)
+    return _HEADER.pack(len(body)) + body
+
+
+def kvs_to_wire(kvs: list[KeyValue]) -> list[list[Any]]:
+    return [[kv.key, kv.value, kv.mod_revision, kv.create_revision] for kv in kvs]
+
+
+def kvs_from_wire(items: list[list[Any]]) -> list[KeyValue]:
+    return [KeyValue(k, v, m, c) for k, v, m, c in items]
+
+
+async def read_message(reader: asyncio.StreamReader) -> dict[str, Any] | None:
+    try:
+        head = await reader.readexactly(4)
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return None
+    (n,) = _HEADER.unpack(head)
+    if n > MAX_MESSAGE:
+        raise ValueError("IPC message too large")
+    try:
+        body = await reader.readexactly(n)
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return None
+    msg = _dec.decode(body)
+    assert isinstance(msg, dict)
+    return msg

@@ -1,0 +1,1 @@
+"""Built-in plugins, each a module exposing ``PLUGINS``."""

@@ -1,0 +1,147 @@
+"""proxy-rewrite (APISIX priority 1008): rewrite the upstream uri, method, host and headers."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta
+
+from tollway.plugins.builtin.interpolate import compile_template
+from tollway.plugins.kit import Exit, Plugin, RequestContext
+
+Method = Annotated[
+    str,
+    Meta(
+        pattern=r"^(GET|POST|PUT|DELETE|PATCH|HEAD|OPTIONS|CONNECT|TRACE|PURGE|MKCOL|COPY|MOVE|PROPFIND|LOCK|UNLOCK)$"
+    ),
+]
+
+
+class Headers(msgspec.Struct, forbid_unknown_fields=True):
+    add: dict[str, str] | None = None
+    set: dict[str, str] | None = None
+    remove: list[str] | None = None
+
+
+class Conf(msgspec.Struct, forbid_unknown_fields=True):
+    uri: Annotated[str, Meta(min_length=1, max_length=4096)] | None = None
+    regex_uri: Annotated[list[str], Meta(min_length=2)] | None = None
+    host: str | None = None
+    method: Method | None = None
+    scheme: str | None = None
+    headers: dict[str, Any] | None = None
+    use_real_request_uri_unsafe: bool = False
+
+    def __post_init__(self) -> None:
+        if (
+            self.uri is None
+            and self.regex_uri is None
+            and self.host is None
+            and self.method is None
+            and self.headers is None
+            and not self.use_real_request_uri_unsafe
+        ):
+            raise ValueError("expect object to have at least 1 properties")
+        if self.regex_uri is not None:
+            if len(self.regex_uri) % 2:
+                raise ValueError("regex_uri must have an even number of items")
+            for pat in self.regex_uri[::2]:
+                try:
+                    re.compile(pat)
+                except re.error as e:
+                    raise ValueError(f"invalid regex_uri {pat}: {e}") from None
+
+
+class Compiled:
+    __slots__ = ("headers_add", "headers_remove", "headers_set", "regex", "uri")
+
+    def __init__(self, conf: Conf) -> None:
+        self.uri = compile_template(conf.uri) if conf.uri is not None else None
+        rx = conf.regex_uri or []
+        self.regex = [
+            (re.compile(rx[i]), _template_to_python(rx[i + 1])) for i in range(0, len(rx), 2)
+        ]
+        h = conf.headers or {}
+        add: dict[str, Any] = {}
+        set_: dict[str, Any] = {}
+        remove: list[str] = []
+        if set(h) <= {"add", "set", "remove"} and h:
+            add = h.get("add") or {}
+            set_ = h.get("set") or {}
+            remove = h.get("remove") or []
+        else:  # legacy flat map: value "" removes the header
+            for k, v in h.items():
+                if v == "":
+                    remove.append(k)
+                else:
+                    set_[k] = v
+        self.headers_add = [(k, compile_template(str(v))) for k, v in add.items()]
+        self.headers_set = [(k, compile_template(str(v))) for k, v in set_.items()]
+        self.headers_remove = remove
+
+
+def _template_to_python(t: str) -> str:
+    # APISIX templates use $1 / ${1}; Python's re.sub uses \g<1>.
+    t = t.replace("\\", "\\\\")
+    return re.sub(r"\$\{?(\d+)\}?", r"\\g<\1>", t)
+
+
+class ProxyRewrite(Plugin):
+    name = "proxy-rewrite"
+    priority = 1008
+    schema = Conf
+
+    def check(self, conf: Any) -> None:
+        headers = conf.headers
+        if headers and set(headers) <= {"add", "set", "remove"}:
+            msgspec.convert(headers, Headers)
+
+    def rewrite(self, conf: Conf, ctx: RequestContext) -> Exit:
+        comp = _compiled(conf)
+        var: Callable[[str], Any] = ctx.var
+        if not conf.use_real_request_uri_unsafe:
+            new_uri: str | None = None
+            if comp.uri is not None:
+                new_uri = comp.uri(var)
+            elif comp.regex:
+                for rx, repl in comp.regex:
+                    if rx.search(ctx.path):
+                        new_uri = rx.sub(repl, ctx.path, count=1)
+                        break
+            if new_uri is not None:
+                if ctx.query:
+                    sep = "&" if "?" in new_uri else "?"
+                    new_uri = f"{new_uri}{sep}{ctx.query}"
+                ctx.set_upstream_uri(new_uri)
+        if conf.method:
+            ctx.set_upstream_method(conf.method)
+        if conf.host:
+            ctx.set_upstream_host(conf.host)
+        for k, tpl in comp.headers_add:
+            ctx.add_request_header(k, tpl(var))
+        for k, tpl in comp.headers_set:
+            ctx.set_request_header(k, tpl(var))
+        for k in comp.headers_remove:
+            ctx.set_request_header(k, None)
+        return None
+
+
+_CACHE: dict[int, tuple[Conf, Compiled]] = {}
+
+
+def _compiled(conf: Conf) -> Compiled:
+    # Confs are decoded once per route version and live as long as the route; key by identity.
+    hit = _CACHE.get(id(conf))
+    if hit is not None and hit[0] is conf:
+        return hit[1]
+    comp = Compiled(conf)
+    if len(_CACHE) > 10000:
+        _CACHE.clear()
+    _CACHE[id(conf)] = (conf, comp)
+    return comp
+
+
+PLUGINS = [ProxyRewrite]

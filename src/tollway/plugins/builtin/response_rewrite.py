@@ -1,0 +1,136 @@
+"""response-rewrite (APISIX priority 899): rewrite status, headers and body of the response."""
+
+from __future__ import annotations
+
+import base64
+import re
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+from tollway.plugins.builtin.interpolate import compile_template
+from tollway.plugins.kit import Plugin, RequestContext
+
+
+class Filter(msgspec.Struct, forbid_unknown_fields=True):
+    regex: Annotated[str, Meta(min_length=1)]
+    replace: str
+    scope: Literal["once", "global"] = "once"
+    options: str = "jo"
+
+
+class Conf(msgspec.Struct, forbid_unknown_fields=True):
+    status_code: Annotated[int, Meta(ge=200, le=598)] | None = None
+    body: str | None = None
+    body_base64: bool = False
+    headers: dict[str, Any] | None = None
+    vars: list[Any] | None = None
+    filters: Annotated[list[Filter], Meta(min_length=1)] | None = None
+    max_resp_body_size: Annotated[int, Meta(ge=0)] = 64 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if self.body is not None and self.filters is not None:
+            raise ValueError("body and filters cannot be used together")
+        if self.body is not None and self.body_base64:
+            try:
+                base64.b64decode(self.body, validate=True)
+            except ValueError:
+                raise ValueError("invalid base64 content") from None
+        for f in self.filters or []:
+            try:
+                re.compile(f.regex)
+            except re.error as e:
+                raise ValueError(f'regex "{f.regex}" validation failed: {e}') from None
+
+
+class Compiled:
+    __slots__ = ("add", "body", "filters", "remove", "set", "vars")
+
+    def __init__(self, conf: Conf) -> None:
+        from tollway.expr import compile_expr
+
+        self.vars = compile_expr(conf.vars) if conf.vars else None
+        self.body: bytes | None = None
+        if conf.body is not None:
+            self.body = base64.b64decode(conf.body) if conf.body_base64 else conf.body.encode()
+        h = conf.headers or {}
+        if h and set(h) <= {"add", "set", "remove"}:
+            add = h.get("add") or []
+            set_ = h.get("set") or {}
+            remove = h.get("remove") or []
+        else:
+            add, set_, remove = (
+                [],
+                {k: v for k, v in h.items() if v != ""},
+                [k for k, v in h.items() if v == ""],
+            )
+        self.add = [tuple(x.split(":", 1)) for x in add if ":" in x]
+        self.add = [(k.strip(), compile_template(v.strip())) for k, v in self.add]
+        self.set = [(k, compile_template(str(v))) for k, v in set_.items()]
+        self.remove = list(remove)
+        self.filters = [
+            (re.compile(f.regex, re.I if "i" in f.options else 0), f.replace, f.scope)
+            for f in conf.filters or []
+        ]
+
+
+_CACHE: dict[int, tuple[Conf, Compiled]] = {}
+
+
+def _compiled(conf: Conf) -> Compiled:
+    hit = _CACHE.get(id(conf))
+    if hit is not None and hit[0] is conf:
+        return hit[1]
+    comp = Compiled(conf)
+    if len(_CACHE) > 10000:
+        _CACHE.clear()
+    _CACHE[id(conf)] = (conf, comp)
+    return comp
+
+
+class ResponseRewrite(Plugin):
+    name = "response-rewrite"
+    priority = 899
+    schema = Conf
+
+    def _applies(self, comp: Compiled, ctx: RequestContext) -> bool:
+        return comp.vars is None or bool(comp.vars.eval(ctx.var))
+
+    def header_filter(self, conf: Conf, ctx: RequestContext) -> None:
+        comp = _compiled(conf)
+        applies = self._applies(comp, ctx)
+        ctx.set_var("_response_rewrite", applies)
+        if not applies:
+            return
+        if conf.status_code is not None:
+            ctx.resp_status = conf.status_code
+        for k, tpl in comp.add:
+            ctx.add_response_header(k, tpl(ctx.var))
+        for k, tpl in comp.set:
+            ctx.set_response_header(k, tpl(ctx.var))
+        for k in comp.remove:
+            ctx.set_response_header(k, None)
+        if comp.body is not None or comp.filters:
+            # The body length changes: the pipeline re-frames it.
+            ctx.set_response_header("Content-Length", None)
+            ctx.set_response_header("Content-Encoding", None)
+
+    def needs_body_buffer(self, conf: Conf) -> bool:
+        return bool(conf.filters)
+
+    def body_filter(self, conf: Conf, ctx: RequestContext, chunk: bytes, eof: bool) -> bytes:
+        if not ctx.var("_response_rewrite"):
+            return chunk
+        comp = _compiled(conf)
+        if comp.body is not None:
+            return comp.body if eof else b""
+        if comp.filters and eof:
+            text = chunk.decode("utf-8", "surrogateescape")
+            for rx, repl, scope in comp.filters:
+                text = rx.sub(repl.replace("\\", "\\\\"), text, count=0 if scope == "global" else 1)
+            return text.encode("utf-8", "surrogateescape")
+        return chunk
+
+
+PLUGINS = [ResponseRewrite]

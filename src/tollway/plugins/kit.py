@@ -1,0 +1,306 @@
+"""The plugin kit: what a plugin may see and do during a request.
+
+A plugin is a class with a ``name``, a ``priority`` and a config ``schema`` (a msgspec Struct),
+and any of the phase methods below. ``rewrite``/``access``/``before_proxy`` may end the request by
+returning ``(status, body)`` or ``(status, body, headers)``: a dict/list body is sent as JSON with
+a trailing newline (APISIX's ``core.response.exit``). Phase methods may be plain functions or
+coroutines; the chain is compiled once per route version, so none of this is decided per request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+from urllib.parse import parse_qsl, unquote
+
+import msgspec
+
+Exit = tuple[int, Any] | tuple[int, Any, dict[str, str]] | None
+
+PHASES = ("rewrite", "access", "before_proxy", "header_filter", "body_filter", "log")
+
+
+class Plugin:
+    """Base class. Subclasses override only the phases they use."""
+
+    name: ClassVar[str] = ""
+    priority: ClassVar[int] = 0
+    version: ClassVar[float] = 0.1
+    schema: ClassVar[type[msgspec.Struct] | None] = None
+    consumer_schema: ClassVar[type[msgspec.Struct] | None] = None
+    metadata_schema: ClassVar[type[msgspec.Struct] | None] = None
+    type: ClassVar[str] = ""  # "auth" for authentication plugins
+    run_policy: ClassVar[str] = ""
+
+    def check(self, conf: Any) -> None:
+        """Extra checks beyond the schema; raise ValueError with the reason."""
+
+    # Phases (defaults are no-ops, detected and skipped when compiling the chain).
+    def rewrite(self, conf: Any, ctx: RequestContext) -> Exit:
+        return None
+
+    def access(self, conf: Any, ctx: RequestContext) -> Exit:
+        return None
+
+    def before_proxy(self, conf: Any, ctx: RequestContext) -> Exit:
+        return None
+
+    def header_filter(self, conf: Any, ctx: RequestContext) -> None:
+        return None
+
+    def body_filter(self, conf: Any, ctx: RequestContext, chunk: bytes, eof: bool) -> bytes:
+        return chunk
+
+    def log(self, conf: Any, ctx: RequestContext) -> None:
+        return None
+
+    def needs_body_buffer(self, conf: Any) -> bool:
+        """True if body_filter needs the whole response body (it then gets it once, eof=True)."""
+        return False
+
+
+class RequestContext:
+    """Per-request state shared by the pipeline and plugins. Header names are lowercase."""
+
+    __slots__ = (
+        "_args",
+        "_cookies",
+        "_headers",
+        "consumer",
+        "consumer_name",
+        "host",
+        "matched_params",
+        "matched_uri",
+        "method",
+        "path",
+        "plugin_state",
+        "query",
+        "raw_headers",
+        "remote_addr",
+        "remote_port",
+        "request_uri",
+        "resp_body_replaced",
+        "resp_headers",
+        "resp_status",
+        "route",
+        "route_id",
+        "route_name",
+        "scheme",
+        "server_addr",
+        "server_port",
+        "service_id",
+        "start_time",
+        "up_header_ops",
+        "up_host",
+        "up_method",
+        "up_uri",
+        "upstream_addr",
+        "upstream_status",
+        "vars_extra",
+    )
+
+    def __init__(
+        self,
+        method: str,
+        request_uri: str,
+        path: str,
+        query: str,
+        raw_headers: list[tuple[bytes, bytes]],
+        host: str,
+        remote_addr: str,
+        remote_port: int,
+        server_addr: str,
+        server_port: int,
+        scheme: str,
+        start_time: float,
+    ) -> None:
+        self.method = method
+        self.request_uri = request_uri
+        self.path = path
+        self.query = query
+        self.raw_headers = raw_headers
+        self.host = host
+        self.remote_addr = remote_addr
+        self.remote_port = remote_port
+        self.server_addr = server_addr
+        self.server_port = server_port
+        self.scheme = scheme
+        self.start_time = start_time
+        self._headers: dict[str, str] | None = None
+        self._args: dict[str, str] | None = None
+        self._cookies: dict[str, str] | None = None
+        self.route: Any = None
+        self.route_id: str | None = None
+        self.route_name: str | None = None
+        self.service_id: str | None = None
+        self.matched_params: dict[str, str] | None = None
+        self.matched_uri: str | None = None
+        self.consumer: Any = None
+        self.consumer_name: str | None = None
+        self.plugin_state: dict[str, Any] | None = None
+        self.vars_extra: dict[str, Any] | None = None
+        # Upstream request edits (None = unchanged).
+        self.up_uri: str | None = None
+        self.up_method: str | None = None
+        self.up_host: str | None = None
+        self.up_header_ops: list[tuple[str, str | None, bool]] | None = None
+        # Response (valid from header_filter on).
+        self.resp_status = 0
+        self.resp_headers: list[tuple[str, str]] | None = None
+        self.resp_body_replaced: bytes | None = None
+        self.upstream_addr: str | None = None
+        self.upstream_status: str | None = None
+
+    # -- request ------------------------------------------------------------------------
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Request headers, lowercase names; repeated headers joined with ', '."""
+        h = self._headers
+        if h is None:
+            h = {}
+            for k, v in self.raw_headers:
+                name = k.decode("latin-1").lower()
+                val = v.decode("latin-1")
+                h[name] = f"{h[name]}, {val}" if name in h else val
+            self._headers = h
+        return h
+
+    def get_header(self, name: str) -> str | None:
+        return self.headers.get(name.lower())
+
+    @property
+    def args(self) -> dict[str, str]:
+        """Query arguments (first value wins, as nginx's $arg_x)."""
+        a = self._args
+        if a is None:
+            a = {}
+            for k, v in parse_qsl(self.query, keep_blank_values=True):
+                a.setdefault(k, v)
+            self._args = a
+        return a
+
+    @property
+    def cookies(self) -> dict[str, str]:
+        c = self._cookies
+        if c is None:
+            c = {}
+            raw = self.headers.get("cookie")
+            if raw:
+                for part in raw.split(";"):
+                    k, sep, v = part.strip().partition("=")
+                    if sep and k not in c:
+                        c[k] = v
+            self._cookies = c
+        return c
+
+    def var(self, name: str) -> Any:
+        """nginx/APISIX variables: arg_x, http_x, cookie_x, uri_param_x, uri, host, ..."""
+        getter = _VARS.get(name)
+        if getter is not None:
+            return getter(self)
+        if name.startswith("http_"):
+            return self.headers.get(name[5:].replace("_", "-"))
+        if name.startswith("arg_"):
+            return self.args.get(name[4:])
+        if name.startswith("cookie_"):
+            return self.cookies.get(name[7:])
+        if name.startswith("uri_param_"):
+            p = self.matched_params
+            return p.get(name[10:]) if p else None
+        extra = self.vars_extra
+        return extra.get(name) if extra else None
+
+    def set_var(self, name: str, value: Any) -> None:
+        if self.vars_extra is None:
+            self.vars_extra = {}
+        self.vars_extra[name] = value
+
+    # -- upstream request edits ---------------------------------------------------------
+
+    def set_upstream_uri(self, uri: str) -> None:
+        self.up_uri = uri
+
+    def set_upstream_method(self, method: str) -> None:
+        self.up_method = method
+
+    def set_upstream_host(self, host: str) -> None:
+        self.up_host = host
+
+    def set_request_header(self, name: str, value: str | None) -> None:
+        """Set (replace) or, with None, remove a header sent to the upstream."""
+        self._header_op(name, value, False)
+
+    def add_request_header(self, name: str, value: str) -> None:
+        self._header_op(name, value, True)
+
+    def _header_op(self, name: str, value: str | None, append: bool) -> None:
+        if self.up_header_ops is None:
+            self.up_header_ops = []
+        self.up_header_ops.append((name.lower(), value, append))
+        h = self.headers
+        lname = name.lower()
+        if value is None:
+            h.pop(lname, None)
+        elif append and lname in h:
+            h[lname] = f"{h[lname]}, {value}"
+        else:
+            h[lname] = value
+
+    # -- response (header_filter) -------------------------------------------------------
+
+    def get_response_header(self, name: str) -> str | None:
+        lname = name.lower()
+        for k, v in self.resp_headers or ():
+            if k.lower() == lname:
+                return v
+        return None
+
+    def set_response_header(self, name: str, value: str | None) -> None:
+        lname = name.lower()
+        hs = [(k, v) for k, v in self.resp_headers or () if k.lower() != lname]
+        if value is not None:
+            hs.append((name, value))
+        self.resp_headers = hs
+
+    def add_response_header(self, name: str, value: str) -> None:
+        if self.resp_headers is None:
+            self.resp_headers = []
+        self.resp_headers.append((name, value))
+
+
+def _request_line(c: RequestContext) -> str:
+    return f"{c.method} {c.request_uri} HTTP/1.1"
+
+
+_VARS: dict[str, Callable[[RequestContext], Any]] = {
+    "uri": lambda c: c.path,
+    "request_uri": lambda c: c.request_uri,
+    "host": lambda c: c.host,
+    "remote_addr": lambda c: c.remote_addr,
+    "remote_port": lambda c: str(c.remote_port),
+    "server_addr": lambda c: c.server_addr,
+    "server_port": lambda c: str(c.server_port),
+    "request_method": lambda c: c.method,
+    "scheme": lambda c: c.scheme,
+    "query_string": lambda c: c.query or None,
+    "args": lambda c: c.query or None,
+    "is_args": lambda c: "?" if c.query else "",
+    "request": _request_line,
+    "route_id": lambda c: c.route_id,
+    "route_name": lambda c: c.route_name,
+    "service_id": lambda c: c.service_id,
+    "consumer_name": lambda c: c.consumer_name,
+    "matched_uri": lambda c: c.matched_uri,
+    "http_host": lambda c: c.headers.get("host"),
+    "content_type": lambda c: c.headers.get("content-type"),
+    "content_length": lambda c: c.headers.get("content-length"),
+    "upstream_addr": lambda c: c.upstream_addr,
+    "upstream_status": lambda c: c.upstream_status,
+    "status": lambda c: str(c.resp_status) if c.resp_status else None,
+    "upstream_uri": lambda c: c.up_uri or c.request_uri,
+}
+
+
+def unquote_path(p: str) -> str:
+    return unquote(p)

@@ -1,0 +1,191 @@
+"""The plugin registry and per-route plugin chains (compiled once per config version)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import inspect
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from tollway.errors import ConfigError
+from tollway.plugins.kit import PHASES, Plugin
+
+log = logging.getLogger("tollway.plugins")
+
+BUILTIN_MODULES = (
+    "tollway.plugins.builtin.proxy_rewrite",
+    "tollway.plugins.builtin.response_rewrite",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ChainEntry:
+    plugin: Plugin
+    conf: Any
+    is_async: bool
+    fn: Any  # the plugin's bound method for this phase
+    filter: Any = None  # compiled _meta.filter expression, or None
+    error_response: Any = None  # _meta.error_response
+
+
+@dataclass(frozen=True, slots=True)
+class Chain:
+    """Per-phase lists of (plugin, decoded conf), sorted by priority desc."""
+
+    rewrite: tuple[ChainEntry, ...] = ()
+    access: tuple[ChainEntry, ...] = ()
+    before_proxy: tuple[ChainEntry, ...] = ()
+    header_filter: tuple[ChainEntry, ...] = ()
+    body_filter: tuple[ChainEntry, ...] = ()
+    log: tuple[ChainEntry, ...] = ()
+    names: frozenset[str] = field(default_factory=frozenset)
+    buffers_body: bool = False
+
+    @property
+    def empty(self) -> bool:
+        return not self.names
+
+
+EMPTY_CHAIN = Chain()
+
+
+class Registry:
+    def __init__(self, plugins: Iterable[Plugin]) -> None:
+        self.plugins: dict[str, Plugin] = {p.name: p for p in plugins}
+
+    def get(self, name: str) -> Plugin | None:
+        return self.plugins.get(name)
+
+    def names_by_priority(self) -> list[str]:
+        return [p.name for p in sorted(self.plugins.values(), key=lambda p: -p.priority)]
+
+    def decode_conf(self, name: str, conf: Mapping[str, Any], *, consumer: bool = False) -> Any:
+        """Validate one plugin conf; ConfigError carries APISIX's message."""
+        plugin = self.plugins.get(name)
+        if plugin is None:
+            raise ConfigError(f"unknown plugin [{name}]")
+        if not isinstance(conf, Mapping):
+            raise ConfigError(
+                f"failed to check the configuration of plugin {name} err: "
+                "invalid type, expected object"
+            )
+        body = {k: v for k, v in conf.items() if k != "_meta"}
+        schema = plugin.consumer_schema if consumer and plugin.consumer_schema else plugin.schema
+        try:
+            decoded = msgspec.convert(body, schema) if schema is not None else body
+            plugin.check(decoded)
+        except (msgspec.ValidationError, ValueError) as e:
+            raise ConfigError(
+                f"failed to check the configuration of plugin {name} err: {_plain(e)}"
+            ) from None
+        if "_meta" in conf:
+            _check_meta(name, conf["_meta"])
+        return decoded
+
+    def check_plugins(self, plugins: Mapping[str, Any] | None) -> None:
+        for name, conf in (plugins or {}).items():
+            self.decode_conf(name, conf)
+
+    def build_chain(self, plugins: Mapping[str, Any] | None) -> Chain:
+        """Compile a chain; an invalid conf was rejected before, so errors here are skipped."""
+        if not plugins:
+            return EMPTY_CHAIN
+        entries: list[tuple[int, Plugin, Any, Mapping[str, Any]]] = []
+        for name, raw in plugins.items():
+            plugin = self.plugins.get(name)
+            if plugin is None:
+                log.warning("plugin %s is not enabled; skipped", name)
+                continue
+            meta = raw.get("_meta") if isinstance(raw, Mapping) else None
+            meta = meta if isinstance(meta, Mapping) else {}
+            if meta.get("disable"):
+                continue
+            try:
+                conf = self.decode_conf(name, raw)
+            except ConfigError as e:
+                log.warning("%s", e)
+                continue
+            prio = meta.get("priority", plugin.priority)
+            entries.append((prio, plugin, conf, meta))
+        entries.sort(key=lambda e: -e[0])
+        phases: dict[str, list[ChainEntry]] = {p: [] for p in PHASES}
+        buffers = False
+        for _, plugin, conf, meta in entries:
+            flt = _compile_filter(meta.get("filter"))
+            for phase in PHASES:
+                fn = getattr(type(plugin), phase)
+                if fn is getattr(Plugin, phase):
+                    continue
+                phases[phase].append(
+                    ChainEntry(
+                        plugin,
+                        conf,
+                        inspect.iscoroutinefunction(fn),
+                        getattr(plugin, phase),
+                        flt,
+                        meta.get("error_response"),
+                    )
+                )
+            if plugin.needs_body_buffer(conf):
+                buffers = True
+        return Chain(
+            **{p: tuple(v) for p, v in phases.items()},
+            names=frozenset(name for _, p, _, _ in entries for name in [p.name]),
+            buffers_body=buffers,
+        )
+
+
+def _plain(e: Exception) -> str:
+    text = str(e)
+    if " - at `$" in text:
+        msg, _, path = text.partition(" - at `$")
+        path = path.rstrip("`").lstrip(".")
+        return f'property "{path}" validation failed: {msg}' if path else msg
+    return text
+
+
+def _check_meta(name: str, meta: Any) -> None:
+    if not isinstance(meta, Mapping):
+        raise ConfigError(f"failed to check the configuration of plugin {name} err: invalid _meta")
+    if "filter" in meta:
+        try:
+            _compile_filter(meta["filter"])
+        except ValueError as e:
+            raise ConfigError(
+                f"failed to check the configuration of plugin {name} err: "
+                f"failed to validate the 'vars' expression: {e}"
+            ) from None
+
+
+def _compile_filter(rule: Any) -> Any:
+    if not rule:
+        return None
+    from tollway.expr import compile_expr
+
+    return compile_expr(rule)
+
+
+def load_registry(enabled: list[str] | None = None) -> Registry:
+    """Built-in plugins plus those installed under the ``tollway.plugins`` entry point group."""
+
+    found: dict[str, Plugin] = {}
+    for mod_name in BUILTIN_MODULES:
+        mod = importlib.import_module(mod_name)
+        for p in getattr(mod, "PLUGINS", ()):
+            found[p.name] = p()
+    for ep in importlib.metadata.entry_points(group="tollway.plugins"):
+        try:
+            cls = ep.load()
+            found[cls.name] = cls()
+        except Exception:
+            log.exception("failed to load plugin entry point %s", ep.name)
+    if enabled is not None:
+        missing = [n for n in enabled if n not in found]
+        for n in missing:
+            log.warning("plugin %s is listed in config.yaml but not installed", n)
+        found = {n: p for n, p in found.items() if n in enabled}
+    return Registry(found.values())

@@ -1,0 +1,1 @@
+"""The data plane: HTTP server protocol, request pipeline, upstream client, compiled runtime."""

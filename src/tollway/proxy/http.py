@@ -1,0 +1,76 @@
+"""HTTP/1.1 constants and byte-level helpers shared by the client and upstream sides."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+from tollway import __version__
+
+SERVER_HEADER = f"Tollway/{__version__}".encode()
+
+REASONS: dict[int, bytes] = {s.value: s.phrase.encode() for s in HTTPStatus}
+REASONS.setdefault(499, b"Client Closed Request")
+
+# RFC 9110 7.6.1: hop-by-hop fields are not forwarded (plus legacy Proxy-* and Keep-Alive).
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"trailers",
+        b"transfer-encoding",
+        b"upgrade",
+        b"expect",
+    }
+)
+
+# Response headers the gateway replaces (nginx hides the upstream's Server by default).
+RESPONSE_DROP = HOP_BY_HOP | {b"server"}
+
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+
+
+def status_line(status: int, version: bytes = b"1.1") -> bytes:
+    reason = REASONS.get(status, b"Unknown")
+    return b"HTTP/%s %d %s\r\n" % (version, status, reason)
+
+
+def _html(status: int, title: str) -> bytes:
+    return (
+        f"<html>\r\n<head><title>{status} {title}</title></head>\r\n<body>\r\n"
+        f"<center><h1>{status} {title}</h1></center>\r\n<hr><center>Tollway</center>\r\n"
+        "</body>\r\n</html>\r\n"
+    ).encode()
+
+
+# nginx-style error pages, as APISIX returns them for gateway-made errors.
+ERROR_PAGES: dict[int, bytes] = {
+    400: _html(400, "Bad Request"),
+    403: _html(403, "Forbidden"),
+    404: _html(404, "Not Found"),
+    405: _html(405, "Not Allowed"),
+    408: _html(408, "Request Time-out"),
+    413: _html(413, "Request Entity Too Large"),
+    414: _html(414, "Request-URI Too Large"),
+    431: _html(431, "Request Header Fields Too Large"),
+    500: _html(500, "Internal Server Error"),
+    501: _html(501, "Not Implemented"),
+    502: _html(502, "Bad Gateway"),
+    503: _html(503, "Service Temporarily Unavailable"),
+    504: _html(504, "Gateway Time-out"),
+}
+
+
+def error_page(status: int) -> bytes:
+    page = ERROR_PAGES.get(status)
+    if page is None:
+        reason = REASONS.get(status, b"Error").decode()
+        page = _html(status, reason)
+    return page
+
+
+ROUTE_NOT_FOUND = b'{"error_msg":"404 Route Not Found"}\n'

@@ -1,0 +1,344 @@
+"""The compiled runtime: router, upstreams with their pickers, plugin chains.
+
+Built from the Store off the request path. Single changes are applied incrementally (only the
+routes, upstreams or chains they touch are recompiled, and the router is updated in place in one
+synchronous step, so a request never sees half a change); a full load builds a new router in
+chunks, yielding to the event loop, then swaps it in.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from tollway.balancer import BalancerState, Picker, Server, create_picker, default_retries
+from tollway.config.store import Store
+from tollway.model import Route, Service, Timeout, Upstream
+from tollway.plugins.registry import EMPTY_CHAIN, Chain, Registry
+from tollway.proxy.upstream import PoolLimits
+from tollway.router import Router, RouterBuilder, RouteSpec, build_router
+from tollway.settings import LoadedSettings
+
+log = logging.getLogger("tollway.proxy")
+
+DEFAULT_PORTS = {"http": 80, "https": 443, "grpc": 80, "grpcs": 443}
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    connect: float = 60.0
+    send: float = 60.0
+    read: float = 60.0
+
+    @staticmethod
+    def of(t: Timeout | None, fallback: Timeouts | None = None) -> Timeouts:
+        if t is None:
+            return fallback or DEFAULT_TIMEOUTS
+        return Timeouts(t.connect, t.send, t.read)
+
+
+DEFAULT_TIMEOUTS = Timeouts()
+
+
+class CompiledUpstream:
+    __slots__ = (
+        "conf",
+        "hash_key",
+        "hash_on",
+        "key",
+        "limits",
+        "pass_host",
+        "picker",
+        "pool_key",
+        "retries",
+        "retry_timeout",
+        "scheme",
+        "servers",
+        "single",
+        "ssl_ctx",
+        "timeouts",
+        "upstream_host",
+        "version",
+    )
+
+    def __init__(
+        self, key: str, version: int, conf: Upstream, state: BalancerState, keepalive: PoolLimits
+    ) -> None:
+        self.key = key
+        self.version = version
+        self.conf = conf
+        self.scheme = conf.scheme
+        default_port = DEFAULT_PORTS.get(conf.scheme, 80)
+        self.servers = [
+            Server(n.host, n.port or default_port, n.weight, n.priority) for n in conf.node_list()
+        ]
+        self.single = (
+            self.servers[0]
+            if len(self.servers) == 1 and conf.type != "least_conn" and self.servers[0].weight > 0
+            else None
+        )
+        self.picker: Picker | None = (
+            create_picker(conf.type, self.servers, resource_key=key, state=state)
+            if self.servers and self.single is None
+            else None
+        )
+        self.hash_on = conf.hash_on
+        self.hash_key = conf.key
+        self.pass_host = conf.pass_host
+        self.upstream_host = conf.upstream_host
+        self.timeouts = Timeouts.of(conf.timeout)
+        self.retries = (
+            conf.retries if conf.retries is not None else default_retries(len(self.servers))
+        )
+        self.retry_timeout = conf.retry_timeout or 0.0
+        kp = conf.keepalive_pool
+        self.limits = (
+            PoolLimits(kp.size, kp.idle_timeout, kp.requests) if kp is not None else keepalive
+        )
+        self.ssl_ctx = _ssl_context(conf) if conf.scheme in ("https", "grpcs") else None
+        tls = conf.tls
+        self.pool_key = (conf.scheme, tls.client_cert if tls else None, tls.verify if tls else None)
+
+
+def _ssl_context(conf: Upstream) -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    verify = conf.tls.verify if conf.tls is not None else False
+    if not verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    tls = conf.tls
+    if tls is not None and tls.client_cert and tls.client_key:
+        import os
+        import tempfile
+
+        # ssl wants files; write them once per compile into a private temp dir.
+        d = tempfile.mkdtemp(prefix="tollway-tls-")
+        cert, key = os.path.join(d, "cert.pem"), os.path.join(d, "key.pem")
+        with open(cert, "w") as f:
+            f.write(tls.client_cert)
+        with open(key, "w") as f:
+            f.write(tls.client_key)
+        os.chmod(key, 0o600)
+        ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+class CompiledRoute:
+    """A route merged with its service and plugin config: what a matched request uses."""
+
+    __slots__ = (
+        "chain",
+        "enable_websocket",
+        "error",
+        "id",
+        "key",
+        "name",
+        "service_id",
+        "timeouts",
+        "upstream",
+        "upstream_id",
+        "versions",
+    )
+
+    def __init__(self) -> None:
+        self.id = ""
+        self.key = ""
+        self.name: str | None = None
+        self.service_id: str | None = None
+        self.chain: Chain = EMPTY_CHAIN
+        self.upstream: CompiledUpstream | None = None
+        self.upstream_id: str | None = None
+        self.timeouts: Timeouts | None = None
+        self.enable_websocket = False
+        self.error: int = 0  # a status to answer with (missing service / plugin config)
+        self.versions: tuple[int, int, int] = (0, 0, 0)
+
+
+class Runtime:
+    """What each request reads once. Mutated only by the Compiler, synchronously."""
+
+    def __init__(self, router: Router) -> None:
+        self.router = router
+        self.routes: dict[str, CompiledRoute] = {}
+        self.upstreams: dict[str, CompiledUpstream] = {}
+        self.global_chain: Chain = EMPTY_CHAIN
+        self.revision = 0
+
+
+class Compiler:
+    CHUNK = 2000  # routes per synchronous step of a full build
+
+    def __init__(self, settings: LoadedSettings, registry: Registry) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.state = BalancerState()
+        self.kind = settings.conf.apisix.router.http
+        self.tail_slash = settings.conf.apisix.delete_uri_tail_slash
+        up = settings.conf.nginx_config.http.upstream
+        self.keepalive = PoolLimits(up.keepalive, up.keepalive_timeout, up.keepalive_requests)
+        self.runtime = Runtime(build_router(self.kind, [], delete_uri_tail_slash=self.tail_slash))
+
+    # -- full build -----------------------------------------------------------------------
+
+    async def rebuild(self, store: Store) -> Runtime:
+        import asyncio
+
+        upstreams = {
+            i: self._upstream(f"/apisix/upstreams/{i}", it.mod_revision, it.obj)
+            for i, it in store["upstreams"].items.items()
+        }
+        builder = RouterBuilder(self.kind, delete_uri_tail_slash=self.tail_slash)
+        routes: dict[str, CompiledRoute] = {}
+        for n, (rid, item) in enumerate(store["routes"].items.items()):
+            cr, spec = self._route(store, rid, item.obj, item.mod_revision)
+            routes[rid] = cr
+            if spec is not None:
+                builder.add(spec)
+            if n % self.CHUNK == self.CHUNK - 1:
+                await asyncio.sleep(0)
+        rt = Runtime(builder.finish())
+        rt.routes = routes
+        rt.upstreams = upstreams
+        rt.global_chain = self._global_chain(store)
+        rt.revision = store.revision
+        self.runtime = rt
+        return rt
+
+    # -- incremental ----------------------------------------------------------------------
+
+    def apply(self, store: Store, changes: Iterable[tuple[str, str, str]]) -> None:
+        rt = self.runtime
+        route_ids: set[str] = set()
+        services: set[str] = set()
+        pconfs: set[str] = set()
+        for kind, item_id, _key in changes:
+            if kind == "routes":
+                route_ids.add(item_id)
+            elif kind == "services":
+                services.add(item_id)
+            elif kind == "plugin_configs":
+                pconfs.add(item_id)
+            elif kind == "upstreams":
+                it = store["upstreams"].get(item_id)
+                if it is None:
+                    rt.upstreams.pop(item_id, None)
+                else:
+                    rt.upstreams[item_id] = self._upstream(
+                        f"/apisix/upstreams/{item_id}", it.mod_revision, it.obj
+                    )
+            elif kind == "global_rules":
+                rt.global_chain = self._global_chain(store)
+        if services or pconfs:
+            for rid, item in store["routes"].items.items():
+                r: Route = item.obj
+                if (r.service_id is not None and str(r.service_id) in services) or (
+                    r.plugin_config_id is not None and str(r.plugin_config_id) in pconfs
+                ):
+                    route_ids.add(rid)
+        upserts: list[RouteSpec] = []
+        deletes: list[str] = []
+        for rid in route_ids:
+            it = store["routes"].get(rid)
+            if it is None:
+                rt.routes.pop(rid, None)
+                deletes.append(rid)
+                continue
+            cr, spec = self._route(store, rid, it.obj, it.mod_revision)
+            rt.routes[rid] = cr
+            if spec is None:
+                deletes.append(rid)
+            else:
+                upserts.append(spec)
+        if upserts or deletes:
+            # Keep the store's insertion order for new ids (tie-break among equal priorities).
+            order = {rid: n for n, rid in enumerate(store["routes"].items)}
+            upserts.sort(key=lambda s: order.get(s.id, 0))
+            rt.router.update(upserts, deletes)
+        rt.revision = store.revision
+
+    # -- pieces ---------------------------------------------------------------------------
+
+    def _upstream(self, key: str, version: int, conf: Upstream) -> CompiledUpstream:
+        return CompiledUpstream(key, version, conf, self.state, self.keepalive)
+
+    def _global_chain(self, store: Store) -> Chain:
+        merged: dict[str, Any] = {}
+        seen: set[str] = set()
+        for item in store["global_rules"].items.values():
+            for name, conf in (item.obj.plugins or {}).items():
+                if name in seen:
+                    # APISIX drops a plugin that appears in more than one global rule.
+                    merged.pop(name, None)
+                    continue
+                seen.add(name)
+                merged[name] = conf
+        return self.registry.build_chain(merged)
+
+    def _route(
+        self, store: Store, rid: str, route: Route, version: int
+    ) -> tuple[CompiledRoute, RouteSpec | None]:
+        cr = CompiledRoute()
+        cr.id = rid
+        cr.key = f"/apisix/routes/{rid}"
+        cr.name = route.name
+        plugins: dict[str, Any] = {}
+        service: Service | None = None
+        svc_version = 0
+        if route.plugin_config_id is not None:
+            pc = store["plugin_configs"].get(str(route.plugin_config_id))
+            if pc is None:
+                cr.error = 503
+            else:
+                plugins.update(pc.obj.plugins or {})
+        plugins.update(route.plugins or {})
+        if route.service_id is not None:
+            cr.service_id = str(route.service_id)
+            sitem = store["services"].get(cr.service_id)
+            if sitem is None:
+                cr.error = cr.error or 404
+            else:
+                service = sitem.obj
+                svc_version = sitem.mod_revision
+                merged = dict(service.plugins or {})
+                merged.update(plugins)
+                plugins = merged
+        cr.chain = self.registry.build_chain(plugins)
+        cr.timeouts = Timeouts.of(route.timeout) if route.timeout is not None else None
+        ws = route.enable_websocket
+        if ws is None and service is not None:
+            ws = service.enable_websocket
+        cr.enable_websocket = bool(ws)
+        # upstream_id wins over an inline upstream; the route's choice wins over the service's.
+        if route.upstream_id is not None:
+            cr.upstream_id = str(route.upstream_id)
+        elif route.upstream is not None:
+            cr.upstream = self._upstream(cr.key, version, route.upstream)
+        elif service is not None and service.upstream_id is not None:
+            cr.upstream_id = str(service.upstream_id)
+        elif service is not None and service.upstream is not None:
+            cr.upstream = self._upstream(
+                f"/apisix/services/{cr.service_id}", svc_version, service.upstream
+            )
+        cr.versions = (version, svc_version, 0)
+        if route.status == 0:
+            return cr, None
+        hosts = route.host_list()
+        if hosts is None and service is not None:
+            hosts = service.hosts
+        spec = RouteSpec(
+            id=rid,
+            uris=tuple([route.uri] if route.uri is not None else route.uris or []),
+            priority=route.priority,
+            methods=frozenset(route.methods) if route.methods else None,
+            hosts=tuple(h.lower() for h in hosts) if hosts else None,
+            remote_addrs=tuple(
+                [route.remote_addr] if route.remote_addr else route.remote_addrs or []
+            )
+            or None,
+            vars=route.vars or None,
+            payload=cr,
+        )
+        return cr, spec

@@ -1,0 +1,338 @@
+"""The client-side HTTP/1.1 protocol: httptools parser callbacks, pipelining and flow control.
+
+Each parsed request becomes an ``Exchange`` (see pipeline.py). Exchanges run one at a time per
+connection, in order, so pipelined answers are never reordered. Limits are enforced while
+parsing: header bytes (431), body size (413), and the smuggling checks of RFC 9112 6.3 (400).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import httptools
+
+from tollway.proxy.http import SERVER_HEADER, error_page, status_line
+
+if TYPE_CHECKING:
+    from tollway.proxy.pipeline import Exchange, ServerState
+
+log = logging.getLogger("tollway.proxy")
+
+HIGH_WATER = 256 * 1024  # buffered request body bytes before we stop reading the client
+MAX_PIPELINE = 16
+
+
+class ParseLimit(Exception):
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+class HttpProtocol(asyncio.Protocol):
+    def __init__(self, state: ServerState, scheme: str = "http") -> None:
+        self.state = state
+        self.scheme = scheme
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.remote_addr = ""
+        self.remote_port = 0
+        self.server_addr = ""
+        self.server_port = 0
+        # Request being parsed.
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._header_bytes = 0
+        self._cl_count = 0
+        self._te = False
+        self._host = b""
+        self._upgrade = b""
+        self._expect = False
+        self.parsing: Exchange | None = None
+        # Requests being answered.
+        self.active: Exchange | None = None
+        self.pipeline: deque[Exchange] = deque()
+        self.closing = False
+        self.write_paused = False
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self.tunnel: Any = None  # upstream connection once a WebSocket is established
+        self._timer: asyncio.TimerHandle | None = None
+        self.reading_paused = False
+
+    # -- connection ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        sock = transport.get_extra_info("sockname")
+        if isinstance(peer, tuple):
+            self.remote_addr, self.remote_port = peer[0], peer[1]
+        else:
+            self.remote_addr = "127.0.0.1"
+        if isinstance(sock, tuple):
+            self.server_addr, self.server_port = sock[0], sock[1]
+        self.state.connections.add(self)
+        self._arm_timer(self.state.header_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.state.connections.discard(self)
+        self._cancel_timer()
+        for w in self._drain_waiters:
+            if not w.done():
+                w.set_result(None)
+        self._drain_waiters.clear()
+        if self.active is not None:
+            self.active.client_gone()
+        for ex in self.pipeline:
+            ex.client_gone()
+        self.pipeline.clear()
+        if self.tunnel is not None:
+            self.tunnel.close()
+            self.tunnel = None
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.write(data)
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as e:
+            off = e.args[0] if e.args and isinstance(e.args[0], int) else len(data)
+            self._on_upgrade(data[off:])
+        except ParseLimit as e:
+            self._fail(e.status)
+        except httptools.HttpParserCallbackError as e:
+            cause = e.__context__ or e.__cause__
+            self._fail(cause.status if isinstance(cause, ParseLimit) else 400)
+        except httptools.HttpParserError:
+            self._fail(400)
+
+    def eof_received(self) -> bool | None:
+        # Half-close from the client: finish what is in flight, then close.
+        if self.active is None and not self.pipeline:
+            return None
+        self.closing = True
+        return True
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        ex = self.active
+        if ex is not None:
+            ex.client_paused()
+        if self.tunnel is not None:
+            self.tunnel.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        ex = self.active
+        if ex is not None:
+            ex.client_resumed()
+        if self.tunnel is not None:
+            self.tunnel.resume_reading()
+        for w in self._drain_waiters:
+            if not w.done():
+                w.set_result(None)
+        self._drain_waiters.clear()
+
+    async def drain(self) -> None:
+        if not self.write_paused or self.closing:
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self._drain_waiters.append(fut)
+        await fut
+
+    # -- httptools callbacks ------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._header_bytes = 0
+        self._cl_count = 0
+        self._te = False
+        self._host = b""
+        self._upgrade = b""
+        self._expect = False
+        if self._timer is None:
+            self._arm_timer(self.state.header_timeout)
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._header_bytes += len(url)
+        if self._header_bytes > self.state.max_header_size:
+            raise ParseLimit(414 if len(self._url) > self.state.max_header_size else 431)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value) + 4
+        if self._header_bytes > self.state.max_header_size:
+            raise ParseLimit(431)
+        lname = name.lower()
+        if lname == b"content-length":
+            self._cl_count += 1
+            if self._cl_count > 1 or not value.strip().isdigit():
+                raise ParseLimit(400)
+        elif lname == b"transfer-encoding":
+            self._te = True
+        elif lname == b"host":
+            self._host = value
+        elif lname == b"upgrade":
+            self._upgrade = value
+        elif lname == b"expect":
+            self._expect = value.lower() == b"100-continue"
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        # RFC 9112 6.3: Content-Length with Transfer-Encoding is a smuggling vector; refuse it.
+        if self._te and self._cl_count:
+            raise ParseLimit(400)
+        self._cancel_timer()
+        from tollway.proxy.pipeline import Exchange
+
+        p = self.parser
+        ex = Exchange(
+            self,
+            p.get_method().decode("ascii", "replace"),
+            self._url,
+            self._headers,
+            p.get_http_version(),
+            p.should_keep_alive(),
+            self._host,
+        )
+        ex.expect_continue = self._expect
+        ex.upgrade = self._upgrade
+        if self._te:
+            ex.body_chunked = True
+            ex.has_body = True
+        elif self._cl_count:
+            cl = int(next(v for k, v in self._headers if k.lower() == b"content-length"))
+            ex.content_length = cl
+            ex.has_body = cl > 0
+            limit = self.state.max_body_size
+            if limit and cl > limit:
+                ex.reject_status = 413
+        if not ex.has_body:
+            ex.body_complete = True
+        self.parsing = ex
+        if self.active is None:
+            self.active = ex
+            ex.start()
+        else:
+            self.pipeline.append(ex)
+            if len(self.pipeline) >= MAX_PIPELINE:
+                self.pause_reading()
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.parsing
+        if ex is not None:
+            ex.feed_body(body)
+
+    def on_message_complete(self) -> None:
+        ex = self.parsing
+        self.parsing = None
+        if ex is not None:
+            ex.finish_body()
+
+    # -- flow control and lifecycle -----------------------------------------------------
+
+    def pause_reading(self) -> None:
+        if not self.reading_paused and self.transport is not None and not self.closing:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.reading_paused and self.transport is not None and not self.closing:
+            self.reading_paused = False
+            self.transport.resume_reading()
+
+    def exchange_done(self, ex: Exchange, keep_alive: bool) -> None:
+        """Called by the active exchange when its response is complete."""
+        if self.active is not ex:
+            return
+        self.active = None
+        if not keep_alive or self.closing or self.state.shutting_down:
+            self.close()
+            return
+        if self.pipeline:
+            nxt = self.pipeline.popleft()
+            self.resume_reading()
+            self.active = nxt
+            nxt.start()
+            return
+        self.resume_reading()
+        if self.parsing is None:
+            self._arm_timer(self.state.keepalive_timeout)
+
+    def _on_upgrade(self, rest: bytes) -> None:
+        ex = self.parsing or self.active
+        if ex is None:
+            self._fail(400)
+            return
+        # The parser is now in upgraded mode: no further requests on this connection.
+        ex.upgrade_rest = rest
+        ex.keep_alive = False
+        self.parsing = None
+        if not ex.has_body or ex.upgrade.lower() == b"websocket":
+            ex.body_complete = True
+            ex.has_body = ex.has_body and ex.upgrade.lower() != b"websocket"
+        if rest and not ex.upgrade.lower() == b"websocket":
+            ex.feed_body(rest)
+            ex.finish_body()
+
+    def start_tunnel(self, upstream: Any, rest: bytes) -> None:
+        self.tunnel = upstream
+        self._cancel_timer()
+        if rest:
+            upstream.write(rest)
+
+    def _fail(self, status: int) -> None:
+        """A request we cannot parse: answer it (after in-flight ones) and close."""
+        if self.transport is None or self.closing:
+            return
+        if self.active is not None:
+            # Let the in-flight answer finish; then close without reading more.
+            self.closing = True
+            self.pause_reading()
+            return
+        body = error_page(status)
+        self.transport.write(
+            status_line(status)
+            + b"Server: "
+            + SERVER_HEADER
+            + b"\r\nContent-Type: text/html\r\nContent-Length: "
+            + str(len(body)).encode()
+            + b"\r\nConnection: close\r\n\r\n"
+            + body
+        )
+        self.close()
+
+    def close(self) -> None:
+        self.closing = True
+        self._cancel_timer()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def close_if_idle(self) -> bool:
+        if self.active is None and self.parsing is None and not self.pipeline:
+            self.close()
+            return True
+        return False
+
+    def _arm_timer(self, seconds: float) -> None:
+        self._cancel_timer()
+        if seconds > 0:
+            self._timer = asyncio.get_running_loop().call_later(seconds, self._on_timeout)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_timeout(self) -> None:
+        self._timer = None
+        if self.active is None and not self.pipeline:
+            if self.parsing is not None or self._header_bytes:
+                self._fail(408)
+            else:
+                self.close()

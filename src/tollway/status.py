@@ -1,0 +1,54 @@
+"""The status API (APISIX 3.13+): ``/status`` and ``/status/ready`` on ``apisix.status``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from tollway.supervisor import Supervisor
+
+
+def _json(status: int, body: dict[str, Any]) -> web.Response:
+    return web.json_response(body, status=status, headers={"Server": _server()})
+
+
+def _server() -> str:
+    from tollway import __version__
+
+    return f"Tollway/{__version__}"
+
+
+def build_status_app(sup: Supervisor) -> web.Application:
+    async def status(_: web.Request) -> web.Response:
+        return _json(200, {"status": "ok"})
+
+    async def ready(_: web.Request) -> web.Response:
+        if sup.all_ready():
+            return _json(200, {"status": "ok"})
+        current = [w for w in sup.workers if w.generation == sup.generation]
+        n_ready = sum(1 for w in current if w.ready)
+        return _json(
+            503,
+            {
+                "status": "error",
+                "error": f"worker count: {len(current)} but status report count: {n_ready}",
+            },
+        )
+
+    app = web.Application()
+    app.router.add_get("/status", status)
+    app.router.add_get("/status/ready", ready)
+    return app
+
+
+async def start_status_server(sup: Supervisor) -> web.AppRunner | None:
+    conf = sup.settings.conf.apisix.status
+    if conf is None:
+        return None
+    runner = web.AppRunner(build_status_app(sup), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, conf.ip, conf.port, reuse_address=True)
+    await site.start()
+    return runner

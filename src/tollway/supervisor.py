@@ -1,0 +1,364 @@
+"""The supervisor: owns the instance.
+
+It reads the local config, opens the listening sockets, holds the one config source of the
+instance (one etcd watch, not one per worker), validates every item once in its Store, keeps the
+last-known-good snapshot on disk, and fans accepted changes out to the workers over IPC. It
+starts N workers, restarts one that dies, stops gracefully on SIGTERM/SIGINT and reloads on SIGHUP
+(new workers start and load before the old ones drain). Work done once per instance lives here:
+the status API, the Admin API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from tollway.checks import ItemChecker
+from tollway.config.source import ConfigSource, KeyValue
+from tollway.config.store import RateLimitedLog, Store
+from tollway.config.yaml_source import YamlSource
+from tollway.ipc import encode, kvs_to_wire, read_message
+from tollway.plugins.registry import load_registry
+from tollway.settings import LoadedSettings
+
+log = logging.getLogger("tollway.supervisor")
+
+
+@dataclass
+class WorkerHandle:
+    generation: int
+    proc: asyncio.subprocess.Process
+    writer: asyncio.StreamWriter
+    ready: bool = False
+    revision: int = 0
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+
+
+class Agent:
+    """The ConfigSink of the instance: validate once, then fan out accepted changes."""
+
+    def __init__(self, sup: Supervisor, store: Store) -> None:
+        self.sup = sup
+        self.store = store
+        self.from_snapshot = False
+        self.loaded = asyncio.Event()
+
+    def load(self, revision: int, kvs: list[KeyValue]) -> None:
+        self.store.load(revision, kvs)
+        self.from_snapshot = False
+        self.loaded.set()
+        self.sup.broadcast(
+            {"t": "load", "rev": revision, "kvs": kvs_to_wire(self.store.snapshot())}
+        )
+        self.sup.snapshot_dirty()
+
+    def load_snapshot(self, revision: int, kvs: list[KeyValue]) -> None:
+        self.load(revision, kvs)
+        self.from_snapshot = True
+
+    def apply(self, revision: int, changes: list[KeyValue]) -> None:
+        store = self.store
+        store.apply(revision, changes)
+        accepted: list[KeyValue] = []
+        for kind, item_id, key in store.last_changes:
+            item = store[kind].get(item_id)
+            if item is None:
+                accepted.append(KeyValue(key, None, revision, 0))
+            else:
+                accepted.append(KeyValue(key, item.raw, item.mod_revision, item.create_revision))
+        # Even when every change was rejected, tell workers the revision moved (lag metric).
+        self.sup.broadcast({"t": "apply", "rev": revision, "kvs": kvs_to_wire(accepted)})
+        if accepted:
+            self.sup.snapshot_dirty()
+
+
+class Supervisor:
+    def __init__(self, settings: LoadedSettings) -> None:
+        self.settings = settings
+        self.workers: list[WorkerHandle] = []
+        self.generation = 0
+        self.stopping = False
+        self.sockets: list[socket.socket] = []
+        registry = load_registry(settings.conf.plugins)
+        self.registry = registry
+        strict = settings.config_provider != "etcd"
+        self.store = Store(settings.etcd.prefix, ItemChecker(registry, strict=strict))
+        self.agent = Agent(self, self.store)
+        self.source: ConfigSource | None = None
+        self.tasks: list[asyncio.Task[Any]] = []
+        self._stop = asyncio.Event()
+        self._reload = asyncio.Event()
+        self._snapshot_pending = False
+        self._warn = RateLimitedLog(log)
+        self.runners: list[Any] = []
+        self.started = time.time()
+
+    # -- sockets ------------------------------------------------------------------------
+
+    def open_sockets(self) -> None:
+        if not self.settings.serves_proxy:
+            return
+        for ip, port in self.settings.listens:
+            family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+            s = socket.socket(family, socket.SOCK_STREAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((ip, port))
+            s.listen(4096)
+            s.setblocking(False)
+            s.set_inheritable(True)
+            self.sockets.append(s)
+
+    # -- workers ------------------------------------------------------------------------
+
+    async def spawn_worker(self, generation: int) -> WorkerHandle:
+        parent, child = socket.socketpair()
+        child.set_inheritable(True)
+        fds = [child.fileno()] + [s.fileno() for s in self.sockets]
+        cmd = [
+            sys.executable,
+            "-m",
+            "tollway.worker",
+            "--config",
+            str(self.settings.path),
+            "--ipc-fd",
+            str(child.fileno()),
+            "--listen-fds",
+            ",".join(str(s.fileno()) for s in self.sockets),
+        ]
+        proc = await asyncio.create_subprocess_exec(*cmd, pass_fds=fds)
+        child.close()
+        reader, writer = await asyncio.open_connection(sock=parent)
+        handle = WorkerHandle(generation, proc, writer)
+        loop = asyncio.get_running_loop()
+        handle.tasks.append(loop.create_task(self._read_worker(handle, reader)))
+        handle.tasks.append(loop.create_task(self._watch_worker(handle)))
+        self.workers.append(handle)
+        if self.store.loaded:
+            writer.write(
+                encode(
+                    {
+                        "t": "load",
+                        "rev": self.store.revision,
+                        "kvs": kvs_to_wire(self.store.snapshot()),
+                    }
+                )
+            )
+        return handle
+
+    async def _read_worker(self, handle: WorkerHandle, reader: asyncio.StreamReader) -> None:
+        while True:
+            msg = await read_message(reader)
+            if msg is None:
+                return
+            if msg.get("t") == "ready":
+                handle.ready = True
+            handle.revision = int(msg.get("rev", 0))
+
+    async def _watch_worker(self, handle: WorkerHandle) -> None:
+        code = await handle.proc.wait()
+        with contextlib.suppress(Exception):
+            handle.writer.close()
+        if handle in self.workers:
+            self.workers.remove(handle)
+        if self.stopping or handle.generation != self.generation:
+            return
+        log.error("worker %d exited with %s; restarting", handle.proc.pid, code)
+        await asyncio.sleep(0.1)
+        if not self.stopping and handle.generation == self.generation:
+            await self.spawn_worker(self.generation)
+
+    def broadcast(self, msg: dict[str, Any]) -> None:
+        data = encode(msg)
+        for w in self.workers:
+            if not w.writer.is_closing():
+                w.writer.write(data)
+
+    def all_ready(self) -> bool:
+        current = [w for w in self.workers if w.generation == self.generation]
+        if not self.settings.serves_proxy:
+            return self.store.loaded
+        return bool(current) and all(w.ready for w in current)
+
+    # -- snapshot -----------------------------------------------------------------------
+
+    def snapshot_dirty(self) -> None:
+        if not self.settings.conf.tollway.snapshot or self.settings.config_provider != "etcd":
+            return
+        if self._snapshot_pending:
+            return
+        self._snapshot_pending = True
+        asyncio.get_running_loop().call_later(0.2, self._write_snapshot)
+
+    def _write_snapshot(self) -> None:
+        self._snapshot_pending = False
+        from tollway.config.snapshot import write_snapshot
+
+        path = self.snapshot_path
+        kvs = self.store.snapshot()
+        rev = self.store.revision
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(None, write_snapshot, path, rev, kvs)
+        fut.add_done_callback(self._snapshot_written)
+
+    def _snapshot_written(self, fut: asyncio.Future[Any]) -> None:
+        exc = fut.exception()
+        if exc is not None:
+            self._warn(logging.ERROR, "failed to write the config snapshot: %s", exc)
+
+    @property
+    def snapshot_path(self) -> Any:
+        return self.settings.run_dir / "config-snapshot.bin"
+
+    # -- sources ------------------------------------------------------------------------
+
+    def make_source(self) -> ConfigSource:
+        s = self.settings
+        if s.config_provider in ("yaml", "json"):
+            return YamlSource(s.yaml_path, s.etcd.prefix)
+        from tollway.config.etcd import EtcdClient, EtcdTLS
+        from tollway.config.etcd_source import EtcdSource
+
+        e = s.etcd
+        tls = None
+        if e.tls is not None:
+            tls = EtcdTLS(cert=e.tls.cert, key=e.tls.key, verify=e.tls.verify)
+        client = EtcdClient(e.host, timeout=e.timeout, user=e.user, password=e.password, tls=tls)
+        self.etcd_client = client
+        return EtcdSource(
+            client,
+            e.prefix,
+            watch_timeout=e.watch_timeout,
+            resync_delay=e.resync_delay,
+            health_check_timeout=e.health_check_timeout,
+            startup_retry=e.startup_retry,
+            on_startup_failure=self._serve_snapshot,
+        )
+
+    def _serve_snapshot(self) -> None:
+        from tollway.config.snapshot import read_snapshot
+
+        if self.store.loaded:
+            return
+        snap = read_snapshot(self.snapshot_path)
+        if snap is None:
+            log.error(
+                "etcd is unreachable and there is no usable config snapshot; waiting for etcd"
+            )
+            return
+        rev, kvs = snap
+        log.error(
+            "etcd is unreachable: SERVING THE LAST-KNOWN-GOOD SNAPSHOT (revision %d, %d keys) "
+            "until etcd returns",
+            rev,
+            len(kvs),
+        )
+        self.agent.load_snapshot(rev, kvs)
+
+    # -- main ---------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._reload.set)
+        self.open_sockets()
+        self.write_pid()
+        self.source = self.make_source()
+        self.tasks.append(loop.create_task(self.source.run(self.agent)))
+        await self.start_services()
+        if self.settings.serves_proxy:
+            for _ in range(self.settings.workers):
+                await self.spawn_worker(self.generation)
+        log.info(
+            "tollway started: %d workers, listening on %s, config from %s",
+            self.settings.workers,
+            ", ".join(f"{ip}:{port}" for ip, port in self.settings.listens),
+            self.settings.config_provider,
+        )
+        while True:
+            stop = loop.create_task(self._stop.wait())
+            reload = loop.create_task(self._reload.wait())
+            await asyncio.wait({stop, reload}, return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+            reload.cancel()
+            if self._stop.is_set():
+                break
+            self._reload.clear()
+            await self.reload_workers()
+        await self.shutdown()
+        return 0
+
+    async def start_services(self) -> None:
+        from tollway.status import start_status_server
+
+        runner = await start_status_server(self)
+        if runner is not None:
+            self.runners.append(runner)
+        if self.settings.serves_admin and self.settings.config_provider == "etcd":
+            try:
+                from tollway.admin.server import start_admin_server
+            except ImportError:
+                return
+            runner = await start_admin_server(self)
+            if runner is not None:
+                self.runners.append(runner)
+
+    async def reload_workers(self) -> None:
+        """SIGHUP: start a new generation, wait until it has loaded, then drain the old one."""
+        old = list(self.workers)
+        self.generation += 1
+        new = [await self.spawn_worker(self.generation) for _ in range(self.settings.workers)]
+        deadline = time.monotonic() + 30
+        while not all(w.ready for w in new) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for w in old:
+            with contextlib.suppress(ProcessLookupError):
+                w.proc.send_signal(signal.SIGTERM)
+        log.info("reloaded: %d new workers", len(new))
+
+    async def shutdown(self) -> None:
+        self.stopping = True
+        for w in list(self.workers):
+            with contextlib.suppress(ProcessLookupError):
+                w.proc.send_signal(signal.SIGTERM)
+        timeout = self.settings.conf.tollway.graceful_timeout + 5
+        procs = [w.proc for w in self.workers]
+        if procs:
+            try:
+                await asyncio.wait_for(asyncio.gather(*(p.wait() for p in procs)), timeout)
+            except TimeoutError:
+                for p in procs:
+                    with contextlib.suppress(ProcessLookupError):
+                        p.kill()
+        for t in self.tasks:
+            t.cancel()
+        for w in self.workers:
+            for t in w.tasks:
+                t.cancel()
+        for r in self.runners:
+            await r.cleanup()
+        if self.source is not None:
+            await self.source.aclose()
+        client = getattr(self, "etcd_client", None)
+        if client is not None:
+            await client.aclose()
+        for s in self.sockets:
+            s.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.pid_path)
+
+    @property
+    def pid_path(self) -> Any:
+        return self.settings.run_dir / "tollway.pid"
+
+    def write_pid(self) -> None:
+        self.settings.run_dir.mkdir(parents=True, exist_ok=True)
+        self.pid_path.write_text(f"{os.getpid()}\n")

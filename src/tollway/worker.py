@@ -1,0 +1,148 @@
+"""A worker process: receives config over IPC from the supervisor, serves HTTP.
+
+Workers never talk to etcd. They start accepting connections only after the first full load has
+been compiled, so a restarted worker never answers 404 for routes that exist.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+
+import uvloop
+
+from tollway.config.store import Store
+from tollway.ipc import encode, kvs_from_wire, read_message
+from tollway.logs import setup_logging
+from tollway.plugins.registry import load_registry
+from tollway.proxy.accesslog import AccessLog
+from tollway.proxy.pipeline import ServerState
+from tollway.proxy.runtime import Compiler
+from tollway.proxy.server import HttpProtocol
+from tollway.settings import LoadedSettings, load_settings
+
+log = logging.getLogger("tollway.worker")
+
+# Beyond this many changed items in one full load, rebuild the router instead of patching it.
+INCREMENTAL_LIMIT = 500
+
+
+class Worker:
+    def __init__(self, settings: LoadedSettings, ipc: socket.socket, listen: list[socket.socket]):
+        self.settings = settings
+        self.ipc = ipc
+        self.listen = listen
+        self.store = Store(settings.etcd.prefix)
+        self.registry = load_registry(settings.conf.plugins)
+        self.compiler = Compiler(settings, self.registry)
+        http = settings.conf.nginx_config.http
+        self.access_log = (
+            AccessLog(str(settings.resolve(http.access_log)), http.access_log_format)
+            if http.enable_access_log
+            else None
+        )
+        self.state = ServerState(
+            self.compiler,
+            max_header_size=settings.conf.tollway.max_header_size,
+            max_body_size=settings.client_max_body_size,
+            keepalive_timeout=settings.keepalive_timeout,
+            access_log=self.access_log,
+            server_tokens=settings.conf.apisix.enable_server_tokens,
+            show_upstream_status=settings.conf.apisix.show_upstream_status_in_response_header,
+        )
+        self.servers: list[asyncio.Server] = []
+        self.stopping = asyncio.Event()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
+        loop.add_signal_handler(signal.SIGINT, lambda: None)  # the supervisor decides
+        loop.add_signal_handler(signal.SIGQUIT, self.stopping.set)
+        reader, writer = await asyncio.open_connection(sock=self.ipc)
+        ipc_task = loop.create_task(self._ipc_loop(reader, writer))
+        stop_task = loop.create_task(self.stopping.wait())
+        await asyncio.wait({ipc_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+        await self._graceful_stop()
+        ipc_task.cancel()
+        stop_task.cancel()
+        writer.close()
+
+    async def _ipc_loop(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            msg = await read_message(reader)
+            if msg is None:
+                log.warning("supervisor went away; stopping")
+                return
+            kind = msg.get("t")
+            rev = int(msg.get("rev", 0))
+            kvs = kvs_from_wire(msg.get("kvs") or [])
+            t0 = time.perf_counter()
+            if kind == "load":
+                self.store.load(rev, kvs)
+                changes = self.store.last_changes
+                if not self.servers or len(changes) > INCREMENTAL_LIMIT:
+                    await self.compiler.rebuild(self.store)
+                else:
+                    self.compiler.apply(self.store, changes)
+            elif kind == "apply":
+                self.store.apply(rev, kvs)
+                self.compiler.apply(self.store, self.store.last_changes)
+            else:
+                continue
+            log.debug("applied %s rev=%d in %.1f ms", kind, rev, (time.perf_counter() - t0) * 1e3)
+            first = not self.servers
+            if first:
+                await self._start_serving()
+            writer.write(encode({"t": "ready" if first else "ack", "rev": rev, "pid": os.getpid()}))
+
+    async def _start_serving(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sock in self.listen:
+            srv = await loop.create_server(
+                lambda: HttpProtocol(self.state), sock=sock, backlog=4096
+            )
+            self.servers.append(srv)
+        log.info("worker %d serving %d routes", os.getpid(), len(self.compiler.runtime.routes))
+
+    async def _graceful_stop(self) -> None:
+        state = self.state
+        state.shutting_down = True
+        for srv in self.servers:
+            srv.close()
+        for conn in list(state.connections):
+            conn.close_if_idle()
+        deadline = time.monotonic() + self.settings.conf.tollway.graceful_timeout
+        while state.exchanges and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for conn in list(state.connections):
+            conn.close()
+        state.pool.close_all()
+        if self.access_log is not None:
+            await self.access_log.aclose()
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="tollway-worker")
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--ipc-fd", type=int, required=True)
+    ap.add_argument("--listen-fds", default="")
+    args = ap.parse_args(argv)
+    settings = load_settings(args.config)
+    setup_logging(settings)
+    ipc = socket.socket(fileno=args.ipc_fd)
+    listen = [socket.socket(fileno=int(fd)) for fd in args.listen_fds.split(",") if fd]
+    import gc
+
+    gc.freeze()  # config objects are long-lived: keep them out of the young generations
+    uvloop.run(Worker(settings, ipc, listen).run())
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
