@@ -185,6 +185,12 @@ class Exchange:
             self.proto.pause_reading()
         self._wake_body()
 
+    def fail_body(self, status: int) -> None:
+        self.reject_status = status
+        self.keep_alive = False
+        self.body.clear()
+        self._wake_body()
+
     def finish_body(self) -> None:
         self.body_complete = True
         self._wake_body()
@@ -320,6 +326,9 @@ class Exchange:
             else:
                 self.respond_error(503)
                 return
+        if not upstream.servers:
+            self.respond_error(503)  # APISIX: "no valid upstream node"
+            return
         if self.upgrade:
             if self.upgrade.lower() == b"websocket" and route.enable_websocket:
                 self.websocket = True
@@ -526,7 +535,9 @@ class Exchange:
                     and not (deadline and time.monotonic() > deadline)
                 )
                 if not can_retry:
-                    if not self.response_started:
+                    if not self.response_started and self.reject_status:
+                        self.respond_error(self.reject_status)  # the client's body was bad
+                    elif not self.response_started:
                         self.upstream_statuses = statuses
                         self.respond_error(f.status)
                     else:

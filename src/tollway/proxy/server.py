@@ -291,7 +291,12 @@ class HttpProtocol(asyncio.Protocol):
         if self.transport is None or self.closing:
             return
         if self.active is not None:
-            # Let the in-flight answer finish; then close without reading more.
+            # A request whose body is broken answers with this status; the in-flight answer
+            # finishes first; then the connection closes without reading more.
+            ex = self.parsing
+            self.parsing = None
+            if ex is not None:
+                ex.fail_body(status)
             self.closing = True
             self.pause_reading()
             return

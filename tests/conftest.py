@@ -1,0 +1,23 @@
+"""Shared fixtures: real upstream servers and the real tollway process."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.upstream import Upstream
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[Upstream]:
+    up = Upstream("up1").start()
+    yield up
+    up.stop()
+
+
+@pytest.fixture(scope="module")
+def upstream2() -> Iterator[Upstream]:
+    up = Upstream("up2").start()
+    yield up
+    up.stop()

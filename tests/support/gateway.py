@@ -1,0 +1,189 @@
+"""Runs the real ``tollway`` process for end-to-end tests, on free loopback ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import requests
+import yaml
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(pred: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
+    """Poll ``pred`` until it returns a truthy value; fail with the last error after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = pred()
+            if last:
+                return last
+        except Exception as e:  # noqa: BLE001 - polling: remember and retry
+            last = e
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s (last: {last!r})")
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+class Gateway:
+    """One Tollway instance. ``mode`` is "yaml" (standalone) or "etcd"."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        mode: str = "yaml",
+        etcd: str | None = None,
+        prefix: str = "/apisix",
+        workers: int = 1,
+        apisix_yaml: str | None = None,
+        config: dict[str, Any] | None = None,
+        admin_key: str = "test-admin-key-0123456789",
+    ) -> None:
+        self.root = root
+        self.conf_dir = root / "conf"
+        self.conf_dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.status_port = free_port()
+        self.admin_port = free_port()
+        self.admin_key = admin_key
+        self.mode = mode
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = root / "tollway.log"
+        role = "data_plane" if mode == "yaml" else "traditional"
+        conf: dict[str, Any] = {
+            "apisix": {
+                "node_listen": [{"ip": "127.0.0.1", "port": self.port}],
+                "status": {"ip": "127.0.0.1", "port": self.status_port},
+            },
+            "deployment": {
+                "role": role,
+                f"role_{role}": {"config_provider": mode},
+                "etcd": {"host": [etcd or "http://127.0.0.1:1"], "prefix": prefix},
+                "admin": {
+                    "admin_listen": {"ip": "127.0.0.1", "port": self.admin_port},
+                    "admin_key": [{"name": "admin", "key": admin_key, "role": "admin"}],
+                },
+            },
+            "nginx_config": {
+                "worker_processes": workers,
+                "error_log_level": "info",
+                "http": {"access_log": str(root / "logs" / "access.log")},
+            },
+            "tollway": {"run_dir": str(root / "run"), "graceful_timeout": 5},
+        }
+        self.config = _merge(conf, config or {})
+        self.write_config()
+        if apisix_yaml is not None:
+            self.write_yaml(apisix_yaml)
+        elif mode == "yaml":
+            self.write_yaml("routes: []\n#END\n")
+
+    @property
+    def config_path(self) -> Path:
+        return self.conf_dir / "config.yaml"
+
+    def write_config(self) -> None:
+        self.config_path.write_text(yaml.safe_dump(self.config))
+
+    def write_yaml(self, text: str) -> None:
+        # Write then rename, as a deploy tool would, so the watcher never sees half a file.
+        tmp = self.conf_dir / ".apisix.yaml.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, self.conf_dir / "apisix.yaml")
+
+    def url(self, path: str = "/") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def admin_url(self, path: str = "") -> str:
+        return f"http://127.0.0.1:{self.admin_port}/apisix/admin{path}"
+
+    def status(self, path: str = "/status/ready") -> requests.Response:
+        return requests.get(f"http://127.0.0.1:{self.status_port}{path}", timeout=2)
+
+    def start(self, *, wait_ready: bool = True, extra_env: dict[str, str] | None = None) -> Gateway:
+        env = dict(os.environ)
+        env.update(extra_env or {})
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tollway.cli", "start", "-c", str(self.config_path)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+        if wait_ready:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        def ready() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"tollway exited with {self.proc.returncode}:\n{self.logs()}")
+            return self.status().status_code == 200
+
+        try:
+            wait_until(ready, timeout)
+        except AssertionError:
+            raise AssertionError(f"tollway not ready in {timeout}s:\n{self.logs()}") from None
+
+    def logs(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, sig)
+
+    def worker_pids(self) -> list[int]:
+        assert self.proc is not None
+        out = subprocess.run(
+            ["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True, check=False
+        )
+        return [int(p) for p in out.stdout.split()]
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        # Never leave a worker behind, whatever happened.
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self._log.close()
+        return self.proc.returncode
+
+    def __enter__(self) -> Gateway:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
