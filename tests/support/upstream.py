@@ -71,6 +71,12 @@ class Upstream:
         }
         self.requests.append(info)
         parts = request.path.strip("/").split("/")
+        if parts[0] == "ws":
+            ws = web.WebSocketResponse()
+            await ws.prepare(request)
+            async for msg in ws:
+                await ws.send_str("echo:" + msg.data)
+            return ws
         if parts[0] == "status" and len(parts) > 1:
             return web.json_response(info, status=int(parts[1]))
         if parts[0] == "hang":

@@ -147,7 +147,8 @@ class UpstreamConnection(asyncio.Protocol):
             sink.on_upstream_body(body)
 
     def on_message_complete(self) -> None:
-        if (100 <= self.status < 200 and self.status != 101) or self.status == 0:
+        # 1xx (including 101: the tunnel takes over) and spurious completions end nothing.
+        if 100 <= self.status < 200 or self.status == 0:
             return
         if self.head_request:
             return
