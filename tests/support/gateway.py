@@ -183,7 +183,7 @@ class Gateway:
         return self.proc.returncode
 
     def __enter__(self) -> Gateway:
-        return self.start()
+        return self if self.proc is not None else self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
