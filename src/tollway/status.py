@@ -37,8 +37,29 @@ def build_status_app(sup: Supervisor) -> web.Application:
             },
         )
 
+    async def config(_: web.Request) -> web.Response:
+        """Tollway's addition: what each worker has applied, and the lag behind etcd."""
+        source = sup.source
+        etcd_rev = getattr(source, "etcd_revision", None)
+        return _json(
+            200,
+            {
+                "revision": sup.store.revision,
+                "etcd_revision": etcd_rev,
+                "lag": (etcd_rev - sup.store.revision) if etcd_rev else None,
+                "from_snapshot": sup.agent.from_snapshot,
+                "rejected": sup.store.rejected,
+                "source_connected": getattr(source, "connected", None),
+                "workers": [
+                    {"pid": w.proc.pid, "ready": w.ready, "revision": w.revision}
+                    for w in sup.workers
+                ],
+            },
+        )
+
     app = web.Application()
     app.router.add_get("/status", status)
+    app.router.add_get("/status/config", config)
     app.router.add_get("/status/ready", ready)
     return app
 
