@@ -44,7 +44,9 @@ def config_status(g: Gateway) -> dict[str, object]:
     return body
 
 
-def test_put_and_delete_reach_the_data_plane(gw: Gateway, etcd: EtcdServer, upstream: Upstream) -> None:  # noqa: F811
+def test_put_and_delete_reach_the_data_plane(
+    gw: Gateway, etcd: EtcdServer, upstream: Upstream
+) -> None:
     assert code(gw, "/one") == 200
     etcd.put("/apisix/routes/2", route(upstream, "/two"))
     wait_until(lambda: code(gw, "/two") == 200, timeout=2)
@@ -55,7 +57,9 @@ def test_put_and_delete_reach_the_data_plane(gw: Gateway, etcd: EtcdServer, upst
     assert code(gw, "/two") == 200
 
 
-def test_invalid_updates_keep_the_previous_value(gw: Gateway, etcd: EtcdServer, upstream: Upstream) -> None:  # noqa: F811
+def test_invalid_updates_keep_the_previous_value(
+    gw: Gateway, etcd: EtcdServer, upstream: Upstream
+) -> None:
     etcd.put("/apisix/routes/1", "{not json")
     etcd.put("/apisix/routes/1", json.dumps({"uri": "/one", "upstream": {"nodes": {"x:1": -5}}}))
     etcd.put("/apisix/routes/1", json.dumps([1, 2]))
@@ -82,7 +86,9 @@ def test_workers_apply_the_same_revision(gw: Gateway, etcd: EtcdServer, upstream
     assert all(code(gw, f"/r{i}") == 200 for i in range(20))
 
 
-def test_compaction_then_writes_lose_nothing(gw: Gateway, etcd: EtcdServer, upstream: Upstream) -> None:  # noqa: F811
+def test_compaction_then_writes_lose_nothing(
+    gw: Gateway, etcd: EtcdServer, upstream: Upstream
+) -> None:
     for i in range(10):
         etcd.put(f"/apisix/routes/c{i}", route(upstream, f"/c{i}"))
     etcd.compact()
@@ -91,7 +97,9 @@ def test_compaction_then_writes_lose_nothing(gw: Gateway, etcd: EtcdServer, upst
     wait_until(lambda: all(code(gw, f"/c{i}") == 200 for i in range(15)), timeout=10)
 
 
-def test_etcd_outage_keeps_serving_and_recovers(gw: Gateway, etcd: EtcdServer, upstream: Upstream) -> None:  # noqa: F811
+def test_etcd_outage_keeps_serving_and_recovers(
+    gw: Gateway, etcd: EtcdServer, upstream: Upstream
+) -> None:
     failures: list[int] = []
     done: list[int] = []
     stop = threading.Event()
@@ -130,7 +138,9 @@ def test_etcd_wiped_triggers_full_reload(gw: Gateway, etcd: EtcdServer, upstream
     wait_until(lambda: code(gw, "/one") == 404, timeout=5)
 
 
-def test_starts_from_snapshot_when_etcd_is_down(tmp_path: Path, etcd: EtcdServer, upstream: Upstream) -> None:  # noqa: F811
+def test_starts_from_snapshot_when_etcd_is_down(
+    tmp_path: Path, etcd: EtcdServer, upstream: Upstream
+) -> None:
     etcd.put("/apisix/routes/1", route(upstream, "/snap"))
     g = gateway(tmp_path, etcd)
     with g:

@@ -115,7 +115,12 @@ def test_get_is_proxied_with_forwarded_headers(gw: Gateway) -> None:
 def test_hop_by_hop_headers_are_not_forwarded(gw: Gateway) -> None:
     r = requests.get(
         gw.url("/echo"),
-        headers={"Connection": "keep-alive, X-Secret", "X-Secret": "1", "Keep-Alive": "5", "TE": "x"},
+        headers={
+            "Connection": "keep-alive, X-Secret",
+            "X-Secret": "1",
+            "Keep-Alive": "5",
+            "TE": "x",
+        },
     )
     h = r.json()["headers"]
     assert "x-secret" not in h and "keep-alive" not in h and "te" not in h
@@ -189,9 +194,10 @@ def test_pass_host_node_and_rewrite(gw: Gateway, upstream: Upstream) -> None:
 
 
 def test_keepalive_and_pipelining_in_order(gw: Gateway) -> None:
-    reqs = b"".join(
-        b"GET /echo/%d HTTP/1.1\r\nHost: x\r\n\r\n" % i for i in range(5)
-    ) + b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    reqs = (
+        b"".join(b"GET /echo/%d HTTP/1.1\r\nHost: x\r\n\r\n" % i for i in range(5))
+        + b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
     out = raw(gw, reqs)
     positions = [out.find(b'"/echo/%d"' % i) for i in range(5)]
     assert all(p > 0 for p in positions) and positions == sorted(positions)
@@ -225,11 +231,22 @@ def test_http10_and_expect_continue(gw: Gateway) -> None:
             b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
             400,
         ),
-        (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", 400),
+        (
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+            400,
+        ),
         (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", 400),
         (b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n", 400),
     ],
-    ids=["431-headers", "413-body", "400-garbage", "400-cl-te", "400-dup-cl", "400-bad-cl", "400-chunk"],
+    ids=[
+        "431-headers",
+        "413-body",
+        "400-garbage",
+        "400-cl-te",
+        "400-dup-cl",
+        "400-bad-cl",
+        "400-chunk",
+    ],
 )
 def test_bad_requests_get_their_status(gw: Gateway, request_bytes: bytes, status: int) -> None:
     out = raw(gw, request_bytes)

@@ -78,7 +78,7 @@ def test_broken_yaml_keeps_last_good(gw: Gateway) -> None:
 def test_env_substitution(tmp_path: Path, upstream: Upstream) -> None:
     text = (
         "routes:\n  - id: e\n    uri: ${{ROUTE_URI}}\n"
-        "    upstream: {nodes: {\"${{UP_ADDR:=" + upstream.addr + "}}\": 1}}\n#END\n"
+        '    upstream: {nodes: {"${{UP_ADDR:=' + upstream.addr + '}}": 1}}\n#END\n'
     )
     g = Gateway(tmp_path, apisix_yaml=text)
     with g.start(extra_env={"ROUTE_URI": "/from-env"}):

@@ -30,8 +30,12 @@ routes:
 def handshake(path: str, upgrade: bytes = b"websocket") -> bytes:
     key = base64.b64encode(os.urandom(16))
     return (
-        b"GET " + path.encode() + b" HTTP/1.1\r\nHost: x\r\nUpgrade: " + upgrade
-        + b"\r\nConnection: Upgrade\r\nSec-WebSocket-Key: " + key
+        b"GET "
+        + path.encode()
+        + b" HTTP/1.1\r\nHost: x\r\nUpgrade: "
+        + upgrade
+        + b"\r\nConnection: Upgrade\r\nSec-WebSocket-Key: "
+        + key
         + b"\r\nSec-WebSocket-Version: 13\r\n\r\n"
     )
 

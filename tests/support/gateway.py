@@ -31,7 +31,7 @@ def wait_until(pred: Callable[[], Any], timeout: float = 10.0, interval: float =
             last = pred()
             if last:
                 return last
-        except Exception as e:  # noqa: BLE001 - polling: remember and retry
+        except Exception as e:
             last = e
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s (last: {last!r})")
@@ -123,7 +123,7 @@ class Gateway:
     def start(self, *, wait_ready: bool = True, extra_env: dict[str, str] | None = None) -> Gateway:
         env = dict(os.environ)
         env.update(extra_env or {})
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tollway.cli", "start", "-c", str(self.config_path)],
             stdout=self._log,

@@ -1,0 +1,55 @@
+"""Object schemas: APISIX-style messages naming the property."""
+
+from __future__ import annotations
+
+import pytest
+
+from tollway.errors import ConfigError
+from tollway.model import decode_item
+from tollway.model.objects import split_host_port
+
+
+@pytest.mark.parametrize(
+    ("kind", "value", "message"),
+    [
+        ("routes", {"uri": "/a"}, "object matches none of the required"),
+        (
+            "routes",
+            {"uri": "/a", "uris": ["/b"], "upstream_id": 1},
+            'exactly one of "uri" or "uris"',
+        ),
+        (
+            "routes",
+            {"uri": "/a", "upstream_id": 1, "foo": 1},
+            "additional properties forbidden, found foo",
+        ),
+        ("routes", {"uri": "/a", "upstream_id": 1, "methods": ["FETCH"]}, 'property "methods"'),
+        ("routes", {"uri": "/a", "upstream_id": 1, "host": "a.*.com"}, 'property "host"'),
+        ("routes", {"uri": "/a", "upstream_id": 1, "remote_addr": "300.1.1.1"}, "invalid IP"),
+        ("upstreams", {"nodes": {"127.0.0.1:80": -1}}, 'property "nodes"'),
+        ("upstreams", {"nodes": [{"host": "::1", "port": 80, "weight": 1}]}, "enclosed with '['"),
+        ("upstreams", {"type": "chash", "nodes": {}}, "missing key"),
+        ("upstreams", {"nodes": {}, "pass_host": "rewrite"}, "upstream_host"),
+        ("upstreams", {}, "nodes or service_name"),
+        ("consumers", {"username": "bad name"}, 'property "username"'),
+        ("global_rules", {}, '"plugins" is required'),
+    ],
+)
+def test_invalid_items(kind: str, value: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        decode_item(kind, value)
+    assert message in str(e.value)
+
+
+def test_valid_items_and_defaults() -> None:
+    r = decode_item("routes", {"uri": "/a", "upstream": {"nodes": {"[::1]:80": 1, "a.com": 2}}})
+    assert r.priority == 0 and r.status == 1
+    nodes = r.upstream.node_list()
+    assert (nodes[0].host, nodes[0].port) == ("[::1]", 80) and nodes[1].port is None
+
+
+def test_split_host_port() -> None:
+    assert split_host_port("1.2.3.4:8080") == ("1.2.3.4", 8080)
+    assert split_host_port("[::1]") == ("[::1]", None)
+    with pytest.raises(ValueError):
+        split_host_port("a:99999")

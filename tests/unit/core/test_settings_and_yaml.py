@@ -1,0 +1,67 @@
+"""Local config loading and apisix.yaml parsing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tollway.config.yaml_source import parse_yaml_config
+from tollway.errors import SettingsError, SourceError
+from tollway.settings import load_settings, parse_duration, parse_size
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "conf" / "config.yaml"
+    p.parent.mkdir(exist_ok=True)
+    p.write_text(text)
+    return p
+
+
+def test_defaults_and_overrides(tmp_path: Path) -> None:
+    s = load_settings(
+        write(tmp_path, "apisix:\n  node_listen: [{ip: 127.0.0.1, port: 9999}, 8000]\n")
+    )
+    assert s.listens == (("127.0.0.1", 9999), ("0.0.0.0", 8000))
+    assert s.conf.apisix.router.http == "radixtree_host_uri"
+    assert s.config_provider == "etcd"
+    assert s.conf.deployment.admin.admin_listen.ip == "127.0.0.1"
+
+
+def test_wrong_type_names_file_and_key(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError) as e:
+        load_settings(write(tmp_path, "deployment:\n  etcd:\n    timeout: fast\n"))
+    assert e.value.key == "deployment.etcd.timeout"
+    assert "config.yaml" in str(e.value)
+
+
+def test_unknown_key_is_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    load_settings(write(tmp_path, "apisix:\n  no_such_key: 1\n"))
+    assert "unknown key apisix.no_such_key" in caplog.text
+
+
+def test_sizes_and_durations() -> None:
+    assert parse_size("1m") == 1 << 20 and parse_size("10k") == 10240 and parse_size(0) == 0
+    assert parse_duration("60s") == 60 and parse_duration("500ms") == 0.5
+    with pytest.raises(ValueError):
+        parse_size("lots")
+
+
+def test_yaml_needs_end_marker() -> None:
+    with pytest.raises(SourceError, match="#END"):
+        parse_yaml_config(b"routes: []\n")
+
+
+def test_yaml_ids_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("URI", "/env")
+    kvs = parse_yaml_config(
+        b"routes:\n  - {uri: '${{URI}}', upstream_id: 1}\n  - {id: x, uri: '${{NOPE:=/d}}', upstream_id: 1}\n"
+        b"consumers:\n  - {username: jack}\n#END\n"
+    )
+    keys = [kv.key for kv in kvs]
+    assert keys == ["/apisix/routes/arr_0", "/apisix/routes/x", "/apisix/consumers/jack"]
+    assert json.loads(kvs[0].value or b"")["uri"] == "/env"
+    assert json.loads(kvs[1].value or b"")["uri"] == "/d"
+    with pytest.raises(SourceError, match="NOT_SET"):
+        parse_yaml_config(b"routes:\n  - {uri: '${{NOT_SET}}'}\n#END\n")

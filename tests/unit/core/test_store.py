@@ -1,0 +1,77 @@
+"""The Store: validation per item, last good value kept, versions, insertion order."""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tollway.config.source import KeyValue
+from tollway.config.store import Store
+
+
+def kv(key: str, value: object, rev: int = 1) -> KeyValue:
+    raw = value if isinstance(value, bytes) else json.dumps(value).encode()
+    return KeyValue(f"/apisix/{key}", raw, rev, rev)
+
+
+ROUTE = {"uri": "/a", "upstream_id": "1"}
+
+
+def test_load_then_apply_bumps_versions_per_change() -> None:
+    s = Store()
+    changed = s.load(5, [kv("routes/1", ROUTE), kv("upstreams/1", {"nodes": {"1.1.1.1:80": 1}})])
+    assert changed == {"routes", "upstreams"}
+    v = s["routes"].version
+    s.apply(6, [kv("routes/2", {"uri": "/b", "upstream_id": "1"}, 6)])
+    s.apply(7, [KeyValue("/apisix/routes/2", None, 7)])
+    assert s["routes"].version == v + 2
+    assert list(s["routes"].items) == ["1"]
+    assert s.revision == 7
+
+
+def test_invalid_update_keeps_last_good_and_counts() -> None:
+    s = Store()
+    s.load(1, [kv("routes/1", ROUTE)])
+    before = s["routes"].items["1"]
+    s.apply(2, [kv("routes/1", b"{oops", 2), kv("routes/1", [1], 2), kv("routes/1", {"uri": 5}, 2)])
+    assert s["routes"].items["1"] is before
+    assert s.rejected == 3
+    assert s.revision == 2
+
+
+def test_full_reload_reuses_unchanged_items() -> None:
+    s = Store()
+    s.load(1, [kv("routes/1", ROUTE), kv("routes/2", {"uri": "/b", "upstream_id": "1"})])
+    first = s["routes"].items["1"]
+    v = s["routes"].version
+    assert (
+        s.load(2, [kv("routes/1", ROUTE), kv("routes/2", {"uri": "/b", "upstream_id": "1"})])
+        == set()
+    )
+    assert s["routes"].items["1"] is first and s["routes"].version == v
+    s.load(3, [kv("routes/1", ROUTE)])
+    assert s["routes"].version == v + 1 and ("routes", "2", "/apisix/routes/2") in s.last_changes
+
+
+def test_directory_markers_and_unknown_keys_are_ignored() -> None:
+    s = Store()
+    s.load(1, [kv("routes/", b"init_dir"), kv("nonsense/1", {}), kv("routes/1", ROUTE)])
+    assert list(s["routes"].items) == ["1"] and s.rejected == 0
+
+
+def test_new_keys_append_in_order() -> None:
+    s = Store()
+    s.load(1, [kv("routes/b", ROUTE), kv("routes/a", ROUTE)])
+    s.apply(2, [kv("routes/0", ROUTE, 2)])
+    assert list(s["routes"].items) == ["b", "a", "0"]
+
+
+@given(st.lists(st.one_of(st.just(b"{bad"), st.just(b"[]"), st.binary(max_size=20)), max_size=5))
+def test_bad_changes_never_alter_the_snapshot(bad: list[bytes]) -> None:
+    s = Store()
+    s.load(1, [kv("routes/1", ROUTE)])
+    snap = s.snapshot()
+    s.apply(2, [KeyValue("/apisix/routes/1", b, 2, 1) for b in bad])
+    assert s.snapshot() == snap
