@@ -6,7 +6,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.support.etcd import etcd, shared_etcd
 from tests.support.upstream import Upstream
+
+__all__ = ["etcd", "shared_etcd"]  # fixtures shared by every test module
 
 
 @pytest.fixture(scope="module")

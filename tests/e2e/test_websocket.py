@@ -79,3 +79,23 @@ def test_h2c_upgrade_is_not_tunnelled(gw: Gateway) -> None:
         s.sendall(handshake("/ws", b"h2c"))
         head = read_head(s)
         assert not head.startswith(b"HTTP/1.1 101"), head
+
+
+def test_idle_tunnel_is_closed_after_read_timeout(tmp_path: Path, upstream: Upstream) -> None:
+    text = f"""
+routes:
+  - id: ws
+    uri: /ws
+    enable_websocket: true
+    timeout: {{connect: 1, send: 1, read: 0.5}}
+    upstream: {{nodes: {{"{upstream.addr}": 1}}}}
+#END
+"""
+    with Gateway(tmp_path, apisix_yaml=text) as g, socket.create_connection(
+        ("127.0.0.1", g.port), timeout=5
+    ) as s:
+        s.sendall(handshake("/ws"))
+        assert read_head(s).startswith(b"HTTP/1.1 101")
+        s.sendall(frame("hi"))
+        assert s.recv(4096)[2:] == b"echo:hi"
+        assert s.recv(4096) == b""  # closed by the gateway once idle

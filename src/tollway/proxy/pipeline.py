@@ -87,6 +87,7 @@ class Exchange:
         "_done",
         "_last_activity",
         "_read_timeout",
+        "_send_timeout",
         "_timer",
         "body",
         "body_bytes",
@@ -166,6 +167,7 @@ class Exchange:
         self._timer: asyncio.TimerHandle | None = None
         self._last_activity = 0.0
         self._read_timeout = 60.0
+        self._send_timeout = 60.0
         self.client_closed = False
         self.upstream_statuses: list[str] | None = None
         self.task: asyncio.Task[None] | None = None
@@ -492,6 +494,7 @@ class Exchange:
         assert ctx is not None
         timeouts = route.timeouts or up.timeouts or DEFAULT_TIMEOUTS
         self._read_timeout = timeouts.read
+        self._send_timeout = timeouts.send
         # Small bodies are read whole so that a retry can resend them; larger ones stream.
         body: bytes | None = None
         if self.has_body and not self.websocket:
@@ -735,7 +738,13 @@ class Exchange:
                 conn.write(chunk)
             if conn.closed:
                 raise ConnectionResetError("upstream closed while sending the body")
-            await conn.drain()
+            if conn.write_paused:
+                # The upstream stopped reading: give it the send timeout, then 504.
+                try:
+                    async with asyncio.timeout(self._send_timeout):
+                        await conn.drain()
+                except TimeoutError:
+                    raise _ReadTimeout() from None
         if self.reject_status:
             raise ConnectionResetError("request body too large")
         if chunked:
@@ -896,10 +905,14 @@ class Exchange:
         self.write(b"".join(out))
         self.response_started = True
         self.keep_alive = False
-        self._cancel_timer()
+        # The read timer stays armed: an idle tunnel (no bytes either way) is closed after the
+        # route's read timeout, as nginx's proxy_read_timeout does for WebSocket.
         conn.upgraded = True
         conn.sink = _Tunnel(self.proto, self)
         self.proto.start_tunnel(conn, self.upgrade_rest)
+
+    def touch(self) -> None:
+        self._last_activity = asyncio.get_running_loop().time()
 
     def tunnel_closed(self) -> None:
         d = self._done
@@ -971,6 +984,7 @@ class _Tunnel:
         return None
 
     def on_upstream_body(self, data: bytes) -> None:
+        self.ex.touch()
         t = self.proto.transport
         if t is not None and not t.is_closing():
             t.write(data)

@@ -96,6 +96,8 @@ class HttpProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.tunnel is not None:
             self.tunnel.write(data)
+            if self.active is not None:
+                self.active.touch()
             return
         try:
             self.parser.feed_data(data)

@@ -184,6 +184,10 @@ class UpstreamConnection(asyncio.Protocol):
         await self._drain
         self._drain = None
 
+    @property
+    def write_paused(self) -> bool:
+        return self._paused
+
     def pause_reading(self) -> None:
         if self.transport is not None and not self.closed:
             self.transport.pause_reading()

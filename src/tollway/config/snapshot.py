@@ -1,0 +1,111 @@
+"""The last-known-good config on disk, so an instance can start while etcd is down.
+
+Invariants: a reader sees either the previous complete file or the new complete file (temp file,
+fsync, rename, fsync of the directory); a file that fails any check (magic, format version,
+length, sha256, decoding) is rejected as a whole, never partly used.
+
+Format: one ASCII header line ``TOLLWAY-SNAPSHOT <format> <revision> <sha256 hex> <body bytes>``,
+then the body: a msgpack array of ``[key, value, mod_revision, create_revision]``. The functions
+block (file I/O, fsync): call them through ``asyncio.to_thread`` from the event loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import msgspec
+
+from tollway.config.source import KeyValue
+
+__all__ = ["read_snapshot", "write_snapshot"]
+
+log = logging.getLogger("tollway.config")
+
+MAGIC = b"TOLLWAY-SNAPSHOT"
+FORMAT = 1
+_MAX_HEADER = 256
+
+_Row = tuple[str, bytes | None, int, int]
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(list[_Row])
+
+
+def write_snapshot(path: str | os.PathLike[str], revision: int, kvs: list[KeyValue]) -> None:
+    """Atomically replace ``path`` with a snapshot of ``kvs`` at ``revision``. Raises OSError."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    body = _encoder.encode([(kv.key, kv.value, kv.mod_revision, kv.create_revision) for kv in kvs])
+    digest = hashlib.sha256(body).hexdigest()
+    header = b"%s %d %d %s %d\n" % (MAGIC, FORMAT, revision, digest.encode(), len(body))
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(header)
+            f.write(body)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(target.parent)
+
+
+def read_snapshot(path: str | os.PathLike[str]) -> tuple[int, list[KeyValue]] | None:
+    """``(revision, kvs)`` from a verified snapshot, or None (with a warning) if the file is
+    missing, unreadable or corrupt."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        log.warning("config snapshot %s not usable: %s", path, e.strerror or e)
+        return None
+    try:
+        return _parse(data)
+    except ValueError as e:
+        log.warning("config snapshot %s rejected: %s", path, e)
+        return None
+
+
+def _parse(data: bytes) -> tuple[int, list[KeyValue]]:
+    end = data.find(b"\n", 0, _MAX_HEADER)
+    if end < 0:
+        raise ValueError("no header line")
+    fields = data[:end].split(b" ")
+    if len(fields) != 5 or fields[0] != MAGIC:
+        raise ValueError("not a snapshot file (bad header)")
+    try:
+        fmt, revision, size = int(fields[1]), int(fields[2]), int(fields[4])
+    except ValueError:
+        raise ValueError("bad header numbers") from None
+    if fmt != FORMAT:
+        raise ValueError(f"unsupported format {fmt} (this version reads {FORMAT})")
+    body = memoryview(data)[end + 1 :]
+    if len(body) != size:
+        raise ValueError(f"truncated: body is {len(body)} bytes, header says {size}")
+    if hashlib.sha256(body).hexdigest().encode() != fields[3]:
+        raise ValueError("checksum mismatch")
+    try:
+        rows = _decoder.decode(body)
+    except msgspec.DecodeError as e:
+        raise ValueError(f"undecodable body: {e}") from None
+    return revision, [KeyValue(key, value, mod, create) for key, value, mod, create in rows]
+
+
+def _fsync_dir(directory: Path) -> None:
+    # The rename is durable only once the directory entry is on disk.
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
