@@ -1,0 +1,81 @@
+"""Request path normalisation: the raw request-target path to the ``uri`` routes match against.
+
+Invariant: the result starts with ``/``, has no ``%`` escapes left undecoded, no empty, ``.`` or
+``..`` segments, and never climbs above ``/``; None means "answer 400".
+
+Policy (nginx as configured by APISIX, which is what ``ngx.var.uri`` holds):
+
+* ``%XX`` escapes are decoded first, including ``%2F``, which becomes a real ``/`` before matching
+  (APISIX's default; ``match_uri_encoded_slash`` is not supported). Decoded bytes are read as UTF-8;
+  invalid UTF-8 survives as surrogate escapes, so it can never equal a route path but does not fail.
+* Then ``//`` runs collapse to ``/`` (nginx ``merge_slashes on``) and dot segments are removed as in
+  RFC 3986 §5.2.4, so ``%2e%2e`` counts as ``..``. A ``..`` at the root is dropped (RFC 3986) where
+  nginx would answer 400; the result is the same route lookup for every path that nginx accepts.
+* A ``%`` not followed by two hex digits, a NUL byte (raw or ``%00``), or a path that does not start
+  with ``/`` (``*``, absolute-form left to the caller) is invalid: None.
+
+``raw_path`` is the request-target bytes as a ``str`` decoded with latin-1 (lossless; raw non-ASCII
+bytes are then read as UTF-8 like escaped ones). A string holding characters above U+00FF cannot
+come from latin-1, so it is taken as text and encoded as UTF-8 first.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import unquote_to_bytes
+
+__all__ = ["normalize_path"]
+
+_BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+
+
+def _decode(raw_path: str) -> str | None:
+    try:
+        data = raw_path.encode("latin-1")
+    except UnicodeEncodeError:
+        data = raw_path.encode("utf-8", "surrogateescape")
+    if _BAD_ESCAPE.search(data):
+        return None
+    decoded = unquote_to_bytes(data)
+    if b"\x00" in decoded:
+        return None
+    return decoded.decode("utf-8", "surrogateescape")
+
+
+def _remove_dot_segments(path: str) -> str:
+    """RFC 3986 §5.2.4 on a path that starts with "/", with empty segments merged."""
+    parts = path.split("/")
+    last = len(parts) - 1
+    stack: list[str] = []
+    trailing = False
+    for i in range(1, last + 1):
+        seg = parts[i]
+        if seg == "" or seg == ".":
+            trailing = i == last
+        elif seg == "..":
+            if stack:
+                stack.pop()
+            trailing = i == last
+        else:
+            stack.append(seg)
+            trailing = False
+    if not stack:
+        return "/"
+    return "/" + "/".join(stack) + ("/" if trailing else "")
+
+
+def normalize_path(raw_path: str) -> str | None:
+    """Decode and normalise a raw request path (no query string); None when invalid (400)."""
+    if not raw_path or raw_path[0] != "/" or "\x00" in raw_path:
+        return None
+    if "%" in raw_path or not raw_path.isascii():
+        decoded = _decode(raw_path)
+        if decoded is None:
+            return None
+    elif "//" not in raw_path and "/." not in raw_path:
+        return raw_path  # the common case: nothing to decode or resolve
+    else:
+        decoded = raw_path
+    if "//" not in decoded and "/." not in decoded:
+        return decoded
+    return _remove_dot_segments(decoded)

@@ -1,0 +1,134 @@
+"""Route paths: how one ``uri`` of a route is stored and checked (lua-resty-radixtree rules).
+
+Invariant: a pattern is either *exact* (stored in a hash) or a *prefix* (stored in the prefix
+tree); a prefix pattern may carry a :class:`Capture`, which checks the whole request path and
+returns the uri parameters. ``stored`` is always a literal prefix of every path it accepts.
+
+Rules (apisix.md §2.2, ``common_route_data`` and ``fetch_pat`` in radixtree.lua):
+
+* With parameters enabled (radixtree_uri_with_parameter) a path containing ``:`` is a prefix
+  pattern stored up to its first ``:``. Otherwise a path containing ``*`` is a prefix pattern
+  stored up to its first ``*``. Any other path is exact (``:name`` is then literal).
+* A prefix pattern is split on ``/``; a segment starting with ``:`` matches one non-empty segment
+  ``[^/]+``, a segment starting with ``*`` matches the rest, ``/`` included and possibly empty
+  (a bare ``*`` is named ``:ext``). Other segments are literal. Without such segments there is
+  no further check, so ``/foo*`` accepts every path that starts with ``/foo`` and ``/a*b/c`` every
+  path that starts with ``/a`` (radixtree behaves the same). As in radixtree this splitting
+  happens in every router kind, so ``/a/*/:id`` captures ``id`` in radixtree_uri too.
+* The check is a full match of the request path (radixtree: PCRE match, then ``m[0] == path``);
+  a trailing ``/`` in the pattern must be present in the request.
+
+Deviations: literal segments are escaped (radixtree pastes them into the PCRE pattern, so ``.``
+after a parameter matches any character and ``(`` shifts the capture groups), and a ``*name``
+segment is one capture group (radixtree's ``((.|\\n)*)`` is two, which misnames any parameter that
+follows it).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+
+__all__ = ["Capture", "UriPattern", "parse_uri"]
+
+_SEGMENT = "([^/]+)"
+_REST = "(.*)"
+
+
+@lru_cache(maxsize=8192)
+def _regex(source: str) -> re.Pattern[str]:
+    return re.compile(source, re.DOTALL)
+
+
+class Capture:
+    """Full-path check of a prefix pattern with named segments; returns the parameters."""
+
+    __slots__ = ("_compiled", "names", "rest_name", "source", "start")
+
+    def __init__(self, source: str, start: int, names: tuple[str, ...], rest_name: str | None):
+        self.source = source  # regex for path[start:]
+        self.start = start
+        self.names = names
+        self.rest_name = rest_name  # set when the regex is just "(.*)": no regex needed
+        self._compiled: re.Pattern[str] | None = None
+
+    def match(self, path: str) -> dict[str, str] | None:
+        if self.rest_name is not None:
+            return {self.rest_name: path[self.start :]}
+        compiled = self._compiled
+        if compiled is None:
+            # Compiled on first use: a full build of 100k routes compiles nothing.
+            compiled = self._compiled = _regex(self.source)
+        m = compiled.match(path, self.start)
+        if m is None or m.end() != len(path):
+            return None
+        return dict(zip(self.names, m.groups(), strict=True))
+
+    def compile(self) -> None:
+        """Compile now (config validation wants errors early; escaping makes them impossible)."""
+        if self.rest_name is None and self._compiled is None:
+            self._compiled = _regex(self.source)
+
+
+@dataclass(frozen=True, slots=True)
+class UriPattern:
+    path_org: str
+    is_prefix: bool
+    stored: str
+    capture: Capture | None
+
+
+def parse_uri(path: str, with_params: bool) -> UriPattern:
+    """How ``path`` (one of a route's uris) is stored and checked in a router of this kind."""
+    cut = path.find(":") if with_params else -1
+    if cut < 0:
+        cut = path.find("*")
+        if cut < 0:
+            return UriPattern(path, False, path, None)
+    stored = path[:cut]
+    return UriPattern(path, True, stored, _capture(path, stored))
+
+
+def _capture(path: str, stored: str) -> Capture | None:
+    """radixtree's ``fetch_pat``: None when the path has no ``:name`` / ``*name`` segment."""
+    if "/:" not in path and "/*" not in path and path[:1] not in (":", "*"):
+        return None  # e.g. "/foo*": the stored prefix is the whole check
+    if path.endswith("/*") and len(stored) == len(path) - 1 and "/:" not in path:
+        return Capture(_REST, len(stored), (":ext",), ":ext")  # "/a/*": the common prefix form
+    items = path.split("/")
+    while len(items) > 1 and items[-1] == "":
+        items.pop()  # ngx.re.split drops empty trailing items; the trailing "/" is re-added below
+    # Tokens: a str is literal text; a tuple (name, regex) is a parameter.
+    tokens: list[str | tuple[str, str]] = []
+    for i, item in enumerate(items):
+        if i:
+            tokens.append("/")
+        if item[:1] == ":":
+            tokens.append((item[1:], _SEGMENT))
+        elif item[:1] == "*":
+            tokens.append((item[1:] or ":ext", _REST))
+        else:
+            tokens.append(item)
+    if path.endswith("/") and len(path) > 1:
+        tokens.append("/")
+    names = tuple(t[0] for t in tokens if isinstance(t, tuple))
+    if not names:
+        return None
+    lead = 0
+    literal = ""
+    for token in tokens:
+        if not isinstance(token, str):
+            break
+        literal += token
+        lead += 1
+    # The tree already checked `stored`; the regex starts after it when the literal text allows.
+    start = len(stored) if literal.startswith(stored) else 0
+    parts = [re.escape(literal[start:])]
+    parts += [re.escape(t) if isinstance(t, str) else t[1] for t in tokens[lead:]]
+    source = "".join(parts)
+    rest = tokens[lead:]
+    rest_name = None
+    if source == _REST and len(rest) == 1 and isinstance(rest[0], tuple):
+        rest_name = rest[0][0]
+    return Capture(source, start, names, rest_name)

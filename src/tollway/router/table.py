@@ -1,0 +1,334 @@
+"""One uri router: exact paths and stored prefixes, each mapped to an ordered bucket of entries.
+
+Invariants:
+* a bucket is one Entry or a list of two or more, sorted by ``Entry.order()`` =
+  (-priority, -len(path as written), insertion sequence, uri index): radixtree's ``sort_route``
+  made total. The first entry whose conditions hold wins (apisix.md §2.2).
+* a stored prefix that ends with ``/`` lives in ``_slash`` and its depth (number of ``/``) is
+  counted in ``_depths``; any other stored prefix lives in the ``_other`` prefix tree. A request
+  path has at most one prefix of a given length, so the two sources never collide.
+
+Why this layout: at 100k routes every object hop is a cache miss, so the common cases (an exact
+path; a prefix that ends at a segment boundary) cost one or two dict probes per depth that is
+actually in use, and a single route per path needs no list.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, insort
+from typing import Any
+
+from tollway.expr import Expr, IpMatcher
+from tollway.router.pattern import Capture, UriPattern
+from tollway.router.prefix_tree import PrefixTree
+from tollway.router.spec import Match, RequestView, RouteSpec
+
+__all__ = ["Entry", "HostCondition", "UriTable"]
+
+_URI_PARAM = "uri_param_"
+
+
+class HostCondition:
+    """A route's hosts checked per request (radixtree_uri kinds): ``*.foo.com`` is a suffix match on
+    ``.foo.com``, ``*`` matches any host. A host containing ``:`` is compared with the raw Host
+    header (``http_host``) instead, as radixtree does."""
+
+    __slots__ = ("any", "colon", "exact", "suffixes")
+
+    def __init__(self, hosts: tuple[str, ...]) -> None:
+        exact: set[str] = set()
+        suffixes: list[str] = []
+        colon: list[tuple[bool, str]] = []
+        any_host = False
+        for raw in hosts:
+            host = raw.lower()
+            wildcard = host.startswith("*")
+            name = host[1:] if wildcard else host
+            if ":" in name:
+                colon.append((wildcard, name))
+            elif wildcard and not name:
+                any_host = True
+            elif wildcard:
+                suffixes.append(name)
+            else:
+                exact.add(name)
+        self.any = any_host
+        self.exact = frozenset(exact)
+        self.suffixes = tuple(suffixes)
+        self.colon = tuple(colon)
+
+    def match(self, req: RequestView) -> bool:
+        if self.any:
+            return True
+        host = req.host
+        if host in self.exact:
+            return True
+        for suffix in self.suffixes:
+            if host.endswith(suffix):
+                return True
+        if self.colon:
+            raw = req.var("http_host")
+            header = raw.lower() if isinstance(raw, str) else host
+            for wildcard, name in self.colon:
+                if header.endswith(name) if wildcard else header == name:
+                    return True
+        return False
+
+
+# methods, remote addresses, hosts (radixtree_uri kinds only), vars
+Conditions = tuple[frozenset[str] | None, IpMatcher | None, HostCondition | None, Expr | None]
+
+
+class _ParamVars:
+    """``var`` during matching: ``uri_param_<name>`` reads the candidate route's captures."""
+
+    __slots__ = ("_params", "_var")
+
+    def __init__(self, var: Any, params: dict[str, str] | None) -> None:
+        self._var = var
+        self._params = params
+
+    def __call__(self, name: str) -> Any:
+        if name.startswith(_URI_PARAM):
+            params = self._params
+            return None if params is None else params.get(name[len(_URI_PARAM) :])
+        return self._var(name)
+
+
+class Entry:
+    """One (route, uri) pair placed in one table, with the route's compiled conditions."""
+
+    __slots__ = (
+        "capture",
+        "expr",
+        "host",
+        "hosts",
+        "index",
+        "ips",
+        "is_prefix",
+        "length",
+        "methods",
+        "param_vars",
+        "priority",
+        "rest_name",
+        "rest_start",
+        "seq",
+        "spec",
+        "stored",
+        "table",
+    )
+
+    def __init__(
+        self,
+        spec: RouteSpec,
+        pattern: UriPattern,
+        seq: int,
+        index: int,
+        conditions: tuple[
+            frozenset[str] | None, IpMatcher | None, HostCondition | None, Expr | None
+        ],
+    ) -> None:
+        self.spec = spec
+        self.methods, self.ips, self.hosts, self.expr = conditions
+        self.param_vars = self.expr is not None and any(
+            n.startswith(_URI_PARAM) for n in self.expr.var_names
+        )
+        self.priority = spec.priority
+        self.length = len(pattern.path_org)
+        self.seq = seq
+        self.index = index
+        self.stored = pattern.stored
+        self.is_prefix = pattern.is_prefix
+        capture: Capture | None = pattern.capture
+        # "/a/*" needs no regex: the capture is what follows the stored prefix.
+        self.rest_name = capture.rest_name if capture is not None else None
+        self.rest_start = capture.start if capture is not None else 0
+        self.capture = capture if self.rest_name is None else None
+        self.table: UriTable | None = None  # where it is placed, for removal
+        self.host: str | None = None  # the host of that table in radixtree_host_uri
+
+    def order(self) -> tuple[int, int, int, int]:
+        return (-self.priority, -self.length, self.seq, self.index)
+
+
+def _try(e: Entry, req: RequestView, path: str) -> Match | None:
+    """Check one entry in radixtree's ``match_route_opts`` order: method, remote address, host,
+    then the path regex and vars (the regex first, so vars can read this route's uri_param_*)."""
+    methods = e.methods
+    if methods is not None and req.method not in methods:
+        return None
+    ips = e.ips
+    if ips is not None and not ips.match(req.remote_addr):
+        return None
+    hosts = e.hosts
+    if hosts is not None and not hosts.match(req):
+        return None
+    params = None
+    if e.rest_name is not None:
+        params = {e.rest_name: path[e.rest_start :]}
+    elif e.capture is not None:
+        params = e.capture.match(path)
+        if params is None:
+            return None
+    expr = e.expr
+    if expr is not None:
+        var = _ParamVars(req.var, params) if e.param_vars else req.var
+        if not expr.eval(var):
+            return None
+    return Match(e.spec, params)
+
+
+def _scan(bucket: Entry | list[Entry], req: RequestView, path: str) -> Match | None:
+    if type(bucket) is Entry:
+        return _try(bucket, req, path)
+    for e in bucket:  # type: ignore[union-attr]
+        found = _try(e, req, path)
+        if found is not None:
+            return found
+    return None
+
+
+def _with(bucket: Entry | list[Entry] | None, entry: Entry) -> Entry | list[Entry]:
+    """The bucket with ``entry`` added in order."""
+    if bucket is None:
+        return entry
+    if type(bucket) is Entry:
+        bucket = [bucket]
+    assert isinstance(bucket, list)
+    insort(bucket, entry, key=Entry.order)
+    return bucket
+
+
+def _without(bucket: Entry | list[Entry], entry: Entry) -> Entry | list[Entry] | None:
+    """The bucket without ``entry`` (None when empty)."""
+    if type(bucket) is Entry:
+        return None if bucket is entry else bucket
+    assert isinstance(bucket, list)
+    i = bisect_left(bucket, entry.order(), key=Entry.order)
+    if i < len(bucket) and bucket[i] is entry:
+        del bucket[i]
+    return bucket[0] if len(bucket) == 1 else bucket
+
+
+class UriTable:
+    """Routes keyed by path: exact paths first, then stored prefixes from longest to shortest."""
+
+    __slots__ = ("_depths", "_exact", "_other", "_size", "_slash")
+
+    def __init__(self) -> None:
+        self._exact: dict[str, Entry | list[Entry]] = {}
+        self._slash: dict[str, Entry | list[Entry]] = {}
+        self._depths: dict[int, int] = {}  # depth -> number of stored prefixes; longest first
+        self._other: PrefixTree[Entry | list[Entry]] = PrefixTree()
+        self._size = 0
+
+    def __len__(self) -> int:
+        """Number of entries (a route with two uris counts twice)."""
+        return self._size
+
+    def add(self, entry: Entry) -> None:
+        stored = entry.stored
+        self._size += 1
+        entry.table = self
+        if not entry.is_prefix:
+            self._exact[stored] = _with(self._exact.get(stored), entry)
+        elif stored.endswith("/"):
+            old = self._slash.get(stored)
+            self._slash[stored] = _with(old, entry)
+            if old is None:
+                depth = stored.count("/")
+                count = self._depths.get(depth, 0)
+                self._depths[depth] = count + 1
+                if not count:
+                    self._depths = dict(sorted(self._depths.items(), reverse=True))
+        else:
+            self._other.set(stored, _with(self._other.get(stored), entry))
+
+    def remove(self, entry: Entry) -> None:
+        stored = entry.stored
+        if not entry.is_prefix:
+            bucket = self._exact.get(stored)
+        elif stored.endswith("/"):
+            bucket = self._slash.get(stored)
+        else:
+            bucket = self._other.get(stored)
+        if bucket is None:
+            return
+        self._size -= 1
+        rest = _without(bucket, entry)
+        if not entry.is_prefix:
+            _put(self._exact, stored, rest)
+        elif stored.endswith("/"):
+            _put(self._slash, stored, rest)
+            if rest is None:
+                depth = stored.count("/")
+                self._depths[depth] -= 1
+                if not self._depths[depth]:
+                    del self._depths[depth]
+        elif rest is None:
+            self._other.delete(stored)
+        else:
+            self._other.set(stored, rest)
+
+    def match(self, req: RequestView, path: str) -> Match | None:
+        bucket = self._exact.get(path)
+        if bucket is not None:
+            found = _scan(bucket, req, path)
+            if found is not None:
+                return found
+        if self._depths:
+            if len(self._other):
+                return self._match_merged(req, path)
+            for bucket in self._slash_buckets(path):
+                found = _scan(bucket, req, path)
+                if found is not None:
+                    return found
+        elif len(self._other):
+            for bucket in self._other.walk(path):
+                found = _scan(bucket, req, path)
+                if found is not None:
+                    return found
+        return None
+
+    def _slash_buckets(self, path: str) -> list[Entry | list[Entry]]:
+        """Buckets of the stored ``.../`` prefixes of ``path``, the deepest first."""
+        found = []
+        depths = self._depths
+        # ends[d - 1] is the index of the d-th "/" of the path.
+        ends = []
+        pos = -1
+        for _ in range(next(iter(depths))):
+            pos = path.find("/", pos + 1)
+            if pos < 0:
+                break
+            ends.append(pos)
+        slash = self._slash
+        for depth in depths:
+            if depth <= len(ends):
+                bucket = slash.get(path[: ends[depth - 1] + 1])
+                if bucket is not None:
+                    found.append(bucket)
+        return found
+
+    def _match_merged(self, req: RequestView, path: str) -> Match | None:
+        """Both kinds of prefixes present: merge them by length, longest first."""
+        buckets = self._slash_buckets(path) + self._other.walk(path)
+        buckets.sort(key=_stored_length, reverse=True)
+        for bucket in buckets:
+            found = _scan(bucket, req, path)
+            if found is not None:
+                return found
+        return None
+
+
+def _stored_length(bucket: Entry | list[Entry]) -> int:
+    return len(bucket.stored if isinstance(bucket, Entry) else bucket[0].stored)
+
+
+def _put(
+    store: dict[str, Entry | list[Entry]], key: str, bucket: Entry | list[Entry] | None
+) -> None:
+    if bucket is None:
+        store.pop(key, None)
+    else:
+        store[key] = bucket

@@ -1,0 +1,57 @@
+"""normalize_path: the path routes see (nginx decoding, merge_slashes, RFC 3986 §5.2.4)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tollway.router import normalize_path
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("/", "/"),
+        ("/a/b", "/a/b"),
+        ("/a/../b", "/b"),
+        ("/a/./b", "/a/b"),
+        ("/a/%2e%2e/b", "/b"),
+        ("/a/%2E%2e/b", "/b"),
+        ("/a/.%2e/b", "/b"),
+        ("//a//b//", "/a/b/"),
+        ("/a/b/..", "/a/"),
+        ("/a/b/.", "/a/b/"),
+        ("/..", "/"),
+        ("/../../a", "/a"),
+        ("/a%2Fb", "/a/b"),  # %2F is decoded before matching, like nginx
+        ("/a%2F..%2Fb", "/b"),
+        ("/a%20b", "/a b"),
+        ("/caf%C3%A9", "/caf\u00e9"),
+        ("/caf\u00c3\u00a9", "/caf\u00e9"),  # raw UTF-8 bytes given as latin-1
+        ("/%25", "/%"),  # decoded once only
+        ("/%252e%252e/x", "/%2e%2e/x"),
+        ("/a+b", "/a+b"),
+        ("/.hidden/x", "/.hidden/x"),
+        ("/a/...", "/a/..."),
+    ],
+)
+def test_normalize(raw: str, expected: str) -> None:
+    assert normalize_path(raw) == expected
+
+
+@pytest.mark.parametrize("raw", ["", "a/b", "*", "/%", "/%zz", "/%2", "/a%0", "/a\x00b", "/a%00b"])
+def test_invalid(raw: str) -> None:
+    assert normalize_path(raw) is None
+
+
+_segment = st.sampled_from(["a", "b", ".", "..", "", "%2e", "%2F", "c%20d", "x.y"])
+
+
+@given(st.lists(_segment, max_size=8))
+def test_result_is_normal(segments: list[str]) -> None:
+    out = normalize_path("/" + "/".join(segments))
+    assert out is not None and out.startswith("/")
+    assert "//" not in out
+    assert all(s not in (".", "..") for s in out.split("/"))
+    assert normalize_path(out.replace("%", "%25")) == out  # idempotent on its own output

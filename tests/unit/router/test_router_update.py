@@ -1,0 +1,98 @@
+"""Router.update / RouterBuilder: in-place changes keep the rules of a full build."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from tollway.router import RouterBuilder, RouteSpec, build_router
+
+
+@dataclass
+class Req:
+    path: str
+    method: str = "GET"
+    host: str = "localhost"
+    remote_addr: str = "127.0.0.1"
+    vars: dict[str, Any] = field(default_factory=dict)
+
+    def var(self, name: str) -> Any:
+        return self.vars.get(name)
+
+
+def win(router: Any, path: str, **kw: Any) -> str | None:
+    m = router.match(Req(path, **kw))
+    return None if m is None else m.spec.id
+
+
+@pytest.mark.parametrize("kind", ["radixtree_uri", "radixtree_host_uri"])
+def test_upsert_of_existing_id_keeps_its_position(kind: str) -> None:
+    router = build_router(kind, [RouteSpec("a", ("/x",)), RouteSpec("b", ("/x",))])
+    assert win(router, "/x") == "a"
+    router.update([RouteSpec("a", ("/x",), payload=2)], [])
+    assert win(router, "/x") == "a"
+    m = router.match(Req("/x"))
+    assert m is not None and m.spec.payload == 2
+
+
+def test_new_id_is_appended_and_a_readded_id_goes_last() -> None:
+    router = build_router("radixtree_uri", [RouteSpec("a", ("/x",))])
+    router.update([RouteSpec("b", ("/x",))], [])
+    assert win(router, "/x") == "a"
+    router.update([], ["a"])
+    assert win(router, "/x") == "b"
+    router.update([RouteSpec("a", ("/x",))], [])
+    assert win(router, "/x") == "b"
+
+
+def test_update_moves_a_route_to_new_uris_and_hosts() -> None:
+    router = build_router("radixtree_host_uri", [RouteSpec("r", ("/old",), hosts=("a.com",))])
+    router.update([RouteSpec("r", ("/new/*",), hosts=("*.b.com",))], [])
+    assert win(router, "/old", host="a.com") is None
+    assert win(router, "/new/x", host="c.b.com") == "r"
+    assert len(router) == 1
+
+
+def test_deletes_apply_before_upserts_and_unknown_ids_are_ignored() -> None:
+    router = build_router("radixtree_uri", [RouteSpec("a", ("/x",))])
+    router.update([RouteSpec("a", ("/y",))], ["a", "nope"])
+    assert win(router, "/y") == "a" and win(router, "/x") is None
+
+
+def test_a_bad_upsert_keeps_the_live_version() -> None:
+    router = build_router("radixtree_uri", [RouteSpec("a", ("/x",))])
+    router.update([RouteSpec("a", ("/y",), vars=[["arg_x", "bogus", 1]])], [])
+    assert win(router, "/x") == "a" and win(router, "/y") is None
+
+
+def test_empty_host_tables_are_dropped() -> None:
+    router = build_router("radixtree_host_uri", [RouteSpec("r", ("/a",), hosts=("*.x.com", "y"))])
+    router.update([], ["r"])
+    assert router._exact_hosts == {} and len(router._wild_hosts) == 0
+
+
+def test_builder_in_chunks_equals_build_router() -> None:
+    specs = [RouteSpec(str(i), (f"/p{i % 7}/*",), priority=i % 3) for i in range(50)]
+    builder = RouterBuilder("radixtree_uri", delete_uri_tail_slash=True)
+    for s in specs:
+        builder.add(s)
+    built = builder.finish()
+    full = build_router("radixtree_uri", specs, delete_uri_tail_slash=True)
+    for i in range(7):
+        assert win(built, f"/p{i}/q/") == win(full, f"/p{i}/q/") is not None
+    assert len(built) == len(full) == 50
+
+
+def test_duplicate_ids_in_a_build_keep_the_first_place_and_the_last_value() -> None:
+    router = build_router(
+        "radixtree_uri",
+        [
+            RouteSpec("a", ("/x",), payload=1),
+            RouteSpec("b", ("/x",)),
+            RouteSpec("a", ("/x",), payload=3),
+        ],
+    )
+    m = router.match(Req("/x"))
+    assert m is not None and m.spec.id == "a" and m.spec.payload == 3 and len(router) == 2
