@@ -141,7 +141,11 @@ class Supervisor:
         handle.tasks.append(loop.create_task(self._read_worker(handle, reader)))
         handle.tasks.append(loop.create_task(self._watch_worker(handle)))
         self.workers.append(handle)
-        if self.store.loaded:
+        no_wait = self.settings.conf.apisix.disable_sync_configuration_during_start
+        if not self.store.loaded and no_wait:
+            # APISIX's flag: do not hold start-up for the first sync; serve (404s) until it lands.
+            writer.write(encode({"t": "load", "rev": 0, "kvs": []}))
+        elif self.store.loaded:
             writer.write(
                 encode(
                     {

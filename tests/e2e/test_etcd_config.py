@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support.etcd import EtcdServer, etcd  # noqa: F401 - fixture
+from tests.support.etcd import EtcdServer
 from tests.support.gateway import Gateway, wait_until
 from tests.support.upstream import Upstream
 
@@ -23,7 +23,7 @@ def code(g: Gateway, path: str) -> int:
     return requests.get(g.url(path), timeout=5).status_code
 
 
-def gateway(tmp_path: Path, etcd: EtcdServer, workers: int = 1) -> Gateway:  # noqa: F811
+def gateway(tmp_path: Path, etcd: EtcdServer, workers: int = 1) -> Gateway:
     return Gateway(
         tmp_path, mode="etcd", etcd=etcd.endpoint, workers=workers,
         config={"apisix": {"enable_admin": False}},
@@ -31,7 +31,7 @@ def gateway(tmp_path: Path, etcd: EtcdServer, workers: int = 1) -> Gateway:  # n
 
 
 @pytest.fixture
-def gw(tmp_path: Path, etcd: EtcdServer, upstream: Upstream) -> Iterator[Gateway]:  # noqa: F811
+def gw(tmp_path: Path, etcd: EtcdServer, upstream: Upstream) -> Iterator[Gateway]:
     etcd.put("/apisix/routes/1", route(upstream, "/one"))
     with gateway(tmp_path, etcd, workers=2) as g:
         yield g
@@ -72,7 +72,7 @@ def test_invalid_updates_keep_the_previous_value(
     assert config_status(gw)["rejected"] == 3
 
 
-def test_workers_apply_the_same_revision(gw: Gateway, etcd: EtcdServer, upstream: Upstream) -> None:  # noqa: F811
+def test_workers_apply_the_same_revision(gw: Gateway, etcd: EtcdServer, upstream: Upstream) -> None:
     for i in range(20):
         etcd.put(f"/apisix/routes/r{i}", route(upstream, f"/r{i}"))
     rev = etcd.revision()
@@ -128,7 +128,7 @@ def test_etcd_outage_keeps_serving_and_recovers(
     assert failures == []
 
 
-def test_etcd_wiped_triggers_full_reload(gw: Gateway, etcd: EtcdServer, upstream: Upstream) -> None:  # noqa: F811
+def test_etcd_wiped_triggers_full_reload(gw: Gateway, etcd: EtcdServer, upstream: Upstream) -> None:
     for i in range(5):
         etcd.put(f"/apisix/routes/w{i}", route(upstream, f"/w{i}"))
     wait_until(lambda: code(gw, "/w4") == 200)
@@ -159,7 +159,7 @@ def test_starts_from_snapshot_when_etcd_is_down(
         assert config_status(g)["from_snapshot"] is False
 
 
-def test_not_ready_until_loaded(tmp_path: Path, etcd: EtcdServer) -> None:  # noqa: F811
+def test_not_ready_until_loaded(tmp_path: Path, etcd: EtcdServer) -> None:
     etcd.stop()
     g = gateway(tmp_path, etcd)
     with g.start(wait_ready=False):
@@ -167,3 +167,16 @@ def test_not_ready_until_loaded(tmp_path: Path, etcd: EtcdServer) -> None:  # no
         assert g.status("/status/ready").status_code == 503
         etcd.restart()
         g.wait_ready(timeout=30)
+
+
+def test_disable_sync_during_start_serves_before_etcd(tmp_path: Path, etcd: EtcdServer, upstream: Upstream) -> None:
+    etcd.put("/apisix/routes/1", route(upstream, "/late"))
+    etcd.stop()
+    g = Gateway(
+        tmp_path, mode="etcd", etcd=etcd.endpoint,
+        config={"apisix": {"enable_admin": False, "disable_sync_configuration_during_start": True}},
+    )  # fmt: skip
+    with g.start(wait_ready=False):
+        wait_until(lambda: code(g, "/late") == 404, timeout=20)  # serving, config not synced yet
+        etcd.restart()
+        wait_until(lambda: code(g, "/late") == 200, timeout=20)
