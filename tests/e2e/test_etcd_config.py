@@ -169,7 +169,9 @@ def test_not_ready_until_loaded(tmp_path: Path, etcd: EtcdServer) -> None:
         g.wait_ready(timeout=30)
 
 
-def test_disable_sync_during_start_serves_before_etcd(tmp_path: Path, etcd: EtcdServer, upstream: Upstream) -> None:
+def test_disable_sync_during_start_serves_before_etcd(
+    tmp_path: Path, etcd: EtcdServer, upstream: Upstream
+) -> None:
     etcd.put("/apisix/routes/1", route(upstream, "/late"))
     etcd.stop()
     g = Gateway(

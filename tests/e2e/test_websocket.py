@@ -91,9 +91,10 @@ routes:
     upstream: {{nodes: {{"{upstream.addr}": 1}}}}
 #END
 """
-    with Gateway(tmp_path, apisix_yaml=text) as g, socket.create_connection(
-        ("127.0.0.1", g.port), timeout=5
-    ) as s:
+    with (
+        Gateway(tmp_path, apisix_yaml=text) as g,
+        socket.create_connection(("127.0.0.1", g.port), timeout=5) as s,
+    ):
         s.sendall(handshake("/ws"))
         assert read_head(s).startswith(b"HTTP/1.1 101")
         s.sendall(frame("hi"))

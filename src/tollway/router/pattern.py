@@ -95,7 +95,7 @@ def _capture(path: str, stored: str) -> Capture | None:
     if "/:" not in path and "/*" not in path and path[:1] not in (":", "*"):
         return None  # e.g. "/foo*": the stored prefix is the whole check
     if path.endswith("/*") and len(stored) == len(path) - 1 and "/:" not in path:
-        return Capture(_REST, len(stored), (":ext",), ":ext")  # "/a/*": the common prefix form
+        return _shared_capture(_REST, len(stored), (":ext",), ":ext")  # "/a/*", the common form
     items = path.split("/")
     while len(items) > 1 and items[-1] == "":
         items.pop()  # ngx.re.split drops empty trailing items; the trailing "/" is re-added below
@@ -131,4 +131,12 @@ def _capture(path: str, stored: str) -> Capture | None:
     rest_name = None
     if source == _REST and len(rest) == 1 and isinstance(rest[0], tuple):
         rest_name = rest[0][0]
+    return _shared_capture(source, start, names, rest_name)
+
+
+@lru_cache(maxsize=8192)
+def _shared_capture(
+    source: str, start: int, names: tuple[str, ...], rest_name: str | None
+) -> Capture:
+    """Routes of the same shape share one Capture (and its compiled regex)."""
     return Capture(source, start, names, rest_name)

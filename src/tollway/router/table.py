@@ -16,6 +16,7 @@ actually in use, and a single route per path needs no list.
 from __future__ import annotations
 
 from bisect import bisect_left, insort
+from functools import lru_cache
 from typing import Any
 
 from tollway.expr import Expr, IpMatcher
@@ -210,16 +211,23 @@ def _without(bucket: Entry | list[Entry], entry: Entry) -> Entry | list[Entry] |
     return bucket[0] if len(bucket) == 1 else bucket
 
 
+@lru_cache(maxsize=1024)
+def _depth_order(depths: frozenset[int]) -> tuple[int, ...]:
+    """Depths deepest first; interned so that tables share (cache-hot) tuples."""
+    return tuple(sorted(depths, reverse=True))
+
+
 class UriTable:
     """Routes keyed by path: exact paths first, then stored prefixes from longest to shortest."""
 
-    __slots__ = ("_depths", "_exact", "_other", "_size", "_slash")
+    __slots__ = ("_depth_counts", "_depths", "_exact", "_other", "_size", "_slash")
 
     def __init__(self) -> None:
         self._exact: dict[str, Entry | list[Entry]] = {}
         self._slash: dict[str, Entry | list[Entry]] = {}
-        self._depths: dict[int, int] = {}  # depth -> number of stored prefixes; longest first
-        self._other: PrefixTree[Entry | list[Entry]] = PrefixTree()
+        self._depth_counts: dict[int, int] = {}  # depth -> number of stored "/"-ended prefixes
+        self._depths: tuple[int, ...] = ()  # the keys of _depth_counts, deepest first
+        self._other: PrefixTree[Entry | list[Entry]] | None = None  # created on first use
         self._size = 0
 
     def __len__(self) -> int:
@@ -236,12 +244,10 @@ class UriTable:
             old = self._slash.get(stored)
             self._slash[stored] = _with(old, entry)
             if old is None:
-                depth = stored.count("/")
-                count = self._depths.get(depth, 0)
-                self._depths[depth] = count + 1
-                if not count:
-                    self._depths = dict(sorted(self._depths.items(), reverse=True))
+                self._count_depth(stored.count("/"), 1)
         else:
+            if self._other is None:
+                self._other = PrefixTree()
             self._other.set(stored, _with(self._other.get(stored), entry))
 
     def remove(self, entry: Entry) -> None:
@@ -251,7 +257,7 @@ class UriTable:
         elif stored.endswith("/"):
             bucket = self._slash.get(stored)
         else:
-            bucket = self._other.get(stored)
+            bucket = None if self._other is None else self._other.get(stored)
         if bucket is None:
             return
         self._size -= 1
@@ -261,14 +267,23 @@ class UriTable:
         elif stored.endswith("/"):
             _put(self._slash, stored, rest)
             if rest is None:
-                depth = stored.count("/")
-                self._depths[depth] -= 1
-                if not self._depths[depth]:
-                    del self._depths[depth]
-        elif rest is None:
-            self._other.delete(stored)
+                self._count_depth(stored.count("/"), -1)
+        elif self._other is not None:
+            if rest is not None:
+                self._other.set(stored, rest)
+            else:
+                self._other.delete(stored)
+                if not len(self._other):
+                    self._other = None
+
+    def _count_depth(self, depth: int, delta: int) -> None:
+        count = self._depth_counts.get(depth, 0) + delta
+        if count:
+            self._depth_counts[depth] = count
         else:
-            self._other.set(stored, rest)
+            del self._depth_counts[depth]
+        if count in (0, 1):
+            self._depths = _depth_order(frozenset(self._depth_counts))
 
     def match(self, req: RequestView, path: str) -> Match | None:
         bucket = self._exact.get(path)
@@ -276,18 +291,19 @@ class UriTable:
             found = _scan(bucket, req, path)
             if found is not None:
                 return found
-        if self._depths:
-            if len(self._other):
-                return self._match_merged(req, path)
-            for bucket in self._slash_buckets(path):
-                found = _scan(bucket, req, path)
-                if found is not None:
-                    return found
-        elif len(self._other):
-            for bucket in self._other.walk(path):
-                found = _scan(bucket, req, path)
-                if found is not None:
-                    return found
+        if self._other is not None:
+            buckets = self._other.walk(path)
+            if self._depths:
+                buckets += self._slash_buckets(path)
+                buckets.sort(key=_stored_length, reverse=True)
+        elif self._depths:
+            buckets = self._slash_buckets(path)
+        else:
+            return None
+        for bucket in buckets:
+            found = _scan(bucket, req, path)
+            if found is not None:
+                return found
         return None
 
     def _slash_buckets(self, path: str) -> list[Entry | list[Entry]]:
@@ -297,7 +313,7 @@ class UriTable:
         # ends[d - 1] is the index of the d-th "/" of the path.
         ends = []
         pos = -1
-        for _ in range(next(iter(depths))):
+        for _ in range(depths[0]):
             pos = path.find("/", pos + 1)
             if pos < 0:
                 break
@@ -309,16 +325,6 @@ class UriTable:
                 if bucket is not None:
                     found.append(bucket)
         return found
-
-    def _match_merged(self, req: RequestView, path: str) -> Match | None:
-        """Both kinds of prefixes present: merge them by length, longest first."""
-        buckets = self._slash_buckets(path) + self._other.walk(path)
-        buckets.sort(key=_stored_length, reverse=True)
-        for bucket in buckets:
-            found = _scan(bucket, req, path)
-            if found is not None:
-                return found
-        return None
 
 
 def _stored_length(bucket: Entry | list[Entry]) -> int:
