@@ -31,6 +31,9 @@ class Plugin:
     metadata_schema: ClassVar[type[msgspec.Struct] | None] = None
     type: ClassVar[str] = ""  # "auth" for authentication plugins
     run_policy: ClassVar[str] = ""
+    # For auth plugins: the field of the consumer's conf that identifies the consumer
+    # ("key" for key-auth, "username" for basic-auth...). Used to index consumers.
+    consumer_key_field: ClassVar[str | None] = None
 
     def check(self, conf: Any) -> None:
         """Extra checks beyond the schema; raise ValueError with the reason."""
@@ -59,6 +62,28 @@ class Plugin:
         return False
 
 
+class Consumer:
+    """A consumer as auth plugins see it: ``auth_conf`` is the decoded conf that matched."""
+
+    __slots__ = ("auth_conf", "group_id", "labels", "plugins", "username", "version")
+
+    def __init__(
+        self,
+        username: str,
+        auth_conf: Any,
+        plugins: dict[str, Any],
+        group_id: str | None = None,
+        labels: dict[str, str] | None = None,
+        version: int = 0,
+    ) -> None:
+        self.username = username
+        self.auth_conf = auth_conf
+        self.plugins = plugins
+        self.group_id = group_id
+        self.labels = labels
+        self.version = version
+
+
 class RequestContext:
     """Per-request state shared by the pipeline and plugins. Header names are lowercase."""
 
@@ -67,6 +92,7 @@ class RequestContext:
         "_cookies",
         "_headers",
         "consumer",
+        "consumers",
         "consumer_name",
         "host",
         "matched_params",
@@ -136,6 +162,7 @@ class RequestContext:
         self.matched_params: dict[str, str] | None = None
         self.matched_uri: str | None = None
         self.consumer: Any = None
+        self.consumers: Any = None  # the runtime's ConsumerIndex (set by the pipeline)
         self.consumer_name: str | None = None
         self.plugin_state: dict[str, Any] | None = None
         self.vars_extra: dict[str, Any] | None = None
@@ -215,6 +242,18 @@ class RequestContext:
         if self.vars_extra is None:
             self.vars_extra = {}
         self.vars_extra[name] = value
+
+    # -- consumers (auth plugins) -------------------------------------------------------
+
+    def find_consumer(self, plugin: str, key: str) -> Consumer | None:
+        """The consumer whose ``plugin`` conf has ``consumer_key_field`` == key."""
+        index = self.consumers
+        return index.find(plugin, key) if index is not None else None
+
+    def attach_consumer(self, consumer: Consumer) -> None:
+        """Identify the request's consumer; its (and its group's) plugins then apply."""
+        self.consumer = consumer
+        self.consumer_name = consumer.username
 
     # -- upstream request edits ---------------------------------------------------------
 

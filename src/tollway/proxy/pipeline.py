@@ -297,6 +297,7 @@ class Exchange:
             return
         self.ctx = ctx
         runtime = self.proto.state.compiler.runtime
+        ctx.consumers = runtime.consumers
         match = runtime.router.match(ctx)
         gchain = runtime.global_chain
         if match is None:
@@ -318,6 +319,7 @@ class Exchange:
         self.chain = chain
         if (not gchain.empty or not chain.empty) and await self.run_phases(gchain, chain):
             return
+        chain = self.chain  # a consumer may have extended it
         upstream = route.upstream
         if upstream is None:
             if route.upstream_id is not None:
@@ -389,6 +391,17 @@ class Exchange:
             return True
         if chain is not None and chain.rewrite and await self.run_phase(chain.rewrite, ctx):
             return True
+        if ctx.consumer is not None and chain is not None:
+            # An auth plugin identified a consumer: its group's and its own plugins now apply,
+            # and the ones it adds run their rewrite phase (APISIX rewrite_in_consumer).
+            merged = self.proto.state.compiler.consumer_chain(ctx.route, ctx.consumer)
+            if merged is not chain:
+                added = tuple(
+                    e for e in merged.rewrite if e.plugin.type != "auth" and e not in chain.rewrite
+                )
+                self.chain = chain = merged
+                if added and await self.run_phase(added, ctx):
+                    return True
         if gchain.access and await self.run_phase(gchain.access, ctx):
             return True
         return bool(chain is not None and chain.access and await self.run_phase(chain.access, ctx))

@@ -17,6 +17,8 @@ from typing import Any
 from tollway.balancer import BalancerState, Picker, Server, create_picker, default_retries
 from tollway.config.store import Store
 from tollway.model import Route, Service, Timeout, Upstream
+from tollway.errors import ConfigError
+from tollway.plugins.kit import Consumer
 from tollway.plugins.registry import EMPTY_CHAIN, Chain, Registry
 from tollway.proxy.upstream import PoolLimits
 from tollway.router import Router, RouterBuilder, RouteSpec, build_router
@@ -132,6 +134,7 @@ class CompiledRoute:
     __slots__ = (
         "chain",
         "enable_websocket",
+        "plugins",
         "error",
         "id",
         "key",
@@ -149,12 +152,26 @@ class CompiledRoute:
         self.name: str | None = None
         self.service_id: str | None = None
         self.chain: Chain = EMPTY_CHAIN
+        self.plugins: dict[str, Any] = {}  # merged raw confs (for consumer merges)
         self.upstream: CompiledUpstream | None = None
         self.upstream_id: str | None = None
         self.timeouts: Timeouts | None = None
         self.enable_websocket = False
         self.error: int = 0  # a status to answer with (missing service / plugin config)
         self.versions: tuple[int, int, int] = (0, 0, 0)
+
+
+class ConsumerIndex:
+    """Consumers by auth plugin and key (key-auth key, basic-auth username...)."""
+
+    def __init__(self) -> None:
+        self.by_plugin: dict[str, dict[str, Consumer]] = {}
+        self.groups: dict[str, dict[str, Any]] = {}
+        self.version = 0
+
+    def find(self, plugin: str, key: str) -> Consumer | None:
+        table = self.by_plugin.get(plugin)
+        return table.get(key) if table is not None else None
 
 
 class Runtime:
@@ -165,6 +182,9 @@ class Runtime:
         self.routes: dict[str, CompiledRoute] = {}
         self.upstreams: dict[str, CompiledUpstream] = {}
         self.global_chain: Chain = EMPTY_CHAIN
+        self.consumers = ConsumerIndex()
+        # Route chains merged with a consumer's plugins, built on first use per version pair.
+        self.consumer_chains: dict[tuple[str, tuple[int, int, int], str, int], Chain] = {}
         self.revision = 0
 
 
@@ -203,6 +223,7 @@ class Compiler:
         rt.routes = routes
         rt.upstreams = upstreams
         rt.global_chain = self._global_chain(store)
+        rt.consumers = self._consumers(store)
         rt.revision = store.revision
         self.runtime = rt
         return rt
@@ -212,6 +233,7 @@ class Compiler:
     def apply(self, store: Store, changes: Iterable[tuple[str, str, str]]) -> None:
         rt = self.runtime
         route_ids: set[str] = set()
+        consumers_changed = False
         services: set[str] = set()
         pconfs: set[str] = set()
         for kind, item_id, _key in changes:
@@ -231,6 +253,11 @@ class Compiler:
                     )
             elif kind == "global_rules":
                 rt.global_chain = self._global_chain(store)
+            elif kind in ("consumers", "credentials", "consumer_groups"):
+                consumers_changed = True
+        if consumers_changed:
+            rt.consumers = self._consumers(store)
+            rt.consumer_chains = {}
         if services or pconfs:
             for rid, item in store["routes"].items.items():
                 r: Route = item.obj
@@ -263,6 +290,58 @@ class Compiler:
 
     def _upstream(self, key: str, version: int, conf: Upstream) -> CompiledUpstream:
         return CompiledUpstream(key, version, conf, self.state, self.keepalive)
+
+    def _consumers(self, store: Store) -> ConsumerIndex:
+        index = ConsumerIndex()
+        for gid, g in store["consumer_groups"].items.items():
+            index.groups[gid] = dict(g.obj.plugins or {})
+        sources: list[tuple[str, dict[str, Any], Any, int]] = []
+        consumers = store["consumers"].items
+        for name, it in consumers.items():
+            sources.append((name, it.obj.plugins or {}, it.obj, it.mod_revision))
+        for cid, it in store["credentials"].items.items():
+            owner = consumers.get(cid.split("/", 1)[0])
+            if owner is not None:
+                sources.append((owner.id, it.obj.plugins or {}, owner.obj, owner.mod_revision))
+        for username, auth_plugins, consumer, version in sources:
+            own = {
+                n: c
+                for n, c in (consumer.plugins or {}).items()
+                if (p := self.registry.get(n)) is not None and p.type != "auth"
+            }
+            for name, conf in auth_plugins.items():
+                plugin = self.registry.get(name)
+                if plugin is None or plugin.type != "auth" or not plugin.consumer_key_field:
+                    continue
+                try:
+                    decoded = self.registry.decode_conf(name, conf, consumer=True)
+                except ConfigError:
+                    continue
+                key = getattr(decoded, plugin.consumer_key_field, None)
+                if key is None:
+                    continue
+                group = str(consumer.group_id) if consumer.group_id is not None else None
+                index.by_plugin.setdefault(name, {})[str(key)] = Consumer(
+                    username, decoded, own, group, consumer.labels, version
+                )
+        return index
+
+    def consumer_chain(self, route: CompiledRoute, consumer: Consumer) -> Chain:
+        """The route's chain with consumer-group then consumer plugins on top (APISIX
+        merge_consumer_route: consumer > consumer_group > route)."""
+        rt = self.runtime
+        key = (route.id, route.versions, consumer.username, consumer.version)
+        chain = rt.consumer_chains.get(key)
+        if chain is None:
+            merged = dict(route.plugins)
+            if consumer.group_id is not None:
+                merged.update(rt.consumers.groups.get(consumer.group_id, {}))
+            merged.update(consumer.plugins)
+            chain = self.registry.build_chain(merged)
+            if len(rt.consumer_chains) > 10000:
+                rt.consumer_chains.clear()
+            rt.consumer_chains[key] = chain
+        return chain
 
     def _global_chain(self, store: Store) -> Chain:
         merged: dict[str, Any] = {}
@@ -305,6 +384,7 @@ class Compiler:
                 merged = dict(service.plugins or {})
                 merged.update(plugins)
                 plugins = merged
+        cr.plugins = plugins
         cr.chain = self.registry.build_chain(plugins)
         cr.timeouts = Timeouts.of(route.timeout) if route.timeout is not None else None
         ws = route.enable_websocket
