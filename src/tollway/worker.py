@@ -31,6 +31,8 @@ log = logging.getLogger("tollway.worker")
 
 # Beyond this many changed items in one full load, rebuild the router instead of patching it.
 INCREMENTAL_LIMIT = 500
+# On graceful stop, an idle keep-alive connection is closed once idle this long.
+IDLE_GRACE = 1.0
 
 
 class Worker:
@@ -115,10 +117,13 @@ class Worker:
         state.shutting_down = True
         for srv in self.servers:
             srv.close()
-        for conn in list(state.connections):
-            conn.close_if_idle()
+        # Idle keep-alive connections get a moment in which a request already on its way is
+        # still answered (with "Connection: close"); closing them at once races with clients
+        # reusing them and shows up as resets. Busy connections close after their answer.
         deadline = time.monotonic() + self.settings.conf.tollway.graceful_timeout
-        while state.exchanges and time.monotonic() < deadline:
+        while (state.exchanges or state.connections) and time.monotonic() < deadline:
+            for conn in list(state.connections):
+                conn.close_if_idle(IDLE_GRACE)
             await asyncio.sleep(0.05)
         for conn in list(state.connections):
             conn.close()

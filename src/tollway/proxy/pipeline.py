@@ -268,6 +268,8 @@ class Exchange:
     async def run(self) -> None:
         state = self.proto.state
         state.exchanges.add(self)
+        if state.shutting_down:
+            self.keep_alive = False  # answer with "Connection: close" while draining
         try:
             await self.handle()
         except Exception:

@@ -16,8 +16,8 @@ from typing import Any
 
 from tollway.balancer import BalancerState, Picker, Server, create_picker, default_retries
 from tollway.config.store import Store
-from tollway.model import Route, Service, Timeout, Upstream
 from tollway.errors import ConfigError
+from tollway.model import Route, Service, Timeout, Upstream
 from tollway.plugins.kit import Consumer
 from tollway.plugins.registry import EMPTY_CHAIN, Chain, Registry
 from tollway.proxy.upstream import PoolLimits
@@ -134,11 +134,11 @@ class CompiledRoute:
     __slots__ = (
         "chain",
         "enable_websocket",
-        "plugins",
         "error",
         "id",
         "key",
         "name",
+        "plugins",
         "service_id",
         "timeouts",
         "upstream",

@@ -60,6 +60,7 @@ class HttpProtocol(asyncio.Protocol):
         self.tunnel: Any = None  # upstream connection once a WebSocket is established
         self._timer: asyncio.TimerHandle | None = None
         self.reading_paused = False
+        self.idle_since = 0.0
 
     # -- connection ---------------------------------------------------------------------
 
@@ -74,6 +75,7 @@ class HttpProtocol(asyncio.Protocol):
         if isinstance(sock, tuple):
             self.server_addr, self.server_port = sock[0], sock[1]
         self.state.connections.add(self)
+        self.idle_since = asyncio.get_running_loop().time()
         self._arm_timer(self.state.header_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -263,6 +265,7 @@ class HttpProtocol(asyncio.Protocol):
             nxt.start()
             return
         self.resume_reading()
+        self.idle_since = asyncio.get_running_loop().time()
         if self.parsing is None:
             self._arm_timer(self.state.keepalive_timeout)
 
@@ -320,8 +323,11 @@ class HttpProtocol(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
 
-    def close_if_idle(self) -> bool:
+    def close_if_idle(self, min_idle: float = 0.0) -> bool:
+        """Close the connection if no request is in progress and it has been idle this long."""
         if self.active is None and self.parsing is None and not self.pipeline:
+            if min_idle and asyncio.get_running_loop().time() - self.idle_since < min_idle:
+                return False
             self.close()
             return True
         return False
