@@ -303,11 +303,15 @@ def _op_in(name: str, right: Any) -> _Test:
     if not isinstance(right, list):
         return lambda var: False
     items = tuple(right)
-    hashable = tuple(v for v in items if isinstance(v, str))
-    if len(hashable) == len(items):
+    if all(isinstance(v, str) for v in items):
         members = frozenset(items)
         return lambda var: _as_text(var(name)) in members
-    return lambda var: any(_lua_eq(var(name), v) for v in items)
+
+    def test(var: VarFn) -> bool:
+        left = var(name)
+        return any(_lua_eq(left, v) for v in items)
+
+    return test
 
 
 def _op_has(name: str, right: Any) -> _Test:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +23,8 @@ from tollway.plugins.registry import EMPTY_CHAIN, Chain, Registry
 from tollway.proxy.upstream import PoolLimits
 from tollway.router import Router, RouterBuilder, RouteSpec, build_router
 from tollway.settings import LoadedSettings
+from tollway.upstream.nodes import expand
+from tollway.upstream.table import HealthTable, PassiveReporter
 
 log = logging.getLogger("tollway.proxy")
 
@@ -52,7 +54,10 @@ class CompiledUpstream:
         "hash_on",
         "key",
         "limits",
+        "names",
+        "node_hosts",
         "pass_host",
+        "passive",
         "picker",
         "pool_key",
         "retries",
@@ -67,23 +72,44 @@ class CompiledUpstream:
     )
 
     def __init__(
-        self, key: str, version: int, conf: Upstream, state: BalancerState, keepalive: PoolLimits
+        self,
+        key: str,
+        version: int,
+        conf: Upstream,
+        state: BalancerState,
+        keepalive: PoolLimits,
+        *,
+        health: HealthTable | None = None,
+        answers: Mapping[str, Sequence[str]] | None = None,
+        passive: PassiveReporter | None = None,
     ) -> None:
         self.key = key
         self.version = version
         self.conf = conf
         self.scheme = conf.scheme
         default_port = DEFAULT_PORTS.get(conf.scheme, 80)
-        self.servers = [
+        # Domain nodes become one server per IP (tollway.upstream.nodes); node_hosts keeps the
+        # domain of each for Host (pass_host: node) and SNI; names are the domains used.
+        configured = [
             Server(n.host, n.port or default_port, n.weight, n.priority) for n in conf.node_list()
         ]
+        expanded = expand(configured, answers or {})
+        self.servers = expanded.servers
+        self.node_hosts: dict[str, str] | None = expanded.node_hosts or None
+        self.names = expanded.names
+        checks = conf.checks
+        # Health is read live from the worker's HealthTable at pick time; no checks, no lookup.
+        is_healthy = health.predicate(key) if health is not None and checks is not None else None
+        self.passive = passive if checks is not None and checks.passive is not None else None
         self.single = (
             self.servers[0]
             if len(self.servers) == 1 and conf.type != "least_conn" and self.servers[0].weight > 0
             else None
         )
         self.picker: Picker | None = (
-            create_picker(conf.type, self.servers, resource_key=key, state=state)
+            create_picker(
+                conf.type, self.servers, resource_key=key, is_healthy=is_healthy, state=state
+            )
             if self.servers and self.single is None
             else None
         )
@@ -191,10 +217,20 @@ class Runtime:
 class Compiler:
     CHUNK = 2000  # routes per synchronous step of a full build
 
-    def __init__(self, settings: LoadedSettings, registry: Registry) -> None:
+    def __init__(
+        self,
+        settings: LoadedSettings,
+        registry: Registry,
+        *,
+        health: HealthTable | None = None,
+        passive: PassiveReporter | None = None,
+    ) -> None:
         self.settings = settings
         self.registry = registry
         self.state = BalancerState()
+        self.health = health
+        self.passive = passive
+        self.dns: dict[str, tuple[str, ...]] = {}  # name -> IPs, from the supervisor
         self.kind = settings.conf.apisix.router.http
         self.tail_slash = settings.conf.apisix.delete_uri_tail_slash
         up = settings.conf.nginx_config.http.upstream
@@ -212,13 +248,17 @@ class Compiler:
         }
         builder = RouterBuilder(self.kind, delete_uri_tail_slash=self.tail_slash)
         routes: dict[str, CompiledRoute] = {}
-        for n, (rid, item) in enumerate(store["routes"].items.items()):
+        chunk: list[RouteSpec] = []
+        for rid, item in store["routes"].items.items():
             cr, spec = self._route(store, rid, item.obj, item.mod_revision)
             routes[rid] = cr
             if spec is not None:
-                builder.add(spec)
-            if n % self.CHUNK == self.CHUNK - 1:
-                await asyncio.sleep(0)
+                chunk.append(spec)
+            if len(chunk) >= self.CHUNK:
+                builder.add_many(chunk)  # with the GC paused: 100k routes in ~0.7 s, not 2.7 s
+                chunk = []
+                await asyncio.sleep(0)  # let requests run between chunks
+        builder.add_many(chunk)
         rt = Runtime(builder.finish())
         rt.routes = routes
         rt.upstreams = upstreams
@@ -289,7 +329,42 @@ class Compiler:
     # -- pieces ---------------------------------------------------------------------------
 
     def _upstream(self, key: str, version: int, conf: Upstream) -> CompiledUpstream:
-        return CompiledUpstream(key, version, conf, self.state, self.keepalive)
+        return CompiledUpstream(
+            key,
+            version,
+            conf,
+            self.state,
+            self.keepalive,
+            health=self.health,
+            answers=self.dns,
+            passive=self.passive,
+        )
+
+    # -- DNS ------------------------------------------------------------------------------
+
+    def apply_dns(self, names: Mapping[str, Sequence[str]]) -> int:
+        """New answers for some domains: recompile the upstreams that use them (synchronously,
+        like ``apply``). Returns how many were recompiled."""
+        changed = set()
+        for name, ips in names.items():
+            answer = tuple(ips)
+            if self.dns.get(name) != answer:
+                self.dns[name] = answer
+                changed.add(name)
+        if not changed:
+            return 0
+        rt = self.runtime
+        n = 0
+        for uid, up in list(rt.upstreams.items()):
+            if up.names & changed:
+                rt.upstreams[uid] = self._upstream(up.key, up.version, up.conf)
+                n += 1
+        for cr in rt.routes.values():
+            inline = cr.upstream
+            if inline is not None and inline.names & changed:
+                cr.upstream = self._upstream(inline.key, inline.version, inline.conf)
+                n += 1
+        return n
 
     def _consumers(self, store: Store) -> ConsumerIndex:
         index = ConsumerIndex()

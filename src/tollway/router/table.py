@@ -125,9 +125,7 @@ class Entry:
         pattern: UriPattern,
         seq: int,
         index: int,
-        conditions: tuple[
-            frozenset[str] | None, IpMatcher | None, HostCondition | None, Expr | None
-        ],
+        conditions: Conditions,
     ) -> None:
         self.spec = spec
         self.methods, self.ips, self.hosts, self.expr = conditions
@@ -180,9 +178,9 @@ def _try(e: Entry, req: RequestView, path: str) -> Match | None:
 
 
 def _scan(bucket: Entry | list[Entry], req: RequestView, path: str) -> Match | None:
-    if type(bucket) is Entry:
+    if isinstance(bucket, Entry):
         return _try(bucket, req, path)
-    for e in bucket:  # type: ignore[union-attr]
+    for e in bucket:
         found = _try(e, req, path)
         if found is not None:
             return found
@@ -193,18 +191,16 @@ def _with(bucket: Entry | list[Entry] | None, entry: Entry) -> Entry | list[Entr
     """The bucket with ``entry`` added in order."""
     if bucket is None:
         return entry
-    if type(bucket) is Entry:
+    if isinstance(bucket, Entry):
         bucket = [bucket]
-    assert isinstance(bucket, list)
     insort(bucket, entry, key=Entry.order)
     return bucket
 
 
 def _without(bucket: Entry | list[Entry], entry: Entry) -> Entry | list[Entry] | None:
     """The bucket without ``entry`` (None when empty)."""
-    if type(bucket) is Entry:
+    if isinstance(bucket, Entry):
         return None if bucket is entry else bucket
-    assert isinstance(bucket, list)
     i = bisect_left(bucket, entry.order(), key=Entry.order)
     if i < len(bucket) and bucket[i] is entry:
         del bucket[i]
@@ -307,21 +303,23 @@ class UriTable:
         return None
 
     def _slash_buckets(self, path: str) -> list[Entry | list[Entry]]:
-        """Buckets of the stored ``.../`` prefixes of ``path``, the deepest first."""
-        found = []
+        """Buckets of the stored ``.../`` prefixes of ``path``, the deepest first. The prefix of
+        depth d (its d-th ``/`` included) is what precedes the rest of ``path.split("/", d)``."""
         depths = self._depths
-        # ends[d - 1] is the index of the d-th "/" of the path.
-        ends = []
-        pos = -1
-        for _ in range(depths[0]):
-            pos = path.find("/", pos + 1)
-            if pos < 0:
-                break
-            ends.append(pos)
-        slash = self._slash
+        deepest = depths[0]
+        parts = path.split("/", deepest)
+        found = []
+        if len(depths) == 1:  # the common case: one depth in use in this table
+            if len(parts) > deepest:
+                bucket = self._slash.get(path[: len(path) - len(parts[deepest])])
+                if bucket is not None:
+                    found.append(bucket)
+            return found
+        get = self._slash.get
+        count = len(parts)
         for depth in depths:
-            if depth <= len(ends):
-                bucket = slash.get(path[: ends[depth - 1] + 1])
+            if depth < count:
+                bucket = get(path[: sum(map(len, parts[:depth])) + depth])
                 if bucket is not None:
                     found.append(bucket)
         return found

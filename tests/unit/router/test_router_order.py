@@ -324,3 +324,21 @@ def test_payload_is_returned() -> None:
     router = build_router("radixtree_uri", [RouteSpec("1", ("/a",), payload={"upstream": 1})])
     m = router.match(Req("/a"))
     assert m is not None and m.spec.payload == {"upstream": 1} and m.params is None
+
+
+@pytest.mark.parametrize("kind", ALL_KINDS)
+def test_prefixes_of_every_depth_and_mid_segment_are_tried_longest_first(kind: str) -> None:
+    # "/a/b/" and "/" end at a segment boundary; "/a/b/c" and "/a" end mid-segment.
+    specs = [
+        spec("root", "/*"),
+        spec("a", "/a*"),
+        spec("ab", "/a/b/*"),
+        spec("abc", "/a/b/c*", methods=frozenset({"POST"})),
+        spec("deep", "/a/b/c/d/e/*"),
+    ]
+    assert winner(kind, specs, "/a/b/c/d/e/f") == "deep"
+    assert winner(kind, specs, "/a/b/cx", method="POST") == "abc"
+    assert winner(kind, specs, "/a/b/cx") == "ab"
+    assert winner(kind, specs, "/a/x") == "a"
+    assert winner(kind, specs, "/ax") == "a"
+    assert winner(kind, specs, "/b") == "root"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,3 +97,46 @@ def test_duplicate_ids_in_a_build_keep_the_first_place_and_the_last_value() -> N
     )
     m = router.match(Req("/x"))
     assert m is not None and m.spec.id == "a" and m.spec.payload == 3 and len(router) == 2
+
+
+def test_builder_refuses_use_after_finish() -> None:
+    builder = RouterBuilder("radixtree_uri")
+    builder.add_many([RouteSpec("a", ("/a",))])
+    router = builder.finish()
+    assert len(router) == 1
+    with pytest.raises(RuntimeError):
+        builder.add(RouteSpec("b", ("/b",)))
+    with pytest.raises(RuntimeError):
+        builder.finish()
+
+
+def test_deleting_the_last_mid_segment_prefix_keeps_slash_prefixes_working() -> None:
+    router = build_router("radixtree_uri", [RouteSpec("mid", ("/a*",)), RouteSpec("s", ("/a/*",))])
+    assert win(router, "/a/x") == "s" and win(router, "/ab") == "mid"
+    router.update([], ["mid"])
+    assert win(router, "/a/x") == "s" and win(router, "/ab") is None
+    router.update([], ["s"])
+    assert win(router, "/a/x") is None and len(router) == 0
+
+
+def test_host_tables_created_or_dropped_after_a_lookup_are_seen() -> None:
+    router = build_router("radixtree_host_uri", [RouteSpec("hostless", ("/a",))])
+    assert win(router, "/a", host="b.com") == "hostless"  # remembers: no table for b.com
+    router.update([RouteSpec("b", ("/a",), hosts=("b.com",))], [])
+    assert win(router, "/a", host="b.com") == "b"
+    router.update([RouteSpec("w", ("/a",), hosts=("*.com",))], ["b"])
+    assert win(router, "/a", host="b.com") == "w"
+    router.update([], ["w"])
+    assert win(router, "/a", host="b.com") == "hostless"
+
+
+def test_build_restores_the_garbage_collector_state() -> None:
+    assert gc.isenabled()
+    build_router("radixtree_uri", [RouteSpec("a", ("/a",))])
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        build_router("radixtree_uri", [RouteSpec("a", ("/a",))])
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
