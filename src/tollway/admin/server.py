@@ -1,0 +1,390 @@
+"""The Admin API listener: one per instance, in the supervisor (APISIX ``admin/init.lua``).
+
+Order of a request: allow_admin (403) -> CORS preflight (200) -> token (401) -> route ->
+body (size, JSON) -> the resource verb. Every response carries ``Server``,
+``Content-Type: application/json``, ``X-API-VERSION: v3`` and, when enabled, APISIX's CORS
+headers. etcd failures become 503 ``{"error_msg": ...}``; nothing else answers 5xx on purpose.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+from aiohttp import web
+
+from tollway.admin.crypto import KeyCipher
+from tollway.admin.keys import AdminKey, AdminKeyError, check_token, resolve_keys
+from tollway.admin.meta import MetaEndpoints
+from tollway.admin.resource import (
+    AdminError,
+    AdminResources,
+    Reply,
+    bad_request,
+    forbidden_property,
+    parse_target,
+)
+from tollway.errors import ConfigError, EtcdError, SettingsError
+
+if TYPE_CHECKING:
+    from tollway.supervisor import Supervisor
+
+log = logging.getLogger("tollway.admin")
+
+MAX_BODY = 1024 * 1024 * 3 // 2  # 1.5 MiB, APISIX's MAX_REQ_BODY
+_HARD_CAP = 64 * 1024 * 1024  # stop counting an oversized chunked body here
+PREFIX = "/apisix/admin"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _server_header() -> str:
+    from tollway import __version__
+
+    return f"Tollway/{__version__}"
+
+
+def respond(status: int, body: Any = None, *, dry_run: bool = False) -> web.Response:
+    """dict/list bodies as JSON, strings as they are, each with a trailing newline (APISIX's
+    ``core.response.exit`` uses ``ngx.say``)."""
+    if body is None:
+        text = ""
+    elif isinstance(body, str):
+        text = body + "\n"
+    else:
+        text = json.dumps(body, ensure_ascii=False, separators=(",", ":")) + "\n"
+    resp = web.Response(
+        status=status, body=text.encode(), headers={"Content-Type": "application/json"}
+    )
+    if dry_run:
+        resp.headers["X-Tollway-Dry-Run"] = "true"
+    return resp
+
+
+class AdminApp:
+    def __init__(
+        self,
+        resources: AdminResources,
+        *,
+        keys: list[AdminKey],
+        key_required: bool,
+        allow: list[str],
+        cors: bool,
+        openapi: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
+        self.res = resources
+        self.meta = MetaEndpoints(resources)
+        self.keys = keys
+        self.key_required = key_required
+        self.allow = [ipaddress.ip_network(c, strict=False) for c in allow]
+        self.cors = cors
+        self.openapi = openapi
+
+    # -- middleware -----------------------------------------------------------------------
+
+    def allowed(self, remote: str | None) -> bool:
+        if remote is None:
+            return False
+        try:
+            addr = ipaddress.ip_address(remote.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        return any(addr.version == net.version and addr in net for net in self.allow)
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not self.allowed(request.remote):
+            resp: web.StreamResponse = respond(403, {"error_msg": "403 Forbidden"})
+        else:
+            try:
+                resp = await handler(request)
+            except web.HTTPException as e:
+                resp = respond(e.status, {"error_msg": e.reason})
+        resp.headers["Server"] = _server_header()
+        resp.headers["X-API-VERSION"] = "v3"
+        if self.cors:
+            resp.headers["Access-Control-Allow-Origin"] = "*"
+            resp.headers["Access-Control-Allow-Credentials"] = "true"
+            resp.headers["Access-Control-Expose-Headers"] = "*"
+            resp.headers["Access-Control-Max-Age"] = "3600"
+            resp.headers["Access-Control-Allow-Methods"] = request.headers.get(
+                "Access-Control-Request-Method", "*"
+            )
+            resp.headers["Access-Control-Allow-Headers"] = request.headers.get(
+                "Access-Control-Request-Headers", "*"
+            )
+        return resp
+
+    # -- request --------------------------------------------------------------------------
+
+    def token(self, request: web.Request) -> str | None:
+        return (
+            request.query.get("api_key")
+            or request.headers.get("X-API-KEY")
+            or request.cookies.get("X-API-KEY")
+        )
+
+    async def read_body(self, request: web.Request) -> bytes | None:
+        length = request.content_length
+        if length is not None and length > MAX_BODY:
+            raise bad_request(
+                f"invalid request body: request size {length} is greater than the maximum "
+                f"size {MAX_BODY} allowed"
+            )
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            chunk = await request.content.readany()
+            if not chunk:
+                break
+            size += len(chunk)
+            if size <= MAX_BODY:
+                chunks.append(chunk)
+            elif size > _HARD_CAP:
+                break
+        if size > MAX_BODY:
+            raise bad_request(
+                f"invalid request body: request size {size} is greater than the maximum "
+                f"size {MAX_BODY} allowed"
+            )
+        return b"".join(chunks) if size else None
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        method = request.method
+        if method == "OPTIONS":
+            return respond(200)
+        path = request.path
+        segs = [s for s in path[len(PREFIX) :].split("/") if s]
+        if not segs and method == "HEAD":
+            return respond(200)
+        denied = check_token(self.keys, self.token(request), method, required=self.key_required)
+        if denied is not None:
+            return respond(401, {"error_msg": "failed to check token", "description": denied})
+        try:
+            reply = await self.dispatch(request, segs)
+        except AdminError as e:
+            return respond(e.status, e.body)
+        except EtcdError as e:
+            log.warning("admin: etcd failed: %s", e)
+            return respond(503, {"error_msg": str(e)})
+        except ConfigError as e:
+            return respond(400, {"error_msg": str(e)})
+        except Exception:
+            # A bug, not an answer: say so in the log, keep serving.
+            log.exception("admin: unexpected error on %s %s", method, path)
+            return respond(500, {"error_msg": "internal error"})
+        return respond(reply.status, reply.body, dry_run=reply.dry_run)
+
+    async def dispatch(self, request: web.Request, segs: list[str]) -> Reply:
+        method = request.method
+        args = dict(request.query)
+        if not segs:
+            raise AdminError(404, {"error_msg": "Unsupported resource type: "})
+        head = segs[0]
+        if head == "openapi.json" and self.openapi is not None and method == "GET":
+            return Reply(200, self.openapi())
+        if head in ("schema", "plugins"):
+            body = None
+            if method in ("POST", "PUT", "PATCH"):
+                body = self.decode(await self.read_body(request))
+            return await self.meta.dispatch(method, segs, args, body)
+        target = parse_target(segs)
+        if target is None:
+            raise AdminError(404, {"error_msg": f"Unsupported resource type: {head}"})
+        if method in ("GET", "HEAD"):
+            return await self.res.get(target, args)
+        if method == "DELETE":
+            return await self.res.delete(target, args)
+        if method not in ("PUT", "POST", "PATCH"):
+            raise AdminError(405, {"error_msg": f"not supported `{method}` method"})
+        body = self.decode(await self.read_body(request))
+        ttl = args.get("ttl")
+        if ttl is not None and not _is_number(ttl):
+            raise bad_request("invalid argument ttl: should be a number")
+        if method == "PATCH":
+            return await self.res.patch(target, body, args)
+        forbidden = forbidden_property(body)
+        if forbidden is not None:
+            raise bad_request(forbidden)
+        if method == "PUT":
+            return await self.res.put(target, body, args)
+        return await self.res.post(target, body, args)
+
+    @staticmethod
+    def decode(raw: bytes | None) -> Any:
+        if raw is None:
+            return None
+        try:
+            return json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise AdminError(
+                400,
+                {
+                    "error_msg": f"invalid request body: {e}",
+                    "req_body": raw.decode("utf-8", errors="replace"),
+                },
+            ) from None
+
+    def build(self) -> web.Application:
+        # client_max_size only guards request.read(); bodies are read (and capped) by
+        # read_body so the 400 carries APISIX's message instead of aiohttp's 413.
+        app = web.Application(middlewares=[self.middleware], client_max_size=MAX_BODY)
+        app.router.add_route("*", PREFIX, self.handle)
+        app.router.add_route("*", PREFIX + "/{tail:.*}", self.handle)
+        return app
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+# -- start-up -------------------------------------------------------------------------------
+
+
+def _raw_apisix_section(path: Path) -> dict[str, Any]:
+    """config.yaml's ``apisix`` section as written (for keys the Settings struct does not
+    declare yet, such as ``data_encryption``)."""
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+    section = data.get("apisix") if isinstance(data, dict) else None
+    return section if isinstance(section, dict) else {}
+
+
+def make_cipher(sup: Supervisor) -> KeyCipher | None:
+    enc = getattr(sup.settings.conf.apisix, "data_encryption", None)
+    if enc is None:
+        enc = _raw_apisix_section(sup.settings.path).get("data_encryption")
+    # enable_encrypt_fields is about plugin fields; SSL keys follow the keyring alone (APISIX).
+    keyring = enc.get("keyring") if isinstance(enc, dict) else getattr(enc, "keyring", None)
+    if not keyring:
+        return None
+    if not isinstance(keyring, list) or not all(isinstance(k, str) for k in keyring):
+        raise SettingsError(
+            str(sup.settings.path), "apisix.data_encryption.keyring", "must be a list of strings"
+        )
+    try:
+        return KeyCipher(keyring)
+    except ConfigError as e:
+        raise SettingsError(
+            str(sup.settings.path), "apisix.data_encryption.keyring", str(e)
+        ) from None
+
+
+def make_ssl_context(sup: Supervisor) -> ssl.SSLContext | None:
+    """``https_admin: true`` with ``admin_api_mtls.admin_ssl_cert``/``admin_ssl_cert_key``;
+    ``admin_ssl_ca_cert`` also requires client certificates signed by that CA (mTLS)."""
+    conf = sup.settings.conf.deployment.admin
+    if not conf.https_admin:
+        return None
+    mtls = conf.admin_api_mtls or {}
+    cert, key = mtls.get("admin_ssl_cert"), mtls.get("admin_ssl_cert_key")
+    if not cert or not key:
+        raise SettingsError(
+            str(sup.settings.path),
+            "deployment.admin.admin_api_mtls",
+            "https_admin is true but admin_ssl_cert / admin_ssl_cert_key are not set",
+        )
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        ctx.load_cert_chain(sup.settings.resolve(cert), sup.settings.resolve(key))
+        ca = mtls.get("admin_ssl_ca_cert")
+        if ca:
+            ctx.load_verify_locations(sup.settings.resolve(ca))
+            ctx.verify_mode = ssl.CERT_REQUIRED
+    except (OSError, ssl.SSLError) as e:
+        path = str(sup.settings.path)
+        raise SettingsError(path, "deployment.admin.admin_api_mtls", str(e)) from None
+    return ctx
+
+
+def build_admin(sup: Supervisor) -> tuple[AdminApp, AdminResources]:
+    """Raises SettingsError (the process must not start) for an unsafe or broken setup."""
+    from tollway.admin.openapi import openapi_document
+
+    settings = sup.settings
+    conf = settings.conf.deployment.admin
+    try:
+        keys = resolve_keys(
+            [AdminKey(k.name, k.key, k.role) for k in conf.admin_key],
+            listen_ip=conf.admin_listen.ip,
+            required=conf.admin_key_required,
+            run_dir=settings.run_dir,
+        )
+    except AdminKeyError as e:
+        raise SettingsError(str(settings.path), e.key, e.message) from None
+    resources = AdminResources(
+        sup.etcd_client,
+        settings.etcd.prefix,
+        sup.store,
+        sup.registry,
+        stream_enabled="stream" in settings.conf.apisix.proxy_mode,
+        cipher=make_cipher(sup),
+    )
+    app = AdminApp(
+        resources,
+        keys=keys,
+        key_required=conf.admin_key_required,
+        allow=conf.allow_admin,
+        cors=conf.enable_admin_cors,
+        openapi=lambda: openapi_document(stream="stream" in settings.conf.apisix.proxy_mode),
+    )
+    return app, resources
+
+
+async def start_admin_server(sup: Supervisor) -> web.AppRunner | None:
+    settings = sup.settings
+    if not settings.serves_admin:
+        return None
+    conf = settings.conf.deployment.admin
+    try:
+        for cidr in conf.allow_admin:
+            ipaddress.ip_network(cidr, strict=False)
+    except ValueError as e:
+        raise SettingsError(str(settings.path), "deployment.admin.allow_admin", str(e)) from None
+    ssl_ctx = make_ssl_context(sup)
+    admin, _ = build_admin(sup)
+    app = admin.build()
+    # APISIX writes <prefix>/plugins when the admin node starts; do it in the background so
+    # a down etcd does not hold the start (tracked and cancelled on cleanup).
+    task = asyncio.get_running_loop().create_task(admin.meta.sync_plugins_forever())
+
+    async def _cancel(_: web.Application) -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    app.on_cleanup.append(_cancel)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(
+        runner,
+        conf.admin_listen.ip,
+        conf.admin_listen.port,
+        ssl_context=ssl_ctx,
+        reuse_address=True,
+    )
+    await site.start()
+    log.info(
+        "Admin API listening on %s://%s:%d%s",
+        "https" if ssl_ctx else "http",
+        conf.admin_listen.ip,
+        conf.admin_listen.port,
+        PREFIX,
+    )
+    return runner
