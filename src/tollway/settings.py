@@ -42,6 +42,11 @@ class RouterConf(Struct, kw_only=True):
     ssl: str = "radixtree_sni"
 
 
+class DataEncryption(Struct, kw_only=True):
+    keyring: list[str] = msgspec.field(default_factory=list)
+    enable_encrypt_fields: bool = True
+
+
 class ApisixConf(Struct, kw_only=True):
     node_listen: int | list[Listen | int] = 9080
     router: RouterConf = msgspec.field(default_factory=RouterConf)
@@ -54,6 +59,7 @@ class ApisixConf(Struct, kw_only=True):
     enable_control: bool = True
     control: StatusConf | None = None
     proxy_mode: Literal["http", "stream", "http&stream"] = "http"
+    data_encryption: DataEncryption = msgspec.field(default_factory=DataEncryption)
 
 
 class EtcdTLSConf(Struct, forbid_unknown_fields=True, kw_only=True):

@@ -15,10 +15,8 @@ import json
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
 from aiohttp import web
 
 from tollway.admin.crypto import KeyCipher
@@ -255,29 +253,11 @@ def _is_number(text: str) -> bool:
 # -- start-up -------------------------------------------------------------------------------
 
 
-def _raw_apisix_section(path: Path) -> dict[str, Any]:
-    """config.yaml's ``apisix`` section as written (for keys the Settings struct does not
-    declare yet, such as ``data_encryption``)."""
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return {}
-    section = data.get("apisix") if isinstance(data, dict) else None
-    return section if isinstance(section, dict) else {}
-
-
 def make_cipher(sup: Supervisor) -> KeyCipher | None:
-    enc = getattr(sup.settings.conf.apisix, "data_encryption", None)
-    if enc is None:
-        enc = _raw_apisix_section(sup.settings.path).get("data_encryption")
     # enable_encrypt_fields is about plugin fields; SSL keys follow the keyring alone (APISIX).
-    keyring = enc.get("keyring") if isinstance(enc, dict) else getattr(enc, "keyring", None)
+    keyring = sup.settings.conf.apisix.data_encryption.keyring
     if not keyring:
         return None
-    if not isinstance(keyring, list) or not all(isinstance(k, str) for k in keyring):
-        raise SettingsError(
-            str(sup.settings.path), "apisix.data_encryption.keyring", "must be a list of strings"
-        )
     try:
         return KeyCipher(keyring)
     except ConfigError as e:
