@@ -5,7 +5,7 @@ instance (one etcd watch, not one per worker), validates every item once in its 
 last-known-good snapshot on disk, and fans accepted changes out to the workers over IPC. It
 starts N workers, restarts one that dies, stops gracefully on SIGTERM/SIGINT and reloads on SIGHUP
 (new workers start and load before the old ones drain). Work done once per instance lives here:
-the status API, the Admin API.
+the status API, the Admin API, the control API, health checks and DNS (``tollway.upstream``).
 """
 
 from __future__ import annotations
@@ -25,9 +25,12 @@ from tollway.checks import ItemChecker
 from tollway.config.source import ConfigSource, KeyValue
 from tollway.config.store import RateLimitedLog, Store
 from tollway.config.yaml_source import YamlSource
+from tollway.errors import SettingsError
 from tollway.ipc import encode, kvs_to_wire, read_message
 from tollway.plugins.registry import load_registry
 from tollway.settings import LoadedSettings
+from tollway.upstream.health import DEFAULT_RECOVER_AFTER
+from tollway.upstream.monitor import UpstreamMonitor
 
 log = logging.getLogger("tollway.supervisor")
 
@@ -58,6 +61,7 @@ class Agent:
         self.sup.broadcast(
             {"t": "load", "rev": revision, "kvs": kvs_to_wire(self.store.snapshot())}
         )
+        self.sup.upstreams_changed(None)
         self.sup.snapshot_dirty()
 
     def load_snapshot(self, revision: int, kvs: list[KeyValue]) -> None:
@@ -77,6 +81,7 @@ class Agent:
         # Even when every change was rejected, tell workers the revision moved (lag metric).
         self.sup.broadcast({"t": "apply", "rev": revision, "kvs": kvs_to_wire(accepted)})
         if accepted:
+            self.sup.upstreams_changed(store.last_changes)
             self.sup.snapshot_dirty()
 
 
@@ -100,6 +105,19 @@ class Supervisor:
         self._warn = RateLimitedLog(log)
         self.runners: list[Any] = []
         self.started = time.time()
+        # Health checks and DNS, once per instance (tollway.upstream). ``passive_recovery`` is
+        # read if the settings grow it; the default is documented in tollway.upstream.health.
+        recover_after = getattr(settings.conf.tollway, "passive_recovery", DEFAULT_RECOVER_AFTER)
+        self.upstreams = UpstreamMonitor(self.broadcast, recover_after=recover_after)
+
+    def upstreams_changed(self, changes: list[tuple[str, str, str]] | None) -> None:
+        """After a full load (None) or applied changes: reconcile health checkers and DNS."""
+        if not self.settings.serves_proxy:
+            return
+        try:
+            self.upstreams.sync(self.store, changes)
+        except Exception:  # a bug here must not stop config from reaching the workers
+            log.exception("health check / DNS reconcile failed")
 
     # -- sockets ------------------------------------------------------------------------
 
@@ -141,6 +159,9 @@ class Supervisor:
         handle.tasks.append(loop.create_task(self._read_worker(handle, reader)))
         handle.tasks.append(loop.create_task(self._watch_worker(handle)))
         self.workers.append(handle)
+        # DNS answers and health first: the worker's first compile then already has them.
+        for msg in self.upstreams.greeting():
+            writer.write(encode(msg))
         no_wait = self.settings.conf.apisix.disable_sync_configuration_during_start
         if not self.store.loaded and no_wait:
             # APISIX's flag: do not hold start-up for the first sync; serve (404s) until it lands.
@@ -162,7 +183,11 @@ class Supervisor:
             msg = await read_message(reader)
             if msg is None:
                 return
-            if msg.get("t") == "ready":
+            kind = msg.get("t")
+            if kind == "passive":
+                self.upstreams.passive(msg.get("reports") or ())
+                continue
+            if kind == "ready":
                 handle.ready = True
             handle.revision = int(msg.get("rev", 0))
 
@@ -276,8 +301,15 @@ class Supervisor:
         self.open_sockets()
         self.write_pid()
         self.source = self.make_source()
+        try:
+            await self.start_services()
+        except SettingsError as e:
+            # e.g. an Admin API on a public address without a safe key: refuse to start.
+            log.error("%s", e)
+            print(f"error: {e}", file=sys.stderr)
+            await self.shutdown()
+            return 1
         self.tasks.append(loop.create_task(self.source.run(self.agent)))
-        await self.start_services()
         if self.settings.serves_proxy:
             for _ in range(self.settings.workers):
                 await self.spawn_worker(self.generation)
@@ -306,11 +338,14 @@ class Supervisor:
         runner = await start_status_server(self)
         if runner is not None:
             self.runners.append(runner)
+        from tollway.control import start_control_server
+
+        runner = await start_control_server(self)
+        if runner is not None:
+            self.runners.append(runner)
         if self.settings.serves_admin and self.settings.config_provider == "etcd":
-            try:
-                from tollway.admin.server import start_admin_server
-            except ImportError:
-                return
+            from tollway.admin.server import start_admin_server
+
             runner = await start_admin_server(self)
             if runner is not None:
                 self.runners.append(runner)
@@ -349,6 +384,7 @@ class Supervisor:
                 t.cancel()
         for r in self.runners:
             await r.cleanup()
+        await self.upstreams.aclose()
         if self.source is not None:
             await self.source.aclose()
         client = getattr(self, "etcd_client", None)

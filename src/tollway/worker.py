@@ -14,6 +14,7 @@ import signal
 import socket
 import sys
 import time
+from typing import Any
 
 import uvloop
 
@@ -26,6 +27,7 @@ from tollway.proxy.pipeline import ServerState
 from tollway.proxy.runtime import Compiler
 from tollway.proxy.server import HttpProtocol
 from tollway.settings import LoadedSettings, load_settings
+from tollway.upstream.table import HealthTable, PassiveReporter
 
 log = logging.getLogger("tollway.worker")
 
@@ -42,7 +44,10 @@ class Worker:
         self.listen = listen
         self.store = Store(settings.etcd.prefix)
         self.registry = load_registry(settings.conf.plugins)
-        self.compiler = Compiler(settings, self.registry)
+        # Health verdicts and DNS answers come from the supervisor (tollway.upstream).
+        self.health = HealthTable()
+        self.passive = PassiveReporter()
+        self.compiler = Compiler(settings, self.registry, health=self.health, passive=self.passive)
         http = settings.conf.nginx_config.http
         self.access_log = (
             AccessLog(str(settings.resolve(http.access_log)), http.access_log_format)
@@ -76,12 +81,23 @@ class Worker:
         writer.close()
 
     async def _ipc_loop(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        def send(msg: dict[str, Any]) -> None:
+            if not writer.is_closing():
+                writer.write(encode(msg))
+
+        self.passive.attach(send)
         while True:
             msg = await read_message(reader)
             if msg is None:
                 log.warning("supervisor went away; stopping")
                 return
             kind = msg.get("t")
+            if kind == "health":
+                self.health.update(msg["key"], msg["unhealthy"])
+                continue
+            if kind == "dns":
+                self.compiler.apply_dns(msg["names"])
+                continue
             rev = int(msg.get("rev", 0))
             kvs = kvs_from_wire(msg.get("kvs") or [])
             t0 = time.perf_counter()

@@ -542,6 +542,10 @@ class Exchange:
                 statuses.append(str(f.status))
                 if pick is not None and up.picker is not None:
                     up.picker.after_balance(server, pick, failed=True)
+                if up.passive is not None and f.status != 499:  # passive health (APISIX)
+                    up.passive.report(
+                        up.key, server.addr, "timeout" if f.status == 504 else "tcp", 0
+                    )
                 log.debug("upstream %s failed: %s", ctx.upstream_addr, f)
                 can_retry = (
                     f.retryable
@@ -568,6 +572,8 @@ class Exchange:
                 up.picker.after_balance(
                     server, pick, failed=False, latency=time.monotonic() - started
                 )
+            if up.passive is not None:  # passive health: the response status (APISIX)
+                up.passive.report(up.key, server.addr, "http", self.status)
             if statuses:
                 statuses.append(str(self.status))
                 ctx.upstream_status = ", ".join(statuses)
@@ -652,6 +658,8 @@ class Exchange:
     ) -> None:
         state = self.proto.state
         host, port = server.host, server.port
+        # A domain node resolved to this IP: its domain is the Host (pass_host: node) and SNI.
+        name = up.node_hosts.get(server.addr, host) if up.node_hosts else host
         key = (up.pool_key, host, port)
         conn = state.pool.get_idle(key)
         reused = conn is not None
@@ -663,7 +671,7 @@ class Exchange:
                         host,
                         port,
                         ssl_ctx=up.ssl_ctx,
-                        server_hostname=host.strip("[]"),
+                        server_hostname=name.strip("[]"),
                         timeout=timeouts.connect,
                     )
                 except TimeoutError:
@@ -675,7 +683,7 @@ class Exchange:
                 conn.close()
                 raise UpstreamFailure(499, False, "client closed")
             try:
-                await self._exchange_with(conn, up, host, port, body)
+                await self._exchange_with(conn, up, name, port, body)
                 return
             except _StaleConnection:
                 # A kept-alive connection the upstream had closed: retry once on a fresh one.

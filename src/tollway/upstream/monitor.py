@@ -1,0 +1,78 @@
+"""The supervisor's view of the upstreams: DNS answers and health, kept in step with the config.
+
+The supervisor calls ``sync`` after every full load (``changes=None``) and every applied change,
+``passive`` with worker reports, and sends ``greeting()`` to a new worker before its first load
+(the worker's tables are looked up live by resource key, so they may arrive before the config).
+Messages to workers:
+
+* ``{"t": "dns", "names": {name: [ip, ...]}}``: changed answers (``[]``: the name does not resolve);
+* ``{"t": "health", "key": resource_key, "unhealthy": [addr, ...]}``: an upstream's unhealthy set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from tollway.upstream.dns import Answers, DnsCache, DnsResolver, Resolver
+from tollway.upstream.health import DEFAULT_RECOVER_AFTER
+from tollway.upstream.manager import HealthManager
+from tollway.upstream.nodes import domain_names
+from tollway.upstream.sources import StoreView, all_upstreams, changed_upstreams
+
+Broadcast = Callable[[dict[str, Any]], None]
+
+
+class UpstreamMonitor:
+    def __init__(
+        self,
+        broadcast: Broadcast,
+        *,
+        recover_after: float = DEFAULT_RECOVER_AFTER,
+        resolver: Resolver | None = None,
+        dns_cache: DnsCache | None = None,
+    ) -> None:
+        self._broadcast = broadcast
+        self.health = HealthManager(broadcast, recover_after=recover_after)
+        self.dns = DnsResolver(self._dns_changed, resolver=resolver, cache=dns_cache)
+        self._names: dict[str, frozenset[str]] = {}  # resource key -> domains its nodes use
+
+    def sync(self, store: StoreView, changes: Iterable[tuple[str, str, str]] | None = None) -> None:
+        full = changes is None
+        ups = all_upstreams(store) if changes is None else changed_upstreams(store, changes)
+        if full:
+            self._names.clear()
+        for key, up in ups.items():
+            names = domain_names(n.host for n in up.node_list()) if up is not None else frozenset()
+            if names:
+                self._names[key] = names
+            else:
+                self._names.pop(key, None)
+        self.dns.want(frozenset().union(*self._names.values()))
+        self.health.sync(ups, self.dns.answers, full=full)
+
+    def passive(self, reports: Iterable[Sequence[Any]]) -> None:
+        self.health.passive(reports)
+
+    def _dns_changed(self, changed: Answers) -> None:
+        self._broadcast({"t": "dns", "names": {n: list(ips) for n, ips in changed.items()}})
+        names = set(changed)
+        keys = [key for key, used in self._names.items() if used & names]
+        self.health.retarget(keys, self.dns.answers)
+
+    def greeting(self) -> list[dict[str, Any]]:
+        """What a new worker needs before its first load: all answers, all unhealthy sets."""
+        out: list[dict[str, Any]] = []
+        answers = self.dns.answers
+        if answers:
+            out.append({"t": "dns", "names": {n: list(ips) for n, ips in answers.items()}})
+        for key, unhealthy in self.health.table().items():
+            out.append({"t": "health", "key": key, "unhealthy": unhealthy})
+        return out
+
+    def describe(self, key: str | None = None) -> list[dict[str, Any]]:
+        return self.health.describe(key)
+
+    async def aclose(self) -> None:
+        await self.health.aclose()
+        await self.dns.aclose()
