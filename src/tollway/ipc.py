@@ -1,7 +1,10 @@
 """Supervisor <-> worker messages over a socketpair: 4-byte length + msgpack.
 
 agent -> worker: {"t": "load"|"apply", "rev": N, "kvs": [[key, value|None, mod, create], ...]}
+                 {"t": "health", "key": resource_key, "unhealthy": [addr, ...]}
+                 {"t": "dns", "names": {name: [ip, ...]}}
 worker -> agent: {"t": "ready"|"ack", "rev": N, "pid": P}
+                 {"t": "passive", "reports": [[key, addr, kind, status], ...]}
 Every change carries its etcd revision; a worker applies messages in the order they arrive,
 which is revision order because one agent writes them.
 """

@@ -35,6 +35,11 @@ class StatusConf(Struct, forbid_unknown_fields=True, kw_only=True):
     port: Port = 7085
 
 
+class ControlConf(Struct, forbid_unknown_fields=True, kw_only=True):
+    ip: str = "127.0.0.1"
+    port: Port = 9090
+
+
 class RouterConf(Struct, kw_only=True):
     http: Literal["radixtree_host_uri", "radixtree_uri", "radixtree_uri_with_parameter"] = (
         "radixtree_host_uri"
@@ -57,7 +62,7 @@ class ApisixConf(Struct, kw_only=True):
     show_upstream_status_in_response_header: bool = False
     enable_admin: bool = True
     enable_control: bool = True
-    control: StatusConf | None = None
+    control: ControlConf | None = None
     proxy_mode: Literal["http", "stream", "http&stream"] = "http"
     data_encryption: DataEncryption = msgspec.field(default_factory=DataEncryption)
 
@@ -147,6 +152,9 @@ class TollwayConf(Struct, forbid_unknown_fields=True, kw_only=True):
     run_dir: str = "run"
     snapshot: bool = True
     prometheus_port: Port | None = None
+    # Passive-only health checks: an unhealthy node is tried again after this many seconds
+    # (APISIX never recovers such a node).
+    passive_recovery: Annotated[float, Meta(gt=0)] = 10.0
 
 
 class Settings(Struct, kw_only=True):

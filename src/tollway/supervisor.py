@@ -29,7 +29,6 @@ from tollway.errors import SettingsError
 from tollway.ipc import encode, kvs_to_wire, read_message
 from tollway.plugins.registry import load_registry
 from tollway.settings import LoadedSettings
-from tollway.upstream.health import DEFAULT_RECOVER_AFTER
 from tollway.upstream.monitor import UpstreamMonitor
 
 log = logging.getLogger("tollway.supervisor")
@@ -105,10 +104,10 @@ class Supervisor:
         self._warn = RateLimitedLog(log)
         self.runners: list[Any] = []
         self.started = time.time()
-        # Health checks and DNS, once per instance (tollway.upstream). ``passive_recovery`` is
-        # read if the settings grow it; the default is documented in tollway.upstream.health.
-        recover_after = getattr(settings.conf.tollway, "passive_recovery", DEFAULT_RECOVER_AFTER)
-        self.upstreams = UpstreamMonitor(self.broadcast, recover_after=recover_after)
+        # Health checks and DNS, once per instance (tollway.upstream).
+        self.upstreams = UpstreamMonitor(
+            self.broadcast, recover_after=settings.conf.tollway.passive_recovery
+        )
 
     def upstreams_changed(self, changes: list[tuple[str, str, str]] | None) -> None:
         """After a full load (None) or applied changes: reconcile health checkers and DNS."""

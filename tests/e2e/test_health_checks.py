@@ -14,7 +14,7 @@ import pytest
 import requests
 from aiohttp import web
 
-from tests.support.gateway import Gateway, free_port, wait_until
+from tests.support.gateway import Gateway, wait_until
 from tests.support.upstream import Upstream
 
 
@@ -39,9 +39,7 @@ def restart(node: Node) -> Node:
 
 class HealthGateway(Gateway):
     def __init__(self, root: Path, apisix_yaml: str, **kw: Any) -> None:
-        self.control_port = free_port()
-        config = {"apisix": {"control": {"ip": "127.0.0.1", "port": self.control_port}}}
-        super().__init__(root, apisix_yaml=apisix_yaml, config=config, **kw)
+        super().__init__(root, apisix_yaml=apisix_yaml, **kw)  # control API on a free port
 
     def control(self, path: str = "/v1/healthcheck") -> requests.Response:
         return requests.get(f"http://127.0.0.1:{self.control_port}{path}", timeout=2)

@@ -65,6 +65,7 @@ class Gateway:
         self.port = free_port()
         self.status_port = free_port()
         self.admin_port = free_port()
+        self.control_port = free_port()
         self.admin_key = admin_key
         self.mode = mode
         self.proc: subprocess.Popen[bytes] | None = None
@@ -74,6 +75,7 @@ class Gateway:
             "apisix": {
                 "node_listen": [{"ip": "127.0.0.1", "port": self.port}],
                 "status": {"ip": "127.0.0.1", "port": self.status_port},
+                "control": {"ip": "127.0.0.1", "port": self.control_port},
             },
             "deployment": {
                 "role": role,
