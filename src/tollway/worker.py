@@ -68,6 +68,7 @@ class Worker:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        self.state.start(loop)
         loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
         loop.add_signal_handler(signal.SIGINT, lambda: None)  # the supervisor decides
         loop.add_signal_handler(signal.SIGQUIT, self.stopping.set)
@@ -144,6 +145,7 @@ class Worker:
         for conn in list(state.connections):
             conn.close()
         state.pool.close_all()
+        state.stop()
         if self.access_log is not None:
             await self.access_log.aclose()
 

@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any
 import httptools
 
 from tollway.proxy.http import SERVER_HEADER, error_page, status_line
+from tollway.proxy.pipeline import Exchange
 
 if TYPE_CHECKING:
-    from tollway.proxy.pipeline import Exchange, ServerState
+    from tollway.proxy.pipeline import ServerState
 
 log = logging.getLogger("tollway.proxy")
 
@@ -58,7 +59,8 @@ class HttpProtocol(asyncio.Protocol):
         self.write_paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
         self.tunnel: Any = None  # upstream connection once a WebSocket is established
-        self._timer: asyncio.TimerHandle | None = None
+        self.deadline = 0.0  # header/keep-alive timeout, enforced by ServerState's sweep
+        self.forwarded: bytes | None = None  # X-Real-IP/X-Forwarded-* lines fixed per connection
         self.reading_paused = False
         self.idle_since = 0.0
 
@@ -75,7 +77,7 @@ class HttpProtocol(asyncio.Protocol):
         if isinstance(sock, tuple):
             self.server_addr, self.server_port = sock[0], sock[1]
         self.state.connections.add(self)
-        self.idle_since = asyncio.get_running_loop().time()
+        self.idle_since = self.state.loop.time()
         self._arm_timer(self.state.header_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -144,7 +146,7 @@ class HttpProtocol(asyncio.Protocol):
     async def drain(self) -> None:
         if not self.write_paused or self.closing:
             return
-        fut = asyncio.get_running_loop().create_future()
+        fut = self.state.loop.create_future()
         self._drain_waiters.append(fut)
         await fut
 
@@ -159,7 +161,7 @@ class HttpProtocol(asyncio.Protocol):
         self._host = b""
         self._upgrade = b""
         self._expect = False
-        if self._timer is None:
+        if not self.deadline:
             self._arm_timer(self.state.header_timeout)
 
     def on_url(self, url: bytes) -> None:
@@ -192,8 +194,6 @@ class HttpProtocol(asyncio.Protocol):
         if self._te and self._cl_count:
             raise ParseLimit(400)
         self._cancel_timer()
-        from tollway.proxy.pipeline import Exchange
-
         p = self.parser
         ex = Exchange(
             self,
@@ -265,7 +265,7 @@ class HttpProtocol(asyncio.Protocol):
             nxt.start()
             return
         self.resume_reading()
-        self.idle_since = asyncio.get_running_loop().time()
+        self.idle_since = self.state.loop.time()
         if self.parsing is None:
             self._arm_timer(self.state.keepalive_timeout)
 
@@ -326,24 +326,19 @@ class HttpProtocol(asyncio.Protocol):
     def close_if_idle(self, min_idle: float = 0.0) -> bool:
         """Close the connection if no request is in progress and it has been idle this long."""
         if self.active is None and self.parsing is None and not self.pipeline:
-            if min_idle and asyncio.get_running_loop().time() - self.idle_since < min_idle:
+            if min_idle and self.state.loop.time() - self.idle_since < min_idle:
                 return False
             self.close()
             return True
         return False
 
     def _arm_timer(self, seconds: float) -> None:
-        self._cancel_timer()
-        if seconds > 0:
-            self._timer = asyncio.get_running_loop().call_later(seconds, self._on_timeout)
+        self.deadline = self.state.loop.time() + seconds if seconds > 0 else 0.0
 
     def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self.deadline = 0.0
 
-    def _on_timeout(self) -> None:
-        self._timer = None
+    def on_deadline(self) -> None:
         if self.active is None and not self.pipeline:
             if self.parsing is not None or self._header_bytes:
                 self._fail(408)

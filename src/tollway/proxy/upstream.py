@@ -23,6 +23,7 @@ class ResponseSink(Protocol):
     def on_upstream_body(self, data: bytes) -> None: ...
     def on_upstream_complete(self) -> None: ...
     def on_upstream_error(self, exc: BaseException | None) -> None: ...
+    def flush(self) -> None: ...
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -82,6 +83,7 @@ class UpstreamConnection(asyncio.Protocol):
         assert self._parser is not None
         try:
             self._parser.feed_data(data)
+            sink.flush()  # what this read produced leaves in one client write
         except httptools.HttpParserUpgrade as e:
             off = e.args[0] if e.args and isinstance(e.args[0], int) else len(data)
             self.upgraded = True
@@ -167,10 +169,11 @@ class UpstreamConnection(asyncio.Protocol):
         self.requests += 1
         self.status = 0
         self.bytes_received = 0
-        self.head_request = head_request
         self._headers = []
-        # A fresh parser per response: after a HEAD the old one would expect a body.
-        self._parser = httptools.HttpResponseParser(self)
+        # A fresh parser only when needed: after a HEAD the old one would expect a body.
+        if self._parser is None or self.head_request:
+            self._parser = httptools.HttpResponseParser(self)
+        self.head_request = head_request
 
     def write(self, data: bytes) -> None:
         assert self.transport is not None
