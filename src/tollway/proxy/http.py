@@ -34,9 +34,16 @@ RESPONSE_DROP = HOP_BY_HOP | {b"server"}
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
 
-def status_line(status: int, version: bytes = b"1.1") -> bytes:
-    reason = REASONS.get(status, b"Unknown")
-    return b"HTTP/%s %d %s\r\n" % (version, status, reason)
+_STATUS_LINES: dict[int, bytes] = {
+    code: b"HTTP/1.1 %d %s\r\n" % (code, reason) for code, reason in REASONS.items()
+}
+
+
+def status_line(status: int) -> bytes:
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        line = b"HTTP/1.1 %d Unknown\r\n" % status
+    return line
 
 
 def _html(status: int, title: str) -> bytes:

@@ -237,6 +237,9 @@ class HttpProtocol(asyncio.Protocol):
         self.parsing = None
         if ex is not None:
             ex.finish_body()
+        if self.active is None and not self.pipeline and not self.closing:
+            # The answer was made before the message ended (fast path): idle from now on.
+            self._arm_timer(self.state.keepalive_timeout)
 
     # -- flow control and lifecycle -----------------------------------------------------
 
