@@ -23,9 +23,9 @@ from tollway.ipc import encode, kvs_from_wire, read_message
 from tollway.logs import setup_logging
 from tollway.plugins.registry import load_registry
 from tollway.proxy.accesslog import AccessLog
-from tollway.proxy.pipeline import ServerState
 from tollway.proxy.runtime import Compiler
 from tollway.proxy.server import HttpProtocol
+from tollway.proxy.state import ServerState
 from tollway.settings import LoadedSettings, load_settings
 from tollway.upstream.table import HealthTable, PassiveReporter
 

@@ -18,7 +18,7 @@ from tollway.proxy.http import SERVER_HEADER, error_page, status_line
 from tollway.proxy.pipeline import Exchange
 
 if TYPE_CHECKING:
-    from tollway.proxy.pipeline import ServerState
+    from tollway.proxy.state import ServerState
 
 log = logging.getLogger("tollway.proxy")
 

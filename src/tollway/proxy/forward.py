@@ -1,0 +1,729 @@
+"""The upstream half of an exchange: attempts and retries, the callback-driven fast path,
+the request sent upstream, and the response streamed back to the client.
+
+``Forwarding`` is a mixin of ``pipeline.Exchange`` (which owns every attribute): the seam is the
+upstream connection. Retries follow APISIX/nginx (connection errors and timeouts before a
+response only) and never re-send a non-idempotent request once bytes reached the upstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from tollway.balancer import PickContext, Server, hash_key_for
+from tollway.proxy.http import HOP_BY_HOP, IDEMPOTENT, RESPONSE_DROP, status_line
+from tollway.proxy.runtime import DEFAULT_TIMEOUTS, CompiledRoute, CompiledUpstream
+from tollway.proxy.upstream import UpstreamConnection
+
+if TYPE_CHECKING:
+    from tollway.plugins.kit import RequestContext
+    from tollway.plugins.registry import Chain
+    from tollway.proxy.server import HttpProtocol
+
+log = logging.getLogger("tollway.proxy")
+
+REPLAY_LIMIT = 64 * 1024  # request bodies up to this size are buffered so a retry can resend them
+
+
+class UpstreamFailure(Exception):
+    def __init__(self, status: int, retryable: bool, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.retryable = retryable
+
+
+class Forwarding:
+    if not TYPE_CHECKING:  # Exchange declares the slots; type checkers see the names below
+        __slots__ = ()
+
+    if TYPE_CHECKING:  # owned by Exchange
+        proto: HttpProtocol
+        ctx: RequestContext | None
+        chain: Chain | None
+        method: str
+        http_version: str
+        raw_headers: list[tuple[bytes, bytes]]
+        host_raw: bytes
+        keep_alive: bool
+        has_body: bool
+        body_chunked: bool
+        body_complete: bool
+        body_bytes: int
+        content_length: int
+        reject_status: int
+        upgrade: bytes
+        upgrade_rest: bytes
+        websocket: bool
+        status: int
+        response_started: bool
+        resp_chunked: bool
+        resp_no_body: bool
+        resp_bytes: int
+        buffered_resp: list[bytes] | None
+        client_closed: bool
+        conn: UpstreamConnection | None
+        upstream: CompiledUpstream | None
+        upstream_statuses: list[str] | None
+        reading: bool
+        last_activity: float
+        read_timeout: float
+        _send_timeout: float
+        _done: asyncio.Future[None] | None
+        _fast: tuple[Server, PickContext | None, float] | None
+        _out: list[bytes]
+
+        @property
+        def route(self) -> CompiledRoute | None: ...
+        def write(self, data: bytes) -> None: ...
+        def respond_error(self, status: int) -> None: ...
+        def _spawn(self, coro: Coroutine[Any, Any, None]) -> None: ...
+        def _finish(self) -> None: ...
+        async def read_body(self, limit: int) -> bytes | None: ...
+        async def next_body_chunk(self) -> bytes | None: ...
+        def _header_filter(self, chain: Chain, ctx: RequestContext) -> None: ...
+        def _body_filter(
+            self, chain: Chain, ctx: RequestContext, data: bytes, eof: bool
+        ) -> bytes: ...
+
+    # -- proxying -----------------------------------------------------------------------
+
+    async def proxy(
+        self,
+        route: CompiledRoute,
+        up: CompiledUpstream,
+        first: tuple[Server, PickContext | None, UpstreamFailure | None] | None = None,
+    ) -> None:
+        """Attempts with retries. ``first``: a server the fast path already picked, and how its
+        attempt failed (None: not attempted yet)."""
+        ctx = self.ctx
+        assert ctx is not None
+        timeouts = route.timeouts or up.timeouts or DEFAULT_TIMEOUTS
+        self.read_timeout = timeouts.read
+        self._send_timeout = timeouts.send
+        # Small bodies are read whole so that a retry can resend them; larger ones stream.
+        body: bytes | None = None
+        if self.has_body and not self.websocket:
+            if self.body_chunked or self.content_length <= REPLAY_LIMIT:
+                body = await self.read_body(REPLAY_LIMIT)
+            if self.reject_status:
+                self.keep_alive = False
+                self.respond_error(self.reject_status)
+                return
+        pick = first[1] if first is not None else self._pick_context(up)
+        tries = 0
+        deadline = time.monotonic() + up.retry_timeout if up.retry_timeout else 0.0
+        idempotent = self.method in IDEMPOTENT
+        statuses: list[str] = []
+        while True:
+            failure: UpstreamFailure | None = None
+            if first is not None:
+                server, _, failure = first
+                first = None
+            else:
+                picked = self._next_server(up, pick)
+                if picked is None:
+                    self.upstream_statuses = statuses or None
+                    self.respond_error(502)
+                    return
+                server = picked
+            if failure is None:
+                ctx.upstream_addr = f"{server.host}:{server.port}"
+                started = time.monotonic()
+                try:
+                    await self.attempt(up, server, timeouts, body)
+                except UpstreamFailure as f:
+                    failure = f
+                else:
+                    self._succeeded(up, server, pick, started, statuses)
+                    return
+            self._failed(up, server, pick, failure, statuses)
+            can_retry = (
+                failure.retryable
+                and not self.response_started
+                and tries < up.retries
+                and pick is not None
+                and (body is not None or not self.has_body)
+                and (idempotent or (failure.status == 502 and failure.retryable))
+                and not (deadline and time.monotonic() > deadline)
+            )
+            if not can_retry:
+                self._give_up(failure, statuses)
+                return
+            tries += 1  # after_balance(failed=True) marked the server as tried
+
+    def _pick_context(self, up: CompiledUpstream) -> PickContext | None:
+        if up.single is not None:
+            return None
+        pick = PickContext()
+        if up.conf.type == "chash":
+            ctx = self.ctx
+            assert ctx is not None
+            pick.hash_key = hash_key_for(
+                up.hash_on, up.hash_key, ctx.var, ctx.consumer_name, ctx.remote_addr
+            )
+        return pick
+
+    @staticmethod
+    def _next_server(up: CompiledUpstream, pick: PickContext | None) -> Server | None:
+        if pick is None:
+            return up.single
+        return up.picker.pick(pick) if up.picker is not None else None
+
+    def _succeeded(
+        self,
+        up: CompiledUpstream,
+        server: Server,
+        pick: PickContext | None,
+        started: float,
+        statuses: list[str],
+    ) -> None:
+        if pick is not None and up.picker is not None:
+            up.picker.after_balance(server, pick, failed=False, latency=time.monotonic() - started)
+        if up.passive is not None:  # passive health: the response status (APISIX)
+            up.passive.report(up.key, server.addr, "http", self.status)
+        if statuses:
+            statuses.append(str(self.status))
+            assert self.ctx is not None
+            self.ctx.upstream_status = ", ".join(statuses)
+
+    def _failed(
+        self,
+        up: CompiledUpstream,
+        server: Server,
+        pick: PickContext | None,
+        f: UpstreamFailure,
+        statuses: list[str],
+    ) -> None:
+        statuses.append(str(f.status))
+        if pick is not None and up.picker is not None:
+            up.picker.after_balance(server, pick, failed=True)
+        if up.passive is not None and f.status != 499:  # passive health (APISIX)
+            up.passive.report(up.key, server.addr, "timeout" if f.status == 504 else "tcp", 0)
+        log.debug("upstream %s:%d failed: %s", server.host, server.port, f)
+
+    def _give_up(self, f: UpstreamFailure, statuses: list[str]) -> None:
+        if not self.response_started and self.reject_status:
+            self.respond_error(self.reject_status)  # the client's body was bad
+        elif not self.response_started:
+            self.upstream_statuses = statuses
+            self.respond_error(f.status)
+        else:
+            self.keep_alive = False
+        if self.ctx is not None:
+            self.ctx.upstream_status = ", ".join(statuses)
+
+    # -- the fast path: one attempt on a pooled connection, driven by callbacks -----------
+
+    def _fast_attempt(self) -> bool:
+        up = self.upstream
+        route = self.route
+        ctx = self.ctx
+        assert up is not None and route is not None and ctx is not None
+        pick = self._pick_context(up)
+        server = self._next_server(up, pick)
+        if server is None:
+            return False
+        state = self.proto.state
+        conn = state.pool.get_idle((up.pool_key, server.host, server.port))
+        if conn is None:
+            # A new connection is needed: the coroutine path connects (with its timeout).
+            self._spawn(self.proxy(route, up, (server, pick, None)))
+            return True
+        timeouts = route.timeouts or up.timeouts or DEFAULT_TIMEOUTS
+        self.read_timeout = timeouts.read
+        self._send_timeout = timeouts.send
+        ctx.upstream_addr = f"{server.host}:{server.port}"
+        name = up.node_hosts.get(server.addr, server.host) if up.node_hosts else server.host
+        loop = state.loop
+        self._fast = (server, pick, time.monotonic())
+        self.conn = conn
+        conn.start(self, self.method == "HEAD" or ctx.up_method == "HEAD")
+        conn.write(self._request_head(up, name, server.port, None))
+        self.last_activity = loop.time()
+        self.reading = True
+        return True
+
+    def _fast_done(self) -> None:
+        fast, self._fast = self._fast, None
+        assert fast is not None and self.upstream is not None
+        server, pick, started = fast
+        self.reading = False
+        conn, self.conn = self.conn, None
+        up = self.upstream
+        if conn is not None:
+            self.proto.state.pool.release(conn, up.limits)
+        self._succeeded(up, server, pick, started, [])
+        self._finish()
+
+    def _fast_failed(self, failure: UpstreamFailure) -> None:
+        fast, self._fast = self._fast, None
+        assert fast is not None and self.upstream is not None
+        server, pick, _ = fast
+        self.reading = False
+        conn, self.conn = self.conn, None
+        stale = conn is not None and conn.bytes_received == 0 and not self.response_started
+        if conn is not None:
+            conn.close()
+        up, route = self.upstream, self.route
+        assert route is not None
+        if self.client_closed or self.response_started:
+            self._failed(up, server, pick, failure, [])
+            self.keep_alive = False
+            self._finish()
+            return
+        if stale and failure.status == 502:
+            # A kept-alive connection the upstream had closed: the same server, on a new one.
+            self._spawn(self.proxy(route, up, (server, pick, None)))
+        else:
+            self._spawn(self.proxy(route, up, (server, pick, failure)))
+
+    def _request_head(
+        self, up: CompiledUpstream, host: str, port: int, body: bytes | None
+    ) -> bytes:
+        ctx = self.ctx
+        assert ctx is not None
+        method = ctx.up_method or self.method
+        if ctx.up_uri is not None:
+            target = ctx.up_uri
+        elif ctx.path is not ctx.request_uri.partition("?")[0] and ctx.path != ctx.request_uri:
+            target = _quote_path(ctx.path) + ("?" + ctx.query if ctx.query else "")
+        else:
+            target = ctx.request_uri
+        # Host: proxy-rewrite's host > pass_host (APISIX upstream.lua).
+        if ctx.up_host is not None:
+            host_hdr = ctx.up_host
+        elif up.pass_host == "node":
+            default = 443 if up.scheme in ("https", "grpcs") else 80
+            host_hdr = host if port == default else f"{host}:{port}"
+        elif up.pass_host == "rewrite" and up.upstream_host:
+            host_hdr = up.upstream_host
+        else:
+            host_hdr = self.host_raw.decode("latin-1") or host
+        out = [f"{method} {target} HTTP/1.1\r\nHost: {host_hdr}\r\n".encode("latin-1")]
+        ops = ctx.up_header_ops
+        if ops is None:
+            connection_tokens = _connection_tokens(self.raw_headers)
+            xff = None
+            for k, v in self.raw_headers:
+                lk = k.lower()
+                if lk in HOP_BY_HOP or lk == b"host" or lk in connection_tokens:
+                    continue
+                if lk == b"content-length":
+                    continue
+                if lk == b"x-forwarded-for":
+                    xff = v
+                    continue
+                if lk in _FORWARDED:
+                    continue
+                out.append(k + b": " + v + b"\r\n")
+        else:
+            xff = None
+            hdrs = ctx.headers  # already edited by plugins
+            connection_tokens = _connection_tokens(self.raw_headers)
+            for name, value in hdrs.items():
+                lk = name.encode("latin-1")
+                if lk in HOP_BY_HOP or lk == b"host" or lk in connection_tokens:
+                    continue
+                if lk == b"content-length":
+                    continue
+                if lk == b"x-forwarded-for":
+                    xff = value.encode("latin-1")
+                    continue
+                if lk in _FORWARDED:
+                    continue
+                out.append(lk + b": " + value.encode("latin-1") + b"\r\n")
+        remote = ctx.remote_addr.encode()
+        proto = self.proto
+        fixed = proto.forwarded if ctx.remote_addr == proto.remote_addr else None
+        if fixed is None:
+            fixed = b"X-Real-IP: %s\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Port: %d\r\n" % (
+                remote,
+                ctx.scheme.encode(),
+                ctx.server_port,
+            )
+            if ctx.remote_addr == proto.remote_addr:
+                proto.forwarded = fixed
+        out.append(fixed)
+        out.append(b"X-Forwarded-For: " + (xff + b", " + remote if xff else remote) + b"\r\n")
+        out.append(b"X-Forwarded-Host: " + ctx.host.encode("latin-1") + b"\r\n")
+        if self.websocket:
+            out.append(b"Connection: Upgrade\r\nUpgrade: " + self.upgrade + b"\r\n")
+        elif body is not None:
+            if body or self.has_body or method in ("POST", "PUT", "PATCH"):
+                out.append(b"Content-Length: %d\r\n" % len(body))
+        elif self.has_body:
+            if self.body_chunked:
+                out.append(b"Transfer-Encoding: chunked\r\n")
+            else:
+                out.append(b"Content-Length: %d\r\n" % self.content_length)
+        out.append(b"\r\n")
+        return b"".join(out)
+
+    async def attempt(
+        self, up: CompiledUpstream, server: Any, timeouts: Any, body: bytes | None
+    ) -> None:
+        state = self.proto.state
+        host, port = server.host, server.port
+        # A domain node resolved to this IP: its domain is the Host (pass_host: node) and SNI.
+        name = up.node_hosts.get(server.addr, host) if up.node_hosts else host
+        key = (up.pool_key, host, port)
+        conn = state.pool.get_idle(key)
+        reused = conn is not None
+        for _ in range(2):
+            if conn is None:
+                try:
+                    conn = await state.pool.connect(
+                        key,
+                        host,
+                        port,
+                        ssl_ctx=up.ssl_ctx,
+                        server_hostname=name.strip("[]"),
+                        timeout=timeouts.connect,
+                    )
+                except TimeoutError:
+                    raise UpstreamFailure(504, True, "connect timeout") from None
+                except OSError as e:
+                    raise UpstreamFailure(502, True, f"connect failed: {e}") from None
+                reused = False
+            if self.client_closed:
+                conn.close()
+                raise UpstreamFailure(499, False, "client closed")
+            try:
+                await self._exchange_with(conn, up, name, port, body)
+                return
+            except _StaleConnection:
+                # A kept-alive connection the upstream had closed: retry once on a fresh one.
+                conn = None
+                if not reused:
+                    raise UpstreamFailure(502, True, "upstream closed the connection") from None
+                reused = False
+        raise UpstreamFailure(502, True, "upstream closed the connection")
+
+    async def _exchange_with(
+        self,
+        conn: UpstreamConnection,
+        up: CompiledUpstream,
+        host: str,
+        port: int,
+        body: bytes | None,
+    ) -> None:
+        loop = self.proto.state.loop
+        self.conn = conn
+        self._done = loop.create_future()
+        conn.start(
+            self, self.method == "HEAD" or (self.ctx is not None and self.ctx.up_method == "HEAD")
+        )
+        head = self._request_head(up, host, port, body)
+        self.last_activity = loop.time()
+        self.reading = True
+        try:
+            if body is not None:
+                conn.write(head + body if len(body) < 16384 else head)
+                if len(body) >= 16384:
+                    conn.write(body)
+            else:
+                conn.write(head)
+                if self.has_body and not self.websocket:
+                    await self._stream_body(conn)
+            await self._done
+        except _ReadTimeout:
+            self._drop_conn(conn)
+            if self.response_started:
+                raise UpstreamFailure(504, False, "read timeout") from None
+            raise UpstreamFailure(504, True, "read timeout") from None
+        except (ConnectionError, OSError) as e:
+            self._drop_conn(conn)
+            if self.client_closed:
+                raise UpstreamFailure(499, False, "client closed") from None
+            if self.response_started:
+                raise UpstreamFailure(502, False, str(e)) from None
+            if conn.bytes_received == 0 and conn.requests > 1 and not self.has_body_streamed():
+                raise _StaleConnection() from None
+            raise UpstreamFailure(502, True, f"upstream error: {e}") from None
+        finally:
+            self._cancel_timer()
+        self.conn = None
+        if self.websocket and conn.upgraded:
+            return
+        state = self.proto.state
+        state.pool.release(conn, up.limits)
+
+    def has_body_streamed(self) -> bool:
+        return self.has_body and self.body_bytes > 0 and not self.body_complete
+
+    def _drop_conn(self, conn: UpstreamConnection) -> None:
+        self.conn = None
+        conn.close()
+
+    async def _stream_body(self, conn: UpstreamConnection) -> None:
+        chunked = self.body_chunked
+        while True:
+            chunk = await self.next_body_chunk()
+            if chunk is None:
+                break
+            if chunked:
+                conn.write(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+            else:
+                conn.write(chunk)
+            if conn.closed:
+                raise ConnectionResetError("upstream closed while sending the body")
+            if conn.write_paused:
+                # The upstream stopped reading: give it the send timeout, then 504.
+                try:
+                    async with asyncio.timeout(self._send_timeout):
+                        await conn.drain()
+                except TimeoutError:
+                    raise _ReadTimeout() from None
+        if self.reject_status:
+            raise ConnectionResetError("request body too large")
+        if chunked:
+            conn.write(b"0\r\n\r\n")
+
+    # -- read timeout (enforced by ServerState's sweep) --------------------------------
+
+    def _cancel_timer(self) -> None:
+        self.reading = False
+
+    def on_read_timeout(self) -> None:
+        if self._fast is not None:
+            self._fast_failed(UpstreamFailure(504, True, "read timeout"))
+            return
+        d = self._done
+        if d is not None and not d.done():
+            d.set_exception(_ReadTimeout())
+
+    # -- upstream response callbacks (ResponseSink) ------------------------------------
+
+    def on_upstream_headers(
+        self, status: int, headers: list[tuple[bytes, bytes]], conn: UpstreamConnection
+    ) -> None:
+        self.last_activity = self.proto.state.loop.time()
+        if self.client_closed:
+            return
+        ctx = self.ctx
+        assert ctx is not None
+        self.status = status
+        ctx.resp_status = status
+        out_headers: list[tuple[bytes, bytes]] = []
+        content_length: bytes | None = None
+        connection: bytes | None = None
+        for k, v in headers:
+            lk = k.lower()
+            if lk in RESPONSE_DROP:
+                if lk == b"connection":
+                    connection = v
+                continue
+            if lk == b"content-length":
+                content_length = v
+                continue
+            out_headers.append((k, v))
+        if connection is not None:
+            # Headers named in Connection are hop-by-hop too (RFC 9110 7.6.1).
+            tokens = _connection_tokens([(b"connection", connection)])
+            if tokens:
+                out_headers = [(k, v) for k, v in out_headers if k.lower() not in tokens]
+        if status == 101 and self.websocket:
+            self._start_tunnel(conn, out_headers)
+            return
+        chain = self.chain
+        if chain is not None and chain.header_filter:
+            if content_length is not None:
+                out_headers.append((b"Content-Length", content_length))
+            ctx.resp_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in out_headers]
+            self._header_filter(chain, ctx)
+            status = self.status = ctx.resp_status
+            out_headers = []
+            content_length = None
+            for name, value in ctx.resp_headers or ():
+                if name.lower() == "content-length":
+                    content_length = value.encode("latin-1")
+                else:
+                    out_headers.append((name.encode("latin-1"), value.encode("latin-1")))
+            if chain.buffers_body:
+                self.buffered_resp = []
+        if ctx.upstream_status is None:
+            ctx.upstream_status = str(status)
+        state = self.proto.state
+        if status >= 500 or state.show_upstream_status:
+            out_headers.append((b"X-APISIX-Upstream-Status", str(status).encode()))
+        no_body = self.method == "HEAD" or status in (204, 304) or 100 <= status < 200
+        self.resp_no_body = no_body
+        out = [status_line(status), state.server_header]
+        for k, v in out_headers:
+            out.append(k + b": " + v + b"\r\n")
+        if self.buffered_resp is not None:
+            pass  # framed when the whole body is known
+        elif content_length is not None:
+            out.append(b"Content-Length: " + content_length + b"\r\n")
+        elif not no_body:
+            if self.http_version == "1.1":
+                self.resp_chunked = True
+                out.append(b"Transfer-Encoding: chunked\r\n")
+            else:
+                self.keep_alive = False  # close-delimited for HTTP/1.0 clients
+        if not self.keep_alive or (not self.body_complete and not self.has_body):
+            out.append(b"Connection: close\r\n")
+            self.keep_alive = False
+        elif self.http_version == "1.0":
+            out.append(b"Connection: keep-alive\r\n")
+        self.response_started = True
+        if self.buffered_resp is not None:
+            self.buffered_resp.append(b"".join(out))
+            return
+        out.append(b"\r\n")
+        # Buffered: the head usually leaves in one write with the first body bytes (flush()).
+        self._out.append(b"".join(out))
+
+    def on_upstream_body(self, data: bytes) -> None:
+        self.last_activity = self.proto.state.loop.time()
+        if self.client_closed:
+            return
+        if self.buffered_resp is not None:
+            self.buffered_resp.append(data)
+            return
+        chain = self.chain
+        if chain is not None and chain.body_filter and self.ctx is not None:
+            data = self._body_filter(chain, self.ctx, data, False)
+            if not data:
+                return
+        self.resp_bytes += len(data)
+        if self.resp_chunked:
+            self._out.append(b"%x\r\n" % len(data))
+            self._out.append(data)
+            self._out.append(b"\r\n")
+        else:
+            self._out.append(data)
+
+    def flush(self) -> None:
+        """Called after each upstream read: one client write for what that read produced."""
+        out = self._out
+        if not out:
+            return
+        self.write(out[0] if len(out) == 1 else b"".join(out))
+        out.clear()
+        if self.proto.write_paused and self.conn is not None:
+            self.conn.pause_reading()
+
+    def on_upstream_complete(self) -> None:
+        if not self.client_closed:
+            chain = self.chain
+            ctx = self.ctx
+            if self.buffered_resp is not None and ctx is not None and chain is not None:
+                head, *parts = self.buffered_resp
+                body = self._body_filter(chain, ctx, b"".join(parts), True)
+                self.resp_bytes = len(body)
+                length = b"" if self.resp_no_body else b"Content-Length: %d\r\n" % len(body)
+                self._out.append(head + length + b"\r\n" + (b"" if self.resp_no_body else body))
+            else:
+                if chain is not None and chain.body_filter and ctx is not None:
+                    tail = self._body_filter(chain, ctx, b"", True)
+                    if tail:
+                        self.resp_bytes += len(tail)
+                        self._out.append(
+                            b"%x\r\n" % len(tail) + tail + b"\r\n" if self.resp_chunked else tail
+                        )
+                if self.resp_chunked:
+                    self._out.append(b"0\r\n\r\n")
+            self.flush()
+        if self._fast is not None:
+            self._fast_done()
+            return
+        d = self._done
+        if d is not None and not d.done():
+            d.set_result(None)
+
+    def on_upstream_error(self, exc: BaseException | None) -> None:
+        self.flush()
+        if self._fast is not None:
+            self._fast_failed(UpstreamFailure(502, not self.response_started, f"upstream: {exc}"))
+            return
+        d = self._done
+        if d is not None and not d.done():
+            err = exc if isinstance(exc, OSError) else ConnectionResetError(str(exc))
+            d.set_exception(err)
+
+    def _start_tunnel(self, conn: UpstreamConnection, headers: list[tuple[bytes, bytes]]) -> None:
+        out = [status_line(101), self.proto.state.server_header]
+        for k, v in headers:
+            out.append(k + b": " + v + b"\r\n")
+        out.append(b"Connection: Upgrade\r\nUpgrade: " + self.upgrade + b"\r\n\r\n")
+        self.write(b"".join(out))
+        self.response_started = True
+        self.keep_alive = False
+        # The read timer stays armed: an idle tunnel (no bytes either way) is closed after the
+        # route's read timeout, as nginx's proxy_read_timeout does for WebSocket.
+        conn.upgraded = True
+        conn.sink = _Tunnel(self.proto, self)
+        self.proto.start_tunnel(conn, self.upgrade_rest)
+
+    def touch(self) -> None:
+        self.last_activity = self.proto.state.loop.time()
+
+    def tunnel_closed(self) -> None:
+        d = self._done
+        if d is not None and not d.done():
+            d.set_result(None)
+
+
+_FORWARDED = frozenset(
+    {b"x-real-ip", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port"}
+)
+
+
+def _connection_tokens(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    tokens: set[bytes] = set()
+    for k, v in headers:
+        if k.lower() == b"connection":
+            for t in v.split(b","):
+                t = t.strip().lower()
+                if t and t not in (b"close", b"keep-alive", b"upgrade"):
+                    tokens.add(t)
+    return frozenset(tokens) if tokens else _EMPTY
+
+
+_EMPTY: frozenset[bytes] = frozenset()
+
+
+def _quote_path(path: str) -> str:
+    return quote(path, safe="/!$&'()*+,;=:@~-._")
+
+
+class _ReadTimeout(Exception):
+    pass
+
+
+class _StaleConnection(Exception):
+    pass
+
+
+class _Tunnel:
+    """ResponseSink for an upgraded (WebSocket) connection: bytes to the client as they come."""
+
+    def __init__(self, proto: HttpProtocol, ex: Forwarding) -> None:
+        self.proto = proto
+        self.ex = ex
+
+    def on_upstream_headers(self, status: int, headers: Any, conn: UpstreamConnection) -> None:
+        return None
+
+    def flush(self) -> None:
+        return None
+
+    def on_upstream_body(self, data: bytes) -> None:
+        self.ex.touch()
+        t = self.proto.transport
+        if t is not None and not t.is_closing():
+            t.write(data)
+
+    def on_upstream_complete(self) -> None:
+        self.proto.tunnel = None
+        self.proto.close()
+        self.ex.tunnel_closed()
+
+    def on_upstream_error(self, exc: BaseException | None) -> None:
+        self.on_upstream_complete()
