@@ -155,6 +155,9 @@ class TollwayConf(Struct, forbid_unknown_fields=True, kw_only=True):
     # Passive-only health checks: an unhealthy node is tried again after this many seconds
     # (APISIX never recovers such a node).
     passive_recovery: Annotated[float, Meta(gt=0)] = 10.0
+    # Re-send a non-idempotent request (POST, PATCH...) to the next node after its bytes
+    # reached a failing upstream. Off: APISIX users' complaint (apache/apisix#11359).
+    retry_non_idempotent: bool = False
 
 
 class Settings(Struct, kw_only=True):

@@ -62,6 +62,7 @@ class Worker:
             access_log=self.access_log,
             server_tokens=settings.conf.apisix.enable_server_tokens,
             show_upstream_status=settings.conf.apisix.show_upstream_status_in_response_header,
+            retry_non_idempotent=settings.conf.tollway.retry_non_idempotent,
         )
         self.servers: list[asyncio.Server] = []
         self.stopping = asyncio.Event()

@@ -19,6 +19,25 @@ log = logging.getLogger("tollway.plugins")
 BUILTIN_MODULES = (
     "tollway.plugins.builtin.proxy_rewrite",
     "tollway.plugins.builtin.response_rewrite",
+    "tollway.plugins.builtin.key_auth",
+    "tollway.plugins.builtin.limit_count",
+    "tollway.plugins.builtin.cors",
+    "tollway.plugins.builtin.basic_auth",
+    "tollway.plugins.builtin.jwt_auth",
+    "tollway.plugins.builtin.consumer_restriction",
+    "tollway.plugins.builtin.ip_restriction",
+    "tollway.plugins.builtin.limit_req",
+    "tollway.plugins.builtin.limit_conn",
+    "tollway.plugins.builtin.request_id",
+    "tollway.plugins.builtin.real_ip",
+    "tollway.plugins.builtin.redirect",
+    "tollway.plugins.builtin.fault_injection",
+    "tollway.plugins.builtin.uri_blocker",
+    "tollway.plugins.builtin.ua_restriction",
+    "tollway.plugins.builtin.referer_restriction",
+    "tollway.plugins.builtin.gzip_compress",
+    "tollway.plugins.builtin.api_breaker",
+    "tollway.plugins.builtin.accept_only",
 )
 
 

@@ -31,10 +31,14 @@ REPLAY_LIMIT = 64 * 1024  # request bodies up to this size are buffered so a ret
 
 
 class UpstreamFailure(Exception):
-    def __init__(self, status: int, retryable: bool, reason: str) -> None:
+    """An attempt failed. ``sent``: request bytes may have reached the upstream, so only an
+    idempotent request may be tried again (RFC 9110 9.2.2)."""
+
+    def __init__(self, status: int, retryable: bool, reason: str, *, sent: bool = True) -> None:
         super().__init__(reason)
         self.status = status
         self.retryable = retryable
+        self.sent = sent
 
 
 class Forwarding:
@@ -148,13 +152,16 @@ class Forwarding:
                 and tries < up.retries
                 and pick is not None
                 and (body is not None or not self.has_body)
-                and (idempotent or (failure.status == 502 and failure.retryable))
+                and (idempotent or not failure.sent or self.proto.state.retry_non_idempotent)
                 and not (deadline and time.monotonic() > deadline)
             )
             if not can_retry:
                 self._give_up(failure, statuses)
                 return
             tries += 1  # after_balance(failed=True) marked the server as tried
+
+    def _may_resend(self) -> bool:
+        return self.method in IDEMPOTENT or self.proto.state.retry_non_idempotent
 
     def _pick_context(self, up: CompiledUpstream) -> PickContext | None:
         if up.single is not None:
@@ -276,7 +283,7 @@ class Forwarding:
             self.keep_alive = False
             self._finish()
             return
-        if stale and failure.status == 502:
+        if stale and failure.status == 502 and self._may_resend():
             # A kept-alive connection the upstream had closed: the same server, on a new one.
             self._spawn(self.proxy(route, up, (server, pick, None)))
         else:
@@ -386,9 +393,9 @@ class Forwarding:
                         timeout=timeouts.connect,
                     )
                 except TimeoutError:
-                    raise UpstreamFailure(504, True, "connect timeout") from None
+                    raise UpstreamFailure(504, True, "connect timeout", sent=False) from None
                 except OSError as e:
-                    raise UpstreamFailure(502, True, f"connect failed: {e}") from None
+                    raise UpstreamFailure(502, True, f"connect failed: {e}", sent=False) from None
                 reused = False
             if self.client_closed:
                 conn.close()
@@ -397,9 +404,10 @@ class Forwarding:
                 await self._exchange_with(conn, up, name, port, body)
                 return
             except _StaleConnection:
-                # A kept-alive connection the upstream had closed: retry once on a fresh one.
+                # A kept-alive connection the upstream had closed: retry once on a fresh one,
+                # unless the request is not idempotent (its bytes were written).
                 conn = None
-                if not reused:
+                if not reused or not self._may_resend():
                     raise UpstreamFailure(502, True, "upstream closed the connection") from None
                 reused = False
         raise UpstreamFailure(502, True, "upstream closed the connection")

@@ -29,6 +29,7 @@ class ServerState:
         access_log: AccessLog | None = None,
         server_tokens: bool = True,
         show_upstream_status: bool = False,
+        retry_non_idempotent: bool = False,
     ) -> None:
         self.compiler = compiler
         self.pool = Pool()
@@ -41,6 +42,7 @@ class ServerState:
             b"Server: " + (SERVER_HEADER if server_tokens else b"Tollway") + b"\r\n"
         )
         self.show_upstream_status = show_upstream_status
+        self.retry_non_idempotent = retry_non_idempotent
         self.connections: set[HttpProtocol] = set()
         self.exchanges: set[Exchange] = set()
         self.shutting_down = False

@@ -1,0 +1,797 @@
+"""Proxy benchmark (run on demand, not a test): Tollway against nginx proxy_pass, side by side.
+
+    .venv/bin/python bench/proxy.py [--duration 10] [--reps 3] [--conns 50,10] [--quick]
+                                    [--profile /tmp/profile.txt] [--json out.json] [--keep]
+
+Method (/work/shared/reference/proxy-calibration.md): CPU 0 runs wrk and the upstream nginx,
+CPU 1 runs the proxy under test (nginx proxy_pass with keepalive 64, Tollway with 1 worker and
+one route, and Tollway with proxy-rewrite + response-rewrite on that route). Every target gets a
+warm-up, then ``taskset -c 0 wrk -t1 -cN -dDs --latency`` runs interleaved: rep -> conns ->
+target, the target order rotating each rep. The figure that carries across machines is requests
+per proxy CPU-second: wrk's request count over the utime+stime delta (/proc/PID/stat) of every
+process in the proxy's tree. Medians over the reps; ratios are against nginx measured in the
+same run. Prints a markdown table on stdout (progress on stderr). Every process it starts is
+stopped on exit, error, Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import linecache
+import math
+import os
+import platform
+import re
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+WRK = shutil.which("wrk") or "/usr/bin/wrk"
+LOAD_CPU = "0"  # wrk + upstream nginx
+PROXY_CPU = "1"  # the proxy under test
+PATH = "/api/v1/svc500/items/42"  # the calibration's URL
+BODY = b"hello world\n"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+# Issue targets, at the highest connection count.
+MIN_CPU_RATIO, GOAL_CPU_RATIO, MAX_P99_RATIO = 0.5, 0.6, 2.0
+DASH = "\N{EN DASH}"
+
+
+class BenchError(Exception):
+    pass
+
+
+# -- processes ---------------------------------------------------------------------------
+
+
+class Processes:
+    """Every process this run started. Each one leads its own session, so stopping one also
+    reaches whatever it forked (nginx and Tollway workers) by its process-group id."""
+
+    def __init__(self) -> None:
+        self._running: dict[int, tuple[str, subprocess.Popen[bytes]]] = {}
+
+    def start(self, name: str, argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+        with log.open("ab") as out:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self._running[proc.pid] = (name, proc)
+        return proc
+
+    def capture(self, argv: list[str], timeout: float) -> str:
+        """Run a short command to completion; its stdout+stderr as text."""
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self._running[proc.pid] = (argv[0], proc)
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise BenchError(f"{shlex.join(argv)} did not finish in {timeout:.0f} s") from None
+        finally:
+            self._stop(proc, grace=0)
+            del self._running[proc.pid]
+        return out.decode("utf-8", "replace")
+
+    def stop_all(self) -> None:
+        # SIGTERM to each leader: nginx and Tollway stop their own workers.
+        for _, proc in reversed(list(self._running.values())):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for _, proc in reversed(list(self._running.values())):
+            self._stop(proc, grace=8.0)
+        self._running.clear()
+
+    @staticmethod
+    def _stop(proc: subprocess.Popen[bytes], grace: float) -> None:
+        if proc.poll() is None and grace > 0:
+            try:
+                proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                pass
+        # Leftovers of the group (a worker whose parent died first) go too.
+        _signal_group(proc.pid, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.wait()
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def free_ports(count: int) -> list[int]:
+    socks = []
+    for _ in range(count):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def log_tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return f"({path} unreadable)"
+    return "\n".join(f"    {line}" for line in text) or "    (empty)"
+
+
+def http_get(url: str) -> tuple[int, dict[str, str], bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return resp.status, dict(resp.headers.items()), resp.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers.items()), e.read()
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BenchError(f"{proc.args!r} exited with {proc.returncode}:\n{log_tail(log)}")
+        try:
+            if http_get(url)[0] == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise BenchError(f"{url} not ready after {timeout:.0f} s:\n{log_tail(log)}")
+
+
+# -- /proc accounting ---------------------------------------------------------------------
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # comm may hold spaces and parentheses: the fields start after the last ')'.
+    return raw[raw.rindex(")") + 2 :].split()
+
+
+def process_tree(root: int) -> list[int]:
+    children: dict[int, list[int]] = defaultdict(list)
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            fields = _stat_fields(int(entry))
+            if fields is not None:
+                children[int(fields[1])].append(int(entry))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, ()))
+    return tree
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    ticks = 0
+    for pid in pids:
+        fields = _stat_fields(pid)
+        if fields is None:
+            raise BenchError(f"process {pid} of a target exited during a run")
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / CLK_TCK
+
+
+def cpu_times() -> dict[str, list[int]]:
+    """Per-CPU jiffies from /proc/stat, keyed 'cpu0', 'cpu1', ..."""
+    out = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *vals = line.split()
+        if name.startswith("cpu") and name != "cpu":
+            out[name] = [int(v) for v in vals]
+    return out
+
+
+def busy_and_steal(before: list[int], after: list[int]) -> tuple[float, float]:
+    delta = [a - b for a, b in zip(after, before, strict=False)]
+    total = sum(delta[:8]) or 1  # user nice system idle iowait irq softirq steal
+    idle = delta[3] + delta[4]
+    return (total - idle) / total, delta[7] / total
+
+
+# -- wrk -----------------------------------------------------------------------------------
+
+_LAT = re.compile(r"^\s*(50|99)(?:\.0+)?%\s+([\d.]+)(us|ms|s|m)\s*$", re.M)
+_UNIT_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
+
+
+@dataclass(frozen=True, slots=True)
+class WrkResult:
+    requests: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int  # non-2xx/3xx answers plus socket errors
+
+
+def parse_wrk(text: str) -> WrkResult:
+    reqs = re.search(r"(\d+) requests in", text)
+    rps = re.search(r"Requests/sec:\s*([\d.]+)", text)
+    lat = {m[1]: float(m[2]) * _UNIT_MS[m[3]] for m in _LAT.finditer(text)}
+    if not reqs or not rps or len(lat) != 2:
+        raise BenchError(f"cannot parse wrk output:\n{text}")
+    errors = 0
+    if m := re.search(r"Non-2xx or 3xx responses:\s*(\d+)", text):
+        errors += int(m[1])
+    if m := re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text
+    ):
+        errors += sum(int(g) for g in m.groups())
+    return WrkResult(int(reqs[1]), float(rps[1]), lat["50"], lat["99"], errors)
+
+
+def pinned(cpu: str, *argv: str) -> list[str]:
+    return ["taskset", "-c", cpu, *argv]
+
+
+def wrk_argv(url: str, conns: int, seconds: float) -> list[str]:
+    return pinned(LOAD_CPU, WRK, "-t1", f"-c{conns}", f"-d{seconds:g}s", "--latency", url)
+
+
+# -- targets -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    key: str
+    label: str
+    url: str
+    root_pid: int
+
+
+def render(template: str, workdir: Path, **ports: int) -> str:
+    text = (BENCH_DIR / "nginx" / template).read_text().replace("@WORKDIR@", str(workdir))
+    for name, port in ports.items():
+        text = text.replace(f"@{name.upper()}@", str(port))
+    return text
+
+
+def start_nginx(
+    procs: Processes, workdir: Path, name: str, cpu: str, template: str, **ports: int
+) -> subprocess.Popen[bytes]:
+    conf = workdir / "conf" / f"{name}.conf"
+    conf.write_text(render(template, workdir, **ports))
+    log = workdir / "logs" / f"{name}.out"
+    argv = pinned(cpu, NGINX, "-p", f"{workdir}/", "-e", str(log), "-c", str(conf))
+    proc = procs.start(name, argv, log)
+    wait_ready(f"http://127.0.0.1:{ports['port']}{PATH}", proc, log)
+    return proc
+
+
+TOLLWAY_CONFIG = """\
+apisix:
+  node_listen: [{{ip: 127.0.0.1, port: {port}}}]
+  status: {{ip: 127.0.0.1, port: {status_port}}}
+deployment:
+  role: data_plane
+  role_data_plane: {{config_provider: yaml}}
+nginx_config:
+  worker_processes: 1
+  http: {{enable_access_log: false}}
+tollway: {{run_dir: {home}/run, graceful_timeout: 1}}
+"""
+
+TOLLWAY_ROUTES = """\
+routes:
+  - id: 1
+    uri: /api/v1/*
+    upstream:
+      nodes: {{"127.0.0.1:{upstream_port}": 1}}
+      keepalive_pool: {{size: 320, idle_timeout: 60, requests: 100000000}}
+{plugins}#END
+"""
+
+# Two common plugins: a regex rewrite and a header on the way up, a header on the way down.
+PLUGINS = """\
+    plugins:
+      proxy-rewrite:
+        regex_uri: ["^/api/v1/(.*)", "/v1/$1"]
+        headers: {set: {X-Bench: "1"}}
+      response-rewrite:
+        headers: {set: {X-Served-By: tollway-bench}}
+"""
+
+
+def start_tollway(
+    procs: Processes,
+    workdir: Path,
+    name: str,
+    port: int,
+    status_port: int,
+    upstream_port: int,
+    plugins: bool,
+) -> subprocess.Popen[bytes]:
+    home = workdir / name
+    (home / "conf").mkdir(parents=True)
+    config = home / "conf" / "config.yaml"
+    config.write_text(TOLLWAY_CONFIG.format(port=port, status_port=status_port, home=home))
+    routes = TOLLWAY_ROUTES.format(upstream_port=upstream_port, plugins=PLUGINS if plugins else "")
+    (home / "conf" / "apisix.yaml").write_text(routes)
+    exe = Path(sys.executable).with_name("tollway")
+    if not exe.exists():
+        raise BenchError(f"{exe} not found: run this script with the project's .venv/bin/python")
+    log = workdir / "logs" / f"{name}.out"
+    argv = pinned(PROXY_CPU, str(exe), "start", "-c", str(config), "--workers", "1")
+    proc = procs.start(name, argv, log)
+    wait_ready(f"http://127.0.0.1:{status_port}/status/ready", proc, log)
+    return proc
+
+
+def check_target(target: Target, header: tuple[str, str] | None) -> None:
+    """A target that answers fast but wrongly would win: check status, body and plugin effect."""
+    status, headers, body = http_get(target.url)
+    if status != 200 or body != BODY:
+        raise BenchError(f"{target.label}: {target.url} answered {status} {body[:200]!r}")
+    if header is not None and headers.get(header[0]) != header[1]:
+        raise BenchError(f"{target.label}: header {header[0]}: {header[1]} missing: {headers}")
+
+
+def start_all(procs: Processes, workdir: Path, with_plugins: bool) -> tuple[Target, ...]:
+    for sub in ("conf", "logs", "run"):
+        (workdir / sub).mkdir()
+    up, px, tw, tw_status, tp, tp_status = free_ports(6)
+    start_nginx(procs, workdir, "upstream", LOAD_CPU, "upstream.conf", port=up)
+    ngx = start_nginx(
+        procs, workdir, "nginx_proxy", PROXY_CPU, "nginx_proxy.conf", port=px, upstream_port=up
+    )
+    tol = start_tollway(procs, workdir, "tollway", tw, tw_status, up, plugins=False)
+    targets = [
+        Target("nginx", "nginx proxy_pass, keepalive 64", f"http://127.0.0.1:{px}{PATH}", ngx.pid),
+        Target("tollway", "Tollway, 1 route, no plugins", f"http://127.0.0.1:{tw}{PATH}", tol.pid),
+    ]
+    if with_plugins:
+        tpp = start_tollway(procs, workdir, "tollway_plugins", tp, tp_status, up, plugins=True)
+        label = "Tollway + proxy-rewrite + response-rewrite"
+        targets.append(Target("plugins", label, f"http://127.0.0.1:{tp}{PATH}", tpp.pid))
+    for t in targets:
+        check_target(t, ("X-Served-By", "tollway-bench") if t.key == "plugins" else None)
+        check_affinity(t, PROXY_CPU)
+    return tuple(targets)
+
+
+def check_affinity(target: Target, cpu: str) -> None:
+    for pid in process_tree(target.root_pid):
+        allowed = os.sched_getaffinity(pid)
+        if allowed != {int(cpu)}:
+            raise BenchError(f"{target.label}: process {pid} may run on CPUs {allowed}, not {cpu}")
+
+
+# -- measuring -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    target: str
+    conns: int
+    rep: int
+    wrk: WrkResult
+    wall_s: float
+    proxy_cpu_s: float
+    cpu0_busy: float
+    cpu1_busy: float
+    steal: float
+
+    @property
+    def req_per_cpu_s(self) -> float:
+        return self.wrk.requests / self.proxy_cpu_s if self.proxy_cpu_s > 0 else math.nan
+
+    @property
+    def cpu1_other(self) -> float:
+        """Share of CPU 1 busy with something other than the proxy: other people's jobs."""
+        return max(0.0, self.cpu1_busy - self.proxy_cpu_s / self.wall_s)
+
+
+def measure(procs: Processes, target: Target, conns: int, seconds: float, rep: int) -> Run:
+    pids = process_tree(target.root_pid)
+    t0, stat0, cpu0 = time.monotonic(), cpu_times(), cpu_seconds(pids)
+    out = procs.capture(wrk_argv(target.url, conns, seconds), timeout=seconds + 30)
+    cpu1, stat1, t1 = cpu_seconds(pids), cpu_times(), time.monotonic()
+    busy0, steal0 = busy_and_steal(stat0["cpu" + LOAD_CPU], stat1["cpu" + LOAD_CPU])
+    busy1, steal1 = busy_and_steal(stat0["cpu" + PROXY_CPU], stat1["cpu" + PROXY_CPU])
+    wrk = parse_wrk(out)
+    return Run(target.key, conns, rep, wrk, t1 - t0, cpu1 - cpu0, busy0, busy1, max(steal0, steal1))
+
+
+def schedule(targets: tuple[Target, ...], conns: list[int], reps: int) -> Iterator[tuple]:
+    """rep -> conns -> target; the target order rotates each rep so none always goes first."""
+    for rep in range(reps):
+        k = rep % len(targets)
+        for c in conns:
+            for t in targets[k:] + targets[:k]:
+                yield rep, c, t
+
+
+def progress(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run_all(procs: Processes, targets: tuple[Target, ...], args: argparse.Namespace) -> list[Run]:
+    for t in targets:
+        w = parse_wrk(procs.capture(wrk_argv(t.url, max(args.conns), args.warmup), 60))
+        progress(f"warm-up {t.key:8} {w.rps:9,.0f} req/s")
+    runs = []
+    plan = list(schedule(targets, args.conns, args.reps))
+    for i, (rep, conns, t) in enumerate(plan, 1):
+        time.sleep(args.gap)
+        r = measure(procs, t, conns, args.duration, rep)
+        runs.append(r)
+        progress(
+            f"[{i}/{len(plan)}] rep {rep + 1} c{conns:<3} {t.key:8} {r.wrk.rps:9,.0f} req/s  "
+            f"p99 {r.wrk.p99_ms:6.2f} ms  {r.req_per_cpu_s:9,.0f} req/CPU-s  "
+            f"cpu1 {r.cpu1_busy:4.0%} (other {r.cpu1_other:4.0%})  errors {r.wrk.errors}"
+        )
+    return runs
+
+
+# -- report --------------------------------------------------------------------------------
+
+
+def med(values: list[float]) -> float:
+    return statistics.median(values) if values else math.nan
+
+
+def spread(values: list[float], fmt: str) -> str:
+    if len(values) < 2:
+        return format(med(values), fmt)
+    return f"{med(values):{fmt}} ({min(values):{fmt}}{DASH}{max(values):{fmt}})"
+
+
+def paired_ratio(runs: list[Run], base: list[Run], value: Callable[[Run], float]) -> str:
+    """Median ratio of medians, and in brackets the range of per-rep ratios (same rep, same
+    connections: the two runs sat next to each other in time)."""
+    ratio = med([value(r) for r in runs]) / med([value(r) for r in base])
+    by_rep = {b.rep: value(b) for b in base}
+    per_rep = [value(r) / by_rep[r.rep] for r in runs if by_rep.get(r.rep)]
+    if len(per_rep) < 2 or runs is base:
+        return f"{ratio:.2f}"
+    return f"{ratio:.2f} ({min(per_rep):.2f}{DASH}{max(per_rep):.2f})"
+
+
+def table(
+    runs: list[Run], targets: tuple[Target, ...], conns: int, args: argparse.Namespace
+) -> str:
+    head = (
+        f"### wrk -t1 -c{conns} -d{args.duration:g}s --latency  "
+        f"(median of {args.reps} interleaved runs, min{DASH}max in brackets)\n\n"
+        "| target | RPS | p50 ms | p99 ms | req per proxy CPU-s | µs proxy CPU/req "
+        "| RPS ÷ nginx | req/CPU-s ÷ nginx | p99 ÷ nginx "
+        "| CPU0 / CPU1 busy (CPU1 not proxy) | errors |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|\n"
+    )
+    base = [r for r in runs if r.target == "nginx" and r.conns == conns]
+    rows = []
+    for t in targets:
+        rs = [r for r in runs if r.target == t.key and r.conns == conns]
+        cpu = [r.req_per_cpu_s for r in rs]
+        rows.append(
+            f"| {t.label} | {spread([r.wrk.rps for r in rs], ',.0f')} "
+            f"| {med([r.wrk.p50_ms for r in rs]):.2f} | {med([r.wrk.p99_ms for r in rs]):.2f} "
+            f"| {spread(cpu, ',.0f')} | {1e6 / med(cpu):.0f} "
+            f"| {paired_ratio(rs, base, lambda r: r.wrk.rps)} "
+            f"| {paired_ratio(rs, base, lambda r: r.req_per_cpu_s)} "
+            f"| {paired_ratio(rs, base, lambda r: r.wrk.p99_ms)} "
+            f"| {med([r.cpu0_busy for r in rs]):.0%} / {med([r.cpu1_busy for r in rs]):.0%} "
+            f"({med([r.cpu1_other for r in rs]):.0%}) "
+            f"| {sum(r.wrk.errors for r in rs)} |"
+        )
+    return head + "\n".join(rows) + "\n"
+
+
+def verdict(runs: list[Run], conns: int) -> str:
+    def ratio(key: str, value: Callable[[Run], float]) -> float:
+        pick = [value(r) for r in runs if r.conns == conns and r.target == key]
+        base = [value(r) for r in runs if r.conns == conns and r.target == "nginx"]
+        return med(pick) / med(base)
+
+    cpu = ratio("tollway", lambda r: r.req_per_cpu_s)
+    p99 = ratio("tollway", lambda r: r.wrk.p99_ms)
+    cpu_word = "meets goal" if cpu >= GOAL_CPU_RATIO else "ok" if cpu >= MIN_CPU_RATIO else "BELOW"
+    return (
+        f"Issue targets at -c{conns} (Tollway, no plugins): "
+        f"req/CPU-s ÷ nginx = {cpu:.2f} (minimum {MIN_CPU_RATIO}, goal {GOAL_CPU_RATIO}): "
+        f"{cpu_word}; p99 ÷ nginx = {p99:.2f} (at most {MAX_P99_RATIO:g}): "
+        f"{'ok' if p99 <= MAX_P99_RATIO else 'ABOVE'}.\n"
+    )
+
+
+def first_line(argv: list[str]) -> str:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"unavailable ({e})"
+    lines = (out.stdout + out.stderr).strip().splitlines()
+    return lines[0] if lines else "unknown"
+
+
+def versions() -> str:
+    def dist(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    commit = first_line(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
+    status = ["git", "-C", str(REPO), "status", "--porcelain", "--", "src"]
+    if subprocess.run(status, capture_output=True, text=True, timeout=10).stdout.strip():
+        commit += " + uncommitted changes in src/"
+    return (
+        f"- Tollway {dist('tollway')} at {commit}"
+        f"; Python {platform.python_version()}, uvloop {dist('uvloop')}, "
+        f"httptools {dist('httptools')}\n"
+        f"- {first_line([NGINX, '-v']).replace('nginx version: ', '')}, "
+        f"{first_line([WRK, '-v']).split(' [')[0]}\n"
+    )
+
+
+def machine(load_before: str, load_after: str, runs: list[Run]) -> str:
+    model = "unknown CPU"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    steal = max((r.steal for r in runs), default=0.0)
+    return (
+        f"- nproc {os.cpu_count()} ({model}), kernel {platform.release()}; "
+        f"CPU {LOAD_CPU} = wrk + upstream nginx, CPU {PROXY_CPU} = proxy under test\n"
+        f"- loadavg before: {load_before}; after: {load_after}; max steal in a run: {steal:.1%}\n"
+    )
+
+
+def report(
+    runs: list[Run], targets: tuple[Target, ...], args: argparse.Namespace, load_before: str
+) -> str:
+    load_after = Path("/proc/loadavg").read_text().strip()
+    parts = ["## Proxy benchmark: Tollway vs nginx proxy_pass\n"]
+    parts.append(f"```\n{shlex.join([sys.executable, *sys.argv])}\n```\n")
+    parts.append(machine(load_before, load_after, runs) + versions())
+    parts.append(
+        f"- URL {PATH}; warm-up {args.warmup:g} s per target; {args.gap:g} s between runs; "
+        "req per proxy CPU-s = wrk requests ÷ Δ(utime+stime) of the proxy's whole process tree; "
+        "ratios are of medians, per-rep paired ratios in brackets\n"
+    )
+    for conns in args.conns:
+        parts.append(table(runs, targets, conns, args))
+    parts.append(verdict(runs, 50 if 50 in args.conns else max(args.conns)))
+    return "\n".join(parts)
+
+
+# -- profile -------------------------------------------------------------------------------
+
+_FRAME = re.compile(r"^(?P<fn>.*) \((?P<file>[^()]*):(?P<line>\d+)\)$")
+
+
+def py_spy() -> str:
+    exe = Path(sys.executable).with_name("py-spy")
+    found = str(exe) if exe.exists() else shutil.which("py-spy")
+    if found is None:
+        raise BenchError("--profile needs py-spy: .venv/bin/pip install py-spy")
+    return found
+
+
+def worker_pid(target: Target) -> int:
+    for pid in process_tree(target.root_pid):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"tollway.worker" in cmdline:
+            return pid
+    raise BenchError(f"no worker process under {target.root_pid}")
+
+
+def profile(procs: Processes, target: Target, args: argparse.Namespace) -> str:
+    """py-spy record one worker while wrk loads it; a summary of where the samples fall."""
+    pid, conns = worker_pid(target), max(args.conns)
+    out = Path(args.profile)
+    record = [
+        py_spy(),
+        "record",
+        "-p",
+        str(pid),
+        "-d",
+        f"{args.duration:g}",
+        "-r",
+        "200",
+        "--format",
+        "raw",
+        "--full-filenames",
+        "-o",
+        str(out),
+    ]
+    wrk = procs.start(
+        "wrk-profile", wrk_argv(target.url, conns, args.duration + 2), out.with_suffix(".wrk")
+    )
+    time.sleep(1)
+    procs.capture(record, timeout=args.duration + 60)
+    wrk.wait(timeout=args.duration + 30)
+    return summarize_profile(out.read_text(), out, pid, conns)
+
+
+@dataclass(slots=True)
+class ProfileStats:
+    total: int = 0
+    # (leaf function, its file, its line, caller "function file:line")
+    sites: Counter[tuple[str, str, int, str]] = field(default_factory=Counter)
+    self_fn: Counter[tuple[str, str]] = field(default_factory=Counter)  # (function, file)
+    inclusive: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+
+def parse_profile(raw: str) -> ProfileStats:
+    """py-spy's raw (collapsed) format: 'frame;frame;... count', frame = 'fn (file:line)'."""
+    stats = ProfileStats()
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        stats.total += n
+        frames = [m for f in stack.split(";") if (m := _FRAME.match(f))]
+        if not frames:
+            continue
+        leaf, caller = frames[-1], frames[-2] if len(frames) > 1 else None
+        by = f"{caller['fn']} {_short(caller['file'])}:{caller['line']}" if caller else ""
+        stats.sites[(leaf["fn"], leaf["file"], int(leaf["line"]), by)] += n
+        stats.self_fn[(leaf["fn"], _short(leaf["file"]))] += n
+        for key in {(f["fn"], _short(f["file"])) for f in frames}:
+            stats.inclusive[key] += n
+    return stats
+
+
+def summarize_profile(raw: str, out: Path, pid: int, conns: int) -> str:
+    stats = parse_profile(raw)
+    if not stats.total:
+        return f"(py-spy wrote no samples to {out})\n"
+
+    def pct(n: int) -> str:
+        return f"{100 * n / stats.total:.1f}%"
+
+    lines = [
+        f"### py-spy: Tollway worker {pid} under wrk -c{conns} "
+        f"({stats.total} samples while busy; raw: {out})\n",
+        "Self time by call site (the innermost Python frame; C code and syscalls it calls,",
+        "such as transport.write, count there; Runner.run is uvloop's own C loop), top 20:\n",
+        "| % samples | function | file:line | code | called from |",
+        "|---|---|---|---|---|",
+    ]
+    for (fn, file, ln, by), n in stats.sites.most_common(20):
+        code = linecache.getline(file, ln).strip().replace("|", "\\|")
+        lines.append(f"| {pct(n)} | {fn} | {_short(file)}:{ln} | `{code}` | {by} |")
+    lines += ["", "Functions in tollway/proxy/*.py by inclusive time:\n"]
+    lines += ["| inclusive | self | function | file |", "|---|---|---|---|"]
+    ranked = [kv for kv in stats.inclusive.most_common() if kv[0][1].startswith("tollway/proxy/")]
+    for (fn, file), n in ranked[:20]:
+        lines.append(f"| {pct(n)} | {pct(stats.self_fn[(fn, file)])} | {fn} | {file} |")
+    return "\n".join(lines) + "\n"
+
+
+def _short(file: str) -> str:
+    for marker in ("/src/", "/site-packages/"):
+        if marker in file:
+            return file.split(marker, 1)[1]
+    return re.sub(r"^.*/lib/python3\.\d+/", "", file)
+
+
+# -- main ----------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--duration", type=float, help="seconds per wrk run (10; quick 3)")
+    p.add_argument("--reps", type=int, help="interleaved repetitions (3; quick 1)")
+    p.add_argument("--conns", default="50,10", help="wrk connection counts (50,10)")
+    p.add_argument("--warmup", type=float, help="warm-up seconds per target (3; quick 2)")
+    p.add_argument("--gap", type=float, help="pause between runs in seconds (1; quick 0.5)")
+    p.add_argument("--quick", action="store_true", help="a smoke run in well under a minute")
+    p.add_argument("--no-plugins", action="store_true", help="skip the Tollway+plugins row")
+    p.add_argument("--profile", metavar="OUT", help="then py-spy a Tollway worker into OUT")
+    p.add_argument("--json", metavar="OUT", help="write every run as JSON to OUT")
+    p.add_argument("--keep", action="store_true", help="keep the work dir (configs, logs)")
+    args = p.parse_args(argv)
+    quick = args.quick
+    args.duration = args.duration or (3.0 if quick else 10.0)
+    args.reps = args.reps or (1 if quick else 3)
+    args.warmup = args.warmup if args.warmup is not None else (2.0 if quick else 3.0)
+    args.gap = args.gap if args.gap is not None else (0.5 if quick else 1.0)
+    try:
+        args.conns = [int(c) for c in args.conns.split(",") if c.strip()]
+    except ValueError:
+        p.error(f"--conns: expected numbers like 50,10, got {args.conns!r}")
+    if not args.conns or min(args.conns) < 1 or args.reps < 1 or args.duration < 1:
+        p.error("--conns, --reps and --duration must be positive (duration >= 1 s)")
+    return args
+
+
+def preflight() -> None:
+    if len(os.sched_getaffinity(0)) < 2 or (os.cpu_count() or 1) < 2:
+        raise BenchError("needs CPUs 0 and 1 (wrk + upstream on one, the proxy on the other)")
+    for tool in ("taskset", NGINX, WRK):
+        if shutil.which(tool) is None:
+            raise BenchError(f"{tool} not found (scripts/ensure-system-deps.sh bench)")
+
+
+def bench(procs: Processes, workdir: Path, args: argparse.Namespace) -> None:
+    preflight()
+    load_before = Path("/proc/loadavg").read_text().strip()
+    n_targets = 2 if args.no_plugins else 3
+    estimate = n_targets * (args.warmup + 1) + args.reps * len(args.conns) * n_targets * (
+        args.duration + args.gap + 0.3
+    )
+    progress(f"work dir {workdir}; estimated {estimate:.0f} s")
+    targets = start_all(procs, workdir, with_plugins=not args.no_plugins)
+    runs = run_all(procs, targets, args)
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps([asdict(r) | {"req_per_cpu_s": r.req_per_cpu_s} for r in runs], indent=1)
+        )
+    print(report(runs, targets, args, load_before), flush=True)
+    if args.profile:
+        print(profile(procs, targets[1], args), flush=True)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGHUP, _interrupt)
+    procs = Processes()
+    workdir = Path(tempfile.mkdtemp(prefix="tollway-bench-"))
+    workdir.chmod(0o755)  # nginx workers drop root and still need the paths below it
+    try:
+        bench(procs, workdir, args)
+        return 0
+    except KeyboardInterrupt:
+        progress("interrupted: stopping everything this run started")
+        return 130
+    except BenchError as e:
+        progress(f"error: {e}")
+        return 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        procs.stop_all()
+        if args.keep:
+            progress(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

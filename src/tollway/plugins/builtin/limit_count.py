@@ -1,0 +1,237 @@
+"""limit-count (APISIX priority 1002): at most ``count`` requests per ``time_window`` per key.
+
+A fixed window starts at a key's first request (a shared counter whose TTL is the window), as
+APISIX's local policy (resty.limit.count over a shared dict). Counters live in the instance-wide
+shared table, so every worker counts against the same budget. The ``redis*`` policies are
+accepted by the schema but have no Redis behind them here: they answer as APISIX does when Redis
+is unreachable (500 ``failed to limit count``, or no limit with ``allow_degradation``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+from tollway.plugins import shared_counters
+from tollway.plugins.builtin.interpolate import compile_template
+from tollway.plugins.builtin.limit_redis import RedisFields, check_redis
+from tollway.plugins.builtin.limit_scope import CountingTemplate, counter_scope, request_key
+from tollway.plugins.kit import Exit, Plugin, RequestContext
+from tollway.plugins.shared_counters import Record
+
+log = logging.getLogger("tollway.plugins")
+
+PositiveOrVar = Annotated[int, Meta(gt=0)] | str
+Policy = Literal["local", "redis", "redis-cluster", "redis-sentinel"]
+
+
+class Rule(msgspec.Struct):
+    count: PositiveOrVar
+    time_window: PositiveOrVar
+    key: str
+    header_prefix: str | None = None
+
+
+class Conf(RedisFields):
+    count: PositiveOrVar | None = None
+    time_window: PositiveOrVar | None = None
+    rules: list[Rule] | None = None
+    window_type: Literal["fixed", "sliding"] = "fixed"
+    group: str | None = None
+    key: str = "remote_addr"
+    key_type: Literal["var", "var_combination", "constant"] = "var"
+    rejected_code: Annotated[int, Meta(ge=200, le=599)] = 503
+    rejected_msg: Annotated[str, Meta(min_length=1)] | None = None
+    policy: Policy = "local"
+    allow_degradation: bool = False
+    show_limit_quota_header: bool = True
+    sync_interval: float = -1
+
+    def __post_init__(self) -> None:
+        pair = self.count is not None and self.time_window is not None
+        if pair == (self.rules is not None):
+            # JSON schema oneOf: {required: [count, time_window]} | {required: [rules]}
+            raise ValueError(
+                "value should match only one schema, but matches "
+                + ("both schemas 1 and 2" if pair else "none")
+            )
+        seen: set[str] = set()
+        for rule in self.rules or ():
+            if rule.key in seen:
+                raise ValueError(f"duplicate key '{rule.key}' in rules")
+            seen.add(rule.key)
+        check_redis(self, self.policy)
+        if self.policy in ("redis", "redis-cluster") and self.sync_interval != -1:
+            if self.sync_interval < 0.1:
+                raise ValueError("sync_interval should not be smaller than 0.1")
+            if isinstance(self.time_window, int) and self.sync_interval > self.time_window:
+                raise ValueError("sync_interval should be smaller than time_window")
+
+
+class MetadataConf(msgspec.Struct):
+    limit_header: str = "X-RateLimit-Limit"
+    remaining_header: str = "X-RateLimit-Remaining"
+    reset_header: str = "X-RateLimit-Reset"
+
+
+DEFAULT_HEADERS = MetadataConf()
+
+
+# -- the pure core --------------------------------------------------------------------------
+
+
+def count_step(
+    rec: Record | None, now: float, limit: float, window: float
+) -> tuple[Record, tuple[bool, int, int]]:
+    """A shared-table step: take one from the key's budget (resty.limit.count's ``incr(key, -1,
+    limit, window)``). Result: (allowed, remaining, whole seconds until the window resets)."""
+    if rec is None:
+        expire, used = now + window, 1.0
+    else:
+        expire, used = rec[0], rec[1] + 1.0
+    remaining = int(limit - used)
+    left = expire - now
+    reset = int(left)
+    if left - reset > 1e-6:
+        reset += 1
+    return (expire, used, 0.0), (remaining >= 0, remaining if remaining > 0 else 0, reset)
+
+
+class Window(msgspec.Struct, frozen=True):
+    count: int
+    time_window: int
+    key: str
+    headers: MetadataConf
+
+
+class Compiled:
+    __slots__ = ("count_tpl", "key_tpl", "rules", "window_tpl")
+
+    def __init__(self, conf: Conf) -> None:
+        self.key_tpl = CountingTemplate(conf.key) if conf.key_type == "var_combination" else None
+        self.count_tpl = compile_template(conf.count) if isinstance(conf.count, str) else None
+        self.window_tpl = (
+            compile_template(conf.time_window) if isinstance(conf.time_window, str) else None
+        )
+        self.rules = [
+            (
+                rule,
+                CountingTemplate(rule.key),
+                compile_template(rule.count) if isinstance(rule.count, str) else None,
+                compile_template(rule.time_window) if isinstance(rule.time_window, str) else None,
+            )
+            for rule in conf.rules or ()
+        ]
+
+
+_CACHE: dict[int, tuple[Conf, Compiled]] = {}
+
+
+def _compiled(conf: Conf) -> Compiled:
+    hit = _CACHE.get(id(conf))
+    if hit is not None and hit[0] is conf:
+        return hit[1]
+    comp = Compiled(conf)
+    if len(_CACHE) > 10000:
+        _CACHE.clear()
+    _CACHE[id(conf)] = (conf, comp)
+    return comp
+
+
+def _number(value: int | str, tpl: Any, ctx: RequestContext) -> int | None:
+    if tpl is None:
+        return int(value)
+    text = tpl(ctx.var)
+    try:
+        n = float(text)
+    except ValueError:
+        return None
+    return int(n) if n > 0 and math.isfinite(n) else None
+
+
+def windows(conf: Conf, ctx: RequestContext) -> list[Window] | None:
+    """The windows this request counts against (APISIX ``get_rules``); None when a ``$var``
+    count or time_window does not resolve to a number."""
+    comp = _compiled(conf)
+    if conf.rules is None:
+        assert conf.count is not None and conf.time_window is not None
+        count = _number(conf.count, comp.count_tpl, ctx)
+        window = _number(conf.time_window, comp.window_tpl, ctx)
+        if count is None or window is None:
+            return None
+        key = request_key(ctx, conf.key, conf.key_type, comp.key_tpl)
+        return [Window(count, window, key, DEFAULT_HEADERS)]
+    out: list[Window] = []
+    for rule, key_tpl, count_tpl, window_tpl in comp.rules:
+        count = _number(rule.count, count_tpl, ctx)
+        window = _number(rule.time_window, window_tpl, ctx)
+        key, n = key_tpl.render(ctx.var)
+        if count is None or window is None or n == 0:
+            continue  # APISIX skips a rule that does not resolve
+        headers = DEFAULT_HEADERS
+        if rule.header_prefix:
+            p = rule.header_prefix
+            headers = MetadataConf(
+                f"X-{p}-RateLimit-Limit", f"X-{p}-RateLimit-Remaining", f"X-{p}-RateLimit-Reset"
+            )
+        out.append(Window(count, window, f"{key}:{rule.key}", headers))
+    return out
+
+
+class LimitCount(Plugin):
+    name = "limit-count"
+    priority = 1002
+    version = 0.5
+    schema = Conf
+    metadata_schema = MetadataConf
+
+    def access(self, conf: Conf, ctx: RequestContext) -> Exit:
+        if conf.policy != "local":
+            # No Redis client here: behave as APISIX with its Redis unreachable.
+            return None if conf.allow_degradation else (500, {"error_msg": "failed to limit count"})
+        wins = windows(conf, ctx)
+        if not wins:
+            log.debug("limit-count: no rule resolved for %s", ctx.path)
+            return None if conf.allow_degradation else (500, None)
+        table = shared_counters.table("plugin-limit-count")
+        prefix = conf.group
+        if prefix is None:
+            prefix = counter_scope(ctx, self.name, conf, _decode)
+        headers: dict[str, str] = {}
+        for w in wins:
+            allowed, remaining, reset = table.update(
+                f"{prefix}:{w.key}", count_step, w.count, w.time_window
+            )
+            if conf.show_limit_quota_header:
+                h = w.headers
+                headers[h.limit_header] = str(w.count)
+                headers[h.remaining_header] = str(remaining)
+                headers[h.reset_header] = str(reset)
+            if not allowed:
+                body = {"error_msg": conf.rejected_msg} if conf.rejected_msg else None
+                return conf.rejected_code, body, headers
+        if headers:
+            state = ctx.plugin_state
+            if state is None:
+                state = ctx.plugin_state = {}
+            state[self.name] = headers
+        return None
+
+    def header_filter(self, conf: Conf, ctx: RequestContext) -> None:
+        # APISIX sets the quota headers in access (ngx.header); they reach the response here.
+        state = ctx.plugin_state
+        headers = state.get(self.name) if state else None
+        if headers:
+            for k, v in headers.items():
+                ctx.set_response_header(k, v)
+
+
+def _decode(raw: Any) -> Conf:
+    return msgspec.convert(raw, Conf)
+
+
+PLUGINS = [LimitCount]

@@ -1,0 +1,64 @@
+"""uri-blocker (APISIX priority 2900): reject requests whose ``request_uri`` matches a rule.
+
+The rules are OR-ed into one regex searched (unanchored) in the raw request URI, query included.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+import msgspec
+from msgspec import Meta
+
+from tollway.plugins.kit import Exit, Plugin, RequestContext
+
+Rule = Annotated[str, Meta(min_length=1, max_length=4096)]
+
+
+class Conf(msgspec.Struct):
+    block_rules: list[Rule]
+    rejected_code: Annotated[int, Meta(ge=200)] = 403
+    rejected_msg: Annotated[str, Meta(min_length=1)] | None = None
+    case_insensitive: bool = False
+
+    def __post_init__(self) -> None:
+        if len(set(self.block_rules)) != len(self.block_rules):
+            raise ValueError('property "block_rules" validation failed: expected unique items')
+        for rule in self.block_rules:
+            try:
+                re.compile(rule)
+            except re.error as e:
+                raise ValueError(f"failed to compile block rule {rule}: {e}") from None
+
+
+_CACHE: dict[int, tuple[Conf, re.Pattern[str] | None]] = {}
+
+
+def _regex(conf: Conf) -> re.Pattern[str] | None:
+    hit = _CACHE.get(id(conf))
+    if hit is not None and hit[0] is conf:
+        return hit[1]
+    flags = re.IGNORECASE if conf.case_insensitive else 0
+    rx = re.compile("|".join(conf.block_rules), flags) if conf.block_rules else None
+    if len(_CACHE) > 10000:
+        _CACHE.clear()
+    _CACHE[id(conf)] = (conf, rx)
+    return rx
+
+
+class UriBlocker(Plugin):
+    name = "uri-blocker"
+    priority = 2900
+    schema = Conf
+
+    def rewrite(self, conf: Conf, ctx: RequestContext) -> Exit:
+        rx = _regex(conf)
+        if rx is None or rx.search(ctx.request_uri) is None:
+            return None
+        if conf.rejected_msg is not None:
+            return conf.rejected_code, {"error_msg": conf.rejected_msg}
+        return conf.rejected_code, None
+
+
+PLUGINS = [UriBlocker]

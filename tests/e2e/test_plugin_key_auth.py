@@ -1,0 +1,117 @@
+"""key-auth through the real process: rejections, pass-through, hidden credentials, anonymous."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.support.gateway import Gateway
+from tests.support.upstream import Upstream
+
+CONFIG = """
+routes:
+  - id: ka
+    uri: /ka
+    plugins:
+      key-auth: {}
+    upstream: {nodes: {"%(up)s": 1}}
+  - id: hidden
+    uri: /hidden
+    plugins:
+      key-auth: {hide_credentials: true}
+    upstream: {nodes: {"%(up)s": 1}}
+  - id: custom
+    uri: /custom
+    plugins:
+      key-auth: {header: X-Key, query: k, realm: mine}
+    upstream: {nodes: {"%(up)s": 1}}
+  - id: anon
+    uri: /anon
+    plugins:
+      key-auth: {anonymous_consumer: guest}
+    upstream: {nodes: {"%(up)s": 1}}
+  - id: anon-missing
+    uri: /anon-missing
+    plugins:
+      key-auth: {anonymous_consumer: nobody}
+    upstream: {nodes: {"%(up)s": 1}}
+consumers:
+  - username: jack
+    plugins:
+      key-auth: {key: k1}
+      proxy-rewrite: {headers: {set: {X-Consumer-Plugin: "jack"}}}
+  - username: guest
+    plugins:
+      key-auth: {key: guest-key-never-sent}
+#END
+"""
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream) -> Iterator[Gateway]:
+    root: Path = tmp_path_factory.mktemp("gw")
+    with Gateway(root, apisix_yaml=CONFIG % {"up": upstream.addr}) as g:
+        yield g
+
+
+def test_missing_key_is_401_with_challenge(gw: Gateway) -> None:
+    r = requests.get(gw.url("/ka"))
+    assert r.status_code == 401
+    assert r.text == '{"message":"Missing API key in request"}\n'
+    assert r.headers["WWW-Authenticate"] == 'apikey realm="key"'
+    assert r.headers["Content-Type"] == "application/json"
+
+
+def test_invalid_key_is_401(gw: Gateway) -> None:
+    r = requests.get(gw.url("/ka"), headers={"apikey": "nope"})
+    assert r.status_code == 401
+    assert r.json() == {"message": "Invalid API key in request"}
+    assert r.headers["WWW-Authenticate"] == 'apikey realm="key"'
+
+
+def test_valid_key_in_header_or_query_passes_and_consumer_plugins_apply(gw: Gateway) -> None:
+    r = requests.get(gw.url("/ka"), headers={"apikey": "k1"})
+    assert r.status_code == 200
+    h = r.json()["headers"]
+    assert h["apikey"] == "k1"  # not hidden by default
+    assert h["x-consumer-plugin"] == "jack"
+    r = requests.get(gw.url("/ka?apikey=k1&x=1"))
+    assert r.status_code == 200
+    assert r.json()["path"] == "/ka?apikey=k1&x=1"
+
+
+def test_header_is_read_before_query(gw: Gateway) -> None:
+    r = requests.get(gw.url("/ka?apikey=k1"), headers={"apikey": "bad"})
+    assert r.status_code == 401
+    assert r.json() == {"message": "Invalid API key in request"}
+
+
+def test_hide_credentials_removes_header_and_query_arg(gw: Gateway) -> None:
+    r = requests.get(gw.url("/hidden"), headers={"apikey": "k1"})
+    assert r.status_code == 200 and "apikey" not in r.json()["headers"]
+    r = requests.get(gw.url("/hidden?a=1&apikey=k1&b=2"))
+    assert r.status_code == 200
+    assert r.json()["path"] == "/hidden?a=1&b=2"
+
+
+def test_custom_header_query_and_realm(gw: Gateway) -> None:
+    assert requests.get(gw.url("/custom"), headers={"X-Key": "k1"}).status_code == 200
+    assert requests.get(gw.url("/custom?k=k1")).status_code == 200
+    r = requests.get(gw.url("/custom"), headers={"apikey": "k1"})
+    assert r.status_code == 401
+    assert r.headers["WWW-Authenticate"] == 'apikey realm="mine"'
+
+
+def test_anonymous_consumer(gw: Gateway) -> None:
+    r = requests.get(gw.url("/anon"))
+    assert r.status_code == 200
+    assert "x-consumer-plugin" not in r.json()["headers"]
+    r = requests.get(gw.url("/anon"), headers={"apikey": "k1"})
+    assert r.json()["headers"]["x-consumer-plugin"] == "jack"
+    r = requests.get(gw.url("/anon-missing"))
+    assert r.status_code == 401
+    assert r.json() == {"message": "Invalid user authorization"}
+    assert "WWW-Authenticate" not in r.headers

@@ -1,0 +1,57 @@
+"""redirect through the real process."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.support.gateway import Gateway
+from tests.support.upstream import Upstream
+
+CONFIG = """
+routes:
+  - id: r1
+    uri: /old/*
+    plugins:
+      redirect: {regex_uri: ["^/old/(.*)", "/new/$1"], ret_code: 301}
+    upstream: {nodes: {"%(up)s": 1}}
+  - id: r2
+    uri: /tpl
+    plugins:
+      redirect: {uri: "/to/$arg_x", append_query_string: true}
+    upstream: {nodes: {"%(up)s": 1}}
+  - id: r3
+    uri: /secure
+    plugins:
+      redirect: {http_to_https: true}
+    upstream: {nodes: {"%(up)s": 1}}
+#END
+"""
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream) -> Iterator[Gateway]:
+    root: Path = tmp_path_factory.mktemp("gw")
+    with Gateway(root, apisix_yaml=CONFIG % {"up": upstream.addr}) as g:
+        yield g
+
+
+def test_regex_redirect(gw: Gateway) -> None:
+    r = requests.get(gw.url("/old/a/b"), allow_redirects=False)
+    assert r.status_code == 301 and r.headers["Location"] == "/new/a/b"
+
+
+def test_template_with_query(gw: Gateway) -> None:
+    r = requests.get(gw.url("/tpl?x=1&y=2"), allow_redirects=False)
+    assert r.status_code == 302 and r.headers["Location"] == "/to/1?x=1&y=2"
+
+
+def test_http_to_https(gw: Gateway) -> None:
+    r = requests.get(gw.url("/secure?a=1"), allow_redirects=False, headers={"Host": "h.example"})
+    assert r.status_code == 301
+    assert r.headers["Location"] == "https://h.example/secure?a=1"
+    r = requests.post(gw.url("/secure"), allow_redirects=False)
+    assert r.status_code == 308

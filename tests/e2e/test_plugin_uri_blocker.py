@@ -1,0 +1,46 @@
+"""uri-blocker through the real process."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.support.gateway import Gateway
+from tests.support.upstream import Upstream
+
+CONFIG = """
+routes:
+  - id: ub
+    uri: /ub/*
+    plugins:
+      uri-blocker: {block_rules: ["root.exe", "root.m+"]}
+    upstream: {nodes: {"%(up)s": 1}}
+  - id: ubmsg
+    uri: /ubmsg/*
+    plugins:
+      uri-blocker: {block_rules: ["^/ubmsg/ADMIN"], case_insensitive: true, rejected_msg: blocked, rejected_code: 410}
+    upstream: {nodes: {"%(up)s": 1}}
+#END
+"""
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream) -> Iterator[Gateway]:
+    root: Path = tmp_path_factory.mktemp("gw")
+    with Gateway(root, apisix_yaml=CONFIG % {"up": upstream.addr}) as g:
+        yield g
+
+
+def test_blocked_with_empty_body(gw: Gateway) -> None:
+    r = requests.get(gw.url("/ub/root.exe"))
+    assert r.status_code == 403 and r.content == b""
+    assert requests.get(gw.url("/ub/x?f=rootmmm")).status_code == 403
+    assert requests.get(gw.url("/ub/fine")).status_code == 200
+
+
+def test_blocked_with_message(gw: Gateway) -> None:
+    r = requests.get(gw.url("/ubmsg/admin/x"))
+    assert r.status_code == 410 and r.text == '{"error_msg":"blocked"}\n'

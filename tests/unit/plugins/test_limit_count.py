@@ -1,0 +1,189 @@
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import pytest
+
+from tests.unit.plugins.ctx import make_ctx
+from tollway.errors import ConfigError
+from tollway.plugins import shared_counters
+from tollway.plugins.builtin.limit_count import Conf, LimitCount, count_step, windows
+from tollway.plugins.builtin.limit_scope import counter_scope
+from tollway.plugins.kit import Consumer
+from tollway.plugins.registry import load_registry
+from tollway.plugins.shared_counters import SharedTable
+
+
+class Clock:
+    now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    c = Clock()
+    monkeypatch.setattr(
+        shared_counters, "_TABLES", {"plugin-limit-count": SharedTable(None, 1024, c)}
+    )
+    return c
+
+
+class Route:
+    def __init__(self, plugins: dict[str, Any], versions: tuple[int, int, int] = (5, 0, 0)) -> None:
+        self.key = "/apisix/routes/r1"
+        self.plugins = plugins
+        self.versions = versions
+
+
+def conf_of(raw: dict[str, Any]) -> Conf:
+    return msgspec.convert(raw, Conf)
+
+
+def test_schema() -> None:
+    reg = load_registry()
+    conf = reg.decode_conf("limit-count", {"count": 2, "time_window": 60})
+    assert (conf.key, conf.key_type, conf.rejected_code, conf.policy) == (
+        "remote_addr",
+        "var",
+        503,
+        "local",
+    )
+    assert conf.show_limit_quota_header is True and conf.allow_degradation is False
+    reg.decode_conf("limit-count", {"count": "$http_n", "time_window": 60})
+    reg.decode_conf(
+        "limit-count", {"rules": [{"count": 1, "time_window": 2, "key": "$remote_addr"}]}
+    )
+    reg.decode_conf(
+        "limit-count",
+        {
+            "count": 1,
+            "time_window": 2,
+            "policy": "redis-cluster",
+            "redis_cluster_nodes": ["127.0.0.1:7000"],
+            "redis_cluster_name": "c",
+        },
+    )
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"count": 1},
+        {"count": 0, "time_window": 1},
+        {"count": 1, "time_window": 1, "rejected_code": 199},
+        {"count": 1, "time_window": 1, "key_type": "other"},
+        {"count": 1, "time_window": 1, "rejected_msg": ""},
+        {"count": 1, "time_window": 1, "policy": "redis"},
+        {"count": 1, "time_window": 1, "policy": "redis-cluster", "redis_cluster_nodes": ["a:1"]},
+        {
+            "rules": [
+                {"count": 1, "time_window": 1, "key": "a"},
+                {"count": 2, "time_window": 1, "key": "a"},
+            ]
+        },
+        {"rules": [], "count": 1, "time_window": 1},
+    ],
+)
+def test_schema_rejects(raw: dict[str, Any]) -> None:
+    with pytest.raises(
+        ConfigError, match="failed to check the configuration of plugin limit-count"
+    ):
+        load_registry().decode_conf("limit-count", raw)
+
+
+def test_count_step_fixed_window_from_first_hit() -> None:
+    rec, res = count_step(None, 10.0, 2, 60)
+    assert res == (True, 1, 60)
+    rec, res = count_step(rec, 40.0, 2, 60)
+    assert res == (True, 0, 30)
+    rec, res = count_step(rec, 41.0, 2, 60)
+    assert res == (False, 0, 29)
+
+
+def test_access_counts_sets_headers_and_rejects(clock: Clock) -> None:
+    plugin = LimitCount()
+    conf = conf_of({"count": 2, "time_window": 10, "rejected_msg": "no"})
+    route = Route({"limit-count": {"count": 2, "time_window": 10, "rejected_msg": "no"}})
+    results = []
+    for _ in range(3):
+        ctx = make_ctx()
+        ctx.route = route
+        results.append((plugin.access(conf, ctx), (ctx.plugin_state or {}).get("limit-count")))
+    assert results[0] == (
+        None,
+        {"X-RateLimit-Limit": "2", "X-RateLimit-Remaining": "1", "X-RateLimit-Reset": "10"},
+    )
+    assert results[1][1]["X-RateLimit-Remaining"] == "0"  # type: ignore[index]
+    assert results[2][0] == (
+        503,
+        {"error_msg": "no"},
+        {"X-RateLimit-Limit": "2", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "10"},
+    )
+    clock.now += 10
+    ctx = make_ctx()
+    ctx.route = route
+    assert plugin.access(conf, ctx) is None
+
+
+def test_keys_count_separately_and_nil_key_falls_back_to_client(clock: Clock) -> None:
+    plugin = LimitCount()
+    conf = conf_of({"count": 1, "time_window": 10, "key": "http_x_user"})
+    assert plugin.access(conf, make_ctx(headers={"X-User": "a"})) is None
+    assert plugin.access(conf, make_ctx(headers={"X-User": "b"})) is None
+    assert plugin.access(conf, make_ctx(headers={"X-User": "a"})) is not None
+    assert plugin.access(conf, make_ctx(remote_addr="10.0.0.1")) is None
+    assert plugin.access(conf, make_ctx(remote_addr="10.0.0.1")) is not None
+
+
+def test_var_combination_and_var_count(clock: Clock) -> None:
+    conf = conf_of(
+        {
+            "count": "$http_n",
+            "time_window": 10,
+            "key_type": "var_combination",
+            "key": "$remote_addr $http_x",
+        }
+    )
+    ctx = make_ctx(headers={"N": "3", "X": "1"})
+    (w,) = windows(conf, ctx) or []
+    assert (w.count, w.key) == (3, "127.0.0.1 1")
+    assert windows(conf, make_ctx(headers={"N": "abc"})) is None
+    assert LimitCount().access(conf, make_ctx(headers={"N": "abc"})) == (500, None)
+
+
+def test_rules_skip_unresolved_keys() -> None:
+    conf = conf_of(
+        {
+            "rules": [
+                {"count": 1, "time_window": 10, "key": "$http_a"},
+                {"count": 5, "time_window": 60, "key": "$http_b", "header_prefix": "b"},
+            ]
+        }
+    )
+    ws = windows(conf, make_ctx(headers={"B": "x"})) or []
+    assert [(w.count, w.headers.limit_header) for w in ws] == [(5, "X-b-RateLimit-Limit")]
+
+
+def test_redis_policies_degrade_or_fail() -> None:
+    base = {"count": 1, "time_window": 1, "policy": "redis", "redis_host": "127.0.0.1"}
+    plugin = LimitCount()
+    assert plugin.access(conf_of(base), make_ctx()) == (500, {"error_msg": "failed to limit count"})
+    assert plugin.access(conf_of({**base, "allow_degradation": True}), make_ctx()) is None
+
+
+def test_counter_scope_by_owner() -> None:
+    raw = {"count": 1, "time_window": 10}
+    conf = conf_of(raw)
+    ctx = make_ctx()
+    ctx.route = Route({"limit-count": raw})
+    assert counter_scope(ctx, "limit-count", conf, conf_of) == "/apisix/routes/r1:5.0.0"
+    ctx.route = Route({"limit-count": raw}, versions=(6, 0, 0))
+    assert counter_scope(ctx, "limit-count", conf, conf_of) == "/apisix/routes/r1:6.0.0"
+    ctx.consumer = Consumer("jack", None, {"limit-count": dict(raw)}, version=3)
+    assert counter_scope(ctx, "limit-count", conf, conf_of) == "/apisix/consumers/jack:3"
+    ctx.consumer = None
+    ctx.route = Route({})
+    assert counter_scope(ctx, "limit-count", conf, conf_of).startswith("global:")

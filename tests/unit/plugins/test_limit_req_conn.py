@@ -1,0 +1,137 @@
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import msgspec
+import pytest
+
+from tests.unit.plugins.ctx import make_ctx
+from tollway.errors import ConfigError
+from tollway.plugins import shared_counters
+from tollway.plugins.builtin import limit_conn as lc
+from tollway.plugins.builtin import limit_req as lr
+from tollway.plugins.registry import load_registry
+from tollway.plugins.shared_counters import SharedTable
+
+
+class Clock:
+    now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    c = Clock()
+    monkeypatch.setattr(
+        shared_counters,
+        "_TABLES",
+        {
+            "plugin-limit-req": SharedTable(None, 1024, c),
+            "plugin-limit-conn": SharedTable(None, 1024, c),
+        },
+    )
+    return c
+
+
+def test_limit_req_schema() -> None:
+    reg = load_registry()
+    conf = reg.decode_conf("limit-req", {"rate": 1, "burst": 0, "key": "remote_addr"})
+    assert (conf.key_type, conf.rejected_code, conf.nodelay, conf.policy) == (
+        "var",
+        503,
+        False,
+        "local",
+    )
+    for bad in (
+        {"rate": 0, "burst": 0, "key": "k"},
+        {"rate": 1, "key": "k"},
+        {"rate": 1, "burst": -1, "key": "k"},
+        {"rate": 1, "burst": 0, "key": "k", "key_type": "constant"},
+        {"rate": 1, "burst": 0, "key": "k", "policy": "redis"},
+    ):
+        with pytest.raises(ConfigError, match="plugin limit-req err"):
+            reg.decode_conf("limit-req", bad)
+
+
+def test_leaky_bucket_steps() -> None:
+    rec, delay = lr.leaky_step(None, 0.0, 2.0, 1.0)
+    assert delay == 0.0
+    rec, delay = lr.leaky_step(rec, 0.0, 2.0, 1.0)  # excess 1 -> waits 0.5 s
+    assert delay == 0.5
+    same, delay = lr.leaky_step(rec, 0.0, 2.0, 1.0)  # excess 2 > burst: rejected, not counted
+    assert delay is None and same == rec
+    rec, delay = lr.leaky_step(rec, 0.5, 2.0, 1.0)  # drained by 1 in 0.5 s
+    assert delay == 0.5
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def test_limit_req_rejects_and_delays(clock: Clock) -> None:
+    plugin = lr.LimitReq()
+    conf = msgspec.convert(
+        {"rate": 1, "burst": 0, "key": "remote_addr", "rejected_msg": "x"}, lr.Conf
+    )
+    assert run(plugin.access(conf, make_ctx())) is None
+    assert run(plugin.access(conf, make_ctx())) == (503, {"error_msg": "x"})
+    assert run(plugin.access(conf, make_ctx(remote_addr="10.0.0.2"))) is None
+    clock.now += 1
+    assert run(plugin.access(conf, make_ctx())) is None
+
+
+def test_limit_conn_schema() -> None:
+    reg = load_registry()
+    raw = {"conn": 1, "burst": 0, "default_conn_delay": 0.1, "key": "remote_addr"}
+    conf = reg.decode_conf("limit-conn", raw)
+    assert (conf.key_type, conf.rejected_code, conf.only_use_default_delay) == ("var", 503, False)
+    for bad in (
+        {**raw, "conn": 0},
+        {k: v for k, v in raw.items() if k != "default_conn_delay"},
+        {k: v for k, v in raw.items() if k != "key"},
+        {**raw, "burst": -1},
+    ):
+        with pytest.raises(ConfigError, match="plugin limit-conn err"):
+            reg.decode_conf("limit-conn", bad)
+
+
+def test_conn_delay() -> None:
+    assert [lc.conn_delay(n, 2, 0.5) for n in (1, 2, 3, 4, 5)] == [0, 0, 0.5, 0.5, 1.0]
+
+
+def test_limit_conn_counts_in_and_out(clock: Clock) -> None:
+    plugin = lc.LimitConn()
+    conf = msgspec.convert(
+        {"conn": 1, "burst": 0, "default_conn_delay": 0.1, "key": "remote_addr"}, lc.Conf
+    )
+    first = make_ctx()
+    assert run(plugin.access(conf, first)) is None
+    second = make_ctx()
+    assert run(plugin.access(conf, second)) == (503, None)
+    plugin.log(conf, second)  # the rejected one held nothing
+    assert run(plugin.access(conf, make_ctx())) == (503, None)
+    plugin.log(conf, first)
+    third = make_ctx()
+    assert run(plugin.access(conf, third)) is None
+    plugin.log(conf, third)
+    plugin.log(conf, third)  # idempotent
+
+
+def test_limit_conn_burst_is_delayed(clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    slept: list[float] = []
+
+    async def fake_sleep(d: float) -> None:
+        slept.append(d)
+
+    monkeypatch.setattr(lc.asyncio, "sleep", fake_sleep)
+    plugin = lc.LimitConn()
+    conf = msgspec.convert(
+        {"conn": 1, "burst": 1, "default_conn_delay": 0.2, "key": "remote_addr"}, lc.Conf
+    )
+    assert run(plugin.access(conf, make_ctx())) is None
+    assert run(plugin.access(conf, make_ctx())) is None
+    assert run(plugin.access(conf, make_ctx())) == (503, None)
+    assert slept == [0.2]
