@@ -91,7 +91,7 @@ class Supervisor:
         self.generation = 0
         self.stopping = False
         self.sockets: list[socket.socket] = []
-        registry = load_registry(settings.conf.plugins)
+        registry = load_registry(settings.conf.plugins, settings.conf.plugin_attr)
         self.registry = registry
         strict = settings.config_provider != "etcd"
         self.store = Store(settings.etcd.prefix, ItemChecker(registry, strict=strict))
@@ -391,6 +391,9 @@ class Supervisor:
             await client.aclose()
         for s in self.sockets:
             s.close()
+        from tollway.plugins.shared_counters import remove_instance_files
+
+        remove_instance_files()  # the workers are gone: their shared counter tables too
         with contextlib.suppress(OSError):
             os.unlink(self.pid_path)
 

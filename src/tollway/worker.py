@@ -43,7 +43,7 @@ class Worker:
         self.ipc = ipc
         self.listen = listen
         self.store = Store(settings.etcd.prefix)
-        self.registry = load_registry(settings.conf.plugins)
+        self.registry = load_registry(settings.conf.plugins, settings.conf.plugin_attr)
         # Health verdicts and DNS answers come from the supervisor (tollway.upstream).
         self.health = HealthTable()
         self.passive = PassiveReporter()

@@ -136,3 +136,19 @@ def test_start_with_bad_config_exits_with_message(tmp_path: Path) -> None:
     g = Gateway(tmp_path, config={"nginx_config": {"worker_processes": "many"}})
     r = run_cli("start", "-c", str(g.config_path))
     assert r.returncode == 1 and "nginx_config.worker_processes" in r.stderr
+
+
+def test_global_rules_apply_to_every_response(gw: Gateway, upstream: Upstream) -> None:
+    extra = """
+global_rules:
+  - id: g1
+    plugins:
+      response-rewrite: {headers: {set: {X-Global: "1"}}}
+      limit-count: {count: 100, time_window: 60, key: remote_addr}
+"""
+    gw.write_yaml(routes_yaml(upstream, end=False) + extra + "#END\n")
+    wait_until(lambda: requests.get(gw.url("/base"), timeout=5).headers.get("X-Global") == "1")
+    r = requests.get(gw.url("/base"), timeout=5)
+    assert r.headers["X-RateLimit-Limit"] == "100"  # the global rule's header_filter ran
+    r = requests.get(gw.url("/missing"), timeout=5)
+    assert r.status_code == 404 and r.headers.get("X-Global") == "1"

@@ -9,13 +9,15 @@ coroutines; the chain is compiled once per route version, so none of this is dec
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl, unquote
 
 import msgspec
 
 Exit = tuple[int, Any] | tuple[int, Any, dict[str, str]] | None
+# rewrite/access/before_proxy may be coroutines (e.g. limit-req delays a request).
+PhaseResult = Exit | Awaitable[Exit]
 
 PHASES = ("rewrite", "access", "before_proxy", "header_filter", "body_filter", "log")
 
@@ -39,13 +41,13 @@ class Plugin:
         """Extra checks beyond the schema; raise ValueError with the reason."""
 
     # Phases (defaults are no-ops, detected and skipped when compiling the chain).
-    def rewrite(self, conf: Any, ctx: RequestContext) -> Exit:
+    def rewrite(self, conf: Any, ctx: RequestContext) -> PhaseResult:
         return None
 
-    def access(self, conf: Any, ctx: RequestContext) -> Exit:
+    def access(self, conf: Any, ctx: RequestContext) -> PhaseResult:
         return None
 
-    def before_proxy(self, conf: Any, ctx: RequestContext) -> Exit:
+    def before_proxy(self, conf: Any, ctx: RequestContext) -> PhaseResult:
         return None
 
     def header_filter(self, conf: Any, ctx: RequestContext) -> None:
@@ -56,6 +58,9 @@ class Plugin:
 
     def log(self, conf: Any, ctx: RequestContext) -> None:
         return None
+
+    def init(self, attr: dict[str, Any]) -> None:
+        """Called once per process with ``plugin_attr.<name>`` from config.yaml."""
 
     def needs_body_buffer(self, conf: Any) -> bool:
         """True if body_filter needs the whole response body (it then gets it once, eof=True)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import inspect
 import logging
@@ -67,6 +68,28 @@ class Chain:
     @property
     def empty(self) -> bool:
         return not self.names
+
+    def under(self, outer: Chain) -> Chain:
+        """This chain with ``outer``'s (the global rules') response phases run first, as APISIX
+        runs global rules before route plugins in header_filter, body_filter and log. A
+        ``prefer_route`` plugin the route configures too runs once, with the route's conf."""
+        if not (outer.header_filter or outer.body_filter or outer.log):
+            return self
+
+        def keep(entries: tuple[ChainEntry, ...]) -> tuple[ChainEntry, ...]:
+            return tuple(
+                e
+                for e in entries
+                if not (e.plugin.run_policy == "prefer_route" and e.plugin.name in self.names)
+            )
+
+        return dataclasses.replace(
+            self,
+            header_filter=keep(outer.header_filter) + self.header_filter,
+            body_filter=keep(outer.body_filter) + self.body_filter,
+            log=keep(outer.log) + self.log,
+            buffers_body=self.buffers_body or outer.buffers_body,
+        )
 
 
 EMPTY_CHAIN = Chain()
@@ -188,8 +211,11 @@ def _compile_filter(rule: Any) -> Any:
     return compile_expr(rule)
 
 
-def load_registry(enabled: list[str] | None = None) -> Registry:
-    """Built-in plugins plus those installed under the ``tollway.plugins`` entry point group."""
+def load_registry(
+    enabled: list[str] | None = None, plugin_attr: dict[str, Any] | None = None
+) -> Registry:
+    """Built-in plugins plus those installed under the ``tollway.plugins`` entry point group.
+    Each gets ``init(plugin_attr.<name>)`` once."""
 
     found: dict[str, Plugin] = {}
     for mod_name in BUILTIN_MODULES:
@@ -207,4 +233,13 @@ def load_registry(enabled: list[str] | None = None) -> Registry:
         for n in missing:
             log.warning("plugin %s is listed in config.yaml but not installed", n)
         found = {n: p for n, p in found.items() if n in enabled}
-    return Registry(found.values())
+    ready: list[Plugin] = []
+    for name, plugin in found.items():
+        attr = (plugin_attr or {}).get(name)
+        try:
+            plugin.init(attr if isinstance(attr, dict) else {})
+        except Exception:
+            log.exception("plugin %s failed to initialise; disabled", name)
+            continue
+        ready.append(plugin)
+    return Registry(ready)

@@ -312,6 +312,7 @@ class Exchange(Forwarding):
         match = runtime.router.match(ctx)
         gchain = runtime.global_chain
         if match is None:
+            self.chain = gchain  # the global rules' response phases still apply to the 404
             return self._not_found_steps(gchain)
         route: CompiledRoute = match.spec.payload
         ctx.route = route

@@ -164,6 +164,7 @@ class CompiledRoute:
         "id",
         "key",
         "name",
+        "own_chain",
         "plugins",
         "service_id",
         "timeouts",
@@ -177,7 +178,8 @@ class CompiledRoute:
         self.key = ""
         self.name: str | None = None
         self.service_id: str | None = None
-        self.chain: Chain = EMPTY_CHAIN
+        self.own_chain: Chain = EMPTY_CHAIN  # the route's own plugins (with service/config)
+        self.chain: Chain = EMPTY_CHAIN  # the same, with the global rules' response phases
         self.plugins: dict[str, Any] = {}  # merged raw confs (for consumer merges)
         self.upstream: CompiledUpstream | None = None
         self.upstream_id: str | None = None
@@ -192,6 +194,7 @@ class ConsumerIndex:
 
     def __init__(self) -> None:
         self.by_plugin: dict[str, dict[str, Consumer]] = {}
+        self.by_name: dict[str, Consumer] = {}  # every consumer (anonymous_consumer lookups)
         self.groups: dict[str, dict[str, Any]] = {}
         self.version = 0
 
@@ -236,6 +239,7 @@ class Compiler:
         up = settings.conf.nginx_config.http.upstream
         self.keepalive = PoolLimits(up.keepalive, up.keepalive_timeout, up.keepalive_requests)
         self.runtime = Runtime(build_router(self.kind, [], delete_uri_tail_slash=self.tail_slash))
+        self.runtime_global: Chain = EMPTY_CHAIN
 
     # -- full build -----------------------------------------------------------------------
 
@@ -246,6 +250,7 @@ class Compiler:
             i: self._upstream(f"/apisix/upstreams/{i}", it.mod_revision, it.obj)
             for i, it in store["upstreams"].items.items()
         }
+        self.runtime_global = self._global_chain(store)
         builder = RouterBuilder(self.kind, delete_uri_tail_slash=self.tail_slash)
         routes: dict[str, CompiledRoute] = {}
         chunk: list[RouteSpec] = []
@@ -262,7 +267,7 @@ class Compiler:
         rt = Runtime(builder.finish())
         rt.routes = routes
         rt.upstreams = upstreams
-        rt.global_chain = self._global_chain(store)
+        rt.global_chain = self.runtime_global
         rt.consumers = self._consumers(store)
         rt.revision = store.revision
         self.runtime = rt
@@ -274,6 +279,7 @@ class Compiler:
         rt = self.runtime
         route_ids: set[str] = set()
         consumers_changed = False
+        globals_changed = False
         services: set[str] = set()
         pconfs: set[str] = set()
         for kind, item_id, _key in changes:
@@ -292,9 +298,14 @@ class Compiler:
                         f"/apisix/upstreams/{item_id}", it.mod_revision, it.obj
                     )
             elif kind == "global_rules":
-                rt.global_chain = self._global_chain(store)
+                globals_changed = True
             elif kind in ("consumers", "credentials", "consumer_groups"):
                 consumers_changed = True
+        if globals_changed:
+            rt.global_chain = self.runtime_global = self._global_chain(store)
+            for cr in rt.routes.values():
+                cr.chain = cr.own_chain.under(rt.global_chain)
+            rt.consumer_chains = {}
         if consumers_changed:
             rt.consumers = self._consumers(store)
             rt.consumer_chains = {}
@@ -378,6 +389,16 @@ class Compiler:
             owner = consumers.get(cid.split("/", 1)[0])
             if owner is not None:
                 sources.append((owner.id, it.obj.plugins or {}, owner.obj, owner.mod_revision))
+        for name, it in consumers.items():
+            c = it.obj
+            index.by_name[name] = Consumer(
+                name,
+                None,
+                {n: v for n, v in (c.plugins or {}).items() if self._non_auth(n)},
+                str(c.group_id) if c.group_id is not None else None,
+                c.labels,
+                it.mod_revision,
+            )
         for username, auth_plugins, consumer, version in sources:
             own = {
                 n: c
@@ -401,6 +422,10 @@ class Compiler:
                 )
         return index
 
+    def _non_auth(self, name: str) -> bool:
+        plugin = self.registry.get(name)
+        return plugin is not None and plugin.type != "auth"
+
     def consumer_chain(self, route: CompiledRoute, consumer: Consumer) -> Chain:
         """The route's chain with consumer-group then consumer plugins on top (APISIX
         merge_consumer_route: consumer > consumer_group > route)."""
@@ -412,7 +437,7 @@ class Compiler:
             if consumer.group_id is not None:
                 merged.update(rt.consumers.groups.get(consumer.group_id, {}))
             merged.update(consumer.plugins)
-            chain = self.registry.build_chain(merged)
+            chain = self.registry.build_chain(merged).under(rt.global_chain)
             if len(rt.consumer_chains) > 10000:
                 rt.consumer_chains.clear()
             rt.consumer_chains[key] = chain
@@ -460,7 +485,8 @@ class Compiler:
                 merged.update(plugins)
                 plugins = merged
         cr.plugins = plugins
-        cr.chain = self.registry.build_chain(plugins)
+        cr.own_chain = self.registry.build_chain(plugins)
+        cr.chain = cr.own_chain.under(self.runtime_global)
         cr.timeouts = Timeouts.of(route.timeout) if route.timeout is not None else None
         ws = route.enable_websocket
         if ws is None and service is not None:

@@ -94,7 +94,7 @@ class FaultInjection(Plugin):
     priority = 11000
     schema = Conf
 
-    async def rewrite(self, conf: Conf, ctx: RequestContext) -> Exit:  # type: ignore[override]
+    async def rewrite(self, conf: Conf, ctx: RequestContext) -> Exit:
         comp = _compiled(conf)
         abort_vars = vars_match(comp.abort_vars, ctx.var) if conf.abort else False
         delay, abort = conf.delay, conf.abort

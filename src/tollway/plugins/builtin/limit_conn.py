@@ -129,7 +129,7 @@ class LimitConn(Plugin):
     version = 0.1
     schema = Conf
 
-    async def access(self, conf: Conf, ctx: RequestContext) -> Exit:  # type: ignore[override]
+    async def access(self, conf: Conf, ctx: RequestContext) -> Exit:
         if conf.policy != "local":
             return None if conf.allow_degradation else (500, None)
         table = shared_counters.table("plugin-limit-conn")

@@ -72,7 +72,7 @@ class LimitReq(Plugin):
     version = 0.1
     schema = Conf
 
-    async def access(self, conf: Conf, ctx: RequestContext) -> Exit:  # type: ignore[override]
+    async def access(self, conf: Conf, ctx: RequestContext) -> Exit:
         if conf.policy != "local":
             return None if conf.allow_degradation else (500, None)
         key = request_key(ctx, conf.key, conf.key_type, _template(conf))

@@ -110,6 +110,10 @@ class Redirect(Plugin):
     schema = Conf
     https_port: int | None = None  # plugin_attr.redirect.https_port
 
+    def init(self, attr: dict[str, Any]) -> None:
+        port = attr.get("https_port")
+        self.https_port = port if isinstance(port, int) else None
+
     def rewrite(self, conf: Conf, ctx: RequestContext) -> Exit:
         if conf.http_to_https:
             scheme = ctx.get_header("x-forwarded-proto") or ctx.scheme
