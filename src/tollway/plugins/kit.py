@@ -126,6 +126,8 @@ class RequestContext:
         "up_method",
         "up_uri",
         "upstream_addr",
+        "upstream_override",
+        "upstream_source",
         "upstream_status",
         "vars_extra",
     )
@@ -168,6 +170,8 @@ class RequestContext:
         self.matched_uri: str | None = None
         self.consumer: Any = None
         self.consumers: Any = None  # the runtime's ConsumerIndex (set by the pipeline)
+        self.upstream_source: Any = None  # resolves upstreams for set_upstream (the pipeline's)
+        self.upstream_override: Any = None
         self.consumer_name: str | None = None
         self.plugin_state: dict[str, Any] | None = None
         self.vars_extra: dict[str, Any] | None = None
@@ -259,6 +263,23 @@ class RequestContext:
         """Identify the request's consumer; its (and its group's) plugins then apply."""
         self.consumer = consumer
         self.consumer_name = consumer.username
+
+    # -- choosing another upstream (traffic-split) -------------------------------------
+
+    def set_upstream(self, upstream_id: str | None = None, conf: Any = None) -> bool:
+        """Send this request to another upstream: a configured one by id, or an inline
+        upstream conf (a dict as in a route's ``upstream``; compiled once per conf and cached).
+        False if the id does not exist or the conf is invalid."""
+        source = self.upstream_source
+        if source is None:
+            return False
+        up = source.upstream_by_id(upstream_id) if upstream_id is not None else None
+        if upstream_id is None and conf is not None:
+            up = source.inline_upstream(conf)
+        if up is None:
+            return False
+        self.upstream_override = up
+        return True
 
     # -- upstream request edits ---------------------------------------------------------
 

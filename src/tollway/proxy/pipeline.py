@@ -309,6 +309,7 @@ class Exchange(Forwarding):
         self.ctx = ctx
         runtime = self.proto.state.compiler.runtime
         ctx.consumers = runtime.consumers
+        ctx.upstream_source = self.proto.state.compiler
         match = runtime.router.match(ctx)
         gchain = runtime.global_chain
         if match is None:
@@ -363,7 +364,8 @@ class Exchange(Forwarding):
             yield gchain.access
         if chain.access:
             yield chain.access
-        upstream = route.upstream
+        # A plugin (traffic-split) may have chosen another upstream in rewrite/access.
+        upstream = ctx.upstream_override if ctx.upstream_override is not None else route.upstream
         if upstream is None:
             if route.upstream_id is None:
                 self.respond_error(503)

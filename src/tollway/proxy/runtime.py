@@ -212,6 +212,7 @@ class Runtime:
         self.upstreams: dict[str, CompiledUpstream] = {}
         self.global_chain: Chain = EMPTY_CHAIN
         self.consumers = ConsumerIndex()
+        self.inline_upstreams: dict[bytes, CompiledUpstream] = {}
         # Route chains merged with a consumer's plugins, built on first use per version pair.
         self.consumer_chains: dict[tuple[str, tuple[int, int, int], str, int], Chain] = {}
         self.revision = 0
@@ -338,6 +339,33 @@ class Compiler:
         rt.revision = store.revision
 
     # -- pieces ---------------------------------------------------------------------------
+
+    # -- upstreams chosen by plugins (RequestContext.set_upstream) ----------------------
+
+    def upstream_by_id(self, upstream_id: str) -> CompiledUpstream | None:
+        return self.runtime.upstreams.get(str(upstream_id))
+
+    def inline_upstream(self, conf: Any) -> CompiledUpstream | None:
+        """An inline upstream conf compiled once (keyed by its JSON) and kept per runtime."""
+        import msgspec
+
+        from tollway.model import decode_item
+
+        try:
+            raw = msgspec.json.encode(conf)
+        except (TypeError, msgspec.EncodeError):
+            return None
+        cache = self.runtime.inline_upstreams
+        up = cache.get(raw)
+        if up is None:
+            try:
+                decoded = decode_item("upstreams", msgspec.json.decode(raw))
+            except ConfigError:
+                return None
+            if len(cache) > 1000:
+                cache.clear()
+            up = cache[raw] = self._upstream(f"/tollway/inline/{len(cache)}", 0, decoded)
+        return up
 
     def _upstream(self, key: str, version: int, conf: Upstream) -> CompiledUpstream:
         return CompiledUpstream(
