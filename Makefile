@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 MODE   ?= etcd
 
-.PHONY: run test lint typecheck unit e2e system-deps bench-proxy bench-router bench-balancer clean
+.PHONY: run test lint typecheck unit e2e system-deps bench-proxy bench-router bench-balancer bench-churn clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,10 @@ bench-router: $(STAMP)
 
 bench-balancer: $(STAMP)
 	$(BIN)/python bench/balancer.py
+
+bench-churn: $(STAMP)
+	scripts/ensure-system-deps.sh bench
+	$(BIN)/python bench/router_churn.py
 
 clean:
 	rm -rf $(VENV) run .pytest_cache .mypy_cache .ruff_cache

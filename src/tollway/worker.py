@@ -146,6 +146,11 @@ class Worker:
         for conn in list(state.connections):
             conn.close()
         state.pool.close_all()
+        for plugin in self.registry.plugins.values():
+            try:
+                await plugin.aclose()
+            except Exception:
+                log.exception("plugin %s failed to close", plugin.name)
         state.stop()
         if self.access_log is not None:
             await self.access_log.aclose()

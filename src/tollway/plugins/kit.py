@@ -66,6 +66,17 @@ class Plugin:
         """True if body_filter needs the whole response body (it then gets it once, eof=True)."""
         return False
 
+    def phase_method(self, phase: str, conf: Any) -> Any:
+        """The callable that runs ``phase`` for ``conf`` (default: the method of that name).
+        A plugin may return a coroutine function only for the confs that need one (hmac-auth
+        reads the request body only with ``validate_request_body``), so the other routes stay
+        on the synchronous path."""
+        return getattr(self, phase)
+
+    async def aclose(self) -> None:
+        """Release what the plugin holds in this process (client sessions, background tasks);
+        awaited once when the worker stops gracefully."""
+
 
 class Consumer:
     """A consumer as auth plugins see it: ``auth_conf`` is the decoded conf that matched."""
@@ -96,6 +107,8 @@ class RequestContext:
         "_args",
         "_cookies",
         "_headers",
+        "body_reader",
+        "bytes_sent",
         "consumer",
         "consumer_name",
         "consumers",
@@ -109,11 +122,13 @@ class RequestContext:
         "raw_headers",
         "remote_addr",
         "remote_port",
+        "request_body_bytes",
         "request_uri",
         "resp_body_replaced",
         "resp_headers",
         "resp_status",
         "route",
+        "route_hosts",
         "route_id",
         "route_name",
         "scheme",
@@ -127,6 +142,7 @@ class RequestContext:
         "up_uri",
         "upstream_addr",
         "upstream_override",
+        "upstream_response_time",
         "upstream_source",
         "upstream_status",
         "vars_extra",
@@ -168,9 +184,12 @@ class RequestContext:
         self.service_id: str | None = None
         self.matched_params: dict[str, str] | None = None
         self.matched_uri: str | None = None
+        self.route_hosts: tuple[str, ...] | None = None  # the matched route's hosts (lowercase)
         self.consumer: Any = None
         self.consumers: Any = None  # the runtime's ConsumerIndex (set by the pipeline)
         self.upstream_source: Any = None  # resolves upstreams for set_upstream (the pipeline's)
+        # ``async (limit) -> bytes | None``: the pipeline's request body reader (None: no body).
+        self.body_reader: Any = None
         self.upstream_override: Any = None
         self.consumer_name: str | None = None
         self.plugin_state: dict[str, Any] | None = None
@@ -186,6 +205,11 @@ class RequestContext:
         self.resp_body_replaced: bytes | None = None
         self.upstream_addr: str | None = None
         self.upstream_status: str | None = None
+        # Set for the log phase: body bytes read from the client and sent to it, and the
+        # seconds the answering upstream attempt took (nginx $upstream_response_time).
+        self.request_body_bytes = 0
+        self.bytes_sent = 0
+        self.upstream_response_time: float | None = None
 
     # -- request ------------------------------------------------------------------------
 
@@ -201,6 +225,15 @@ class RequestContext:
                 h[name] = f"{h[name]}, {val}" if name in h else val
             self._headers = h
         return h
+
+    @property
+    def request_length(self) -> int:
+        """nginx ``$request_length``: request line, headers and body, measured from the parsed
+        request (the client's exact whitespace and line folding are not seen)."""
+        n = len(self.method) + len(self.request_uri) + 14  # "M U HTTP/1.1\r\n" + "\r\n"
+        for k, v in self.raw_headers:
+            n += len(k) + len(v) + 4  # "k: v\r\n"
+        return n + self.request_body_bytes
 
     def get_header(self, name: str) -> str | None:
         return self.headers.get(name.lower())
@@ -251,6 +284,15 @@ class RequestContext:
         if self.vars_extra is None:
             self.vars_extra = {}
         self.vars_extra[name] = value
+
+    async def read_body(self, limit: int) -> bytes | None:
+        """The whole request body if it is at most ``limit`` bytes (b"" when there is none),
+        else None. It is still sent to the upstream. Only in rewrite/access/before_proxy."""
+        reader = self.body_reader
+        if reader is None:
+            return b""
+        data: bytes | None = await reader(limit)
+        return data
 
     # -- consumers (auth plugins) -------------------------------------------------------
 
@@ -362,6 +404,10 @@ _VARS: dict[str, Callable[[RequestContext], Any]] = {
     "content_length": lambda c: c.headers.get("content-length"),
     "upstream_addr": lambda c: c.upstream_addr,
     "upstream_status": lambda c: c.upstream_status,
+    "upstream_response_time": lambda c: (
+        f"{c.upstream_response_time:.3f}" if c.upstream_response_time is not None else None
+    ),
+    "request_length": lambda c: str(c.request_length),
     "status": lambda c: str(c.resp_status) if c.resp_status else None,
     "upstream_uri": lambda c: c.up_uri or c.request_uri,
 }

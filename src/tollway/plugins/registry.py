@@ -38,6 +38,10 @@ BUILTIN_MODULES = (
     "tollway.plugins.builtin.referer_restriction",
     "tollway.plugins.builtin.gzip_compress",
     "tollway.plugins.builtin.api_breaker",
+    "tollway.plugins.builtin.traffic_split",
+    "tollway.plugins.builtin.proxy_mirror",
+    "tollway.plugins.builtin.hmac_auth",
+    "tollway.plugins.builtin.prometheus",
     "tollway.plugins.builtin.accept_only",
 )
 
@@ -162,12 +166,13 @@ class Registry:
                 fn = getattr(type(plugin), phase)
                 if fn is getattr(Plugin, phase):
                     continue
+                bound = plugin.phase_method(phase, conf)
                 phases[phase].append(
                     ChainEntry(
                         plugin,
                         conf,
-                        inspect.iscoroutinefunction(fn),
-                        getattr(plugin, phase),
+                        inspect.iscoroutinefunction(bound),
+                        bound,
                         flt,
                         meta.get("error_response"),
                     )

@@ -189,8 +189,11 @@ class Forwarding:
         started: float,
         statuses: list[str],
     ) -> None:
+        elapsed = time.monotonic() - started
+        if self.ctx is not None:
+            self.ctx.upstream_response_time = elapsed  # nginx $upstream_response_time
         if pick is not None and up.picker is not None:
-            up.picker.after_balance(server, pick, failed=False, latency=time.monotonic() - started)
+            up.picker.after_balance(server, pick, failed=False, latency=elapsed)
         if up.passive is not None:  # passive health: the response status (APISIX)
             up.passive.report(up.key, server.addr, "http", self.status)
         if statuses:

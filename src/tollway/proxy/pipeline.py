@@ -208,6 +208,14 @@ class Exchange(Forwarding):
         self.proto.resume_reading()
         return data
 
+    async def _plugin_body(self, limit: int) -> bytes | None:
+        """``read_body`` for a plugin (proxy-mirror, hmac-auth): the body is put back, so the
+        upstream request still sends it."""
+        data = await self.read_body(limit)
+        if data:
+            self.body.appendleft(data)
+        return data
+
     # -- lifecycle ----------------------------------------------------------------------
 
     def start(self) -> None:
@@ -310,6 +318,8 @@ class Exchange(Forwarding):
         runtime = self.proto.state.compiler.runtime
         ctx.consumers = runtime.consumers
         ctx.upstream_source = self.proto.state.compiler
+        if self.has_body:
+            ctx.body_reader = self._plugin_body
         match = runtime.router.match(ctx)
         gchain = runtime.global_chain
         if match is None:
@@ -322,6 +332,7 @@ class Exchange(Forwarding):
         ctx.service_id = route.service_id
         ctx.matched_params = match.params
         ctx.matched_uri = match.spec.uris[0] if match.spec.uris else None
+        ctx.route_hosts = match.spec.hosts
         if route.error:
             self.respond_error(route.error)
             return None
@@ -572,6 +583,10 @@ class Exchange(Forwarding):
             return
         chain = self.chain
         if chain is not None and chain.log:
+            # What log plugins measure (prometheus: status, bandwidth).
+            ctx.resp_status = self.status
+            ctx.request_body_bytes = self.body_bytes
+            ctx.bytes_sent = self.resp_bytes
             for e in chain.log:
                 try:
                     e.plugin.log(e.conf, ctx)

@@ -278,14 +278,16 @@ class Compiler:
 
     def apply(self, store: Store, changes: Iterable[tuple[str, str, str]]) -> None:
         rt = self.runtime
-        route_ids: set[str] = set()
+        # Ordered as the changes came, which is the store's order for new keys (the tie-break
+        # among equal priorities); existing routes keep their place in the router.
+        route_ids: dict[str, None] = {}
         consumers_changed = False
         globals_changed = False
         services: set[str] = set()
         pconfs: set[str] = set()
         for kind, item_id, _key in changes:
             if kind == "routes":
-                route_ids.add(item_id)
+                route_ids[item_id] = None
             elif kind == "services":
                 services.add(item_id)
             elif kind == "plugin_configs":
@@ -316,7 +318,7 @@ class Compiler:
                 if (r.service_id is not None and str(r.service_id) in services) or (
                     r.plugin_config_id is not None and str(r.plugin_config_id) in pconfs
                 ):
-                    route_ids.add(rid)
+                    route_ids[rid] = None
         upserts: list[RouteSpec] = []
         deletes: list[str] = []
         for rid in route_ids:
@@ -332,9 +334,6 @@ class Compiler:
             else:
                 upserts.append(spec)
         if upserts or deletes:
-            # Keep the store's insertion order for new ids (tie-break among equal priorities).
-            order = {rid: n for n, rid in enumerate(store["routes"].items)}
-            upserts.sort(key=lambda s: order.get(s.id, 0))
             rt.router.update(upserts, deletes)
         rt.revision = store.revision
 

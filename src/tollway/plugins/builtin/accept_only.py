@@ -1,9 +1,6 @@
 """Plugins whose configs Tollway validates but does not act on (yet), so APISIX configs load.
 
-* ``prometheus`` (500): the schema and ``run_policy``; the metrics themselves are exported by the
-  gateway (not by this plugin phase).
-* ``proxy-mirror`` (1010), ``http-logger`` (410): validated; no mirror request is sent and no
-  log entry is shipped.
+* ``http-logger`` (410): validated; no log entry is shipped.
 * ``serverless-pre-function`` / ``serverless-post-function`` run Lua in APISIX: any conf is
   rejected with a message saying so, rather than accepted and silently ignored.
 """
@@ -16,35 +13,6 @@ import msgspec
 from msgspec import Meta
 
 from tollway.plugins.kit import Plugin
-
-
-class PrometheusConf(msgspec.Struct):
-    prefer_name: bool = False
-
-
-class Prometheus(Plugin):
-    name = "prometheus"
-    priority = 500
-    schema = PrometheusConf
-    run_policy = "prefer_route"
-
-
-_MIRROR_HOST = (
-    r"^http(s)?:\/\/([\da-zA-Z.-]+|\[[\da-fA-F:]+\])(:\d+)?$"  # APISIX 3.x: host[:port], or [v6]
-)
-
-
-class ProxyMirrorConf(msgspec.Struct):
-    host: Annotated[str, Meta(pattern=_MIRROR_HOST)]
-    path: Annotated[str, Meta(pattern=r"^/[^?&]+$")] | None = None
-    path_concat_mode: Literal["replace", "prefix"] = "replace"
-    sample_ratio: Annotated[float, Meta(ge=0.00001, le=1)] = 1.0
-
-
-class ProxyMirror(Plugin):
-    name = "proxy-mirror"
-    priority = 1010
-    schema = ProxyMirrorConf
 
 
 class HttpLoggerConf(msgspec.Struct):
@@ -102,8 +70,6 @@ class ServerlessPostFunction(_Serverless):
 
 
 PLUGINS = [
-    Prometheus,
-    ProxyMirror,
     HttpLogger,
     ServerlessPreFunction,
     ServerlessPostFunction,
