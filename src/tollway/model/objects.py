@@ -39,6 +39,25 @@ class Base(Struct, forbid_unknown_fields=True, kw_only=True, frozen=True, omit_d
     pass
 
 
+class Stamped(Base, frozen=True, kw_only=True):
+    """Every stored object: its id and the Admin API's timestamps."""
+
+    id: ID | None = None
+    create_time: int | None = None
+    update_time: int | None = None
+
+
+class Labelled(Stamped, frozen=True, kw_only=True):
+    desc: Desc | None = None
+    labels: Labels | None = None
+
+
+class Named(Labelled, frozen=True, kw_only=True):
+    """The common metadata of APISIX resources (routes, services, upstreams...)."""
+
+    name: Name | None = None
+
+
 def check_ip_or_cidr(value: str) -> None:
     try:
         if "/" in value:
@@ -49,13 +68,13 @@ def check_ip_or_cidr(value: str) -> None:
         raise ValueError(f"invalid IP or CIDR: {value}") from None
 
 
-class Timeout(Base, frozen=True):
+class Timeout(Base, frozen=True, kw_only=True):
     connect: Positive
     send: Positive
     read: Positive
 
 
-class Node(Base, frozen=True):
+class Node(Base, frozen=True, kw_only=True):
     host: Annotated[str, Meta(min_length=1)]
     weight: Annotated[int, Meta(ge=0)]
     port: Port | None = None
@@ -68,13 +87,13 @@ class Node(Base, frozen=True):
             raise ValueError("IPv6 address must be enclosed with '[' and ']'")
 
 
-class KeepalivePool(Base, frozen=True):
+class KeepalivePool(Base, frozen=True, kw_only=True):
     size: Annotated[int, Meta(ge=1)] = 320
     idle_timeout: Annotated[float, Meta(ge=0)] = 60.0
     requests: Annotated[int, Meta(ge=1)] = 1000
 
 
-class UpstreamTLS(Base, frozen=True):
+class UpstreamTLS(Base, frozen=True, kw_only=True):
     client_cert: Annotated[str, Meta(min_length=128, max_length=65536)] | None = None
     client_key: Annotated[str, Meta(min_length=64, max_length=65536)] | None = None
     client_cert_id: ID | None = None
@@ -91,7 +110,7 @@ def _statuses() -> type:
     return list[Annotated[int, Meta(ge=200, le=599)]]
 
 
-class ActiveHealthy(Base, frozen=True):
+class ActiveHealthy(Base, frozen=True, kw_only=True):
     interval: Annotated[int, Meta(ge=1)] = 1
     http_statuses: list[Annotated[int, Meta(ge=200, le=599)]] = msgspec.field(
         default_factory=lambda: [200, 302]
@@ -99,7 +118,7 @@ class ActiveHealthy(Base, frozen=True):
     successes: Annotated[int, Meta(ge=1, le=254)] = 2
 
 
-class ActiveUnhealthy(Base, frozen=True):
+class ActiveUnhealthy(Base, frozen=True, kw_only=True):
     interval: Annotated[int, Meta(ge=1)] = 1
     http_statuses: list[Annotated[int, Meta(ge=200, le=599)]] = msgspec.field(
         default_factory=lambda: [429, 404, 500, 501, 502, 503, 504, 505]
@@ -109,7 +128,7 @@ class ActiveUnhealthy(Base, frozen=True):
     timeouts: Annotated[int, Meta(ge=1, le=254)] = 3
 
 
-class ActiveCheck(Base, frozen=True):
+class ActiveCheck(Base, frozen=True, kw_only=True):
     type: Literal["http", "https", "tcp"] = "http"
     timeout: Annotated[float, Meta(ge=0)] = 1.0
     concurrency: Annotated[int, Meta(ge=1)] = 10
@@ -124,14 +143,14 @@ class ActiveCheck(Base, frozen=True):
     unhealthy: ActiveUnhealthy = msgspec.field(default_factory=ActiveUnhealthy)
 
 
-class PassiveHealthy(Base, frozen=True):
+class PassiveHealthy(Base, frozen=True, kw_only=True):
     http_statuses: list[Annotated[int, Meta(ge=200, le=599)]] = msgspec.field(
         default_factory=lambda: [*range(200, 209), 226, *range(300, 309)]
     )
     successes: Annotated[int, Meta(ge=0, le=254)] = 5
 
 
-class PassiveUnhealthy(Base, frozen=True):
+class PassiveUnhealthy(Base, frozen=True, kw_only=True):
     http_statuses: list[Annotated[int, Meta(ge=200, le=599)]] = msgspec.field(
         default_factory=lambda: [429, 500, 503]
     )
@@ -140,13 +159,13 @@ class PassiveUnhealthy(Base, frozen=True):
     http_failures: Annotated[int, Meta(ge=0, le=254)] = 5
 
 
-class PassiveCheck(Base, frozen=True):
+class PassiveCheck(Base, frozen=True, kw_only=True):
     type: Literal["http", "https", "tcp"] = "http"
     healthy: PassiveHealthy = msgspec.field(default_factory=PassiveHealthy)
     unhealthy: PassiveUnhealthy = msgspec.field(default_factory=PassiveUnhealthy)
 
 
-class HealthChecks(Base, frozen=True):
+class HealthChecks(Base, frozen=True, kw_only=True):
     active: ActiveCheck | None = None
     passive: PassiveCheck | None = None
 
@@ -157,13 +176,7 @@ class HealthChecks(Base, frozen=True):
             raise ValueError("checks needs active or passive")
 
 
-class Upstream(Base, frozen=True):
-    id: ID | None = None
-    name: Name | None = None
-    desc: Desc | None = None
-    labels: Labels | None = None
-    create_time: int | None = None
-    update_time: int | None = None
+class Upstream(Named, frozen=True, kw_only=True):
     nodes: dict[str, Annotated[int, Meta(ge=0)]] | list[Node] | None = None
     service_name: Annotated[str, Meta(min_length=1, max_length=256)] | None = None
     discovery_type: str | None = None
@@ -244,13 +257,7 @@ def _check_hash_node(addr: str) -> None:
     split_host_port(addr)
 
 
-class Route(Base, frozen=True):
-    id: ID | None = None
-    name: Name | None = None
-    desc: Desc | None = None
-    labels: Labels | None = None
-    create_time: int | None = None
-    update_time: int | None = None
+class Route(Named, frozen=True, kw_only=True):
     uri: Annotated[str, Meta(min_length=1, max_length=4096)] | None = None
     uris: (
         Annotated[list[Annotated[str, Meta(min_length=1, max_length=4096)]], Meta(min_length=1)]
@@ -306,13 +313,7 @@ class Route(Base, frozen=True):
         return self.hosts
 
 
-class Service(Base, frozen=True):
-    id: ID | None = None
-    name: Name | None = None
-    desc: Desc | None = None
-    labels: Labels | None = None
-    create_time: int | None = None
-    update_time: int | None = None
+class Service(Named, frozen=True, kw_only=True):
     plugins: Plugins | None = None
     upstream: Upstream | None = None
     upstream_id: ID | None = None
@@ -321,39 +322,23 @@ class Service(Base, frozen=True):
     script: str | None = None
 
 
-class Consumer(Base, frozen=True):
+class Consumer(Labelled, frozen=True, kw_only=True):
     username: Annotated[str, Meta(min_length=1, max_length=100, pattern=r"^[a-zA-Z0-9_\-]+$")]
-    id: ID | None = None
-    desc: Desc | None = None
-    labels: Labels | None = None
-    create_time: int | None = None
-    update_time: int | None = None
     plugins: Plugins | None = None
     group_id: ID | None = None
 
 
-class Credential(Base, frozen=True):
-    id: ID | None = None
-    name: Name | None = None
-    desc: Desc | None = None
-    labels: Labels | None = None
-    create_time: int | None = None
-    update_time: int | None = None
+class Credential(Named, frozen=True, kw_only=True):
     plugins: Plugins | None = None
 
 
-class SSLClient(Base, frozen=True):
+class SSLClient(Base, frozen=True, kw_only=True):
     ca: Annotated[str, Meta(min_length=128, max_length=65536)]
     depth: Annotated[int, Meta(ge=0)] = 1
     skip_mtls_uri_regex: list[str] | None = None
 
 
-class SSL(Base, frozen=True):
-    id: ID | None = None
-    desc: Desc | None = None
-    labels: Labels | None = None
-    create_time: int | None = None
-    update_time: int | None = None
+class SSL(Labelled, frozen=True, kw_only=True):
     type: Literal["server", "client"] = "server"
     cert: Annotated[str, Meta(min_length=128, max_length=65536)] | None = None
     key: Annotated[str, Meta(min_length=32, max_length=65536)] | None = None
@@ -379,44 +364,23 @@ class SSL(Base, frozen=True):
             raise ValueError('"cert" and "key" are required')
 
 
-class GlobalRule(Base, frozen=True):
+class GlobalRule(Stamped, frozen=True, kw_only=True):
     plugins: Plugins
-    id: ID | None = None
-    create_time: int | None = None
-    update_time: int | None = None
 
 
-class PluginConfig(Base, frozen=True):
+class PluginConfig(Named, frozen=True, kw_only=True):
     plugins: Plugins
-    id: ID | None = None
-    name: Name | None = None
-    desc: Desc | None = None
-    labels: Labels | None = None
-    create_time: int | None = None
-    update_time: int | None = None
 
 
-class ConsumerGroup(PluginConfig, frozen=True):
+class ConsumerGroup(PluginConfig, frozen=True, kw_only=True):
     pass
 
 
-class Proto(Base, frozen=True):
+class Proto(Named, frozen=True, kw_only=True):
     content: Annotated[str, Meta(min_length=1, max_length=1048576)]
-    id: ID | None = None
-    name: Name | None = None
-    desc: Desc | None = None
-    labels: Labels | None = None
-    create_time: int | None = None
-    update_time: int | None = None
 
 
-class StreamRoute(Base, frozen=True):
-    id: ID | None = None
-    name: Name | None = None
-    desc: Desc | None = None
-    labels: Labels | None = None
-    create_time: int | None = None
-    update_time: int | None = None
+class StreamRoute(Named, frozen=True, kw_only=True):
     remote_addr: str | None = None
     server_addr: str | None = None
     server_port: Port | None = None

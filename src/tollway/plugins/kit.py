@@ -10,7 +10,7 @@ coroutines; the chain is compiled once per route version, so none of this is dec
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 from urllib.parse import parse_qsl, unquote
 
 import msgspec
@@ -19,7 +19,31 @@ Exit = tuple[int, Any] | tuple[int, Any, dict[str, str]] | None
 # rewrite/access/before_proxy may be coroutines (e.g. limit-req delays a request).
 PhaseResult = Exit | Awaitable[Exit]
 
+C = TypeVar("C")
+T = TypeVar("T")
+
 PHASES = ("rewrite", "access", "before_proxy", "header_filter", "body_filter", "log")
+
+
+class PerConf(Generic[C, T]):
+    """State a plugin derives from its conf once (compiled regexes, templates...). Confs are
+    decoded once per route version and live as long as it, so they are keyed by identity."""
+
+    __slots__ = ("_build", "_cache")
+
+    def __init__(self, build: Callable[[C], T]) -> None:
+        self._build = build
+        self._cache: dict[int, tuple[C, T]] = {}
+
+    def __call__(self, conf: C) -> T:
+        hit = self._cache.get(id(conf))
+        if hit is not None and hit[0] is conf:
+            return hit[1]
+        value = self._build(conf)
+        if len(self._cache) > 10000:
+            self._cache.clear()
+        self._cache[id(conf)] = (conf, value)
+        return value
 
 
 class Plugin:

@@ -14,7 +14,7 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
-from tollway.plugins.kit import Exit, Plugin, RequestContext
+from tollway.plugins.kit import Exit, PerConf, Plugin, RequestContext
 
 ORIGINS_PATTERN = r"^(\*|\*\*|null|\w+://[^,]+(,\w+://[^,]+)*)$"
 Origins = Annotated[str, Meta(pattern=ORIGINS_PATTERN)]
@@ -81,18 +81,7 @@ def _regex(rules: list[str] | None) -> re.Pattern[str] | None:
     return re.compile("|".join(rules)) if rules else None
 
 
-_CACHE: dict[int, tuple[Conf, Compiled]] = {}
-
-
-def _compiled(conf: Conf) -> Compiled:
-    hit = _CACHE.get(id(conf))
-    if hit is not None and hit[0] is conf:
-        return hit[1]
-    comp = Compiled(conf)
-    if len(_CACHE) > 10000:
-        _CACHE.clear()
-    _CACHE[id(conf)] = (conf, comp)
-    return comp
+_compiled = PerConf(Compiled)
 
 
 def allowed_origin(

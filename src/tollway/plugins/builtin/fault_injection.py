@@ -17,7 +17,7 @@ from msgspec import Meta
 
 from tollway.expr import Expr, compile_expr
 from tollway.plugins.builtin.interpolate import compile_template
-from tollway.plugins.kit import Exit, Plugin, RequestContext
+from tollway.plugins.kit import Exit, PerConf, Plugin, RequestContext
 
 Percentage = Annotated[int, Meta(ge=0, le=100)]
 VarsList = Annotated[list[list[Any]], Meta(max_length=20)]
@@ -66,18 +66,7 @@ class Compiled:
         ]
 
 
-_CACHE: dict[int, tuple[Conf, Compiled]] = {}
-
-
-def _compiled(conf: Conf) -> Compiled:
-    hit = _CACHE.get(id(conf))
-    if hit is not None and hit[0] is conf:
-        return hit[1]
-    comp = Compiled(conf)
-    if len(_CACHE) > 10000:
-        _CACHE.clear()
-    _CACHE[id(conf)] = (conf, comp)
-    return comp
+_compiled = PerConf(Compiled)
 
 
 def sample_hit(percentage: int | None, rand: Callable[[int, int], int] = random.randint) -> bool:

@@ -21,7 +21,7 @@ from tollway.plugins import shared_counters
 from tollway.plugins.builtin.interpolate import compile_template
 from tollway.plugins.builtin.limit_redis import RedisFields, check_redis
 from tollway.plugins.builtin.limit_scope import CountingTemplate, counter_scope, request_key
-from tollway.plugins.kit import Exit, Plugin, RequestContext
+from tollway.plugins.kit import Exit, PerConf, Plugin, RequestContext
 from tollway.plugins.shared_counters import Record, SharedTable
 
 log = logging.getLogger("tollway.plugins")
@@ -109,18 +109,7 @@ def _resolve(v: Any, ctx: RequestContext) -> int | None:
         return None
 
 
-_CACHE: dict[int, tuple[Conf, Compiled]] = {}
-
-
-def _compiled(conf: Conf) -> Compiled:
-    hit = _CACHE.get(id(conf))
-    if hit is not None and hit[0] is conf:
-        return hit[1]
-    comp = Compiled(conf)
-    if len(_CACHE) > 10000:
-        _CACHE.clear()
-    _CACHE[id(conf)] = (conf, comp)
-    return comp
+_compiled = PerConf(Compiled)
 
 
 class LimitConn(Plugin):

@@ -10,7 +10,7 @@ import msgspec
 from msgspec import Meta
 
 from tollway.plugins.builtin.interpolate import compile_template
-from tollway.plugins.kit import Exit, Plugin, RequestContext
+from tollway.plugins.kit import Exit, PerConf, Plugin, RequestContext
 
 Method = Annotated[
     str,
@@ -129,19 +129,7 @@ class ProxyRewrite(Plugin):
         return None
 
 
-_CACHE: dict[int, tuple[Conf, Compiled]] = {}
-
-
-def _compiled(conf: Conf) -> Compiled:
-    # Confs are decoded once per route version and live as long as the route; key by identity.
-    hit = _CACHE.get(id(conf))
-    if hit is not None and hit[0] is conf:
-        return hit[1]
-    comp = Compiled(conf)
-    if len(_CACHE) > 10000:
-        _CACHE.clear()
-    _CACHE[id(conf)] = (conf, comp)
-    return comp
+_compiled = PerConf(Compiled)
 
 
 PLUGINS = [ProxyRewrite]

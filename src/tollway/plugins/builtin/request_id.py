@@ -17,7 +17,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-from tollway.plugins.kit import Exit, Plugin, RequestContext
+from tollway.plugins.kit import Exit, PerConf, Plugin, RequestContext
 
 DEFAULT_CHARSET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 NANOID_ALPHABET = "_-0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -75,18 +75,7 @@ def generator(conf: Conf) -> Callable[[], str]:
     return lambda: str(uuid.uuid4())
 
 
-_CACHE: dict[int, tuple[Conf, Callable[[], str]]] = {}
-
-
-def _generator(conf: Conf) -> Callable[[], str]:
-    hit = _CACHE.get(id(conf))
-    if hit is not None and hit[0] is conf:
-        return hit[1]
-    gen = generator(conf)
-    if len(_CACHE) > 10000:
-        _CACHE.clear()
-    _CACHE[id(conf)] = (conf, gen)
-    return gen
+_generator = PerConf(generator)
 
 
 class RequestId(Plugin):

@@ -10,7 +10,7 @@ import msgspec
 from msgspec import Meta
 
 from tollway.plugins.builtin.interpolate import compile_template
-from tollway.plugins.kit import Plugin, RequestContext
+from tollway.plugins.kit import PerConf, Plugin, RequestContext
 
 
 class Filter(msgspec.Struct, forbid_unknown_fields=True):
@@ -75,18 +75,7 @@ class Compiled:
         ]
 
 
-_CACHE: dict[int, tuple[Conf, Compiled]] = {}
-
-
-def _compiled(conf: Conf) -> Compiled:
-    hit = _CACHE.get(id(conf))
-    if hit is not None and hit[0] is conf:
-        return hit[1]
-    comp = Compiled(conf)
-    if len(_CACHE) > 10000:
-        _CACHE.clear()
-    _CACHE[id(conf)] = (conf, comp)
-    return comp
+_compiled = PerConf(Compiled)
 
 
 class ResponseRewrite(Plugin):

@@ -11,7 +11,7 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
-from tollway.plugins.kit import Exit, Plugin, RequestContext
+from tollway.plugins.kit import Exit, PerConf, Plugin, RequestContext
 
 Rule = Annotated[str, Meta(min_length=1, max_length=4096)]
 
@@ -32,19 +32,12 @@ class Conf(msgspec.Struct):
                 raise ValueError(f"failed to compile block rule {rule}: {e}") from None
 
 
-_CACHE: dict[int, tuple[Conf, re.Pattern[str] | None]] = {}
-
-
-def _regex(conf: Conf) -> re.Pattern[str] | None:
-    hit = _CACHE.get(id(conf))
-    if hit is not None and hit[0] is conf:
-        return hit[1]
+def _compile(conf: Conf) -> re.Pattern[str] | None:
     flags = re.IGNORECASE if conf.case_insensitive else 0
-    rx = re.compile("|".join(conf.block_rules), flags) if conf.block_rules else None
-    if len(_CACHE) > 10000:
-        _CACHE.clear()
-    _CACHE[id(conf)] = (conf, rx)
-    return rx
+    return re.compile("|".join(conf.block_rules), flags) if conf.block_rules else None
+
+
+_regex = PerConf(_compile)
 
 
 class UriBlocker(Plugin):
