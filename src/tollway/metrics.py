@@ -48,14 +48,12 @@ MODIFY_INDEX_KINDS = (
     "protos",
 )
 # Labels in APISIX's order (the merged files hand them back sorted by name); one order fits
-# both label sets.
-_LABEL_ORDER = {
-    name: i
-    for i, name in enumerate(
-        ("type", "code", "route", "matched_uri", "matched_host", "service", "consumer", "node")
-    )
-}
-_LABEL_ORDER["le"] = len(_LABEL_ORDER)
+# every label set exported here.
+_LABELS_IN_ORDER = (
+    *("type", "code", "route", "matched_uri", "matched_host", "service", "consumer", "node"),
+    *("name", "ip", "port", "le"),
+)
+_LABEL_ORDER = {name: i for i, name in enumerate(_LABELS_IN_ORDER)}
 _SUFFIX_ORDER = {"_bucket": 0, "_sum": 1, "_count": 2}
 
 
@@ -116,6 +114,7 @@ class MetricsExport:
                 for key, value, _, _ in MmapedDict.read_all_values_from_file(str(path)):
                     totals[key] = totals.get(key, 0.0) + value
         tmp = self.directory / f"{typ}_archive.tmp"  # not *.db: scrapes never read it
+        tmp.unlink(missing_ok=True)  # MmapedDict would keep what a failed fold left in it
         merged = MmapedDict(str(tmp))
         try:
             for key, value in totals.items():
@@ -137,45 +136,53 @@ class MetricsExport:
         return render_text(families).encode()
 
     def instance_metrics(self, sup: Supervisor) -> list[Metric]:
+        """What the supervisor knows: node, etcd, upstream health, Tollway's config state."""
         from tollway import __version__
 
         prefix = self.attr.metric_prefix
-        node = Metric(prefix + "node_info", "Info of APISIX node", "gauge")
-        node.add_sample(
-            prefix + "node_info", {"hostname": socket.gethostname(), "version": __version__}, 1
-        )
-        out = [node]
         store = sup.store
         source = sup.source
         etcd_rev = int(getattr(source, "etcd_revision", 0) or 0)
-        if sup.settings.config_provider == "etcd":
-            reachable = Metric(
-                prefix + "etcd_reachable",
-                "Config server etcd reachable from APISIX, 0 is unreachable",
-                "gauge",
-            )
+        host = {"hostname": socket.gethostname(), "version": __version__}
+        out = [_single(prefix + "node_info", "Info of APISIX node", 1, host)]
+        if sup.settings.config_provider == "etcd":  # APISIX: only with etcd as config center
             up = 1 if getattr(source, "connected", False) else 0
-            reachable.add_sample(prefix + "etcd_reachable", {}, up)
-            out += [reachable, self._modify_indexes(sup, prefix + "etcd_modify_indexes", etcd_rev)]
-        revision = Metric(
-            "tollway_config_revision", "Config revision the instance serves (etcd)", "gauge"
-        )
-        revision.add_sample("tollway_config_revision", {}, store.revision)
-        lag = Metric("tollway_config_lag", "Revisions etcd is ahead of the served config", "gauge")
-        lag.add_sample(
-            "tollway_config_lag", {}, max(0, etcd_rev - store.revision) if etcd_rev else 0
-        )
-        rejected = Metric(
-            "tollway_config_rejected_total", "Config items rejected by validation", "counter"
-        )
-        rejected.add_sample("tollway_config_rejected_total", {}, store.rejected)
-        snapshot = Metric(
-            "tollway_config_from_snapshot",
-            "1 while serving the on-disk snapshot because etcd was unreachable at start",
-            "gauge",
-        )
-        snapshot.add_sample("tollway_config_from_snapshot", {}, 1 if sup.agent.from_snapshot else 0)
-        return [*out, revision, lag, rejected, snapshot]
+            doc = "Config server etcd reachable from APISIX, 0 is unreachable"
+            out.append(_single(prefix + "etcd_reachable", doc, up))
+            out.append(self._modify_indexes(sup, prefix + "etcd_modify_indexes", etcd_rev))
+        out.append(self._upstream_status(sup, prefix + "upstream_status"))
+        lag = max(0, etcd_rev - store.revision) if etcd_rev else 0
+        snapshot = 1 if sup.agent.from_snapshot else 0
+        return [
+            *out,
+            _single(
+                "tollway_config_revision", "Config revision the instance serves", store.revision
+            ),
+            _single("tollway_config_lag", "Revisions etcd is ahead of the served config", lag),
+            _single(
+                "tollway_config_rejected_total",
+                "Config items rejected by validation",
+                store.rejected,
+                typ="counter",
+            ),
+            _single(
+                "tollway_config_from_snapshot",
+                "1 while serving the on-disk snapshot because etcd was unreachable at start",
+                snapshot,
+            ),
+        ]
+
+    @staticmethod
+    def _upstream_status(sup: Supervisor, name: str) -> Metric:
+        """Health-checked nodes (the supervisor holds the checkers): 1 while healthy or mostly
+        healthy, as APISIX's ``upstream_status{name,ip,port}``."""
+        metric = Metric(name, "Upstream node health from health checks, 1 is healthy", "gauge")
+        for stat in sup.upstreams.describe():
+            for node in stat["nodes"]:
+                up = 1 if node["status"] in ("healthy", "mostly_healthy") else 0
+                labels = {"name": stat["name"], "ip": node["ip"], "port": str(node["port"])}
+                metric.add_sample(name, labels, up)
+        return metric
 
     def _modify_indexes(self, sup: Supervisor, name: str, etcd_rev: int) -> Metric:
         metric = Metric(name, "Etcd modify index for APISIX keys", "gauge")
@@ -219,6 +226,14 @@ class MetricsExport:
             await runner.cleanup()
             return None
         return runner
+
+
+def _single(
+    name: str, doc: str, value: float, labels: dict[str, str] | None = None, typ: str = "gauge"
+) -> Metric:
+    metric = Metric(name, doc, typ)
+    metric.add_sample(name, labels or {}, value)
+    return metric
 
 
 # -- the text format (Prometheus 0.0.4) ----------------------------------------------------

@@ -151,7 +151,6 @@ class TollwayConf(Struct, forbid_unknown_fields=True, kw_only=True):
     graceful_timeout: Annotated[float, Meta(ge=0)] = 30
     run_dir: str = "run"
     snapshot: bool = True
-    prometheus_port: Port | None = None
     # Passive-only health checks: an unhealthy node is tried again after this many seconds
     # (APISIX never recovers such a node).
     passive_recovery: Annotated[float, Meta(gt=0)] = 10.0

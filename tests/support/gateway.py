@@ -66,6 +66,7 @@ class Gateway:
         self.status_port = free_port()
         self.admin_port = free_port()
         self.control_port = free_port()
+        self.prometheus_port = free_port()
         self.admin_key = admin_key
         self.mode = mode
         self.proc: subprocess.Popen[bytes] | None = None
@@ -92,6 +93,9 @@ class Gateway:
                 "http": {"access_log": str(root / "logs" / "access.log")},
             },
             "tollway": {"run_dir": str(root / "run"), "graceful_timeout": 5},
+            "plugin_attr": {
+                "prometheus": {"export_addr": {"ip": "127.0.0.1", "port": self.prometheus_port}}
+            },
         }
         self.config = _merge(conf, config or {})
         self.write_config()
