@@ -1,17 +1,21 @@
 """Proxy benchmark (run on demand, not a test): Tollway against nginx proxy_pass, side by side.
 
-    .venv/bin/python bench/proxy.py [--duration 10] [--reps 3] [--conns 50,10] [--quick]
-                                    [--profile /tmp/profile.txt] [--json out.json] [--keep]
+    .venv/bin/python bench/proxy.py [--duration 10] [--reps 3] [--conns 50,10] [--nodes 1]
+                                    [--quick] [--no-plugins] [--profile /tmp/profile.txt]
+                                    [--json out.json] [--keep]
 
 Method (/work/shared/reference/proxy-calibration.md): CPU 0 runs wrk and the upstream nginx,
 CPU 1 runs the proxy under test (nginx proxy_pass with keepalive 64, Tollway with 1 worker and
-one route, and Tollway with proxy-rewrite + response-rewrite on that route). Every target gets a
-warm-up, then ``taskset -c 0 wrk -t1 -cN -dDs --latency`` runs interleaved: rep -> conns ->
-target, the target order rotating each rep. The figure that carries across machines is requests
-per proxy CPU-second: wrk's request count over the utime+stime delta (/proc/PID/stat) of every
-process in the proxy's tree. Medians over the reps; ratios are against nginx measured in the
-same run. Prints a markdown table on stdout (progress on stderr). Every process it starts is
-stopped on exit, error, Ctrl-C or SIGTERM.
+one route, and Tollway with proxy-rewrite + response-rewrite on that route). With ``--nodes 2,10``
+each of those runs once per node count, the upstream spread over that many nodes: the one upstream
+nginx listens on as many ports, Tollway's route lists them (weight 1, roundrobin) and nginx gets
+an ``upstream`` block of as many servers. Every target gets a warm-up (after which it must hold a
+connection to every node), then ``taskset -c 0 wrk -t1 -cN -dDs --latency`` runs interleaved:
+rep -> conns -> target, the target order rotating each rep. The figure that carries across
+machines is requests per proxy CPU-second: wrk's request count over the utime+stime delta
+(/proc/PID/stat) of every process in the proxy's tree. Medians over the reps; ratios are against
+nginx with the same node count, measured in the same run. Prints a markdown table on stdout
+(progress on stderr). Every process it starts is stopped on exit, error, Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -272,24 +276,42 @@ class Target:
     label: str
     url: str
     root_pid: int
+    upstream_ports: tuple[int, ...] = ()  # the nodes the target balances over
+
+    @property
+    def nodes(self) -> int:
+        return len(self.upstream_ports)
 
 
-def render(template: str, workdir: Path, **ports: int) -> str:
-    text = (BENCH_DIR / "nginx" / template).read_text().replace("@WORKDIR@", str(workdir))
-    for name, port in ports.items():
-        text = text.replace(f"@{name.upper()}@", str(port))
-    return text
+def render(template: str, workdir: Path, **values: str | int | list[int]) -> str:
+    """Fill @WORKDIR@ and @NAME@ for each keyword NAME. A line holding the mark of a list is
+    repeated once per item (N ``listen`` or ``server`` lines); comment lines stay as written."""
+    text = (BENCH_DIR / "nginx" / template).read_text()
+    out = []
+    for line in text.splitlines(keepends=True):
+        copies = [line]
+        if not line.lstrip().startswith("#"):
+            copies = [line.replace("@WORKDIR@", str(workdir))]
+            for name, value in values.items():
+                mark, items = f"@{name.upper()}@", value if isinstance(value, list) else [value]
+                if mark in line:
+                    copies = [c.replace(mark, str(item)) for c in copies for item in items]
+        out += copies
+    return "".join(out)
 
 
 def start_nginx(
-    procs: Processes, workdir: Path, name: str, cpu: str, template: str, **ports: int
+    procs: Processes, workdir: Path, name: str, cpu: str, template: str, **ports: int | list[int]
 ) -> subprocess.Popen[bytes]:
+    """nginx from a template; ``port`` (one, or a list to listen on each) must answer PATH."""
     conf = workdir / "conf" / f"{name}.conf"
-    conf.write_text(render(template, workdir, **ports))
+    conf.write_text(render(template, workdir, name=name, **ports))
     log = workdir / "logs" / f"{name}.out"
     argv = pinned(cpu, NGINX, "-p", f"{workdir}/", "-e", str(log), "-c", str(conf))
     proc = procs.start(name, argv, log)
-    wait_ready(f"http://127.0.0.1:{ports['port']}{PATH}", proc, log)
+    listen = ports["port"]
+    for port in listen if isinstance(listen, list) else [listen]:
+        wait_ready(f"http://127.0.0.1:{port}{PATH}", proc, log)
     return proc
 
 
@@ -311,7 +333,8 @@ routes:
   - id: 1
     uri: /api/v1/*
     upstream:
-      nodes: {{"127.0.0.1:{upstream_port}": 1}}
+      type: roundrobin
+      nodes: {{{nodes}}}
       keepalive_pool: {{size: 320, idle_timeout: 60, requests: 100000000}}
 {plugins}#END
 """
@@ -333,14 +356,15 @@ def start_tollway(
     name: str,
     port: int,
     status_port: int,
-    upstream_port: int,
+    upstream_ports: list[int],
     plugins: bool,
 ) -> subprocess.Popen[bytes]:
     home = workdir / name
     (home / "conf").mkdir(parents=True)
     config = home / "conf" / "config.yaml"
     config.write_text(TOLLWAY_CONFIG.format(port=port, status_port=status_port, home=home))
-    routes = TOLLWAY_ROUTES.format(upstream_port=upstream_port, plugins=PLUGINS if plugins else "")
+    nodes = ", ".join(f'"127.0.0.1:{p}": 1' for p in upstream_ports)
+    routes = TOLLWAY_ROUTES.format(nodes=nodes, plugins=PLUGINS if plugins else "")
     (home / "conf" / "apisix.yaml").write_text(routes)
     exe = Path(sys.executable).with_name("tollway")
     if not exe.exists():
@@ -361,27 +385,78 @@ def check_target(target: Target, header: tuple[str, str] | None) -> None:
         raise BenchError(f"{target.label}: header {header[0]}: {header[1]} missing: {headers}")
 
 
-def start_all(procs: Processes, workdir: Path, with_plugins: bool) -> tuple[Target, ...]:
+def nodes_label(n: int) -> str:
+    return f"{n} node{'' if n == 1 else 's'}"
+
+
+def start_all(
+    procs: Processes, workdir: Path, with_plugins: bool, node_counts: list[int]
+) -> tuple[Target, ...]:
+    """One upstream nginx (CPU 0) listening on max(node_counts) ports; per node count N, the
+    proxies under test (CPU 1) balance over the first N of them."""
     for sub in ("conf", "logs", "run"):
         (workdir / sub).mkdir()
-    up, px, tw, tw_status, tp, tp_status = free_ports(6)
-    start_nginx(procs, workdir, "upstream", LOAD_CPU, "upstream.conf", port=up)
-    ngx = start_nginx(
-        procs, workdir, "nginx_proxy", PROXY_CPU, "nginx_proxy.conf", port=px, upstream_port=up
-    )
-    tol = start_tollway(procs, workdir, "tollway", tw, tw_status, up, plugins=False)
-    targets = [
-        Target("nginx", "nginx proxy_pass, keepalive 64", f"http://127.0.0.1:{px}{PATH}", ngx.pid),
-        Target("tollway", "Tollway, 1 route, no plugins", f"http://127.0.0.1:{tw}{PATH}", tol.pid),
-    ]
-    if with_plugins:
-        tpp = start_tollway(procs, workdir, "tollway_plugins", tp, tp_status, up, plugins=True)
-        label = "Tollway + proxy-rewrite + response-rewrite"
-        targets.append(Target("plugins", label, f"http://127.0.0.1:{tp}{PATH}", tpp.pid))
+    ports = free_ports(max(node_counts) + 5 * len(node_counts))
+    upstream, ports = ports[: max(node_counts)], ports[max(node_counts) :]
+    start_nginx(procs, workdir, "upstream", LOAD_CPU, "upstream.conf", port=upstream)
+    targets = []
+    for n in node_counts:
+        (px, tw, tw_status, tp, tp_status), ports = ports[:5], ports[5:]
+        nodes = upstream[:n]
+        name = f"nginx_proxy_{n}n"
+        ngx = start_nginx(
+            procs, workdir, name, PROXY_CPU, "nginx_proxy.conf", port=px, upstream_port=nodes
+        )
+        tol = start_tollway(procs, workdir, f"tollway_{n}n", tw, tw_status, nodes, plugins=False)
+        kinds = [
+            ("nginx", "nginx proxy_pass, keepalive 64", px, ngx.pid),
+            ("tollway", "Tollway, 1 route, no plugins", tw, tol.pid),
+        ]
+        if with_plugins:
+            name = f"tollway_plugins_{n}n"
+            tpp = start_tollway(procs, workdir, name, tp, tp_status, nodes, plugins=True)
+            kinds.append(("plugins", "Tollway + proxy-rewrite + response-rewrite", tp, tpp.pid))
+        for key, label, port, pid in kinds:
+            url = f"http://127.0.0.1:{port}{PATH}"
+            targets.append(Target(key, f"{nodes_label(n)}: {label}", url, pid, tuple(nodes)))
     for t in targets:
         check_target(t, ("X-Served-By", "tollway-bench") if t.key == "plugins" else None)
         check_affinity(t, PROXY_CPU)
     return tuple(targets)
+
+
+def upstream_connections(target: Target) -> dict[int, int]:
+    """Established TCP connections from the target's process tree to each of its nodes: the
+    socket inodes among the tree's open files, looked up in /proc/net/tcp."""
+    inodes = set()
+    for pid in process_tree(target.root_pid):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                inodes.add(link[len("socket:[") : -1])
+    counts = dict.fromkeys(target.upstream_ports, 0)
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "01" and fields[9] in inodes:  # 01 = ESTABLISHED
+            port = int(fields[2].rpartition(":")[2], 16)  # rem_address
+            if port in counts:
+                counts[port] += 1
+    return counts
+
+
+def check_spread(target: Target) -> str:
+    """After the warm-up every node must hold a connection from the target: the load is spread."""
+    counts = upstream_connections(target)
+    if idle := [port for port, n in counts.items() if n == 0]:
+        raise BenchError(f"{target.label}: no connection to node(s) {idle}: {counts}")
+    return "/".join(str(n) for n in counts.values())
 
 
 def check_affinity(target: Target, cpu: str) -> None:
@@ -405,6 +480,7 @@ class Run:
     cpu0_busy: float
     cpu1_busy: float
     steal: float
+    nodes: int = 1
 
     @property
     def req_per_cpu_s(self) -> float:
@@ -424,7 +500,8 @@ def measure(procs: Processes, target: Target, conns: int, seconds: float, rep: i
     busy0, steal0 = busy_and_steal(stat0["cpu" + LOAD_CPU], stat1["cpu" + LOAD_CPU])
     busy1, steal1 = busy_and_steal(stat0["cpu" + PROXY_CPU], stat1["cpu" + PROXY_CPU])
     wrk = parse_wrk(out)
-    return Run(target.key, conns, rep, wrk, t1 - t0, cpu1 - cpu0, busy0, busy1, max(steal0, steal1))
+    steal = max(steal0, steal1)
+    return Run(target.key, conns, rep, wrk, t1 - t0, cpu1 - cpu0, busy0, busy1, steal, target.nodes)
 
 
 def schedule(targets: tuple[Target, ...], conns: list[int], reps: int) -> Iterator[tuple]:
@@ -443,7 +520,8 @@ def progress(msg: str) -> None:
 def run_all(procs: Processes, targets: tuple[Target, ...], args: argparse.Namespace) -> list[Run]:
     for t in targets:
         w = parse_wrk(procs.capture(wrk_argv(t.url, max(args.conns), args.warmup), 60))
-        progress(f"warm-up {t.key:8} {w.rps:9,.0f} req/s")
+        spread_ = check_spread(t)
+        progress(f"warm-up {t.key:8} n{t.nodes:<3} {w.rps:9,.0f} req/s  conns per node {spread_}")
     runs = []
     plan = list(schedule(targets, args.conns, args.reps))
     for i, (rep, conns, t) in enumerate(plan, 1):
@@ -451,7 +529,8 @@ def run_all(procs: Processes, targets: tuple[Target, ...], args: argparse.Namesp
         r = measure(procs, t, conns, args.duration, rep)
         runs.append(r)
         progress(
-            f"[{i}/{len(plan)}] rep {rep + 1} c{conns:<3} {t.key:8} {r.wrk.rps:9,.0f} req/s  "
+            f"[{i}/{len(plan)}] rep {rep + 1} c{conns:<3} {t.key:8} n{t.nodes:<3} "
+            f"{r.wrk.rps:9,.0f} req/s  "
             f"p99 {r.wrk.p99_ms:6.2f} ms  {r.req_per_cpu_s:9,.0f} req/CPU-s  "
             f"cpu1 {r.cpu1_busy:4.0%} (other {r.cpu1_other:4.0%})  errors {r.wrk.errors}"
         )
@@ -493,10 +572,10 @@ def table(
         "| CPU0 / CPU1 busy (CPU1 not proxy) | errors |\n"
         "|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
-    base = [r for r in runs if r.target == "nginx" and r.conns == conns]
     rows = []
     for t in targets:
-        rs = [r for r in runs if r.target == t.key and r.conns == conns]
+        base = [r for r in runs if (r.target, r.nodes, r.conns) == ("nginx", t.nodes, conns)]
+        rs = [r for r in runs if (r.target, r.nodes, r.conns) == (t.key, t.nodes, conns)]
         cpu = [r.req_per_cpu_s for r in rs]
         rows.append(
             f"| {t.label} | {spread([r.wrk.rps for r in rs], ',.0f')} "
@@ -512,17 +591,17 @@ def table(
     return head + "\n".join(rows) + "\n"
 
 
-def verdict(runs: list[Run], conns: int) -> str:
+def verdict(runs: list[Run], conns: int, nodes: int) -> str:
     def ratio(key: str, value: Callable[[Run], float]) -> float:
-        pick = [value(r) for r in runs if r.conns == conns and r.target == key]
-        base = [value(r) for r in runs if r.conns == conns and r.target == "nginx"]
+        pick = [value(r) for r in runs if (r.target, r.nodes, r.conns) == (key, nodes, conns)]
+        base = [value(r) for r in runs if (r.target, r.nodes, r.conns) == ("nginx", nodes, conns)]
         return med(pick) / med(base)
 
     cpu = ratio("tollway", lambda r: r.req_per_cpu_s)
     p99 = ratio("tollway", lambda r: r.wrk.p99_ms)
     cpu_word = "meets goal" if cpu >= GOAL_CPU_RATIO else "ok" if cpu >= MIN_CPU_RATIO else "BELOW"
     return (
-        f"Issue targets at -c{conns} (Tollway, no plugins): "
+        f"Issue targets at -c{conns} (Tollway, no plugins, {nodes_label(nodes)}): "
         f"req/CPU-s ÷ nginx = {cpu:.2f} (minimum {MIN_CPU_RATIO}, goal {GOAL_CPU_RATIO}): "
         f"{cpu_word}; p99 ÷ nginx = {p99:.2f} (at most {MAX_P99_RATIO:g}): "
         f"{'ok' if p99 <= MAX_P99_RATIO else 'ABOVE'}.\n"
@@ -584,9 +663,16 @@ def report(
         "req per proxy CPU-s = wrk requests ÷ Δ(utime+stime) of the proxy's whole process tree; "
         "ratios are of medians, per-rep paired ratios in brackets\n"
     )
+    parts.append(
+        f"- upstream: {', '.join(nodes_label(n) for n in args.nodes)} = ports of one nginx "
+        f"(1 worker, CPU {LOAD_CPU}); Tollway route `type: roundrobin`, weight 1 each; nginx "
+        "`upstream` block of as many servers, round-robin, keepalive 64; every ratio is to nginx "
+        "with the same node count\n"
+    )
     for conns in args.conns:
         parts.append(table(runs, targets, conns, args))
-    parts.append(verdict(runs, 50 if 50 in args.conns else max(args.conns)))
+    conns = 50 if 50 in args.conns else max(args.conns)
+    parts.append("".join(verdict(runs, conns, n) for n in args.nodes))
     return "\n".join(parts)
 
 
@@ -714,6 +800,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, help="seconds per wrk run (10; quick 3)")
     p.add_argument("--reps", type=int, help="interleaved repetitions (3; quick 1)")
     p.add_argument("--conns", default="50,10", help="wrk connection counts (50,10)")
+    p.add_argument("--nodes", default="1", help="upstream node counts, a run each (1; e.g. 2,10)")
     p.add_argument("--warmup", type=float, help="warm-up seconds per target (3; quick 2)")
     p.add_argument("--gap", type=float, help="pause between runs in seconds (1; quick 0.5)")
     p.add_argument("--quick", action="store_true", help="a smoke run in well under a minute")
@@ -731,6 +818,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.conns = [int(c) for c in args.conns.split(",") if c.strip()]
     except ValueError:
         p.error(f"--conns: expected numbers like 50,10, got {args.conns!r}")
+    try:
+        args.nodes = list(dict.fromkeys(int(n) for n in args.nodes.split(",") if n.strip()))
+    except ValueError:
+        p.error(f"--nodes: expected numbers like 2,10, got {args.nodes!r}")
+    if not args.nodes or min(args.nodes) < 1 or max(args.nodes) > 100:
+        p.error("--nodes: node counts from 1 to 100")
     if not args.conns or min(args.conns) < 1 or args.reps < 1 or args.duration < 1:
         p.error("--conns, --reps and --duration must be positive (duration >= 1 s)")
     return args
@@ -747,12 +840,12 @@ def preflight() -> None:
 def bench(procs: Processes, workdir: Path, args: argparse.Namespace) -> None:
     preflight()
     load_before = Path("/proc/loadavg").read_text().strip()
-    n_targets = 2 if args.no_plugins else 3
+    n_targets = (2 if args.no_plugins else 3) * len(args.nodes)
     estimate = n_targets * (args.warmup + 1) + args.reps * len(args.conns) * n_targets * (
         args.duration + args.gap + 0.3
     )
     progress(f"work dir {workdir}; estimated {estimate:.0f} s")
-    targets = start_all(procs, workdir, with_plugins=not args.no_plugins)
+    targets = start_all(procs, workdir, not args.no_plugins, args.nodes)
     runs = run_all(procs, targets, args)
     if args.json:
         Path(args.json).write_text(
@@ -760,7 +853,7 @@ def bench(procs: Processes, workdir: Path, args: argparse.Namespace) -> None:
         )
     print(report(runs, targets, args, load_before), flush=True)
     if args.profile:
-        print(profile(procs, targets[1], args), flush=True)
+        print(profile(procs, next(t for t in targets if t.key == "tollway"), args), flush=True)
 
 
 def _interrupt(signum: int, frame: object) -> None:
