@@ -91,10 +91,10 @@ class Plugin:
         return False
 
     def phase_method(self, phase: str, conf: Any) -> Any:
-        """The callable that runs ``phase`` for ``conf`` (default: the method of that name).
-        A plugin may return a coroutine function only for the confs that need one (hmac-auth
-        reads the request body only with ``validate_request_body``), so the other routes stay
-        on the synchronous path."""
+        """The callable that runs ``phase`` for ``conf`` (default: the method of that name), or
+        None when this conf does not need the phase. A plugin may return a coroutine function
+        only for the confs that need one (hmac-auth reads the request body only with
+        ``validate_request_body``), so the other routes stay on the synchronous path."""
         return getattr(self, phase)
 
     async def aclose(self) -> None:

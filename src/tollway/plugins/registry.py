@@ -41,6 +41,7 @@ BUILTIN_MODULES = (
     "tollway.plugins.builtin.traffic_split",
     "tollway.plugins.builtin.proxy_mirror",
     "tollway.plugins.builtin.hmac_auth",
+    "tollway.plugins.builtin.http_logger",
     "tollway.plugins.builtin.prometheus",
     "tollway.plugins.builtin.accept_only",
 )
@@ -167,6 +168,8 @@ class Registry:
                 if fn is getattr(Plugin, phase):
                     continue
                 bound = plugin.phase_method(phase, conf)
+                if bound is None:
+                    continue  # this conf does not need the phase
                 phases[phase].append(
                     ChainEntry(
                         plugin,

@@ -43,6 +43,7 @@ __all__ = ["Exchange", "ServerState", "UpstreamFailure"]
 log = logging.getLogger("tollway.proxy")
 
 _json = msgspec.json.Encoder()
+_NO_STEPS: Iterator[tuple[ChainEntry, ...]] = iter(())
 
 
 class Exchange(Forwarding):
@@ -336,7 +337,13 @@ class Exchange(Forwarding):
         if route.error:
             self.respond_error(route.error)
             return None
-        self.chain = route.chain
+        chain = self.chain = route.chain
+        if not (
+            gchain.rewrite or gchain.access or chain.rewrite or chain.access or chain.before_proxy
+        ):
+            # No request-phase plugin at all (the common case): no steps to drive.
+            self._choose_upstream(runtime, route)
+            return _NO_STEPS
         return self._steps(runtime, route, gchain)
 
     def _not_found_steps(self, gchain: Chain) -> Iterator[tuple[ChainEntry, ...]]:
@@ -375,24 +382,30 @@ class Exchange(Forwarding):
             yield gchain.access
         if chain.access:
             yield chain.access
+        if self._choose_upstream(runtime, route) and chain.before_proxy:
+            yield chain.before_proxy
+
+    def _choose_upstream(self, runtime: Runtime, route: CompiledRoute) -> bool:
+        """Sets ``self.upstream``, or answers 502/503 as APISIX does and returns False."""
+        ctx = self.ctx
+        assert ctx is not None
         # A plugin (traffic-split) may have chosen another upstream in rewrite/access.
         upstream = ctx.upstream_override if ctx.upstream_override is not None else route.upstream
         if upstream is None:
             if route.upstream_id is None:
                 self.respond_error(503)
-                return
+                return False
             upstream = runtime.upstreams.get(route.upstream_id)
             if upstream is None:
                 self.respond_error(502)
-                return
+                return False
         if not upstream.servers:
             self.respond_error(503)  # APISIX: "no valid upstream node"
-            return
+            return False
         if self.upgrade and self.upgrade.lower() == b"websocket" and route.enable_websocket:
             self.websocket = True
         self.upstream = upstream
-        if chain.before_proxy:
-            yield chain.before_proxy
+        return True
 
     def _drive(self, steps: Iterator[tuple[ChainEntry, ...]]) -> None:
         """Run the steps synchronously while every plugin is; hand over to a task otherwise."""

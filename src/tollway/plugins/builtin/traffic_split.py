@@ -35,7 +35,7 @@ from tollway.errors import ConfigError
 from tollway.expr import Expr, compile_expr
 from tollway.model import decode_item
 from tollway.model.objects import ID
-from tollway.plugins.kit import Exit, Plugin, RequestContext
+from tollway.plugins.kit import Exit, PerConf, Plugin, RequestContext
 from tollway.proxy.http import error_page
 
 log = logging.getLogger("tollway.plugins")
@@ -144,19 +144,14 @@ class Compiled:
         return None
 
 
-_CACHE: dict[int, tuple[Conf, Compiled]] = {}
 _RNG = random.Random()
 
 
-def _compiled(conf: Conf) -> Compiled:
-    hit = _CACHE.get(id(conf))
-    if hit is not None and hit[0] is conf:
-        return hit[1]
-    comp = Compiled(conf, _RNG)
-    if len(_CACHE) > 10000:
-        _CACHE.clear()
-    _CACHE[id(conf)] = (conf, comp)
-    return comp
+def _compile(conf: Conf) -> Compiled:
+    return Compiled(conf, _RNG)
+
+
+_compiled = PerConf(_compile)
 
 
 def _check_upstream(ri: int, ui: int, upstream: dict[str, Any]) -> None:
