@@ -13,10 +13,16 @@ import logging
 import time
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
 
 from tollway.balancer import PickContext, Server, hash_key_for
-from tollway.proxy.http import HOP_BY_HOP, IDEMPOTENT, RESPONSE_DROP, status_line
+from tollway.proxy.http import (
+    HOP_BY_HOP,
+    IDEMPOTENT,
+    PLAIN_CONNECTION,
+    RESPONSE_DROP,
+    connection_tokens,
+    status_line,
+)
 from tollway.proxy.runtime import DEFAULT_TIMEOUTS, CompiledRoute, CompiledUpstream
 from tollway.proxy.upstream import UpstreamConnection
 
@@ -53,6 +59,8 @@ class Forwarding:
         http_version: str
         raw_headers: list[tuple[bytes, bytes]]
         host_raw: bytes
+        target: bytes
+        connection_tokens: frozenset[bytes]
         keep_alive: bool
         has_body: bool
         body_chunked: bool
@@ -247,7 +255,7 @@ class Forwarding:
         timeouts = route.timeouts or up.timeouts or DEFAULT_TIMEOUTS
         self.read_timeout = timeouts.read
         self._send_timeout = timeouts.send
-        ctx.upstream_addr = f"{server.host}:{server.port}"
+        ctx.upstream_addr = server.addr
         name = up.node_hosts.get(server.addr, server.host) if up.node_hosts else server.host
         loop = state.loop
         self._fast = (server, pick, time.monotonic())
@@ -298,55 +306,40 @@ class Forwarding:
         ctx = self.ctx
         assert ctx is not None
         method = ctx.up_method or self.method
-        if ctx.up_uri is not None:
-            target = ctx.up_uri
-        elif ctx.path is not ctx.request_uri.partition("?")[0] and ctx.path != ctx.request_uri:
-            target = _quote_path(ctx.path) + ("?" + ctx.query if ctx.query else "")
-        else:
-            target = ctx.request_uri
+        target = ctx.up_uri.encode("latin-1") if ctx.up_uri is not None else self.target
         # Host: proxy-rewrite's host > pass_host (APISIX upstream.lua).
         if ctx.up_host is not None:
-            host_hdr = ctx.up_host
+            host_hdr = ctx.up_host.encode("latin-1")
         elif up.pass_host == "node":
             default = 443 if up.scheme in ("https", "grpcs") else 80
-            host_hdr = host if port == default else f"{host}:{port}"
+            host_hdr = (host if port == default else f"{host}:{port}").encode("latin-1")
         elif up.pass_host == "rewrite" and up.upstream_host:
-            host_hdr = up.upstream_host
+            host_hdr = up.upstream_host.encode("latin-1")
         else:
-            host_hdr = self.host_raw.decode("latin-1") or host
-        out = [f"{method} {target} HTTP/1.1\r\nHost: {host_hdr}\r\n".encode("latin-1")]
-        ops = ctx.up_header_ops
-        if ops is None:
-            connection_tokens = _connection_tokens(self.raw_headers)
-            xff = None
+            host_hdr = self.host_raw or host.encode("latin-1")
+        # One flat list joined once: a few allocations per request instead of one per piece.
+        out = [method.encode("latin-1"), b" ", target, b" HTTP/1.1\r\nHost: ", host_hdr, b"\r\n"]
+        xff: bytes | None = None
+        skip = _SKIP_UP
+        tokens = self.connection_tokens
+        if tokens:
+            skip = skip | tokens
+        if ctx.up_header_ops is None:
             for k, v in self.raw_headers:
                 lk = k.lower()
-                if lk in HOP_BY_HOP or lk == b"host" or lk in connection_tokens:
+                if lk in skip:
+                    if lk == b"x-forwarded-for":
+                        xff = v
                     continue
-                if lk == b"content-length":
-                    continue
-                if lk == b"x-forwarded-for":
-                    xff = v
-                    continue
-                if lk in _FORWARDED:
-                    continue
-                out.append(k + b": " + v + b"\r\n")
+                out += (k, b": ", v, b"\r\n")
         else:
-            xff = None
-            hdrs = ctx.headers  # already edited by plugins
-            connection_tokens = _connection_tokens(self.raw_headers)
-            for name, value in hdrs.items():
+            for name, value in ctx.headers.items():  # already edited by plugins
                 lk = name.encode("latin-1")
-                if lk in HOP_BY_HOP or lk == b"host" or lk in connection_tokens:
+                if lk in skip:
+                    if lk == b"x-forwarded-for":
+                        xff = value.encode("latin-1")
                     continue
-                if lk == b"content-length":
-                    continue
-                if lk == b"x-forwarded-for":
-                    xff = value.encode("latin-1")
-                    continue
-                if lk in _FORWARDED:
-                    continue
-                out.append(lk + b": " + value.encode("latin-1") + b"\r\n")
+                out += (lk, b": ", value.encode("latin-1"), b"\r\n")
         remote = ctx.remote_addr.encode()
         proto = self.proto
         fixed = proto.forwarded if ctx.remote_addr == proto.remote_addr else None
@@ -359,8 +352,8 @@ class Forwarding:
             if ctx.remote_addr == proto.remote_addr:
                 proto.forwarded = fixed
         out.append(fixed)
-        out.append(b"X-Forwarded-For: " + (xff + b", " + remote if xff else remote) + b"\r\n")
-        out.append(b"X-Forwarded-Host: " + ctx.host.encode("latin-1") + b"\r\n")
+        out += (b"X-Forwarded-For: ", xff + b", " + remote if xff else remote, b"\r\n")
+        out += (b"X-Forwarded-Host: ", ctx.host.encode("latin-1"), b"\r\n")
         if self.websocket:
             out.append(b"Connection: Upgrade\r\nUpgrade: " + self.upgrade + b"\r\n")
         elif body is not None:
@@ -533,9 +526,9 @@ class Forwarding:
                 content_length = v
                 continue
             out_headers.append((k, v))
-        if connection is not None:
+        if connection is not None and connection.lower() not in PLAIN_CONNECTION:
             # Headers named in Connection are hop-by-hop too (RFC 9110 7.6.1).
-            tokens = _connection_tokens([(b"connection", connection)])
+            tokens = connection_tokens([(b"connection", connection)])
             if tokens:
                 out_headers = [(k, v) for k, v in out_headers if k.lower() not in tokens]
         if status == 101 and self.websocket:
@@ -566,7 +559,7 @@ class Forwarding:
         self.resp_no_body = no_body
         out = [status_line(status), state.server_header]
         for k, v in out_headers:
-            out.append(k + b": " + v + b"\r\n")
+            out += (k, b": ", v, b"\r\n")
         if self.buffered_resp is not None:
             pass  # framed when the whole body is known
         elif content_length is not None:
@@ -681,27 +674,13 @@ class Forwarding:
             d.set_result(None)
 
 
-_FORWARDED = frozenset(
-    {b"x-real-ip", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port"}
+# Client headers never copied upstream as they are: hop-by-hop ones, Host (pass_host decides),
+# Content-Length (re-framed) and the X-Forwarded-* / X-Real-IP set by the gateway.
+_SKIP_UP = (
+    HOP_BY_HOP
+    | {b"host", b"content-length", b"x-forwarded-for"}
+    | {b"x-real-ip", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port"}
 )
-
-
-def _connection_tokens(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
-    tokens: set[bytes] = set()
-    for k, v in headers:
-        if k.lower() == b"connection":
-            for t in v.split(b","):
-                t = t.strip().lower()
-                if t and t not in (b"close", b"keep-alive", b"upgrade"):
-                    tokens.add(t)
-    return frozenset(tokens) if tokens else _EMPTY
-
-
-_EMPTY: frozenset[bytes] = frozenset()
-
-
-def _quote_path(path: str) -> str:
-    return quote(path, safe="/!$&'()*+,;=:@~-._")
 
 
 class _ReadTimeout(Exception):

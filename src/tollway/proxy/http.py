@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from http import HTTPStatus
+from urllib.parse import quote
 
 from tollway import __version__
 
@@ -30,6 +31,27 @@ HOP_BY_HOP = frozenset(
 
 # Response headers the gateway replaces (nginx hides the upstream's Server by default).
 RESPONSE_DROP = HOP_BY_HOP | {b"server"}
+
+# Connection values that name no other header.
+PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"upgrade"})
+
+
+def connection_tokens(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    """Header names listed in Connection: hop-by-hop too (RFC 9110 7.6.1)."""
+    tokens: set[bytes] = set()
+    for k, v in headers:
+        if k.lower() == b"connection":
+            for t in v.split(b","):
+                t = t.strip().lower()
+                if t and t not in PLAIN_CONNECTION:
+                    tokens.add(t)
+    return frozenset(tokens)
+
+
+def quote_path(path: str) -> str:
+    """Re-encode a normalised path for the upstream request line."""
+    return quote(path, safe="/!$&'()*+,;=:@~-._")
+
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 

@@ -21,11 +21,7 @@ from tollway.balancer import PickContext, Server
 from tollway.plugins.kit import RequestContext
 from tollway.plugins.registry import Chain, ChainEntry
 from tollway.proxy.forward import Forwarding, UpstreamFailure
-from tollway.proxy.http import (
-    ROUTE_NOT_FOUND,
-    error_page,
-    status_line,
-)
+from tollway.proxy.http import ROUTE_NOT_FOUND, error_page, quote_path, status_line
 from tollway.proxy.runtime import (
     CompiledRoute,
     CompiledUpstream,
@@ -44,6 +40,7 @@ log = logging.getLogger("tollway.proxy")
 
 _json = msgspec.json.Encoder()
 _NO_STEPS: Iterator[tuple[ChainEntry, ...]] = iter(())
+_NO_TOKENS: frozenset[bytes] = frozenset()
 
 
 class Exchange(Forwarding):
@@ -62,6 +59,7 @@ class Exchange(Forwarding):
         "chain",
         "client_closed",
         "conn",
+        "connection_tokens",
         "content_length",
         "ctx",
         "expect_continue",
@@ -83,6 +81,7 @@ class Exchange(Forwarding):
         "response_started",
         "sent_continue",
         "status",
+        "target",
         "task",
         "upgrade",
         "upgrade_rest",
@@ -105,6 +104,8 @@ class Exchange(Forwarding):
         self.proto = proto
         self.method = method
         self.url = url
+        self.connection_tokens: frozenset[bytes] = _NO_TOKENS  # named by the client's Connection
+        self.target = url  # what goes upstream when no plugin rewrites it (absolute-form fixed)
         self.raw_headers = headers
         self.http_version = http_version
         self.keep_alive = keep_alive
@@ -454,12 +455,16 @@ class Exchange(Forwarding):
                 url = (parsed.path or b"/") + (b"?" + parsed.query if parsed.query else b"")
                 if not self.host_raw and parsed.host:
                     self.host_raw = parsed.host
+            self.target = url
         raw = url.decode("latin-1")
         raw_path, _, query = raw.partition("?")
         if "%" in raw_path or "/." in raw_path or "//" in raw_path:
             path = normalize_path(raw_path)
             if path is None:
                 return None
+            if path != raw_path:
+                # The upstream gets the path the router and plugins saw (no ../ bypass).
+                self.target = (quote_path(path) + ("?" + query if query else "")).encode()
         else:
             path = raw_path
         host = self.host_raw.decode("latin-1").lower()

@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 import httptools
 
-from tollway.proxy.http import SERVER_HEADER, error_page, status_line
+from tollway.proxy.http import (
+    PLAIN_CONNECTION,
+    SERVER_HEADER,
+    connection_tokens,
+    error_page,
+    status_line,
+)
 from tollway.proxy.pipeline import Exchange
 
 if TYPE_CHECKING:
@@ -51,6 +57,7 @@ class HttpProtocol(asyncio.Protocol):
         self._host = b""
         self._upgrade = b""
         self._expect = False
+        self._connection = b""
         self.parsing: Exchange | None = None
         # Requests being answered.
         self.active: Exchange | None = None
@@ -161,6 +168,7 @@ class HttpProtocol(asyncio.Protocol):
         self._host = b""
         self._upgrade = b""
         self._expect = False
+        self._connection = b""
         if not self.deadline:
             self._arm_timer(self.state.header_timeout)
 
@@ -187,6 +195,8 @@ class HttpProtocol(asyncio.Protocol):
             self._upgrade = value
         elif lname == b"expect":
             self._expect = value.lower() == b"100-continue"
+        elif lname == b"connection":
+            self._connection = value
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -206,6 +216,8 @@ class HttpProtocol(asyncio.Protocol):
         )
         ex.expect_continue = self._expect
         ex.upgrade = self._upgrade
+        if self._connection and self._connection.lower() not in PLAIN_CONNECTION:
+            ex.connection_tokens = connection_tokens([(b"connection", self._connection)])
         if self._te:
             ex.body_chunked = True
             ex.has_body = True
