@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,12 @@ def gw(tmp_path_factory: pytest.TempPathFactory, shared_etcd: EtcdServer) -> Ite
 
 
 @schema.parametrize()
-@settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
+# Bounded in `make test`; a longer run: TOLLWAY_FUZZ_EXAMPLES=500 pytest tests/e2e/test_admin_schemathesis.py
+@settings(
+    max_examples=int(os.environ.get("TOLLWAY_FUZZ_EXAMPLES", "10")),
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+)
 def test_no_server_errors(case: Any, gw: Gateway) -> None:
     resp = case.call(
         base_url=f"http://127.0.0.1:{gw.admin_port}", headers={"X-API-KEY": KEY}, timeout=10

@@ -139,16 +139,25 @@ def test_non_idempotent_request_is_not_resent(tmp_path: Path, ups: list[Upstream
         resetter.close()
 
 
-@pytest.fixture(scope="module")
-def tls_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path]]:
-    d = tmp_path_factory.mktemp("tls")
+def _self_signed(d: Path, name: str, cn: str) -> tuple[Path, Path]:
+    cert, key = d / f"{name}.pem", d / f"{name}.key"
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=localhost", "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem")],
+         "-subj", f"/CN={cn}", "-keyout", str(key), "-out", str(cert)],
         check=True, capture_output=True,
     )  # fmt: skip
+    return cert, key
+
+
+def _tls_server(d: Path, client_ca: Path | None) -> tuple[int, socket.socket]:
+    """An HTTPS upstream answering {"tls": true, "host": ..., "client": CN or null}; with
+    ``client_ca`` it requires a client certificate signed by it (mTLS)."""
+    cert, key = _self_signed(d, "server", "localhost")
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(d / "cert.pem", d / "key.pem")
+    ctx.load_cert_chain(cert, key)
+    if client_ca is not None:
+        ctx.load_verify_locations(client_ca)
+        ctx.verify_mode = ssl.CERT_REQUIRED
     port = free_port()
     srv = socket.socket()
     srv.bind(("127.0.0.1", port))
@@ -171,15 +180,24 @@ def tls_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int
                         ),
                         b"",
                     )
-                    body = json.dumps({"tls": True, "host": host.decode()}).encode()
+                    peer = conn.getpeercert()
+                    client = dict(x[0] for x in peer["subject"])["commonName"] if peer else None
+                    body = json.dumps({"tls": True, "host": host.decode(), "client": client})
                     conn.sendall(
                         b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
-                        % (len(body), body)
+                        % (len(body), body.encode())
                     )
             except (ssl.SSLError, OSError):
                 continue
 
     threading.Thread(target=serve, daemon=True).start()
+    return port, srv
+
+
+@pytest.fixture(scope="module")
+def tls_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path]]:
+    d = tmp_path_factory.mktemp("tls")
+    port, srv = _tls_server(d, None)
     yield port, d
     srv.close()
 
@@ -192,6 +210,24 @@ def test_https_upstream_and_verify(tmp_path: Path, tls_upstream: tuple[int, Path
 """
     with gw_with(tmp_path, routes) as g:
         r = requests.get(g.url("/tls"), timeout=5)
-        assert r.status_code == 200 and r.json() == {"tls": True, "host": f"localhost:{port}"}
+        assert r.status_code == 200
+        assert r.json() == {"tls": True, "host": f"localhost:{port}", "client": None}
         # Self-signed: with verification on, the handshake fails -> 502.
         assert requests.get(g.url("/tls-verify"), timeout=5).status_code == 502
+
+
+def test_client_certificate_to_an_mtls_upstream(tmp_path: Path) -> None:
+    client_cert, client_key = _self_signed(tmp_path, "client", "tollway-client")
+    port, srv = _tls_server(tmp_path, client_ca=client_cert)
+    try:
+        tls = {"client_cert": client_cert.read_text(), "client_key": client_key.read_text()}
+        routes = f"""
+  - {{id: 1, uri: /mtls, upstream: {{scheme: https, tls: {json.dumps(tls)}, nodes: {{"localhost:{port}": 1}}}}}}
+  - {{id: 2, uri: /no-cert, upstream: {{scheme: https, nodes: {{"localhost:{port}": 1}}}}}}
+"""
+        with gw_with(tmp_path, routes) as g:
+            r = requests.get(g.url("/mtls"), timeout=5)
+            assert r.status_code == 200 and r.json()["client"] == "tollway-client"
+            assert requests.get(g.url("/no-cert"), timeout=5).status_code == 502
+    finally:
+        srv.close()
