@@ -48,16 +48,9 @@ class HttpProtocol(asyncio.Protocol):
         self.remote_port = 0
         self.server_addr = ""
         self.server_port = 0
-        # Request being parsed.
-        self._url = b""
+        # Request being parsed (reset by on_message_begin).
         self._headers: list[tuple[bytes, bytes]] = []
-        self._header_bytes = 0
-        self._cl_count = 0
-        self._te = False
-        self._host = b""
-        self._upgrade = b""
-        self._expect = False
-        self._connection = b""
+        self._reset_message()
         self.parsing: Exchange | None = None
         # Requests being answered.
         self.active: Exchange | None = None
@@ -159,7 +152,7 @@ class HttpProtocol(asyncio.Protocol):
 
     # -- httptools callbacks ------------------------------------------------------------
 
-    def on_message_begin(self) -> None:
+    def _reset_message(self) -> None:
         self._url = b""
         self._headers = []
         self._header_bytes = 0
@@ -169,6 +162,9 @@ class HttpProtocol(asyncio.Protocol):
         self._upgrade = b""
         self._expect = False
         self._connection = b""
+
+    def on_message_begin(self) -> None:
+        self._reset_message()
         if not self.deadline:
             self._arm_timer(self.state.header_timeout)
 

@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from tests.support.router import Req
 
 from tollway.router import KINDS, RouteSpec, build_router
-
-
-@dataclass
-class Req:
-    path: str
-    method: str = "GET"
-    host: str = "localhost"
-    remote_addr: str = "127.0.0.1"
-    vars: dict[str, Any] = field(default_factory=dict)
-
-    def var(self, name: str) -> Any:
-        return self.vars.get(name)
 
 
 def spec(id: str, *uris: str, **kw: Any) -> RouteSpec:

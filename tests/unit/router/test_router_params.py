@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from tests.support.router import Req
 
 from tollway.router import Match, RouteSpec, build_router, compile_check
 from tollway.router.pattern import parse_uri
 
 P = "radixtree_uri_with_parameter"
-
-
-@dataclass
-class Req:
-    path: str
-    method: str = "GET"
-    host: str = "localhost"
-    remote_addr: str = "127.0.0.1"
-    vars: dict[str, Any] = field(default_factory=dict)
-
-    def var(self, name: str) -> Any:
-        return self.vars.get(name)
 
 
 def match(kind: str, uris: list[str], path: str, **kw: Any) -> Match | None:

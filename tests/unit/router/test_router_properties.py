@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.support.router import Req
 
 from tollway.router import KINDS, Router, RouteSpec, build_router
 from tollway.router.pattern import parse_uri
-
-
-@dataclass
-class Req:
-    path: str
-    method: str = "GET"
-    host: str = "localhost"
-    remote_addr: str = "127.0.0.1"
-    vars: dict[str, Any] = field(default_factory=dict)
-
-    def var(self, name: str) -> Any:
-        return self.vars.get(name)
-
 
 # A small alphabet so that generated routes collide on paths and prefixes often.
 _SEGMENTS = ["a", "b", "ab"]

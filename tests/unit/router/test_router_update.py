@@ -3,24 +3,12 @@
 from __future__ import annotations
 
 import gc
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from tests.support.router import Req
 
 from tollway.router import RouterBuilder, RouteSpec, build_router
-
-
-@dataclass
-class Req:
-    path: str
-    method: str = "GET"
-    host: str = "localhost"
-    remote_addr: str = "127.0.0.1"
-    vars: dict[str, Any] = field(default_factory=dict)
-
-    def var(self, name: str) -> Any:
-        return self.vars.get(name)
 
 
 def win(router: Any, path: str, **kw: Any) -> str | None:
