@@ -46,7 +46,3 @@ class EtcdCompacted(EtcdError):
             f"required revision has been compacted (compact_revision={compact_revision})"
         )
         self.compact_revision = compact_revision
-
-
-class PluginError(TollwayError):
-    """A plugin failed while handling a request (becomes a 500 and a log line)."""

@@ -217,10 +217,6 @@ class IpMatcher:
 # --------------------------------------------------------------------------- regexes
 
 
-def _is_name_start(ch: str) -> bool:
-    return ch.isalpha() or ch == "_"
-
-
 def _pcre_to_python(pattern: str) -> str:
     """Rewrite the few PCRE spellings Python spells differently (see module docstring)."""
     if "(?<" not in pattern and "\\z" not in pattern:

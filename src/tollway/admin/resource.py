@@ -65,13 +65,6 @@ class ResourceType:
     secret_fields: tuple[str, ...] = ()  # never returned by the API
 
 
-def _holder(kind: str) -> Check:
-    async def check(ctx: CheckContext, item_id: str | None, value: dict[str, Any]) -> Any:
-        return await validators.check_plugin_holder(kind, ctx, value)
-
-    return check
-
-
 RESOURCES: dict[str, ResourceType] = {
     r.name: r
     for r in (

@@ -106,10 +106,6 @@ class UpstreamTLS(Base, frozen=True, kw_only=True):
             raise ValueError("client_cert and client_cert_id are mutually exclusive")
 
 
-def _statuses() -> type:
-    return list[Annotated[int, Meta(ge=200, le=599)]]
-
-
 class ActiveHealthy(Base, frozen=True, kw_only=True):
     interval: Annotated[int, Meta(ge=1)] = 1
     http_statuses: list[Annotated[int, Meta(ge=200, le=599)]] = msgspec.field(

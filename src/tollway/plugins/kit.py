@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar, Generic, TypeVar
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import parse_qsl
 
 import msgspec
 
@@ -435,7 +435,3 @@ _VARS: dict[str, Callable[[RequestContext], Any]] = {
     "status": lambda c: str(c.resp_status) if c.resp_status else None,
     "upstream_uri": lambda c: c.up_uri or c.request_uri,
 }
-
-
-def unquote_path(p: str) -> str:
-    return unquote(p)

@@ -70,10 +70,6 @@ class Chain:
     names: frozenset[str] = field(default_factory=frozenset)
     buffers_body: bool = False
 
-    @property
-    def empty(self) -> bool:
-        return not self.names
-
     def under(self, outer: Chain) -> Chain:
         """This chain with ``outer``'s (the global rules') response phases run first, as APISIX
         runs global rules before route plugins in header_filter, body_filter and log. A

@@ -199,9 +199,6 @@ class UpstreamConnection(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self.transport.resume_reading()
 
-    def detach(self) -> None:
-        self.sink = None
-
     def close(self) -> None:
         self.closed = True
         self.sink = None

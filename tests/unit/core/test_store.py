@@ -75,3 +75,29 @@ def test_bad_changes_never_alter_the_snapshot(bad: list[bytes]) -> None:
     snap = s.snapshot()
     s.apply(2, [KeyValue("/apisix/routes/1", b, 2, 1) for b in bad])
     assert s.snapshot() == snap
+
+
+def test_memory_source_feeds_a_sink() -> None:
+    import asyncio
+
+    from tollway.config.yaml_source import MemorySource
+
+    loaded: list[tuple[int, list[KeyValue]]] = []
+
+    class Sink:
+        def load(self, revision: int, kvs: list[KeyValue]) -> None:
+            loaded.append((revision, kvs))
+
+        def apply(self, revision: int, changes: list[KeyValue]) -> None:
+            raise AssertionError("a memory source only loads")
+
+    async def run() -> None:
+        task = asyncio.create_task(MemorySource([kv("routes/1", ROUTE)], revision=7).run(Sink()))
+        while not loaded:
+            await asyncio.sleep(0)
+        task.cancel()
+
+    asyncio.run(run())
+    s = Store()
+    s.load(*loaded[0])
+    assert loaded[0][0] == 7 and list(s["routes"].items) == ["1"]
