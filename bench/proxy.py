@@ -318,6 +318,7 @@ def start_nginx(
 TOLLWAY_CONFIG = """\
 apisix:
   node_listen: [{{ip: 127.0.0.1, port: {port}}}]
+  ssl: {{enable: false}}
   status: {{ip: 127.0.0.1, port: {status_port}}}
 deployment:
   role: data_plane

@@ -218,6 +218,7 @@ def start_etcd(procs: Processes, workdir: Path) -> EtcdHttp:
 TOLLWAY_CONFIG = """\
 apisix:
   node_listen: [{{ip: 127.0.0.1, port: {port}}}]
+  ssl: {{enable: false}}
   status: {{ip: 127.0.0.1, port: {status_port}}}
   enable_admin: false
   enable_control: false

@@ -30,6 +30,20 @@ class Listen(Struct, forbid_unknown_fields=True, kw_only=True):
     port: Port = 9080
 
 
+class SSLListen(Struct, forbid_unknown_fields=True, kw_only=True):
+    ip: str = "0.0.0.0"
+    port: Port = 9443
+    enable_http3: bool = False
+
+
+class SSLConf(Struct, kw_only=True):
+    """apisix.ssl: the HTTPS listener; certificates come from the ``ssls`` objects (SNI)."""
+
+    enable: bool = True
+    listen: list[SSLListen | int] = msgspec.field(default_factory=lambda: [SSLListen()])
+    ssl_protocols: str = "TLSv1.2 TLSv1.3"
+
+
 class StatusConf(Struct, forbid_unknown_fields=True, kw_only=True):
     ip: str = "127.0.0.1"
     port: Port = 7085
@@ -65,6 +79,7 @@ class ApisixConf(Struct, kw_only=True):
     control: ControlConf | None = None
     proxy_mode: Literal["http", "stream", "http&stream"] = "http"
     data_encryption: DataEncryption = msgspec.field(default_factory=DataEncryption)
+    ssl: SSLConf = msgspec.field(default_factory=SSLConf)
 
 
 class EtcdTLSConf(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -176,6 +191,7 @@ class LoadedSettings:
     path: Path
     conf_dir: Path
     listens: tuple[tuple[str, int], ...]
+    tls_listens: tuple[tuple[str, int], ...]
     workers: int
     config_provider: str
     client_max_body_size: int
@@ -301,6 +317,13 @@ def _resolve(conf: Settings, p: Path, file: str, workers: int | None) -> LoadedS
             listens.append(("0.0.0.0", entry))
         else:
             listens.append((entry.ip, entry.port))
+    tls_listens: list[tuple[str, int]] = []
+    if conf.apisix.ssl.enable:
+        for item in conf.apisix.ssl.listen:
+            if isinstance(item, int):
+                tls_listens.append(("0.0.0.0", item))
+            else:
+                tls_listens.append((item.ip, item.port))
     role = conf.deployment.role
     provider = getattr(conf.deployment, f"role_{role}").config_provider
     wp = conf.nginx_config.worker_processes
@@ -324,6 +347,7 @@ def _resolve(conf: Settings, p: Path, file: str, workers: int | None) -> LoadedS
         path=p,
         conf_dir=p.parent,
         listens=tuple(listens),
+        tls_listens=tuple(tls_listens),
         workers=max(1, n),
         config_provider=provider,
         client_max_body_size=body,

@@ -87,6 +87,21 @@ class Agent:
             self.sup.snapshot_dirty()
 
 
+def _listen(ip: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind((ip, port))
+    except OSError as e:
+        s.close()
+        raise OSError(e.errno, f"{ip}:{port}: {e.strerror}") from None
+    s.listen(4096)
+    s.setblocking(False)
+    s.set_inheritable(True)
+    return s
+
+
 class Supervisor:
     def __init__(self, settings: LoadedSettings) -> None:
         self.settings = settings
@@ -94,6 +109,7 @@ class Supervisor:
         self.generation = 0
         self.stopping = False
         self.sockets: list[socket.socket] = []
+        self.tls_sockets: list[socket.socket] = []
         registry = load_registry(settings.conf.plugins, settings.conf.plugin_attr)
         self.registry = registry
         strict = settings.config_provider != "etcd"
@@ -130,21 +146,16 @@ class Supervisor:
         if not self.settings.serves_proxy:
             return
         for ip, port in self.settings.listens:
-            family = socket.AF_INET6 if ":" in ip else socket.AF_INET
-            s = socket.socket(family, socket.SOCK_STREAM)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind((ip, port))
-            s.listen(4096)
-            s.setblocking(False)
-            s.set_inheritable(True)
-            self.sockets.append(s)
+            self.sockets.append(_listen(ip, port))
+        for ip, port in self.settings.tls_listens:
+            self.tls_sockets.append(_listen(ip, port))
 
     # -- workers ------------------------------------------------------------------------
 
     async def spawn_worker(self, generation: int) -> WorkerHandle:
         parent, child = socket.socketpair()
         child.set_inheritable(True)
-        fds = [child.fileno()] + [s.fileno() for s in self.sockets]
+        fds = [child.fileno()] + [s.fileno() for s in self.sockets + self.tls_sockets]
         cmd = [
             sys.executable,
             "-m",
@@ -155,6 +166,8 @@ class Supervisor:
             str(child.fileno()),
             "--listen-fds",
             ",".join(str(s.fileno()) for s in self.sockets),
+            "--tls-fds",
+            ",".join(str(s.fileno()) for s in self.tls_sockets),
         ]
         # prometheus: workers record into the export's directory (tollway.metrics).
         env = self.metrics.worker_env() if self.metrics is not None else None
@@ -312,7 +325,15 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._reload.set)
-        self.open_sockets()
+        try:
+            self.open_sockets()
+        except OSError as e:
+            # e.g. another process holds the port: say which address, exit 1.
+            print(f"error: cannot listen: {e}", file=sys.stderr)
+            log.error("cannot listen: %s", e)
+            for s in self.sockets + self.tls_sockets:
+                s.close()
+            return 1
         self.write_pid()
         self.source = self.make_source()
         try:
@@ -418,7 +439,7 @@ class Supervisor:
         client = getattr(self, "etcd_client", None)
         if client is not None:
             await client.aclose()
-        for s in self.sockets:
+        for s in self.sockets + self.tls_sockets:
             s.close()
         from tollway.plugins.shared_counters import remove_instance_files
 

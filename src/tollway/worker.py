@@ -26,6 +26,7 @@ from tollway.proxy.accesslog import AccessLog
 from tollway.proxy.runtime import Compiler
 from tollway.proxy.server import HttpProtocol
 from tollway.proxy.state import ServerState
+from tollway.proxy.tls import server_context
 from tollway.settings import LoadedSettings, load_settings
 from tollway.upstream.table import HealthTable, PassiveReporter
 
@@ -38,10 +39,17 @@ IDLE_GRACE = 1.0
 
 
 class Worker:
-    def __init__(self, settings: LoadedSettings, ipc: socket.socket, listen: list[socket.socket]):
+    def __init__(
+        self,
+        settings: LoadedSettings,
+        ipc: socket.socket,
+        listen: list[socket.socket],
+        tls: list[socket.socket] | None = None,
+    ) -> None:
         self.settings = settings
         self.ipc = ipc
         self.listen = listen
+        self.tls = tls or []
         self.store = Store(settings.etcd.prefix)
         self.registry = load_registry(settings.conf.plugins, settings.conf.plugin_attr)
         # Health verdicts and DNS answers come from the supervisor (tollway.upstream).
@@ -128,6 +136,19 @@ class Worker:
                 lambda: HttpProtocol(self.state), sock=sock, backlog=4096
             )
             self.servers.append(srv)
+        if self.tls:
+            ctx = server_context(
+                lambda: self.compiler.runtime.certs, self.settings.conf.apisix.ssl.ssl_protocols
+            )
+            for sock in self.tls:
+                srv = await loop.create_server(
+                    lambda: HttpProtocol(self.state, scheme="https"),
+                    sock=sock,
+                    backlog=4096,
+                    ssl=ctx,
+                    ssl_handshake_timeout=10,
+                )
+                self.servers.append(srv)
         log.info("worker %d serving %d routes", os.getpid(), len(self.compiler.runtime.routes))
 
     async def _graceful_stop(self) -> None:
@@ -161,18 +182,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--config", required=True)
     ap.add_argument("--ipc-fd", type=int, required=True)
     ap.add_argument("--listen-fds", default="")
+    ap.add_argument("--tls-fds", default="")
     args = ap.parse_args(argv)
     settings = load_settings(args.config)
     setup_logging(settings)
     ipc = socket.socket(fileno=args.ipc_fd)
     listen = [socket.socket(fileno=int(fd)) for fd in args.listen_fds.split(",") if fd]
+    tls = [socket.socket(fileno=int(fd)) for fd in args.tls_fds.split(",") if fd]
     import gc
 
     gc.freeze()  # config objects are long-lived: keep them out of the young generations
     # Per-request objects die by reference counting; collect the young generation rarely
     # instead of every 700 allocations (a few requests' worth).
     gc.set_threshold(50_000, 50, 100)
-    uvloop.run(Worker(settings, ipc, listen).run())
+    uvloop.run(Worker(settings, ipc, listen, tls).run())
     sys.exit(0)
 
 

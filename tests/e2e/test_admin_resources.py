@@ -15,7 +15,7 @@ import requests
 from tests.support.etcd import EtcdServer
 from tests.support.gateway import Gateway
 from tests.support.upstream import Upstream
-from tollway.admin.crypto import KeyCipher
+from tollway.crypto import KeyCipher
 
 KEY = "test-admin-key-0123456789"
 RING = ["qeddd145sfvddff3", "edd1c9f0985e76a2"]

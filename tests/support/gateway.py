@@ -67,6 +67,7 @@ class Gateway:
         self.admin_port = free_port()
         self.control_port = free_port()
         self.prometheus_port = free_port()
+        self.tls_port = free_port()
         self.admin_key = admin_key
         self.mode = mode
         self.proc: subprocess.Popen[bytes] | None = None
@@ -77,6 +78,7 @@ class Gateway:
                 "node_listen": [{"ip": "127.0.0.1", "port": self.port}],
                 "status": {"ip": "127.0.0.1", "port": self.status_port},
                 "control": {"ip": "127.0.0.1", "port": self.control_port},
+                "ssl": {"listen": [{"ip": "127.0.0.1", "port": self.tls_port}]},
             },
             "deployment": {
                 "role": role,

@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from tollway.admin import deletion, validators
-from tollway.admin.crypto import KeyCipher
 from tollway.admin.listing import PageSizeError, filter_and_page
 from tollway.admin.patch import PatchError, merge, patch_path
 from tollway.admin.validators import Check, CheckContext, valid_id
 from tollway.config.etcd import KV, EtcdClient
 from tollway.config.store import Store
+from tollway.crypto import KeyCipher
 from tollway.errors import ConfigError, TollwayError
 from tollway.plugins.registry import Registry
 

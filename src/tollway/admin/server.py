@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from tollway.admin.crypto import KeyCipher
 from tollway.admin.keys import AdminKey, AdminKeyError, check_token, resolve_keys
 from tollway.admin.meta import MetaEndpoints
 from tollway.admin.resource import (
@@ -30,6 +29,7 @@ from tollway.admin.resource import (
     forbidden_property,
     parse_target,
 )
+from tollway.crypto import KeyCipher
 from tollway.errors import ConfigError, EtcdError, SettingsError
 
 if TYPE_CHECKING:

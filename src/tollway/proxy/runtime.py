@@ -16,10 +16,12 @@ from typing import Any
 
 from tollway.balancer import BalancerState, Picker, Server, create_picker, default_retries
 from tollway.config.store import Store
+from tollway.crypto import KeyCipher
 from tollway.errors import ConfigError
 from tollway.model import Route, Service, Timeout, Upstream
 from tollway.plugins.kit import Consumer
 from tollway.plugins.registry import EMPTY_CHAIN, Chain, Registry
+from tollway.proxy.tls import CertTable, build_cert_table
 from tollway.proxy.upstream import PoolLimits
 from tollway.router import Router, RouterBuilder, RouteSpec, build_router
 from tollway.settings import LoadedSettings
@@ -212,6 +214,7 @@ class Runtime:
         self.upstreams: dict[str, CompiledUpstream] = {}
         self.global_chain: Chain = EMPTY_CHAIN
         self.consumers = ConsumerIndex()
+        self.certs = CertTable()
         self.inline_upstreams: dict[bytes, CompiledUpstream] = {}
         # Route chains merged with a consumer's plugins, built on first use per version pair.
         self.consumer_chains: dict[tuple[str, tuple[int, int, int], str, int], Chain] = {}
@@ -241,6 +244,8 @@ class Compiler:
         self.keepalive = PoolLimits(up.keepalive, up.keepalive_timeout, up.keepalive_requests)
         self.runtime = Runtime(build_router(self.kind, [], delete_uri_tail_slash=self.tail_slash))
         self.runtime_global: Chain = EMPTY_CHAIN
+        keyring = settings.conf.apisix.data_encryption.keyring
+        self.cipher = KeyCipher(keyring) if keyring else None
 
     # -- full build -----------------------------------------------------------------------
 
@@ -270,6 +275,7 @@ class Compiler:
         rt.upstreams = upstreams
         rt.global_chain = self.runtime_global
         rt.consumers = self._consumers(store)
+        rt.certs = self._certs(store)
         rt.revision = store.revision
         self.runtime = rt
         return rt
@@ -304,6 +310,8 @@ class Compiler:
                 globals_changed = True
             elif kind in ("consumers", "credentials", "consumer_groups"):
                 consumers_changed = True
+            elif kind == "ssls":
+                rt.certs = self._certs(store)
         if globals_changed:
             rt.global_chain = self.runtime_global = self._global_chain(store)
             for cr in rt.routes.values():
@@ -403,6 +411,9 @@ class Compiler:
                 cr.upstream = self._upstream(inline.key, inline.version, inline.conf)
                 n += 1
         return n
+
+    def _certs(self, store: Store) -> CertTable:
+        return build_cert_table(((i, it.obj) for i, it in store["ssls"].items.items()), self.cipher)
 
     def _consumers(self, store: Store) -> ConsumerIndex:
         index = ConsumerIndex()

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from tollway.admin.crypto import KeyCipher
+from tollway.crypto import KeyCipher
 from tollway.errors import ConfigError
 
 RING = ["qeddd145sfvddff3", "edd1c9f0985e76a2"]
