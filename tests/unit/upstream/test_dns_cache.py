@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from tests.support.etcd import until
+
 from tollway.upstream.dns import DnsCache, DnsError, DnsResolver
 
 
@@ -95,13 +97,6 @@ class FakeResolver:
 
 def run(coro: Callable[[], Awaitable[None]]) -> None:
     asyncio.run(coro())
-
-
-async def until(pred: Callable[[], bool], timeout: float = 3.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not pred():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met"
-        await asyncio.sleep(0.005)
 
 
 def test_resolver_looks_up_new_names_and_follows_ttl() -> None:

@@ -7,6 +7,8 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from tests.support.etcd import until
+
 from tollway.config.source import KeyValue
 from tollway.config.store import Store
 from tollway.upstream import DnsError, HealthManager, Target, UpstreamMonitor
@@ -35,13 +37,6 @@ class FakeProber:
     async def __call__(self, spec: ProbeSpec, target: Target) -> tuple[str, int]:
         self.probed.append(target.addr)
         return self.answers.get(target.addr, ("http", 200))
-
-
-async def until(pred: Callable[[], bool], timeout: float = 3.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not pred():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met"
-        await asyncio.sleep(0.01)
 
 
 def run(coro: Callable[[], Awaitable[None]]) -> None:

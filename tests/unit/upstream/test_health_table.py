@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from tests.support.etcd import until
+
 from tollway.balancer import Server
 from tollway.upstream import HealthTable, PassiveReporter
 
@@ -28,11 +30,11 @@ def test_reporter_batches_and_caps() -> None:
         for i in range(5):
             r.report("k", f"10.0.0.{i}:80", "http", 200)
         assert sent == []
-        await asyncio.sleep(0.05)
-        assert len(sent) == 1 and sent[0]["t"] == "passive"
+        await until(lambda: len(sent) == 1)
+        assert sent[0]["t"] == "passive"
         assert sent[0]["reports"] == [("k", f"10.0.0.{i}:80", "http", 200) for i in range(3)]
         r.report("k", "10.0.0.9:80", "tcp", 0)
-        await asyncio.sleep(0.05)
+        await until(lambda: len(sent) == 2)
         assert sent[1]["reports"] == [("k", "10.0.0.9:80", "tcp", 0)]
 
     asyncio.run(body())
@@ -47,7 +49,7 @@ def test_failures_are_sent_sooner() -> None:
         assert sent == []  # successes wait for the slow flush
         r.report("k", "10.0.0.1:80", "http", 500)
         r.report("k", "10.0.0.2:80", "tcp", 0)
-        await asyncio.sleep(0.03)
+        await until(lambda: bool(sent))
         assert [len(m["reports"]) for m in sent] == [3]
 
     asyncio.run(body())
