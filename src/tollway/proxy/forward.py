@@ -242,10 +242,15 @@ class Forwarding:
         route = self.route
         ctx = self.ctx
         assert up is not None and route is not None and ctx is not None
-        pick = self._pick_context(up)
-        server = self._next_server(up, pick)
-        if server is None:
-            return False
+        pick: PickContext | None
+        if up.single is not None:
+            pick, server = None, up.single
+        else:
+            pick = self._pick_context(up)
+            picked = self._next_server(up, pick)
+            if picked is None:
+                return False
+            server = picked
         state = self.proto.state
         conn = state.pool.get_idle((up.pool_key, server.host, server.port))
         if conn is None:
@@ -506,7 +511,6 @@ class Forwarding:
     def on_upstream_headers(
         self, status: int, headers: list[tuple[bytes, bytes]], conn: UpstreamConnection
     ) -> None:
-        self.last_activity = self.proto.state.loop.time()
         if self.client_closed:
             return
         ctx = self.ctx
@@ -584,7 +588,6 @@ class Forwarding:
         self._out.append(b"".join(out))
 
     def on_upstream_body(self, data: bytes) -> None:
-        self.last_activity = self.proto.state.loop.time()
         if self.client_closed:
             return
         if self.buffered_resp is not None:
@@ -604,7 +607,9 @@ class Forwarding:
             self._out.append(data)
 
     def flush(self) -> None:
-        """Called after each upstream read: one client write for what that read produced."""
+        """Called after each upstream read: one client write for what that read produced. Any
+        read is activity for the read timeout."""
+        self.last_activity = self.proto.state.loop.time()
         out = self._out
         if not out:
             return

@@ -467,13 +467,18 @@ class Exchange(Forwarding):
                 self.target = (quote_path(path) + ("?" + query if query else "")).encode()
         else:
             path = raw_path
-        host = self.host_raw.decode("latin-1").lower()
-        if host.startswith("["):
-            end = host.find("]")
-            host = host[: end + 1]
-        else:
-            host = host.partition(":")[0]
         p = self.proto
+        # Keep-alive clients send the same Host again and again: parse it once per connection.
+        cached = p.host_cache
+        if cached is not None and cached[0] == self.host_raw:
+            host = cached[1]
+        else:
+            host = self.host_raw.decode("latin-1").lower()
+            if host.startswith("["):
+                host = host[: host.find("]") + 1]
+            else:
+                host = host.partition(":")[0]
+            p.host_cache = (self.host_raw, host)
         return RequestContext(
             self.method,
             raw,

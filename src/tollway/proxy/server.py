@@ -28,6 +28,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tollway.proxy")
 
+_METHODS: dict[bytes, str] = {}
+
+
+def _method(raw: bytes) -> str:
+    m = _METHODS.get(raw)
+    if m is None:
+        m = raw.decode("ascii", "replace")
+        if len(_METHODS) < 64:  # the usual few; an odd token is decoded each time
+            _METHODS[raw] = m
+    return m
+
+
 HIGH_WATER = 256 * 1024  # buffered request body bytes before we stop reading the client
 MAX_PIPELINE = 16
 
@@ -61,6 +73,7 @@ class HttpProtocol(asyncio.Protocol):
         self.tunnel: Any = None  # upstream connection once a WebSocket is established
         self.deadline = 0.0  # header/keep-alive timeout, enforced by ServerState's sweep
         self.forwarded: bytes | None = None  # X-Real-IP/X-Forwarded-* lines fixed per connection
+        self.host_cache: tuple[bytes, str] | None = None  # (raw Host, parsed) of the last request
         self.reading_paused = False
         self.idle_since = 0.0
 
@@ -203,7 +216,7 @@ class HttpProtocol(asyncio.Protocol):
         p = self.parser
         ex = Exchange(
             self,
-            p.get_method().decode("ascii", "replace"),
+            _method(p.get_method()),
             self._url,
             self._headers,
             p.get_http_version(),
@@ -276,9 +289,9 @@ class HttpProtocol(asyncio.Protocol):
             nxt.start()
             return
         self.resume_reading()
-        self.idle_since = self.state.loop.time()
+        now = self.idle_since = self.state.loop.time()
         if self.parsing is None:
-            self._arm_timer(self.state.keepalive_timeout)
+            self.deadline = now + self.state.keepalive_timeout
 
     def _on_upgrade(self, rest: bytes) -> None:
         ex = self.parsing or self.active
