@@ -13,6 +13,7 @@ import contextlib
 import ipaddress
 import json
 import logging
+import math
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -209,6 +210,9 @@ class AdminApp:
         ttl = args.get("ttl")
         if ttl is not None and not _is_number(ttl):
             raise bad_request("invalid argument ttl: should be a number")
+        if ttl is not None and float(ttl) > MAX_LEASE_TTL:
+            # etcd refuses it ("too large lease TTL"): the client's mistake, not a 503.
+            raise bad_request(f"invalid argument ttl: should be at most {MAX_LEASE_TTL}")
         if method == "PATCH":
             return await self.res.patch(target, body, args)
         forbidden = forbidden_property(body)
@@ -242,12 +246,15 @@ class AdminApp:
         return app
 
 
+MAX_LEASE_TTL = 9_000_000_000  # etcd's MaxLeaseTTL, in seconds
+
+
 def _is_number(text: str) -> bool:
     try:
-        float(text)
+        value = float(text)
     except ValueError:
         return False
-    return True
+    return math.isfinite(value)
 
 
 # -- start-up -------------------------------------------------------------------------------
