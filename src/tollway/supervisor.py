@@ -338,8 +338,9 @@ class Supervisor:
         self.source = self.make_source()
         try:
             await self.start_services()
-        except SettingsError as e:
-            # e.g. an Admin API on a public address without a safe key: refuse to start.
+        except (SettingsError, OSError) as e:
+            # An Admin API on a public address without a safe key, or a status/admin port that
+            # another process holds: refuse to start, saying which.
             log.error("%s", e)
             print(f"error: {e}", file=sys.stderr)
             await self.shutdown()

@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -31,9 +30,9 @@ T = TypeVar("T")
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    from tests.support.gateway import free_port as below_ephemeral_range
+
+    return below_ephemeral_range()
 
 
 def wait_until(

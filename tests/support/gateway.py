@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -15,11 +16,21 @@ from typing import Any
 import requests
 import yaml
 
+_rng = random.Random()
+
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free loopback port below Linux's ephemeral range (32768+): the kernel never hands it to
+    an outgoing connection between now and the moment a server binds it."""
+    for _ in range(500):
+        port = _rng.randrange(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free loopback port in 20000-32000")
 
 
 def wait_until(pred: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
@@ -129,6 +140,39 @@ class Gateway:
         return requests.get(f"http://127.0.0.1:{self.status_port}{path}", timeout=2)
 
     def start(self, *, wait_ready: bool = True, extra_env: dict[str, str] | None = None) -> Gateway:
+        for attempt in range(3):
+            self._spawn(extra_env)
+            if not wait_ready:
+                return self
+            try:
+                self.wait_ready()
+                return self
+            except (AssertionError, RuntimeError):
+                # Another process took one of our ports between choosing and binding it: the
+                # process says so and exits; try again on new ports.
+                if attempt == 2 or "address already in use" not in self.logs():
+                    raise
+                self.stop()
+                self._new_ports()
+        return self
+
+    def _new_ports(self) -> None:
+        names = ("port", "status_port", "admin_port", "control_port", "prometheus_port", "tls_port")
+        moved = {getattr(self, n): free_port() for n in names}
+        for n in names:
+            setattr(self, n, moved[getattr(self, n)])
+
+        def remap(node: Any) -> Any:
+            if isinstance(node, dict):
+                return {k: remap(v) for k, v in node.items()}
+            if isinstance(node, list):
+                return [remap(v) for v in node]
+            return moved.get(node, node) if isinstance(node, int) else node
+
+        self.config = remap(self.config)
+        self.write_config()
+
+    def _spawn(self, extra_env: dict[str, str] | None) -> None:
         env = dict(os.environ)
         env.update(extra_env or {})
         self._log = open(self.log_path, "ab")
@@ -139,9 +183,6 @@ class Gateway:
             env=env,
             start_new_session=True,
         )
-        if wait_ready:
-            self.wait_ready()
-        return self
 
     def wait_ready(self, timeout: float = 20.0) -> None:
         def ready() -> bool:
