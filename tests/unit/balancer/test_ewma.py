@@ -7,16 +7,9 @@ import random
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.support.clock import Clock
 
 from tollway.balancer import BalancerState, PickContext, Picker, Server, create_picker
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def nodes(count: int) -> list[Server]:

@@ -5,14 +5,13 @@ from typing import Any
 
 import pytest
 
+from tests.support.clock import Clock, fake_shared_tables
 from tests.unit.plugins.ctx import decode, make_ctx
 from tollway.errors import ConfigError
-from tollway.plugins import shared_counters
 from tollway.plugins.builtin import api_breaker as ab
 from tollway.plugins.builtin import gzip_compress as gz
 from tollway.plugins.kit import RequestContext
 from tollway.plugins.registry import load_registry
-from tollway.plugins.shared_counters import SharedTable
 
 REG = load_registry()
 
@@ -96,20 +95,9 @@ def test_gzip_skips(req: dict[str, str], resp: list[tuple[str, str]], status: in
 # -- api-breaker --------------------------------------------------------------------------
 
 
-class Clock:
-    now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    c = Clock()
-    monkeypatch.setattr(
-        shared_counters, "_TABLES", {"plugin-api-breaker": SharedTable(None, 1024, c)}
-    )
-    return c
+    return fake_shared_tables(monkeypatch, "plugin-api-breaker", now=1000.0)
 
 
 def request(plugin: ab.ApiBreaker, conf: ab.Conf, upstream_status: str | None) -> Any:

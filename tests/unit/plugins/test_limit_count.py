@@ -5,30 +5,18 @@ from typing import Any
 import msgspec
 import pytest
 
+from tests.support.clock import Clock, fake_shared_tables
 from tests.unit.plugins.ctx import make_ctx
 from tollway.errors import ConfigError
-from tollway.plugins import shared_counters
 from tollway.plugins.builtin.limit_count import Conf, LimitCount, count_step, windows
 from tollway.plugins.builtin.limit_scope import counter_scope
 from tollway.plugins.kit import Consumer
 from tollway.plugins.registry import load_registry
-from tollway.plugins.shared_counters import SharedTable
-
-
-class Clock:
-    now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    c = Clock()
-    monkeypatch.setattr(
-        shared_counters, "_TABLES", {"plugin-limit-count": SharedTable(None, 1024, c)}
-    )
-    return c
+    return fake_shared_tables(monkeypatch, "plugin-limit-count", now=100.0)
 
 
 class Route:

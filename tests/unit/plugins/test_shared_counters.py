@@ -8,16 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.support.clock import Clock
 from tollway.plugins import shared_counters
 from tollway.plugins.shared_counters import PROBE, Record, SharedTable
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def step(rec: Record | None, now: float, ttl: float, _: float) -> tuple[Record, float]:
