@@ -201,14 +201,16 @@ def process_tree(root: int) -> list[int]:
     return tree
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    ticks = 0
+def cpu_seconds(pids: list[int]) -> tuple[float, float]:
+    """User and system CPU seconds of these processes (utime, stime)."""
+    user = system = 0
     for pid in pids:
         fields = _stat_fields(pid)
         if fields is None:
             raise BenchError(f"process {pid} of a target exited during a run")
-        ticks += int(fields[11]) + int(fields[12])  # utime, stime
-    return ticks / CLK_TCK
+        user += int(fields[11])
+        system += int(fields[12])
+    return user / CLK_TCK, system / CLK_TCK
 
 
 def cpu_times() -> dict[str, list[int]]:
@@ -482,6 +484,13 @@ class Run:
     cpu1_busy: float
     steal: float
     nodes: int = 1
+    proxy_sys_s: float = math.nan  # the kernel's share of proxy_cpu_s (syscalls, TCP)
+
+    @property
+    def us_user_sys(self) -> tuple[float, float]:
+        """Proxy CPU microseconds per request spent in user space and in the kernel."""
+        n = self.wrk.requests or 1
+        return (self.proxy_cpu_s - self.proxy_sys_s) / n * 1e6, self.proxy_sys_s / n * 1e6
 
     @property
     def req_per_cpu_s(self) -> float:
@@ -497,12 +506,16 @@ def measure(procs: Processes, target: Target, conns: int, seconds: float, rep: i
     pids = process_tree(target.root_pid)
     t0, stat0, cpu0 = time.monotonic(), cpu_times(), cpu_seconds(pids)
     out = procs.capture(wrk_argv(target.url, conns, seconds), timeout=seconds + 30)
-    cpu1, stat1, t1 = cpu_seconds(pids), cpu_times(), time.monotonic()
+    (u1, s1), stat1, t1 = cpu_seconds(pids), cpu_times(), time.monotonic()
+    (u0, s0) = cpu0
     busy0, steal0 = busy_and_steal(stat0["cpu" + LOAD_CPU], stat1["cpu" + LOAD_CPU])
     busy1, steal1 = busy_and_steal(stat0["cpu" + PROXY_CPU], stat1["cpu" + PROXY_CPU])
     wrk = parse_wrk(out)
     steal = max(steal0, steal1)
-    return Run(target.key, conns, rep, wrk, t1 - t0, cpu1 - cpu0, busy0, busy1, steal, target.nodes)
+    cpu_s, sys_s = (u1 + s1) - (u0 + s0), s1 - s0
+    return Run(
+        target.key, conns, rep, wrk, t1 - t0, cpu_s, busy0, busy1, steal, target.nodes, sys_s
+    )
 
 
 def schedule(targets: tuple[Target, ...], conns: list[int], reps: int) -> Iterator[tuple]:
@@ -533,6 +546,7 @@ def run_all(procs: Processes, targets: tuple[Target, ...], args: argparse.Namesp
             f"[{i}/{len(plan)}] rep {rep + 1} c{conns:<3} {t.key:8} n{t.nodes:<3} "
             f"{r.wrk.rps:9,.0f} req/s  "
             f"p99 {r.wrk.p99_ms:6.2f} ms  {r.req_per_cpu_s:9,.0f} req/CPU-s  "
+            f"user/sys {r.us_user_sys[0]:4.1f}/{r.us_user_sys[1]:4.1f} us/req  "
             f"cpu1 {r.cpu1_busy:4.0%} (other {r.cpu1_other:4.0%})  errors {r.wrk.errors}"
         )
     return runs
@@ -568,7 +582,7 @@ def table(
     head = (
         f"### wrk -t1 -c{conns} -d{args.duration:g}s --latency  "
         f"(median of {args.reps} interleaved runs, min{DASH}max in brackets)\n\n"
-        "| target | RPS | p50 ms | p99 ms | req per proxy CPU-s | µs proxy CPU/req "
+        "| target | RPS | p50 ms | p99 ms | req per proxy CPU-s | µs proxy CPU/req (user + sys) "
         "| RPS ÷ nginx | req/CPU-s ÷ nginx | p99 ÷ nginx "
         "| CPU0 / CPU1 busy (CPU1 not proxy) | errors |\n"
         "|---|---|---|---|---|---|---|---|---|---|---|\n"
@@ -582,6 +596,8 @@ def table(
             f"| {t.label} | {spread([r.wrk.rps for r in rs], ',.0f')} "
             f"| {med([r.wrk.p50_ms for r in rs]):.2f} | {med([r.wrk.p99_ms for r in rs]):.2f} "
             f"| {spread(cpu, ',.0f')} | {1e6 / med(cpu):.0f} "
+            f"({med([r.us_user_sys[0] for r in rs]):.0f} "
+            f"+ {med([r.us_user_sys[1] for r in rs]):.0f}) "
             f"| {paired_ratio(rs, base, lambda r: r.wrk.rps)} "
             f"| {paired_ratio(rs, base, lambda r: r.req_per_cpu_s)} "
             f"| {paired_ratio(rs, base, lambda r: r.wrk.p99_ms)} "

@@ -73,9 +73,7 @@ class _Outcome:
         self.done = done
         self.status = 0
 
-    def on_upstream_headers(
-        self, status: int, headers: list[tuple[bytes, bytes]], conn: UpstreamConnection
-    ) -> None:
+    def on_upstream_headers(self, status: int, conn: UpstreamConnection) -> None:
         self.status = status
 
     def on_upstream_body(self, data: bytes) -> None:

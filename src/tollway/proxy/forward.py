@@ -19,7 +19,6 @@ from tollway.proxy.http import (
     HOP_BY_HOP,
     IDEMPOTENT,
     PLAIN_CONNECTION,
-    RESPONSE_DROP,
     connection_tokens,
     status_line,
 )
@@ -322,8 +321,31 @@ class Forwarding:
             host_hdr = up.upstream_host.encode("latin-1")
         else:
             host_hdr = self.host_raw or host.encode("latin-1")
+        first = (method.encode("latin-1"), b" ", target, b" HTTP/1.1\r\nHost: ", host_hdr, b"\r\n")
+        proto = self.proto
+        # Keep-alive clients send the same headers request after request: the block after the
+        # Host line is cached per connection, keyed by the client's headers (one list compare).
+        plain = (
+            ctx.up_header_ops is None
+            and not self.connection_tokens
+            and body is None
+            and not self.has_body
+            and not self.websocket
+            and ctx.remote_addr == proto.remote_addr
+        )
+        if plain:
+            cached = proto.head_cache
+            if cached is not None and cached[1] == ctx.host and cached[0] == self.raw_headers:
+                return b"".join((*first, cached[2]))
+        tail = self._header_block(ctx, method, body)
+        if plain:
+            proto.head_cache = (self.raw_headers, ctx.host, tail)
+        return b"".join((*first, tail))
+
+    def _header_block(self, ctx: RequestContext, method: str, body: bytes | None) -> bytes:
+        """The request headers after the Host line, through the blank line."""
         # One flat list joined once: a few allocations per request instead of one per piece.
-        out = [method.encode("latin-1"), b" ", target, b" HTTP/1.1\r\nHost: ", host_hdr, b"\r\n"]
+        out: list[bytes] = []
         xff: bytes | None = None
         skip = _SKIP_UP
         tokens = self.connection_tokens
@@ -346,17 +368,10 @@ class Forwarding:
                     continue
                 out += (lk, b": ", value.encode("latin-1"), b"\r\n")
         remote = ctx.remote_addr.encode()
-        proto = self.proto
-        fixed = proto.forwarded if ctx.remote_addr == proto.remote_addr else None
-        if fixed is None:
-            fixed = b"X-Real-IP: %s\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Port: %d\r\n" % (
-                remote,
-                ctx.scheme.encode(),
-                ctx.server_port,
-            )
-            if ctx.remote_addr == proto.remote_addr:
-                proto.forwarded = fixed
-        out.append(fixed)
+        out.append(
+            b"X-Real-IP: %s\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Port: %d\r\n"
+            % (remote, ctx.scheme.encode(), ctx.server_port)
+        )
         out += (b"X-Forwarded-For: ", xff + b", " + remote if xff else remote, b"\r\n")
         out += (b"X-Forwarded-Host: ", ctx.host.encode("latin-1"), b"\r\n")
         if self.websocket:
@@ -508,62 +523,51 @@ class Forwarding:
 
     # -- upstream response callbacks (ResponseSink) ------------------------------------
 
-    def on_upstream_headers(
-        self, status: int, headers: list[tuple[bytes, bytes]], conn: UpstreamConnection
-    ) -> None:
+    def on_upstream_headers(self, status: int, conn: UpstreamConnection) -> None:
         if self.client_closed:
             return
         ctx = self.ctx
         assert ctx is not None
         self.status = status
         ctx.resp_status = status
-        out_headers: list[tuple[bytes, bytes]] = []
-        content_length: bytes | None = None
-        connection: bytes | None = None
-        for k, v in headers:
-            lk = k.lower()
-            if lk in RESPONSE_DROP:
-                if lk == b"connection":
-                    connection = v
-                continue
-            if lk == b"content-length":
-                content_length = v
-                continue
-            out_headers.append((k, v))
+        lines = conn.lines
+        content_length = conn.content_length
+        connection = conn.connection
         if connection is not None and connection.lower() not in PLAIN_CONNECTION:
             # Headers named in Connection are hop-by-hop too (RFC 9110 7.6.1).
             tokens = connection_tokens([(b"connection", connection)])
             if tokens:
-                out_headers = [(k, v) for k, v in out_headers if k.lower() not in tokens]
+                lines = _flat([(k, v) for k, v in conn.header_pairs() if k.lower() not in tokens])
         if status == 101 and self.websocket:
-            self._start_tunnel(conn, out_headers)
+            self._start_tunnel(conn, lines)
             return
         chain = self.chain
         if chain is not None and chain.header_filter:
+            pairs = list(zip(lines[0::4], lines[2::4], strict=True))
             if content_length is not None:
-                out_headers.append((b"Content-Length", content_length))
-            ctx.resp_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in out_headers]
+                pairs.append((b"Content-Length", content_length))
+            ctx.resp_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in pairs]
             self._header_filter(chain, ctx)
             status = self.status = ctx.resp_status
-            out_headers = []
+            kept: list[tuple[bytes, bytes]] = []
             content_length = None
             for name, value in ctx.resp_headers or ():
                 if name.lower() == "content-length":
                     content_length = value.encode("latin-1")
                 else:
-                    out_headers.append((name.encode("latin-1"), value.encode("latin-1")))
+                    kept.append((name.encode("latin-1"), value.encode("latin-1")))
+            lines = _flat(kept)
             if chain.buffers_body:
                 self.buffered_resp = []
         if ctx.upstream_status is None:
             ctx.upstream_status = str(status)
         state = self.proto.state
+        out = [status_line(status), state.server_header]
+        out += lines
         if status >= 500 or state.show_upstream_status:
-            out_headers.append((b"X-APISIX-Upstream-Status", str(status).encode()))
+            out.append(b"X-APISIX-Upstream-Status: %d\r\n" % status)
         no_body = self.method == "HEAD" or status in (204, 304) or 100 <= status < 200
         self.resp_no_body = no_body
-        out = [status_line(status), state.server_header]
-        for k, v in out_headers:
-            out += (k, b": ", v, b"\r\n")
         if self.buffered_resp is not None:
             pass  # framed when the whole body is known
         elif content_length is not None:
@@ -656,10 +660,8 @@ class Forwarding:
             err = exc if isinstance(exc, OSError) else ConnectionResetError(str(exc))
             d.set_exception(err)
 
-    def _start_tunnel(self, conn: UpstreamConnection, headers: list[tuple[bytes, bytes]]) -> None:
-        out = [status_line(101), self.proto.state.server_header]
-        for k, v in headers:
-            out.append(k + b": " + v + b"\r\n")
+    def _start_tunnel(self, conn: UpstreamConnection, lines: list[bytes]) -> None:
+        out = [status_line(101), self.proto.state.server_header, *lines]
         out.append(b"Connection: Upgrade\r\nUpgrade: " + self.upgrade + b"\r\n\r\n")
         self.write(b"".join(out))
         self.response_started = True
@@ -688,6 +690,14 @@ _SKIP_UP = (
 )
 
 
+def _flat(pairs: list[tuple[bytes, bytes]]) -> list[bytes]:
+    """Header pairs as the flat ``name, b": ", value, b"\\r\\n"`` pieces of a head."""
+    out: list[bytes] = []
+    for k, v in pairs:
+        out += (k, b": ", v, b"\r\n")
+    return out
+
+
 class _ReadTimeout(Exception):
     pass
 
@@ -703,7 +713,7 @@ class _Tunnel:
         self.proto = proto
         self.ex = ex
 
-    def on_upstream_headers(self, status: int, headers: Any, conn: UpstreamConnection) -> None:
+    def on_upstream_headers(self, status: int, conn: UpstreamConnection) -> None:
         return None
 
     def flush(self) -> None:

@@ -72,7 +72,8 @@ class HttpProtocol(asyncio.Protocol):
         self._drain_waiters: list[asyncio.Future[None]] = []
         self.tunnel: Any = None  # upstream connection once a WebSocket is established
         self.deadline = 0.0  # header/keep-alive timeout, enforced by ServerState's sweep
-        self.forwarded: bytes | None = None  # X-Real-IP/X-Forwarded-* lines fixed per connection
+        # (client headers, host, header block sent upstream after Host) of the last request.
+        self.head_cache: tuple[list[tuple[bytes, bytes]], str, bytes] | None = None
         self.host_cache: tuple[bytes, str] | None = None  # (raw Host, parsed) of the last request
         self.reading_paused = False
         self.idle_since = 0.0

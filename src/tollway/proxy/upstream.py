@@ -15,11 +15,34 @@ from typing import Protocol
 
 import httptools
 
+from tollway.proxy.http import RESPONSE_DROP
+
+# Response header name (as sent) -> what the gateway does with it: 0 forward, 1 drop
+# (hop-by-hop, Server), 2 Content-Length, 3 Connection. Learned per spelling, bounded.
+_FORWARD, _DROP, _CONTENT_LENGTH, _CONNECTION = 0, 1, 2, 3
+_ACTIONS: dict[bytes, int] = {}
+
+
+def _action(name: bytes) -> int:
+    lname = name.lower()
+    if lname == b"content-length":
+        action = _CONTENT_LENGTH
+    elif lname == b"connection":
+        action = _CONNECTION
+    elif lname in RESPONSE_DROP:
+        action = _DROP
+    else:
+        action = _FORWARD
+    if len(_ACTIONS) < 4096:
+        _ACTIONS[name] = action
+    return action
+
 
 class ResponseSink(Protocol):
-    def on_upstream_headers(
-        self, status: int, headers: list[tuple[bytes, bytes]], conn: UpstreamConnection
-    ) -> None: ...
+    def on_upstream_headers(self, status: int, conn: UpstreamConnection) -> None:
+        """The response head is in ``conn``: ``lines`` (the end-to-end headers as flat
+        ``name, b": ", value, b"\\r\\n"`` pieces), ``content_length``, ``connection``."""
+
     def on_upstream_body(self, data: bytes) -> None: ...
     def on_upstream_complete(self) -> None: ...
     def on_upstream_error(self, exc: BaseException | None) -> None: ...
@@ -29,15 +52,17 @@ class ResponseSink(Protocol):
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "_drain",
-        "_headers",
         "_parser",
         "_paused",
         "bytes_received",
         "closed",
+        "connection",
+        "content_length",
         "head_request",
         "idle_since",
         "keep_alive",
         "key",
+        "lines",
         "pool",
         "requests",
         "sink",
@@ -51,7 +76,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.key = key
         self.transport: asyncio.Transport | None = None
         self._parser: httptools.HttpResponseParser | None = None
-        self._headers: list[tuple[bytes, bytes]] = []
+        # The response head being parsed (see ResponseSink.on_upstream_headers).
+        self.lines: list[bytes] = []
+        self.content_length: bytes | None = None
+        self.connection: bytes | None = None
         self.sink: ResponseSink | None = None
         self.requests = 0
         self.idle_since = 0.0
@@ -123,20 +151,32 @@ class UpstreamConnection(asyncio.Protocol):
     # -- httptools callbacks ------------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
+        action = _ACTIONS.get(name)
+        if action is None:
+            action = _action(name)
+        if not action:
+            self.lines += (name, b": ", value, b"\r\n")
+        elif action == _CONTENT_LENGTH:
+            self.content_length = value
+        elif action == _CONNECTION:
+            self.connection = value
+
+    def header_pairs(self) -> list[tuple[bytes, bytes]]:
+        """The forwarded headers as (name, value) pairs."""
+        lines = self.lines
+        return list(zip(lines[0::4], lines[2::4], strict=True))
 
     def on_headers_complete(self) -> None:
         assert self._parser is not None
         status = self._parser.get_status_code()
         if 100 <= status < 200 and status != 101:
-            self._headers = []  # 100 Continue and friends are not forwarded
+            self._reset_head()  # 100 Continue and friends are not forwarded
             return
         self.status = status
         self.keep_alive = self._parser.should_keep_alive()
-        headers, self._headers = self._headers, []
         sink = self.sink
         if sink is not None:
-            sink.on_upstream_headers(status, headers, self)
+            sink.on_upstream_headers(status, self)
         if self.head_request and status != 101:
             # A response to HEAD has no body whatever its Content-Length says (RFC 9110 9.3.2).
             self._message_complete()
@@ -169,11 +209,16 @@ class UpstreamConnection(asyncio.Protocol):
         self.requests += 1
         self.status = 0
         self.bytes_received = 0
-        self._headers = []
+        self._reset_head()
         # A fresh parser only when needed: after a HEAD the old one would expect a body.
         if self._parser is None or self.head_request:
             self._parser = httptools.HttpResponseParser(self)
         self.head_request = head_request
+
+    def _reset_head(self) -> None:
+        self.lines = []
+        self.content_length = None
+        self.connection = None
 
     def write(self, data: bytes) -> None:
         assert self.transport is not None

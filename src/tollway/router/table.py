@@ -100,6 +100,7 @@ class Entry:
     """One (route, uri) pair placed in one table, with the route's compiled conditions."""
 
     __slots__ = (
+        "bare",
         "capture",
         "expr",
         "host",
@@ -143,6 +144,14 @@ class Entry:
         self.rest_name = capture.rest_name if capture is not None else None
         self.rest_start = capture.start if capture is not None else 0
         self.capture = capture if self.rest_name is None else None
+        # No condition beyond the path and no regex: the match is decided by the table lookup.
+        self.bare = (
+            self.methods is None
+            and self.ips is None
+            and self.hosts is None
+            and self.expr is None
+            and self.capture is None
+        )
         self.table: UriTable | None = None  # where it is placed, for removal
         self.host: str | None = None  # the host of that table in radixtree_host_uri
 
@@ -287,6 +296,22 @@ class UriTable:
             found = _scan(bucket, req, path)
             if found is not None:
                 return found
+        depths = self._depths
+        if self._other is None and len(depths) == 1:
+            # The common table: "/"-ended prefixes of one depth. One lookup, inlined.
+            deepest = depths[0]
+            parts = path.split("/", deepest)
+            if len(parts) <= deepest:
+                return None
+            bucket = self._slash.get(path[: len(path) - len(parts[deepest])])
+            if bucket is None:
+                return None
+            if isinstance(bucket, Entry) and bucket.bare:
+                rest = bucket.rest_name
+                return Match(
+                    bucket.spec, None if rest is None else {rest: path[bucket.rest_start :]}
+                )
+            return _scan(bucket, req, path)
         if self._other is not None:
             buckets = self._other.walk(path)
             if self._depths:

@@ -1,0 +1,139 @@
+"""Hot-path microbenchmark (run on demand, not a test): the Python cost of one proxied request.
+
+    .venv/bin/python bench/hotpath.py [--requests 200000] [--profile]
+
+One client connection (``HttpProtocol``) and one pooled upstream connection (``UpstreamConnection``)
+with in-memory transports: each iteration feeds wrk's request to the client side and nginx's answer
+to the upstream side, so everything Tollway does per request runs except the socket syscalls and
+uvloop's polling. The route is the proxy benchmark's (one route, no plugins, one node). Reports
+microseconds per request (best of 5 rounds); ``--profile`` prints a cProfile of one round. This is
+the quick loop for hot-path work; ``bench/proxy.py`` remains the figure that counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import json
+import pstats
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import uvloop
+
+from tollway.config.source import KeyValue
+from tollway.config.store import Store
+from tollway.plugins.registry import load_registry
+from tollway.proxy.runtime import Compiler
+from tollway.proxy.server import HttpProtocol
+from tollway.proxy.state import ServerState
+from tollway.proxy.upstream import UpstreamConnection
+from tollway.settings import default_settings
+
+REQUEST = b"GET /api/v1/svc500/items/42 HTTP/1.1\r\nHost: 127.0.0.1:18382\r\n\r\n"
+RESPONSE = (
+    b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Wed, 25 Nov 2026 23:00:00 GMT\r\n"
+    b"Content-Type: text/plain\r\nContent-Length: 12\r\nConnection: keep-alive\r\n\r\n"
+    b"hello world\n"
+)
+
+
+class Transport:
+    def __init__(self, peer: tuple[str, int], sock: tuple[str, int]) -> None:
+        self.out: list[bytes] = []
+        self.extra = {"peername": peer, "sockname": sock}
+
+    def write(self, data: bytes) -> None:
+        self.out.append(data)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.extra.get(name, default)
+
+    def is_closing(self) -> bool:
+        return False
+
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+    def close(self) -> None:
+        raise AssertionError("closed")
+
+
+async def setup(plugins: bool) -> tuple[HttpProtocol, UpstreamConnection, Transport, Transport]:
+    route: dict[str, Any] = {
+        "uri": "/api/v1/svc500/*",
+        "upstream": {
+            "type": "roundrobin",
+            "nodes": {"127.0.0.1:18380": 1},
+            # One connection for the whole run (the default recycles it every 1000 requests).
+            "keepalive_pool": {"size": 320, "idle_timeout": 60, "requests": 2**31},
+        },
+    }
+    if plugins:
+        route["plugins"] = {
+            "proxy-rewrite": {"headers": {"set": {"X-Bench": "1"}}},
+            "response-rewrite": {"headers": {"set": {"X-Resp": "1"}}},
+        }
+    store = Store()
+    store.load(1, [KeyValue("/apisix/routes/1", json.dumps(route).encode(), 1, 1)])
+    compiler = Compiler(default_settings(Path("/tmp/conf")), load_registry())
+    await compiler.rebuild(store)
+    state = ServerState(compiler, max_header_size=32768, max_body_size=0, keepalive_timeout=60)
+    state.start(asyncio.get_running_loop())
+    up = compiler.runtime.routes["1"].upstream
+    assert up is not None
+    conn = UpstreamConnection(state.pool, (up.pool_key, "127.0.0.1", 18380))
+    ut = Transport(("127.0.0.1", 18380), ("127.0.0.1", 40000))
+    conn.connection_made(ut)  # type: ignore[arg-type]
+    state.pool.release(conn, up.limits)
+    proto = HttpProtocol(state)
+    ct = Transport(("127.0.0.1", 50000), ("127.0.0.1", 18382))
+    proto.connection_made(ct)  # type: ignore[arg-type]
+    return proto, conn, ct, ut
+
+
+def round_(
+    proto: HttpProtocol, conn: UpstreamConnection, ct: Transport, ut: Transport, n: int
+) -> float:
+    feed_client, feed_up = proto.data_received, conn.data_received
+    t0 = time.perf_counter()
+    for _ in range(n):
+        feed_client(REQUEST)
+        feed_up(RESPONSE)
+    dt = time.perf_counter() - t0
+    assert len(ct.out) == n and len(ut.out) == n, (len(ct.out), len(ut.out))
+    ct.out.clear()
+    ut.out.clear()
+    return dt / n * 1e6
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--requests", type=int, default=200_000)
+    ap.add_argument("--plugins", action="store_true", help="proxy-rewrite + response-rewrite")
+    ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--show", action="store_true", help="print one request and one answer")
+    args = ap.parse_args()
+    proto, conn, ct, ut = await setup(args.plugins)
+    if args.show:
+        round_(proto, conn, ct, ut, 1)
+        proto.data_received(REQUEST)
+        conn.data_received(RESPONSE)
+        sys.stdout.write(ut.out[-1].decode() + "----\n" + ct.out[-1].decode() + "\n")
+        return
+    round_(proto, conn, ct, ut, 2000)  # warm
+    if args.profile:
+        prof = cProfile.Profile()
+        prof.enable()
+        round_(proto, conn, ct, ut, args.requests // 4)
+        prof.disable()
+        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+        return
+    times = [round_(proto, conn, ct, ut, args.requests // 5) for _ in range(5)]
+    print(f"{min(times):.2f} us/request (rounds: {', '.join(f'{t:.2f}' for t in times)})")
+
+
+if __name__ == "__main__":
+    uvloop.run(main())
