@@ -279,7 +279,11 @@ class Forwarding:
         up = self.upstream
         if conn is not None:
             self.proto.state.pool.release(conn, up.limits)
-        self._succeeded(up, server, pick, started, [])
+        if pick is None and up.passive is None:  # one node, no passive checks: just the time
+            assert self.ctx is not None
+            self.ctx.upstream_response_time = time.monotonic() - started
+        else:
+            self._succeeded(up, server, pick, started, [])
         self._finish()
 
     def _fast_failed(self, failure: UpstreamFailure) -> None:
@@ -309,8 +313,31 @@ class Forwarding:
     ) -> bytes:
         ctx = self.ctx
         assert ctx is not None
+        proto = self.proto
+        # Keep-alive clients send the same headers request after request: with nothing edited
+        # by plugins, all after the request line is cached per connection, keyed by the
+        # client's headers (one list compare).
+        plain = (
+            ctx.up_header_ops is None
+            and ctx.up_host is None
+            and up.pass_host == "pass"
+            and body is None
+            and not self.has_body
+            and not self.websocket
+            and not self.connection_tokens
+            and ctx.remote_addr == proto.remote_addr
+        )
         method = ctx.up_method or self.method
         target = ctx.up_uri.encode("latin-1") if ctx.up_uri is not None else self.target
+        if plain:
+            cached = proto.head_cache
+            if (
+                cached is not None
+                and cached[0] == self.raw_headers
+                and cached[1] == self.host_raw
+                and cached[2] == ctx.host
+            ):
+                return method.encode("latin-1") + b" " + target + cached[3]
         # Host: proxy-rewrite's host > pass_host (APISIX upstream.lua).
         if ctx.up_host is not None:
             host_hdr = ctx.up_host.encode("latin-1")
@@ -321,26 +348,10 @@ class Forwarding:
             host_hdr = up.upstream_host.encode("latin-1")
         else:
             host_hdr = self.host_raw or host.encode("latin-1")
-        first = (method.encode("latin-1"), b" ", target, b" HTTP/1.1\r\nHost: ", host_hdr, b"\r\n")
-        proto = self.proto
-        # Keep-alive clients send the same headers request after request: the block after the
-        # Host line is cached per connection, keyed by the client's headers (one list compare).
-        plain = (
-            ctx.up_header_ops is None
-            and not self.connection_tokens
-            and body is None
-            and not self.has_body
-            and not self.websocket
-            and ctx.remote_addr == proto.remote_addr
-        )
+        rest = b" HTTP/1.1\r\nHost: " + host_hdr + b"\r\n" + self._header_block(ctx, method, body)
         if plain:
-            cached = proto.head_cache
-            if cached is not None and cached[1] == ctx.host and cached[0] == self.raw_headers:
-                return b"".join((*first, cached[2]))
-        tail = self._header_block(ctx, method, body)
-        if plain:
-            proto.head_cache = (self.raw_headers, ctx.host, tail)
-        return b"".join((*first, tail))
+            proto.head_cache = (self.raw_headers, self.host_raw, ctx.host, rest)
+        return method.encode("latin-1") + b" " + target + rest
 
     def _header_block(self, ctx: RequestContext, method: str, body: bytes | None) -> bytes:
         """The request headers after the Host line, through the blank line."""
@@ -642,7 +653,10 @@ class Forwarding:
                         )
                 if self.resp_chunked:
                     self._out.append(b"0\r\n\r\n")
-            self.flush()
+            out = self._out
+            if out:
+                self.write(out[0] if len(out) == 1 else b"".join(out))
+                out.clear()
         if self._fast is not None:
             self._fast_done()
             return

@@ -113,7 +113,7 @@ class Exchange(Forwarding):
         self.has_body = False
         self.body_chunked = False
         self.content_length = 0
-        self.body: deque[bytes] = deque()
+        self.body: deque[bytes] | None = None  # created by the first body bytes
         self.body_bytes = 0
         self.body_complete = False
         self._body_waiter: asyncio.Future[None] | None = None
@@ -151,20 +151,23 @@ class Exchange(Forwarding):
     def feed_body(self, data: bytes) -> None:
         self.body_bytes += len(data)
         limit = self.proto.state.max_body_size
+        body = self.body
+        if body is None:
+            body = self.body = deque()
         if limit and self.body_bytes > limit:
             self.reject_status = 413
-            self.body.clear()
+            body.clear()
             self._wake_body()
             return
-        self.body.append(data)
-        if sum(map(len, self.body)) > HIGH_WATER_BODY:
+        body.append(data)
+        if sum(map(len, body)) > HIGH_WATER_BODY:
             self.proto.pause_reading()
         self._wake_body()
 
     def fail_body(self, status: int) -> None:
         self.reject_status = status
         self.keep_alive = False
-        self.body.clear()
+        self.body = None
         self._wake_body()
 
     def finish_body(self) -> None:
@@ -187,8 +190,9 @@ class Exchange(Forwarding):
             self._body_waiter = self.proto.state.loop.create_future()
             await self._body_waiter
             self._body_waiter = None
-        chunk = self.body.popleft()
-        if not self.body:
+        body = self.body
+        chunk = body.popleft()
+        if not body:
             self.proto.resume_reading()
         return chunk
 
@@ -205,8 +209,8 @@ class Exchange(Forwarding):
             self._body_waiter = None
         if self.body_bytes > limit:
             return None
-        data = b"".join(self.body)
-        self.body.clear()
+        data = b"".join(self.body or ())
+        self.body = None
         self.proto.resume_reading()
         return data
 
@@ -215,7 +219,7 @@ class Exchange(Forwarding):
         upstream request still sends it."""
         data = await self.read_body(limit)
         if data:
-            self.body.appendleft(data)
+            self.body = deque((data,))
         return data
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -262,11 +266,13 @@ class Exchange(Forwarding):
         if self._finished:
             return
         self._finished = True
-        self._cancel_timer()
+        self.reading = False
         state = self.proto.state
         state.exchanges.discard(self)
         state.requests += 1
-        self.log_phase()
+        chain = self.chain
+        if state.access_log is not None or (chain is not None and chain.log):
+            self.log_phase()
         self.proto.exchange_done(self, self.keep_alive and self.body_complete)
 
     def client_gone(self) -> None:
@@ -444,7 +450,7 @@ class Exchange(Forwarding):
 
     def _make_context(self) -> RequestContext | None:
         url = self.url
-        if url[:1] != b"/":
+        if not url.startswith(b"/"):
             if url == b"*" and self.method == "OPTIONS":
                 url = b"/"
             else:

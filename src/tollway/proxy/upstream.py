@@ -111,7 +111,8 @@ class UpstreamConnection(asyncio.Protocol):
         assert self._parser is not None
         try:
             self._parser.feed_data(data)
-            sink.flush()  # what this read produced leaves in one client write
+            if self.sink is sink:  # (a completed response was flushed by the sink itself)
+                sink.flush()  # what this read produced leaves in one client write
         except httptools.HttpParserUpgrade as e:
             off = e.args[0] if e.args and isinstance(e.args[0], int) else len(data)
             self.upgraded = True
