@@ -238,9 +238,9 @@ class Forwarding:
 
     def _fast_attempt(self) -> bool:
         up = self.upstream
-        route = self.route
         ctx = self.ctx
-        assert up is not None and route is not None and ctx is not None
+        assert up is not None and ctx is not None
+        route = ctx.route
         pick: PickContext | None
         if up.single is not None:
             pick, server = None, up.single
@@ -261,12 +261,11 @@ class Forwarding:
         self._send_timeout = timeouts.send
         ctx.upstream_addr = server.addr
         name = up.node_hosts.get(server.addr, server.host) if up.node_hosts else server.host
-        loop = state.loop
         self._fast = (server, pick, time.monotonic())
         self.conn = conn
         conn.start(self, self.method == "HEAD" or ctx.up_method == "HEAD")
         conn.write(self._request_head(up, name, server.port, None))
-        self.last_activity = loop.time()
+        self.last_activity = state.loop.time()
         self.reading = True
         return True
 
@@ -634,8 +633,19 @@ class Forwarding:
             self.conn.pause_reading()
 
     def on_upstream_complete(self) -> None:
-        if not self.client_closed:
-            chain = self.chain
+        chain = self.chain
+        if self.client_closed:
+            pass
+        elif (
+            not self.resp_chunked
+            and self.buffered_resp is None
+            and not (chain and chain.body_filter)
+        ):
+            out = self._out  # the common case: what the last read produced, in one write
+            if out:
+                self.write(out[0] if len(out) == 1 else b"".join(out))
+                out.clear()
+        else:
             ctx = self.ctx
             if self.buffered_resp is not None and ctx is not None and chain is not None:
                 head, *parts = self.buffered_resp

@@ -425,10 +425,11 @@ class Exchange(Forwarding):
                     return
             if self._run_phase_sync(entries, ctx):
                 return
-        if self.response_started or self.upstream is None or self.route is None:
+        route = ctx.route
+        if self.response_started or self.upstream is None or route is None:
             return
         if not self._fast_attempt():
-            self._spawn(self.proxy(self.route, self.upstream))
+            self._spawn(self.proxy(route, self.upstream))
 
     async def _drive_async(
         self, steps: Iterator[tuple[ChainEntry, ...]], pending: tuple[ChainEntry, ...] | None

@@ -40,6 +40,27 @@ def _method(raw: bytes) -> str:
     return m
 
 
+# Request header name (as sent) -> what the parser notes about it (0: nothing). Learned per
+# spelling, bounded: most headers then cost one dict lookup, not a lower() and six compares.
+_HOST, _CONTENT_LENGTH, _TRANSFER_ENCODING, _UPGRADE, _EXPECT, _CONNECTION = range(1, 7)
+_NOTED = {
+    b"host": _HOST,
+    b"content-length": _CONTENT_LENGTH,
+    b"transfer-encoding": _TRANSFER_ENCODING,
+    b"upgrade": _UPGRADE,
+    b"expect": _EXPECT,
+    b"connection": _CONNECTION,
+}
+_KINDS: dict[bytes, int] = {}
+
+
+def _kind(name: bytes) -> int:
+    kind = _NOTED.get(name.lower(), 0)
+    if len(_KINDS) < 4096:
+        _KINDS[name] = kind
+    return kind
+
+
 HIGH_WATER = 256 * 1024  # buffered request body bytes before we stop reading the client
 MAX_PIPELINE = 16
 
@@ -188,25 +209,30 @@ class HttpProtocol(asyncio.Protocol):
             raise ParseLimit(414 if len(self._url) > self.state.max_header_size else 431)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_bytes += len(name) + len(value) + 4
-        if self._header_bytes > self.state.max_header_size:
+        size = self._header_bytes + len(name) + len(value) + 4
+        self._header_bytes = size
+        if size > self.state.max_header_size:
             raise ParseLimit(431)
-        lname = name.lower()
-        if lname == b"content-length":
+        self._headers.append((name, value))
+        kind = _KINDS.get(name)
+        if kind is None:
+            kind = _kind(name)
+        if not kind:
+            return
+        if kind == _HOST:
+            self._host = value
+        elif kind == _CONTENT_LENGTH:
             self._cl_count += 1
             if self._cl_count > 1 or not value.strip().isdigit():
                 raise ParseLimit(400)
-        elif lname == b"transfer-encoding":
+        elif kind == _TRANSFER_ENCODING:
             self._te = True
-        elif lname == b"host":
-            self._host = value
-        elif lname == b"upgrade":
+        elif kind == _UPGRADE:
             self._upgrade = value
-        elif lname == b"expect":
+        elif kind == _EXPECT:
             self._expect = value.lower() == b"100-continue"
-        elif lname == b"connection":
+        elif kind == _CONNECTION:
             self._connection = value
-        self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         # RFC 9112 6.3: Content-Length with Transfer-Encoding is a smuggling vector; refuse it.

@@ -191,11 +191,13 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         # 1xx (including 101: the tunnel takes over) and spurious completions end nothing.
-        if 100 <= self.status < 200 or self.status == 0:
+        status = self.status
+        if status < 200 or self.head_request:
             return
-        if self.head_request:
-            return
-        self._message_complete()
+        sink = self.sink
+        self.sink = None
+        if sink is not None:
+            sink.on_upstream_complete()
 
     def _message_complete(self) -> None:
         sink = self.sink
@@ -210,7 +212,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.requests += 1
         self.status = 0
         self.bytes_received = 0
-        self._reset_head()
+        self.lines = []
+        self.content_length = self.connection = None
         # A fresh parser only when needed: after a HEAD the old one would expect a body.
         if self._parser is None or self.head_request:
             self._parser = httptools.HttpResponseParser(self)
