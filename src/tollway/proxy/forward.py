@@ -195,8 +195,10 @@ class Forwarding:
         pick: PickContext | None,
         started: float,
         statuses: list[str],
+        now: float | None = None,
     ) -> None:
-        elapsed = time.monotonic() - started
+        """``started``: when the attempt began, by ``now``'s clock (time.monotonic() if None)."""
+        elapsed = (time.monotonic() if now is None else now) - started
         if self.ctx is not None:
             self.ctx.upstream_response_time = elapsed  # nginx $upstream_response_time
         if pick is not None and up.picker is not None:
@@ -261,11 +263,12 @@ class Forwarding:
         self._send_timeout = timeouts.send
         ctx.upstream_addr = server.addr
         name = up.node_hosts.get(server.addr, server.host) if up.node_hosts else server.host
-        self._fast = (server, pick, time.monotonic())
+        # uvloop's clock (milliseconds, like nginx's $upstream_response_time) for both.
+        now = self.last_activity = state.loop.time()
+        self._fast = (server, pick, now)
         self.conn = conn
         conn.start(self, self.method == "HEAD" or ctx.up_method == "HEAD")
         conn.write(self._request_head(up, name, server.port, None))
-        self.last_activity = state.loop.time()
         self.reading = True
         return True
 
@@ -280,9 +283,9 @@ class Forwarding:
             self.proto.state.pool.release(conn, up.limits)
         if pick is None and up.passive is None:  # one node, no passive checks: just the time
             assert self.ctx is not None
-            self.ctx.upstream_response_time = time.monotonic() - started
+            self.ctx.upstream_response_time = self.proto.state.loop.time() - started
         else:
-            self._succeeded(up, server, pick, started, [])
+            self._succeeded(up, server, pick, started, [], self.proto.state.loop.time())
         self._finish()
 
     def _fast_failed(self, failure: UpstreamFailure) -> None:
@@ -598,8 +601,12 @@ class Forwarding:
             self.buffered_resp.append(b"".join(out))
             return
         out.append(b"\r\n")
-        # Buffered: the head usually leaves in one write with the first body bytes (flush()).
-        self._out.append(b"".join(out))
+        # Buffered: the head usually leaves in one write with the first body bytes (flush()),
+        # its pieces joined once with them.
+        if self._out:
+            self._out += out
+        else:
+            self._out = out
 
     def on_upstream_body(self, data: bytes) -> None:
         if self.client_closed:

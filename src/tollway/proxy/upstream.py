@@ -60,6 +60,7 @@ class UpstreamConnection(asyncio.Protocol):
         "content_length",
         "head_request",
         "idle_since",
+        "idle_timeout",
         "keep_alive",
         "key",
         "lines",
@@ -83,6 +84,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.sink: ResponseSink | None = None
         self.requests = 0
         self.idle_since = 0.0
+        self.idle_timeout = 60.0  # the pool's idle_timeout, set when released to it
         self.closed = False
         self.keep_alive = True
         self._paused = False
@@ -269,21 +271,16 @@ class Pool:
 
     def __init__(self) -> None:
         self._idle: dict[Hashable, list[UpstreamConnection]] = {}
-        self._limits: dict[Hashable, PoolLimits] = {}
         self._sweeper: asyncio.TimerHandle | None = None
 
     def get_idle(self, key: Hashable) -> UpstreamConnection | None:
         stack = self._idle.get(key)
-        if not stack:
-            return None
-        limits = self._limits.get(key)
-        now = time.monotonic()
         while stack:
             conn = stack.pop()
             t = conn.transport
             if conn.closed or t is None or t.is_closing():
                 continue
-            if limits is not None and now - conn.idle_since > limits.idle_timeout:
+            if time.monotonic() - conn.idle_since > conn.idle_timeout:
                 conn.close()
                 continue
             return conn
@@ -315,12 +312,14 @@ class Pool:
         if conn.closed or not conn.keep_alive or conn.upgraded or conn.requests >= limits.requests:
             conn.close()
             return
-        stack = self._idle.setdefault(conn.key, [])
-        self._limits[conn.key] = limits
-        if len(stack) >= limits.size:
+        stack = self._idle.get(conn.key)
+        if stack is None:
+            stack = self._idle[conn.key] = []
+        elif len(stack) >= limits.size:
             conn.close()
             return
         conn.sink = None
+        conn.idle_timeout = limits.idle_timeout
         conn.idle_since = time.monotonic()
         stack.append(conn)
         if self._sweeper is None:
@@ -337,9 +336,7 @@ class Pool:
         now = time.monotonic()
         any_left = False
         for key, stack in list(self._idle.items()):
-            limits = self._limits.get(key)
-            timeout = limits.idle_timeout if limits else 60.0
-            keep = [c for c in stack if not c.closed and now - c.idle_since <= timeout]
+            keep = [c for c in stack if not c.closed and now - c.idle_since <= c.idle_timeout]
             for c in stack:
                 if c not in keep:
                     c.close()
