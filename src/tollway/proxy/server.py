@@ -292,7 +292,7 @@ class HttpProtocol(asyncio.Protocol):
     def on_message_complete(self) -> None:
         ex = self.parsing
         self.parsing = None
-        if ex is not None:
+        if ex is not None and not ex.body_complete:
             ex.finish_body()
         if self.active is None and not self.pipeline and not self.closing:
             # The answer was made before the message ended (fast path): idle from now on.
@@ -324,7 +324,8 @@ class HttpProtocol(asyncio.Protocol):
             self.active = nxt
             nxt.start()
             return
-        self.resume_reading()
+        if self.reading_paused:
+            self.resume_reading()
         now = self.idle_since = self.state.loop.time()
         if self.parsing is None:
             self.deadline = now + self.state.keepalive_timeout
