@@ -53,7 +53,7 @@ routes:
     plugins:
       proxy-rewrite:
         uri: /echo/rewritten
-        headers: {set: {X-Set: "v-$arg_a"}, remove: [X-Drop]}
+        headers: {set: {X-Set: "v-$arg_a"}, add: {X-Add: a2}, remove: [X-Drop]}
       response-rewrite:
         status_code: 201
         headers: {set: {X-Resp: "yes"}}
@@ -265,13 +265,24 @@ def test_chunked_body_over_limit_is_413(gw: Gateway) -> None:
 
 
 def test_proxy_rewrite_and_response_rewrite(gw: Gateway) -> None:
-    r = requests.get(gw.url("/pr?a=7"), headers={"X-Drop": "1"})
+    sent = {
+        "X-Drop": "1",
+        "X-Set": "client",
+        "X-Add": "a1",
+        "X-Keep": "k",
+        "X-Forwarded-For": "9.9.9.9",
+    }
+    r = requests.get(gw.url("/pr?a=7"), headers=sent)
     assert r.status_code == 201
     assert r.headers["X-Resp"] == "yes"
     body = r.json()
     assert body["path"] == "/echo/rewritten?a=7"
-    assert body["headers"]["x-set"] == "v-7"
-    assert "x-drop" not in body["headers"]
+    h = body["headers"]
+    assert h["x-set"] == "v-7"  # replaced, not appended
+    assert h["x-add"] == "a1, a2"
+    assert "x-drop" not in h
+    assert h["x-keep"] == "k"  # headers no plugin touched pass as sent
+    assert h["x-forwarded-for"] == "9.9.9.9, 127.0.0.1"
     r = requests.get(gw.url("/rrbody"))
     assert r.text == "replaced\n"
 

@@ -222,6 +222,8 @@ class RequestContext:
         self.up_uri: str | None = None
         self.up_method: str | None = None
         self.up_host: str | None = None
+        # (name as given, value or None to remove, append) in call order; the final values
+        # are in ``headers``.
         self.up_header_ops: list[tuple[str, str | None, bool]] | None = None
         # Response (valid from header_filter on).
         self.resp_status = 0
@@ -368,7 +370,7 @@ class RequestContext:
     def _header_op(self, name: str, value: str | None, append: bool) -> None:
         if self.up_header_ops is None:
             self.up_header_ops = []
-        self.up_header_ops.append((name.lower(), value, append))
+        self.up_header_ops.append((name, value, append))  # name as the plugin spelled it
         h = self.headers
         lname = name.lower()
         if value is None:

@@ -364,22 +364,34 @@ class Forwarding:
         tokens = self.connection_tokens
         if tokens:
             skip = skip | tokens
-        if ctx.up_header_ops is None:
-            for k, v in self.raw_headers:
-                lk = k.lower()
-                if lk in skip:
-                    if lk == b"x-forwarded-for":
-                        xff = v
-                    continue
-                out += (k, b": ", v, b"\r\n")
-        else:
-            for name, value in ctx.headers.items():  # already edited by plugins
-                lk = name.encode("latin-1")
+        ops = ctx.up_header_ops
+        # Headers a plugin set, added or removed (lowercase -> the plugin's spelling): their
+        # final values are in ctx.headers.
+        edited = (
+            {op[0].lower().encode("latin-1"): op[0].encode("latin-1") for op in ops}
+            if ops is not None
+            else None
+        )
+        for k, v in self.raw_headers:  # the client's headers as sent, unless edited
+            lk = k.lower()
+            if lk in skip:
+                if lk == b"x-forwarded-for" and not (edited and lk in edited):
+                    xff = v
+                continue
+            if edited and lk in edited:
+                continue
+            out += (k, b": ", v, b"\r\n")
+        if edited:
+            headers = ctx.headers
+            for lk, spelled in edited.items():
+                value = headers.get(lk.decode("latin-1"))
+                if value is None:
+                    continue  # removed
                 if lk in skip:
                     if lk == b"x-forwarded-for":
                         xff = value.encode("latin-1")
                     continue
-                out += (lk, b": ", value.encode("latin-1"), b"\r\n")
+                out += (spelled, b": ", value.encode("latin-1"), b"\r\n")
         remote = ctx.remote_addr.encode()
         out.append(
             b"X-Real-IP: %s\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Port: %d\r\n"
@@ -556,20 +568,22 @@ class Forwarding:
             return
         chain = self.chain
         if chain is not None and chain.header_filter:
-            pairs = list(zip(lines[0::4], lines[2::4], strict=True))
+            resp = [
+                (lines[i].decode("latin-1"), lines[i + 2].decode("latin-1"))
+                for i in range(0, len(lines), 4)
+            ]
             if content_length is not None:
-                pairs.append((b"Content-Length", content_length))
-            ctx.resp_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in pairs]
+                resp.append(("Content-Length", content_length.decode("latin-1")))
+            ctx.resp_headers = resp
             self._header_filter(chain, ctx)
             status = self.status = ctx.resp_status
-            kept: list[tuple[bytes, bytes]] = []
+            lines = []
             content_length = None
             for name, value in ctx.resp_headers or ():
-                if name.lower() == "content-length":
+                if len(name) == 14 and name.lower() == "content-length":
                     content_length = value.encode("latin-1")
                 else:
-                    kept.append((name.encode("latin-1"), value.encode("latin-1")))
-            lines = _flat(kept)
+                    lines += (name.encode("latin-1"), b": ", value.encode("latin-1"), b"\r\n")
             if chain.buffers_body:
                 self.buffered_resp = []
         if ctx.upstream_status is None:

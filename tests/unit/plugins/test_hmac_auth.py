@@ -236,7 +236,7 @@ def test_request_target_uses_method_and_uri() -> None:
 def test_hide_credentials_removes_authorization() -> None:
     ctx = ctx_with(headers=signed())
     assert run({"hide_credentials": True}, ctx) is None
-    assert ctx.up_header_ops == [("authorization", None, False)]
+    assert ctx.up_header_ops == [("Authorization", None, False)]
 
 
 def test_anonymous_consumer() -> None:

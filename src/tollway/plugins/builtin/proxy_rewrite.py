@@ -61,9 +61,7 @@ class Compiled:
     def __init__(self, conf: Conf) -> None:
         self.uri = compile_template(conf.uri) if conf.uri is not None else None
         rx = conf.regex_uri or []
-        self.regex = [
-            (re.compile(rx[i]), _template_to_python(rx[i + 1])) for i in range(0, len(rx), 2)
-        ]
+        self.regex = [(re.compile(rx[i]), _template(rx[i + 1])) for i in range(0, len(rx), 2)]
         h = conf.headers or {}
         add: dict[str, Any] = {}
         set_: dict[str, Any] = {}
@@ -83,10 +81,30 @@ class Compiled:
         self.headers_remove = remove
 
 
-def _template_to_python(t: str) -> str:
-    # APISIX templates use $1 / ${1}; Python's re.sub uses \g<1>.
-    t = t.replace("\\", "\\\\")
-    return re.sub(r"\$\{?(\d+)\}?", r"\\g<\1>", t)
+def _template(t: str) -> tuple[str | int, ...]:
+    """An APISIX replacement (``$1`` / ``${1}``) split once into literals and group numbers."""
+    parts: list[str | int] = []
+    pos = 0
+    for m in _GROUP.finditer(t):
+        parts += (t[pos : m.start()], int(m.group(1)))
+        pos = m.end()
+    parts.append(t[pos:])
+    return tuple(p for p in parts if p != "")
+
+
+_GROUP = re.compile(r"\$\{?(\d+)\}?")
+
+
+def _substitute(rx: re.Pattern[str], template: tuple[str | int, ...], path: str) -> str | None:
+    """``path`` with the first match of ``rx`` replaced (ngx.re.sub), or None if none."""
+    m = rx.search(path)
+    if m is None:
+        return None
+    out = [path[: m.start()]]
+    for p in template:
+        out.append(p if isinstance(p, str) else (m.group(p) or ""))
+    out.append(path[m.end() :])
+    return "".join(out)
 
 
 class ProxyRewrite(Plugin):
@@ -107,9 +125,9 @@ class ProxyRewrite(Plugin):
             if comp.uri is not None:
                 new_uri = comp.uri(var)
             elif comp.regex:
-                for rx, repl in comp.regex:
-                    if rx.search(ctx.path):
-                        new_uri = rx.sub(repl, ctx.path, count=1)
+                for rx, template in comp.regex:
+                    new_uri = _substitute(rx, template, ctx.path)
+                    if new_uri is not None:
                         break
             if new_uri is not None:
                 if ctx.query:

@@ -108,6 +108,11 @@ class ResponseRewrite(Plugin):
     def needs_body_buffer(self, conf: Conf) -> bool:
         return bool(conf.filters)
 
+    def phase_method(self, phase: str, conf: Conf) -> Any:
+        if phase == "body_filter" and conf.body is None and not conf.filters:
+            return None  # headers or status only: the body streams through untouched
+        return super().phase_method(phase, conf)
+
     def body_filter(self, conf: Conf, ctx: RequestContext, chunk: bytes, eof: bool) -> bytes:
         if not ctx.var("_response_rewrite"):
             return chunk
