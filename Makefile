@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 MODE   ?= etcd
 
-.PHONY: run test lint typecheck unit e2e system-deps bench-proxy bench-router bench-balancer bench-churn clean
+.PHONY: run test lint typecheck unit e2e system-deps bench-proxy bench-hotpath bench-router bench-balancer bench-churn clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ e2e: $(STAMP) system-deps
 bench-proxy: $(STAMP)
 	scripts/ensure-system-deps.sh bench
 	$(BIN)/python bench/proxy.py
+
+bench-hotpath: $(STAMP)
+	$(BIN)/python bench/hotpath.py
+	$(BIN)/python bench/hotpath.py --plugins
 
 bench-router: $(STAMP)
 	$(BIN)/python bench/router.py

@@ -1,13 +1,16 @@
 """Hot-path microbenchmark (run on demand, not a test): the Python cost of one proxied request.
 
-    .venv/bin/python bench/hotpath.py [--requests 200000] [--profile]
+    .venv/bin/python bench/hotpath.py [--requests 200000] [--plugins] [--profile]
+    .venv/bin/python bench/hotpath.py --against HEAD~1     # A/B: that commit vs the working tree
 
 One client connection (``HttpProtocol``) and one pooled upstream connection (``UpstreamConnection``)
 with in-memory transports: each iteration feeds wrk's request to the client side and nginx's answer
 to the upstream side, so everything Tollway does per request runs except the socket syscalls and
 uvloop's polling. The route is the proxy benchmark's (one route, no plugins, one node). Reports
-microseconds per request (best of 20 rounds); ``--profile`` prints a cProfile of one round. This is
-the quick loop for hot-path work; ``bench/proxy.py`` remains the figure that counts.
+microseconds per request (best of 20 rounds); ``--profile`` prints a cProfile of one round.
+``--against REF`` checks REF out in a temporary git worktree and alternates runs of it and of the
+working tree (4 pairs): on a shared VM only interleaved runs compare. This is the quick loop for
+hot-path work; ``bench/proxy.py`` remains the figure that counts.
 """
 
 from __future__ import annotations
@@ -16,8 +19,12 @@ import argparse
 import asyncio
 import cProfile
 import json
+import os
 import pstats
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -112,13 +119,38 @@ def round_(
     return dt / n * 1e6
 
 
+def against(ref: str, passthrough: list[str]) -> None:
+    """Alternate runs of ``ref`` (a temporary worktree on PYTHONPATH) and of this tree."""
+    repo = Path(__file__).resolve().parent.parent
+    tmp = Path(tempfile.mkdtemp(prefix="tollway-ab-"))
+    tree = tmp / "tree"
+    subprocess.run(["git", "-C", str(repo), "worktree", "add", "-q", "--detach", str(tree), ref],
+                   check=True)  # fmt: skip
+    try:
+        argv = [sys.executable, str(Path(__file__).resolve()), *passthrough]
+        for _ in range(4):
+            for label, env in ((ref, {"PYTHONPATH": str(tree / "src")}), ("working tree", {})):
+                out = subprocess.run(argv, env={**os.environ, **env}, capture_output=True,
+                                     text=True, check=True).stdout.strip()  # fmt: skip
+                print(f"{label:>14}: {out}", flush=True)
+    finally:
+        subprocess.run(["git", "-C", str(repo), "worktree", "remove", "--force", str(tree)],
+                       check=False)  # fmt: skip
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 async def main() -> None:
+    if "--against" in sys.argv:
+        i = sys.argv.index("--against")
+        against(sys.argv[i + 1], sys.argv[1:i] + sys.argv[i + 2 :])
+        return
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=200_000)
     ap.add_argument(
         "--plugins", action="store_true", help="proxy-rewrite + response-rewrite as bench/proxy.py"
     )
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--against", metavar="REF", help="A/B against a git revision")
     ap.add_argument("--show", action="store_true", help="print one request and one answer")
     args = ap.parse_args()
     proto, conn, ct, ut = await setup(args.plugins)
