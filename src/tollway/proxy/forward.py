@@ -19,6 +19,7 @@ from tollway.proxy.http import (
     HOP_BY_HOP,
     IDEMPOTENT,
     PLAIN_CONNECTION,
+    STATUS_LINES,
     connection_tokens,
     status_line,
 )
@@ -268,7 +269,7 @@ class Forwarding:
         self._fast = (server, pick, now)
         self.conn = conn
         conn.start(self, self.method == "HEAD" or ctx.up_method == "HEAD")
-        conn.write(self._request_head(up, name, server.port, None))
+        conn.transport.write(self._request_head(up, name, server.port, None))  # type: ignore[union-attr]
         self.reading = True
         return True
 
@@ -589,7 +590,7 @@ class Forwarding:
         if ctx.upstream_status is None:
             ctx.upstream_status = str(status)
         state = self.proto.state
-        out = [status_line(status), state.server_header]
+        out = [STATUS_LINES.get(status) or status_line(status), state.server_header]
         out += lines
         if status >= 500 or state.show_upstream_status:
             out.append(b"X-APISIX-Upstream-Status: %d\r\n" % status)
@@ -664,7 +665,9 @@ class Forwarding:
         ):
             out = self._out  # the common case: what the last read produced, in one write
             if out:
-                self.write(out[0] if len(out) == 1 else b"".join(out))
+                t = self.proto.transport
+                if t is not None:
+                    t.write(out[0] if len(out) == 1 else b"".join(out))
                 out.clear()
         else:
             ctx = self.ctx

@@ -237,7 +237,12 @@ class Exchange(Forwarding):
             return
         try:
             steps = self._prepare()
-            if steps is not None:
+            if steps is _NO_STEPS:  # no request-phase plugin: straight to the upstream
+                up = self.upstream
+                if not self.response_started and up is not None and not self._fast_attempt():
+                    assert self.ctx is not None and self.ctx.route is not None
+                    self._spawn(self.proxy(self.ctx.route, up))
+            elif steps is not None:
                 self._drive(steps)
         except Exception:
             self._crashed()
