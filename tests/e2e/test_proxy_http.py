@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -204,6 +205,59 @@ def test_keepalive_and_pipelining_in_order(gw: Gateway) -> None:
     assert out.count(b"HTTP/1.1 200 OK") == 5 and b"404 Route Not Found" in out
 
 
+def read_response(s: socket.socket) -> tuple[bytes, bytes]:
+    """One Content-Length response from a keep-alive connection: (head, body)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        assert chunk, data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(next(v for k, _, v in (line.partition(b": ") for line in head.split(b"\r\n"))
+                      if k.lower() == b"content-length"))  # fmt: skip
+    while len(body) < length:
+        chunk = s.recv(65536)
+        assert chunk
+        body += chunk
+    return head, body
+
+
+def test_each_request_on_a_connection_sends_its_own_headers(gw: Gateway) -> None:
+    # The upstream head after the request line is cached per connection: a change of any client
+    # header, or of Host, must reach the upstream.
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
+        seen = []
+        for host, extra in [
+            (b"a.example", b"X-A: 1\r\n"),
+            (b"a.example", b"X-A: 1\r\n"),
+            (b"a.example", b"X-A: 2\r\n"),
+            (b"b.example:8080", b"X-A: 2\r\n"),
+            (b"b.example:8080", b""),
+        ]:
+            s.sendall(b"GET /echo/h HTTP/1.1\r\nHost: " + host + b"\r\n" + extra + b"\r\n")
+            head, body = read_response(s)
+            assert head.startswith(b"HTTP/1.1 200"), head
+            h = json.loads(body)["headers"]
+            seen.append((h["host"], h.get("x-a"), h["x-forwarded-host"]))
+    assert seen == [
+        ("a.example", "1", "a.example"),
+        ("a.example", "1", "a.example"),
+        ("a.example", "2", "a.example"),
+        ("b.example:8080", "2", "b.example"),
+        ("b.example:8080", None, "b.example"),
+    ]
+
+
+def test_http10_keep_alive_is_kept(gw: Gateway) -> None:
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
+        for i in range(2):
+            s.sendall(b"GET /echo/k%d HTTP/1.0\r\nConnection: keep-alive\r\n\r\n" % i)
+            head, body = read_response(s)
+            assert head.startswith(b"HTTP/1.1 200"), head
+            assert b"\r\nConnection: keep-alive" in head
+            assert b"/echo/k%d" % i in body
+
+
 def test_http10_and_expect_continue(gw: Gateway) -> None:
     out = raw(gw, b"GET /echo/old HTTP/1.0\r\n\r\n")
     assert out.startswith(b"HTTP/1.1 200") and b'"/echo/old"' in out
@@ -235,6 +289,15 @@ def test_http10_and_expect_continue(gw: Gateway) -> None:
             b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
             400,
         ),
+        (
+            b"POST /echo HTTP/1.1\r\nHost: x\r\ncontent-length: 3\r\nCONTENT-LENGTH: 4\r\n\r\nabcd",
+            400,
+        ),
+        (
+            b"POST /echo HTTP/1.1\r\nHost: x\r\ncOnTeNt-LeNgTh: 3\r\n"
+            b"transfer-ENCODING: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+            400,
+        ),
         (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", 400),
         (b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n", 400),
     ],
@@ -244,6 +307,8 @@ def test_http10_and_expect_continue(gw: Gateway) -> None:
         "400-garbage",
         "400-cl-te",
         "400-dup-cl",
+        "400-dup-cl-any-case",
+        "400-cl-te-any-case",
         "400-bad-cl",
         "400-chunk",
     ],
