@@ -196,10 +196,8 @@ class Forwarding:
         pick: PickContext | None,
         started: float,
         statuses: list[str],
-        now: float | None = None,
     ) -> None:
-        """``started``: when the attempt began, by ``now``'s clock (time.monotonic() if None)."""
-        elapsed = (time.monotonic() if now is None else now) - started
+        elapsed = time.monotonic() - started
         if self.ctx is not None:
             self.ctx.upstream_response_time = elapsed  # nginx $upstream_response_time
         if pick is not None and up.picker is not None:
@@ -264,9 +262,9 @@ class Forwarding:
         self._send_timeout = timeouts.send
         ctx.upstream_addr = server.addr
         name = up.node_hosts.get(server.addr, server.host) if up.node_hosts else server.host
-        # uvloop's clock (milliseconds, like nginx's $upstream_response_time) for both.
-        now = self.last_activity = state.loop.time()
-        self._fast = (server, pick, now)
+        self.last_activity = state.loop.time()  # (uvloop's clock: cached, millisecond steps)
+        # The upstream time is measured precisely: it must nest inside the request's time.
+        self._fast = (server, pick, time.monotonic())
         self.conn = conn
         conn.start(self, self.method == "HEAD" or ctx.up_method == "HEAD")
         conn.transport.write(self._request_head(up, name, server.port, None))  # type: ignore[union-attr]
@@ -284,9 +282,9 @@ class Forwarding:
             self.proto.state.pool.release(conn, up.limits)
         if pick is None and up.passive is None:  # one node, no passive checks: just the time
             assert self.ctx is not None
-            self.ctx.upstream_response_time = self.proto.state.loop.time() - started
+            self.ctx.upstream_response_time = time.monotonic() - started
         else:
-            self._succeeded(up, server, pick, started, [], self.proto.state.loop.time())
+            self._succeeded(up, server, pick, started, [])
         self._finish()
 
     def _fast_failed(self, failure: UpstreamFailure) -> None:
