@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,9 @@ routes:
     service_id: missing
   - id: status
     uri: /status/*
+    upstream: {nodes: {"%(up)s": 1}}
+  - id: slow
+    uri: /slow/*
     upstream: {nodes: {"%(up)s": 1}}
   - id: node
     uri: /passnode
@@ -256,6 +260,30 @@ def test_http10_keep_alive_is_kept(gw: Gateway) -> None:
             assert head.startswith(b"HTTP/1.1 200"), head
             assert b"\r\nConnection: keep-alive" in head
             assert b"/echo/k%d" % i in body
+
+
+def test_concurrent_pipelined_connections_get_their_answers_in_order(gw: Gateway) -> None:
+    # 24 connections at once, each pipelining three requests (the upstream answers the first
+    # after 20 ms, so many requests are in flight together and the worker batches its writes:
+    # ServerState.send), the last one asking to close: every connection gets its three answers,
+    # in order, before the close.
+    def one(i: int) -> bytes:
+        reqs = (
+            b"GET /slow/20?c=%d&n=0 HTTP/1.1\r\nHost: x\r\n\r\n" % i
+            + b"GET /echo/c%d/n1 HTTP/1.1\r\nHost: x\r\n\r\n" % i
+            + b"GET /echo/c%d/n2 HTTP/1.0\r\nHost: x\r\n\r\n" % i
+        )
+        return raw(gw, reqs, timeout=10)
+
+    with ThreadPoolExecutor(24) as pool:
+        outs = list(pool.map(one, range(24)))
+    for i, out in enumerate(outs):
+        assert out.count(b"HTTP/1.1 200 OK") == 3, out[:300]
+        p0 = out.find(b"c=%d&n=0" % i)
+        p1 = out.find(b"/echo/c%d/n1" % i)
+        p2 = out.find(b"/echo/c%d/n2" % i)
+        assert 0 < p0 < p1 < p2, (i, p0, p1, p2)
+        assert out.endswith(b"}"), out[-100:]  # the last answer is whole
 
 
 def test_http10_and_expect_continue(gw: Gateway) -> None:

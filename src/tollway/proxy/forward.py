@@ -267,7 +267,7 @@ class Forwarding:
         self._fast = (server, pick, time.monotonic())
         self.conn = conn
         conn.start(self, self.method == "HEAD" or ctx.up_method == "HEAD")
-        conn.transport.write(self._request_head(up, name, server.port, None))  # type: ignore[union-attr]
+        state.send(conn.transport, self._request_head(up, name, server.port, None))  # type: ignore[arg-type]
         self.reading = True
         return True
 
@@ -665,7 +665,7 @@ class Forwarding:
             if out:
                 t = self.proto.transport
                 if t is not None:
-                    t.write(out[0] if len(out) == 1 else b"".join(out))
+                    self.proto.state.send(t, out[0] if len(out) == 1 else b"".join(out))
                 out.clear()
         else:
             ctx = self.ctx

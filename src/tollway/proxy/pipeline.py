@@ -304,8 +304,10 @@ class Exchange(Forwarding):
             self.conn.resume_reading()
 
     def write(self, data: bytes) -> None:
+        """Write to the client now (after any deferred write: see ServerState.send)."""
         t = self.proto.transport
         if t is not None and not self.client_closed:
+            self.proto.state.flush_writes()
             t.write(data)
 
     # -- the pipeline -------------------------------------------------------------------

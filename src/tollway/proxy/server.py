@@ -367,6 +367,7 @@ class HttpProtocol(asyncio.Protocol):
             self.pause_reading()
             return
         body = error_page(status)
+        self.state.flush_writes()  # an answer still deferred goes first
         self.transport.write(
             status_line(status)
             + b"Server: "
@@ -382,6 +383,7 @@ class HttpProtocol(asyncio.Protocol):
         self.closing = True
         self._cancel_timer()
         if self.transport is not None and not self.transport.is_closing():
+            self.state.flush_writes()  # a deferred answer leaves before the connection closes
             self.transport.close()
 
     def close_if_idle(self, min_idle: float = 0.0) -> bool:

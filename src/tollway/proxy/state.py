@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import TYPE_CHECKING
 
 from tollway.proxy.http import SERVER_HEADER
 from tollway.proxy.runtime import Compiler
 from tollway.proxy.upstream import Pool
+
+log = logging.getLogger("tollway.proxy")
 
 if TYPE_CHECKING:
     from tollway.proxy.accesslog import AccessLog
@@ -49,6 +52,9 @@ class ServerState:
         self.requests = 0
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by start()
         self._sweeper: asyncio.TimerHandle | None = None
+        # Writes of the fast path, sent once the event loop has handled every ready socket
+        # (see send()).
+        self._outgoing: list[tuple[asyncio.Transport, bytes]] = []
 
     SWEEP_INTERVAL = 0.2
 
@@ -62,6 +68,39 @@ class ServerState:
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
+
+    def send(self, transport: asyncio.Transport, data: bytes) -> None:
+        """Write ``data`` once this event-loop iteration has handled every ready socket.
+
+        Each write wakes the process reading the other end (the client, the upstream). Written
+        one request at a time, between two requests' worth of Python, nearly every write woke a
+        sleeping reader: a cross-CPU interrupt, the costliest part of a write in a VM (perf:
+        3 us of kernel time per request). Written back to back, the first write of a batch
+        wakes the reader and the others find it running (measured with wrk at 50 connections:
+        +7-10% requests per CPU-second, lower p50 and p99). With one request in flight there is
+        nothing to batch, and the flush would cost an extra loop iteration: the write goes out
+        at once. Writes to one transport stay in order: whoever writes to a transport directly,
+        or closes it, calls flush_writes() first.
+        """
+        out = self._outgoing
+        if not out:
+            if len(self.exchanges) < 2:
+                transport.write(data)
+                return
+            self.loop.call_soon(self.flush_writes)
+        out.append((transport, data))
+
+    def flush_writes(self) -> None:
+        out = self._outgoing
+        if not out:
+            return
+        self._outgoing = []
+        for transport, data in out:
+            if not transport.is_closing():
+                try:
+                    transport.write(data)
+                except Exception:  # a transport that broke meanwhile: its protocol sees it
+                    log.debug("deferred write failed", exc_info=True)
 
     def _sweep(self) -> None:
         now = self.loop.time()

@@ -1,0 +1,87 @@
+"""ServerState.send: fast-path writes leave in one burst per event-loop iteration, in order per
+transport; with one request in flight they leave at once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from tollway.plugins.registry import load_registry
+from tollway.proxy.runtime import Compiler
+from tollway.proxy.state import ServerState
+from tollway.settings import default_settings
+
+
+class Loop:
+    def __init__(self) -> None:
+        self.soon: list[Callable[[], None]] = []
+
+    def call_soon(self, fn: Callable[[], None]) -> None:
+        self.soon.append(fn)
+
+    def run_soon(self) -> None:
+        todo, self.soon = self.soon, []
+        for fn in todo:
+            fn()
+
+
+class Transport:
+    def __init__(self, log: list[tuple[str, bytes]], name: str) -> None:
+        self.log = log
+        self.name = name
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        assert not self.closing
+        self.log.append((self.name, data))
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+
+def make_state(in_flight: int) -> tuple[ServerState, Loop]:
+    state = ServerState(
+        Compiler(default_settings(Path("/tmp/conf")), load_registry()),
+        max_header_size=1024,
+        max_body_size=0,
+        keepalive_timeout=5,
+    )
+    loop = Loop()
+    state.loop = loop  # type: ignore[assignment]
+    state.exchanges.update(object() for _ in range(in_flight))  # type: ignore[misc]
+    return state, loop
+
+
+def test_writes_wait_for_the_end_of_the_iteration_and_keep_their_order() -> None:
+    state, loop = make_state(in_flight=3)
+    log: list[tuple[str, bytes]] = []
+    a, b = Transport(log, "a"), Transport(log, "b")
+    state.send(a, b"a1")  # type: ignore[arg-type]
+    state.send(b, b"b1")  # type: ignore[arg-type]
+    state.send(a, b"a2")  # type: ignore[arg-type]
+    assert log == [] and len(loop.soon) == 1  # one flush per iteration, not one per write
+    loop.run_soon()
+    assert log == [("a", b"a1"), ("b", b"b1"), ("a", b"a2")]
+    state.send(a, b"a3")  # type: ignore[arg-type]
+    assert len(loop.soon) == 1  # the next iteration schedules its own flush
+
+
+def test_a_direct_writer_flushes_first_and_closed_transports_are_skipped() -> None:
+    state, loop = make_state(in_flight=2)
+    log: list[tuple[str, bytes]] = []
+    a, b = Transport(log, "a"), Transport(log, "b")
+    state.send(a, b"deferred")  # type: ignore[arg-type]
+    state.send(b, b"lost")  # type: ignore[arg-type]
+    b.closing = True  # its client went away before the flush
+    state.flush_writes()  # what Exchange.write / HttpProtocol.close do before writing or closing
+    a.write(b"direct")
+    loop.run_soon()  # the scheduled flush finds nothing left
+    assert log == [("a", b"deferred"), ("a", b"direct")]
+
+
+def test_one_request_in_flight_writes_at_once() -> None:
+    state, loop = make_state(in_flight=1)
+    log: list[tuple[str, bytes]] = []
+    a = Transport(log, "a")
+    state.send(a, b"now")  # type: ignore[arg-type]
+    assert log == [("a", b"now")] and loop.soon == []
