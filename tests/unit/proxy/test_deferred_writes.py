@@ -39,7 +39,11 @@ class Transport:
         return self.closing
 
 
-def make_state(in_flight: int) -> tuple[ServerState, Loop]:
+Log = list[tuple[str, bytes]]
+
+
+def make_state(in_flight: int) -> tuple[ServerState, Loop, Log, Transport, Transport]:
+    """A worker's state with ``in_flight`` requests, a hand-run loop and two logged transports."""
     state = ServerState(
         Compiler(default_settings(Path("/tmp/conf")), load_registry()),
         max_header_size=1024,
@@ -49,13 +53,12 @@ def make_state(in_flight: int) -> tuple[ServerState, Loop]:
     loop = Loop()
     state.loop = loop  # type: ignore[assignment]
     state.exchanges.update(object() for _ in range(in_flight))  # type: ignore[misc]
-    return state, loop
+    log: Log = []
+    return state, loop, log, Transport(log, "a"), Transport(log, "b")
 
 
 def test_writes_wait_for_the_end_of_the_iteration_and_keep_their_order() -> None:
-    state, loop = make_state(in_flight=3)
-    log: list[tuple[str, bytes]] = []
-    a, b = Transport(log, "a"), Transport(log, "b")
+    state, loop, log, a, b = make_state(in_flight=3)
     state.send(a, b"a1")  # type: ignore[arg-type]
     state.send(b, b"b1")  # type: ignore[arg-type]
     state.send(a, b"a2")  # type: ignore[arg-type]
@@ -67,9 +70,7 @@ def test_writes_wait_for_the_end_of_the_iteration_and_keep_their_order() -> None
 
 
 def test_a_direct_writer_flushes_first_and_closed_transports_are_skipped() -> None:
-    state, loop = make_state(in_flight=2)
-    log: list[tuple[str, bytes]] = []
-    a, b = Transport(log, "a"), Transport(log, "b")
+    state, loop, log, a, b = make_state(in_flight=2)
     state.send(a, b"deferred")  # type: ignore[arg-type]
     state.send(b, b"lost")  # type: ignore[arg-type]
     b.closing = True  # its client went away before the flush
@@ -80,8 +81,6 @@ def test_a_direct_writer_flushes_first_and_closed_transports_are_skipped() -> No
 
 
 def test_one_request_in_flight_writes_at_once() -> None:
-    state, loop = make_state(in_flight=1)
-    log: list[tuple[str, bytes]] = []
-    a = Transport(log, "a")
+    state, loop, log, a, _ = make_state(in_flight=1)
     state.send(a, b"now")  # type: ignore[arg-type]
     assert log == [("a", b"now")] and loop.soon == []
