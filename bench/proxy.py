@@ -201,7 +201,13 @@ def process_tree(root: int) -> list[int]:
     return tree
 
 
-def cpu_seconds(pids: list[int]) -> tuple[float, float]:
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU seconds (user + system) of these processes."""
+    user, system = cpu_split(pids)
+    return user + system
+
+
+def cpu_split(pids: list[int]) -> tuple[float, float]:
     """User and system CPU seconds of these processes (utime, stime)."""
     user = system = 0
     for pid in pids:
@@ -504,9 +510,9 @@ class Run:
 
 def measure(procs: Processes, target: Target, conns: int, seconds: float, rep: int) -> Run:
     pids = process_tree(target.root_pid)
-    t0, stat0, cpu0 = time.monotonic(), cpu_times(), cpu_seconds(pids)
+    t0, stat0, cpu0 = time.monotonic(), cpu_times(), cpu_split(pids)
     out = procs.capture(wrk_argv(target.url, conns, seconds), timeout=seconds + 30)
-    (u1, s1), stat1, t1 = cpu_seconds(pids), cpu_times(), time.monotonic()
+    (u1, s1), stat1, t1 = cpu_split(pids), cpu_times(), time.monotonic()
     (u0, s0) = cpu0
     busy0, steal0 = busy_and_steal(stat0["cpu" + LOAD_CPU], stat1["cpu" + LOAD_CPU])
     busy1, steal1 = busy_and_steal(stat0["cpu" + PROXY_CPU], stat1["cpu" + PROXY_CPU])
@@ -877,20 +883,27 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def run_bench(
+    bench_fn: Callable[[Processes, Path, argparse.Namespace], None],
+    args: argparse.Namespace,
+    prefix: str,
+    errors: tuple[type[BaseException], ...] = (BenchError,),
+) -> int:
+    """Run ``bench_fn`` in a fresh work dir and stop every process it started, however it ends
+    (SIGTERM and SIGHUP become KeyboardInterrupt). Shared by the benchmarks that start servers."""
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGHUP, _interrupt)
     procs = Processes()
-    workdir = Path(tempfile.mkdtemp(prefix="tollway-bench-"))
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
     workdir.chmod(0o755)  # nginx workers drop root and still need the paths below it
+    args.workdir = str(workdir)
     try:
-        bench(procs, workdir, args)
+        bench_fn(procs, workdir, args)
         return 0
     except KeyboardInterrupt:
         progress("interrupted: stopping everything this run started")
         return 130
-    except BenchError as e:
+    except errors as e:
         progress(f"error: {e}")
         return 1
     finally:
@@ -901,6 +914,10 @@ def main(argv: list[str] | None = None) -> int:
             progress(f"kept {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_bench(bench, parse_args(argv), "tollway-bench-")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ import shlex
 import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 import urllib.error
@@ -63,6 +62,7 @@ from proxy import (
     pinned,
     process_tree,
     progress,
+    run_bench,
     spread,
     start_nginx,
     versions,
@@ -771,35 +771,9 @@ def bench(procs: Processes, workdir: Path, args: argparse.Namespace) -> None:
     print(report(runs, gw, setup, (idle_lat, load_lat), cost, args, load_before), flush=True)
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGHUP, _interrupt)
-    procs = Processes()
-    workdir = Path(tempfile.mkdtemp(prefix="tollway-churn-"))
-    workdir.chmod(0o755)  # nginx workers drop root and still need the paths below it
-    args.workdir = str(workdir)
-    try:
-        bench(procs, workdir, args)
-        return 0
-    except KeyboardInterrupt:
-        progress("interrupted: stopping everything this run started")
-        return 130
-    except (BenchError, urllib.error.URLError, OSError) as e:
-        progress(f"error: {e}")
-        return 1
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        procs.stop_all()
-        if args.keep:
-            progress(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+    errors = (BenchError, urllib.error.URLError, OSError)
+    return run_bench(bench, parse_args(argv), "tollway-churn-", errors)
 
 
 if __name__ == "__main__":

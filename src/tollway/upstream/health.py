@@ -49,25 +49,14 @@ class Thresholds:
     unhealthy_statuses: frozenset[int]
 
     @staticmethod
-    def of_active(a: ActiveCheck) -> Thresholds:
+    def of(check: ActiveCheck | PassiveCheck) -> Thresholds:
         return Thresholds(
-            a.healthy.successes,
-            a.unhealthy.http_failures,
-            a.unhealthy.tcp_failures,
-            a.unhealthy.timeouts,
-            frozenset(a.healthy.http_statuses),
-            frozenset(a.unhealthy.http_statuses),
-        )
-
-    @staticmethod
-    def of_passive(p: PassiveCheck) -> Thresholds:
-        return Thresholds(
-            p.healthy.successes,
-            p.unhealthy.http_failures,
-            p.unhealthy.tcp_failures,
-            p.unhealthy.timeouts,
-            frozenset(p.healthy.http_statuses),
-            frozenset(p.unhealthy.http_statuses),
+            check.healthy.successes,
+            check.unhealthy.http_failures,
+            check.unhealthy.tcp_failures,
+            check.unhealthy.timeouts,
+            frozenset(check.healthy.http_statuses),
+            frozenset(check.unhealthy.http_statuses),
         )
 
 
@@ -211,8 +200,8 @@ class Checker:
     def set_conf(self, conf: HealthChecks) -> None:
         """New check settings; target states stay (APISIX would start over)."""
         self.conf = conf
-        self.active = Thresholds.of_active(conf.active) if conf.active is not None else None
-        self.passive = Thresholds.of_passive(conf.passive) if conf.passive is not None else None
+        self.active = Thresholds.of(conf.active) if conf.active is not None else None
+        self.passive = Thresholds.of(conf.passive) if conf.passive is not None else None
 
     @property
     def passive_only(self) -> bool:
