@@ -255,13 +255,13 @@ class Supervisor:
     def _write_snapshot(self) -> None:
         self._snapshot_pending = False
         self._last_snapshot = time.monotonic()
-        from tollway.config.snapshot import write_snapshot
+        from tollway.config.snapshot import write_snapshot_rows
 
         path = self.snapshot_path
-        kvs = self.store.snapshot()
+        rows = self.store.snapshot_rows()
         rev = self.store.revision
         loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(None, write_snapshot, path, rev, kvs)
+        fut = loop.run_in_executor(None, write_snapshot_rows, path, rev, rows)
         fut.add_done_callback(self._snapshot_written)
 
     def _snapshot_written(self, fut: asyncio.Future[Any]) -> None:
@@ -410,11 +410,12 @@ class Supervisor:
         self.stopping = True
         if self._snapshot_pending:
             # A change from the last seconds is not on disk yet: write it before leaving.
-            from tollway.config.snapshot import write_snapshot
+            from tollway.config.snapshot import write_snapshot_rows
 
             self._snapshot_pending = False
             with contextlib.suppress(OSError):
-                write_snapshot(self.snapshot_path, self.store.revision, self.store.snapshot())
+                rows = self.store.snapshot_rows()
+                write_snapshot_rows(self.snapshot_path, self.store.revision, rows)
         for w in list(self.workers):
             with contextlib.suppress(ProcessLookupError):
                 w.proc.send_signal(signal.SIGTERM)

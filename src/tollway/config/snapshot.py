@@ -22,7 +22,7 @@ import msgspec
 
 from tollway.config.source import KeyValue
 
-__all__ = ["read_snapshot", "write_snapshot"]
+__all__ = ["read_snapshot", "write_snapshot", "write_snapshot_rows"]
 
 log = logging.getLogger("tollway.config")
 
@@ -37,9 +37,16 @@ _decoder = msgspec.msgpack.Decoder(list[_Row])
 
 def write_snapshot(path: str | os.PathLike[str], revision: int, kvs: list[KeyValue]) -> None:
     """Atomically replace ``path`` with a snapshot of ``kvs`` at ``revision``. Raises OSError."""
+    write_snapshot_rows(
+        path, revision, [(kv.key, kv.value, kv.mod_revision, kv.create_revision) for kv in kvs]
+    )
+
+
+def write_snapshot_rows(path: str | os.PathLike[str], revision: int, rows: list[_Row]) -> None:
+    """``write_snapshot`` for rows of ``(key, value, mod_revision, create_revision)``."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    body = _encoder.encode([(kv.key, kv.value, kv.mod_revision, kv.create_revision) for kv in kvs])
+    body = _encoder.encode(rows)
     digest = hashlib.sha256(body).hexdigest()
     header = b"%s %d %d %s %d\n" % (MAGIC, FORMAT, revision, digest.encode(), len(body))
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)

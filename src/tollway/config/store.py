@@ -185,12 +185,18 @@ class Store:
         return changed
 
     def snapshot(self) -> list[KeyValue]:
-        """Every accepted item as key/values (what a late worker or the disk snapshot gets)."""
-        out: list[KeyValue] = []
-        for coll in self.collections.values():
-            for it in coll.items.values():
-                out.append(KeyValue(it.key, it.raw, it.mod_revision, it.create_revision))
-        return out
+        """Every accepted item as key/values (what a late worker gets)."""
+        return [KeyValue(*row) for row in self.snapshot_rows()]
+
+    def snapshot_rows(self) -> list[tuple[str, bytes | None, int, int]]:
+        """Every accepted item as ``(key, value, mod_revision, create_revision)``: the disk
+        snapshot's rows, built on the event loop every few seconds under churn, so without an
+        object per item (10k routes: a few ms instead of tens)."""
+        return [
+            (it.key, it.raw, it.mod_revision, it.create_revision)
+            for coll in self.collections.values()
+            for it in coll.items.values()
+        ]
 
 
 def _differs(old: dict[str, Item], new: dict[str, Item]) -> bool:
