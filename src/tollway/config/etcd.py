@@ -223,7 +223,7 @@ def prefix_range_end(prefix: bytes) -> bytes:
 def _decode(decoder: msgspec.json.Decoder[Any], body: bytes, what: str) -> Any:
     try:
         return decoder.decode(body)
-    except msgspec.DecodeError as e:
+    except (msgspec.DecodeError, UnicodeDecodeError) as e:
         raise EtcdError(f"etcd {what}: malformed response: {e}") from e
 
 
@@ -269,7 +269,7 @@ def _answer_error(status: int, body: bytes, endpoint: str) -> EtcdError:
     try:
         err = _error_dec.decode(body)
         message, code = err.message or err.error, err.code
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
         message, code = body[:200].decode(errors="replace").strip(), None
     if code == _OUT_OF_RANGE and "compacted" in message:
         exc: EtcdError = EtcdCompacted(0)

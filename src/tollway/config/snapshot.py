@@ -99,7 +99,7 @@ def _parse(data: bytes) -> tuple[int, list[KeyValue]]:
         raise ValueError("checksum mismatch")
     try:
         rows = _decoder.decode(body)
-    except msgspec.DecodeError as e:
+    except (msgspec.DecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"undecodable body: {e}") from None
     return revision, [KeyValue(key, value, mod, create) for key, value, mod, create in rows]
 

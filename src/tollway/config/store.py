@@ -98,7 +98,8 @@ class Store:
         raw = kv.value or b""
         try:
             value = msgspec.json.decode(raw)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            # (a JSON string holding bytes that are not UTF-8 raises UnicodeDecodeError)
             # APISIX treats a non-JSON value as a directory marker (init_dir); say so otherwise.
             if raw.strip() not in (b"", b"init_dir"):
                 self._reject(kv.key, "invalid JSON")

@@ -50,7 +50,7 @@ def decode_item(kind: str, value: dict[str, Any] | bytes) -> Any:
             obj = msgspec.convert(value, typ)
     except msgspec.ValidationError as e:
         raise ConfigError(format_validation_error(e)) from None
-    except msgspec.DecodeError as e:
+    except (msgspec.DecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"invalid JSON: {e}") from None
     try:
         if isinstance(obj, Upstream):
