@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tests.support.etcd import etcd, shared_etcd
 from tests.support.upstream import Upstream
 
 __all__ = ["etcd", "shared_etcd"]  # fixtures shared by every test module
+
+# Property tests assert behaviour, never speed: no per-example deadline and no "too slow" health
+# check, which fail on a loaded CI machine for reasons that are not bugs. `HYPOTHESIS_PROFILE=deep`
+# explores ten times further (tests that set their own max_examples keep it).
+settings.register_profile(
+    "tollway", deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
+)
+settings.register_profile("deep", settings.get_profile("tollway"), max_examples=1000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "tollway"))
 
 
 @pytest.fixture(scope="module")
