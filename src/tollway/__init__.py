@@ -1,4 +1,8 @@
 """Tollway: an API gateway compatible with Apache APISIX's config model, in Python."""
 
 __version__ = "0.1.0"
-__all__ = ["__version__"]
+# The APISIX release whose Admin API and behaviour Tollway follows. The Admin API announces it
+# in ``Server: APISIX/<version>``: APISIX clients (ADC, the ingress controller) read the version
+# from that header and turn features off below the one they need.
+APISIX_VERSION = "3.18.0"
+__all__ = ["APISIX_VERSION", "__version__"]

@@ -7,6 +7,7 @@ the file and the key path.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import re
@@ -150,6 +151,10 @@ class HttpConf(Struct, kw_only=True):
     keepalive_timeout: str | int = "60s"
     client_header_timeout: str | int = "60s"
     upstream: UpstreamKeepalive = msgspec.field(default_factory=UpstreamKeepalive)
+    # nginx realip as APISIX sets it up: a peer in real_ip_from names the client in the header.
+    real_ip_header: str = "X-Real-IP"
+    real_ip_recursive: Literal["on", "off"] | bool = "off"
+    real_ip_from: list[str] = msgspec.field(default_factory=lambda: ["127.0.0.1", "unix:"])
 
 
 class NginxConf(Struct, kw_only=True):
@@ -197,6 +202,19 @@ class LoadedSettings:
     client_max_body_size: int
     keepalive_timeout: float
     run_dir: Path
+
+    @property
+    def plugin_attr(self) -> dict[str, Any]:
+        """``plugin_attr`` with what APISIX derives from the rest of config.yaml: redirect's
+        ``https_port`` defaults to an HTTPS listener's port (APISIX picks one at random; the
+        first one here, so every worker answers alike)."""
+        attr = dict(self.conf.plugin_attr)
+        redirect = attr.get("redirect")
+        redirect = dict(redirect) if isinstance(redirect, dict) else {}
+        if redirect.get("https_port") is None and self.tls_listens:
+            redirect["https_port"] = self.tls_listens[0][1]
+            attr["redirect"] = redirect
+        return attr
 
     @property
     def yaml_path(self) -> Path:
@@ -337,6 +355,15 @@ def _resolve(conf: Settings, p: Path, file: str, workers: int | None) -> LoadedS
         keepalive = parse_duration(http.keepalive_timeout)
     except ValueError as e:
         raise SettingsError(file, "nginx_config.http.keepalive_timeout", str(e)) from None
+    for src in http.real_ip_from:
+        if src == "unix:":
+            continue
+        try:
+            ipaddress.ip_network(src, strict=False)
+        except ValueError:
+            raise SettingsError(
+                file, "nginx_config.http.real_ip_from", f"invalid address or CIDR: {src}"
+            ) from None
     if not conf.deployment.etcd.prefix.startswith("/"):
         raise SettingsError(file, "deployment.etcd.prefix", "must start with '/'")
     run_dir = Path(conf.tollway.run_dir)

@@ -110,7 +110,7 @@ class Supervisor:
         self.stopping = False
         self.sockets: list[socket.socket] = []
         self.tls_sockets: list[socket.socket] = []
-        registry = load_registry(settings.conf.plugins, settings.conf.plugin_attr)
+        registry = load_registry(settings.conf.plugins, settings.plugin_attr)
         self.registry = registry
         strict = settings.config_provider != "etcd"
         self.store = Store(settings.etcd.prefix, ItemChecker(registry, strict=strict))

@@ -23,6 +23,7 @@ from tollway.ipc import encode, kvs_from_wire, read_message
 from tollway.logs import setup_logging
 from tollway.plugins.registry import load_registry
 from tollway.proxy.accesslog import AccessLog
+from tollway.proxy.realip import RealIp
 from tollway.proxy.runtime import Compiler
 from tollway.proxy.server import HttpProtocol
 from tollway.proxy.state import ServerState
@@ -51,7 +52,7 @@ class Worker:
         self.listen = listen
         self.tls = tls or []
         self.store = Store(settings.etcd.prefix)
-        self.registry = load_registry(settings.conf.plugins, settings.conf.plugin_attr)
+        self.registry = load_registry(settings.conf.plugins, settings.plugin_attr)
         # Health verdicts and DNS answers come from the supervisor (tollway.upstream).
         self.health = HealthTable()
         self.passive = PassiveReporter()
@@ -62,6 +63,7 @@ class Worker:
             if http.enable_access_log
             else None
         )
+        http = settings.conf.nginx_config.http
         self.state = ServerState(
             self.compiler,
             max_header_size=settings.conf.tollway.max_header_size,
@@ -71,6 +73,9 @@ class Worker:
             server_tokens=settings.conf.apisix.enable_server_tokens,
             show_upstream_status=settings.conf.apisix.show_upstream_status_in_response_header,
             retry_non_idempotent=settings.conf.tollway.retry_non_idempotent,
+            real_ip=RealIp.from_conf(
+                http.real_ip_header, http.real_ip_from, http.real_ip_recursive
+            ),
         )
         self.servers: list[asyncio.Server] = []
         self.stopping = asyncio.Event()

@@ -15,6 +15,7 @@ import requests
 from tests.support.etcd import EtcdServer
 from tests.support.gateway import Gateway, wait_until
 from tests.support.upstream import Upstream
+from tollway import APISIX_VERSION, __version__
 
 KEY = "test-admin-key-0123456789"
 VIEWER = "viewer-key-0123456789"
@@ -90,7 +91,9 @@ def test_auth_missing_wrong_and_viewer(gw: Gateway) -> None:
 
 def test_headers_options_and_head(gw: Gateway, admin: Admin) -> None:
     r = admin("GET", "/routes")
-    assert r.headers["Server"].startswith("Tollway/")
+    # APISIX clients read the version from Server (ADC: /APISIX\/(.*)/, features gated on it).
+    assert r.headers["Server"] == f"APISIX/{APISIX_VERSION}"
+    assert r.headers["X-Tollway-Version"] == __version__
     assert r.headers["Content-Type"] == "application/json"
     assert r.headers["X-API-VERSION"] == "v3"
     assert r.headers["Access-Control-Allow-Origin"] == "*"
@@ -194,6 +197,16 @@ def test_forbidden_timestamps(admin: Admin, upstream: Upstream) -> None:
     assert r.status_code == 400 and err(r) == "the property is forbidden:  create_time"
     r = admin("POST", "/routes", {"uri": "/ts", "upstream": {**ups(upstream), "update_time": 1}})
     assert r.status_code == 400 and err(r) == "the property is forbidden:  upstream.update_time"
+    # APISIX checks the method and the id first (resource.lua: 405, then check_conf's id rules).
+    r = admin("POST", "/consumers", {"username": "ts", "create_time": 1})
+    assert r.status_code == 405 and err(r) == "not supported `POST` method for consumer"
+    r = admin("PUT", "/routes", {"uri": "/ts", "plugins": {}, "create_time": 1})
+    assert r.status_code == 400 and err(r) == "missing route id"
+
+
+def test_verbs_apisix_does_not_route_are_not_found(admin: Admin) -> None:
+    for method in ("TRACE", "HEAD"):
+        assert admin(method, "/routes/1").status_code == 404
 
 
 def test_patch_merge_subpath_and_timestamps(admin: Admin, upstream: Upstream) -> None:

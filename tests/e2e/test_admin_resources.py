@@ -295,8 +295,21 @@ def test_validate_endpoint(admin: Admin, upstream: Upstream) -> None:
     r = admin("POST", "/schema/validate/routes", {"uri": "/v", "upstream": ups(upstream)})
     assert r.status_code == 200 and r.text == ""
     r = admin("POST", "/schema/validate/routes", {"uri": "/v"})
-    assert r.status_code == 400 and err(r).startswith("invalid configuration: ")
+    assert r.status_code == 400 and err(r).startswith("object matches none of the required")
     assert admin("GET", "/routes/v").status_code == 404
+    # The bare validator message (APISIX t/admin/schema-validate.t TEST 2).
+    r = admin("POST", "/schema/validate/routes", {"uri": 666, "upstream": ups(upstream)})
+    assert r.status_code == 400
+    assert err(r) == 'property "uri" validation failed: wrong type: expected string, got number'
+    # The schema only: references and plugin confs are a write's checks (dry_run runs those).
+    r = admin("POST", "/schema/validate/routes", {"uri": "/v", "upstream_id": "missing"})
+    assert r.status_code == 200
+    r = admin("POST", "/schema/validate/upstreams", {"nodes": {"127.0.0.1:80": -1}})
+    assert r.status_code == 400
+    assert err(r) == 'property "nodes" validation failed: object matches none of the required'
+    for name in ("route", "nothing"):  # the URL names, plural
+        r = admin("POST", f"/schema/validate/{name}", {"uri": "/v"})
+        assert r.status_code == 404 and err(r) == f"Unsupported resource type: {name}"
 
 
 def test_plugins_list_and_reload(admin: Admin, shared_etcd: EtcdServer) -> None:
@@ -305,6 +318,8 @@ def test_plugins_list_and_reload(admin: Admin, shared_etcd: EtcdServer) -> None:
     names = r.json()
     assert "proxy-rewrite" in names and "response-rewrite" in names
     assert names.index("proxy-rewrite") < names.index("response-rewrite")  # 1008 before 899
+    r = admin("GET", "/plugins/list?subsystem=foo")
+    assert r.status_code == 400 and r.text.strip() == "invalid subsystem passed"
     r = admin("PUT", "/plugins/reload")
     assert r.status_code == 200 and r.text.strip() == "done"
     raw = shared_etcd.get("/res/plugins")

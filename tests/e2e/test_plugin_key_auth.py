@@ -40,9 +40,15 @@ routes:
     upstream: {nodes: {"%(up)s": 1}}
 consumers:
   - username: jack
+    labels: {custom_id: "jack-001"}
     plugins:
       key-auth: {key: k1}
       proxy-rewrite: {headers: {set: {X-Consumer-Plugin: "jack"}}}
+  - username: jill
+    credentials:
+      - id: cred-1
+        plugins:
+          key-auth: {key: k2}
   - username: guest
     plugins:
       key-auth: {key: guest-key-never-sent}
@@ -81,6 +87,22 @@ def test_valid_key_in_header_or_query_passes_and_consumer_plugins_apply(gw: Gate
     r = requests.get(gw.url("/ka?apikey=k1&x=1"))
     assert r.status_code == 200
     assert r.json()["path"] == "/ka?apikey=k1&x=1"
+
+
+def test_the_upstream_learns_the_consumer_and_the_client_cannot_forge_it(gw: Gateway) -> None:
+    # APISIX consumer.attach_consumer: X-Consumer-Username, X-Credential-Identifier and
+    # X-Consumer-Custom-Id are set, or removed when there is no value.
+    forged = {"X-Consumer-Username": "admin", "X-Credential-Identifier": "x"}
+    r = requests.get(gw.url("/ka"), headers={"apikey": "k1", **forged})
+    h = r.json()["headers"]
+    assert h["x-consumer-username"] == "jack"
+    assert h["x-consumer-custom-id"] == "jack-001"
+    assert "x-credential-identifier" not in h  # the key is on the consumer itself
+    r = requests.get(gw.url("/ka"), headers={"apikey": "k2", "X-Consumer-Custom-Id": "forged"})
+    h = r.json()["headers"]
+    assert h["x-consumer-username"] == "jill"
+    assert h["x-credential-identifier"] == "cred-1"
+    assert "x-consumer-custom-id" not in h
 
 
 def test_header_is_read_before_query(gw: Gateway) -> None:

@@ -52,6 +52,7 @@ def test_template_with_query(gw: Gateway) -> None:
 def test_http_to_https(gw: Gateway) -> None:
     r = requests.get(gw.url("/secure?a=1"), allow_redirects=False, headers={"Host": "h.example"})
     assert r.status_code == 301
-    assert r.headers["Location"] == "https://h.example/secure?a=1"
+    # the port of the HTTPS listener (APISIX: one of apisix.ssl.listen)
+    assert r.headers["Location"] == f"https://h.example:{gw.tls_port}/secure?a=1"
     r = requests.post(gw.url("/secure"), allow_redirects=False)
     assert r.status_code == 308

@@ -328,6 +328,8 @@ def test_http10_and_expect_continue(gw: Gateway) -> None:
         ),
         (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", 400),
         (b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n", 400),
+        (b"GET /echo HTTP/1.1\r\n\r\n", 400),
+        (b"GET /echo HTTP/1.1\r\nHost:\r\n\r\n", 400),
     ],
     ids=[
         "431-headers",
@@ -339,6 +341,8 @@ def test_http10_and_expect_continue(gw: Gateway) -> None:
         "400-cl-te-any-case",
         "400-bad-cl",
         "400-chunk",
+        "400-http11-without-host",
+        "400-http11-empty-host",
     ],
 )
 def test_bad_requests_get_their_status(gw: Gateway, request_bytes: bytes, status: int) -> None:

@@ -103,7 +103,7 @@ class MetaEndpoints:
         if rest == ["list"]:
             subsystem = args.get("subsystem", "http")
             if subsystem not in ("http", "stream"):
-                raise bad_request(f"unsupported subsystem: {subsystem}")
+                raise AdminError(400, "invalid subsystem passed")  # plain text, as APISIX
             return Reply(200, registry.names_by_priority() if subsystem == "http" else [])
         if rest:
             return self.plugin_schema(rest[0], args)
@@ -127,15 +127,14 @@ class MetaEndpoints:
         raise AdminError(404, {"error_msg": "not found"})
 
     async def validate(self, rest: list[str], body: Any) -> Reply:
-        """``POST /schema/validate/<type>``: 200 with an empty body, or 400."""
+        """``POST /schema/validate/<type>`` (plural names, as in the URLs): 200 with an empty
+        body, or 400 with the bare schema error. Only the schema, as APISIX's
+        ``schema_validate``; ``?dry_run=true`` on a write runs every check."""
         name = rest[0] if rest else ""
-        rname = SCHEMA_NAMES.get(name, name)
-        if rname not in RESOURCES or rname == "credentials":
-            raise bad_request(f"not found schema: {name}")
-        from tollway.admin.resource import Target
-
-        target = Target(RESOURCES[rname], rest[1] if len(rest) > 1 else None)
-        await self.res.validate(target, body)
+        rtype = RESOURCES.get(name)
+        if rtype is None:
+            raise AdminError(404, {"error_msg": f"Unsupported resource type: {name}"})
+        self.res.validate_schema(rtype, body)
         return Reply(200, None)
 
     async def sync_plugins(self) -> None:

@@ -24,6 +24,7 @@ from tollway.config.etcd import KV, EtcdClient
 from tollway.config.store import Store
 from tollway.crypto import KeyCipher
 from tollway.errors import ConfigError, TollwayError
+from tollway.model import decode_item
 from tollway.plugins.registry import Registry
 
 
@@ -236,6 +237,13 @@ def forbidden_property(body: Any) -> str | None:
     return None
 
 
+def _refuse_forbidden(body: Any) -> None:
+    """After the method and id rules, before the schema (APISIX ``check_conf``)."""
+    forbidden = forbidden_property(body)
+    if forbidden is not None:
+        raise bad_request(forbidden)
+
+
 def decode_value(raw: bytes) -> Any:
     try:
         return json.loads(raw)
@@ -400,6 +408,7 @@ class AdminResources:
         self._guard(t, "PUT")
         rt = t.rtype
         item_id, key, value = self._prepare_put(t, body)
+        _refuse_forbidden(body)
         if rt.name == "credentials" and not await self._exists("consumers", t.parent or ""):
             raise AdminError(404, {"error_msg": "consumer not found"})
         await self._check(t, t.item_id if rt.id_rule == "username" else item_id, value)
@@ -432,6 +441,7 @@ class AdminResources:
             raise bad_request("invalid configuration: wrong type: expected object")
         value = copy.deepcopy(body)
         assign_id(rt.kind, t.item_id, value, need_id=False)
+        _refuse_forbidden(body)
         await self._check(t, None, value)
         now = int(self.clock())
         value["create_time"] = now
@@ -533,16 +543,15 @@ class AdminResources:
         self._note_write(rev)
         return Reply(200, {"deleted": "1", "key": key})
 
-    async def validate(self, t: Target, body: Any) -> None:
-        """``POST /schema/validate/<type>``: every check of a PUT, nothing written."""
-        if not isinstance(body, dict):
-            raise bad_request("invalid configuration: wrong type: expected object")
-        item_id = body.get("id")
-        if t.rtype.id_rule == "username":
-            item_id = None
-        elif t.rtype.id_rule == "plugin":
-            item_id = t.item_id
-        await self._check(t, None if item_id is None else str(item_id), body)
+    def validate_schema(self, rtype: ResourceType, body: Any) -> None:
+        """The resource's schema alone (APISIX ``core.schema.check(resource.schema, body)``):
+        no references, plugin confs or id rules. Raises 400 with the validator's words."""
+        try:
+            decode_item(rtype.model, body)
+        except ConfigError as e:
+            msg = str(e)
+            prefix = "invalid configuration: "
+            raise bad_request(msg[len(prefix) :] if msg.startswith(prefix) else msg) from None
 
 
 def _encode(value: Any) -> bytes:

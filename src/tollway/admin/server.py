@@ -1,7 +1,7 @@
 """The Admin API listener: one per instance, in the supervisor (APISIX ``admin/init.lua``).
 
 Order of a request: allow_admin (403) -> CORS preflight (200) -> token (401) -> route ->
-body (size, JSON) -> the resource verb. Every response carries ``Server``,
+body (size, JSON) -> the resource verb. Every response carries ``Server: APISIX/<version>``,
 ``Content-Type: application/json``, ``X-API-VERSION: v3`` and, when enabled, APISIX's CORS
 headers. etcd failures become 503 ``{"error_msg": ...}``; nothing else answers 5xx on purpose.
 """
@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from tollway import APISIX_VERSION, __version__
 from tollway.admin.keys import AdminKey, AdminKeyError, check_token, resolve_keys
 from tollway.admin.meta import MetaEndpoints
 from tollway.admin.resource import (
@@ -27,7 +28,6 @@ from tollway.admin.resource import (
     AdminResources,
     Reply,
     bad_request,
-    forbidden_property,
     parse_target,
 )
 from tollway.crypto import KeyCipher
@@ -43,12 +43,6 @@ _HARD_CAP = 64 * 1024 * 1024  # stop counting an oversized chunked body here
 PREFIX = "/apisix/admin"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def _server_header() -> str:
-    from tollway import __version__
-
-    return f"Tollway/{__version__}"
 
 
 def respond(status: int, body: Any = None, *, dry_run: bool = False) -> web.Response:
@@ -78,6 +72,7 @@ class AdminApp:
         allow: list[str],
         cors: bool,
         openapi: Callable[[], dict[str, Any]] | None = None,
+        server_tokens: bool = True,
     ) -> None:
         self.res = resources
         self.meta = MetaEndpoints(resources)
@@ -86,6 +81,12 @@ class AdminApp:
         self.allow = [ipaddress.ip_network(c, strict=False) for c in allow]
         self.cors = cors
         self.openapi = openapi
+        # APISIX's own header, as its clients parse it; Tollway's version in a header of its own.
+        self.version_headers = (
+            {"Server": f"APISIX/{APISIX_VERSION}", "X-Tollway-Version": __version__}
+            if server_tokens
+            else {"Server": "APISIX"}
+        )
 
     # -- middleware -----------------------------------------------------------------------
 
@@ -109,7 +110,7 @@ class AdminApp:
                 resp = await handler(request)
             except web.HTTPException as e:
                 resp = respond(e.status, {"error_msg": e.reason})
-        resp.headers["Server"] = _server_header()
+        resp.headers.update(self.version_headers)
         resp.headers["X-API-VERSION"] = "v3"
         if self.cors:
             resp.headers["Access-Control-Allow-Origin"] = "*"
@@ -200,12 +201,13 @@ class AdminApp:
         target = parse_target(segs)
         if target is None:
             raise AdminError(404, {"error_msg": f"Unsupported resource type: {head}"})
-        if method in ("GET", "HEAD"):
+        if method == "GET":
             return await self.res.get(target, args)
         if method == "DELETE":
             return await self.res.delete(target, args)
         if method not in ("PUT", "POST", "PATCH"):
-            raise AdminError(405, {"error_msg": f"not supported `{method}` method"})
+            # APISIX's admin router knows these five verbs only (HEAD on /apisix/admin).
+            raise AdminError(404, {"error_msg": "not found"})
         body = self.decode(await self.read_body(request))
         ttl = args.get("ttl")
         if ttl is not None and not _is_number(ttl):
@@ -215,9 +217,6 @@ class AdminApp:
             raise bad_request(f"invalid argument ttl: should be at most {MAX_LEASE_TTL}")
         if method == "PATCH":
             return await self.res.patch(target, body, args)
-        forbidden = forbidden_property(body)
-        if forbidden is not None:
-            raise bad_request(forbidden)
         if method == "PUT":
             return await self.res.put(target, body, args)
         return await self.res.post(target, body, args)
@@ -330,6 +329,7 @@ def build_admin(sup: Supervisor) -> tuple[AdminApp, AdminResources]:
         allow=conf.allow_admin,
         cors=conf.enable_admin_cors,
         openapi=lambda: openapi_document(stream="stream" in settings.conf.apisix.proxy_mode),
+        server_tokens=settings.conf.apisix.enable_server_tokens,
     )
     return app, resources
 

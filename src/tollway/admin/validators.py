@@ -285,7 +285,7 @@ async def check_secret(ctx: CheckContext, item_id: str | None, value: dict[str, 
     try:
         obj = msgspec.convert(value, typ)
     except msgspec.ValidationError as e:
-        raise ConfigError(format_validation_error(e)) from None
+        raise ConfigError(format_validation_error(e, value)) from None
     if isinstance(obj, VaultSecret) and not _VAULT_URI.match(obj.uri):
         raise ConfigError(
             'invalid configuration: property "uri" validation failed: failed to match pattern'
@@ -315,7 +315,7 @@ async def check_plugin_metadata(
     try:
         return msgspec.convert(body, schema)
     except msgspec.ValidationError as e:
-        raise ConfigError(format_validation_error(e)) from None
+        raise ConfigError(format_validation_error(e, body)) from None
 
 
 Check = Callable[[CheckContext, str | None, dict[str, Any]], Awaitable[Any]]

@@ -67,6 +67,9 @@ def parse_yaml_config(raw: bytes, prefix: str = "/apisix") -> list[KeyValue]:
             value = item
             if isinstance(item, dict) and "id" not in item and kind != "consumers":
                 value = {**item, "id": item_id}
+            if kind == "consumers" and isinstance(item, dict) and "credentials" in item:
+                # nested credentials are keys of their own, not a field of the consumer
+                value = {k: v for k, v in item.items() if k != "credentials"}
             kvs.append(KeyValue(f"{prefix}/{kind}/{item_id}", msgspec.json.encode(value)))
             if kind == "consumers" and isinstance(item, dict):
                 for cred in item.get("credentials") or []:

@@ -68,6 +68,29 @@ def check_ip_or_cidr(value: str) -> None:
         raise ValueError(f"invalid IP or CIDR: {value}") from None
 
 
+def _unique(field: str, items: list[Any]) -> None:
+    """APISIX's ``uniqueItems`` message, with the 1-based positions of the first repeat."""
+    seen: dict[Any, int] = {}
+    for i, item in enumerate(items, 1):
+        if item in seen:
+            raise ValueError(
+                f'property "{field}" validation failed: '
+                f"expected unique items but items {seen[item]} and {i} are equal"
+            )
+        seen[item] = i
+
+
+def _ip_field(field: str, values: list[str], single: bool) -> None:
+    for i, addr in enumerate(values, 1):
+        try:
+            check_ip_or_cidr(addr)
+        except ValueError:
+            item = "" if single else f"failed to validate item {i}: "
+            raise ValueError(
+                f'property "{field}" validation failed: {item}object matches none of the required'
+            ) from None
+
+
 class Timeout(Base, frozen=True, kw_only=True):
     connect: Positive
     send: Positive
@@ -200,7 +223,7 @@ class Upstream(Named, frozen=True, kw_only=True):
     def check(self) -> None:
         """Checks APISIX applies after the schema (check_upstream_conf)."""
         if self.pass_host == "rewrite" and not self.upstream_host:
-            raise ValueError('"upstream_host" is required when "pass_host" is "rewrite"')
+            raise ValueError("`upstream_host` can't be empty when `pass_host` is `rewrite`")
         if self.type == "chash":
             if self.hash_on != "consumer" and not self.key:
                 raise ValueError("missing key")
@@ -280,12 +303,18 @@ class Route(Named, frozen=True, kw_only=True):
     service_protocol: Literal["grpc", "http"] | None = None
 
     def __post_init__(self) -> None:
-        if (self.uri is None) == (self.uris is None):
-            raise ValueError('exactly one of "uri" or "uris" is required')
-        if self.uris is not None and len(set(self.uris)) != len(self.uris):
-            raise ValueError('"uris" items must be unique')
-        if self.methods is not None and len(set(self.methods)) != len(self.methods):
-            raise ValueError('"methods" items must be unique')
+        # APISIX's route schema: allOf[1] is oneOf({required: uri}, {required: uris}).
+        if self.uri is None and self.uris is None:
+            raise ValueError("allOf 1 failed: value should match only one schema, but matches none")
+        if self.uri is not None and self.uris is not None:
+            raise ValueError(
+                "allOf 1 failed: value should match only one schema, "
+                "but matches both schemas 1 and 2"
+            )
+        if self.uris is not None:
+            _unique("uris", self.uris)
+        if self.methods is not None:
+            _unique("methods", self.methods)
         if (
             self.plugins is None
             and self.upstream is None
@@ -300,8 +329,10 @@ class Route(Named, frozen=True, kw_only=True):
             )
         if self.script is not None and (self.plugins is not None or self.plugin_config_id):
             raise ValueError('"script" cannot be used with "plugins" or "plugin_config_id"')
-        for addr in [self.remote_addr] if self.remote_addr else self.remote_addrs or []:
-            check_ip_or_cidr(addr)
+        if self.remote_addr:
+            _ip_field("remote_addr", [self.remote_addr], single=True)
+        elif self.remote_addrs:
+            _ip_field("remote_addrs", self.remote_addrs, single=False)
 
     def host_list(self) -> list[str] | None:
         if self.host is not None:

@@ -2,42 +2,18 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import msgspec
 
 from tollway.errors import ConfigError
+from tollway.model.messages import jsonschema_message
 from tollway.model.objects import KINDS, Credential, Route, Service, Upstream
 
-_PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
-_UNKNOWN = re.compile(r"^Object contains unknown field `(?P<field>[^`]+)`")
-_MISSING = re.compile(r"^Object missing required field `(?P<field>[^`]+)`")
 
-
-def format_validation_error(err: msgspec.ValidationError) -> str:
-    """APISIX's jsonschema messages say `property "x" validation failed: ...`; keep that shape."""
-    text = str(err)
-    m = _PATH.search(text)
-    path = m.group("path") if m else ""
-    detail = text[: m.start()] if m else text
-    unknown = _UNKNOWN.match(detail)
-    missing = _MISSING.match(detail)
-    top = re.match(r"^\.([A-Za-z0-9_]+)", path)
-    if not path or path == "":
-        if unknown:
-            return (
-                f"invalid configuration: additional properties forbidden, found {unknown['field']}"
-            )
-        if missing:
-            return f'invalid configuration: property "{missing["field"]}" is required'
-        return f"invalid configuration: {detail}"
-    prop = top.group(1) if top else path.lstrip(".")
-    if unknown:
-        detail = f"additional properties forbidden, found {unknown['field']}"
-    elif missing:
-        detail = f'property "{missing["field"]}" is required'
-    return f'invalid configuration: property "{prop}" validation failed: {detail} (at {path})'
+def format_validation_error(err: msgspec.ValidationError, value: Any = None) -> str:
+    """APISIX's message for an invalid object: ``invalid configuration: <jsonschema words>``."""
+    return f"invalid configuration: {jsonschema_message(err, value)}"
 
 
 def decode_item(kind: str, value: dict[str, Any] | bytes) -> Any:
@@ -49,7 +25,13 @@ def decode_item(kind: str, value: dict[str, Any] | bytes) -> Any:
         else:
             obj = msgspec.convert(value, typ)
     except msgspec.ValidationError as e:
-        raise ConfigError(format_validation_error(e)) from None
+        shown: Any = value
+        if isinstance(value, bytes | bytearray | memoryview):
+            try:
+                shown = msgspec.json.decode(value)
+            except (msgspec.DecodeError, UnicodeDecodeError):
+                shown = None
+        raise ConfigError(format_validation_error(e, shown)) from None
     except (msgspec.DecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"invalid JSON: {e}") from None
     try:

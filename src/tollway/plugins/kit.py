@@ -105,7 +105,15 @@ class Plugin:
 class Consumer:
     """A consumer as auth plugins see it: ``auth_conf`` is the decoded conf that matched."""
 
-    __slots__ = ("auth_conf", "group_id", "labels", "plugins", "username", "version")
+    __slots__ = (
+        "auth_conf",
+        "credential_id",
+        "group_id",
+        "labels",
+        "plugins",
+        "username",
+        "version",
+    )
 
     def __init__(
         self,
@@ -115,9 +123,11 @@ class Consumer:
         group_id: str | None = None,
         labels: dict[str, str] | None = None,
         version: int = 0,
+        credential_id: str | None = None,
     ) -> None:
         self.username = username
         self.auth_conf = auth_conf
+        self.credential_id = credential_id  # when the matching conf is a credential's
         self.plugins = plugins
         self.group_id = group_id
         self.labels = labels
@@ -331,6 +341,12 @@ class RequestContext:
         """Identify the request's consumer; its (and its group's) plugins then apply."""
         self.consumer = consumer
         self.consumer_name = consumer.username
+        # APISIX consumer.attach_consumer: the upstream learns who called; a header the client
+        # sent under these names is replaced or removed, never passed on.
+        labels = consumer.labels
+        self.set_request_header("X-Consumer-Username", consumer.username)
+        self.set_request_header("X-Credential-Identifier", consumer.credential_id)
+        self.set_request_header("X-Consumer-Custom-Id", labels.get("custom_id") if labels else None)
 
     # -- choosing another upstream (traffic-split) -------------------------------------
 

@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 
 from tollway.errors import ConfigError
+from tollway.model.messages import jsonschema_message
 from tollway.plugins.kit import PHASES, Plugin
 
 log = logging.getLogger("tollway.plugins")
@@ -121,9 +122,14 @@ class Registry:
         try:
             decoded = msgspec.convert(body, schema) if schema is not None else body
             plugin.check(decoded)
-        except (msgspec.ValidationError, ValueError) as e:
+        except msgspec.ValidationError as e:
             raise ConfigError(
-                f"failed to check the configuration of plugin {name} err: {_plain(e)}"
+                f"failed to check the configuration of plugin {name} err: "
+                f"{jsonschema_message(e, body)}"
+            ) from None
+        except ValueError as e:
+            raise ConfigError(
+                f"failed to check the configuration of plugin {name} err: {e}"
             ) from None
         if "_meta" in conf:
             _check_meta(name, conf["_meta"])
@@ -183,15 +189,6 @@ class Registry:
             names=frozenset(name for _, p, _, _ in entries for name in [p.name]),
             buffers_body=buffers,
         )
-
-
-def _plain(e: Exception) -> str:
-    text = str(e)
-    if " - at `$" in text:
-        msg, _, path = text.partition(" - at `$")
-        path = path.rstrip("`").lstrip(".")
-        return f'property "{path}" validation failed: {msg}' if path else msg
-    return text
 
 
 def _check_meta(name: str, meta: Any) -> None:

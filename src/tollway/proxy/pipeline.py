@@ -57,6 +57,7 @@ class Exchange(Forwarding):
         "body_complete",
         "buffered_resp",
         "chain",
+        "client_addr",
         "client_closed",
         "conn",
         "connection_tokens",
@@ -104,6 +105,7 @@ class Exchange(Forwarding):
         self.proto = proto
         self.method = method
         self.url = url
+        self.client_addr: str | None = None  # named by a trusted peer (realip)
         self.connection_tokens: frozenset[bytes] = _NO_TOKENS  # named by the client's Connection
         self.target = url  # what goes upstream when no plugin rewrites it (absolute-form fixed)
         self.raw_headers = headers
@@ -500,7 +502,7 @@ class Exchange(Forwarding):
             query,
             self.raw_headers,
             host,
-            p.remote_addr,
+            p.remote_addr if self.client_addr is None else self.client_addr,
             p.remote_port,
             p.server_addr,
             p.server_port,

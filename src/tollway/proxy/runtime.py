@@ -419,14 +419,23 @@ class Compiler:
         index = ConsumerIndex()
         for gid, g in store["consumer_groups"].items.items():
             index.groups[gid] = dict(g.obj.plugins or {})
-        sources: list[tuple[str, dict[str, Any], Any, int]] = []
+        # (username, auth plugin confs, consumer, version, credential id)
+        sources: list[tuple[str, dict[str, Any], Any, int, str | None]] = []
         consumers = store["consumers"].items
         for name, it in consumers.items():
-            sources.append((name, it.obj.plugins or {}, it.obj, it.mod_revision))
+            sources.append((name, it.obj.plugins or {}, it.obj, it.mod_revision, None))
         for cid, it in store["credentials"].items.items():
             owner = consumers.get(cid.split("/", 1)[0])
             if owner is not None:
-                sources.append((owner.id, it.obj.plugins or {}, owner.obj, owner.mod_revision))
+                sources.append(
+                    (
+                        owner.id,
+                        it.obj.plugins or {},
+                        owner.obj,
+                        owner.mod_revision,
+                        cid.rpartition("/")[2],
+                    )
+                )
         for name, it in consumers.items():
             c = it.obj
             index.by_name[name] = Consumer(
@@ -437,7 +446,7 @@ class Compiler:
                 c.labels,
                 it.mod_revision,
             )
-        for username, auth_plugins, consumer, version in sources:
+        for username, auth_plugins, consumer, version, credential_id in sources:
             own = {
                 n: c
                 for n, c in (consumer.plugins or {}).items()
@@ -456,7 +465,7 @@ class Compiler:
                     continue
                 group = str(consumer.group_id) if consumer.group_id is not None else None
                 index.by_plugin.setdefault(name, {})[str(key)] = Consumer(
-                    username, decoded, own, group, consumer.labels, version
+                    username, decoded, own, group, consumer.labels, version, credential_id
                 )
         return index
 

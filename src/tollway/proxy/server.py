@@ -42,7 +42,7 @@ def _method(raw: bytes) -> str:
 
 # Request header name (as sent) -> what the parser notes about it (0: nothing). Learned per
 # spelling, bounded: most headers then cost one dict lookup, not a lower() and six compares.
-_HOST, _CONTENT_LENGTH, _TRANSFER_ENCODING, _UPGRADE, _EXPECT, _CONNECTION = range(1, 7)
+_HOST, _CONTENT_LENGTH, _TRANSFER_ENCODING, _UPGRADE, _EXPECT, _CONNECTION, _REAL_IP = range(1, 8)
 _NOTED = {
     b"host": _HOST,
     b"content-length": _CONTENT_LENGTH,
@@ -52,6 +52,18 @@ _NOTED = {
     b"connection": _CONNECTION,
 }
 _KINDS: dict[bytes, int] = {}
+_real_ip_name = b""
+
+
+def _use_real_ip_header(name: bytes) -> None:
+    """Note ``name`` (lowercase) as the header naming the client (realip); a worker has one."""
+    global _real_ip_name
+    for key in [k for k, v in _NOTED.items() if v == _REAL_IP]:
+        del _NOTED[key]
+    if name not in _NOTED:
+        _NOTED[name] = _REAL_IP
+    _KINDS.clear()
+    _real_ip_name = name
 
 
 def _kind(name: bytes) -> int:
@@ -99,6 +111,7 @@ class HttpProtocol(asyncio.Protocol):
         self.host_cache: tuple[bytes, str] | None = None  # (raw Host, parsed) of the last request
         self.reading_paused = False
         self.idle_since = 0.0
+        self.trust_real_ip = False  # the peer may name the client (realip)
 
     # -- connection ---------------------------------------------------------------------
 
@@ -110,6 +123,11 @@ class HttpProtocol(asyncio.Protocol):
             self.remote_addr, self.remote_port = peer[0], peer[1]
         else:
             self.remote_addr = "127.0.0.1"
+        real_ip = self.state.real_ip
+        if real_ip is not None:
+            if real_ip.header != _real_ip_name:
+                _use_real_ip_header(real_ip.header)
+            self.trust_real_ip = real_ip.trusts(peer[0] if isinstance(peer, tuple) else None)
         if isinstance(sock, tuple):
             self.server_addr, self.server_port = sock[0], sock[1]
         self.state.connections.add(self)
@@ -201,6 +219,7 @@ class HttpProtocol(asyncio.Protocol):
         self._upgrade = b""
         self._expect = False
         self._connection = b""
+        self._real_ip = b""
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -233,6 +252,8 @@ class HttpProtocol(asyncio.Protocol):
             self._expect = value.lower() == b"100-continue"
         elif kind == _CONNECTION:
             self._connection = value
+        elif kind == _REAL_IP:
+            self._real_ip = value
 
     def on_headers_complete(self) -> None:
         # RFC 9112 6.3: Content-Length with Transfer-Encoding is a smuggling vector; refuse it.
@@ -249,6 +270,8 @@ class HttpProtocol(asyncio.Protocol):
         # Without a Connection header only HTTP/1.1 is keep-alive: the version is known without
         # get_http_version(), which formats a new string each call (a third of a microsecond).
         version = "1.1" if keep_alive and not self._connection else p.get_http_version()
+        if not self._host and version == "1.1":
+            raise ParseLimit(400)  # RFC 9112 3.2: an HTTP/1.1 request must carry Host (nginx)
         ex = Exchange(self, method, self._url, headers, version, keep_alive, self._host)
         if self._expect:
             ex.expect_continue = True
@@ -268,6 +291,10 @@ class HttpProtocol(asyncio.Protocol):
                 ex.reject_status = 413
         if not ex.has_body:
             ex.body_complete = True
+        if self._real_ip:
+            if self.trust_real_ip and self.state.real_ip is not None:
+                ex.client_addr = self.state.real_ip.client(self._real_ip)
+            self._real_ip = b""
         if self._cl_count or self._te or self._expect or self._upgrade or self._connection:
             self._cl_count = 0
             self._te = self._expect = False

@@ -7,6 +7,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from tollway.proxy.http import SERVER_HEADER
+from tollway.proxy.realip import RealIp
 from tollway.proxy.runtime import Compiler
 from tollway.proxy.upstream import Pool
 
@@ -33,6 +34,7 @@ class ServerState:
         server_tokens: bool = True,
         show_upstream_status: bool = False,
         retry_non_idempotent: bool = False,
+        real_ip: RealIp | None = None,
     ) -> None:
         self.compiler = compiler
         self.pool = Pool()
@@ -46,6 +48,7 @@ class ServerState:
         )
         self.show_upstream_status = show_upstream_status
         self.retry_non_idempotent = retry_non_idempotent
+        self.real_ip = real_ip
         self.connections: set[HttpProtocol] = set()
         self.exchanges: set[Exchange] = set()
         self.shutting_down = False

@@ -16,7 +16,12 @@ from tollway.model.objects import split_host_port
         (
             "routes",
             {"uri": "/a", "uris": ["/b"], "upstream_id": 1},
-            'exactly one of "uri" or "uris"',
+            "allOf 1 failed: value should match only one schema, but matches both schemas 1 and 2",
+        ),
+        (
+            "routes",
+            {"upstream_id": 1},
+            "allOf 1 failed: value should match only one schema, but matches none",
         ),
         (
             "routes",
@@ -25,11 +30,25 @@ from tollway.model.objects import split_host_port
         ),
         ("routes", {"uri": "/a", "upstream_id": 1, "methods": ["FETCH"]}, 'property "methods"'),
         ("routes", {"uri": "/a", "upstream_id": 1, "host": "a.*.com"}, 'property "host"'),
-        ("routes", {"uri": "/a", "upstream_id": 1, "remote_addr": "300.1.1.1"}, "invalid IP"),
+        (
+            "routes",
+            {"uri": "/a", "upstream_id": 1, "remote_addr": "300.1.1.1"},
+            'property "remote_addr" validation failed: object matches none of the required',
+        ),
+        (
+            "routes",
+            {"uri": "/a", "upstream_id": 1, "remote_addrs": ["::1", "x"]},
+            'property "remote_addrs" validation failed: failed to validate item 2: object matches'
+            " none of the required",
+        ),
         ("upstreams", {"nodes": {"127.0.0.1:80": -1}}, 'property "nodes"'),
         ("upstreams", {"nodes": [{"host": "::1", "port": 80, "weight": 1}]}, "enclosed with '['"),
         ("upstreams", {"type": "chash", "nodes": {}}, "missing key"),
-        ("upstreams", {"nodes": {}, "pass_host": "rewrite"}, "upstream_host"),
+        (
+            "upstreams",
+            {"nodes": {}, "pass_host": "rewrite"},
+            "`upstream_host` can't be empty when `pass_host` is `rewrite`",
+        ),
         ("upstreams", {}, "nodes or service_name"),
         ("consumers", {"username": "bad name"}, 'property "username"'),
         ("global_rules", {}, '"plugins" is required'),

@@ -48,6 +48,27 @@ def test_sizes_and_durations() -> None:
         parse_size("lots")
 
 
+def test_redirect_https_port_defaults_to_the_https_listener(tmp_path: Path) -> None:
+    s = load_settings(write(tmp_path, "apisix: {ssl: {listen: [{port: 8443}]}}\n"))
+    assert s.plugin_attr["redirect"]["https_port"] == 8443
+    text = "apisix: {ssl: {listen: [{port: 8443}]}}\nplugin_attr: {redirect: {https_port: 443}}\n"
+    assert load_settings(write(tmp_path, text)).plugin_attr["redirect"]["https_port"] == 443
+    off = load_settings(write(tmp_path, "apisix: {ssl: {enable: false}}\n"))
+    assert "redirect" not in off.plugin_attr
+
+
+def test_yaml_nested_credentials_are_keys_of_their_own() -> None:
+    kvs = parse_yaml_config(
+        b"consumers:\n  - username: jill\n    labels: {team: a}\n    credentials:\n"
+        b"      - {id: c1, plugins: {key-auth: {key: k}}}\n#END\n"
+    )
+    assert [kv.key for kv in kvs] == [
+        "/apisix/consumers/jill",
+        "/apisix/consumers/jill/credentials/c1",
+    ]
+    assert json.loads(kvs[0].value or b"") == {"username": "jill", "labels": {"team": "a"}}
+
+
 def test_yaml_needs_end_marker() -> None:
     with pytest.raises(SourceError, match="#END"):
         parse_yaml_config(b"routes: []\n")

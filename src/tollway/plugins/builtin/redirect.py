@@ -3,7 +3,7 @@
 
 ``http_to_https`` answers 301 for GET/HEAD and 308 otherwise, to ``https://$host$request_uri``
 with APISIX's ``plugin_attr.redirect.https_port`` (``Redirect.https_port``; omitted when unset or
-443). APISIX falls back to one of its ``apisix.ssl.listen`` ports; Tollway has none to offer.
+443), which defaults to the first ``apisix.ssl.listen`` port (settings.plugin_attr).
 """
 
 from __future__ import annotations

@@ -1,0 +1,66 @@
+"""nginx realip as APISIX sets it up by default: a client on 127.0.0.1 names the client address
+in X-Real-IP (reference §2.1), for routing, plugins and the headers sent upstream."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.support.gateway import Gateway
+from tests.support.upstream import Upstream
+
+CONFIG = """
+routes:
+  - id: only-ten
+    uri: /ten
+    remote_addrs: ["10.0.0.0/8"]
+    upstream: {nodes: {"%(up)s": 1}}
+  - id: deny
+    uri: /deny
+    plugins:
+      ip-restriction: {blacklist: ["10.0.0.7"]}
+    upstream: {nodes: {"%(up)s": 1}}
+#END
+"""
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream) -> Iterator[Gateway]:
+    root: Path = tmp_path_factory.mktemp("gw")
+    with Gateway(root, apisix_yaml=CONFIG % {"up": upstream.addr}) as g:
+        yield g
+
+
+@pytest.fixture(scope="module")
+def untrusting(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream) -> Iterator[Gateway]:
+    root: Path = tmp_path_factory.mktemp("gw")
+    conf = {"nginx_config": {"http": {"real_ip_from": ["192.0.2.0/24"]}}}
+    with Gateway(root, apisix_yaml=CONFIG % {"up": upstream.addr}, config=conf) as g:
+        yield g
+
+
+def test_a_loopback_client_names_the_client_address(gw: Gateway) -> None:
+    assert requests.get(gw.url("/ten")).status_code == 404  # 127.0.0.1 is not in 10/8
+    r = requests.get(gw.url("/ten"), headers={"X-Real-IP": "10.0.0.7"})
+    assert r.status_code == 200
+    h = r.json()["headers"]
+    assert h["x-real-ip"] == "10.0.0.7"
+    assert h["x-forwarded-for"] == "10.0.0.7"
+    assert requests.get(gw.url("/deny"), headers={"X-Real-IP": "10.0.0.7"}).status_code == 403
+    assert requests.get(gw.url("/deny"), headers={"X-Real-IP": "10.0.0.8"}).status_code == 200
+
+
+def test_a_header_that_names_no_address_is_ignored(gw: Gateway) -> None:
+    r = requests.get(gw.url("/deny"), headers={"X-Real-IP": "not-an-ip"})
+    assert r.status_code == 200 and r.json()["headers"]["x-real-ip"] == "127.0.0.1"
+
+
+def test_an_untrusted_peer_cannot_name_the_client(untrusting: Gateway) -> None:
+    assert (
+        requests.get(untrusting.url("/ten"), headers={"X-Real-IP": "10.0.0.7"}).status_code == 404
+    )
+    r = requests.get(untrusting.url("/deny"), headers={"X-Real-IP": "10.0.0.7"})
+    assert r.status_code == 200 and r.json()["headers"]["x-real-ip"] == "127.0.0.1"
