@@ -21,6 +21,7 @@ import uvloop
 from tollway.config.store import Store
 from tollway.ipc import encode, kvs_from_wire, read_message
 from tollway.logs import setup_logging
+from tollway.plugins.builtin.prometheus import server_stats
 from tollway.plugins.registry import load_registry
 from tollway.proxy.accesslog import AccessLog
 from tollway.proxy.realip import RealIp
@@ -37,6 +38,7 @@ log = logging.getLogger("tollway.worker")
 INCREMENTAL_LIMIT = 500
 # On graceful stop, an idle keep-alive connection is closed once idle this long.
 IDLE_GRACE = 1.0
+STATS_INTERVAL = 1.0  # seconds between writes of the request total and connection states
 
 
 class Worker:
@@ -89,11 +91,34 @@ class Worker:
         reader, writer = await asyncio.open_connection(sock=self.ipc)
         ipc_task = loop.create_task(self._ipc_loop(reader, writer))
         stop_task = loop.create_task(self.stopping.wait())
+        stats_task = self._start_stats(loop)
         await asyncio.wait({ipc_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
         await self._graceful_stop()
         ipc_task.cancel()
         stop_task.cancel()
+        if stats_task is not None:
+            stats_task.cancel()
         writer.close()
+
+    def _start_stats(self, loop: asyncio.AbstractEventLoop) -> asyncio.Task[None] | None:
+        """With metrics exported, the request total and connection states every second."""
+        if "prometheus" not in self.registry.plugins:
+            return None
+        stats = server_stats(self.settings.plugin_attr.get("prometheus") or {})
+        if stats is None:
+            return None
+        state = self.state
+
+        async def tick() -> None:
+            try:
+                while True:
+                    stats.write(state.requests, state.connection_states())
+                    await asyncio.sleep(STATS_INTERVAL)
+            finally:
+                stats.write(state.requests, state.connection_states())
+                stats.close()
+
+        return loop.create_task(tick())
 
     async def _ipc_loop(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         def send(msg: dict[str, Any]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -156,6 +157,34 @@ def test_instance_gauges_and_endpoint(gw: Gateway, port: int, upstream: Upstream
     assert other.status_code == 404
 
 
+def test_request_total_and_connection_states(gw: Gateway, port: int) -> None:
+    # APISIX exports nginx's stub_status: every request, whatever its route or plugins.
+    before = scrape(port).get("apisix_http_requests_total") or 0
+    hit(gw, "/no/such/route", 6, status=404)
+    wait_until(lambda: (scrape(port).get("apisix_http_requests_total") or 0) >= before + 6)
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as idle:
+        idle.sendall(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert idle.recv(65536).startswith(b"HTTP/1.1 200")
+        # kept alive and idle: an active, waiting connection until it closes
+        m = wait_until(
+            lambda: (
+                (
+                    (m := scrape(port)).get(
+                        "apisix_nginx_http_current_connections", state="waiting"
+                    )
+                    or 0
+                )
+                >= 1
+                and m
+            )
+        )
+        active = m.get("apisix_nginx_http_current_connections", state="active")
+        accepted = m.get("apisix_nginx_http_current_connections", state="accepted")
+        assert active is not None and active >= 1
+        assert accepted is not None and accepted >= 7
+    assert "# TYPE apisix_http_requests_total gauge" in m.text
+
+
 def test_counts_survive_a_reload(gw: Gateway, port: int) -> None:
     before = scrape(port).get("apisix_http_status_total", route="1") or 0  # settled earlier
     hit(gw, "/hello", 1)
@@ -165,7 +194,8 @@ def test_counts_survive_a_reload(gw: Gateway, port: int) -> None:
     wait_until(lambda: not (set(gw.worker_pids()) & old) and len(gw.worker_pids()) == 2, 20)
     hit(gw, "/hello", 4)
     # The old workers' totals were kept when they exited; the new ones add to them.
-    wait_for(port, "apisix_http_status_total", before + 5, code="200", route="1")
+    m = wait_for(port, "apisix_http_status_total", before + 5, code="200", route="1")
+    assert (m.get("apisix_http_requests_total") or 0) >= before + 5
 
 
 def test_not_exported_when_the_plugin_is_not_enabled(tmp_path: Path, upstream: Upstream) -> None:

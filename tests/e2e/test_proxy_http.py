@@ -6,6 +6,7 @@ import json
 import socket
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 import pytest
@@ -157,6 +158,8 @@ def test_route_not_found(gw: Gateway) -> None:
     assert r.status_code == 404
     assert r.content == b'{"error_msg":"404 Route Not Found"}\n'
     assert r.headers["Server"].startswith("Tollway/")
+    # like every answer nginx makes (RFC 9110 6.6.1)
+    assert parsedate_to_datetime(r.headers["Date"]).tzinfo is not None
 
 
 def test_upstream_errors_map_to_apisix_statuses(gw: Gateway) -> None:
@@ -348,6 +351,7 @@ def test_http10_and_expect_continue(gw: Gateway) -> None:
 def test_bad_requests_get_their_status(gw: Gateway, request_bytes: bytes, status: int) -> None:
     out = raw(gw, request_bytes)
     assert out.startswith(b"HTTP/1.1 %d" % status), out[:200]
+    assert b"\r\nDate: " in out.partition(b"\r\n\r\n")[0]
     # The worker is still fine.
     assert requests.get(gw.url("/echo")).status_code == 200
 

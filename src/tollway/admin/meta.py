@@ -14,6 +14,7 @@ import msgspec
 from tollway.admin.resource import RESOURCES, AdminError, Reply, bad_request
 from tollway.errors import EtcdError
 from tollway.model import json_schema
+from tollway.model.validate import struct_schema
 
 if TYPE_CHECKING:
     from tollway.admin.resource import AdminResources
@@ -45,7 +46,7 @@ PLUGINS_SCHEMA: dict[str, Any] = {
 def _struct_schema(typ: type[msgspec.Struct] | None) -> dict[str, Any]:
     if typ is None:
         return {"type": "object", "properties": {}}
-    return msgspec.json.schema(typ)
+    return struct_schema(typ)
 
 
 class MetaEndpoints:

@@ -72,5 +72,51 @@ _SCHEMA_CACHE: dict[str, dict[str, Any]] = {}
 def json_schema(kind: str) -> dict[str, Any]:
     if kind not in _SCHEMA_CACHE:
         typ: type[Any] = Credential if kind == "credentials" else KINDS[kind]
-        _SCHEMA_CACHE[kind] = msgspec.json.schema(typ)
+        _SCHEMA_CACHE[kind] = struct_schema(typ)
     return _SCHEMA_CACHE[kind]
+
+
+def struct_schema(typ: type[Any]) -> dict[str, Any]:
+    """The JSON Schema of a Struct in the shape APISIX serves its Lua schemas: the object at the
+    top (``type``, ``properties``, ``required``), optional fields as their type rather than
+    ``anyOf [T, null]`` with ``default: null``. Definitions that nested fields refer to stay
+    under ``$defs``."""
+    raw = msgspec.json.schema(typ)
+    defs: dict[str, Any] = raw.get("$defs", {})
+    ref = raw.get("$ref", "")
+    root = dict(defs.get(ref.rpartition("/")[2], raw)) if ref.startswith("#/$defs/") else raw
+    out: dict[str, Any] = _plain_schema(root)
+    rest = {k: _plain_schema(v) for k, v in defs.items() if _is_referenced(k, root, defs)}
+    if rest:
+        out["$defs"] = rest
+    return out
+
+
+def _plain_schema(node: Any) -> Any:
+    if isinstance(node, list):
+        return [_plain_schema(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _plain_schema(v) for k, v in node.items() if k != "title"}
+    if out.get("default", 0) is None:
+        del out["default"]
+    if out.get("required") == []:
+        del out["required"]
+    variants = out.get("anyOf")
+    if isinstance(variants, list):
+        kept = [v for v in variants if v != {"type": "null"}]
+        if len(kept) == 1 and isinstance(kept[0], dict):
+            del out["anyOf"]
+            out = {**kept[0], **out}
+        elif len(kept) != len(variants):
+            out["anyOf"] = kept
+    return out
+
+
+def _is_referenced(name: str, root: Any, defs: dict[str, Any]) -> bool:
+    """Whether ``#/$defs/name`` is used by the root or by another definition."""
+    target = f'"#/$defs/{name}"'
+    if target in msgspec.json.encode(root).decode():
+        return True
+    others = {k: v for k, v in defs.items() if k != name}
+    return target in msgspec.json.encode(others).decode()

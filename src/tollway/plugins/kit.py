@@ -305,7 +305,11 @@ class RequestContext:
         if getter is not None:
             return getter(self)
         if name.startswith("http_"):
-            return self.headers.get(name[5:].replace("_", "-"))
+            # nginx matches $http_x_y against X-Y and, with APISIX's underscores_in_headers,
+            # against X_Y too.
+            key = name[5:]
+            found = self.headers.get(key.replace("_", "-"))
+            return found if found is not None or "_" not in key else self.headers.get(key)
         if name.startswith("arg_"):
             return self.args.get(name[4:])
         if name.startswith("cookie_"):

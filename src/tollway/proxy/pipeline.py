@@ -581,7 +581,8 @@ class Exchange(Forwarding):
             send_body = b""
         else:
             send_body = body
-        out = [status_line(status), self.proto.state.server_header]
+        state = self.proto.state
+        out = [status_line(status), state.server_header, state.date_line()]
         for k, v in headers:
             out.append(k + b": " + v + b"\r\n")
         if status not in (204, 304) and not 100 <= status < 200:

@@ -16,7 +16,6 @@ import httptools
 
 from tollway.proxy.http import (
     PLAIN_CONNECTION,
-    SERVER_HEADER,
     connection_tokens,
     error_page,
     status_line,
@@ -131,6 +130,7 @@ class HttpProtocol(asyncio.Protocol):
         if isinstance(sock, tuple):
             self.server_addr, self.server_port = sock[0], sock[1]
         self.state.connections.add(self)
+        self.state.accepted += 1
         self.idle_since = self.state.loop.time()
         self._arm_timer(self.state.header_timeout)
 
@@ -220,6 +220,10 @@ class HttpProtocol(asyncio.Protocol):
         self._expect = False
         self._connection = b""
         self._real_ip = b""
+
+    def reading_head(self) -> bool:
+        """Part of a request head has arrived, not all of it."""
+        return self._header_bytes > 0
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -397,9 +401,9 @@ class HttpProtocol(asyncio.Protocol):
         self.state.flush_writes()  # an answer still deferred goes first
         self.transport.write(
             status_line(status)
-            + b"Server: "
-            + SERVER_HEADER
-            + b"\r\nContent-Type: text/html\r\nContent-Length: "
+            + self.state.server_header
+            + self.state.date_line()
+            + b"Content-Type: text/html\r\nContent-Length: "
             + str(len(body)).encode()
             + b"\r\nConnection: close\r\n\r\n"
             + body

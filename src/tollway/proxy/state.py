@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from email.utils import formatdate
 from typing import TYPE_CHECKING
 
 from tollway.proxy.http import SERVER_HEADER
@@ -49,10 +51,13 @@ class ServerState:
         self.show_upstream_status = show_upstream_status
         self.retry_non_idempotent = retry_non_idempotent
         self.real_ip = real_ip
+        self._date_second = 0
+        self._date_line = b""
         self.connections: set[HttpProtocol] = set()
         self.exchanges: set[Exchange] = set()
         self.shutting_down = False
         self.requests = 0
+        self.accepted = 0  # connections since start
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by start()
         self._sweeper: asyncio.TimerHandle | None = None
         # Writes of the fast path, sent once the event loop has handled every ready socket
@@ -60,6 +65,34 @@ class ServerState:
         self._outgoing: list[tuple[asyncio.Transport, bytes]] = []
 
     SWEEP_INTERVAL = 0.2
+
+    def connection_states(self) -> dict[str, int]:
+        """nginx stub_status's view: active (all), reading (a request head on its way),
+        writing (a request being answered), waiting (idle keep-alive), accepted, handled."""
+        reading = writing = 0
+        for conn in self.connections:
+            if conn.active is not None:
+                writing += 1
+            elif conn.reading_head():
+                reading += 1
+        active = len(self.connections)
+        return {
+            "active": active,
+            "reading": reading,
+            "writing": writing,
+            "waiting": active - reading - writing,
+            "accepted": self.accepted,
+            "handled": self.accepted,
+        }
+
+    def date_line(self) -> bytes:
+        """``Date: ...\r\n`` for answers the gateway makes (RFC 9110 6.6.1), formatted once a
+        second."""
+        now = int(time.time())
+        if now != self._date_second:
+            self._date_second = now
+            self._date_line = b"Date: " + formatdate(now, usegmt=True).encode() + b"\r\n"
+        return self._date_line
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Bind to the running loop. Timeouts are deadlines checked by one periodic sweep:

@@ -233,3 +233,10 @@ def test_referer_restriction() -> None:
     assert rr.allowed(bl, None) and not rr.allowed(bl, "http://BAD.com/x")
     res = rr.RefererRestriction().access(wl, make_ctx(headers={"Referer": "http://zz.com"}))
     assert res == (403, {"message": "Your referer host is not allowed"})
+
+
+def test_http_variables_match_dashes_and_underscores_as_nginx() -> None:
+    ctx = make_ctx(headers={"X-Dash": "d", "X_Under": "u"})
+    assert ctx.var("http_x_dash") == "d"
+    assert ctx.var("http_x_under") == "u"  # underscores_in_headers on (APISIX's default)
+    assert ctx.var("http_x_missing") is None

@@ -350,6 +350,51 @@ def _key(metric: str, name: str, labels: tuple[str, ...], values: tuple[str, ...
     return mmap_key(metric, name, list(labels), list(values), doc)
 
 
+# -- what nginx's stub_status gives APISIX ----------------------------------------------------
+
+
+class ServerStats:
+    """A worker's ``http_requests_total`` and ``nginx_http_current_connections{state}``
+    (APISIX reads them from nginx's stub_status at each scrape, plugin or not). Written about
+    once a second, by the worker's own timer, into its files of the multiprocess directory:
+    the request total in a ``sum`` gauge file (kept when the worker exits, so the instance's total
+    never goes back), the connection states in a ``livesum`` file (dropped with the worker)."""
+
+    CONNECTION_STATES = ("active", "reading", "writing", "waiting", "accepted", "handled")
+
+    def __init__(self, directory: str, prefix: str) -> None:
+        from prometheus_client.mmap_dict import MmapedDict
+
+        pid = os.getpid()
+        self._total = MmapedDict(os.path.join(directory, f"gauge_sum_{pid}.db"))
+        self._live = MmapedDict(os.path.join(directory, f"gauge_livesum_{pid}.db"))
+        name = prefix + "http_requests_total"
+        doc = "The total number of client requests since APISIX started"
+        self._requests_key = _key(name, name, (), (), doc)
+        conn = prefix + "nginx_http_current_connections"
+        conn_doc = "Number of HTTP connections"
+        self._state_keys = {
+            st: _key(conn, conn, ("state",), (st,), conn_doc) for st in self.CONNECTION_STATES
+        }
+
+    def write(self, requests: int, connections: dict[str, int]) -> None:
+        self._total.write_value(self._requests_key, float(requests), 0.0)
+        for st, key in self._state_keys.items():
+            self._live.write_value(key, float(connections.get(st, 0)), 0.0)
+
+    def close(self) -> None:
+        self._total.close()
+        self._live.close()
+
+
+def server_stats(attr: dict[str, Any]) -> ServerStats | None:
+    """The writer for this process, or None when metrics are not exported."""
+    directory = os.environ.get(ENV_DIR)
+    if not directory:
+        return None
+    return ServerStats(directory, parse_attr(attr).metric_prefix)
+
+
 # -- the plugin ------------------------------------------------------------------------------
 
 
