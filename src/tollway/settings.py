@@ -235,6 +235,15 @@ class LoadedSettings:
             return False
         return role == "control_plane" or self.conf.apisix.enable_admin
 
+    @property
+    def api_driven(self) -> bool:
+        """APISIX's API-driven standalone mode: ``traditional`` with ``config_provider: yaml``
+        (the config comes from PUT /apisix/admin/configs, not from a file or etcd)."""
+        return self.conf.deployment.role == "traditional" and self.config_provider in (
+            "yaml",
+            "json",
+        )
+
     def resolve(self, relative: str) -> Path:
         p = Path(relative)
         return p if p.is_absolute() else (self.conf_dir.parent / p)

@@ -278,6 +278,10 @@ class Supervisor:
     def make_source(self) -> ConfigSource:
         s = self.settings
         if s.config_provider in ("yaml", "json"):
+            if s.api_driven:
+                from tollway.config.api_source import ApiSource
+
+                return ApiSource(s.etcd.prefix, s.run_dir / "standalone-config.json")
             return YamlSource(s.yaml_path, s.etcd.prefix)
         from tollway.config.etcd import EtcdClient, EtcdTLS
         from tollway.config.etcd_source import EtcdSource
@@ -386,7 +390,9 @@ class Supervisor:
         runner = await start_control_server(self)
         if runner is not None:
             self.runners.append(runner)
-        if self.settings.serves_admin and self.settings.config_provider == "etcd":
+        if self.settings.serves_admin and (
+            self.settings.config_provider == "etcd" or self.settings.api_driven
+        ):
             from tollway.admin.server import start_admin_server
 
             runner = await start_admin_server(self)

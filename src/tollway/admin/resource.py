@@ -49,6 +49,7 @@ class Reply:
     status: int
     body: Any
     dry_run: bool = False
+    headers: dict[str, str] | None = None  # extra response headers (Content-Type may be one)
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,10 @@ from tollway.admin.resource import (
     bad_request,
     parse_target,
 )
+from tollway.admin.standalone import StandaloneConfigs
+from tollway.checks import ItemChecker
+from tollway.config.api_source import ApiSource
+from tollway.config.etcd import EtcdClient
 from tollway.crypto import KeyCipher
 from tollway.errors import ConfigError, EtcdError, SettingsError
 
@@ -45,7 +49,13 @@ PREFIX = "/apisix/admin"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def respond(status: int, body: Any = None, *, dry_run: bool = False) -> web.Response:
+def respond(
+    status: int,
+    body: Any = None,
+    *,
+    dry_run: bool = False,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
     """dict/list bodies as JSON, strings as they are, each with a trailing newline (APISIX's
     ``core.response.exit`` uses ``ngx.say``)."""
     if body is None:
@@ -59,6 +69,8 @@ def respond(status: int, body: Any = None, *, dry_run: bool = False) -> web.Resp
     )
     if dry_run:
         resp.headers["X-Tollway-Dry-Run"] = "true"
+    if headers:
+        resp.headers.update(headers)
     return resp
 
 
@@ -73,8 +85,11 @@ class AdminApp:
         cors: bool,
         openapi: Callable[[], dict[str, Any]] | None = None,
         server_tokens: bool = True,
+        standalone: StandaloneConfigs | None = None,
     ) -> None:
         self.res = resources
+        # API-driven standalone: the config is /configs; the item endpoints need etcd.
+        self.standalone = standalone
         self.meta = MetaEndpoints(resources)
         self.keys = keys
         self.key_required = key_required
@@ -183,7 +198,7 @@ class AdminApp:
             # A bug, not an answer: say so in the log, keep serving.
             log.exception("admin: unexpected error on %s %s", method, path)
             return respond(500, {"error_msg": "internal error"})
-        return respond(reply.status, reply.body, dry_run=reply.dry_run)
+        return respond(reply.status, reply.body, dry_run=reply.dry_run, headers=reply.headers)
 
     async def dispatch(self, request: web.Request, segs: list[str]) -> Reply:
         method = request.method
@@ -193,6 +208,8 @@ class AdminApp:
         head = segs[0]
         if head == "openapi.json" and self.openapi is not None and method == "GET":
             return Reply(200, self.openapi())
+        if self.standalone is not None and head == "configs":
+            return await self.configs(request, segs[1:])
         if head in ("schema", "plugins"):
             body = None
             if method in ("POST", "PUT", "PATCH"):
@@ -201,6 +218,11 @@ class AdminApp:
         target = parse_target(segs)
         if target is None:
             raise AdminError(404, {"error_msg": f"Unsupported resource type: {head}"})
+        if self.standalone is not None:
+            raise bad_request(
+                "the config is managed with /apisix/admin/configs in standalone mode "
+                "(deployment.role traditional with config_provider yaml)"
+            )
         if method == "GET":
             return await self.res.get(target, args)
         if method == "DELETE":
@@ -220,6 +242,21 @@ class AdminApp:
         if method == "PUT":
             return await self.res.put(target, body, args)
         return await self.res.post(target, body, args)
+
+    async def configs(self, request: web.Request, rest: list[str]) -> Reply:
+        standalone = self.standalone
+        assert standalone is not None
+        method = request.method
+        if rest == ["validate"] and method == "POST":
+            return standalone.put(request.headers, await self.read_body(request), dry_run=True)
+        if rest:
+            raise AdminError(404, {"error_msg": "not found"})
+        if method == "PUT":
+            return standalone.put(request.headers, await self.read_body(request), dry_run=False)
+        if method in ("GET", "HEAD"):
+            reply, headers = standalone.get(request.headers.get("Accept", "application/json"))
+            return Reply(200, None if method == "HEAD" else reply.body, headers=headers)
+        raise AdminError(404, {"error_msg": "not found"})
 
     @staticmethod
     def decode(raw: bytes | None) -> Any:
@@ -314,8 +351,15 @@ def build_admin(sup: Supervisor) -> tuple[AdminApp, AdminResources]:
         )
     except AdminKeyError as e:
         raise SettingsError(str(settings.path), e.key, e.message) from None
+    standalone = None
+    etcd = getattr(sup, "etcd_client", None)
+    if isinstance(sup.source, ApiSource):
+        standalone = StandaloneConfigs(sup.source, ItemChecker(sup.registry, strict=True))
+    if etcd is None:
+        # API-driven standalone: no etcd; the item endpoints answer 400 and never use it.
+        etcd = EtcdClient(settings.etcd.host)
     resources = AdminResources(
-        sup.etcd_client,
+        etcd,
         settings.etcd.prefix,
         sup.store,
         sup.registry,
@@ -330,6 +374,7 @@ def build_admin(sup: Supervisor) -> tuple[AdminApp, AdminResources]:
         cors=conf.enable_admin_cors,
         openapi=lambda: openapi_document(stream="stream" in settings.conf.apisix.proxy_mode),
         server_tokens=settings.conf.apisix.enable_server_tokens,
+        standalone=standalone,
     )
     return app, resources
 
@@ -349,7 +394,9 @@ async def start_admin_server(sup: Supervisor) -> web.AppRunner | None:
     app = admin.build()
     # APISIX writes <prefix>/plugins when the admin node starts; do it in the background so
     # a down etcd does not hold the start (tracked and cancelled on cleanup).
-    task = asyncio.get_running_loop().create_task(admin.meta.sync_plugins_forever())
+    task = asyncio.get_running_loop().create_task(
+        admin.meta.sync_plugins_forever() if admin.standalone is None else asyncio.sleep(0)
+    )
 
     async def _cancel(_: web.Application) -> None:
         task.cancel()

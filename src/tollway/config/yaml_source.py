@@ -53,24 +53,25 @@ def parse_yaml_config(raw: bytes, prefix: str = "/apisix") -> list[KeyValue]:
         return []
     if not isinstance(data, dict):
         raise SourceError("the top level must be a mapping")
+    return document_kvs(data, prefix)
+
+
+def document_kvs(data: dict[str, Any], prefix: str = "/apisix") -> list[KeyValue]:
+    """A standalone config document (apisix.yaml, or the body of PUT /apisix/admin/configs) ->
+    key/values in document order. ``<kind>_conf_version`` and the X-* metadata are not items."""
     kvs: list[KeyValue] = []
     for kind, items in data.items():
         if kind not in KINDS:
-            if kind != "plugins":
+            if kind != "plugins" and not kind.endswith("_conf_version") and kind[:2] != "X-":
                 log.warning("apisix.yaml: unknown top-level key %s ignored", kind)
             continue
         if not isinstance(items, list):
             log.warning("apisix.yaml: %s must be a list; ignored", kind)
             continue
         for n, item in enumerate(items):
-            item_id = _item_id(kind, item, n)
-            value = item
-            if isinstance(item, dict) and "id" not in item and kind != "consumers":
-                value = {**item, "id": item_id}
-            if kind == "consumers" and isinstance(item, dict) and "credentials" in item:
-                # nested credentials are keys of their own, not a field of the consumer
-                value = {k: v for k, v in item.items() if k != "credentials"}
-            kvs.append(KeyValue(f"{prefix}/{kind}/{item_id}", msgspec.json.encode(value)))
+            item_id = item_id_of(kind, item, n)
+            value, revision = standalone_value(kind, item, item_id)
+            kvs.append(KeyValue(f"{prefix}/{kind}/{item_id}", msgspec.json.encode(value), revision))
             if kind == "consumers" and isinstance(item, dict):
                 for cred in item.get("credentials") or []:
                     if isinstance(cred, dict) and "id" in cred:
@@ -79,7 +80,26 @@ def parse_yaml_config(raw: bytes, prefix: str = "/apisix") -> list[KeyValue]:
     return kvs
 
 
-def _item_id(kind: str, item: Any, n: int) -> str:
+def standalone_value(kind: str, item: Any, item_id: str) -> tuple[Any, int]:
+    """The value stored for one item of a standalone document, and its modifiedIndex.
+
+    The id is written into the value (APISIX: ``arr_<n>`` when absent); nested ``credentials``
+    of a consumer are keys of their own; a credential listed among the consumers as
+    ``<user>/credentials/<id>`` keeps its own id; ``modifiedIndex`` is metadata."""
+    if not isinstance(item, dict):
+        return item, 0
+    value = dict(item)
+    revision = value.pop("modifiedIndex", 0)
+    if kind == "consumers":
+        value.pop("credentials", None)
+        if "/credentials/" in item_id:
+            value["id"] = item_id.rpartition("/")[2]
+    elif "id" not in value:
+        value["id"] = item_id
+    return value, revision if isinstance(revision, int) and not isinstance(revision, bool) else 0
+
+
+def item_id_of(kind: str, item: Any, n: int) -> str:
     if isinstance(item, dict):
         if item.get("id") is not None:
             return str(item["id"])
