@@ -90,6 +90,8 @@ def test_retry_skips_refused_node_and_reports_statuses(tmp_path: Path, ups: list
   - {{id: 3, uri: /no-retry, upstream: {{retries: 0, nodes: {{"127.0.0.1:{dead}": 1}}}}}}
   - {{id: 4, uri: /prio, upstream: {{nodes: [{{host: 127.0.0.1, port: {dead}, weight: 1, priority: 1}}, {{host: 127.0.0.1, port: {ups[1].port}, weight: 1, priority: 0}}]}}}}
   - {{id: 5, uri: /status/*, upstream: {{nodes: {{"{ups[2].addr}": 1, "{ups[0].addr}": 1}}}}}}
+  - {{id: 6, uri: /single, upstream: {{retries: 2, nodes: {{"127.0.0.1:{dead}": 1}}}}}}
+  - {{id: 7, uri: /status/*, host: history.test, upstream: {{nodes: [{{host: 127.0.0.1, port: {dead}, weight: 1, priority: 1}}, {{host: 127.0.0.1, port: {ups[1].port}, weight: 1, priority: 0}}]}}}}
 """
     with gw_with(tmp_path, routes) as g:
         assert all(requests.get(g.url("/ok"), timeout=5).status_code == 200 for _ in range(10))
@@ -103,6 +105,15 @@ def test_retry_skips_refused_node_and_reports_statuses(tmp_path: Path, ups: list
         r = requests.get(g.url("/status/500"), timeout=5)
         assert r.status_code == 500 and r.headers["X-APISIX-Upstream-Status"] == "500"
         assert ups[0].hits + ups[2].hits == before + 1
+        # A single node with retries is tried again (APISIX hands out the one node it has).
+        r = requests.get(g.url("/single"), timeout=5)
+        assert r.headers["X-APISIX-Upstream-Status"] == "502, 502, 502"
+        # The header is nginx's $upstream_status: every try, when the last one is a 5xx.
+        history = {"Host": "history.test"}
+        r = requests.get(g.url("/status/503"), headers=history, timeout=5)
+        assert r.status_code == 503 and r.headers["X-APISIX-Upstream-Status"] == "502, 503"
+        r = requests.get(g.url("/status/200"), headers=history, timeout=5)
+        assert r.status_code == 200 and "X-APISIX-Upstream-Status" not in r.headers
 
 
 def test_timeout_is_504_and_idempotent_requests_move_on(
@@ -113,10 +124,19 @@ def test_timeout_is_504_and_idempotent_requests_move_on(
     uri: /hang
     timeout: {{connect: 1, send: 1, read: 0.5}}
     upstream: {{retries: 0, nodes: {{"{ups[0].addr}": 1}}}}
+  - id: 2
+    uri: /hang
+    host: deadline.test
+    timeout: {{connect: 1, send: 1, read: 0.5}}
+    upstream: {{retry_timeout: 0.2, nodes: {{"{ups[0].addr}": 1, "{ups[1].addr}": 1}}}}
 """
     with gw_with(tmp_path, routes) as g:
         r = requests.get(g.url("/hang"), timeout=10)
         assert r.status_code == 504 and "504 Gateway Time-out" in r.text
+        assert r.raw.version == 11 and r.reason == "Gateway Time-out"  # nginx's status line
+        # Past retry_timeout APISIX stops retrying with 502 ("proxy retry timeout").
+        r = requests.get(g.url("/hang"), headers={"Host": "deadline.test"}, timeout=10)
+        assert r.status_code == 502 and r.headers["X-APISIX-Upstream-Status"] == "504"
 
 
 def test_non_idempotent_request_is_not_resent(tmp_path: Path, ups: list[Upstream]) -> None:

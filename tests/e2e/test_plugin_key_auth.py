@@ -44,6 +44,10 @@ consumers:
     plugins:
       key-auth: {key: k1}
       proxy-rewrite: {headers: {set: {X-Consumer-Plugin: "jack"}}}
+  - username: orphan
+    group_id: no-such-group
+    plugins:
+      key-auth: {key: k3}
   - username: jill
     credentials:
       - id: cred-1
@@ -103,6 +107,11 @@ def test_the_upstream_learns_the_consumer_and_the_client_cannot_forge_it(gw: Gat
     assert h["x-consumer-username"] == "jill"
     assert h["x-credential-identifier"] == "cred-1"
     assert "x-consumer-custom-id" not in h
+
+
+def test_a_consumer_of_a_missing_group_gets_503(gw: Gateway) -> None:
+    # APISIX: "failed to fetch consumer group config by id" ends the request with 503.
+    assert requests.get(gw.url("/ka"), headers={"apikey": "k3"}).status_code == 503
 
 
 def test_header_is_read_before_query(gw: Gateway) -> None:

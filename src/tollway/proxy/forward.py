@@ -146,6 +146,9 @@ class Forwarding:
             if failure is None:
                 ctx.upstream_addr = f"{server.host}:{server.port}"
                 started = time.monotonic()
+                if statuses:
+                    # the answer's X-APISIX-Upstream-Status lists the failed tries first
+                    self.upstream_statuses = statuses
                 try:
                     await self.attempt(up, server, timeouts, body)
                 except UpstreamFailure as f:
@@ -154,17 +157,21 @@ class Forwarding:
                     self._succeeded(up, server, pick, started, statuses)
                     return
             self._failed(up, server, pick, failure, statuses)
+            # A single node is tried again (APISIX's balancer hands out the one node it has).
             can_retry = (
                 failure.retryable
                 and not self.response_started
                 and tries < up.retries
-                and pick is not None
                 and (body is not None or not self.has_body)
                 and (idempotent or not failure.sent or self.proto.state.retry_non_idempotent)
-                and not (deadline and time.monotonic() > deadline)
             )
             if not can_retry:
                 self._give_up(failure, statuses)
+                return
+            if deadline and time.monotonic() > deadline:
+                # APISIX: "proxy retry timeout" ends the request with 502, whatever the tries
+                # answered.
+                self._give_up(failure, statuses, status=502)
                 return
             tries += 1  # after_balance(failed=True) marked the server as tried
 
@@ -224,12 +231,12 @@ class Forwarding:
             up.passive.report(up.key, server.addr, "timeout" if f.status == 504 else "tcp", 0)
         log.debug("upstream %s:%d failed: %s", server.host, server.port, f)
 
-    def _give_up(self, f: UpstreamFailure, statuses: list[str]) -> None:
+    def _give_up(self, f: UpstreamFailure, statuses: list[str], status: int = 0) -> None:
         if not self.response_started and self.reject_status:
             self.respond_error(self.reject_status)  # the client's body was bad
         elif not self.response_started:
             self.upstream_statuses = statuses
-            self.respond_error(f.status)
+            self.respond_error(status or f.status)
         else:
             self.keep_alive = False
         if self.ctx is not None:
@@ -591,7 +598,13 @@ class Forwarding:
         out = [STATUS_LINES.get(status) or status_line(status), state.server_header]
         out += lines
         if status >= 500 or state.show_upstream_status:
-            out.append(b"X-APISIX-Upstream-Status: %d\r\n" % status)
+            tried = self.upstream_statuses
+            if tried:  # nginx's $upstream_status: every try, in order
+                out.append(
+                    b"X-APISIX-Upstream-Status: %s, %d\r\n" % (", ".join(tried).encode(), status)
+                )
+            else:
+                out.append(b"X-APISIX-Upstream-Status: %d\r\n" % status)
         no_body = self.method == "HEAD" or status in (204, 304) or 100 <= status < 200
         self.resp_no_body = no_body
         if self.buffered_resp is not None:

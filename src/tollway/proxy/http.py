@@ -61,10 +61,29 @@ STATUS_LINES: dict[int, bytes] = {
 }
 
 
+# nginx's own reason phrases (ngx_http_status_lines), for the answers the gateway makes; a
+# proxied answer keeps STATUS_LINES above.
+NGINX_REASONS: dict[int, bytes] = {
+    302: b"Moved Temporarily",
+    405: b"Not Allowed",
+    408: b"Request Time-out",
+    413: b"Request Entity Too Large",
+    414: b"Request-URI Too Large",
+    416: b"Requested Range Not Satisfiable",
+    503: b"Service Temporarily Unavailable",
+    504: b"Gateway Time-out",
+}
+GATEWAY_STATUS_LINES: dict[int, bytes] = {
+    **STATUS_LINES,
+    **{code: b"HTTP/1.1 %d %s\r\n" % (code, reason) for code, reason in NGINX_REASONS.items()},
+}
+
+
 def status_line(status: int) -> bytes:
-    line = STATUS_LINES.get(status)
+    """The status line of an answer the gateway makes (nginx's words)."""
+    line = GATEWAY_STATUS_LINES.get(status)
     if line is None:
-        line = b"HTTP/1.1 %d Unknown\r\n" % status
+        line = b"HTTP/1.1 %d \r\n" % status  # nginx: no phrase for a code it does not know
     return line
 
 

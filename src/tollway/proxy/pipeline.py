@@ -384,6 +384,11 @@ class Exchange(Forwarding):
         if chain.rewrite:
             yield chain.rewrite
         if ctx.consumer is not None:
+            group = ctx.consumer.group_id
+            if group is not None and group not in runtime.consumers.groups:
+                # APISIX: "failed to fetch consumer group config by id" -> 503
+                self.respond_error(503)
+                return
             # An auth plugin identified a consumer: its group's and its own plugins now apply,
             # and the ones it adds run their rewrite phase (APISIX rewrite_in_consumer).
             merged = self.proto.state.compiler.consumer_chain(route, ctx.consumer)
