@@ -1,20 +1,29 @@
 """The control API (APISIX ``apisix/control/v1.lua``) on ``apisix.control``, default 127.0.0.1:9090.
 
-Served by the supervisor, which holds the instance's health checkers, so every worker reports the
-same states (in APISIX each worker answers from its shared dict). Routes so far:
+Served by the supervisor, which holds the instance's config and health checkers, so every worker
+reports the same states (in APISIX each worker answers from its shared dict):
 
 * ``GET /v1/healthcheck``: every upstream with checks, routes first, then services, then
-  upstreams: ``[{name, type, nodes: [{ip, port, hostname, status, counter}]}]``;
+  upstreams: ``[{name, type, nodes: [{ip, port, status, counter}]}]`` (``{}`` when none);
 * ``GET /v1/healthcheck/{routes|services|upstreams}/{id}``: one of them; 404
-  ``{"error_msg": "routes[1] not found"}`` or ``"no checker for routes[1]"``, 400 for another type.
+  ``{"error_msg": "routes[1] not found"}`` or ``"no checker for routes[1]"``, 400 for another type;
+  both answer an HTML table when the ``Accept`` header asks for text/html;
+* ``GET /v1/schema``: ``{main: {route, service, upstream...}, plugins: {...}, stream_plugins}``;
+* ``GET /v1/routes``, ``/v1/services``, ``/v1/upstreams`` and ``/v1/route/{id}``,
+  ``/v1/service/{id}``, ``/v1/upstream/{id}``: the items as the instance serves them
+  (``{key, value, createdIndex, modifiedIndex}``), 404 ``{"error_msg": "route[1] not found"}``;
+* ``GET /v1/plugin_metadatas`` and ``/v1/plugin_metadata/{name}``;
+* ``POST /v1/gc``: a garbage collection in the supervisor; ``PUT /v1/plugins/reload``: ``done``.
 
-Both answer an HTML table when the ``Accept`` header asks for text/html (APISIX). Disabled by
-``apisix.enable_control: false``. A port already in use is logged and the instance runs on.
+Disabled by ``apisix.enable_control: false``. A port already in use is logged and the instance
+runs on.
 """
 
 from __future__ import annotations
 
+import gc
 import html
+import json
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -37,12 +46,17 @@ def _server() -> str:
 
 
 def _json(status: int, body: Any) -> web.Response:
-    return web.json_response(body, status=status, headers={"Server": _server()})
+    text = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+    return web.json_response(text=text, status=status, headers={"Server": _server()})
 
 
 def _kind(name: str) -> int:
-    parts = name.split("/")
-    return _ORDER.get(parts[2], 3) if len(parts) > 2 else 3
+    parts = name.strip("/").split("/")
+    return _ORDER.get(parts[-2], 3) if len(parts) >= 2 else 3
+
+
+# /v1/<plural> and /v1/<singular>/<id> -> the collection served
+_DUMPS = {"routes": "route", "services": "service", "upstreams": "upstream"}
 
 
 def _html(stats: list[dict[str, Any]]) -> web.Response:
@@ -94,9 +108,22 @@ def _wants_html(request: web.Request) -> bool:
 
 
 def build_control_app(sup: Supervisor) -> web.Application:
+    prefix = sup.settings.etcd.prefix
+    # APISIX names a checker by its config key: "/apisix/routes/1" from etcd, "/routes/1" in
+    # standalone mode.
+    strip = len(prefix) if sup.settings.config_provider != "etcd" else 0
+
+    def described(key: str | None = None) -> list[dict[str, Any]]:
+        stats = sup.upstreams.describe(key)
+        if strip:
+            stats = [{**s, "name": s["name"][strip:]} for s in stats]
+        return stats
+
     async def healthchecks(request: web.Request) -> web.Response:
-        stats = sorted(sup.upstreams.describe(), key=lambda s: _kind(s["name"]))
-        return _html(stats) if _wants_html(request) else _json(200, stats)
+        stats = sorted(described(), key=lambda s: _kind(s["name"]))
+        if _wants_html(request):
+            return _html(stats)
+        return _json(200, stats if stats else {})  # an empty Lua table: {}
 
     async def healthcheck(request: web.Request) -> web.Response:
         src_type = request.match_info["src_type"]
@@ -107,19 +134,77 @@ def build_control_app(sup: Supervisor) -> web.Application:
             return _json(400, {"error_msg": f"invalid src type {src_type}"})
         if sup.store[src_type].get(src_id) is None:
             return _json(404, {"error_msg": f"{src_type}[{src_id}] not found"})
-        stats = sup.upstreams.describe(f"/apisix/{src_type}/{src_id}")
+        stats = described(f"{prefix}/{src_type}/{src_id}")
         if not stats:
             return _json(404, {"error_msg": f"no checker for {src_type}[{src_id}]"})
         return _html(stats) if _wants_html(request) else _json(200, stats[0])
 
     async def missing_id(request: web.Request) -> web.Response:
-        src_type = request.match_info["src_type"]
+        src_type = request.match_info.get("src_type", "")
         return _json(404, {"error_msg": f"missing src id for src type {src_type}"})
+
+    def item(it: Any) -> dict[str, Any]:
+        return {
+            "key": it.key,
+            "value": it.value,
+            "createdIndex": it.create_revision,
+            "modifiedIndex": it.mod_revision,
+        }
+
+    async def dump_all(request: web.Request) -> web.Response:
+        kind = request.match_info["kind"]
+        if kind not in _DUMPS:
+            raise web.HTTPNotFound()
+        return _json(200, [item(it) for it in sup.store[kind].items.values()])
+
+    async def dump_one(request: web.Request) -> web.Response:
+        singular, item_id = request.match_info["singular"], request.match_info["id"]
+        kind = next((k for k, v in _DUMPS.items() if v == singular), None)
+        if kind is None:
+            raise web.HTTPNotFound()
+        it = sup.store[kind].get(item_id)
+        if it is None:
+            return _json(404, {"error_msg": f"{singular}[{item_id}] not found"})
+        return _json(200, item(it))
+
+    async def plugin_metadatas(_: web.Request) -> web.Response:
+        return _json(200, [it.value for it in sup.store["plugin_metadata"].items.values()])
+
+    async def plugin_metadata(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        it = sup.store["plugin_metadata"].get(name)
+        if it is None:
+            return _json(404, {"error_msg": f"plugin metadata[{name}] not found"})
+        return _json(200, it.value)
+
+    async def schema(_: web.Request) -> web.Response:
+        from tollway.admin.meta import SCHEMA_NAMES, plugin_infos
+        from tollway.model import json_schema
+
+        main = {name: json_schema(kind) for name, kind in SCHEMA_NAMES.items()}
+        return _json(
+            200, {"main": main, "plugins": plugin_infos(sup.registry), "stream_plugins": {}}
+        )
+
+    async def gc_collect(_: web.Request) -> web.Response:
+        gc.collect()
+        return web.Response(status=200, headers={"Server": _server()})
+
+    async def reload_plugins(_: web.Request) -> web.Response:
+        return web.Response(text="done", headers={"Server": _server()})
 
     app = web.Application()
     app.router.add_get("/v1/healthcheck", healthchecks)
+    app.router.add_get("/v1/healthcheck/", missing_id)
     app.router.add_get("/v1/healthcheck/{src_type}", missing_id)
     app.router.add_get("/v1/healthcheck/{src_type}/{src_id}", healthcheck)
+    app.router.add_get("/v1/schema", schema)
+    app.router.add_get("/v1/plugin_metadatas", plugin_metadatas)
+    app.router.add_get("/v1/plugin_metadata/{name}", plugin_metadata)
+    app.router.add_get("/v1/{kind}", dump_all)
+    app.router.add_get("/v1/{singular}/{id}", dump_one)
+    app.router.add_post("/v1/gc", gc_collect)
+    app.router.add_put("/v1/plugins/reload", reload_plugins)
     return app
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -11,7 +12,8 @@ if TYPE_CHECKING:
 
 
 def _json(status: int, body: dict[str, Any]) -> web.Response:
-    return web.json_response(body, status=status, headers={"Server": _server()})
+    text = json.dumps(body, separators=(",", ":"))  # APISIX's cjson: {"status":"ok"}
+    return web.json_response(text=text, status=status, headers={"Server": _server()})
 
 
 def _server() -> str:

@@ -209,14 +209,14 @@ def test_control_api(tmp_path: Path, nodes: list[Node]) -> None:
 """
     with HealthGateway(tmp_path, upstream_yaml(nodes, ACTIVE, route)) as gw:
         all_ = gw.control().json()
-        assert [c["name"] for c in all_] == ["/apisix/routes/inline", "/apisix/upstreams/1"]
+        # standalone: APISIX names checkers by "/<type>/<id>" (etcd keys carry the prefix)
+        assert [c["name"] for c in all_] == ["/routes/inline", "/upstreams/1"]
         inline = gw.control("/v1/healthcheck/routes/inline").json()
         assert inline["type"] == "tcp"
         assert inline["nodes"] == [
             {
                 "ip": "127.0.0.1",
                 "port": a.port,
-                "hostname": "127.0.0.1",
                 "status": "healthy",
                 "counter": {
                     "success": 0,
@@ -243,3 +243,41 @@ def test_control_api(tmp_path: Path, nodes: list[Node]) -> None:
         # Removing the checks removes the checker (and its probes).
         gw.write_yaml(upstream_yaml(nodes, ""))
         wait_until(lambda: gw.control("/v1/healthcheck/upstreams/1").status_code == 404)
+        assert gw.control().json() == {}  # no checker left: an empty Lua table, as APISIX
+
+
+def test_control_api_dumps_schema_and_actions(tmp_path: Path, nodes: list[Node]) -> None:
+    a = nodes[0]
+    route = """
+  - id: r1
+    uri: /r1
+    upstream_id: 1
+plugin_metadata:
+  - id: http-logger
+    log_format: {host: "$host"}
+"""
+    checks = (
+        f"      active: {{type: tcp, port: {a.port}, host: probe.test, healthy: {{interval: 1}}}}\n"
+    )
+    with HealthGateway(tmp_path, upstream_yaml(nodes, checks, route)) as gw:
+        # checks.active.port/host: the probed address and the hostname, as APISIX's targets
+        [node] = gw.control("/v1/healthcheck/upstreams/1").json()["nodes"]
+        assert (node["port"], node["hostname"]) == (a.port, "probe.test")
+        routes = gw.control("/v1/routes").json()
+        assert [r["value"]["uri"] for r in routes] == ["/*", "/r1"]
+        assert {"key", "value", "createdIndex", "modifiedIndex"} <= set(routes[0])
+        assert gw.control("/v1/route/r1").json()["value"]["upstream_id"] == 1
+        r = gw.control("/v1/route/nope")
+        assert r.status_code == 404 and r.json() == {"error_msg": "route[nope] not found"}
+        assert gw.control("/v1/upstream/1").json()["key"].endswith("/upstreams/1")
+        assert gw.control("/v1/services").json() == []
+        meta = gw.control("/v1/plugin_metadatas").json()
+        assert meta == [{"id": "http-logger", "log_format": {"host": "$host"}}]
+        assert gw.control("/v1/plugin_metadata/nope").status_code == 404
+        schema = gw.control("/v1/schema").json()
+        assert "uri" in schema["main"]["route"]["properties"]
+        assert schema["plugins"]["key-auth"]["priority"] == 2500
+        base = f"http://127.0.0.1:{gw.control_port}"
+        assert requests.post(f"{base}/v1/gc", timeout=5).status_code == 200
+        r = requests.put(f"{base}/v1/plugins/reload", timeout=5)
+        assert r.status_code == 200 and r.text == "done"

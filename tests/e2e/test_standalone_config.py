@@ -40,7 +40,7 @@ def code(gw: Gateway, path: str, **kw: object) -> int:
 
 def test_status_endpoints(gw: Gateway) -> None:
     r = gw.status("/status")
-    assert r.status_code == 200 and r.json() == {"status": "ok"}
+    assert r.status_code == 200 and r.content == b'{"status":"ok"}'  # compact, as APISIX
     assert gw.status("/status/ready").json() == {"status": "ok"}
 
 

@@ -18,6 +18,7 @@ from tollway.model.validate import struct_schema
 
 if TYPE_CHECKING:
     from tollway.admin.resource import AdminResources
+    from tollway.plugins.registry import Registry
 
 log = logging.getLogger("tollway.admin")
 
@@ -47,6 +48,27 @@ def _struct_schema(typ: type[msgspec.Struct] | None) -> dict[str, Any]:
     if typ is None:
         return {"type": "object", "properties": {}}
     return struct_schema(typ)
+
+
+def plugin_infos(registry: Registry) -> dict[str, Any]:
+    """Every enabled plugin with its schemas, priority and version (APISIX
+    ``plugin.get_all``: ``/plugins?all=true`` and the control API's ``/v1/schema``)."""
+    out: dict[str, Any] = {}
+    for name in registry.names_by_priority():
+        p = registry.plugins[name]
+        info: dict[str, Any] = {
+            "schema": _struct_schema(p.schema),
+            "priority": p.priority,
+            "version": p.version,
+        }
+        if p.type:
+            info["type"] = p.type
+        if p.consumer_schema is not None:
+            info["consumer_schema"] = _struct_schema(p.consumer_schema)
+        if p.metadata_schema is not None:
+            info["metadata_schema"] = _struct_schema(p.metadata_schema)
+        out[name] = info
+    return out
 
 
 class MetaEndpoints:
@@ -109,22 +131,7 @@ class MetaEndpoints:
         if rest:
             return self.plugin_schema(rest[0], args)
         if args.get("all") == "true":
-            out: dict[str, Any] = {}
-            for name in registry.names_by_priority():
-                p = registry.plugins[name]
-                info: dict[str, Any] = {
-                    "schema": _struct_schema(p.schema),
-                    "priority": p.priority,
-                    "version": p.version,
-                }
-                if p.type:
-                    info["type"] = p.type
-                if p.consumer_schema is not None:
-                    info["consumer_schema"] = _struct_schema(p.consumer_schema)
-                if p.metadata_schema is not None:
-                    info["metadata_schema"] = _struct_schema(p.metadata_schema)
-                out[name] = info
-            return Reply(200, out)
+            return Reply(200, plugin_infos(registry))
         raise AdminError(404, {"error_msg": "not found"})
 
     async def validate(self, rest: list[str], body: Any) -> Reply:

@@ -259,17 +259,23 @@ class Checker:
         return [self.targets[a] for a, t in self.health.items() if t.healthy == healthy]
 
     def describe(self) -> dict[str, Any]:
-        """The APISIX control API shape (``GET /v1/healthcheck``)."""
+        """The APISIX control API shape (``GET /v1/healthcheck``). APISIX's checker targets are
+        (node IP, ``checks.active.port`` or the node's port, ``checks.active.host``): the port
+        shown is the probed one, ``hostname`` appears only with ``checks.active.host``, and
+        nodes probed at the same address show once."""
+        active = self.conf.active
+        hostname = active.host if active is not None else None
         nodes = []
+        seen: set[tuple[str, int]] = set()
         for addr, target in self.targets.items():
+            if (target.ip, target.port) in seen:
+                continue
+            seen.add((target.ip, target.port))
             t = self.health[addr]
-            nodes.append(
-                {
-                    "ip": target.ip,
-                    "port": target.node_port,
-                    "hostname": target.hostname,
-                    "status": t.state,
-                    "counter": t.counters(),
-                }
-            )
+            node: dict[str, Any] = {"ip": target.ip, "port": target.port}
+            if hostname:
+                node["hostname"] = hostname
+            node["status"] = t.state
+            node["counter"] = t.counters()
+            nodes.append(node)
         return {"name": self.key, "type": self.type, "nodes": nodes}
