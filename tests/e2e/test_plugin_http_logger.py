@@ -139,3 +139,36 @@ def test_buffered_entries_are_flushed_at_shutdown(
         assert g.stop() == 0
     batch = json.loads(posts_to(collector, "/shutdown-log")[0]["body"])
     assert [e["route_id"] for e in batch] == ["slow-batches"] * 2
+
+
+META_CONFIG = """
+routes:
+  - id: meta
+    uri: /meta
+    plugins:
+      http-logger: {uri: "http://%(col)s/meta-log", batch_max_size: 1}
+    upstream: {nodes: {"%(up)s": 1}}
+plugin_metadata:
+  - id: http-logger
+    log_format: {client: "$remote_addr", path: "$uri", tag: "%(tag)s"}
+#END
+"""
+
+
+def test_log_format_from_plugin_metadata(
+    tmp_path: Path, upstream: Upstream, collector: Upstream
+) -> None:
+    # APISIX log-util: without a log_format of its own, a route logs plugin_metadata's.
+    args = {"up": upstream.addr, "col": collector.addr}
+    with Gateway(tmp_path, apisix_yaml=META_CONFIG % {**args, "tag": "one"}) as g:
+        assert requests.get(g.url("/meta"), timeout=5).status_code == 200
+        entry = json.loads(posts_to(collector, "/meta-log")[0]["body"])
+        assert entry == {"client": "127.0.0.1", "path": "/meta", "tag": "one", "route_id": "meta"}
+        g.write_yaml(META_CONFIG % {**args, "tag": "two"})  # a change reaches the workers
+
+        def tagged_two() -> bool:
+            requests.get(g.url("/meta"), timeout=5)
+            bodies = [json.loads(p["body"]) for p in collector.requests if p["path"] == "/meta-log"]
+            return any(b.get("tag") == "two" for b in bodies)
+
+        wait_until(tagged_two, timeout=10)

@@ -381,6 +381,7 @@ class SSL(Labelled, frozen=True, kw_only=True):
     ssl_protocols: list[Literal["TLSv1.1", "TLSv1.2", "TLSv1.3"]] | None = None
     validity_start: int | None = None
     validity_end: int | None = None
+    exptime: Annotated[int, Meta(ge=1588262400)] | None = None
 
     def __post_init__(self) -> None:
         if self.type == "server" and self.sni is None and self.snis is None:
@@ -407,7 +408,9 @@ class Proto(Named, frozen=True, kw_only=True):
     content: Annotated[str, Meta(min_length=1, max_length=1048576)]
 
 
-class StreamRoute(Named, frozen=True, kw_only=True):
+class StreamRoute(Named, frozen=True, kw_only=True, forbid_unknown_fields=False):
+    """APISIX's stream_route schema does not forbid other properties."""
+
     remote_addr: str | None = None
     server_addr: str | None = None
     server_port: Port | None = None

@@ -86,6 +86,13 @@ class Plugin:
     def init(self, attr: dict[str, Any]) -> None:
         """Called once per process with ``plugin_attr.<name>`` from config.yaml."""
 
+    metadata: Any = None  # plugin_metadata/<name>, decoded with metadata_schema
+
+    def set_metadata(self, metadata: Any) -> None:
+        """Called in every worker, off the request path, when ``plugin_metadata/<name>`` is
+        loaded, changes or goes (None). The default keeps it in ``self.metadata``."""
+        self.metadata = metadata
+
     def needs_body_buffer(self, conf: Any) -> bool:
         """True if body_filter needs the whole response body (it then gets it once, eof=True)."""
         return False

@@ -14,6 +14,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from tollway.balancer import BalancerState, Picker, Server, create_picker, default_retries
 from tollway.config.store import Store
 from tollway.crypto import KeyCipher
@@ -277,8 +279,25 @@ class Compiler:
         rt.consumers = self._consumers(store)
         rt.certs = self._certs(store)
         rt.revision = store.revision
+        self._plugin_metadata(store, None)
         self.runtime = rt
         return rt
+
+    def _plugin_metadata(self, store: Store, names: set[str] | None) -> None:
+        """Hand each plugin its ``plugin_metadata`` item (APISIX ``plugin.plugin_metadata``)."""
+        items = store["plugin_metadata"]
+        for name, plugin in self.registry.plugins.items():
+            if plugin.metadata_schema is None or (names is not None and name not in names):
+                continue
+            it = items.get(name)
+            decoded = None
+            if it is not None and isinstance(it.value, dict):
+                body = {k: v for k, v in it.value.items() if k != "id"}
+                try:
+                    decoded = msgspec.convert(body, plugin.metadata_schema)
+                except msgspec.ValidationError as e:
+                    log.warning("plugin_metadata/%s is invalid, ignored: %s", name, e)
+            plugin.set_metadata(decoded)
 
     # -- incremental ----------------------------------------------------------------------
 
@@ -312,6 +331,8 @@ class Compiler:
                 consumers_changed = True
             elif kind == "ssls":
                 rt.certs = self._certs(store)
+            elif kind == "plugin_metadata":
+                self._plugin_metadata(store, {item_id})
         if globals_changed:
             rt.global_chain = self.runtime_global = self._global_chain(store)
             for cr in rt.routes.values():

@@ -72,3 +72,10 @@ def test_split_host_port() -> None:
     assert split_host_port("[::1]") == ("[::1]", None)
     with pytest.raises(ValueError):
         split_host_port("a:99999")
+
+
+def test_fields_apisix_schemas_allow() -> None:
+    # stream_route does not forbid other properties in APISIX; an SSL may carry exptime.
+    assert decode_item("stream_routes", {"server_port": 9100, "upstream_id": 1, "x": 1})
+    with pytest.raises(ConfigError, match="exptime"):
+        decode_item("ssls", {"cert": "c" * 128, "key": "k" * 32, "snis": ["a"], "exptime": 1})

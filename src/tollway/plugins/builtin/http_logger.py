@@ -17,8 +17,8 @@ Invariants: logging never blocks or fails a request; at most ``MAX_PENDING_ENTRI
 worker wait (buffered or being sent), more are dropped and counted; every send is a tracked
 task; at shutdown the buffers are flushed and the sends get ``conf.timeout`` to finish.
 
-Deviations: ``log_format`` from plugin metadata is not read (only the route's); request and
-response bodies are logged up to 512 KiB (APISIX's default ``max_req_body_bytes`` /
+``log_format`` is the conf's, else the one in ``plugin_metadata/http-logger``. Deviations: request
+and response bodies are logged up to 512 KiB (APISIX's default ``max_req_body_bytes`` /
 ``max_resp_body_bytes``), and a request body over that is left out rather than truncated.
 """
 
@@ -405,8 +405,10 @@ class HttpLogger(Plugin):
         proc.push(entry)
 
     def entry(self, conf: Conf, ctx: RequestContext, now: float) -> dict[str, Any]:
-        if conf.log_format:
-            entry = custom_log(conf.log_format, ctx)
+        meta = self.metadata
+        log_format = conf.log_format or (meta.log_format if meta is not None else None)
+        if log_format:  # the route's, else plugin_metadata's (APISIX log-util)
+            entry = custom_log(log_format, ctx)
         else:
             entry = full_log(ctx, now)
             state = ctx.plugin_state.get(STATE_KEY) if ctx.plugin_state else None
