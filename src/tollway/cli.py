@@ -91,17 +91,17 @@ def validate(config: str) -> None:
 
 
 def _validate_yaml(settings: LoadedSettings) -> list[str]:
-    if settings.config_provider not in ("yaml", "json"):
-        return []
+    if settings.config_provider not in ("yaml", "json") or settings.api_driven:
+        return []  # etcd, or API-driven standalone: no file to check
     from tollway.checks import ItemChecker
-    from tollway.config.yaml_source import parse_yaml_config
+    from tollway.config.yaml_source import parse_config_file
     from tollway.errors import ConfigError, SourceError
     from tollway.model import decode_item, kind_of_key
     from tollway.plugins.registry import load_registry
 
     path: Path = settings.yaml_path
     try:
-        kvs = parse_yaml_config(path.read_bytes(), settings.etcd.prefix)
+        kvs = parse_config_file(path, path.read_bytes(), settings.etcd.prefix)
     except OSError as e:
         return [f"{path}: cannot read: {e.strerror}"]
     except SourceError as e:

@@ -218,7 +218,8 @@ class LoadedSettings:
 
     @property
     def yaml_path(self) -> Path:
-        return self.conf_dir / "apisix.yaml"
+        """The standalone config file: ``apisix.json`` with ``config_provider: json``."""
+        return self.conf_dir / ("apisix.json" if self.config_provider == "json" else "apisix.yaml")
 
     @property
     def etcd(self) -> EtcdConf:

@@ -56,6 +56,23 @@ def parse_yaml_config(raw: bytes, prefix: str = "/apisix") -> list[KeyValue]:
     return document_kvs(data, prefix)
 
 
+def parse_json_config(raw: bytes, prefix: str = "/apisix") -> list[KeyValue]:
+    """apisix.json (``config_provider: json``): the same document in JSON, no ``#END``."""
+    try:
+        data = msgspec.json.decode(substitute_env(raw.decode("utf-8")).encode())
+    except (msgspec.DecodeError, UnicodeDecodeError) as e:
+        raise SourceError(f"invalid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise SourceError("the top level must be an object")
+    return document_kvs(data, prefix)
+
+
+def parse_config_file(path: Path, raw: bytes, prefix: str = "/apisix") -> list[KeyValue]:
+    if path.suffix == ".json":
+        return parse_json_config(raw, prefix)
+    return parse_yaml_config(raw, prefix)
+
+
 def document_kvs(data: dict[str, Any], prefix: str = "/apisix") -> list[KeyValue]:
     """A standalone config document (apisix.yaml, or the body of PUT /apisix/admin/configs) ->
     key/values in document order. ``<kind>_conf_version`` and the X-* metadata are not items."""
@@ -125,7 +142,7 @@ class YamlSource(ConfigSource):
             self._fail(f"cannot read {self.path}: {e.strerror}")
             return None
         try:
-            kvs = parse_yaml_config(raw, self.prefix)
+            kvs = parse_config_file(self.path, raw, self.prefix)
         except SourceError as e:
             self._fail(f"{self.path}: {e}")
             return None

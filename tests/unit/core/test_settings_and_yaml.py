@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tollway.config.yaml_source import parse_yaml_config
+from tollway.config.yaml_source import parse_config_file, parse_yaml_config
 from tollway.errors import SettingsError, SourceError
 from tollway.settings import load_settings, parse_duration, parse_size
 
@@ -67,6 +67,18 @@ def test_yaml_nested_credentials_are_keys_of_their_own() -> None:
         "/apisix/consumers/jill/credentials/c1",
     ]
     assert json.loads(kvs[0].value or b"") == {"username": "jill", "labels": {"team": "a"}}
+
+
+def test_json_provider_reads_apisix_json(tmp_path: Path) -> None:
+    conf = "deployment: {role: data_plane, role_data_plane: {config_provider: json}}\n"
+    s = load_settings(write(tmp_path, conf))
+    assert s.yaml_path.name == "apisix.json" and not s.api_driven
+    kvs = parse_config_file(
+        s.yaml_path, b'{"routes": [{"id": "1", "uri": "/j", "upstream_id": 1}]}'
+    )
+    assert [kv.key for kv in kvs] == ["/apisix/routes/1"]  # no #END in JSON
+    with pytest.raises(SourceError, match="invalid JSON"):
+        parse_config_file(s.yaml_path, b"{routes")
 
 
 def test_yaml_needs_end_marker() -> None:
