@@ -116,6 +116,21 @@ def test_access_counts_sets_headers_and_rejects(clock: Clock) -> None:
     assert plugin.access(conf, ctx) is None
 
 
+def test_plugin_metadata_renames_the_quota_headers(clock: Clock) -> None:
+    plugin = LimitCount()
+    assert plugin.metadata_schema is not None
+    plugin.set_metadata(
+        msgspec.convert(
+            {"limit_header": "L", "remaining_header": "R", "reset_header": "T"},
+            plugin.metadata_schema,
+        )
+    )
+    ctx = make_ctx()
+    ctx.route = Route({"limit-count": {"count": 2, "time_window": 10}})
+    assert plugin.access(conf_of({"count": 2, "time_window": 10}), ctx) is None
+    assert (ctx.plugin_state or {})["limit-count"] == {"L": "2", "R": "1", "T": "10"}
+
+
 def test_keys_count_separately_and_nil_key_falls_back_to_client(clock: Clock) -> None:
     plugin = LimitCount()
     conf = conf_of({"count": 1, "time_window": 10, "key": "http_x_user"})

@@ -197,6 +197,8 @@ class LimitCount(Plugin):
             )
             if conf.show_limit_quota_header:
                 h = w.headers
+                if h is DEFAULT_HEADERS and self.metadata is not None:
+                    h = self.metadata  # plugin_metadata/limit-count renames the headers
                 headers[h.limit_header] = str(w.count)
                 headers[h.remaining_header] = str(remaining)
                 headers[h.reset_header] = str(reset)
