@@ -119,6 +119,16 @@ def test_consumers_keyed_by_username(admin: Admin, shared_etcd: EtcdServer) -> N
     assert r.json()["value"]["id"] == "c1"
     r = admin("PUT", "/consumers/jack/credentials", {"desc": "cred"})
     assert r.status_code == 400 and err(r) == "missing credential id"
+    # ... or from the body (APISIX credentials.t TEST 15)
+    r = admin("PUT", "/consumers/jack/credentials", {"id": "c2", "desc": "body id"})
+    assert r.status_code == 201 and r.json()["key"] == "/res/consumers/jack/credentials/c2"
+    assert admin("DELETE", "/consumers/jack/credentials/c2").status_code == 200
+    two = {"plugins": {"key-auth": {"key": "k"}, "basic-auth": {"username": "u", "password": "p"}}}
+    r = admin("PUT", "/consumers/jack/credentials/c3", two)
+    assert r.status_code == 400 and err(r) == (
+        'invalid configuration: property "plugins" validation failed: '
+        "expect object to have at most 1 properties"
+    )
     r = admin("PUT", "/consumers/nobody/credentials/c1", {"desc": "cred"})
     assert r.status_code == 404
     lst = admin("GET", "/consumers").json()
@@ -132,6 +142,8 @@ def test_consumers_keyed_by_username(admin: Admin, shared_etcd: EtcdServer) -> N
         "key": "/res/consumers/jack",
     }
     assert shared_etcd.get("/res/consumers/jack/credentials/c1") is None
+    r = admin("GET", "/consumers/jack/credentials")
+    assert r.status_code == 404 and r.json() == {"message": "Key not found"}
 
 
 def test_auth_keys_are_unique(admin: Admin) -> None:

@@ -356,6 +356,8 @@ class AdminResources:
                 raise AdminError(404, NOT_FOUND)
             return Reply(200, self._node(rt, kv))
         if rt.name == "credentials":
+            if not await self._exists("consumers", t.parent or ""):
+                raise AdminError(404, NOT_FOUND)  # APISIX: no such directory
             base = f"{self.prefix}/consumers/{t.parent}/credentials/"
         elif rt.name == "secrets" and t.parent:
             base = f"{self.prefix}/secrets/{t.parent}/"
@@ -389,6 +391,12 @@ class AdminResources:
                 raise bad_request("missing plugin name")
             value["id"] = t.item_id
             return t.item_id, self.key_of(t, t.item_id), value
+        if rt.name == "credentials" and t.own_id is None and value.get("id") is not None:
+            # the id from the body when the URL has none (APISIX credentials.lua)
+            own = str(value["id"])
+            if not valid_id(own):
+                raise bad_request(validators.ID_ERROR)
+            t = Target(rt, f"{t.parent}/credentials/{own}", t.sub_path, t.parent, own)
         if rt.name in ("credentials", "secrets"):
             if t.own_id is None:
                 raise bad_request(f"missing {rt.kind} id")

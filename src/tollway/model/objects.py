@@ -35,6 +35,11 @@ _CHASH_VARS_KEY = re.compile(
 _CHASH_HEADER_KEY = re.compile(r"^[a-zA-Z0-9-_]+$")
 
 
+def _pattern_failed(pattern: re.Pattern[str], value: str) -> str:
+    """check_upstream_conf's words for a chash key its schema refuses."""
+    return f'invalid configuration: failed to match pattern "{pattern.pattern}" with "{value}"'
+
+
 class Base(Struct, forbid_unknown_fields=True, kw_only=True, frozen=True, omit_defaults=True):
     pass
 
@@ -66,6 +71,18 @@ def check_ip_or_cidr(value: str) -> None:
             ipaddress.ip_address(value)
     except ValueError:
         raise ValueError(f"invalid IP or CIDR: {value}") from None
+
+
+# APISIX's route schema: anyOf these required pairs (Tollway also takes plugin_config_id).
+_ROUTE_NEEDS = "object matches none of the required: " + " or ".join(
+    f'["{a}","{b}"]'
+    for a, b in (
+        *((x, "uri") for x in ("plugins", "upstream", "upstream_id", "service_id")),
+        *((x, "uris") for x in ("plugins", "upstream", "upstream_id", "service_id")),
+        ("script", "uri"),
+        ("script", "uris"),
+    )
+)
 
 
 def _unique(field: str, items: list[Any]) -> None:
@@ -228,10 +245,10 @@ class Upstream(Named, frozen=True, kw_only=True):
             if self.hash_on != "consumer" and not self.key:
                 raise ValueError("missing key")
             if self.key and self.hash_on == "vars" and not _CHASH_VARS_KEY.match(self.key):
-                raise ValueError(f"invalid key: {self.key}")
+                raise ValueError(_pattern_failed(_CHASH_VARS_KEY, self.key))
             if self.key and self.hash_on in ("header", "cookie"):
                 if not _CHASH_HEADER_KEY.match(self.key):
-                    raise ValueError(f"invalid key: {self.key}")
+                    raise ValueError(_pattern_failed(_CHASH_HEADER_KEY, self.key))
 
     def node_list(self) -> list[Node]:
         """Nodes in array form (APISIX's filter_upstream converts the hash form)."""
@@ -323,10 +340,7 @@ class Route(Named, frozen=True, kw_only=True):
             and self.plugin_config_id is None
             and self.script is None
         ):
-            raise ValueError(
-                "object matches none of the required: one of plugins, upstream, upstream_id, "
-                "service_id, plugin_config_id or script"
-            )
+            raise ValueError(_ROUTE_NEEDS)
         if self.script is not None and (self.plugins is not None or self.plugin_config_id):
             raise ValueError('"script" cannot be used with "plugins" or "plugin_config_id"')
         if self.remote_addr:
@@ -356,7 +370,7 @@ class Consumer(Labelled, frozen=True, kw_only=True):
 
 
 class Credential(Named, frozen=True, kw_only=True):
-    plugins: Plugins | None = None
+    plugins: Annotated[Plugins, Meta(max_length=1)] | None = None  # one auth plugin
 
 
 class SSLClient(Base, frozen=True, kw_only=True):
@@ -384,12 +398,14 @@ class SSL(Labelled, frozen=True, kw_only=True):
     exptime: Annotated[int, Meta(ge=1588262400)] | None = None
 
     def __post_init__(self) -> None:
-        if self.type == "server" and self.sni is None and self.snis is None:
-            raise ValueError('"sni" or "snis" is required')
-        if self.sni is not None and self.snis is not None:
-            raise ValueError('only one of "sni" or "snis" is allowed')
-        if self.cert is None or self.key is None:
-            raise ValueError('"cert" and "key" are required')
+        # APISIX's ssl schema: if type is server then oneOf(required sni+key+cert,
+        # required snis+key+cert), else required key+cert; its validator names the clause.
+        has_pair = self.cert is not None and self.key is not None
+        if self.type == "server":
+            if not has_pair or (self.sni is None) == (self.snis is None):
+                raise ValueError("then clause did not match")
+        elif not has_pair:
+            raise ValueError("else clause did not match")
 
 
 class GlobalRule(Stamped, frozen=True, kw_only=True):

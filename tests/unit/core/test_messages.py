@@ -114,3 +114,41 @@ def test_plugin_messages(name: str, conf: dict[str, Any], message: str) -> None:
         load_registry(None).decode_conf(name, conf)
     assert str(e.value).startswith(f"failed to check the configuration of plugin {name} err: ")
     assert message in str(e.value)
+
+
+CERT, KEY = "c" * 128, "k" * 32
+
+
+@pytest.mark.parametrize(
+    ("kind", "value", "message"),
+    [
+        # APISIX ssl.t: the schema's if/then names the clause
+        ("ssls", {"sni": "foo.com"}, "invalid configuration: then clause did not match"),
+        ("ssls", {"cert": CERT, "key": KEY}, "invalid configuration: then clause did not match"),
+        (
+            "ssls",
+            {"cert": CERT, "key": KEY, "sni": "a.com", "snis": ["b.com"]},
+            "invalid configuration: then clause did not match",
+        ),
+        ("ssls", {"type": "client"}, "invalid configuration: else clause did not match"),
+        (
+            "upstreams",
+            {"nodes": {"127.0.0.1:80": 1}, "type": "chash", "hash_on": "vars", "key": "args_x"},
+            'invalid configuration: failed to match pattern "^((uri|server_name|server_addr|'
+            "request_uri|remote_port|remote_addr|query_string|host|hostname|mqtt_client_id)|"
+            'arg_[0-9a-zA-z_-]+)$" with "args_x"',
+        ),
+        (
+            "routes",
+            {"uri": "/x"},
+            'invalid configuration: object matches none of the required: ["plugins","uri"] or '
+            '["upstream","uri"] or ["upstream_id","uri"] or ["service_id","uri"] or '
+            '["plugins","uris"] or ["upstream","uris"] or ["upstream_id","uris"] or '
+            '["service_id","uris"] or ["script","uri"] or ["script","uris"]',
+        ),
+    ],
+)
+def test_checks_beyond_properties_use_apisix_words(kind: str, value: Any, message: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        decode_item(kind, value)
+    assert str(e.value) == message
