@@ -72,7 +72,7 @@ def test_missing_key_is_401_with_challenge(gw: Gateway) -> None:
     assert r.status_code == 401
     assert r.text == '{"message":"Missing API key in request"}\n'
     assert r.headers["WWW-Authenticate"] == 'apikey realm="key"'
-    assert r.headers["Content-Type"] == "application/json"
+    assert r.headers["Content-Type"] == "text/plain; charset=utf-8"  # as APISIX's docs show
 
 
 def test_invalid_key_is_401(gw: Gateway) -> None:

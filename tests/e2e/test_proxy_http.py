@@ -157,6 +157,7 @@ def test_route_not_found(gw: Gateway) -> None:
     r = requests.get(gw.url("/nothing-here"))
     assert r.status_code == 404
     assert r.content == b'{"error_msg":"404 Route Not Found"}\n'
+    assert r.headers["Content-Type"] == "text/plain; charset=utf-8"  # nginx's default_type
     assert r.headers["Server"].startswith("Tollway/")
     # like every answer nginx makes (RFC 9110 6.6.1)
     assert parsedate_to_datetime(r.headers["Date"]).tzinfo is not None

@@ -433,6 +433,16 @@ def _request_line(c: RequestContext) -> str:
     return f"{c.method} {c.request_uri} HTTP/1.1"
 
 
+def _addr_part(addr: str | None, i: int) -> str | None:
+    """``host:port`` (IPv6 in brackets) -> the host (0) or the port (1)."""
+    if not addr:
+        return None
+    host, _, port = addr.rpartition(":")
+    if i:
+        return port
+    return host[1:-1] if host.startswith("[") else host
+
+
 _VARS: dict[str, Callable[[RequestContext], Any]] = {
     "uri": lambda c: c.path,
     "request_uri": lambda c: c.request_uri,
@@ -456,6 +466,9 @@ _VARS: dict[str, Callable[[RequestContext], Any]] = {
     "content_type": lambda c: c.headers.get("content-type"),
     "content_length": lambda c: c.headers.get("content-length"),
     "upstream_addr": lambda c: c.upstream_addr,
+    # APISIX's balancer_ip / balancer_port: the node picked for this request
+    "balancer_ip": lambda c: _addr_part(c.upstream_addr, 0),
+    "balancer_port": lambda c: _addr_part(c.upstream_addr, 1),
     "upstream_status": lambda c: c.upstream_status,
     "upstream_response_time": lambda c: (
         f"{c.upstream_response_time:.3f}" if c.upstream_response_time is not None else None

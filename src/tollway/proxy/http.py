@@ -122,3 +122,5 @@ def error_page(status: int) -> bytes:
 
 
 ROUTE_NOT_FOUND = b'{"error_msg":"404 Route Not Found"}\n'
+# nginx's default_type with APISIX's charset, for bodies a plugin or the router answer with.
+PLAIN_TEXT = b"text/plain; charset=utf-8"

@@ -21,7 +21,7 @@ from tollway.balancer import PickContext, Server
 from tollway.plugins.kit import RequestContext
 from tollway.plugins.registry import Chain, ChainEntry
 from tollway.proxy.forward import Forwarding, UpstreamFailure
-from tollway.proxy.http import ROUTE_NOT_FOUND, error_page, quote_path, status_line
+from tollway.proxy.http import PLAIN_TEXT, ROUTE_NOT_FOUND, error_page, quote_path, status_line
 from tollway.proxy.runtime import (
     CompiledRoute,
     CompiledUpstream,
@@ -368,7 +368,7 @@ class Exchange(Forwarding):
             yield gchain.rewrite
         if gchain.access:
             yield gchain.access
-        self.respond(404, ROUTE_NOT_FOUND, [(b"Content-Type", b"text/plain")])
+        self.respond(404, ROUTE_NOT_FOUND, [(b"Content-Type", PLAIN_TEXT)])
 
     def _steps(
         self, runtime: Runtime, route: CompiledRoute, gchain: Chain
@@ -546,7 +546,8 @@ class Exchange(Forwarding):
         headers: list[tuple[bytes, bytes]] = []
         if isinstance(body, dict | list):
             data = _json.encode(body) + b"\n"
-            headers.append((b"Content-Type", b"application/json"))
+            # APISIX sets no type: nginx's default (as its docs show for a key-auth 401)
+            headers.append((b"Content-Type", PLAIN_TEXT))
         elif body is None:
             data = b""
         else:

@@ -113,3 +113,24 @@ def test_options_answers_200_with_headers_and_other_methods_continue() -> None:
     ctx.resp_headers = [("Vary", "Accept")]
     plugin.header_filter(conf, ctx)
     assert ctx.get_response_header("Access-Control-Allow-Origin") == "*"
+
+
+def test_allow_origins_by_metadata() -> None:
+    # APISIX cors doc: plugin_metadata/cors names origin lists a route picks by key.
+    meta = {"key_1": "https://domain.com", "key_2": "https://a.com,https://b.com"}
+    raw = {"allow_origins_by_metadata": ["key_1", "key_2"]}
+    conf = msgspec.convert(raw, Conf)
+
+    def allow(origin: str, m: dict[str, str] | None = meta) -> str | None:
+        return dict(cors_headers(conf, _compiled(conf), origin, None, m)).get(
+            "Access-Control-Allow-Origin"
+        )
+
+    assert allow("https://domain.com") == "https://domain.com"
+    assert allow("https://b.com") == "https://b.com"
+    assert allow("https://evil.com") is None
+    assert allow("https://domain.com", None) is None  # no metadata: nothing listed
+    plugin = Cors()
+    assert plugin.metadata_schema is not None
+    plugin.set_metadata(msgspec.convert({"allow_origins": meta}, plugin.metadata_schema))
+    assert plugin._meta_origins() == meta

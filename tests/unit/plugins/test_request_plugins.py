@@ -240,3 +240,12 @@ def test_http_variables_match_dashes_and_underscores_as_nginx() -> None:
     assert ctx.var("http_x_dash") == "d"
     assert ctx.var("http_x_under") == "u"  # underscores_in_headers on (APISIX's default)
     assert ctx.var("http_x_missing") is None
+
+
+def test_balancer_ip_and_port() -> None:
+    ctx = make_ctx()
+    assert ctx.var("balancer_ip") is None
+    ctx.upstream_addr = "10.0.0.5:8080"
+    assert (ctx.var("balancer_ip"), ctx.var("balancer_port")) == ("10.0.0.5", "8080")
+    ctx.upstream_addr = "[::1]:81"
+    assert (ctx.var("balancer_ip"), ctx.var("balancer_port")) == ("::1", "81")

@@ -101,22 +101,31 @@ def _matches(req_origin: str | None, allowed: str | None) -> bool:
     return allowed is not None and (allowed == "*" or req_origin == allowed)
 
 
-def decide_origin(conf: Conf, comp: Compiled, req_origin: str | None) -> str | None:
-    """The Allow-Origin to send, or None for none (APISIX cors header_filter): the regexes when
-    set, else ``allow_origins``; only a value that is ``*`` or equals the Origin is sent.
-
-    ``allow_origins_by_metadata`` needs the plugin metadata, which plugins cannot read here: it
-    never matches, and (as in APISIX when it does not match) ``allow_origins`` is then used only
-    when it is not ``*``."""
-    if conf.allow_origins_by_metadata is not None and conf.allow_origins == "*":
-        return None
-    allow: str | None
-    if conf.allow_origins_by_regex is None:
+def decide_origin(
+    conf: Conf,
+    comp: Compiled,
+    req_origin: str | None,
+    meta_origins: dict[str, str] | None = None,
+) -> str | None:
+    """The Allow-Origin to send, or None for none (APISIX cors): with
+    ``allow_origins_by_metadata``, the origins ``plugin_metadata/cors`` lists under those keys,
+    then ``allow_origins`` unless it is ``*``; without it, ``allow_origins``; the regexes when
+    nothing matched. Only a value that is ``*`` or equals the Origin is sent."""
+    allow: str | None = None
+    if conf.allow_origins_by_metadata is not None:
+        for key in conf.allow_origins_by_metadata:
+            listed = (meta_origins or {}).get(key)
+            if listed is not None and req_origin is not None:
+                value = allowed_origin(listed, _origin_set(listed), req_origin)
+                if _matches(req_origin, value):
+                    return req_origin
+        if conf.allow_origins != "*":
+            allow = allowed_origin(conf.allow_origins, comp.origins, req_origin)
+    elif conf.allow_origins_by_regex is None:
         allow = allowed_origin(conf.allow_origins, comp.origins, req_origin)
-    elif req_origin is not None and comp.regex is not None and comp.regex.search(req_origin):
-        allow = req_origin
-    else:
-        allow = None
+    if not _matches(req_origin, allow) and conf.allow_origins_by_regex is not None:
+        rx = comp.regex
+        allow = req_origin if req_origin is not None and rx and rx.search(req_origin) else None
     return allow if _matches(req_origin, allow) else None
 
 
@@ -133,13 +142,17 @@ def decide_timing_origin(conf: Conf, comp: Compiled, req_origin: str | None) -> 
 
 
 def cors_headers(
-    conf: Conf, comp: Compiled, req_origin: str | None, request_headers: str | None
+    conf: Conf,
+    comp: Compiled,
+    req_origin: str | None,
+    request_headers: str | None,
+    meta_origins: dict[str, str] | None = None,
 ) -> list[tuple[str, str]]:
     """The headers to add to the response, in order (``Vary`` is added, the rest are set)."""
     out: list[tuple[str, str]] = []
     if conf.allow_origins != "*":
         out.append(("Vary", "Origin"))
-    allow = decide_origin(conf, comp, req_origin)
+    allow = decide_origin(conf, comp, req_origin, meta_origins)
     if allow is not None:
         out.append(("Access-Control-Allow-Origin", allow))
         methods = ALL_METHODS if conf.allow_methods == "**" else conf.allow_methods
@@ -165,13 +178,21 @@ class Cors(Plugin):
     schema = Conf
     metadata_schema = MetadataConf
 
+    def _meta_origins(self) -> dict[str, str] | None:
+        meta = self.metadata
+        return meta.allow_origins if meta is not None else None
+
     def rewrite(self, conf: Conf, ctx: RequestContext) -> Exit:
         origin = ctx.get_header("origin")
         if ctx.method == "OPTIONS":
             # The headers go with the answer itself, so they are there even where no
             # header_filter runs for this chain (global rules).
             headers = cors_headers(
-                conf, _compiled(conf), origin, ctx.get_header("access-control-request-headers")
+                conf,
+                _compiled(conf),
+                origin,
+                ctx.get_header("access-control-request-headers"),
+                self._meta_origins(),
             )
             _state(ctx)[self.name] = _DONE
             return 200, None, dict(headers)
@@ -188,7 +209,11 @@ class Cors(Plugin):
         else:  # rewrite did not run (an earlier plugin answered)
             origin = ctx.get_header("origin")
         headers = cors_headers(
-            conf, _compiled(conf), origin, ctx.get_header("access-control-request-headers")
+            conf,
+            _compiled(conf),
+            origin,
+            ctx.get_header("access-control-request-headers"),
+            self._meta_origins(),
         )
         for name, value in headers:
             if name == "Vary":
