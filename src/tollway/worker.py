@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 import time
 from typing import Any
@@ -28,7 +29,7 @@ from tollway.proxy.realip import RealIp
 from tollway.proxy.runtime import Compiler
 from tollway.proxy.server import HttpProtocol
 from tollway.proxy.state import ServerState
-from tollway.proxy.tls import server_context
+from tollway.proxy.tls import server_context, sync_client_cas
 from tollway.settings import LoadedSettings, load_settings
 from tollway.upstream.table import HealthTable, PassiveReporter
 
@@ -81,6 +82,9 @@ class Worker:
         )
         self.servers: list[asyncio.Server] = []
         self.stopping = asyncio.Event()
+        self.tls_context: ssl.SSLContext | None = None
+        self._tls_synced: object = None
+        self._client_cas: set[str] = set()
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -153,11 +157,19 @@ class Worker:
                 self.compiler.apply(self.store, self.store.last_changes)
             else:
                 continue
+            self._sync_tls()
             log.debug("applied %s rev=%d in %.1f ms", kind, rev, (time.perf_counter() - t0) * 1e3)
             first = not self.servers
             if first:
                 await self._start_serving()
             writer.write(encode({"t": "ready" if first else "ack", "rev": rev, "pid": os.getpid()}))
+
+    def _sync_tls(self) -> None:
+        """The listener asks for client certificates while an ssl object wants them (mTLS)."""
+        certs = self.compiler.runtime.certs
+        if self.tls_context is not None and certs is not self._tls_synced:
+            self._tls_synced = certs
+            sync_client_cas(self.tls_context, certs, self._client_cas)
 
     async def _start_serving(self) -> None:
         loop = asyncio.get_running_loop()
@@ -170,6 +182,8 @@ class Worker:
             ctx = server_context(
                 lambda: self.compiler.runtime.certs, self.settings.conf.apisix.ssl.ssl_protocols
             )
+            self.tls_context = ctx
+            self._sync_tls()
             for sock in self.tls:
                 srv = await loop.create_server(
                     lambda: HttpProtocol(self.state, scheme="https"),

@@ -87,3 +87,74 @@ def test_key_encrypted_at_rest_through_the_admin_api(
         wait_until(
             lambda: https_get(g.tls_port, "secure.test", cert, "/x").startswith(b"HTTP/1.1 200")
         )
+
+
+def client_cert(d: Path, ca_cert: str, ca_key: str, cn: str) -> tuple[Path, Path]:
+    """A client certificate signed by the CA whose PEMs are ``ca_cert``/``ca_key``."""
+    (d / "ca.crt").write_text(ca_cert)
+    (d / "ca.key").write_text(ca_key)
+    key, csr, crt = d / f"{cn}.key", d / f"{cn}.csr", d / f"{cn}.crt"
+    subprocess.run(
+        ["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}",
+         "-keyout", str(key), "-out", str(csr)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    subprocess.run(
+        ["openssl", "x509", "-req", "-in", str(csr), "-CA", str(d / "ca.crt"),
+         "-CAkey", str(d / "ca.key"), "-CAcreateserial", "-days", "1", "-out", str(crt)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return crt, key
+
+
+def https_status(port: int, name: str, ca: str, path: str, cert: tuple[Path, Path] | None) -> int:
+    ctx = ssl.create_default_context(cadata=ca)
+    if cert is not None:
+        ctx.load_cert_chain(*cert)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with ctx.wrap_socket(raw, server_hostname=name) as s:
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n".encode())
+            head = b""
+            while b"\r\n" not in head and (chunk := s.recv(65536)):
+                head += chunk
+    return int(head.split(b" ", 2)[1]) if head else 0  # 0: closed without an answer
+
+
+def test_client_certificates_are_required_with_ssl_client(
+    tmp_path: Path, upstream: Upstream
+) -> None:
+    # APISIX ssls.client (mTLS): a request without a certificate signed by client.ca is 400,
+    # except on paths matching skip_mtls_uri_regex.
+    server_cert, server_key = self_signed(tmp_path, "mtls.test", "DNS:mtls.test")
+    ca_cert, ca_key = self_signed(tmp_path, "client-ca", "DNS:client-ca")
+    good = client_cert(tmp_path, ca_cert, ca_key, "alice")
+    open_cert, open_key = self_signed(tmp_path, "open.test", "DNS:open.test")
+    ssls = [
+        {"id": "o", "cert": open_cert, "key": open_key, "snis": ["open.test"]},
+        {
+            "id": "m",
+            "cert": server_cert,
+            "key": server_key,
+            "snis": ["mtls.test"],
+            "client": {"ca": ca_cert, "skip_mtls_uri_regex": ["^/public/"]},
+        },
+    ]
+    text = (
+        f"ssls: {json.dumps(ssls)}\n"
+        f'routes:\n  - {{id: 1, uri: /*, upstream: {{nodes: {{"{upstream.addr}": 1}}}}}}\n#END\n'
+    )
+    with Gateway(tmp_path, apisix_yaml=text) as g:
+        assert https_status(g.tls_port, "mtls.test", server_cert, "/private", good) == 200
+        assert https_status(g.tls_port, "mtls.test", server_cert, "/private", None) == 400
+        assert https_status(g.tls_port, "mtls.test", server_cert, "/public/x", None) == 200
+        # another name on the same listener asks for nothing
+        assert https_status(g.tls_port, "open.test", open_cert, "/private", None) == 200
+        other_ca, other_key = self_signed(tmp_path, "other-ca", "DNS:other-ca")
+        stranger = client_cert(tmp_path / "..", other_ca, other_key, "mallory")
+        # A certificate from another CA fails the handshake: an alert or, in TLS 1.3 where the
+        # client finishes first, a connection closed without an answer.
+        try:
+            status = https_status(g.tls_port, "mtls.test", server_cert, "/private", stranger)
+        except (ssl.SSLError, ConnectionError):
+            status = 0
+        assert status == 0

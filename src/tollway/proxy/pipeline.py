@@ -332,6 +332,13 @@ class Exchange(Forwarding):
             self.respond_error(400)
             return None
         self.ctx = ctx
+        mtls = self.proto.client_cert
+        if mtls is not None and not mtls[1]:
+            skip = mtls[0].skip
+            if skip is None or not skip.search(ctx.path):
+                # APISIX verify_https_client: no client certificate -> 400
+                self.respond_error(400)
+                return None
         runtime = self.proto.state.compiler.runtime
         ctx.consumers = runtime.consumers
         ctx.upstream_source = self.proto.state.compiler

@@ -21,6 +21,7 @@ from tollway.proxy.http import (
     status_line,
 )
 from tollway.proxy.pipeline import Exchange
+from tollway.proxy.tls import ClientCheck, client_check
 
 if TYPE_CHECKING:
     from tollway.proxy.state import ServerState
@@ -111,6 +112,8 @@ class HttpProtocol(asyncio.Protocol):
         self.reading_paused = False
         self.idle_since = 0.0
         self.trust_real_ip = False  # the peer may name the client (realip)
+        # mTLS: (the ssl object's check, whether the client sent a verified certificate)
+        self.client_cert: tuple[ClientCheck, bool] | None = None
 
     # -- connection ---------------------------------------------------------------------
 
@@ -122,6 +125,12 @@ class HttpProtocol(asyncio.Protocol):
             self.remote_addr, self.remote_port = peer[0], peer[1]
         else:
             self.remote_addr = "127.0.0.1"
+        if self.scheme == "https":
+            sslobj = transport.get_extra_info("ssl_object")
+            check = client_check(sslobj.context if sslobj is not None else None)
+            if check is not None:
+                der = sslobj.getpeercert(binary_form=True)  # verified at the handshake, if any
+                self.client_cert = (check, check.accepts(der))
         real_ip = self.state.real_ip
         if real_ip is not None:
             if real_ip.header != _real_ip_name:

@@ -3,17 +3,20 @@
 One server SSLContext per worker; its SNI callback looks the name up in the certificate table of
 the current runtime (exact names first, then the longest ``*.suffix``), so a changed ssl object
 takes effect for the next handshake without touching the listener. A handshake without SNI, or
-with a name no ssl object covers, fails (APISIX has no default certificate either).
+with a name no ssl object covers, fails (APISIX has no default certificate either). An ssl object
+with ``client.ca`` asks the client for a certificate (mTLS); see ``ClientCheck``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import ssl
 import tempfile
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from tollway.crypto import KeyCipher
@@ -30,6 +33,7 @@ class CertTable:
     def __init__(self) -> None:
         self.exact: dict[str, ssl.SSLContext] = {}
         self.wildcard: list[tuple[str, ssl.SSLContext]] = []  # (".suffix.com", ctx), longest first
+        self.client_cas: list[str] = []  # PEMs of every ssl object's client.ca (mTLS)
 
     def find(self, name: str) -> ssl.SSLContext | None:
         found = self.exact.get(name)
@@ -44,8 +48,57 @@ class CertTable:
         return len(self.exact) + len(self.wildcard)
 
 
-def _pem_context(pairs: list[tuple[str, str]]) -> ssl.SSLContext:
+@dataclass(frozen=True, slots=True)
+class ClientCheck:
+    """mTLS towards clients for one ssl object (``ssls.client``): a request on a connection
+    whose certificate was not issued by ``client.ca`` is answered 400 (APISIX
+    ``verify_https_client``), unless its path matches one of ``skip_mtls_uri_regex``."""
+
+    skip: re.Pattern[str] | None
+    cas: tuple[Any, ...]  # the CA certificates (cryptography x509)
+
+    def accepts(self, der: bytes | None) -> bool:
+        """The client's certificate (DER, already verified against every client CA at the
+        handshake) was issued by one of this object's CAs."""
+        if not der:
+            return False
+        from cryptography import x509
+        from cryptography.exceptions import InvalidSignature
+
+        try:
+            cert = x509.load_der_x509_certificate(der)
+        except ValueError:
+            return False
+        for ca in self.cas:
+            try:
+                cert.verify_directly_issued_by(ca)
+                return True
+            except (ValueError, TypeError, InvalidSignature):
+                continue
+        return False
+
+
+def client_check(ctx: ssl.SSLContext | None) -> ClientCheck | None:
+    """The check of the context the SNI callback chose for a connection, if any."""
+    return getattr(ctx, "tollway_client_check", None)
+
+
+def _client_check(client: Any) -> ClientCheck:
+    from cryptography import x509
+
+    rules = client.skip_mtls_uri_regex
+    cas = tuple(x509.load_pem_x509_certificates(client.ca.encode()))
+    return ClientCheck(re.compile("|".join(rules)) if rules else None, cas)
+
+
+def _pem_context(pairs: list[tuple[str, str]], client: Any = None) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    if client is not None:
+        # The handshake verifies against the store of the context the SNI callback switched
+        # to: this object's CAs only.
+        ctx.load_verify_locations(cadata=client.ca)
+        ctx.verify_mode = ssl.CERT_OPTIONAL
+        ctx.tollway_client_check = _client_check(client)  # type: ignore[attr-defined]
     # ssl loads chains from files only: write them to a private directory, load, delete.
     d = tempfile.mkdtemp(prefix="tollway-ssl-")
     try:
@@ -73,10 +126,12 @@ def build_cert_table(items: Iterable[tuple[str, Any]], cipher: KeyCipher | None)
         pairs = [(obj.cert, obj.key), *zip(obj.certs or [], obj.keys or [], strict=False)]
         pairs = [(c, _plain_key(k, cipher)) for c, k in pairs]
         try:
-            ctx = _pem_context(pairs)
+            ctx = _pem_context(pairs, obj.client)
         except (ssl.SSLError, OSError, ValueError) as e:
             log.warning("ssl %s: certificate not loaded: %s", ssl_id, e)
             continue
+        if obj.client is not None:
+            table.client_cas.append(obj.client.ca)
         for name in obj.snis or ([obj.sni] if obj.sni else []):
             name = name.lower()
             if name.startswith("*."):
@@ -110,3 +165,20 @@ def server_context(table: Callable[[], CertTable], protocols: str) -> ssl.SSLCon
 
     ctx.sni_callback = pick
     return ctx
+
+
+def sync_client_cas(ctx: ssl.SSLContext, table: CertTable, loaded: set[str]) -> None:
+    """Ask clients for a certificate when some ssl object wants one (mTLS).
+
+    OpenSSL keeps the verify mode of the listener's context when the SNI callback switches to
+    an ssl object's context (the certificate is then verified with that object's CAs), so the
+    listener asks every client, optionally, while some object wants a certificate. Its own CA
+    list only names acceptable issuers in the request; CAs are only ever added to it."""
+    if not table.client_cas:
+        ctx.verify_mode = ssl.CERT_NONE
+        return
+    for pem in table.client_cas:
+        if pem not in loaded:
+            ctx.load_verify_locations(cadata=pem)
+            loaded.add(pem)
+    ctx.verify_mode = ssl.CERT_OPTIONAL
