@@ -148,7 +148,8 @@ class Worker:
             if kind == "load":
                 self.store.load(rev, kvs)
                 changes = self.store.last_changes
-                if not self.servers or len(changes) > INCREMENTAL_LIMIT:
+                reordered = "routes" in self.store.reordered  # ties follow the new order
+                if not self.servers or len(changes) > INCREMENTAL_LIMIT or reordered:
                     await self.compiler.rebuild(self.store)
                 else:
                     self.compiler.apply(self.store, changes)

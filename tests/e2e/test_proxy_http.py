@@ -69,6 +69,27 @@ routes:
     plugins:
       response-rewrite: {body: "replaced\\n"}
     upstream: {nodes: {"%(up)s": 1}}
+  - id: host-only
+    uri: /byhost
+    hosts: [foo.example]
+    plugins:
+      response-rewrite: {body: "host route\\n"}
+    upstream: {nodes: {"%(up)s": 1}}
+  - id: hostless
+    uri: /byhost
+    plugins:
+      response-rewrite: {body: "hostless route\\n"}
+    upstream: {nodes: {"%(up)s": 1}}
+  - id: toggled-a
+    uri: /toggled
+    plugins:
+      response-rewrite: {body: "a\\n"}
+    upstream: {nodes: {"%(up)s": 1}}
+  - id: toggled-b
+    uri: /toggled
+    plugins:
+      response-rewrite: {body: "b\\n"}
+    upstream: {nodes: {"%(up)s": 1}}
 #END
 """
 
@@ -333,6 +354,9 @@ def test_http10_and_expect_continue(gw: Gateway) -> None:
         (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", 400),
         (b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n", 400),
         (b"GET /echo HTTP/1.1\r\n\r\n", 400),
+        (b"GET /echo HTTP/1.1\r\nHost: a..example\r\n\r\n", 400),
+        (b"GET /echo HTTP/1.1\r\nHost: a/b\r\n\r\n", 400),
+        (b"GET /echo/../.. HTTP/1.1\r\nHost: x\r\n\r\n", 400),
         (b"GET /echo HTTP/1.1\r\nHost:\r\n\r\n", 400),
     ],
     ids=[
@@ -346,6 +370,9 @@ def test_http10_and_expect_continue(gw: Gateway) -> None:
         "400-bad-cl",
         "400-chunk",
         "400-http11-without-host",
+        "400-host-with-empty-label",
+        "400-host-with-slash",
+        "400-dot-dot-above-root",
         "400-http11-empty-host",
     ],
 )
@@ -387,6 +414,39 @@ def test_proxy_rewrite_and_response_rewrite(gw: Gateway) -> None:
     assert h["x-forwarded-for"] == "9.9.9.9, 127.0.0.1"
     r = requests.get(gw.url("/rrbody"))
     assert r.text == "replaced\n"
+
+
+def test_host_is_read_as_nginx_does(gw: Gateway) -> None:
+    # a trailing dot is dropped (nginx ngx_http_validate_host): the host route still applies
+    out = raw(gw, b"GET /byhost HTTP/1.1\r\nHost: FOO.example.:8080\r\nConnection: close\r\n\r\n")
+    assert b"host route\n" in out and b"hostless" not in out, out[-80:]
+    # absolute-form: the request line's host wins over the Host header
+    out = raw(
+        gw,
+        b"GET http://foo.example/byhost HTTP/1.1\r\nHost: other.example\r\n"
+        b"Connection: close\r\n\r\n",
+    )
+    assert b"host route\n" in out and b"hostless" not in out, out[-80:]
+
+
+def test_a_route_disabled_and_enabled_again_keeps_its_place(gw: Gateway) -> None:
+    # APISIX keeps a status-0 route among its values: enabled again, it wins the tie again.
+    def body() -> bytes:
+        return requests.get(gw.url("/toggled"), timeout=5).content
+
+    assert body() == b"a\n"
+    text = (gw.conf_dir / "apisix.yaml").read_text()
+    gw.write_yaml(text.replace("  - id: toggled-a\n", "  - id: toggled-a\n    status: 0\n"))
+    wait_until(lambda: body() == b"b\n")
+    gw.write_yaml(text)
+    wait_until(lambda: body() == b"a\n")
+    # the file's order decides ties: b written before a wins (a reload is followed in order)
+    start, end = text.index("  - id: toggled-a\n"), text.index("#END")
+    a_block, b_block = text[start:end].split("  - id: toggled-b\n")
+    gw.write_yaml(text[:start] + "  - id: toggled-b\n" + b_block + a_block + text[end:])
+    wait_until(lambda: body() == b"b\n")
+    gw.write_yaml(text)
+    wait_until(lambda: body() == b"a\n")
 
 
 def test_path_is_normalised_before_matching(gw: Gateway) -> None:

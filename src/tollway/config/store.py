@@ -84,6 +84,9 @@ class Store:
         self.loaded = False
         # (kind, id) of every item changed by the last load()/apply(), for incremental compiles.
         self.last_changes: list[tuple[str, str, str]] = []
+        # Kinds whose order the last load() changed beyond appending (apisix.yaml reordered, a
+        # new item placed first, a full etcd reload in key order): a compile must rebuild.
+        self.reordered: set[str] = set()
         self._warn = RateLimitedLog(log)
 
     def __getitem__(self, kind: str) -> Collection:
@@ -144,14 +147,19 @@ class Store:
                 continue
             fresh[kind][item_id] = item
         changed: set[str] = set()
+        self.reordered = set()
         for kind, items in fresh.items():
             coll = self.collections[kind]
-            if _differs(coll.items, items):
-                for item_id in coll.items.keys() | items.keys():
+            if _differs(coll.items, items) or _moved(coll.items, items):
+                # In the order of the new load (then the removed ones), never set order:
+                # the router breaks priority ties by this order.
+                for item_id in [*items, *(k for k in coll.items if k not in items)]:
                     old_it, new_it = coll.items.get(item_id), items.get(item_id)
                     if old_it is not new_it:
                         key = (new_it or old_it).key  # type: ignore[union-attr]
                         self.last_changes.append((kind, item_id, key))
+                if _moved(coll.items, items):
+                    self.reordered.add(kind)
                 coll.items = items
                 coll.version += 1
                 changed.add(kind)
@@ -163,6 +171,7 @@ class Store:
         """Incremental changes. Returns the kinds that changed."""
         changed: set[str] = set()
         self.last_changes = []
+        self.reordered = set()
         for kv in changes:
             where = kind_of_key(kv.key, self.prefix)
             if where is None:
@@ -198,6 +207,12 @@ class Store:
             for coll in self.collections.values()
             for it in coll.items.values()
         ]
+
+
+def _moved(old: dict[str, Item], new: dict[str, Item]) -> bool:
+    """The new order is not the old one (minus removed keys) followed by the added keys."""
+    kept = [k for k in old if k in new]
+    return list(new) != kept + [k for k in new if k not in old]
 
 
 def _differs(old: dict[str, Item], new: dict[str, Item]) -> bool:

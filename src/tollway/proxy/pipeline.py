@@ -481,8 +481,10 @@ class Exchange(Forwarding):
                 except Exception:
                     return None
                 url = (parsed.path or b"/") + (b"?" + parsed.query if parsed.query else b"")
-                if not self.host_raw and parsed.host:
-                    self.host_raw = parsed.host
+                if parsed.host:  # nginx's $host: the request line's host wins over Host
+                    self.host_raw = parsed.host + (
+                        b":%d" % parsed.port if parsed.port is not None else b""
+                    )
             self.target = url
         raw = url.decode("latin-1")
         raw_path, _, query = raw.partition("?")
@@ -506,6 +508,11 @@ class Exchange(Forwarding):
                 host = host[: host.find("]") + 1]
             else:
                 host = host.partition(":")[0]
+                # nginx ngx_http_validate_host: one trailing dot goes, ".." or "/" is a 400
+                if host.endswith("."):
+                    host = host[:-1]
+                if ".." in host or "/" in host or "\\" in host:
+                    return None
             p.host_cache = (self.host_raw, host)
         return RequestContext(
             self.method,

@@ -26,6 +26,7 @@ from tollway.plugins.registry import EMPTY_CHAIN, Chain, Registry
 from tollway.proxy.tls import CertTable, build_cert_table
 from tollway.proxy.upstream import PoolLimits
 from tollway.router import Router, RouterBuilder, RouteSpec, build_router
+from tollway.router.spec import DISABLED
 from tollway.settings import LoadedSettings
 from tollway.upstream.nodes import expand
 from tollway.upstream.table import HealthTable, PassiveReporter
@@ -572,8 +573,6 @@ class Compiler:
                 f"/apisix/services/{cr.service_id}", svc_version, service.upstream
             )
         cr.versions = (version, svc_version, 0)
-        if route.status == 0:
-            return cr, None
         hosts = route.host_list()
         if hosts is None and service is not None:
             hosts = service.hosts
@@ -581,7 +580,11 @@ class Compiler:
             id=rid,
             uris=tuple([route.uri] if route.uri is not None else route.uris or []),
             priority=route.priority,
-            methods=frozenset(route.methods) if route.methods else None,
+            # A disabled route stays in the router, matching nothing, so that enabling it again
+            # gives it back its place among equal priorities (APISIX keeps it in its values).
+            methods=DISABLED
+            if route.status == 0
+            else (frozenset(route.methods) if route.methods else None),
             hosts=tuple(h.lower() for h in hosts) if hosts else None,
             remote_addrs=tuple(
                 [route.remote_addr] if route.remote_addr else route.remote_addrs or []

@@ -9,10 +9,10 @@ Policy (nginx as configured by APISIX, which is what ``ngx.var.uri`` holds):
   (APISIX's default; ``match_uri_encoded_slash`` is not supported). Decoded bytes are read as UTF-8;
   invalid UTF-8 survives as surrogate escapes, so it can never equal a route path but does not fail.
 * Then ``//`` runs collapse to ``/`` (nginx ``merge_slashes on``) and dot segments are removed as in
-  RFC 3986 §5.2.4, so ``%2e%2e`` counts as ``..``. A ``..`` at the root is dropped (RFC 3986) where
-  nginx would answer 400; the result is the same route lookup for every path that nginx accepts.
-* A ``%`` not followed by two hex digits, a NUL byte (raw or ``%00``), or a path that does not start
-  with ``/`` (``*``, absolute-form left to the caller) is invalid: None.
+  RFC 3986 §5.2.4, so ``%2e%2e`` counts as ``..``. A ``..`` that would climb above the root is
+  invalid, as nginx answers it with 400.
+* A ``%`` not followed by two hex digits, a NUL byte (raw or ``%00``), a ``..`` above the root, or
+  a path that does not start with ``/`` (``*``, absolute-form left to the caller) is invalid: None.
 
 ``raw_path`` is the request-target bytes as a ``str`` decoded with latin-1 (lossless; raw non-ASCII
 bytes are then read as UTF-8 like escaped ones). A string holding characters above U+00FF cannot
@@ -42,8 +42,9 @@ def _decode(raw_path: str) -> str | None:
     return decoded.decode("utf-8", "surrogateescape")
 
 
-def _remove_dot_segments(path: str) -> str:
-    """RFC 3986 §5.2.4 on a path that starts with "/", with empty segments merged."""
+def _remove_dot_segments(path: str) -> str | None:
+    """RFC 3986 §5.2.4 on a path that starts with "/", with empty segments merged; None for a
+    ``..`` above the root (nginx: 400)."""
     parts = path.split("/")
     last = len(parts) - 1
     stack: list[str] = []
@@ -53,8 +54,9 @@ def _remove_dot_segments(path: str) -> str:
         if seg == "" or seg == ".":
             trailing = i == last
         elif seg == "..":
-            if stack:
-                stack.pop()
+            if not stack:
+                return None
+            stack.pop()
             trailing = i == last
         else:
             stack.append(seg)

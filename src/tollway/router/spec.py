@@ -8,7 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-__all__ = ["Match", "RequestView", "RouteSpec"]
+__all__ = ["DISABLED", "Match", "RequestView", "RouteSpec"]
+
+# The methods of a route with ``status: 0``: no request has this method, so the route matches
+# nothing and costs no check, yet keeps its place in the router.
+DISABLED: frozenset[str] = frozenset({"<route disabled>"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -130,3 +130,25 @@ def test_memory_source_feeds_a_sink() -> None:
     s = Store()
     s.load(*loaded[0])
     assert loaded[0][0] == 7 and list(s["routes"].items) == ["1"]
+
+
+def test_full_loads_keep_the_source_order_and_say_when_it_moved() -> None:
+    # Equal-priority routes tie by order: a reload in another order must be followed
+    # (APISIX rebuilds its values in file order), and new keys are listed in load order.
+    s = Store()
+    s.load(1, [kv("routes/a", ROUTE), kv("routes/b", ROUTE)])
+    s.load(
+        2,
+        [
+            kv("routes/a", ROUTE),
+            kv("routes/b", ROUTE),
+            kv("routes/z", ROUTE),
+            kv("routes/y", ROUTE),
+        ],
+    )
+    assert [c[1] for c in s.last_changes] == ["z", "y"] and s.reordered == set()
+    s.load(3, [kv("routes/c", ROUTE), *(kv(f"routes/{k}", ROUTE) for k in "abzy")])
+    assert [c[1] for c in s.last_changes] == ["c"] and s.reordered == {"routes"}
+    s.load(4, [kv(f"routes/{k}", ROUTE) for k in "cbazy"])
+    assert s.last_changes == [] and s.reordered == {"routes"}
+    assert list(s["routes"].items) == list("cbazy")

@@ -22,8 +22,6 @@ from tollway.router import normalize_path
         ("//a//b//", "/a/b/"),
         ("/a/b/..", "/a/"),
         ("/a/b/.", "/a/b/"),
-        ("/..", "/"),
-        ("/../../a", "/a"),
         ("/a%2Fb", "/a/b"),  # %2F is decoded before matching, like nginx
         ("/a%2F..%2Fb", "/b"),
         ("/a%20b", "/a b"),
@@ -40,7 +38,23 @@ def test_normalize(raw: str, expected: str) -> None:
     assert normalize_path(raw) == expected
 
 
-@pytest.mark.parametrize("raw", ["", "a/b", "*", "/%", "/%zz", "/%2", "/a%0", "/a\x00b", "/a%00b"])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "",
+        "a/b",
+        "*",
+        "/%",
+        "/%zz",
+        "/%2",
+        "/a%0",
+        "/a\x00b",
+        "/a%00b",
+        "/..",
+        "/../../a",
+        "/a/../..",
+    ],
+)
 def test_invalid(raw: str) -> None:
     assert normalize_path(raw) is None
 
@@ -51,7 +65,14 @@ _segment = st.sampled_from(["a", "b", ".", "..", "", "%2e", "%2F", "c%20d", "x.y
 @given(st.lists(_segment, max_size=8))
 def test_result_is_normal(segments: list[str]) -> None:
     out = normalize_path("/" + "/".join(segments))
-    assert out is not None and out.startswith("/")
+    if out is None:  # only a ".." above the root (nginx: 400)
+        depth = 0
+        for seg in "/".join(segments).replace("%2F", "/").replace("%2e", ".").split("/"):
+            depth += -1 if seg == ".." else (0 if seg in ("", ".") else 1)
+            if depth < 0:
+                return
+        raise AssertionError(f"refused without climbing above the root: {segments}")
+    assert out.startswith("/")
     assert "//" not in out
     assert all(s not in (".", "..") for s in out.split("/"))
     assert normalize_path(out.replace("%", "%25")) == out  # idempotent on its own output
