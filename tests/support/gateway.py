@@ -19,16 +19,24 @@ import yaml
 _rng = random.Random()
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
     """A free loopback port below Linux's ephemeral range (32768+): the kernel never hands it to
-    an outgoing connection between now and the moment a server binds it."""
+    an outgoing connection between now and the moment a server binds it. Never the same port
+    twice in one test process: two servers given one port (say a gateway's TLS and status
+    listeners) would fail to start however often they were retried."""
     for _ in range(500):
         port = _rng.randrange(20000, 32000)
+        if port in _handed_out:
+            continue
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
+            _handed_out.add(port)
             return port
     raise RuntimeError("no free loopback port in 20000-32000")
 
@@ -185,16 +193,19 @@ class Gateway:
         )
 
     def wait_ready(self, timeout: float = 20.0) -> None:
-        def ready() -> bool:
+        def ready() -> str | bool:
             assert self.proc is not None
             if self.proc.poll() is not None:
-                raise RuntimeError(f"tollway exited with {self.proc.returncode}:\n{self.logs()}")
+                return "exited"  # returned, not raised: wait_until would retry a raise
             return self.status().status_code == 200
 
         try:
-            wait_until(ready, timeout)
+            state = wait_until(ready, timeout)
         except AssertionError:
             raise AssertionError(f"tollway not ready in {timeout}s:\n{self.logs()}") from None
+        if state == "exited":
+            assert self.proc is not None
+            raise RuntimeError(f"tollway exited with {self.proc.returncode}:\n{self.logs()}")
 
     def logs(self) -> str:
         try:
