@@ -413,7 +413,11 @@ async def start_admin_server(sup: Supervisor) -> web.AppRunner | None:
         ssl_context=ssl_ctx,
         reuse_address=True,
     )
-    await site.start()
+    try:
+        await site.start()
+    except OSError:
+        await runner.cleanup()  # cancels the plugin-list task before etcd's client closes
+        raise
     log.info(
         "Admin API listening on %s://%s:%d%s",
         "https" if ssl_ctx else "http",
