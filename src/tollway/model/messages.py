@@ -98,7 +98,52 @@ def _lua(value: Any) -> str:
     return str(value)
 
 
-def _detail(text: str, value: Any) -> str:
+_SCHEMAS: dict[Any, dict[str, Any]] = {}
+
+
+def _field_schema(typ: Any, path: str) -> dict[str, Any] | None:
+    """The JSON Schema of the field at ``path`` in ``typ`` (msgspec keeps ``exclusiveMinimum``
+    there, where its error message has turned ``gt=0`` on an int into ``>= 1``)."""
+    schema = _SCHEMAS.get(typ)
+    if schema is None:
+        try:
+            schema = _SCHEMAS[typ] = msgspec.json.schema(typ)
+        except (TypeError, ValueError):
+            return None
+    defs: dict[str, Any] = schema.get("$defs", {})
+
+    def variants(node: Any) -> list[dict[str, Any]]:
+        out = []
+        for n in [node, *(node.get("anyOf", []) if isinstance(node, dict) else [])]:
+            while isinstance(n, dict) and "$ref" in n:
+                n = defs.get(n["$ref"].rpartition("/")[2], {})
+            if isinstance(n, dict):
+                out.append(n)
+        return out
+
+    node: Any = schema
+    for seg in _SEG.finditer(path):
+        field, index = seg["field"], seg["index"]
+        found = None
+        for v in variants(node):
+            if field is not None and field in v.get("properties", {}):
+                found = v["properties"][field]
+            elif index == "..." and isinstance(v.get("additionalProperties"), dict):
+                found = v["additionalProperties"]
+            elif index is not None and index != "..." and isinstance(v.get("items"), dict):
+                found = v["items"]
+            if found is not None:
+                break
+        if found is None:
+            return None
+        node = found
+    for v in variants(node):
+        if any(k in v for k in ("exclusiveMinimum", "exclusiveMaximum", "minimum", "maximum")):
+            return v
+    return None
+
+
+def _detail(text: str, value: Any, field: dict[str, Any] | None = None) -> str:
     """One msgspec detail (no path) -> the jsonschema words, given the failing value."""
     if m := _TYPE.match(text):
         expected = m["exp"].split(" | ")[0]
@@ -116,11 +161,17 @@ def _detail(text: str, value: Any) -> str:
         return f'failed to match pattern "{pattern}" with "{value}"'
     if m := _BOUND.match(text):
         shown = _lua(value) if value is not _MISSING_VALUE else "value"
-        word = {
+        if field is not None and m["op"] in (">=", "<="):
+            # an int's gt/lt reads as >=/<= in msgspec's message; the schema knows which
+            key = "exclusiveMinimum" if m["op"] == ">=" else "exclusiveMaximum"
+            if key in field:
+                word = "sctrictly greater" if key == "exclusiveMinimum" else "sctrictly smaller"
+                return f"expected {shown} to be {word} than {_number(str(field[key]))}"
+        word = {  # the validator's own spelling, "sctrictly" included (APISIX's tests match it)
             ">=": "greater",
-            ">": "strictly greater",
+            ">": "sctrictly greater",
             "<=": "smaller",
-            "<": "strictly smaller",
+            "<": "sctrictly smaller",
         }[m["op"]]
         return f"expected {shown} to be {word} than {_number(m['n'])}"
     if m := _SIZE.match(text):
@@ -152,8 +203,9 @@ def _dict_key(container: dict[str, Any], text: str) -> str | None:
     return next(iter(container)) if len(container) == 1 else None
 
 
-def jsonschema_message(err: msgspec.ValidationError, value: Any) -> str:
-    """The chain APISIX would answer for ``value`` failing as ``err`` says."""
+def jsonschema_message(err: msgspec.ValidationError, value: Any, typ: Any = None) -> str:
+    """The chain APISIX would answer for ``value`` failing as ``err`` says (``typ``: the type
+    ``value`` was decoded as, to read bounds the message lost)."""
     text = str(err)
     m = _PATH.search(text)
     detail = text[: m.start()] if m else text
@@ -181,4 +233,5 @@ def jsonschema_message(err: msgspec.ValidationError, value: Any) -> str:
             prefix.append(f"failed to validate item {i + 1}: ")
             ok = isinstance(current, list) and i < len(current)
             current = current[i] if ok else _MISSING_VALUE
-    return "".join(prefix) + _detail(detail, current)
+    field = _field_schema(typ, path) if typ is not None and _BOUND.match(detail) else None
+    return "".join(prefix) + _detail(detail, current, field)

@@ -11,9 +11,11 @@ from tollway.model.messages import jsonschema_message
 from tollway.model.objects import KINDS, Credential, Route, Service, Upstream
 
 
-def format_validation_error(err: msgspec.ValidationError, value: Any = None) -> str:
+def format_validation_error(
+    err: msgspec.ValidationError, value: Any = None, typ: Any = None
+) -> str:
     """APISIX's message for an invalid object: ``invalid configuration: <jsonschema words>``."""
-    return f"invalid configuration: {jsonschema_message(err, value)}"
+    return f"invalid configuration: {jsonschema_message(err, value, typ)}"
 
 
 def decode_item(kind: str, value: dict[str, Any] | bytes) -> Any:
@@ -31,7 +33,7 @@ def decode_item(kind: str, value: dict[str, Any] | bytes) -> Any:
                 shown = msgspec.json.decode(value)
             except (msgspec.DecodeError, UnicodeDecodeError):
                 shown = None
-        raise ConfigError(format_validation_error(e, shown)) from None
+        raise ConfigError(format_validation_error(e, shown, typ)) from None
     except (msgspec.DecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"invalid JSON: {e}") from None
     try:

@@ -125,7 +125,7 @@ class Registry:
         except msgspec.ValidationError as e:
             raise ConfigError(
                 f"failed to check the configuration of plugin {name} err: "
-                f"{jsonschema_message(e, body)}"
+                f"{jsonschema_message(e, body, schema)}"
             ) from None
         except ValueError as e:
             raise ConfigError(

@@ -76,7 +76,7 @@ ROUTE = {"uri": "/index.html", "upstream_id": "1"}
         (
             {"uri": "/a", "upstream": {"nodes": {"a:1": 1}, "timeout": {"connect": -1}}},
             'property "upstream" validation failed: property "timeout" validation failed: '
-            'property "connect" validation failed: expected -1 to be strictly greater than 0',
+            'property "connect" validation failed: expected -1 to be sctrictly greater than 0',
         ),
         ({**ROUTE, "foo": 1}, "additional properties forbidden, found foo"),
         ([1], "wrong type: expected object, got table"),

@@ -249,3 +249,55 @@ def test_balancer_ip_and_port() -> None:
     assert (ctx.var("balancer_ip"), ctx.var("balancer_port")) == ("10.0.0.5", "8080")
     ctx.upstream_addr = "[::1]:81"
     assert (ctx.var("balancer_ip"), ctx.var("balancer_port")) == ("::1", "81")
+
+
+def test_uri_blocker_sees_the_normalised_uri_too() -> None:
+    # APISIX uri-blocker.t TEST 21/22: "/./internal/x" must not slip past "^/internal/"
+    plugin = ub.UriBlocker()
+    conf = decode(ub.Conf, {"block_rules": ["^/internal/"]})
+    ctx = make_ctx("/./internal/x?aa=1")
+    ctx.path = "/internal/x"  # what the pipeline's normalisation gives
+    assert plugin.rewrite(conf, ctx) == (403, None)
+    assert plugin.rewrite(conf, make_ctx("/public/internal/x")) is None
+
+
+def test_escaped_variables_are_kept_as_written() -> None:
+    # APISIX redirect.t TEST 11/12: "\$uri" is not a variable, its backslash stays
+    got = redirect({"uri": "\\$uri/foo$uri\\$uri/bar"}, "/hello")
+    assert got == (302, None, {"Location": "\\$uri/foo/hello\\$uri/bar"})
+
+
+@pytest.mark.parametrize(
+    ("conf", "message"),
+    [
+        ({"uri": "hello"}, 'property "uri" validation failed: failed to match pattern'),
+        ({"host": "bad host/x"}, 'property "host" validation failed: failed to match pattern'),
+        (
+            {"regex_uri": ["^/test/(.*)", "/$`1"]},
+            "invalid regex_uri(^/test/(.*), /$`1): invalid capturing variable name",
+        ),
+        ({"regex_uri": ["^/a", "/$1"]}, "invalid regex_uri(^/a, /$1): capture group 1"),
+        ({"regex_uri": ["^/a", "/b", "^/c"]}, "The length of regex_uri should be an even number"),
+    ],
+)
+def test_proxy_rewrite_checks(conf: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_registry(None).decode_conf("proxy-rewrite", conf)
+    assert message in str(e.value)
+
+
+def test_proxy_rewrite_allows_other_properties_and_dollar_dollar() -> None:
+    # APISIX 3.x's schema has no additionalProperties: false (routes from 2.x keep loading)
+    r = load_registry(None)
+    assert r.decode_conf("proxy-rewrite", {"uri": "/x", "enable_websocket": True}).uri == "/x"
+    from tollway.plugins.builtin.proxy_rewrite import _substitute, _template
+
+    assert _substitute(re.compile("^/a/(.*)"), _template("/${1}/$$"), "/a/b") == "/b/$"
+
+
+def test_exclusive_bounds_in_the_validators_words() -> None:
+    with pytest.raises(ConfigError) as e:
+        load_registry(None).decode_conf("limit-count", {"count": -100, "time_window": 60})
+    assert str(e.value).endswith(
+        'property "count" validation failed: expected -100 to be sctrictly greater than 0'
+    )

@@ -14,8 +14,9 @@ def compile_template(text: str) -> Callable[[Callable[[str], Any]], str]:
     parts: list[str | tuple[str]] = []
     pos = 0
     for m in _VAR.finditer(text):
-        if m.group(1):  # "\$x" is a literal "$x"
-            parts.append(text[pos : m.start()] + m.group(0)[1:])
+        if m.group(1):  # "\$x" is not a variable; the text stays as written, backslash
+            # included (APISIX's pattern only skips it: (?<!\\)\$)
+            parts.append(text[pos : m.end()])
             pos = m.end()
             continue
         parts.append(text[pos : m.start()])

@@ -26,10 +26,12 @@ class Headers(msgspec.Struct, forbid_unknown_fields=True):
     remove: list[str] | None = None
 
 
-class Conf(msgspec.Struct, forbid_unknown_fields=True):
-    uri: Annotated[str, Meta(min_length=1, max_length=4096)] | None = None
+class Conf(msgspec.Struct):
+    """APISIX 3.x's schema: other properties are allowed (and ignored)."""
+
+    uri: Annotated[str, Meta(min_length=1, max_length=4096, pattern=r"^\/.*")] | None = None
     regex_uri: Annotated[list[str], Meta(min_length=2)] | None = None
-    host: str | None = None
+    host: Annotated[str, Meta(pattern=r"^[0-9a-zA-Z-.]+(:\d{1,5})?$")] | None = None
     method: Method | None = None
     scheme: str | None = None
     headers: dict[str, Any] | None = None
@@ -47,12 +49,15 @@ class Conf(msgspec.Struct, forbid_unknown_fields=True):
             raise ValueError("expect object to have at least 1 properties")
         if self.regex_uri is not None:
             if len(self.regex_uri) % 2:
-                raise ValueError("regex_uri must have an even number of items")
-            for pat in self.regex_uri[::2]:
+                raise ValueError("The length of regex_uri should be an even number")
+            pairs = self.regex_uri
+            for pat, tpl in zip(pairs[::2], pairs[1::2], strict=True):
                 try:
-                    re.compile(pat)
+                    err = _template_error(re.compile(pat), tpl)
                 except re.error as e:
-                    raise ValueError(f"invalid regex_uri {pat}: {e}") from None
+                    err = str(e)
+                if err is not None:  # APISIX test-runs ngx.re.sub with the pair
+                    raise ValueError(f"invalid regex_uri({pat}, {tpl}): {err}")
 
 
 class Compiled:
@@ -82,17 +87,31 @@ class Compiled:
 
 
 def _template(t: str) -> tuple[str | int, ...]:
-    """An APISIX replacement (``$1`` / ``${1}``) split once into literals and group numbers."""
+    """An APISIX replacement (``$1`` / ``${1}``, ``$$`` for a dollar) split once into literals
+    and group numbers."""
     parts: list[str | int] = []
     pos = 0
-    for m in _GROUP.finditer(t):
-        parts += (t[pos : m.start()], int(m.group(1)))
+    for m in _DOLLAR.finditer(t):
+        ref = m.group(1) or "$"  # a lone "$" was refused when the conf was checked
+        parts += (t[pos : m.start()], "$" if ref == "$" else int(ref.strip("{}")))
         pos = m.end()
     parts.append(t[pos:])
     return tuple(p for p in parts if p != "")
 
 
-_GROUP = re.compile(r"\$\{?(\d+)\}?")
+_DOLLAR = re.compile(r"\$(\d+|\{\d+\}|\$)?")
+
+
+def _template_error(rx: re.Pattern[str], t: str) -> str | None:
+    """Why ngx.re.sub would refuse the template ``t`` for ``rx`` (None: it is fine): a ``$``
+    must start ``$N``, ``${N}`` or ``$$``, and N must be a group of the regex."""
+    for m in _DOLLAR.finditer(t):
+        ref = m.group(1)
+        if ref is None:
+            return "invalid capturing variable name"
+        if ref != "$" and int(ref.strip("{}")) > rx.groups:
+            return f"capture group {ref.strip('{}')} is out of range"
+    return None
 
 
 def _substitute(rx: re.Pattern[str], template: tuple[str | int, ...], path: str) -> str | None:

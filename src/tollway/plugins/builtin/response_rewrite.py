@@ -37,6 +37,14 @@ class Conf(msgspec.Struct, forbid_unknown_fields=True):
                 base64.b64decode(self.body, validate=True)
             except ValueError:
                 raise ValueError("invalid base64 content") from None
+        h = self.headers
+        if h and not set(h) & {"add", "set", "remove"}:
+            # the flat (old) form, checked as APISIX's check_schema does
+            for field, value in h.items():
+                if not field:
+                    raise ValueError("invalid field length in header")
+                if not isinstance(value, str | int | float) or isinstance(value, bool):
+                    raise ValueError("invalid type as header value")
         for f in self.filters or []:
             try:
                 re.compile(f.regex)
@@ -94,16 +102,18 @@ class ResponseRewrite(Plugin):
             return
         if conf.status_code is not None:
             ctx.resp_status = conf.status_code
+        if comp.body is not None or comp.filters:
+            # APISIX clear_header_as_body_modified, before the header edits: the length (the
+            # pipeline re-frames the body), the encoding and the cache validators of the
+            # upstream's body no longer hold.
+            for name in ("Content-Length", "Content-Encoding", "Last-Modified", "ETag"):
+                ctx.set_response_header(name, None)
         for k, tpl in comp.add:
             ctx.add_response_header(k, tpl(ctx.var))
         for k, tpl in comp.set:
             ctx.set_response_header(k, tpl(ctx.var))
         for k in comp.remove:
             ctx.set_response_header(k, None)
-        if comp.body is not None or comp.filters:
-            # The body length changes: the pipeline re-frames it.
-            ctx.set_response_header("Content-Length", None)
-            ctx.set_response_header("Content-Encoding", None)
 
     def needs_body_buffer(self, conf: Conf) -> bool:
         return bool(conf.filters)

@@ -1,6 +1,8 @@
 """uri-blocker (APISIX priority 2900): reject requests whose ``request_uri`` matches a rule.
 
-The rules are OR-ed into one regex searched (unanchored) in the raw request URI, query included.
+The rules are OR-ed into one regex searched (unanchored) in the raw request URI, query included,
+and then in the normalised one (path with dot segments resolved and escapes decoded, then the
+query): ``/./internal/x`` cannot slip past ``^/internal/`` (APISIX's fix for CVE-2021-43557).
 """
 
 from __future__ import annotations
@@ -47,8 +49,12 @@ class UriBlocker(Plugin):
 
     def rewrite(self, conf: Conf, ctx: RequestContext) -> Exit:
         rx = _regex(conf)
-        if rx is None or rx.search(ctx.request_uri) is None:
+        if rx is None:
             return None
+        if rx.search(ctx.request_uri) is None:
+            normal = f"{ctx.path}?{ctx.query}" if ctx.query else ctx.path
+            if normal == ctx.request_uri or rx.search(normal) is None:
+                return None
         if conf.rejected_msg is not None:
             return conf.rejected_code, {"error_msg": conf.rejected_msg}
         return conf.rejected_code, None

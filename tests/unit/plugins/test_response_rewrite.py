@@ -1,0 +1,51 @@
+"""response-rewrite rules from APISIX's own tests (t/plugin/response-rewrite.t)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.unit.plugins.ctx import make_ctx
+from tollway.errors import ConfigError
+from tollway.plugins.builtin.response_rewrite import ResponseRewrite
+from tollway.plugins.registry import load_registry
+
+UPSTREAM = [
+    ("Content-Type", "text/plain"),
+    ("Content-Encoding", "gzip"),
+    ("Content-Length", "42"),
+    ("Last-Modified", "Wed, 21 Oct 2015 07:28:00 GMT"),
+    ("ETag", '"abc"'),
+    ("X-Kept", "1"),
+]
+
+
+def filtered(conf: dict[str, Any]) -> dict[str, str]:
+    decoded = load_registry(None).decode_conf("response-rewrite", conf)
+    ctx = make_ctx()
+    ctx.resp_headers = list(UPSTREAM)
+    ctx.resp_status = 200
+    ResponseRewrite().header_filter(decoded, ctx)
+    return dict(ctx.resp_headers or [])
+
+
+def test_a_new_body_drops_what_described_the_old_one() -> None:
+    # TEST 6/7: "check body and header not changed" -- APISIX clear_header_as_body_modified
+    got = filtered({"body": "new body\n"})
+    assert set(got) == {"Content-Type", "X-Kept"}
+    # the conf's own header edits come after the clearing
+    got = filtered({"body": "x", "headers": {"set": {"ETag": '"new"'}}})
+    assert got["ETag"] == '"new"'
+    # headers only: the body and its validators stay
+    assert set(filtered({"headers": {"set": {"X-A": "1"}}})) == {*dict(UPSTREAM), "X-A"}
+
+
+@pytest.mark.parametrize(
+    ("headers", "message"),
+    [({"": 2}, "invalid field length in header"), ({"X-Name": []}, "invalid type as header value")],
+)
+def test_flat_headers_are_checked(headers: dict[str, Any], message: str) -> None:
+    # TEST 10/11
+    with pytest.raises(ConfigError, match=message):
+        load_registry(None).decode_conf("response-rewrite", {"headers": headers})
