@@ -18,6 +18,14 @@ routes:
     uri: /ten
     remote_addrs: ["10.0.0.0/8"]
     upstream: {nodes: {"%(up)s": 1}}
+  - id: fwd
+    uri: /fwd
+    upstream: {nodes: {"%(up)s": 1}}
+  - id: fwd-rewrite
+    uri: /fwd-rewrite
+    plugins:
+      proxy-rewrite: {headers: {set: {X-Forwarded-Proto: https-rewrite, X-Forwarded-Port: "10080"}}}
+    upstream: {nodes: {"%(up)s": 1}}
   - id: deny
     uri: /deny
     plugins:
@@ -58,9 +66,31 @@ def test_a_header_that_names_no_address_is_ignored(gw: Gateway) -> None:
     assert r.status_code == 200 and r.json()["headers"]["x-real-ip"] == "127.0.0.1"
 
 
+FORWARDED = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "front.example"}
+
+
+def test_forwarded_headers_of_a_trusted_proxy_are_passed_on(gw: Gateway) -> None:
+    # APISIX proxy-rewrite2.t TEST 3: the X-Forwarded-Proto a proxy in front sent goes on
+    h = requests.get(gw.url("/fwd"), headers=FORWARDED).json()["headers"]
+    assert (h["x-forwarded-proto"], h["x-forwarded-host"]) == ("https", "front.example")
+    assert h["x-forwarded-port"] == str(gw.port)  # not sent: this hop's
+    h = requests.get(gw.url("/fwd")).json()["headers"]
+    assert (h["x-forwarded-proto"], h["x-forwarded-host"]) == ("http", "127.0.0.1")
+
+
+def test_a_plugin_sets_forwarded_headers(gw: Gateway) -> None:
+    # proxy-rewrite2.t TEST 5/7: the plugin's value wins over the client's and the gateway's
+    h = requests.get(gw.url("/fwd-rewrite"), headers={"X-Forwarded-Proto": "grpc"}).json()
+    assert h["headers"]["x-forwarded-proto"] == "https-rewrite"
+    assert h["headers"]["x-forwarded-port"] == "10080"
+
+
 def test_an_untrusted_peer_cannot_name_the_client(untrusting: Gateway) -> None:
     assert (
         requests.get(untrusting.url("/ten"), headers={"X-Real-IP": "10.0.0.7"}).status_code == 404
     )
     r = requests.get(untrusting.url("/deny"), headers={"X-Real-IP": "10.0.0.7"})
     assert r.status_code == 200 and r.json()["headers"]["x-real-ip"] == "127.0.0.1"
+    # nor tell the upstream how the client came in
+    h = requests.get(untrusting.url("/fwd"), headers=FORWARDED).json()["headers"]
+    assert (h["x-forwarded-proto"], h["x-forwarded-host"]) == ("http", "127.0.0.1")

@@ -20,7 +20,9 @@ ID = (
 Name = Annotated[str, Meta(min_length=1, max_length=256)]
 Desc = Annotated[str, Meta(max_length=256)]
 Labels = dict[str, Annotated[str, Meta(min_length=1, max_length=256, pattern=r"^\S+$")]]
-Plugins = dict[str, dict[str, Any]]
+# plugin name -> conf; a conf that is not an object is the plugin check's to refuse, with
+# APISIX's words ("invalid plugin conf ... for plugin [x]"), not the schema's
+Plugins = dict[str, Any]
 Port = Annotated[int, Meta(ge=1, le=65535)]
 HostPattern = Annotated[str, Meta(pattern=r"^\*$|^\*?[0-9a-zA-Z-._\[\]:]+$")]
 Method = Literal[

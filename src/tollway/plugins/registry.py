@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import inspect
+import json
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -113,9 +114,9 @@ class Registry:
         if plugin is None:
             raise ConfigError(f"unknown plugin [{name}]")
         if not isinstance(conf, Mapping):
+            shown = json.dumps(conf, ensure_ascii=False, separators=(",", ":"))
             raise ConfigError(
-                f"failed to check the configuration of plugin {name} err: "
-                "invalid type, expected object"
+                f"invalid plugins configuration: invalid plugin conf {shown} for plugin [{name}]"
             )
         body = {k: v for k, v in conf.items() if k != "_meta"}
         schema = plugin.consumer_schema if consumer and plugin.consumer_schema else plugin.schema

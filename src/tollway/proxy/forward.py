@@ -378,11 +378,22 @@ class Forwarding:
             if ops is not None
             else None
         )
+        # X-Forwarded-Proto/-Host/-Port: what a trusted proxy in front said (APISIX passes
+        # them on; Tollway only from peers in real_ip_from, loopback by default), what a plugin
+        # set (proxy-rewrite), else this hop's own.
+        fwd: dict[bytes, bytes] | None = None
+        trusted = self.proto.trust_real_ip
         for k, v in self.raw_headers:  # the client's headers as sent, unless edited
             lk = k.lower()
             if lk in skip:
-                if lk == b"x-forwarded-for" and not (edited and lk in edited):
+                if edited and lk in edited:
+                    continue
+                if lk == b"x-forwarded-for":
                     xff = v
+                elif trusted and lk in _FORWARDED:
+                    if fwd is None:
+                        fwd = {}
+                    fwd[lk] = v
                 continue
             if edited and lk in edited:
                 continue
@@ -396,15 +407,29 @@ class Forwarding:
                 if lk in skip:
                     if lk == b"x-forwarded-for":
                         xff = value.encode("latin-1")
+                    elif lk in _FORWARDED:
+                        if fwd is None:
+                            fwd = {}
+                        fwd[lk] = value.encode("latin-1")
                     continue
                 out += (spelled, b": ", value.encode("latin-1"), b"\r\n")
         remote = ctx.remote_addr.encode()
-        out.append(
-            b"X-Real-IP: %s\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Port: %d\r\n"
-            % (remote, ctx.scheme.encode(), ctx.server_port)
-        )
-        out += (b"X-Forwarded-For: ", xff + b", " + remote if xff else remote, b"\r\n")
-        out += (b"X-Forwarded-Host: ", ctx.host.encode("latin-1"), b"\r\n")
+        if fwd is None:
+            out.append(
+                b"X-Real-IP: %s\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Port: %d\r\n"
+                % (remote, ctx.scheme.encode(), ctx.server_port)
+            )
+            out += (b"X-Forwarded-For: ", xff + b", " + remote if xff else remote, b"\r\n")
+            out += (b"X-Forwarded-Host: ", ctx.host.encode("latin-1"), b"\r\n")
+        else:
+            get = fwd.get
+            proto = get(b"x-forwarded-proto") or ctx.scheme.encode()
+            port = get(b"x-forwarded-port") or b"%d" % ctx.server_port
+            fhost = get(b"x-forwarded-host") or ctx.host.encode("latin-1")
+            out += (b"X-Real-IP: ", remote, b"\r\nX-Forwarded-Proto: ", proto)
+            out += (b"\r\nX-Forwarded-Port: ", port, b"\r\n")
+            out += (b"X-Forwarded-For: ", xff + b", " + remote if xff else remote, b"\r\n")
+            out += (b"X-Forwarded-Host: ", fhost, b"\r\n")
         if self.websocket:
             out.append(b"Connection: Upgrade\r\nUpgrade: " + self.upgrade + b"\r\n")
         elif body is not None:
@@ -741,6 +766,7 @@ class Forwarding:
 
 
 # Client headers never copied upstream as they are: hop-by-hop ones, Host (pass_host decides),
+_FORWARDED = frozenset({b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port"})
 # Content-Length (re-framed) and the X-Forwarded-* / X-Real-IP set by the gateway.
 _SKIP_UP = (
     HOP_BY_HOP

@@ -301,3 +301,29 @@ def test_exclusive_bounds_in_the_validators_words() -> None:
     assert str(e.value).endswith(
         'property "count" validation failed: expected -100 to be sctrictly greater than 0'
     )
+
+
+@pytest.mark.parametrize(
+    ("name", "conf", "message"),
+    [
+        # APISIX ip-restriction.t TEST 2-6/24
+        ("ip-restriction", {"whitelist": ["10.255.256.0/24"]}, "but matches none"),
+        ("ip-restriction", {"whitelist": ["::ffgg"]}, "but matches none"),
+        ("ip-restriction", {"blacklist": []}, "but matches none"),
+        ("ip-restriction", {"whitelist": ["::1/129"]}, "invalid ip address: ::1/129"),
+        # limit-req.t TEST 2: the first of APISIX's required list
+        ("limit-conn", {"burst": 0, "key": "remote_addr"}, 'property "conn" is required'),
+        # proxy-rewrite3.t TEST 5: method is an enum
+        ("proxy-rewrite", {"method": "GET1"}, "matches none of the enum values"),
+        # basic-auth.t TEST 14: a conf that is not an object
+        (
+            "basic-auth",
+            "blah",
+            'invalid plugins configuration: invalid plugin conf "blah" for plugin [basic-auth]',
+        ),
+    ],
+)
+def test_messages_from_apisix_plugin_tests(name: str, conf: Any, message: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_registry(None).decode_conf(name, conf)
+    assert message in str(e.value)

@@ -49,3 +49,12 @@ def test_flat_headers_are_checked(headers: dict[str, Any], message: str) -> None
     # TEST 10/11
     with pytest.raises(ConfigError, match=message):
         load_registry(None).decode_conf("response-rewrite", {"headers": headers})
+
+
+def test_filter_options_are_ngx_re_flags() -> None:
+    # response-rewrite2.t TEST 6
+    bad = {"filters": [{"regex": "hello", "replace": "HELLO", "options": "h"}]}
+    with pytest.raises(ConfigError, match='regex "hello" validation failed: unknown flag "h"'):
+        load_registry(None).decode_conf("response-rewrite", bad)
+    ok = {"filters": [{"regex": "hello", "replace": "HELLO", "options": "jio"}]}
+    assert load_registry(None).decode_conf("response-rewrite", ok)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 import msgspec
@@ -10,7 +11,13 @@ from msgspec import Meta
 from tollway.expr import IpMatcher
 from tollway.plugins.kit import Exit, Plugin, RequestContext
 
-Addrs = Annotated[list[str], Meta(min_length=1)]
+Addrs = list[str]  # minItems 1 lives in the oneOf branches (checked below)
+# What APISIX's ip_def patterns accept: dotted quads of 1-3 digit octets <= 255 (CIDR /0-32),
+# or IPv6 text of hex groups and colons (any prefix digits; the range is checked later).
+_IP_SHAPE = re.compile(
+    r"^((25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+    r"(/(3[0-2]|[12]?\d))?$|^[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*(/\d{1,3})?$"
+)
 
 
 class Conf(msgspec.Struct):
@@ -26,11 +33,19 @@ class Conf(msgspec.Struct):
                 "value should match only one schema, but matches "
                 + ("none" if self.whitelist is None else "both schemas 1 and 2")
             )
+        if not (self.whitelist or self.blacklist):  # an empty list fails its branch
+            raise ValueError("value should match only one schema, but matches none")
         for name in ("whitelist", "blacklist"):
             for addr in getattr(self, name) or ():
                 try:
                     IpMatcher([addr])
                 except ValueError:
+                    # Not even shaped like an IP or CIDR: the schema's oneOf fails (APISIX
+                    # ip-restriction.t); shaped like one but out of range: its later check.
+                    if not _IP_SHAPE.match(addr):
+                        raise ValueError(
+                            "value should match only one schema, but matches none"
+                        ) from None
                     raise ValueError(f"invalid ip address: {addr}") from None
 
 

@@ -50,12 +50,10 @@ class Conf(RedisFields):
     key_ttl: int = 3600
 
     def __post_init__(self) -> None:
-        if self.default_conn_delay is None:
-            raise ValueError('property "default_conn_delay" is required')
-        if self.rules is None:
-            for name in ("conn", "burst", "key"):
-                if getattr(self, name) is None:
-                    raise ValueError(f'property "{name}" is required')
+        # APISIX's required list, in its order: conn, burst, default_conn_delay, key
+        for name in ("conn", "burst", "default_conn_delay", "key"):
+            if getattr(self, name) is None and (self.rules is None or name == "default_conn_delay"):
+                raise ValueError(f'property "{name}" is required')
         check_redis(self, self.policy)
 
 

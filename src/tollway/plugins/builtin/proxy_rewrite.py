@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
@@ -12,12 +12,10 @@ from msgspec import Meta
 from tollway.plugins.builtin.interpolate import compile_template
 from tollway.plugins.kit import Exit, PerConf, Plugin, RequestContext
 
-Method = Annotated[
-    str,
-    Meta(
-        pattern=r"^(GET|POST|PUT|DELETE|PATCH|HEAD|OPTIONS|CONNECT|TRACE|PURGE|MKCOL|COPY|MOVE|PROPFIND|LOCK|UNLOCK)$"
-    ),
-]
+Method = Literal[
+    "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE", "PURGE",
+    "MKCOL", "COPY", "MOVE", "PROPFIND", "LOCK", "UNLOCK",
+]  # fmt: skip
 
 
 class Headers(msgspec.Struct, forbid_unknown_fields=True):

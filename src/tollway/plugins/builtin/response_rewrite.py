@@ -12,6 +12,8 @@ from msgspec import Meta
 from tollway.plugins.builtin.interpolate import compile_template
 from tollway.plugins.kit import PerConf, Plugin, RequestContext
 
+_PCRE_FLAGS = frozenset("adDijJmosuUx")
+
 
 class Filter(msgspec.Struct, forbid_unknown_fields=True):
     regex: Annotated[str, Meta(min_length=1)]
@@ -46,6 +48,12 @@ class Conf(msgspec.Struct, forbid_unknown_fields=True):
                 if not isinstance(value, str | int | float) or isinstance(value, bool):
                     raise ValueError("invalid type as header value")
         for f in self.filters or []:
+            bad = next((c for c in f.options if c not in _PCRE_FLAGS), None)
+            if bad is not None:  # ngx.re's option letters
+                raise ValueError(
+                    f'regex "{f.regex}" validation failed: '
+                    f'unknown flag "{bad}" (flags "{f.options}")'
+                )
             try:
                 re.compile(f.regex)
             except re.error as e:
