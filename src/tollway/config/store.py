@@ -150,7 +150,8 @@ class Store:
         self.reordered = set()
         for kind, items in fresh.items():
             coll = self.collections[kind]
-            if _differs(coll.items, items) or _moved(coll.items, items):
+            moved = _moved(coll.items, items)
+            if moved or _differs(coll.items, items):
                 # In the order of the new load (then the removed ones), never set order:
                 # the router breaks priority ties by this order.
                 for item_id in [*items, *(k for k in coll.items if k not in items)]:
@@ -158,7 +159,7 @@ class Store:
                     if old_it is not new_it:
                         key = (new_it or old_it).key  # type: ignore[union-attr]
                         self.last_changes.append((kind, item_id, key))
-                if _moved(coll.items, items):
+                if moved:
                     self.reordered.add(kind)
                 coll.items = items
                 coll.version += 1

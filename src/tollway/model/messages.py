@@ -74,20 +74,19 @@ def _number(text: str) -> str:
     return str(int(value)) if value.is_integer() else text
 
 
+# JSON type names as msgspec's messages spell them (bool before int: a bool is an int)
+_JSON_TYPES = (
+    (bool, "bool"),
+    (int, "int"),
+    (float, "float"),
+    (str, "str"),
+    (list, "array"),
+    (dict, "object"),
+)
+
+
 def _json_type(value: Any) -> str:
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int):
-        return "int"
-    if isinstance(value, float):
-        return "float"
-    if isinstance(value, str):
-        return "str"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return "null"
+    return next((name for t, name in _JSON_TYPES if isinstance(value, t)), "null")
 
 
 def _lua(value: Any) -> str:

@@ -51,9 +51,11 @@ class UriBlocker(Plugin):
         rx = _regex(conf)
         if rx is None:
             return None
-        if rx.search(ctx.request_uri) is None:
-            normal = f"{ctx.path}?{ctx.query}" if ctx.query else ctx.path
-            if normal == ctx.request_uri or rx.search(normal) is None:
+        raw, path = ctx.request_uri, ctx.path
+        if rx.search(raw) is None:
+            if raw.startswith(path) and (len(raw) == len(path) or raw[len(path)] == "?"):
+                return None  # already normal: nothing else to search (the common case)
+            if rx.search(f"{path}?{ctx.query}" if ctx.query else path) is None:
                 return None
         if conf.rejected_msg is not None:
             return conf.rejected_code, {"error_msg": conf.rejected_msg}
