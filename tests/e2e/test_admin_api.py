@@ -83,6 +83,8 @@ def test_auth_missing_wrong_and_viewer(gw: Gateway) -> None:
     assert r.json()["description"] == "wrong apikey"
     assert requests.get(url, params={"api_key": KEY}, timeout=5).status_code == 200
     assert requests.get(url, cookies={"X-API-KEY": KEY}, timeout=5).status_code == 200
+    # token.t TEST 3: nginx's $http_x_api_key also reads an "x_api_key" header
+    assert requests.get(url, headers={"x_api_key": KEY}, timeout=5).status_code == 200
     assert requests.get(url, headers={"X-API-KEY": VIEWER}, timeout=5).status_code == 200
     r = requests.put(gw.admin_url("/routes/v"), headers={"X-API-KEY": VIEWER}, timeout=5)
     assert r.status_code == 401
@@ -202,6 +204,15 @@ def test_forbidden_timestamps(admin: Admin, upstream: Upstream) -> None:
     assert r.status_code == 405 and err(r) == "not supported `POST` method for consumer"
     r = admin("PUT", "/routes", {"uri": "/ts", "plugins": {}, "create_time": 1})
     assert r.status_code == 400 and err(r) == "missing route id"
+
+
+def test_raw_newlines_inside_json_strings_are_taken(admin: Admin) -> None:
+    # proto.t TEST 1 sends a proto's text with raw newlines inside the JSON string (lua-cjson)
+    body = '{"content": "syntax = \\"proto3\\";\npackage helloworld;\nmessage A { string a = 1; }"}'
+    r = admin("PUT", "/protos/nl", body)
+    assert r.status_code in (200, 201), r.text
+    assert r.json()["value"]["content"].startswith('syntax = "proto3";\npackage')
+    assert admin("DELETE", "/protos/nl").status_code == 200
 
 
 def test_verbs_apisix_does_not_route_are_not_found(admin: Admin) -> None:

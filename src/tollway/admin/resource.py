@@ -247,7 +247,7 @@ def _refuse_forbidden(body: Any) -> None:
 
 def decode_value(raw: bytes) -> Any:
     try:
-        return json.loads(raw)
+        return json.loads(raw, strict=False)
     except (ValueError, UnicodeDecodeError):
         return raw.decode("utf-8", errors="replace")
 

@@ -146,6 +146,8 @@ class AdminApp:
         return (
             request.query.get("api_key")
             or request.headers.get("X-API-KEY")
+            # nginx's $http_x_api_key also reads "x_api_key" (APISIX: underscores_in_headers)
+            or request.headers.get("X_API_KEY")
             or request.cookies.get("X-API-KEY")
         )
 
@@ -263,7 +265,8 @@ class AdminApp:
         if raw is None:
             return None
         try:
-            return json.loads(raw)
+            # lua-cjson takes control characters inside strings (a proto's raw newlines)
+            return json.loads(raw, strict=False)
         except (ValueError, UnicodeDecodeError) as e:
             raise AdminError(
                 400,

@@ -154,6 +154,7 @@ class RequestContext:
         "consumer_name",
         "consumers",
         "host",
+        "http_version",
         "matched_params",
         "matched_uri",
         "method",
@@ -203,8 +204,10 @@ class RequestContext:
         server_port: int,
         scheme: str,
         start_time: float,
+        http_version: str = "1.1",
     ) -> None:
         self.method = method
+        self.http_version = http_version  # "1.1" or "1.0", as the client spoke
         self.request_uri = request_uri
         self.path = path
         self.query = query
@@ -466,6 +469,7 @@ _VARS: dict[str, Callable[[RequestContext], Any]] = {
     "content_type": lambda c: c.headers.get("content-type"),
     "content_length": lambda c: c.headers.get("content-length"),
     "upstream_addr": lambda c: c.upstream_addr,
+    "server_protocol": lambda c: f"HTTP/{c.http_version}",
     # APISIX's balancer_ip / balancer_port: the node picked for this request
     "balancer_ip": lambda c: _addr_part(c.upstream_addr, 0),
     "balancer_port": lambda c: _addr_part(c.upstream_addr, 1),

@@ -527,6 +527,7 @@ class Exchange(Forwarding):
             p.server_port,
             p.scheme,
             time.time(),
+            self.http_version,
         )
 
     def _run_phase_sync(self, entries: tuple[ChainEntry, ...], ctx: RequestContext) -> bool:

@@ -92,6 +92,18 @@ def test_gzip_skips(req: dict[str, str], resp: list[tuple[str, str]], status: in
     assert plugin.body_filter(conf, ctx, b"x", True) == b"x"
 
 
+def test_gzip_needs_the_clients_http_version() -> None:
+    # gzip.t TEST 9: http_version 1.1 (the default) leaves an HTTP/1.0 client's answer alone
+    plugin, conf = gz.Gzip(), decode(gz.Conf, {})
+    ctx = response_ctx({"Accept-Encoding": "gzip"}, [("Content-Type", "text/html")], 200)
+    ctx.http_version = "1.0"
+    plugin.header_filter(conf, ctx)
+    assert ctx.get_response_header("Content-Encoding") is None
+    ctx.http_version = "1.1"
+    plugin.header_filter(conf, ctx)
+    assert ctx.get_response_header("Content-Encoding") == "gzip"
+
+
 # -- api-breaker --------------------------------------------------------------------------
 
 

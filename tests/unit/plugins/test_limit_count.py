@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import msgspec
@@ -182,11 +183,31 @@ def test_counter_scope_by_owner() -> None:
     conf = conf_of(raw)
     ctx = make_ctx()
     ctx.route = Route({"limit-count": raw})
-    assert counter_scope(ctx, "limit-count", conf, conf_of) == "/apisix/routes/r1:5.0.0"
+    scope = counter_scope(ctx, "limit-count", conf, conf_of)
+    assert scope.startswith("/apisix/routes/r1:")
+    # another part of the route changed, not the conf: the same counter (limit-count3.t TEST 3/4)
     ctx.route = Route({"limit-count": raw}, versions=(6, 0, 0))
-    assert counter_scope(ctx, "limit-count", conf, conf_of) == "/apisix/routes/r1:6.0.0"
+    assert counter_scope(ctx, "limit-count", conf, conf_of) == scope
+    # the conf changed: a new counter
+    raw2 = {"count": 2, "time_window": 10}
+    ctx.route = Route({"limit-count": raw2})
+    assert counter_scope(ctx, "limit-count", conf_of(raw2), conf_of) != scope
     ctx.consumer = Consumer("jack", None, {"limit-count": dict(raw)}, version=3)
-    assert counter_scope(ctx, "limit-count", conf, conf_of) == "/apisix/consumers/jack:3"
+    assert counter_scope(ctx, "limit-count", conf, conf_of).startswith("/apisix/consumers/jack:")
     ctx.consumer = None
     ctx.route = Route({})
     assert counter_scope(ctx, "limit-count", conf, conf_of).startswith("global:")
+
+
+def test_an_equal_global_rule_conf_counts_apart_from_the_routes() -> None:
+    # limit-conn2.t TEST 3/4: the same conf on a global rule and on the route, two counters
+    raw = {"count": 1, "time_window": 10}
+    route_conf, global_conf = conf_of(raw), conf_of(raw)
+    ctx = make_ctx()
+    route = Route({"limit-count": raw})
+    route.own_chain = SimpleNamespace(  # type: ignore[attr-defined]
+        rewrite=(), access=(SimpleNamespace(conf=route_conf),), log=()
+    )
+    ctx.route = route
+    assert counter_scope(ctx, "limit-count", route_conf, conf_of).startswith("/apisix/routes/r1:")
+    assert counter_scope(ctx, "limit-count", global_conf, conf_of).startswith("global:")

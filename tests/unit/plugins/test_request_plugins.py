@@ -128,6 +128,12 @@ def test_real_ip() -> None:
     trusted = {"source": "http_x_forwarded_for", "trusted_addresses": ["127.0.0.1", "10.0.0.0/8"]}
     assert real({**trusted, "recursive": True}, xff)[0] == "9.9.9.9"
     assert real(trusted, xff, peer="8.8.8.8")[0] == "8.8.8.8"  # untrusted peer: unchanged
+    # real-ip.t TEST 7: an address with a port out of range is no address at all
+    assert real({"source": "http_xff"}, {"XFF": "1.1.1.1:65536"})[0] == "127.0.0.1"
+    with pytest.raises(ConfigError, match="failed to validate item 1: object matches none"):
+        load_registry(None).decode_conf(
+            "real-ip", {"source": "http_xff", "trusted_addresses": ["127.0.0.1/33"]}
+        )
 
 
 # -- redirect -----------------------------------------------------------------------------

@@ -80,9 +80,7 @@ class Gzip(Plugin):
     schema = Conf
 
     def header_filter(self, conf: Conf, ctx: RequestContext) -> None:
-        # The request's HTTP version is not in the kit; every client reaching here spoke 1.0+,
-        # and 1.0 clients are rare: treat the request as HTTP/1.1.
-        if not should_compress(conf, ctx, 1.1):
+        if not should_compress(conf, ctx, float(ctx.http_version)):
             return
         ctx.set_response_header("Content-Length", None)
         ctx.set_response_header("Content-Encoding", "gzip")

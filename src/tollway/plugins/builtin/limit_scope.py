@@ -1,10 +1,10 @@
 """What the limit-* plugins count: the request's key and the scope its counter belongs to.
 
 APISIX keys a counter by ``<owner resource key>:<conf version>:<key value>``, so counters are per
-owning route, service, consumer or global rule and restart when that owner changes. A plugin
-phase here sees only the decoded conf, so the owner is found by comparing the conf with the raw
-confs of the request's consumer and route (a conf that is neither is a global rule's); see
-:func:`counter_scope`.
+owning route, service, consumer or global rule and restart when the plugin's conf changes. A
+plugin phase here sees only the decoded conf, so the owner is found by comparing the conf with
+the raw confs of the request's consumer and route, and by identity with the route's own chain (a
+conf that is neither is a global rule's); see :func:`counter_scope`.
 """
 
 from __future__ import annotations
@@ -95,22 +95,33 @@ def _fingerprint(obj: Any, decode: Callable[[Any], Any] | None) -> bytes:
 
 
 def counter_scope(ctx: RequestContext, plugin: str, conf: Any, decode: Callable[[Any], Any]) -> str:
-    """``<owner>:<version>`` for a conf: the consumer's when it came from the consumer, else the
-    route's (merged with its service and plugin config), else a global rule's (by content)."""
+    """``<owner>:<conf version>`` for a conf: the consumer's when it came from the consumer, the
+    route's (merged with its service and plugin config) when it is the route's own, else a
+    global rule's. The version is the conf's content, so editing another part of the route
+    keeps the counter and editing the conf restarts it (APISIX ``plugin.conf_version``)."""
     fp = _fingerprint(conf, None)
+    version = fp.hex() if len(fp) <= 32 else _digest(fp)
     decode = _without_meta(decode)
     consumer = ctx.consumer
     if consumer is not None:
         raw = _raw(consumer.plugins, plugin)
         if raw is not None and _fingerprint(raw, decode) == fp:
-            return f"/apisix/consumers/{consumer.username}:{consumer.version}"
+            return f"/apisix/consumers/{consumer.username}:{version}"
     route = ctx.route
     if route is not None:
         raw = _raw(getattr(route, "plugins", None), plugin)
-        if raw is not None and _fingerprint(raw, decode) == fp:
-            versions = getattr(route, "versions", ())
-            return f"{route.key}:{'.'.join(map(str, versions))}"
-    return f"global:{fp.hex() if len(fp) <= 32 else _digest(fp)}"
+        if raw is not None and _fingerprint(raw, decode) == fp and _is_own(route, conf):
+            return f"{route.key}:{version}"
+    return f"global:{version}"
+
+
+def _is_own(route: Any, conf: Any) -> bool:
+    """``conf`` is the very object of the route's own chain, not an equal one from a global
+    rule (both run, each with its own counter)."""
+    own = getattr(route, "own_chain", None)
+    if own is None:
+        return True
+    return any(e.conf is conf for e in (*own.rewrite, *own.access, *own.log))
 
 
 def _raw(plugins: Mapping[str, Any] | None, name: str) -> Any:

@@ -24,11 +24,15 @@ class Conf(msgspec.Struct):
     recursive: bool = False
 
     def __post_init__(self) -> None:
-        for addr in self.trusted_addresses or ():
+        for i, addr in enumerate(self.trusted_addresses or (), 1):
             try:
                 IpMatcher([addr])
             except ValueError:
-                raise ValueError(f"invalid ip address: {addr}") from None
+                # the schema's anyOf ip_def refuses it first (real-ip.t TEST 1)
+                raise ValueError(
+                    f'property "trusted_addresses" validation failed: failed to validate item '
+                    f"{i}: object matches none of the required"
+                ) from None
 
 
 _CACHE: dict[int, tuple[Conf, IpMatcher | None]] = {}
@@ -81,7 +85,7 @@ def split_port(addr: str) -> tuple[str | None, int | None]:
     if not _is_ip(host):
         return None, None
     if port is not None and not 0 < port < 65536:
-        port = None
+        return None, None  # APISIX drops the whole address (real-ip.t TEST 7 "bad port")
     return host, port
 
 
