@@ -277,10 +277,18 @@ def test_ssl_key_is_encrypted_and_never_returned(
     raw = shared_etcd.get("/res/ssls/s1")
     assert raw is not None and KeyCipher(RING).decrypt(json.loads(raw)["key"]) == key
     assert admin("DELETE", "/ssls/s1").status_code == 200
+    # ssl2.t TEST 6-9: OpenSSL's words, and which pair of certs/keys failed
     r = admin("PUT", "/ssls/s2", {"cert": "x" * 200, "key": key, "snis": ["t.com"]})
-    assert r.status_code == 400 and err(r).startswith("failed to parse cert: ")
+    assert r.status_code == 400
+    assert err(r) == "failed to parse cert: PEM_read_bio_X509_AUX() failed"
     r = admin("PUT", "/ssls/s2", {"cert": cert, "key": "y" * 200, "snis": ["t.com"]})
-    assert r.status_code == 400 and err(r).startswith("failed to parse key: ")
+    assert r.status_code == 400
+    assert err(r) == "failed to parse key: PEM_read_bio_PrivateKey() failed"
+    pair = {"cert": cert, "key": key, "snis": ["t.com"], "certs": ["x" * 200], "keys": [key]}
+    r = admin("PUT", "/ssls/s2", pair)
+    assert r.status_code == 400 and err(r) == (
+        "failed to handle cert-key pair[1]: failed to parse cert: PEM_read_bio_X509_AUX() failed"
+    )
 
 
 # -- schema, plugins, openapi ---------------------------------------------------------------
@@ -328,6 +336,12 @@ def test_validate_endpoint(admin: Admin, upstream: Upstream) -> None:
     r = admin("POST", "/schema/validate/upstreams", {"nodes": {"127.0.0.1:80": -1}})
     assert r.status_code == 400
     assert err(r) == 'property "nodes" validation failed: object matches none of the required'
+    # POST /configs/validate checks a whole standalone document with etcd too, storing nothing
+    doc = {"routes": [{"id": "cv", "uri": "/cv", "upstream": ups(upstream)}]}
+    assert admin("POST", "/configs/validate", doc).status_code == 200
+    r = admin("POST", "/configs/validate", {"routes": [{"id": "cv", "uri": 7}]})
+    assert r.status_code == 400 and r.json()["errors"][0]["resource_type"] == "routes"
+    assert admin("GET", "/routes/cv").status_code == 404
     for name in ("route", "nothing"):  # the URL names, plural
         r = admin("POST", f"/schema/validate/{name}", {"uri": "/v"})
         assert r.status_code == 404 and err(r) == f"Unsupported resource type: {name}"

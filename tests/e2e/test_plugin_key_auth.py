@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support.gateway import Gateway
+from tests.support.gateway import Gateway, wait_until
 from tests.support.upstream import Upstream
 
 CONFIG = """
@@ -146,3 +146,34 @@ def test_anonymous_consumer(gw: Gateway) -> None:
     assert r.status_code == 401
     assert r.json() == {"message": "Invalid user authorization"}
     assert "WWW-Authenticate" not in r.headers
+
+
+PC_CONFIG = """
+plugin_configs:
+  - id: pc
+    plugins:
+      ip-restriction: {whitelist: [%(allowed)s]}
+routes:
+  - id: r
+    uri: /pc
+    plugin_config_id: pc
+    plugins:
+      key-auth: {}
+    upstream: {nodes: {"%(up)s": 1}}
+consumers:
+  - username: jack
+    plugins:
+      key-auth: {key: k1}
+#END
+"""
+
+
+def test_a_plugin_config_change_reaches_requests_with_a_consumer(
+    tmp_path: Path, upstream: Upstream
+) -> None:
+    # APISIX consumer-plugin2.t TEST 9: the chain merged for a consumer follows the config
+    text = PC_CONFIG % {"up": upstream.addr, "allowed": '"1.1.1.1"'}
+    with Gateway(tmp_path, apisix_yaml=text) as g:
+        assert requests.get(g.url("/pc"), headers={"apikey": "k1"}).status_code == 403
+        g.write_yaml(PC_CONFIG % {"up": upstream.addr, "allowed": '"1.1.1.1", "127.0.0.1"'})
+        wait_until(lambda: requests.get(g.url("/pc"), headers={"apikey": "k1"}).status_code == 200)

@@ -90,3 +90,17 @@ def test_normalised_path_is_what_matches_and_what_upstream_gets(
         assert f"X-Route: {expected}".encode() in head
         seen = json.loads(body)["path"]
         assert ".." not in seen and "//" not in seen and "%2e" not in seen
+
+
+def test_delete_uri_tail_slash_is_the_uri_everyone_sees(tmp_path: Path, upstream: Upstream) -> None:
+    # radixtree-uri-keep-end-slash.t TEST 3: /hello/ matches /hello and goes up as /hello;
+    # vars see the stripped uri too
+    text = (
+        f"upstreams:\n  - {{id: u, nodes: {{'{upstream.addr}': 1}}}}\nroutes:\n"
+        f'  - {{id: t, uri: /tail, upstream_id: u, vars: [["uri", "==", "/tail"]]}}\n#END\n'
+    )
+    with Gateway(
+        tmp_path, apisix_yaml=text, config={"apisix": {"delete_uri_tail_slash": True}}
+    ) as g:
+        r = requests.get(g.url("/tail/?a=1"), timeout=5)
+        assert r.status_code == 200 and r.json()["path"] == "/tail?a=1"

@@ -127,6 +127,17 @@ def test_yaml_bodies_consumers_with_credentials_and_validate(
         timeout=10,
     )
     assert r.status_code == 200
+    # config-validate.t: every error, not the first one
+    bad = {"routes": [{"id": "a", "uri": 1}, {"id": "b", "uri": 2}]}
+    r = requests.post(
+        gw.admin_url("/configs/validate"), data=json.dumps(bad), headers={"X-API-KEY": KEY}
+    )
+    assert r.status_code == 400
+    assert r.json()["error_msg"] == "Configuration validation failed"
+    assert [(e["resource_type"], e["index"]) for e in r.json()["errors"]] == [
+        ("routes", 0),
+        ("routes", 1),
+    ]
     r = configs(gw, "PUT", text, digest="yaml", **{"Content-Type": "application/yaml"})
     assert r.status_code == 202
     serves(gw, "/auth", 200, apikey="jack-key")

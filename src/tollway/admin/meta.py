@@ -130,6 +130,9 @@ class MetaEndpoints:
             return Reply(200, registry.names_by_priority() if subsystem == "http" else [])
         if rest:
             return self.plugin_schema(rest[0], args)
+        subsystem = args.get("subsystem", "http")
+        if subsystem not in ("http", "stream"):  # plugins.t TEST 13
+            raise bad_request(f"unsupported subsystem: {subsystem}")
         if args.get("all") == "true":
             return Reply(200, plugin_infos(registry))
         raise AdminError(404, {"error_msg": "not found"})

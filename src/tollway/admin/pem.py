@@ -31,14 +31,18 @@ def check_cert_key(cert: str, key: str) -> None:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
         ctx.load_verify_locations(cadata=cert)
-    except (ssl.SSLError, ValueError) as e:
-        raise ConfigError(f"failed to parse cert: {_reason(e)}") from None
+    except (ssl.SSLError, ValueError):
+        # OpenSSL's words as APISIX reports them (ssl2.t)
+        raise ConfigError("failed to parse cert: PEM_read_bio_X509_AUX() failed") from None
     if not hasattr(os, "memfd_create"):
         return
     try:
         with _memfile("cert", cert) as cpath, _memfile("key", key) as kpath:
             ctx.load_cert_chain(cpath, kpath)
     except (ssl.SSLError, ValueError) as e:
-        raise ConfigError(f"failed to parse key: {_reason(e)}") from None
+        reason = _reason(e)
+        if reason != "KEY_VALUES_MISMATCH":
+            reason = "PEM_read_bio_PrivateKey() failed"
+        raise ConfigError(f"failed to parse key: {reason}") from None
     except OSError:
         return  # no /proc: cannot check the key here

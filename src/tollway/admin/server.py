@@ -30,7 +30,7 @@ from tollway.admin.resource import (
     bad_request,
     parse_target,
 )
-from tollway.admin.standalone import StandaloneConfigs
+from tollway.admin.standalone import StandaloneConfigs, validate_document
 from tollway.checks import ItemChecker
 from tollway.config.api_source import ApiSource
 from tollway.config.etcd import EtcdClient
@@ -210,8 +210,12 @@ class AdminApp:
         head = segs[0]
         if head == "openapi.json" and self.openapi is not None and method == "GET":
             return Reply(200, self.openapi())
-        if self.standalone is not None and head == "configs":
-            return await self.configs(request, segs[1:])
+        if head == "configs":
+            if segs[1:] == ["validate"] and method == "POST":
+                checker = ItemChecker(self.res.registry, strict=True)
+                return validate_document(checker, request.headers, await self.read_body(request))
+            if self.standalone is not None:
+                return await self.configs(request, segs[1:])
         if head in ("schema", "plugins"):
             body = None
             if method in ("POST", "PUT", "PATCH"):
@@ -249,12 +253,10 @@ class AdminApp:
         standalone = self.standalone
         assert standalone is not None
         method = request.method
-        if rest == ["validate"] and method == "POST":
-            return standalone.put(request.headers, await self.read_body(request), dry_run=True)
         if rest:
             raise AdminError(404, {"error_msg": "not found"})
         if method == "PUT":
-            return standalone.put(request.headers, await self.read_body(request), dry_run=False)
+            return standalone.put(request.headers, await self.read_body(request))
         if method in ("GET", "HEAD"):
             reply, headers = standalone.get(request.headers.get("Accept", "application/json"))
             return Reply(200, None if method == "HEAD" else reply.body, headers=headers)

@@ -10,7 +10,8 @@
   items with one id: ``found duplicate id 1 in routes``.
 - ``GET`` returns the served document (JSON, or YAML for ``Accept: application/yaml``) with the
   ``X-Digest`` and ``X-Last-Modified`` headers; ``HEAD`` the headers alone.
-- ``POST /configs/validate`` runs the PUT's checks and changes nothing (200 or 400).
+- ``POST /configs/validate`` (in every mode, see ``validate_document``) checks every item of a
+  document and changes nothing: 200, or 400 with all the errors.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import copy
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import yaml
@@ -41,7 +42,7 @@ def _version_key(kind: str) -> str:
 class StandaloneConfigs:
     def __init__(
         self,
-        source: ApiSource,
+        source: ApiSource | None,
         checker: ItemChecker,
         *,
         kinds: tuple[str, ...] = tuple(KINDS),
@@ -54,14 +55,19 @@ class StandaloneConfigs:
 
     # -- the served document ------------------------------------------------------------
 
+    @property
+    def _source(self) -> ApiSource:
+        assert self.source is not None, "a validating instance serves no document"
+        return self.source
+
     def current(self) -> dict[str, Any]:
-        doc = self.source.document
+        doc = self._source.document
         if doc is not None:
             return doc
         return {_version_key(k): 0 for k in self.kinds}
 
     def metadata_headers(self) -> dict[str, str]:
-        doc = self.source.document or {}
+        doc = self._source.document or {}
         out = {}
         for name in (LAST_MODIFIED, DIGEST):
             if doc.get(name) is not None:
@@ -80,20 +86,18 @@ class StandaloneConfigs:
             }
         return Reply(200, doc), self.metadata_headers()
 
-    def put(self, headers: Mapping[str, str], raw: bytes | None, *, dry_run: bool) -> Reply:
+    def put(self, headers: Mapping[str, str], raw: bytes | None) -> Reply:
         digest = headers.get(DIGEST)
-        if not dry_run and not digest:
+        if not digest:
             raise bad_request("missing digest header")
         body = self._parse(headers.get("Content-Type") or "application/json", raw)
-        served = self.source.document
-        if not dry_run and served is not None and served.get(DIGEST) == digest:
+        served = self._source.document
+        if served is not None and served.get(DIGEST) == digest:
             return Reply(204, None)  # accepted, not modified: the same digest
         document = self._merge(body, served or {})
-        if dry_run:
-            return Reply(200, None)
         document[LAST_MODIFIED] = int(self.clock())
         document[DIGEST] = digest
-        self.source.replace(document)
+        self._source.replace(document)
         return Reply(202, None)
 
     # -- checks ---------------------------------------------------------------------------
@@ -149,6 +153,12 @@ class StandaloneConfigs:
         return document
 
     def _check_items(self, kind: str, items: list[Any]) -> None:
+        for _, error in self.item_errors(kind, items):
+            raise bad_request(error)  # PUT: the first one (APISIX stops there)
+
+    def item_errors(self, kind: str, items: list[Any]) -> Iterator[tuple[int, str]]:
+        """(index, message) for each item of ``kind`` that the schema, the plugin checks or
+        the one-id rule refuses; references to other objects are not checked."""
         seen: set[str] = set()
         for n, item in enumerate(items):
             item_kind = kind
@@ -166,7 +176,8 @@ class StandaloneConfigs:
                 obj = decode_item(item_kind, value)
                 self.checker(item_kind, item_id, obj, None)
             except ConfigError as e:
-                raise bad_request(f"invalid {kind} at index {n}, err: {e}") from None
+                yield n, f"invalid {kind} at index {n}, err: {e}"
+                continue
             if kind == "consumers":
                 ident = item.get("id") or item.get("username")
                 what = "credential id" if item.get("id") else "username"
@@ -175,5 +186,27 @@ class StandaloneConfigs:
             if ident is None:
                 continue
             if str(ident) in seen:
-                raise bad_request(f"found duplicate {what} {ident} in {kind}")
+                yield n, f"found duplicate {what} {ident} in {kind}"
             seen.add(str(ident))
+
+
+def validate_document(checker: ItemChecker, headers: Mapping[str, str], raw: bytes | None) -> Reply:
+    """``POST /apisix/admin/configs/validate`` (any mode): every item of a whole standalone
+    document is checked and nothing is stored; 200, or 400 with every error found:
+    ``{"error_msg": "Configuration validation failed", "errors": [{"resource_type", "index",
+    "error"}]}``."""
+    body = StandaloneConfigs._parse(headers.get("Content-Type") or "application/json", raw)
+    checks = StandaloneConfigs(None, checker)
+    errors: list[dict[str, Any]] = []
+    for kind in checks.kinds:
+        items = body.get(kind)
+        if items is None:
+            continue
+        if not isinstance(items, list):
+            errors.append({"resource_type": kind, "error": f"invalid {kind}: should be an array"})
+            continue
+        for index, error in checks.item_errors(kind, items):
+            errors.append({"resource_type": kind, "index": index, "error": error})
+    if errors:
+        raise AdminError(400, {"error_msg": "Configuration validation failed", "errors": errors})
+    return Reply(200, None)

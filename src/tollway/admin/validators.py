@@ -218,9 +218,12 @@ async def check_ssl(ctx: CheckContext, item_id: str | None, value: dict[str, Any
     ):
         raise ConfigError("count of certificates and keys must match")
     check_cert_key(value["cert"], ctx.plain_key(value["key"]))
-    for cert, key in zip(certs or [], keys or [], strict=False):
+    for i, (cert, key) in enumerate(zip(certs or [], keys or [], strict=False), 1):
         if isinstance(cert, str) and isinstance(key, str):
-            check_cert_key(cert, ctx.plain_key(key))
+            try:
+                check_cert_key(cert, ctx.plain_key(key))
+            except ConfigError as e:
+                raise ConfigError(f"failed to handle cert-key pair[{i}]: {e}") from None
     return obj
 
 

@@ -164,15 +164,15 @@ def _detail(text: str, value: Any, field: dict[str, Any] | None = None) -> str:
             # an int's gt/lt reads as >=/<= in msgspec's message; the schema knows which
             key = "exclusiveMinimum" if m["op"] == ">=" else "exclusiveMaximum"
             if key in field:
-                word = "sctrictly greater" if key == "exclusiveMinimum" else "sctrictly smaller"
-                return f"expected {shown} to be {word} than {_number(str(field[key]))}"
-        word = {  # the validator's own spelling, "sctrictly" included (APISIX's tests match it)
-            ">=": "greater",
-            ">": "sctrictly greater",
-            "<=": "smaller",
-            "<": "sctrictly smaller",
+                word = "greater than" if key == "exclusiveMinimum" else "smaller than"
+                return f"expected {shown} to be {word} {_number(str(field[key]))}"
+        word = {  # the words of the validator APISIX 3.x ships (its tests match them)
+            ">=": "at least",
+            ">": "greater than",
+            "<=": "at most",
+            "<": "smaller than",
         }[m["op"]]
-        return f"expected {shown} to be {word} than {_number(m['n'])}"
+        return f"expected {shown} to be {word} {_number(m['n'])}"
     if m := _SIZE.match(text):
         unit = "items" if m["t"] == "array" else "properties"
         bound = "at least" if m["op"] == ">=" else "at most"

@@ -117,7 +117,7 @@ class Timeout(Base, frozen=True, kw_only=True):
 
 
 class Node(Base, frozen=True, kw_only=True):
-    host: Annotated[str, Meta(min_length=1)]
+    host: Annotated[str, Meta(min_length=1, pattern=r"^\*?[0-9a-zA-Z-._\[\]:]+$")]  # host_def
     weight: Annotated[int, Meta(ge=0)]
     port: Port | None = None
     priority: int = 0
@@ -155,6 +155,9 @@ class ActiveHealthy(Base, frozen=True, kw_only=True):
     )
     successes: Annotated[int, Meta(ge=1, le=254)] = 2
 
+    def __post_init__(self) -> None:
+        _unique("http_statuses", self.http_statuses)  # uniqueItems (health-check.t TEST 7)
+
 
 class ActiveUnhealthy(Base, frozen=True, kw_only=True):
     interval: Annotated[int, Meta(ge=1)] = 1
@@ -164,6 +167,9 @@ class ActiveUnhealthy(Base, frozen=True, kw_only=True):
     http_failures: Annotated[int, Meta(ge=1, le=254)] = 5
     tcp_failures: Annotated[int, Meta(ge=1, le=254)] = 2
     timeouts: Annotated[int, Meta(ge=1, le=254)] = 3
+
+    def __post_init__(self) -> None:
+        _unique("http_statuses", self.http_statuses)  # uniqueItems (health-check.t TEST 7)
 
 
 class ActiveCheck(Base, frozen=True, kw_only=True):
@@ -187,6 +193,9 @@ class PassiveHealthy(Base, frozen=True, kw_only=True):
     )
     successes: Annotated[int, Meta(ge=0, le=254)] = 5
 
+    def __post_init__(self) -> None:
+        _unique("http_statuses", self.http_statuses)  # uniqueItems (health-check.t TEST 7)
+
 
 class PassiveUnhealthy(Base, frozen=True, kw_only=True):
     http_statuses: list[Annotated[int, Meta(ge=200, le=599)]] = msgspec.field(
@@ -195,6 +204,9 @@ class PassiveUnhealthy(Base, frozen=True, kw_only=True):
     tcp_failures: Annotated[int, Meta(ge=0, le=254)] = 2
     timeouts: Annotated[int, Meta(ge=0, le=254)] = 7
     http_failures: Annotated[int, Meta(ge=0, le=254)] = 5
+
+    def __post_init__(self) -> None:
+        _unique("http_statuses", self.http_statuses)  # uniqueItems (health-check.t TEST 7)
 
 
 class PassiveCheck(Base, frozen=True, kw_only=True):

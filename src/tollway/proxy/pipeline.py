@@ -498,6 +498,10 @@ class Exchange(Forwarding):
         else:
             path = raw_path
         p = self.proto
+        if path[-1] == "/" and len(path) > 1 and p.state.compiler.tail_slash:
+            # apisix.delete_uri_tail_slash: the uri routes, plugins and the upstream see
+            path = path[:-1]
+            self.target = (quote_path(path) + ("?" + query if query else "")).encode()
         # Keep-alive clients send the same Host again and again: parse it once per connection.
         cached = p.host_cache
         if cached is not None and cached[0] == self.host_raw:

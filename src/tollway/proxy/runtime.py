@@ -365,6 +365,10 @@ class Compiler:
                 upserts.append(spec)
         if upserts or deletes:
             rt.router.update(upserts, deletes)
+        if route_ids:
+            # consumer chains merge a route's chain: rebuilt on demand (versions are 0 in
+            # standalone mode, so a key on them alone would keep a stale chain)
+            rt.consumer_chains = {}
         rt.revision = store.revision
 
     # -- pieces ---------------------------------------------------------------------------
@@ -535,12 +539,14 @@ class Compiler:
         plugins: dict[str, Any] = {}
         service: Service | None = None
         svc_version = 0
+        pc_version = 0
         if route.plugin_config_id is not None:
             pc = store["plugin_configs"].get(str(route.plugin_config_id))
             if pc is None:
                 cr.error = 503
             else:
                 plugins.update(pc.obj.plugins or {})
+                pc_version = pc.mod_revision
         plugins.update(route.plugins or {})
         if route.service_id is not None:
             cr.service_id = str(route.service_id)
@@ -572,7 +578,8 @@ class Compiler:
             cr.upstream = self._upstream(
                 f"/apisix/services/{cr.service_id}", svc_version, service.upstream
             )
-        cr.versions = (version, svc_version, 0)
+        # what the route's chain was built from: consumer chains built on it are keyed by this
+        cr.versions = (version, svc_version, pc_version)
         hosts = route.host_list()
         if hosts is None and service is not None:
             hosts = service.hosts

@@ -40,7 +40,8 @@ class CertTable:
         if found is not None:
             return found
         for suffix, ctx in self.wildcard:
-            if name.endswith(suffix):
+            # "*.test.com" covers one label: a.test.com, not a.b.test.com (APISIX radixtree_sni)
+            if name.endswith(suffix) and "." not in name[: -len(suffix)]:
                 return ctx
         return None
 

@@ -76,7 +76,7 @@ ROUTE = {"uri": "/index.html", "upstream_id": "1"}
         (
             {"uri": "/a", "upstream": {"nodes": {"a:1": 1}, "timeout": {"connect": -1}}},
             'property "upstream" validation failed: property "timeout" validation failed: '
-            'property "connect" validation failed: expected -1 to be sctrictly greater than 0',
+            'property "connect" validation failed: expected -1 to be greater than 0',
         ),
         ({**ROUTE, "foo": 1}, "additional properties forbidden, found foo"),
         ([1], "wrong type: expected object, got table"),
@@ -152,3 +152,12 @@ def test_checks_beyond_properties_use_apisix_words(kind: str, value: Any, messag
     with pytest.raises(ConfigError) as e:
         decode_item(kind, value)
     assert str(e.value) == message
+
+
+def test_bounds_in_the_words_of_apisix_3() -> None:
+    # t/admin/upstream4.t TEST 6 and health-check.t (3.x): minimum "at least", maximum "at most"
+    with pytest.raises(ConfigError) as e:
+        decode_item("upstreams", {"nodes": {"127.0.0.1:80": 1}, "retries": -1})
+    assert str(e.value).endswith(
+        'property "retries" validation failed: expected -1 to be at least 0'
+    )

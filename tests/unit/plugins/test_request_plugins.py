@@ -305,7 +305,7 @@ def test_exclusive_bounds_in_the_validators_words() -> None:
     with pytest.raises(ConfigError) as e:
         load_registry(None).decode_conf("limit-count", {"count": -100, "time_window": 60})
     assert str(e.value).endswith(
-        'property "count" validation failed: expected -100 to be sctrictly greater than 0'
+        'property "count" validation failed: expected -100 to be greater than 0'
     )
 
 
