@@ -27,7 +27,10 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 from aiohttp import web
+
+from tollway.errors import ConfigError
 
 if TYPE_CHECKING:
     from tollway.supervisor import Supervisor
@@ -107,6 +110,57 @@ def _wants_html(request: web.Request) -> bool:
     return "text/html" in request.headers.get("Accept", "")
 
 
+def runtime_value(it: Any, registry: Any) -> Any:
+    """An item as the instance serves it, the way APISIX's dumps show it: checked (schema
+    defaults filled in, plugin confs too), the id a string, nodes in array form."""
+    value = _no_nulls(_with_defaults(it.obj))
+    if not isinstance(value, dict):
+        return value
+    value["id"] = it.id
+    for up in (value, value.get("upstream")):
+        if isinstance(up, dict) and isinstance(up.get("nodes"), dict):
+            up["nodes"] = [_hash_node(a, w) for a, w in up["nodes"].items()]
+    plugins = value.get("plugins")
+    if isinstance(plugins, dict):
+        for name, conf in plugins.items():
+            try:
+                decoded = registry.decode_conf(name, conf)
+            except ConfigError:
+                continue
+            full = _no_nulls(_with_defaults(decoded))
+            if isinstance(conf, dict) and "_meta" in conf:
+                full["_meta"] = conf["_meta"]
+            plugins[name] = full
+    return value
+
+
+def _with_defaults(value: Any) -> Any:
+    """Builtins of a decoded object with every field, defaults included (the models omit
+    defaults when they encode: Tollway stores what was written, as APISIX 3.14+)."""
+    if isinstance(value, msgspec.Struct):
+        return {f: _with_defaults(getattr(value, f)) for f in value.__struct_fields__}
+    if isinstance(value, dict):
+        return {k: _with_defaults(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_with_defaults(v) for v in value]
+    return msgspec.to_builtins(value)
+
+
+def _hash_node(addr: str, weight: Any) -> dict[str, Any]:
+    host, _, port = addr.rpartition(":")
+    if not host or not port.isdigit():
+        return {"host": addr, "weight": weight}
+    return {"host": host, "port": int(port), "weight": weight}
+
+
+def _no_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _no_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_no_nulls(v) for v in value]
+    return value
+
+
 def build_control_app(sup: Supervisor) -> web.Application:
     prefix = sup.settings.etcd.prefix
     # APISIX names a checker by its config key: "/apisix/routes/1" from etcd, "/routes/1" in
@@ -146,7 +200,7 @@ def build_control_app(sup: Supervisor) -> web.Application:
     def item(it: Any) -> dict[str, Any]:
         return {
             "key": it.key,
-            "value": it.value,
+            "value": runtime_value(it, sup.registry),
             "createdIndex": it.create_revision,
             "modifiedIndex": it.mod_revision,
         }
@@ -180,8 +234,14 @@ def build_control_app(sup: Supervisor) -> web.Application:
     async def schema(_: web.Request) -> web.Response:
         from tollway.admin.meta import SCHEMA_NAMES, plugin_infos
         from tollway.model import json_schema
+        from tollway.model.objects import CHASH_HEADER_KEY as HEADER_KEY
+        from tollway.model.objects import CHASH_VARS_KEY as VARS_KEY
 
-        main = {name: json_schema(kind) for name, kind in SCHEMA_NAMES.items()}
+        main: dict[str, Any] = {name: json_schema(kind) for name, kind in SCHEMA_NAMES.items()}
+        # what APISIX's core.schema adds beside the objects (control/v1.lua)
+        main["plugins"] = {"type": "array"}
+        main["upstream_hash_header_schema"] = {"type": "string", "pattern": HEADER_KEY.pattern}
+        main["upstream_hash_vars_schema"] = {"type": "string", "pattern": VARS_KEY.pattern}
         return _json(
             200, {"main": main, "plugins": plugin_infos(sup.registry), "stream_plugins": {}}
         )
@@ -190,7 +250,9 @@ def build_control_app(sup: Supervisor) -> web.Application:
         gc.collect()
         return web.Response(status=200, headers={"Server": _server()})
 
-    async def reload_plugins(_: web.Request) -> web.Response:
+    async def reload_plugins(request: web.Request) -> web.Response:
+        if request.method != "PUT":  # APISIX routes PUT only: anything else is not found
+            raise web.HTTPNotFound()
         return web.Response(text="done", headers={"Server": _server()})
 
     app = web.Application()
@@ -204,7 +266,7 @@ def build_control_app(sup: Supervisor) -> web.Application:
     app.router.add_get("/v1/{kind}", dump_all)
     app.router.add_get("/v1/{singular}/{id}", dump_one)
     app.router.add_post("/v1/gc", gc_collect)
-    app.router.add_put("/v1/plugins/reload", reload_plugins)
+    app.router.add_route("*", "/v1/plugins/reload", reload_plugins)
     return app
 
 

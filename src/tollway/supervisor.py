@@ -128,7 +128,9 @@ class Supervisor:
         self.metrics: MetricsExport | None = None
         # Health checks and DNS, once per instance (tollway.upstream).
         self.upstreams = UpstreamMonitor(
-            self.broadcast, recover_after=settings.conf.tollway.passive_recovery
+            self.broadcast,
+            recover_after=settings.conf.tollway.passive_recovery,
+            health_checks=not settings.conf.apisix.disable_upstream_healthcheck,
         )
 
     def upstreams_changed(self, changes: list[tuple[str, str, str]] | None) -> None:

@@ -217,6 +217,7 @@ def test_control_api(tmp_path: Path, nodes: list[Node]) -> None:
             {
                 "ip": "127.0.0.1",
                 "port": a.port,
+                "hostname": "127.0.0.1",
                 "status": "healthy",
                 "counter": {
                     "success": 0,
@@ -269,7 +270,12 @@ plugin_metadata:
         assert gw.control("/v1/route/r1").json()["value"]["upstream_id"] == 1
         r = gw.control("/v1/route/nope")
         assert r.status_code == 404 and r.json() == {"error_msg": "route[nope] not found"}
-        assert gw.control("/v1/upstream/1").json()["key"].endswith("/upstreams/1")
+        up = gw.control("/v1/upstream/1").json()
+        assert up["key"].endswith("/upstreams/1")
+        # the upstream as served (t/control/upstreams.t): id a string, array nodes, defaults
+        value = up["value"]
+        assert value["id"] == "1" and value["pass_host"] == "pass" and value["type"] == "roundrobin"
+        assert {"host": "127.0.0.1", "port": a.port, "weight": 1} in value["nodes"]
         assert gw.control("/v1/services").json() == []
         meta = gw.control("/v1/plugin_metadatas").json()
         assert meta == [{"id": "http-logger", "log_format": {"host": "$host"}}]
@@ -277,7 +283,9 @@ plugin_metadata:
         schema = gw.control("/v1/schema").json()
         assert "uri" in schema["main"]["route"]["properties"]
         assert schema["plugins"]["key-auth"]["priority"] == 2500
+        assert schema["main"]["upstream_hash_vars_schema"]["type"] == "string"
         base = f"http://127.0.0.1:{gw.control_port}"
         assert requests.post(f"{base}/v1/gc", timeout=5).status_code == 200
         r = requests.put(f"{base}/v1/plugins/reload", timeout=5)
         assert r.status_code == 200 and r.text == "done"
+        assert requests.post(f"{base}/v1/plugins/reload", timeout=5).status_code == 404

@@ -33,6 +33,11 @@ routes:
     plugins:
       key-auth: {anonymous_consumer: guest}
     upstream: {nodes: {"%(up)s": 1}}
+  - id: anon-hidden
+    uri: /anon-hidden
+    plugins:
+      key-auth: {anonymous_consumer: guest, hide_credentials: true, query: auth}
+    upstream: {nodes: {"%(up)s": 1}}
   - id: anon-missing
     uri: /anon-missing
     plugins:
@@ -142,6 +147,11 @@ def test_anonymous_consumer(gw: Gateway) -> None:
     assert "x-consumer-plugin" not in r.json()["headers"]
     r = requests.get(gw.url("/anon"), headers={"apikey": "k1"})
     assert r.json()["headers"]["x-consumer-plugin"] == "jack"
+    # key-auth-anonymous-consumer.t TEST 9-11: an invalid key is not passed on either
+    r = requests.get(gw.url("/anon-hidden?auth=bad&x=1"), headers={"apikey": "bad"})
+    seen = r.json()
+    assert seen["headers"]["x-consumer-username"] == "guest"
+    assert "apikey" not in seen["headers"] and "bad" not in seen["path"]
     r = requests.get(gw.url("/anon-missing"))
     assert r.status_code == 401
     assert r.json() == {"message": "Invalid user authorization"}

@@ -30,11 +30,11 @@ Method = Literal[
 ]
 Positive = Annotated[float, Meta(gt=0)]
 
-_CHASH_VARS_KEY = re.compile(
+CHASH_VARS_KEY = re.compile(
     r"^((uri|server_name|server_addr|request_uri|remote_port|remote_addr|query_string|host"
     r"|hostname|mqtt_client_id)|arg_[0-9a-zA-z_-]+)$"
 )
-_CHASH_HEADER_KEY = re.compile(r"^[a-zA-Z0-9-_]+$")
+CHASH_HEADER_KEY = re.compile(r"^[a-zA-Z0-9-_]+$")
 
 
 def _pattern_failed(pattern: re.Pattern[str], value: str) -> str:
@@ -258,11 +258,11 @@ class Upstream(Named, frozen=True, kw_only=True):
         if self.type == "chash":
             if self.hash_on != "consumer" and not self.key:
                 raise ValueError("missing key")
-            if self.key and self.hash_on == "vars" and not _CHASH_VARS_KEY.match(self.key):
-                raise ValueError(_pattern_failed(_CHASH_VARS_KEY, self.key))
+            if self.key and self.hash_on == "vars" and not CHASH_VARS_KEY.match(self.key):
+                raise ValueError(_pattern_failed(CHASH_VARS_KEY, self.key))
             if self.key and self.hash_on in ("header", "cookie"):
-                if not _CHASH_HEADER_KEY.match(self.key):
-                    raise ValueError(_pattern_failed(_CHASH_HEADER_KEY, self.key))
+                if not CHASH_HEADER_KEY.match(self.key):
+                    raise ValueError(_pattern_failed(CHASH_HEADER_KEY, self.key))
 
     def node_list(self) -> list[Node]:
         """Nodes in array form (APISIX's filter_upstream converts the hash form)."""

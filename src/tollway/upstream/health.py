@@ -261,10 +261,10 @@ class Checker:
     def describe(self) -> dict[str, Any]:
         """The APISIX control API shape (``GET /v1/healthcheck``). APISIX's checker targets are
         (node IP, ``checks.active.port`` or the node's port, ``checks.active.host``): the port
-        shown is the probed one, ``hostname`` appears only with ``checks.active.host``, and
+        shown is the probed one, ``hostname`` is ``checks.active.host`` or the node's IP, and
         nodes probed at the same address show once."""
         active = self.conf.active
-        hostname = active.host if active is not None else None
+        host = active.host if active is not None else None
         nodes = []
         seen: set[tuple[str, int]] = set()
         for addr, target in self.targets.items():
@@ -273,8 +273,7 @@ class Checker:
             seen.add((target.ip, target.port))
             t = self.health[addr]
             node: dict[str, Any] = {"ip": target.ip, "port": target.port}
-            if hostname:
-                node["hostname"] = hostname
+            node["hostname"] = host or target.ip
             node["status"] = t.state
             node["counter"] = t.counters()
             nodes.append(node)

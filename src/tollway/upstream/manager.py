@@ -38,8 +38,10 @@ class HealthManager:
         recover_after: float = DEFAULT_RECOVER_AFTER,
         prober: Prober = probe,
         clock: Callable[[], float] | None = None,
+        enabled: bool = True,
     ) -> None:
         self._broadcast = broadcast
+        self.enabled = enabled  # apisix.disable_upstream_healthcheck: no checker at all
         self._recover_after = recover_after
         self._prober = prober
         self._clock = clock
@@ -69,7 +71,7 @@ class HealthManager:
             for key in [k for k in self.checkers if upstreams.get(k) is None]:
                 self._drop(key)
         for key, up in upstreams.items():
-            if up is None or up.checks is None:
+            if up is None or up.checks is None or not self.enabled:
                 self._drop(key)
             else:
                 self._upsert(key, up)

@@ -31,9 +31,10 @@ class UpstreamMonitor:
         recover_after: float = DEFAULT_RECOVER_AFTER,
         resolver: Resolver | None = None,
         dns_cache: DnsCache | None = None,
+        health_checks: bool = True,
     ) -> None:
         self._broadcast = broadcast
-        self.health = HealthManager(broadcast, recover_after=recover_after)
+        self.health = HealthManager(broadcast, recover_after=recover_after, enabled=health_checks)
         self.dns = DnsResolver(self._dns_changed, resolver=resolver, cache=dns_cache)
         self._names: dict[str, frozenset[str]] = {}  # resource key -> domains its nodes use
 

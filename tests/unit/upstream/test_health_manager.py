@@ -176,3 +176,18 @@ def test_removed_nodes_are_no_longer_probed() -> None:
         await mgr.aclose()
 
     run(body)
+
+
+def test_disable_upstream_healthcheck_runs_no_checker() -> None:
+    # APISIX healthcheck-global-switch.t: apisix.disable_upstream_healthcheck
+    async def body() -> None:
+        sent: list[dict[str, Any]] = []
+        mgr = HealthManager(sent.append, prober=FakeProber(), enabled=False)
+        store = store_of(
+            {"upstreams/1": {"nodes": {"10.0.0.1:80": 1}, "checks": ACTIVE}},
+        )
+        mgr.sync(all_upstreams(store), {}, full=True)
+        assert mgr.checkers == {} and mgr.describe() == []
+        await mgr.aclose()
+
+    run(body)

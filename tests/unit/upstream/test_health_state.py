@@ -201,6 +201,7 @@ def test_groups_and_description() -> None:
     assert d["nodes"][1] == {
         "ip": "10.0.0.2",
         "port": 81,
+        "hostname": "10.0.0.2",
         "status": UNHEALTHY,
         "counter": {"success": 0, "http_failure": 0, "tcp_failure": 0, "timeout_failure": 3},
     }

@@ -51,11 +51,7 @@ class KeyAuth(Plugin):
         else:
             consumer = ctx.find_consumer(self.name, key)
             if consumer is not None:
-                if conf.hide_credentials:
-                    if from_header:
-                        ctx.set_request_header(conf.header, None)
-                    else:
-                        remove_query_arg(ctx, conf.query)
+                self._hide(conf, ctx, header=from_header, query=not from_header)
                 ctx.attach_consumer(consumer)
                 return None
             err = "Invalid API key in request"
@@ -64,8 +60,20 @@ class KeyAuth(Plugin):
         anon = anonymous_consumer(ctx, conf.anonymous_consumer)
         if anon is None:
             return 401, ANONYMOUS_FAILED
+        # anonymous fallback: an invalid key is not passed on, wherever it was
+        self._hide(conf, ctx, header=True, query=True)
         ctx.attach_consumer(anon)
         return None
+
+    @staticmethod
+    def _hide(conf: Conf, ctx: RequestContext, *, header: bool, query: bool) -> None:
+        """hide_credentials: the key leaves the request (header and/or query)."""
+        if not conf.hide_credentials:
+            return
+        if header and ctx.get_header(conf.header) is not None:
+            ctx.set_request_header(conf.header, None)
+        if query and conf.query in ctx.args:
+            remove_query_arg(ctx, conf.query)
 
 
 PLUGINS = [KeyAuth]

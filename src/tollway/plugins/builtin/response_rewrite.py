@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import gzip
 import re
+import zlib
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -13,6 +15,16 @@ from tollway.plugins.builtin.interpolate import compile_template
 from tollway.plugins.kit import PerConf, Plugin, RequestContext
 
 _PCRE_FLAGS = frozenset("adDijJmosuUx")
+
+
+def _inflate(data: bytes) -> bytes:
+    try:
+        return zlib.decompress(data)  # zlib-wrapped, as HTTP's "deflate" means
+    except zlib.error:
+        return zlib.decompress(data, -zlib.MAX_WBITS)  # raw deflate, as some servers send
+
+
+_DECODERS = {"gzip": gzip.decompress, "x-gzip": gzip.decompress, "deflate": _inflate}
 
 
 class Filter(msgspec.Struct, forbid_unknown_fields=True):
@@ -110,7 +122,17 @@ class ResponseRewrite(Plugin):
             return
         if conf.status_code is not None:
             ctx.resp_status = conf.status_code
-        if comp.body is not None or comp.filters:
+        modifies = comp.body is not None or bool(comp.filters)
+        if comp.filters and comp.body is None:
+            # filters read the body: a gzip or deflate one is decoded first (APISIX 3.x);
+            # one in another encoding is left alone, headers included
+            encoding = (ctx.get_response_header("Content-Encoding") or "").strip().lower()
+            if encoding and encoding not in _DECODERS:
+                ctx.set_var("_response_rewrite", False)
+                modifies = False
+            elif encoding:
+                ctx.set_var("_response_rewrite_encoding", encoding)
+        if modifies:
             # APISIX clear_header_as_body_modified, before the header edits: the length (the
             # pipeline re-frames the body), the encoding and the cache validators of the
             # upstream's body no longer hold.
@@ -138,6 +160,12 @@ class ResponseRewrite(Plugin):
         if comp.body is not None:
             return comp.body if eof else b""
         if comp.filters and eof:
+            encoding = ctx.var("_response_rewrite_encoding")
+            if encoding:
+                try:
+                    chunk = _DECODERS[encoding](chunk)
+                except (OSError, EOFError, zlib.error):
+                    return chunk  # not what it said it was: passed on as it came
             text = chunk.decode("utf-8", "surrogateescape")
             for rx, repl, scope in comp.filters:
                 text = rx.sub(repl.replace("\\", "\\\\"), text, count=0 if scope == "global" else 1)
