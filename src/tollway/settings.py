@@ -313,7 +313,11 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_settings(path: str | os.PathLike[str], *, workers: int | None = None) -> LoadedSettings:
+def load_settings(
+    path: str | os.PathLike[str], *, workers: int | None = None, warn: bool = True
+) -> LoadedSettings:
+    """``warn``: say which keys are unknown (the supervisor does; its workers read the same
+    file again and keep quiet)."""
     p = Path(path).resolve()
     file = str(path)
     try:
@@ -326,7 +330,8 @@ def load_settings(path: str | os.PathLike[str], *, workers: int | None = None) -
         raise SettingsError(file, "-", f"invalid YAML: {e}") from None
     if not isinstance(data, dict):
         raise SettingsError(file, "-", "the top level must be a mapping")
-    _warn_unknown(data, Settings, file, "")
+    if warn:
+        _warn_unknown(data, Settings, file, "")
     try:
         conf = msgspec.convert(data, Settings, strict=False)
     except msgspec.ValidationError as e:

@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--listen-fds", default="")
     ap.add_argument("--tls-fds", default="")
     args = ap.parse_args(argv)
-    settings = load_settings(args.config)
+    settings = load_settings(args.config, warn=False)  # the supervisor already warned
     setup_logging(settings)
     ipc = socket.socket(fileno=args.ipc_fd)
     listen = [socket.socket(fileno=int(fd)) for fd in args.listen_fds.split(",") if fd]
