@@ -69,7 +69,6 @@ class Forwarding:
         content_length: int
         reject_status: int
         upgrade: bytes
-        upgrade_rest: bytes
         websocket: bool
         status: int
         response_started: bool
@@ -754,7 +753,7 @@ class Forwarding:
         # route's read timeout, as nginx's proxy_read_timeout does for WebSocket.
         conn.upgraded = True
         conn.sink = _Tunnel(self.proto, self)
-        self.proto.start_tunnel(conn, self.upgrade_rest)
+        self.proto.start_tunnel(conn)
 
     def touch(self) -> None:
         self.last_activity = self.proto.state.loop.time()

@@ -85,7 +85,6 @@ class Exchange(Forwarding):
         "target",
         "task",
         "upgrade",
-        "upgrade_rest",
         "upstream",
         "upstream_statuses",
         "url",
@@ -122,7 +121,6 @@ class Exchange(Forwarding):
         self.expect_continue = False
         self.sent_continue = False
         self.upgrade = b""
-        self.upgrade_rest = b""
         self.websocket = False
         self.reject_status = 0
         self.replay: list[bytes] | None = None

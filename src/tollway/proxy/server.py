@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tollway.proxy")
 
-_METHODS: dict[bytes, str] = {}
+# CONNECT maps to "": a forward-proxy tunnel is refused (405), as nginx does since 1.21.1.
+_METHODS: dict[bytes, str] = {b"CONNECT": ""}
 
 
 def _method(raw: bytes) -> str:
@@ -103,7 +104,12 @@ class HttpProtocol(asyncio.Protocol):
         self.closing = False
         self.write_paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
-        self.tunnel: Any = None  # upstream connection once a WebSocket is established
+        # Upstream connection once a WebSocket is established; before that, while a WebSocket
+        # handshake waits for its answer, a _Held buffer (see _after_upgrade).
+        self.tunnel: Any = None
+        # The request whose head llhttp took as an upgrade (see _after_upgrade).
+        self._upgrading: Exchange | None = None
+        self._reframing = False  # the parser is reading the synthetic head of _after_upgrade
         self.deadline = 0.0  # header/keep-alive timeout, enforced by ServerState's sweep
         # (client headers, raw Host, host, what follows the request target upstream) of the
         # last request sent upstream unedited (see Forwarding._request_head).
@@ -166,18 +172,23 @@ class HttpProtocol(asyncio.Protocol):
             if self.active is not None:
                 self.active.touch()
             return
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as e:
-            off = e.args[0] if e.args and isinstance(e.args[0], int) else len(data)
-            self._on_upgrade(data[off:])
-        except ParseLimit as e:
-            self._fail(e.status)
-        except httptools.HttpParserCallbackError as e:
-            cause = e.__context__ or e.__cause__
-            self._fail(cause.status if isinstance(cause, ParseLimit) else 400)
-        except httptools.HttpParserError:
-            self._fail(400)
+        while data:
+            try:
+                self.parser.feed_data(data)
+                return
+            except httptools.HttpParserUpgrade as e:
+                off = e.args[0] if e.args and isinstance(e.args[0], int) else len(data)
+                data = self._after_upgrade(data[off:])
+            except ParseLimit as e:
+                self._fail(e.status)
+                return
+            except httptools.HttpParserCallbackError as e:
+                cause = e.__context__ or e.__cause__
+                self._fail(cause.status if isinstance(cause, ParseLimit) else 400)
+                return
+            except httptools.HttpParserError:
+                self._fail(400)
+                return
 
     def eof_received(self) -> bool | None:
         # Half-close from the client: finish what is in flight, then close.
@@ -225,6 +236,7 @@ class HttpProtocol(asyncio.Protocol):
         self._cl_count = 0
         self._te = False
         self._host = b""
+        self._hosts = 0
         self._upgrade = b""
         self._expect = False
         self._connection = b""
@@ -252,6 +264,9 @@ class HttpProtocol(asyncio.Protocol):
         if not kind:
             return
         if kind == _HOST:
+            if self._hosts:
+                raise ParseLimit(400)  # RFC 9112 3.2: more than one Host field is invalid
+            self._hosts = 1
             self._host = value
         elif kind == _CONTENT_LENGTH:
             self._cl_count += 1
@@ -272,24 +287,31 @@ class HttpProtocol(asyncio.Protocol):
         # RFC 9112 6.3: Content-Length with Transfer-Encoding is a smuggling vector; refuse it.
         if self._te and self._cl_count:
             raise ParseLimit(400)
+        if self._reframing:
+            self._end_reframe_head()
+            return
         self.deadline = 0.0
         p = self.parser
         raw = p.get_method()
         method = _METHODS.get(raw)
         if method is None:
             method = _method(raw)
+        if not method:
+            raise ParseLimit(405)
         headers = self._headers
         keep_alive = p.should_keep_alive()
         # Without a Connection header only HTTP/1.1 is keep-alive: the version is known without
         # get_http_version(), which formats a new string each call (a third of a microsecond).
+        # llhttp accepts 0.9, 1.0, 1.1 and 2.0 on a request line; only HTTP/1.x is served here
+        # (RFC 9112 2.3: a text request line is HTTP/1.x; an HTTP/2.0 one gets 505, as nginx).
         version = "1.1" if keep_alive and not self._connection else p.get_http_version()
+        if version[0] != "1":
+            raise ParseLimit(505 if version[0] == "2" else 400)
         if not self._host and version == "1.1":
             raise ParseLimit(400)  # RFC 9112 3.2: an HTTP/1.1 request must carry Host (nginx)
         ex = Exchange(self, method, self._url, headers, version, keep_alive, self._host)
         if self._expect:
             ex.expect_continue = True
-        if self._upgrade:
-            ex.upgrade = self._upgrade
         if self._connection and self._connection.lower() not in PLAIN_CONNECTION:
             ex.connection_tokens = connection_tokens([(b"connection", self._connection)])
         if self._te:
@@ -304,6 +326,8 @@ class HttpProtocol(asyncio.Protocol):
                 ex.reject_status = 413
         if not ex.has_body:
             ex.body_complete = True
+        if self._upgrade and p.should_upgrade():
+            self._note_upgrade(ex)
         if self._real_ip:
             if self.trust_real_ip and self.state.real_ip is not None:
                 ex.client_addr = self.state.real_ip.client(self._real_ip)
@@ -313,6 +337,7 @@ class HttpProtocol(asyncio.Protocol):
             self._te = self._expect = False
             self._upgrade = self._connection = b""
         self._url = self._host = b""
+        self._hosts = 0
         self._headers = []
         self._header_bytes = 0
         self.parsing = ex
@@ -333,6 +358,10 @@ class HttpProtocol(asyncio.Protocol):
         ex = self.parsing
         self.parsing = None
         if ex is not None and not ex.body_complete:
+            if ex is self._upgrading:
+                # llhttp ends an Upgrade request at its head; its body is read after all.
+                self.parsing = ex
+                return
             ex.finish_body()
         if self.active is None and not self.pipeline and not self.closing:
             # The answer was made before the message ended (fast path): idle from now on.
@@ -370,27 +399,59 @@ class HttpProtocol(asyncio.Protocol):
         if self.parsing is None:
             self.deadline = now + self.state.keepalive_timeout
 
-    def _on_upgrade(self, rest: bytes) -> None:
-        ex = self.parsing or self.active
-        if ex is None:
-            self._fail(400)
-            return
-        # The parser is now in upgraded mode: no further requests on this connection.
-        ex.upgrade_rest = rest
-        ex.keep_alive = False
-        self.parsing = None
-        if not ex.has_body or ex.upgrade.lower() == b"websocket":
-            ex.body_complete = True
-            ex.has_body = ex.has_body and ex.upgrade.lower() != b"websocket"
-        if rest and not ex.upgrade.lower() == b"websocket":
-            ex.feed_body(rest)
-            ex.finish_body()
+    # -- Upgrade (RFC 9110 7.8) ----------------------------------------------------------
+    #
+    # llhttp stops at the head of a request with "Connection: upgrade" and an Upgrade header,
+    # skips its body and hands back the bytes after the head (HttpParserUpgrade). Only a
+    # WebSocket handshake with no body may switch protocols, and only once the upstream answered
+    # 101 on a route with enable_websocket: until then what follows the head is held, never
+    # parsed and never forwarded; an answer other than 101 closes the connection. Any other
+    # Upgrade is ignored (a server may, RFC 9110 7.8): the request is framed like any other,
+    # its body read as Content-Length or chunked says, and what follows is the next request.
 
-    def start_tunnel(self, upstream: Any, rest: bytes) -> None:
+    def _note_upgrade(self, ex: Exchange) -> None:
+        """At the head of a request llhttp takes as an upgrade: decide what it will be."""
+        if ex.has_body:
+            self._upgrading = ex  # not switching: its body is framed again
+        elif ex.method == "GET" and self._upgrade.lower() == b"websocket":
+            self._upgrading = ex  # may switch: what follows is held
+            ex.upgrade = self._upgrade
+            ex.keep_alive = False
+
+    def _after_upgrade(self, rest: bytes) -> bytes:
+        """The parser stopped after an upgrade request's head; ``rest`` is what followed it.
+        Returns the bytes still to parse as HTTP/1.1."""
+        ex = self._upgrading
+        self._upgrading = None
+        if ex is None:
+            return rest  # an Upgrade ignored, no body: parse on
+        if ex.has_body:
+            # Resume with a head that frames the same body; on_headers_complete swallows it.
+            self._reframing = True
+            if ex.body_chunked:
+                head = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+            else:
+                head = b"POST / HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % ex.content_length
+            self.parser.feed_data(head)
+            return rest
+        held = self.tunnel = _Held(self)
+        if rest:
+            held.write(rest)
+        return b""
+
+    def _end_reframe_head(self) -> None:
+        """on_headers_complete for the synthetic head of _after_upgrade."""
+        self._reframing = False
+        self._reset_message()
+
+    def start_tunnel(self, upstream: Any) -> None:
+        """The upstream answered 101 to a WebSocket handshake: bytes flow both ways from now."""
+        held = self.tunnel
         self.tunnel = upstream
         self._cancel_timer()
-        if rest:
-            upstream.write(rest)
+        if isinstance(held, _Held) and held.data:
+            upstream.write(bytes(held.data))
+        self.resume_reading()
 
     def _fail(self, status: int) -> None:
         """A request we cannot parse: answer it (after in-flight ones) and close."""
@@ -447,3 +508,28 @@ class HttpProtocol(asyncio.Protocol):
                 self._fail(408)
             else:
                 self.close()
+
+
+class _Held:
+    """What a client sent after a WebSocket handshake, kept until the upstream answers it.
+    Bounded: past HIGH_WATER the client is not read until the handshake is decided."""
+
+    __slots__ = ("data", "proto")
+
+    def __init__(self, proto: HttpProtocol) -> None:
+        self.proto = proto
+        self.data = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+        if len(self.data) > HIGH_WATER:
+            self.proto.pause_reading()
+
+    def pause_reading(self) -> None:
+        return None
+
+    def resume_reading(self) -> None:
+        return None
+
+    def close(self) -> None:
+        self.data.clear()

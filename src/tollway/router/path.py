@@ -6,13 +6,15 @@ Invariant: the result starts with ``/``, has no ``%`` escapes left undecoded, no
 Policy (nginx as configured by APISIX, which is what ``ngx.var.uri`` holds):
 
 * ``%XX`` escapes are decoded first, including ``%2F``, which becomes a real ``/`` before matching
-  (APISIX's default; ``match_uri_encoded_slash`` is not supported). Decoded bytes are read as UTF-8;
-  invalid UTF-8 survives as surrogate escapes, so it can never equal a route path but does not fail.
+  (APISIX's default; ``match_uri_encoded_slash`` is not supported). Decoded bytes must be UTF-8:
+  invalid or overlong sequences (``%ff``, ``%c3%28``, ``%c0%ae``) are invalid, never a 5xx and
+  never a second spelling of a protected path (RFC 3629 §3: overlong forms must not be decoded).
 * Then ``//`` runs collapse to ``/`` (nginx ``merge_slashes on``) and dot segments are removed as in
   RFC 3986 §5.2.4, so ``%2e%2e`` counts as ``..``. A ``..`` that would climb above the root is
   invalid, as nginx answers it with 400.
-* A ``%`` not followed by two hex digits, a NUL byte (raw or ``%00``), a ``..`` above the root, or
-  a path that does not start with ``/`` (``*``, absolute-form left to the caller) is invalid: None.
+* A ``%`` not followed by two hex digits, a NUL byte (raw or ``%00``), bytes that are not UTF-8, a
+  ``..`` above the root, or a path that does not start with ``/`` (``*``, absolute-form left to
+  the caller) is invalid: None.
 
 ``raw_path`` is the request-target bytes as a ``str`` decoded with latin-1 (lossless; raw non-ASCII
 bytes are then read as UTF-8 like escaped ones). A string holding characters above U+00FF cannot
@@ -39,7 +41,10 @@ def _decode(raw_path: str) -> str | None:
     decoded = unquote_to_bytes(data)
     if b"\x00" in decoded:
         return None
-    return decoded.decode("utf-8", "surrogateescape")
+    try:
+        return decoded.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 def _remove_dot_segments(path: str) -> str | None:

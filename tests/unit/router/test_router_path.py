@@ -53,6 +53,11 @@ def test_normalize(raw: str, expected: str) -> None:
         "/..",
         "/../../a",
         "/a/../..",
+        # Not UTF-8 once decoded (RFC 3629 §3): never a 5xx, never another spelling of a path.
+        "/public/%ff",
+        "/public/%c3%28",
+        "/%c0%ae%c0%ae/private",  # overlong "..": not a dot segment, and not valid at all
+        "/a\u00ff",  # a raw 0xff byte (the target as latin-1)
     ],
 )
 def test_invalid(raw: str) -> None:

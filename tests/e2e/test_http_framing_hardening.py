@@ -1,0 +1,222 @@
+"""Hostile framing against the real process (issue #18): Upgrade smuggling, duplicate Host, an
+HTTP/2.0 request line, CONNECT, malformed percent-encoding. The upstream records every request it
+parses, so a request that slipped past the router shows up there."""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.support.gateway import Gateway, wait_until
+from tests.support.upstream import Upstream
+
+CONFIG = """
+routes:
+  - id: public
+    uri: /public/*
+    upstream: {nodes: {"%(up)s": 1}}
+  - id: private
+    uri: /private/*
+    plugins:
+      ip-restriction: {blacklist: ["127.0.0.1"]}
+    upstream: {nodes: {"%(up)s": 1}}
+  - id: ws
+    uri: /ws
+    enable_websocket: true
+    upstream: {nodes: {"%(up)s": 1}}
+#END
+"""
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream) -> Iterator[Gateway]:
+    root: Path = tmp_path_factory.mktemp("gw")
+    with Gateway(root, apisix_yaml=CONFIG % {"up": upstream.addr}) as g:
+        yield g
+
+
+def exchange(gw: Gateway, data: bytes, timeout: float = 5) -> bytes:
+    """Send ``data`` in one write, read until the gateway closes (or the timeout)."""
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=timeout) as s:
+        s.sendall(data)
+        chunks = []
+        while True:
+            try:
+                c = s.recv(65536)
+            except TimeoutError:
+                break
+            if not c:
+                break
+            chunks.append(c)
+        return b"".join(chunks)
+
+
+def statuses(out: bytes) -> list[int]:
+    """The status of every answer in ``out`` (an answer may follow a body with no line break)."""
+    return [int(m) for m in re.findall(rb"HTTP/1\.1 (\d{3}) ", out)]
+
+
+def seen_paths(up: Upstream) -> list[str]:
+    return [r["path"] for r in up.requests]
+
+
+SMUGGLED = b"GET /private/y HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+@pytest.mark.parametrize("token", [b"h2c", b"websocket", b"foo"])
+@pytest.mark.parametrize("size", [70000, 100])
+def test_upgrade_does_not_smuggle_a_request_past_the_router(
+    gw: Gateway, upstream: Upstream, token: bytes, size: int
+) -> None:
+    """POST with Connection: Upgrade and a body, then a second request in the same write: the
+    body ends where Content-Length says, and the second request is routed (ip-restriction 403),
+    never forwarded as it is nor appended to the first one's body."""
+    upstream.requests.clear()
+    body = b"b" * size
+    head = (
+        b"POST /public/x HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: %s\r\n"
+        b"Content-Length: %d\r\n\r\n" % (token, size)
+    )
+    out = exchange(gw, head + body + SMUGGLED, timeout=3)
+    assert "/private/y" not in seen_paths(upstream)
+    got = statuses(out)
+    assert got[0] == 200, out[:300]
+    assert got[1:] in ([403], []), got  # routed (403) or dropped with the connection
+    first = upstream.requests[0]
+    assert first["path"] == "/public/x"
+    assert len(first["body"]) == size  # exactly its own body, nothing appended
+    assert "upgrade" not in first["headers"]
+
+
+def test_upgrade_with_a_chunked_body_is_framed_by_its_chunks(
+    gw: Gateway, upstream: Upstream
+) -> None:
+    upstream.requests.clear()
+    req = (
+        b"POST /public/c HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    )
+    out = exchange(gw, req + SMUGGLED, timeout=3)
+    assert statuses(out) == [200, 403], out[:500]
+    assert seen_paths(upstream) == ["/public/c"]
+    assert upstream.requests[0]["body"] == "hello"
+
+
+def test_upgrade_split_over_many_writes_keeps_framing(gw: Gateway, upstream: Upstream) -> None:
+    """The body arrives after the head, in pieces: each piece is body, not a new request."""
+    upstream.requests.clear()
+    size = 3 * 65536
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
+        s.sendall(
+            b"POST /public/split HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\n"
+            b"Upgrade: h2c\r\nContent-Length: %d\r\n\r\n" % size
+        )
+        for _ in range(3):
+            s.sendall(b"GET /private/y HTTP/1.1\r\n".ljust(65536, b"z"))
+        s.sendall(b"GET /public/next HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        out = b""
+        while c := s.recv(65536):
+            out += c
+    assert statuses(out) == [200, 200], out[:300]
+    assert seen_paths(upstream) == ["/public/split", "/public/next"]
+    assert len(upstream.requests[0]["body"]) == size
+
+
+def test_h2c_upgrade_without_body_answers_then_parses_on(gw: Gateway, upstream: Upstream) -> None:
+    upstream.requests.clear()
+    req = (
+        b"GET /public/a HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+        b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n"
+    )
+    out = exchange(gw, req + SMUGGLED, timeout=3)
+    assert statuses(out) == [200, 403], out[:500]
+    assert seen_paths(upstream) == ["/public/a"]
+
+
+def handshake(path: bytes) -> bytes:
+    key = base64.b64encode(os.urandom(16))
+    return (
+        b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+
+
+def test_websocket_handshake_on_a_plain_route_never_forwards_what_follows(
+    gw: Gateway, upstream: Upstream
+) -> None:
+    """A route without enable_websocket: no 101, and the bytes after the handshake are neither
+    tunnelled nor parsed unrouted; the connection closes after the answer."""
+    upstream.requests.clear()
+    out = exchange(gw, handshake(b"/public/ws") + SMUGGLED, timeout=3)
+    got = statuses(out)
+    assert got and got[0] == 200 and 101 not in got, out[:300]
+    assert got[1:] in ([403], []), got
+    assert seen_paths(upstream) == ["/public/ws"]
+    assert "upgrade" not in upstream.requests[0]["headers"]
+
+
+def test_websocket_tunnel_carries_bytes_sent_with_the_handshake(gw: Gateway) -> None:
+    """On a WebSocket route the bytes sent right after the handshake are held, then tunnelled
+    once the upstream answered 101 (a client may send its first frame without waiting)."""
+    payload = b"hi"
+    mask = os.urandom(4)
+    frame = bytes([0x81, 0x80 | len(payload)]) + mask
+    frame += bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
+        s.sendall(handshake(b"/ws") + frame)
+        data = b""
+        while b"echo:hi" not in data:
+            chunk = s.recv(4096)
+            assert chunk, data
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 101")
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"GET /public/a HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+        (b"GET /public/a HTTP/1.1\r\nHost: a\r\nhost: a\r\n\r\n", 400),
+        (b"GET /public/a HTTP/2.0\r\nHost: a\r\n\r\n", 505),
+        (b"GET /public/a HTTP/0.9\r\nHost: a\r\n\r\n", 400),
+        (b"CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\n" + SMUGGLED, 405),
+        (b"GET /public/%ff HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        (b"GET /public/%c3%28 HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        (b"GET /public/%c0%ae%c0%ae/private/y HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        (b"GET /private/%c0%ae HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        (b"GET /public/\xff HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    ],
+    ids=[
+        "two-hosts",
+        "two-hosts-any-case",
+        "http2-request-line",
+        "http09-request-line",
+        "connect",
+        "pct-ff",
+        "pct-bad-utf8",
+        "pct-overlong-dots",
+        "pct-overlong-private",
+        "raw-ff",
+    ],
+)
+def test_malformed_requests_get_4xx_and_reach_nothing(
+    gw: Gateway, upstream: Upstream, request_bytes: bytes, status: int
+) -> None:
+    upstream.requests.clear()
+    out = exchange(gw, request_bytes)
+    assert statuses(out)[:1] == [status], out[:300]
+    assert seen_paths(upstream) == []
+    assert requests.get(gw.url("/public/ok"), timeout=5).status_code == 200
+    assert "Traceback" not in gw.logs()
+
+
+def test_worker_survives_the_whole_corpus(gw: Gateway) -> None:
+    wait_until(lambda: requests.get(gw.url("/public/z"), timeout=5).status_code == 200)
+    assert "Traceback" not in gw.logs()
