@@ -150,7 +150,10 @@ class HttpConf(Struct, kw_only=True):
     )
     client_max_body_size: int | str = 0
     keepalive_timeout: str | int = "60s"
+    # nginx's client timeouts, with APISIX's defaults (config-default.yaml).
     client_header_timeout: str | int = "60s"
+    client_body_timeout: str | int = "60s"
+    send_timeout: str | int = "10s"
     upstream: UpstreamKeepalive = msgspec.field(default_factory=UpstreamKeepalive)
     # nginx realip as APISIX sets it up: a peer in real_ip_from names the client in the header.
     real_ip_header: str = "X-Real-IP"
@@ -202,6 +205,9 @@ class LoadedSettings:
     config_provider: str
     client_max_body_size: int
     keepalive_timeout: float
+    client_header_timeout: float
+    client_body_timeout: float
+    send_timeout: float
     run_dir: Path
 
     @property
@@ -266,6 +272,9 @@ def parse_size(value: int | str) -> int:
 
 
 _DUR = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+
+
+_DURATIONS = ("keepalive_timeout", "client_header_timeout", "client_body_timeout", "send_timeout")
 
 
 def parse_duration(value: int | float | str) -> float:
@@ -367,10 +376,12 @@ def _resolve(conf: Settings, p: Path, file: str, workers: int | None) -> LoadedS
         body = parse_size(http.client_max_body_size)
     except ValueError as e:
         raise SettingsError(file, "nginx_config.http.client_max_body_size", str(e)) from None
-    try:
-        keepalive = parse_duration(http.keepalive_timeout)
-    except ValueError as e:
-        raise SettingsError(file, "nginx_config.http.keepalive_timeout", str(e)) from None
+    durations: dict[str, float] = {}
+    for key in _DURATIONS:
+        try:
+            durations[key] = parse_duration(getattr(http, key))
+        except ValueError as e:
+            raise SettingsError(file, f"nginx_config.http.{key}", str(e)) from None
     for src in http.real_ip_from:
         if src == "unix:":
             continue
@@ -394,7 +405,10 @@ def _resolve(conf: Settings, p: Path, file: str, workers: int | None) -> LoadedS
         workers=max(1, n),
         config_provider=provider,
         client_max_body_size=body,
-        keepalive_timeout=keepalive,
+        keepalive_timeout=durations["keepalive_timeout"],
+        client_header_timeout=durations["client_header_timeout"],
+        client_body_timeout=durations["client_body_timeout"],
+        send_timeout=durations["send_timeout"],
         run_dir=run_dir,
     )
 

@@ -55,6 +55,7 @@ class Exchange(Forwarding):
         "body_bytes",
         "body_chunked",
         "body_complete",
+        "body_wait_since",
         "buffered_resp",
         "chain",
         "client_addr",
@@ -118,6 +119,7 @@ class Exchange(Forwarding):
         self.body_bytes = 0
         self.body_complete = False
         self._body_waiter: asyncio.Future[None] | None = None
+        self.body_wait_since = 0.0  # waiting for body bytes since (client_body_timeout)
         self.expect_continue = False
         self.sent_continue = False
         self.upgrade = b""
@@ -179,6 +181,18 @@ class Exchange(Forwarding):
         if w is not None and not w.done():
             w.set_result(None)
 
+    async def _wait_body(self) -> None:
+        """Until the client sends more of the body (or fails); the sweep answers 408 when it
+        sends nothing for client_body_timeout."""
+        loop = self.proto.state.loop
+        self.body_wait_since = loop.time()
+        self._body_waiter = loop.create_future()
+        try:
+            await self._body_waiter
+        finally:
+            self._body_waiter = None
+            self.body_wait_since = 0.0
+
     async def next_body_chunk(self) -> bytes | None:
         """The next chunk of the request body, or None at its end."""
         while not self.body:
@@ -187,9 +201,7 @@ class Exchange(Forwarding):
             if self.expect_continue and not self.sent_continue:
                 self.sent_continue = True
                 self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            self._body_waiter = self.proto.state.loop.create_future()
-            await self._body_waiter
-            self._body_waiter = None
+            await self._wait_body()
         body = self.body
         chunk = body.popleft()
         if not body:
@@ -204,9 +216,7 @@ class Exchange(Forwarding):
             if self.expect_continue and not self.sent_continue:
                 self.sent_continue = True
                 self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            self._body_waiter = self.proto.state.loop.create_future()
-            await self._body_waiter
-            self._body_waiter = None
+            await self._wait_body()
         if self.body_bytes > limit:
             return None
         data = b"".join(self.body or ())

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import struct
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -74,6 +76,7 @@ def _kind(name: bytes) -> int:
     return kind
 
 
+_LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
 HIGH_WATER = 256 * 1024  # buffered request body bytes before we stop reading the client
 MAX_PIPELINE = 16
 
@@ -103,6 +106,7 @@ class HttpProtocol(asyncio.Protocol):
         self.pipeline: deque[Exchange] = deque()
         self.closing = False
         self.write_paused = False
+        self.write_paused_at = 0.0  # since when the client reads nothing (send_timeout)
         self._drain_waiters: list[asyncio.Future[None]] = []
         # Upstream connection once a WebSocket is established; before that, while a WebSocket
         # handshake waits for its answer, a _Held buffer (see _after_upgrade).
@@ -191,14 +195,17 @@ class HttpProtocol(asyncio.Protocol):
                 return
 
     def eof_received(self) -> bool | None:
-        # Half-close from the client: finish what is in flight, then close.
-        if self.active is None and not self.pipeline:
+        # Half-close from the client: finish what is in flight, then close. A request whose
+        # head or body is incomplete can never be finished: close at once, which ends it and
+        # frees its upstream connection (connection_lost -> client_gone).
+        if (self.active is None and not self.pipeline) or self.parsing or self._header_bytes:
             return None
         self.closing = True
         return True
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        self.write_paused_at = self.state.loop.time()
         ex = self.active
         if ex is not None:
             ex.client_paused()
@@ -501,6 +508,17 @@ class HttpProtocol(asyncio.Protocol):
 
     def _cancel_timer(self) -> None:
         self.deadline = 0.0
+
+    def on_send_timeout(self) -> None:
+        """The client read nothing for send_timeout: drop it with a reset, so that what it was
+        sent does not linger in the kernel either (nginx's reset_timedout_connection)."""
+        self.closing = True
+        t = self.transport
+        if t is not None:
+            sock = t.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+            t.abort()
 
     def on_deadline(self) -> None:
         if self.active is None and not self.pipeline:

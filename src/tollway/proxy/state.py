@@ -32,6 +32,8 @@ class ServerState:
         max_body_size: int,
         keepalive_timeout: float,
         header_timeout: float = 60.0,
+        body_timeout: float = 60.0,
+        send_timeout: float = 10.0,
         access_log: AccessLog | None = None,
         server_tokens: bool = True,
         show_upstream_status: bool = False,
@@ -44,6 +46,8 @@ class ServerState:
         self.max_body_size = max_body_size
         self.keepalive_timeout = keepalive_timeout
         self.header_timeout = header_timeout
+        self.body_timeout = body_timeout
+        self.send_timeout = send_timeout
         self.access_log = access_log
         self.server_header = (
             b"Server: " + (SERVER_HEADER if server_tokens else b"Tollway") + b"\r\n"
@@ -139,13 +143,27 @@ class ServerState:
                     log.debug("deferred write failed", exc_info=True)
 
     def _sweep(self) -> None:
+        """nginx's client timeouts, to the sweep's resolution: keepalive_timeout while idle,
+        client_header_timeout from the first byte of a head (or the connection's start),
+        client_body_timeout between two reads of a body, send_timeout while the client reads
+        nothing; and each upstream read timeout."""
         now = self.loop.time()
+        header_timeout = self.header_timeout
         for conn in list(self.connections):
-            if conn.deadline and now >= conn.deadline:
-                conn.deadline = 0.0
-                conn.on_deadline()
+            deadline = conn.deadline
+            if deadline:
+                if now >= deadline:
+                    conn.deadline = 0.0
+                    conn.on_deadline()
+                elif deadline - now > header_timeout and conn.reading_head():
+                    conn.deadline = now + header_timeout  # idle keep-alive became a head
+            if conn.write_paused and now - conn.write_paused_at >= self.send_timeout:
+                conn.on_send_timeout()
         for ex in list(self.exchanges):
             if ex.reading and now - ex.last_activity >= ex.read_timeout:
                 ex.reading = False
                 ex.on_read_timeout()
+            if ex.body_wait_since and now - ex.body_wait_since >= self.body_timeout:
+                ex.body_wait_since = 0.0
+                ex.fail_body(408)
         self._sweeper = self.loop.call_later(self.SWEEP_INTERVAL, self._sweep)

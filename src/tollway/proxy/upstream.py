@@ -65,6 +65,7 @@ class UpstreamConnection(asyncio.Protocol):
         "key",
         "lines",
         "pool",
+        "reading_paused",
         "requests",
         "sink",
         "status",
@@ -88,6 +89,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = False
         self.keep_alive = True
         self._paused = False
+        self.reading_paused = False  # a slow client paused us (see Pool.release)
         self._drain: asyncio.Future[None] | None = None
         self.bytes_received = 0
         self.head_request = False
@@ -169,6 +171,12 @@ class UpstreamConnection(asyncio.Protocol):
         lines = self.lines
         return list(zip(lines[0::4], lines[2::4], strict=True))
 
+    def on_message_begin(self) -> None:
+        # A response nobody asked for (bytes after the last one, in the same read): the
+        # connection is out of step with its requests and must not be reused.
+        if self.sink is None:
+            self.close()
+
     def on_headers_complete(self) -> None:
         assert self._parser is not None
         status = self._parser.get_status_code()
@@ -244,10 +252,12 @@ class UpstreamConnection(asyncio.Protocol):
 
     def pause_reading(self) -> None:
         if self.transport is not None and not self.closed:
+            self.reading_paused = True
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
         if self.transport is not None and not self.closed:
+            self.reading_paused = False
             self.transport.resume_reading()
 
     def close(self) -> None:
@@ -309,9 +319,20 @@ class Pool:
         return proto
 
     def release(self, conn: UpstreamConnection, limits: PoolLimits) -> None:
-        if conn.closed or not conn.keep_alive or conn.upgraded or conn.requests >= limits.requests:
+        """Keep ``conn`` for reuse when its response was read to the end. One with request
+        bytes still unsent is closed; one a slow client had paused is read again (its
+        response is complete: whatever arrives now is unasked for and closes it)."""
+        if (
+            conn.closed
+            or not conn.keep_alive
+            or conn.upgraded
+            or conn.requests >= limits.requests
+            or conn.write_paused
+        ):
             conn.close()
             return
+        if conn.reading_paused:
+            conn.resume_reading()
         stack = self._idle.get(conn.key)
         if stack is None:
             stack = self._idle[conn.key] = []
