@@ -32,12 +32,13 @@ NOT_ENABLED = "uri-blocker"
 
 def message(*plugins: str) -> str:
     if len(plugins) == 1:
-        named = f"plugin [{plugins[0]}] is"
-    else:
-        named = f"plugins [{', '.join(plugins)}] are"
+        return (
+            f"plugin [{plugins[0]}] is unknown or not enabled on this gateway: "
+            "the request is refused rather than served without it"
+        )
     return (
-        f"{named} unknown or not enabled on this gateway: "
-        "the request is refused rather than served without it"
+        f"plugins [{', '.join(plugins)}] are unknown or not enabled on this gateway: "
+        "the request is refused rather than served without them"
     )
 
 

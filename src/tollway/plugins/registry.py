@@ -114,15 +114,16 @@ class Refusal:
         u, i = tuple(sorted(unknown)), tuple(sorted(invalid))
         parts = []
         if u:
-            parts.append(f"{_named(u)} unknown or not enabled on this gateway")
+            parts.append(f"{_named(u)} {'is' if len(u) == 1 else 'are'} unknown or not enabled")
         if i:
-            parts.append(f"{_named(i)} an invalid configuration on this gateway")
-        msg = "; ".join(parts) + ": the request is refused rather than served without it"
+            parts.append(f"{_named(i)} {'has' if len(i) == 1 else 'have'} an invalid configuration")
+        msg = "; ".join(parts) + " on this gateway: the request is refused rather than served"
+        msg += " without it" if len(u) + len(i) == 1 else " without them"
         return Refusal(u, i, json.dumps({"error_msg": msg}).encode() + b"\n")
 
 
 def _named(names: tuple[str, ...]) -> str:
-    return f"plugin [{names[0]}] is" if len(names) == 1 else f"plugins [{', '.join(names)}] are"
+    return f"plugin [{names[0]}]" if len(names) == 1 else f"plugins [{', '.join(names)}]"
 
 
 class _Refuse(Plugin):
