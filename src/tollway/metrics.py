@@ -28,6 +28,7 @@ from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.utils import floatToGoString
 
+from tollway.checks import UnknownPluginItems
 from tollway.plugins.builtin.prometheus import ENV_DIR, Prometheus, PrometheusAttr
 
 if TYPE_CHECKING:
@@ -60,9 +61,12 @@ _SUFFIX_ORDER = {"_bucket": 0, "_sum": 1, "_count": 2}
 class MetricsExport:
     """The multiprocess directory and the export endpoint of one supervisor."""
 
-    def __init__(self, attr: PrometheusAttr, directory: Path) -> None:
+    def __init__(
+        self, attr: PrometheusAttr, directory: Path, unknown: UnknownPluginItems | None = None
+    ) -> None:
         self.attr = attr
         self.directory = directory
+        self.unknown = unknown
         self._modify_index: dict[str, tuple[int, int]] = {}  # kind -> (collection version, max)
 
     @classmethod
@@ -77,7 +81,9 @@ class MetricsExport:
                 "public-api plugin to serve metrics on the proxy port; not exporting"
             )
             return None
-        export = cls(plugin.attr, sup.settings.run_dir / "prometheus")
+        export = cls(
+            plugin.attr, sup.settings.run_dir / "prometheus", UnknownPluginItems(sup.registry)
+        )
         export.open()
         return export
 
@@ -169,6 +175,12 @@ class MetricsExport:
                 "tollway_config_from_snapshot",
                 "1 while serving the on-disk snapshot because etcd was unreachable at start",
                 snapshot,
+            ),
+            _single(
+                "tollway_config_unknown_plugin_items",
+                "Config items naming a plugin this gateway cannot run (their requests get 503 "
+                "unless tollway.unknown_plugins is skip)",
+                len(self.unknown(store)) if self.unknown is not None else 0,
             ),
         ]
 

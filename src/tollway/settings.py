@@ -181,6 +181,10 @@ class TollwayConf(Struct, forbid_unknown_fields=True, kw_only=True):
     # Re-send a non-idempotent request (POST, PATCH...) to the next node after its bytes
     # reached a failing upstream. Off: APISIX users' complaint (apache/apisix#11359).
     retry_non_idempotent: bool = False
+    # An item naming a plugin this gateway cannot run (unknown, or not in ``plugins``): its
+    # requests are answered 503 ("refuse", fail closed); "skip" serves them without the plugin
+    # as APISIX does for items read from etcd (and rejects the item in yaml mode, as APISIX).
+    unknown_plugins: Literal["refuse", "skip"] = "refuse"
 
 
 class Settings(Struct, kw_only=True):

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from tollway.checks import UnknownPluginItems
+
 if TYPE_CHECKING:
     from tollway.supervisor import Supervisor
 
@@ -22,7 +24,12 @@ def _server() -> str:
     return f"Tollway/{__version__}"
 
 
+UNKNOWN_LISTED = 100  # items listed in /status/config's unknown_plugins (all are counted)
+
+
 def build_status_app(sup: Supervisor) -> web.Application:
+    unknown = UnknownPluginItems(sup.registry)
+
     async def status(_: web.Request) -> web.Response:
         return _json(200, {"status": "ok"})
 
@@ -51,6 +58,7 @@ def build_status_app(sup: Supervisor) -> web.Application:
                 "lag": (etcd_rev - sup.store.revision) if etcd_rev else None,
                 "from_snapshot": sup.agent.from_snapshot,
                 "rejected": sup.store.rejected,
+                "unknown_plugins": _unknown_plugins(sup, unknown),
                 "source_connected": getattr(source, "connected", None),
                 "workers": [
                     {"pid": w.proc.pid, "ready": w.ready, "revision": w.revision}
@@ -64,6 +72,16 @@ def build_status_app(sup: Supervisor) -> web.Application:
     app.router.add_get("/status/config", config)
     app.router.add_get("/status/ready", ready)
     return app
+
+
+def _unknown_plugins(sup: Supervisor, scan: UnknownPluginItems) -> dict[str, Any]:
+    """Items naming plugins this gateway cannot run, and what is done with their requests."""
+    items = scan(sup.store)
+    return {
+        "count": len(items),
+        "action": sup.settings.conf.tollway.unknown_plugins,
+        "items": [{"key": key, "plugins": names} for key, names in items[:UNKNOWN_LISTED]],
+    }
 
 
 async def start_status_server(sup: Supervisor) -> web.AppRunner | None:

@@ -112,8 +112,7 @@ class Supervisor:
         self.tls_sockets: list[socket.socket] = []
         registry = load_registry(settings.conf.plugins, settings.plugin_attr)
         self.registry = registry
-        strict = settings.config_provider != "etcd"
-        self.store = Store(settings.etcd.prefix, ItemChecker(registry, strict=strict))
+        self.store = Store(settings.etcd.prefix, ItemChecker.for_store(registry, settings))
         self.agent = Agent(self, self.store)
         self.source: ConfigSource | None = None
         self.tasks: list[asyncio.Task[Any]] = []

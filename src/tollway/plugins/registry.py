@@ -71,6 +71,9 @@ class Chain:
     log: tuple[ChainEntry, ...] = ()
     names: frozenset[str] = field(default_factory=frozenset)
     buffers_body: bool = False
+    # Set when the chain names plugins the gateway cannot run: its only request-phase entry
+    # then answers 503 (fail closed), decided here, once, not per request.
+    refusal: Refusal | None = None
 
     def under(self, outer: Chain) -> Chain:
         """This chain with ``outer``'s (the global rules') response phases run first, as APISIX
@@ -96,6 +99,51 @@ class Chain:
 
 
 EMPTY_CHAIN = Chain()
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a chain refuses its requests: plugins it names that this gateway cannot run."""
+
+    unknown: tuple[str, ...]  # not installed, or not in config.yaml's ``plugins``
+    invalid: tuple[str, ...]  # known, but the conf does not pass its schema here
+    body: bytes  # the 503's JSON body, encoded once
+
+    @staticmethod
+    def of(unknown: Iterable[str], invalid: Iterable[str]) -> Refusal:
+        u, i = tuple(sorted(unknown)), tuple(sorted(invalid))
+        parts = []
+        if u:
+            parts.append(f"{_named(u)} {'is' if len(u) == 1 else 'are'} unknown or not enabled")
+        if i:
+            parts.append(f"{_named(i)} {'has' if len(i) == 1 else 'have'} an invalid configuration")
+        msg = "; ".join(parts) + " on this gateway: the request is refused rather than served"
+        msg += " without it" if len(u) + len(i) == 1 else " without them"
+        return Refusal(u, i, json.dumps({"error_msg": msg}).encode() + b"\n")
+
+
+def _named(names: tuple[str, ...]) -> str:
+    return f"plugin [{names[0]}]" if len(names) == 1 else f"plugins [{', '.join(names)}]"
+
+
+class _Refuse(Plugin):
+    """The one request-phase entry of a refusing chain: 503 with the Refusal's body. Runs in
+    rewrite, so no other plugin of the chain (auth included) runs first; a global rule's
+    refusal runs before any route's plugin, for matched and unmatched requests alike."""
+
+    name = "tollway-refuse"
+
+    def rewrite(self, conf: Any, ctx: Any) -> Any:
+        return 503, conf, _JSON
+
+
+_JSON = {"Content-Type": "application/json"}
+_REFUSE = _Refuse()
+
+
+def refusing_chain(refusal: Refusal) -> Chain:
+    entry = ChainEntry(_REFUSE, refusal.body, False, _REFUSE.rewrite)
+    return Chain(rewrite=(entry,), refusal=refusal)
 
 
 class Registry:
@@ -140,27 +188,41 @@ class Registry:
         for name, conf in (plugins or {}).items():
             self.decode_conf(name, conf)
 
-    def build_chain(self, plugins: Mapping[str, Any] | None) -> Chain:
-        """Compile a chain; an invalid conf was rejected before, so errors here are skipped."""
+    def build_chain(
+        self, plugins: Mapping[str, Any] | None, *, refuse_unknown: bool = True
+    ) -> Chain:
+        """Compile a chain. A plugin this registry lacks makes a refusing chain (fail closed),
+        or is skipped with ``refuse_unknown=False`` (APISIX's way); a conf that does not decode
+        (rejected before, unless this worker's plugins differ from the validator's) always
+        makes a refusing chain. A plugin disabled by ``_meta.disable`` is left out either way.
+        Logged at debug only: the config agent warns once per item version (tollway.checks),
+        and consumer chains are built on the request path."""
         if not plugins:
             return EMPTY_CHAIN
         entries: list[tuple[int, Plugin, Any, Mapping[str, Any]]] = []
+        unknown: list[str] = []
+        invalid: list[str] = []
         for name, raw in plugins.items():
-            plugin = self.plugins.get(name)
-            if plugin is None:
-                log.warning("plugin %s is not enabled; skipped", name)
-                continue
             meta = raw.get("_meta") if isinstance(raw, Mapping) else None
             meta = meta if isinstance(meta, Mapping) else {}
             if meta.get("disable"):
                 continue
+            plugin = self.plugins.get(name)
+            if plugin is None:
+                if refuse_unknown:
+                    unknown.append(name)
+                log.debug("plugin %s is unknown or not enabled", name)
+                continue
             try:
                 conf = self.decode_conf(name, raw)
             except ConfigError as e:
-                log.warning("%s", e)
+                invalid.append(name)
+                log.debug("%s", e)
                 continue
             prio = meta.get("priority", plugin.priority)
             entries.append((prio, plugin, conf, meta))
+        if unknown or invalid:
+            return refusing_chain(Refusal.of(unknown, invalid))
         entries.sort(key=lambda e: -e[0])
         phases: dict[str, list[ChainEntry]] = {p: [] for p in PHASES}
         buffers = False
@@ -186,7 +248,12 @@ class Registry:
             if plugin.needs_body_buffer(conf):
                 buffers = True
         return Chain(
-            **{p: tuple(v) for p, v in phases.items()},
+            rewrite=tuple(phases["rewrite"]),
+            access=tuple(phases["access"]),
+            before_proxy=tuple(phases["before_proxy"]),
+            header_filter=tuple(phases["header_filter"]),
+            body_filter=tuple(phases["body_filter"]),
+            log=tuple(phases["log"]),
             names=frozenset(name for _, p, _, _ in entries for name in [p.name]),
             buffers_body=buffers,
         )

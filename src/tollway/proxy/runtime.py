@@ -249,6 +249,10 @@ class Compiler:
         self.runtime_global: Chain = EMPTY_CHAIN
         keyring = settings.conf.apisix.data_encryption.keyring
         self.cipher = KeyCipher(keyring) if keyring else None
+        # Fail closed: a chain naming a plugin this worker cannot run answers 503 (the Chain's
+        # refusal), unless tollway.unknown_plugins is "skip" (APISIX: served without it).
+        self.refuse_unknown = settings.conf.tollway.unknown_plugins == "refuse"
+        self._refusals_logged: set[tuple[str, Any, Any]] = set()  # (key, versions, refusal)
 
     # -- full build -----------------------------------------------------------------------
 
@@ -467,17 +471,13 @@ class Compiler:
             index.by_name[name] = Consumer(
                 name,
                 None,
-                {n: v for n, v in (c.plugins or {}).items() if self._non_auth(n)},
+                {n: v for n, v in (c.plugins or {}).items() if self._merged_on_routes(n)},
                 str(c.group_id) if c.group_id is not None else None,
                 c.labels,
                 it.mod_revision,
             )
         for username, auth_plugins, consumer, version, credential_id in sources:
-            own = {
-                n: c
-                for n, c in (consumer.plugins or {}).items()
-                if (p := self.registry.get(n)) is not None and p.type != "auth"
-            }
+            own = {n: c for n, c in (consumer.plugins or {}).items() if self._merged_on_routes(n)}
             for name, conf in auth_plugins.items():
                 plugin = self.registry.get(name)
                 if plugin is None or plugin.type != "auth" or not plugin.consumer_key_field:
@@ -495,9 +495,13 @@ class Compiler:
                 )
         return index
 
-    def _non_auth(self, name: str) -> bool:
+    def _merged_on_routes(self, name: str) -> bool:
+        """A consumer plugin that joins the routes' chains: not an auth plugin (those identify
+        the consumer). One this gateway cannot run joins too, so that the requests of that
+        consumer are refused rather than served without it: an unknown plugin may not be an
+        auth plugin."""
         plugin = self.registry.get(name)
-        return plugin is not None and plugin.type != "auth"
+        return plugin is None or plugin.type != "auth"
 
     def consumer_chain(self, route: CompiledRoute, consumer: Consumer) -> Chain:
         """The route's chain with consumer-group then consumer plugins on top (APISIX
@@ -510,7 +514,7 @@ class Compiler:
             if consumer.group_id is not None:
                 merged.update(rt.consumers.groups.get(consumer.group_id, {}))
             merged.update(consumer.plugins)
-            chain = self.registry.build_chain(merged).under(rt.global_chain)
+            chain = self._chain(merged).under(rt.global_chain)
             if len(rt.consumer_chains) > 10000:
                 rt.consumer_chains.clear()
             rt.consumer_chains[key] = chain
@@ -527,7 +531,31 @@ class Compiler:
                     continue
                 seen.add(name)
                 merged[name] = conf
-        return self.registry.build_chain(merged)
+        chain = self._chain(merged)
+        versions = tuple(it.mod_revision for it in store["global_rules"].items.values())
+        self._log_refusal("global rules", versions, chain)
+        return chain
+
+    def _chain(self, plugins: Mapping[str, Any] | None) -> Chain:
+        return self.registry.build_chain(plugins, refuse_unknown=self.refuse_unknown)
+
+    def _log_refusal(self, what: str, versions: Any, chain: Chain) -> None:
+        """Warn once per object version about a refusal the config agent could not foresee: a
+        conf this worker's plugin cannot decode. (Unknown plugins: the agent warns.)"""
+        refusal = chain.refusal
+        if refusal is None or not refusal.invalid:
+            return
+        seen = (what, versions, refusal)
+        if seen in self._refusals_logged:
+            return
+        if len(self._refusals_logged) > 10000:
+            self._refusals_logged.clear()
+        self._refusals_logged.add(seen)
+        log.warning(
+            "%s: invalid configuration of plugin(s) %s; its requests are answered 503",
+            what,
+            ", ".join(refusal.invalid),
+        )
 
     def _route(
         self, store: Store, rid: str, route: Route, version: int
@@ -560,7 +588,7 @@ class Compiler:
                 merged.update(plugins)
                 plugins = merged
         cr.plugins = plugins
-        cr.own_chain = self.registry.build_chain(plugins)
+        cr.own_chain = self._chain(plugins)
         cr.chain = cr.own_chain.under(self.runtime_global)
         cr.timeouts = Timeouts.of(route.timeout) if route.timeout is not None else None
         ws = route.enable_websocket
@@ -580,6 +608,7 @@ class Compiler:
             )
         # what the route's chain was built from: consumer chains built on it are keyed by this
         cr.versions = (version, svc_version, pc_version)
+        self._log_refusal(cr.key, cr.versions, cr.own_chain)
         hosts = route.host_list()
         if hosts is None and service is not None:
             hosts = service.hosts
