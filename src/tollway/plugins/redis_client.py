@@ -59,11 +59,13 @@ class RedisConf(Protocol):
     redis_cluster_ssl_verify: bool
     redis_sentinels: Any
     redis_master_name: str | None
-    redis_role: str
     redis_connect_timeout: int
     redis_read_timeout: int
     sentinel_username: str | None
     sentinel_password: str | None
+
+    @property
+    def redis_role(self) -> str: ...  # read-only: the conf narrows it to a Literal
 
 
 @dataclass(frozen=True, slots=True)
