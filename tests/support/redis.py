@@ -126,7 +126,9 @@ class RedisCluster:
             port = free_port()
             d = self.workdir / str(port)
             d.mkdir()
-            args = ["--cluster-enabled", "yes", "--cluster-config-file", str(d / "nodes.conf")]
+            args = ["--cluster-enabled", "yes", "--cluster-config-file", str(d / "nodes.conf"),
+                    # the bus port defaults to port + 10000: in the ephemeral range, maybe taken
+                    "--cluster-port", str(free_port())]  # fmt: skip
             self.nodes.append(RedisServer(*args, port=port, workdir=d))
 
     @property
