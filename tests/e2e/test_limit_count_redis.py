@@ -39,6 +39,11 @@ routes:
     plugins:
       limit-count: {count: 2, time_window: 2, window_type: sliding, key_type: constant, key: s, policy: redis, redis_host: "127.0.0.1", redis_port: %(port)d}
     upstream: {nodes: {"%(up)s": 1}}
+  - id: synced
+    uri: /synced
+    plugins:
+      limit-count: {count: 10, time_window: 60, key_type: constant, key: s, sync_interval: 0.2, policy: redis, redis_host: "127.0.0.1", redis_port: %(port)d}
+    upstream: {nodes: {"%(up)s": 1}}
   - id: db
     uri: /db
     plugins:
@@ -143,6 +148,25 @@ def test_sliding_window_weighs_the_previous_window(
     assert int(r.headers["X-RateLimit-Reset"]) >= 1
 
 
+def test_sync_interval_counts_in_the_instance_and_syncs_in_the_background(
+    gws: tuple[Gateway, Gateway], redis_server: RedisServer
+) -> None:
+    a, b = gws
+    # One request reads the quota (its count is stored with the next sync, not at once).
+    assert requests.get(a.url("/synced")).headers["X-RateLimit-Remaining"] == "9"
+    pattern = "plugin-limit-count:v1:/apisix/routes/synced:*"
+    key = wait_until(lambda: redis_server.cli("--scan", "--pattern", pattern), timeout=5)
+    wait_until(lambda: redis_server.cli("get", key) == "1", timeout=5)
+    # Both workers of instance a spend one quota: exactly 10 in all (a new connection per
+    # request spreads them over the workers).
+    statuses = [requests.get(a.url("/synced"), headers={"Connection": "close"}).status_code
+                for _ in range(12)]  # fmt: skip
+    assert statuses.count(200) == 9 and statuses.count(503) == 3, statuses
+    wait_until(lambda: redis_server.cli("get", key) == "10", timeout=5)
+    # Another instance reads the quota Redis holds: nothing left.
+    assert requests.get(b.url("/synced")).status_code == 503
+
+
 DEGRADE = """
 routes:
   - id: strict
@@ -154,6 +178,11 @@ routes:
     uri: /lenient
     plugins:
       limit-count: {count: 2, time_window: 60, key_type: constant, key: k, policy: redis, redis_host: "127.0.0.1", redis_port: %(port)d, redis_timeout: 300, allow_degradation: true}
+    upstream: {nodes: {"%(up)s": 1}}
+  - id: synced
+    uri: /synced
+    plugins:
+      limit-count: {count: 3, time_window: 60, key_type: constant, key: k, sync_interval: 0.2, policy: redis, redis_host: "127.0.0.1", redis_port: %(port)d, redis_timeout: 300}
     upstream: {nodes: {"%(up)s": 1}}
 #END
 """
@@ -178,6 +207,9 @@ def test_redis_down_hung_and_back(tmp_path: Path, upstream: Upstream) -> None:
         assert r.json() == {"error_msg": "failed to limit count"}
         for _ in range(4):
             assert requests.get(gw.url("/lenient")).status_code == 200
+        # With sync_interval the instance counts by itself meanwhile (APISIX's fallback).
+        statuses = [requests.get(gw.url("/synced")).status_code for _ in range(4)]
+        assert statuses == [200, 200, 200, 503]
         # Back on the same port, empty: counted again, no gateway restart.
         redis.start()
         statuses = [requests.get(gw.url("/strict")).status_code for _ in range(3)]

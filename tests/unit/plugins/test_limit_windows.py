@@ -151,23 +151,45 @@ class FakeRedis:
         self.counts[key] = self.counts.get(key, 0) + delta
         return limit - self.counts[key], 30.0
 
+    async def incoming(self, key: str, limit: int, window: int) -> tuple[bool, int, int]:
+        remaining, ttl = await self.commit(key, limit, window, 1)
+        return remaining >= 0, max(remaining, 0), int(ttl)
+
 
 def test_delayed_sync_counts_locally_and_stores_each_delta_once() -> None:
     async def run() -> None:
         redis, clock = FakeRedis(), Clock(0.0)
-        syncer = DelayedSync(redis, 1.0, clock)
-        redis.counts["k"] = 2  # another instance already counted 2 of 5
-        results = [await syncer.take("k", 5, 60) for _ in range(4)]
-        assert [r[:2] for r in results] == [(True, 2), (True, 1), (True, 0), (False, 0)]
-        assert redis.commits == [("k", 0)]  # one read, then local counting
-        assert await syncer.flush() is True
-        assert redis.commits[-1] == ("k", 3) and redis.counts["k"] == 5
-        assert await syncer.flush() is False  # nothing pending: no second commit
-        assert redis.commits[-1] == ("k", 3)
+        table = SharedTable(None, 1024, clock)
+        # Two workers of one instance: one shared table, a syncer each.
+        w1, w2 = DelayedSync(redis, 1.0, table), DelayedSync(redis, 1.0, table)
+        redis.counts["k"] = 2  # another instance already counted 2 of 6
+        results = [await w.take("k", 6, 60) for w in (w1, w2, w1, w2, w1)]
+        assert [r[:2] for r in results] == [(True, 3), (True, 2), (True, 1), (True, 0), (False, 0)]
+        assert redis.commits == [("k", 0)]  # one read, then counting in the instance
+        assert await w1.flush() is True
+        assert redis.commits[-1] == ("k", 4) and redis.counts["k"] == 6  # both workers' deltas
+        assert await w2.flush() is True  # its keys: the delta was taken already, nothing added
+        assert redis.commits[-1] == ("k", 0) and redis.counts["k"] == 6
+        assert await w1.flush() is False
         # The quota's window is over: the next request reads a fresh quota first.
         redis.counts["k"] = 0
         clock.now = 31.0
-        assert (await syncer.take("k", 5, 60))[:2] == (True, 4)
+        assert (await w2.take("k", 6, 60))[:2] == (True, 5)
+        for w in (w1, w2):
+            if w.task is not None:
+                w.task.cancel()
+
+    asyncio.run(run())
+
+
+def test_delayed_sync_keeps_a_delta_counted_just_before_the_reset() -> None:
+    async def run() -> None:
+        redis, clock = FakeRedis(), Clock(0.0)
+        syncer = DelayedSync(redis, 1.0, SharedTable(None, 1024, clock))
+        assert (await syncer.take("k", 5, 60))[0] is True
+        clock.now = 30.5  # the quota (30 s) is over before the flush
+        assert (await syncer.take("k", 5, 60))[0] is True
+        assert redis.commits == [("k", 0), ("k", 1)]  # the old delta went with the refresh
         if syncer.task is not None:
             syncer.task.cancel()
 
@@ -177,15 +199,15 @@ def test_delayed_sync_counts_locally_and_stores_each_delta_once() -> None:
 def test_delayed_sync_falls_back_to_the_instance_while_redis_is_down(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    fake_shared_tables(monkeypatch, "plugin-limit-count", now=0.0)
+    fake_shared_tables(monkeypatch, "plugin-limit-count", "plugin-limit-count-sync", now=0.0)
 
     async def run() -> None:
-        redis, clock = FakeRedis(), Clock(0.0)
+        redis = FakeRedis()
         redis.down = True
-        syncer = DelayedSync(redis, 1.0, clock)
+        syncer = DelayedSync(redis, 1.0)
         results = [await syncer.take("k", 2, 60) for _ in range(3)]
         assert [r[0] for r in results] == [True, True, False]
-        assert await syncer.flush() is True  # the delta goes to the instance's table
+        assert await syncer.flush() is True  # the delta goes to the local policy's table
         assert (await syncer.take("k", 2, 60))[0] is False
         if syncer.task is not None:
             syncer.task.cancel()

@@ -4,17 +4,19 @@ Every request runs one script on Redis (``limit_redis``), so all instances on th
 the count; keys are APISIX's (``plugin-limit-count:v1:<key>`` fixed,
 ``plugin-limit-count:<key>.<window id>.counter`` sliding).
 
-With ``sync_interval`` (APISIX ``delayed-syncer.lua``) a worker serves a key from the quota it
-last read from Redis, counting locally, and adds what it counted to Redis every interval in the
-background; once the quota's window is over, the next request reads a fresh one first. When
-Redis cannot be reached, the delta is counted in the instance's shared table instead (APISIX's
-fallback limiter), so the limit holds per instance until Redis is back. Deviation: APISIX keeps
-this state per instance (a shared dict); here each worker keeps its own, so an instance of W
-workers may admit up to W deltas of one interval beyond the limit instead of one.
+With ``sync_interval`` (APISIX ``delayed-syncer.lua``) the instance serves a key from the quota
+it last read from Redis, counting locally in the instance-wide shared table (so all workers
+spend one quota), and adds what it counted to Redis every interval in the background; once the
+quota's window is over, the next request reads a fresh one first. When Redis cannot be reached,
+the delta is counted in the local policy's table instead (APISIX's fallback limiter), so the
+limit holds per instance until Redis is back.
 
-Invariant: a delta is added to Redis (or the fallback) exactly once: a key's quota is refreshed
-or flushed under its lock, and the flushed amount is subtracted from the delta only after it
-was stored.
+A key's record in the ``plugin-limit-count-sync`` table is (reset + window, remaining as Redis
+last said, delta counted here since): it outlives its quota by a window so that a delta counted
+just before the reset is still there to be stored.
+
+Invariant: a delta is added to Redis (or the fallback) exactly once: whoever stores it takes it
+out of the record atomically first (a concurrent refresh then takes nothing and only reads).
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 from typing import Any, Protocol
 
 from tollway.plugins import redis_client, shared_counters
@@ -30,7 +31,7 @@ from tollway.plugins.builtin.limit_redis import fixed_window, sliding_window
 from tollway.plugins.builtin.limit_windows import sliding_answer, sliding_keys, whole
 from tollway.plugins.kit import PerConf
 from tollway.plugins.redis_client import RedisClient, RedisUnavailable, target_of
-from tollway.plugins.shared_counters import Record
+from tollway.plugins.shared_counters import Record, SharedTable
 
 log = logging.getLogger("tollway.plugins")
 
@@ -55,6 +56,10 @@ class RedisCounter:
         # APISIX: a window (a $var) no longer than the interval is counted on Redis directly.
         if syncer is not None and window > syncer.interval:
             return await syncer.take(key, limit, window)
+        return await self.incoming(key, limit, window)
+
+    async def incoming(self, key: str, limit: int, window: int) -> tuple[bool, int, int]:
+        """Count one request on Redis."""
         if self.sliding:
             current, previous, left = sliding_keys(f"{KEY_PREFIX}:{key}", time.time(), window)
             admitted, count, prev = await sliding_window(
@@ -80,71 +85,97 @@ class RedisCounter:
         return int(limit - count - share), left
 
 
-class _Quota:
-    """A key's quota in this worker: ``remaining`` as Redis last said, until ``reset_at``
-    (monotonic), less ``delta`` admitted here since."""
+# -- the shared record's steps (pure) -------------------------------------------------------
 
-    __slots__ = ("delta", "limit", "lock", "remaining", "reset_at", "window")
 
-    def __init__(self, limit: int, window: int) -> None:
-        self.limit = limit
-        self.window = window
-        self.remaining = 0
-        self.reset_at = 0.0  # never read: the first request reads it
-        self.delta = 0
-        self.lock = asyncio.Lock()
+def quota_step(
+    rec: Record | None, now: float, grace: float, _: float
+) -> tuple[Record | None, tuple[bool, int, float] | None]:
+    """Take one from the key's quota: (allowed, remaining, seconds to reset), or None when
+    there is no live quota (read one from Redis first)."""
+    if rec is None or now >= rec[0] - grace:
+        return rec, None
+    expire, remaining, delta = rec
+    left = int(remaining - delta - 1.0)
+    reset = expire - grace - now
+    if left < 0:
+        return rec, (False, 0, reset)
+    return (expire, remaining, delta + 1.0), (True, left, reset)
+
+
+def take_delta_step(
+    rec: Record | None, now: float, p: float, q: float
+) -> tuple[Record | None, int]:
+    """Take the delta out of the record, to be stored elsewhere."""
+    if rec is None:
+        return None, 0
+    return (rec[0], rec[1], 0.0), int(rec[2])
+
+
+def store_quota_step(
+    rec: Record | None, now: float, expire: float, remaining: float
+) -> tuple[Record, None]:
+    """A quota read from Redis; what was counted meanwhile stays to be stored."""
+    return (expire, remaining, rec[2] if rec is not None else 0.0), None
 
 
 class Committer(Protocol):
     async def commit(self, key: str, limit: int, window: int, delta: int) -> tuple[int, float]: ...
 
+    async def incoming(self, key: str, limit: int, window: int) -> tuple[bool, int, int]: ...
+
 
 class DelayedSync:
-    __slots__ = ("clock", "counter", "interval", "quotas", "task")
+    """A conf's syncer in this worker: it stores the deltas of the keys this worker counted."""
+
+    __slots__ = ("counter", "interval", "pending", "table", "task")
 
     def __init__(
-        self, counter: Committer, interval: float, clock: Callable[[], float] = time.monotonic
+        self, counter: Committer, interval: float, table: SharedTable | None = None
     ) -> None:
         self.counter = counter
         self.interval = interval
-        self.clock = clock
-        self.quotas: dict[str, _Quota] = {}
+        self.table = table
+        self.pending: dict[str, tuple[int, int]] = {}  # key -> (limit, window)
         self.task: asyncio.Task[None] | None = None
 
-    async def take(self, key: str, limit: int, window: int) -> tuple[bool, int, int]:
-        q = self.quotas.get(key)
-        if q is None:
-            q = self.quotas[key] = _Quota(limit, window)
-        if self.clock() >= q.reset_at:
-            async with q.lock:
-                if self.clock() >= q.reset_at:  # not refreshed while we waited
-                    q.limit, q.window = limit, window
-                    await self._sync(key, q)
-        left = q.remaining - q.delta - 1
-        if left < 0:
-            return False, 0, whole(q.reset_at - self.clock())
-        q.delta += 1
-        if self.task is None:
-            self.task = asyncio.get_running_loop().create_task(self._run())
-            _SYNCERS.add(self)
-        return True, left, whole(q.reset_at - self.clock())
+    def _table(self) -> SharedTable:
+        if self.table is None:
+            self.table = shared_counters.table("plugin-limit-count-sync")
+        return self.table
 
-    async def _sync(self, key: str, q: _Quota) -> None:
-        """Store the key's delta (Redis, else the instance's table) and read its quota."""
-        delta = q.delta
+    async def take(self, key: str, limit: int, window: int) -> tuple[bool, int, int]:
+        table = self._table()
+        res = table.update(key, quota_step, window)
+        if res is None:
+            await self._sync(key, limit, window)
+            res = table.update(key, quota_step, window)
+            if res is None:  # the window ended while we read it: count on Redis directly
+                return await self.counter.incoming(key, limit, window)
+        allowed, left, reset = res
+        if allowed:
+            self.pending[key] = (limit, window)
+            if self.task is None:
+                self.task = asyncio.get_running_loop().create_task(self._run())
+                _SYNCERS.add(self)
+        return allowed, left, whole(reset)
+
+    async def _sync(self, key: str, limit: int, window: int) -> None:
+        """Store the key's delta (Redis, else the local policy's table) and read its quota."""
+        table = self._table()
+        delta = table.update(key, take_delta_step)
         try:
-            remaining, ttl = await self.counter.commit(key, q.limit, q.window, delta)
+            remaining, ttl = await self.counter.commit(key, limit, window, delta)
         except RedisUnavailable as e:
             log.debug("limit-count: %s; counting in the instance", e)
-            table = shared_counters.table("plugin-limit-count")
-            remaining, ttl = table.update(key, add_step, q.window, delta)
-            remaining = q.limit - remaining
-        q.delta -= delta
-        q.remaining = remaining
-        q.reset_at = self.clock() + ttl
+            fallback = shared_counters.table("plugin-limit-count")
+            used, ttl = fallback.update(key, add_step, window, delta)
+            remaining = limit - used
+        expire = table.now() + max(ttl, 0.0) + window
+        table.update(key, store_quota_step, expire, remaining)
 
     async def _run(self) -> None:
-        """Flush the deltas every interval while there are any."""
+        """Flush the deltas every interval while this worker counted any."""
         try:
             while True:
                 await asyncio.sleep(self.interval)
@@ -155,18 +186,11 @@ class DelayedSync:
             _SYNCERS.discard(self)
 
     async def flush(self) -> bool:
-        """Store every pending delta; False when none was pending (the flusher stops)."""
-        pending = False
-        now = self.clock()
-        for key, q in list(self.quotas.items()):
-            if q.delta > 0:
-                pending = True
-                async with q.lock:
-                    if q.delta > 0:
-                        await self._sync(key, q)
-            elif now >= q.reset_at + self.interval and not q.lock.locked():
-                del self.quotas[key]  # over and nothing to store: forget the key
-        return pending
+        """Store the deltas of the keys counted here; False when there were none."""
+        pending, self.pending = self.pending, {}
+        for key, (limit, window) in pending.items():
+            await self._sync(key, limit, window)
+        return bool(pending)
 
 
 def add_step(rec: Record | None, now: float, window: float, cost: float) -> tuple[Record, Any]:
