@@ -215,7 +215,6 @@ def _connect(t: Target) -> Any:
             ssl=t.ssl,
             ssl_cert_reqs="required" if t.ssl_verify else "none",
             max_connections=t.pool_size,
-            cluster_error_retry_attempts=0,
             **common,
         )
     if t.policy == "redis-sentinel":
