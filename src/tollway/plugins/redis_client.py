@@ -185,7 +185,9 @@ class RedisClient:
 
     async def _bounded(self, call: Awaitable[T]) -> T:
         try:
-            return await asyncio.wait_for(call, self.target.deadline)
+            # asyncio.timeout, not wait_for: no task per call (Python 3.11's wait_for makes one)
+            async with asyncio.timeout(self.target.deadline):
+                return await call
         except (rx.RedisError, rx.RedisClusterException, OSError, TimeoutError) as e:
             self._warn(e)
             raise RedisUnavailable(f"{type(e).__name__}: {e}") from None
