@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 MODE   ?= etcd
 
-.PHONY: run test lint typecheck unit e2e system-deps bench-proxy bench-hotpath bench-router bench-balancer bench-churn clean
+.PHONY: run test lint typecheck unit e2e system-deps bench-proxy bench-hotpath bench-router bench-balancer bench-churn bench-limit-redis clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,9 @@ bench-proxy: $(STAMP)
 bench-hotpath: $(STAMP)
 	$(BIN)/python bench/hotpath.py
 	$(BIN)/python bench/hotpath.py --plugins
+
+bench-limit-redis: $(STAMP) system-deps
+	$(BIN)/python bench/limit_redis.py
 
 bench-router: $(STAMP)
 	$(BIN)/python bench/router.py
