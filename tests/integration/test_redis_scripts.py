@@ -6,10 +6,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TypeVar
 
 import pytest
 
+from tests.support.etcd import make_test_pki
+from tests.support.gateway import free_port
 from tests.support.redis import RedisServer, redis_server
 from tollway.plugins.builtin.limit_redis import (
     conn_incoming,
@@ -145,8 +148,6 @@ def test_down_hung_and_back() -> None:
 
 @pytest.mark.parametrize("policy", ["redis-cluster", "redis-sentinel"])
 def test_cluster_and_sentinel_unreachable_fail_within_the_deadline(policy: str) -> None:
-    from tests.support.gateway import free_port
-
     async def main() -> float:
         target = Target(
             policy, (("127.0.0.1", free_port()),), connect_timeout=0.2, read_timeout=0.2,
@@ -162,3 +163,49 @@ def test_cluster_and_sentinel_unreachable_fail_within_the_deadline(policy: str) 
             await c.aclose()
 
     assert asyncio.run(main()) < 1.0
+
+
+def test_password_and_acl_user() -> None:
+    acl = ["--user", "default", "on", ">s3cret", "~*", "+@all",
+           "--user", "alice", "on", ">pw", "~*", "+@all"]  # fmt: skip
+    with RedisServer(*acl) as redis:
+        addr = (("127.0.0.1", redis.port),)
+
+        async def count(target: Target) -> int:
+            c = RedisClient(target)
+            try:
+                return (await fixed_window(c, "auth", 60, 1))[0]
+            finally:
+                await c.aclose()
+
+        assert asyncio.run(count(Target("redis", addr, password="s3cret"))) == 1
+        assert asyncio.run(count(Target("redis", addr, username="alice", password="pw"))) == 2
+        for wrong in (Target("redis", addr), Target("redis", addr, password="nope")):
+            with pytest.raises(RedisUnavailable):
+                asyncio.run(count(wrong))
+
+
+def test_tls(tmp_path: Path) -> None:
+    make_test_pki(tmp_path)
+    tls_port = free_port()
+    tls = ["--tls-port", str(tls_port), "--tls-cert-file", str(tmp_path / "server.pem"),
+           "--tls-key-file", str(tmp_path / "server.key"),
+           "--tls-ca-cert-file", str(tmp_path / "ca.pem"), "--tls-auth-clients", "no"]  # fmt: skip
+    with RedisServer(*tls):
+        addr = (("127.0.0.1", tls_port),)
+
+        async def count(target: Target) -> int:
+            c = RedisClient(target)
+            try:
+                return (await fixed_window(c, "tls", 60, 1))[0]
+            finally:
+                await c.aclose()
+
+        # redis_ssl without redis_ssl_verify: encrypted, the certificate is not checked.
+        assert asyncio.run(count(Target("redis", addr, ssl=True))) == 1
+        # With verification, a certificate from a CA the system does not trust is refused.
+        with pytest.raises(RedisUnavailable):
+            asyncio.run(count(Target("redis", addr, ssl=True, ssl_verify=True)))
+        # Plain text to the TLS port fails too (within the deadline).
+        with pytest.raises(RedisUnavailable):
+            asyncio.run(count(Target("redis", addr)))

@@ -22,11 +22,12 @@ START_DEADLINE = 10.0
 
 
 def ping(port: int, timeout: float = 0.5) -> bool:
-    """PING answered with PONG (a plain socket: no client library in the fixture)."""
+    """PING answered (PONG, or NOAUTH from a server with a password): a plain socket, no client
+    library in the fixture."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
             s.sendall(b"PING\r\n")
-            return s.recv(64).startswith(b"+PONG")
+            return s.recv(64).startswith((b"+PONG", b"-NOAUTH"))
     except OSError:
         return False
 
