@@ -112,3 +112,41 @@ def test_sentinel_finds_the_master(
     keys = redis_sentinel.master.cli("--scan", "--pattern", "plugin-limit-count:v1:*")
     assert len(keys.split()) == 1
     assert redis_sentinel.master.cli("get", keys) == "4"
+
+
+FAILOVER = """
+routes:
+  - id: sf
+    uri: /sf
+    plugins:
+      limit-count: {count: 100, time_window: 60, key_type: constant, key: all, policy: redis-sentinel, redis_sentinels: [{host: "127.0.0.1", port: %(sentinel)d}], redis_master_name: mymaster, redis_connect_timeout: 300, redis_read_timeout: 300}
+    upstream: {nodes: {"%(up)s": 1}}
+#END
+"""
+
+
+def test_sentinel_failover_is_followed_without_restart(tmp_path: Path, upstream: Upstream) -> None:
+    s = RedisSentinel(replica=True).start()
+    replica = s.replica
+    assert replica is not None
+    yaml = FAILOVER % {"up": upstream.addr, "sentinel": s.port}
+    try:
+        with Gateway(tmp_path, apisix_yaml=yaml) as gw:
+            assert requests.get(gw.url("/sf")).headers["X-RateLimit-Remaining"] == "99"
+            # Wait for the replica to hold the count, then lose the master.
+            pattern = "plugin-limit-count:v1:*"
+            key = wait_until(lambda: replica.cli("--scan", "--pattern", pattern))
+            s.master.kill()
+            assert requests.get(gw.url("/sf")).status_code == 500  # no master for now
+            # The sentinel promotes the replica; the next requests count there.
+            wait_until(lambda: s.master_port() == replica.port, timeout=30)
+
+            def counted() -> requests.Response | None:
+                r = requests.get(gw.url("/sf"))
+                return r if r.status_code == 200 else None
+
+            r = wait_until(counted, timeout=15)
+            assert int(r.headers["X-RateLimit-Remaining"]) < 99
+            assert int(replica.cli("get", key)) >= 2
+    finally:
+        s.close()

@@ -158,23 +158,32 @@ class RedisCluster:
 
 
 class RedisSentinel:
-    """A master and one sentinel watching it as ``master_name``."""
+    """A master (with a replica if asked) and one sentinel watching it as ``master_name``; the
+    sentinel fails over to the replica a second after the master stops answering."""
 
-    def __init__(self, master_name: str = "mymaster") -> None:
+    def __init__(self, master_name: str = "mymaster", replica: bool = False) -> None:
         self.master_name = master_name
         self.workdir = Path(tempfile.mkdtemp(prefix="tollway-redis-sentinel-"))
         self.master = RedisServer(workdir=self.workdir)
+        self.replica = (
+            RedisServer("--replicaof", "127.0.0.1", str(self.master.port), workdir=self.workdir)
+            if replica
+            else None
+        )
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> RedisSentinel:
         self.master.start()
+        if self.replica is not None:
+            self.replica.start()
         conf = self.workdir / "sentinel.conf"  # the sentinel rewrites it: it must be writable
         conf.write_text(
             f"port {self.port}\nbind 127.0.0.1\ndir {self.workdir}\n"
             f"logfile {self.workdir / 'sentinel.log'}\n"
             f"sentinel monitor {self.master_name} 127.0.0.1 {self.master.port} 1\n"
-            f"sentinel down-after-milliseconds {self.master_name} 2000\n"
+            f"sentinel down-after-milliseconds {self.master_name} 1000\n"
+            f"sentinel failover-timeout {self.master_name} 5000\n"
         )
         self.proc = subprocess.Popen(
             [REDIS_SERVER, str(conf), "--sentinel"], stdout=subprocess.DEVNULL
@@ -185,6 +194,15 @@ class RedisSentinel:
                 raise RuntimeError("redis sentinel did not start")
             time.sleep(0.05)
         return self
+
+    def master_port(self) -> int | None:
+        """The master's port as the sentinel names it now."""
+        out = subprocess.run(
+            [REDIS_CLI, "-p", str(self.port), "sentinel", "get-master-addr-by-name",
+             self.master_name],
+            capture_output=True, timeout=5,
+        ).stdout.decode().split()  # fmt: skip
+        return int(out[1]) if len(out) == 2 else None
 
     def _knows_master(self) -> bool:
         try:
@@ -201,6 +219,8 @@ class RedisSentinel:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        if self.replica is not None:
+            self.replica.close()
         self.master.close()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
