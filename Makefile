@@ -13,7 +13,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
 
-# etcd (Debian etcd-server) is needed by `make run` and by the tests; installed when missing.
+# etcd (Debian etcd-server) is needed by `make run` and by the tests, redis-server by the tests of
+# the Redis rate-limit policies; installed when missing.
 system-deps:
 	@scripts/ensure-system-deps.sh
 
