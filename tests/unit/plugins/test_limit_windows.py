@@ -213,3 +213,32 @@ def test_delayed_sync_falls_back_to_the_instance_while_redis_is_down(
             syncer.task.cancel()
 
     asyncio.run(run())
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from(["take", "flush", "tick"]), st.integers(0, 1)), max_size=60)
+)
+def test_delayed_sync_stores_every_admitted_request_exactly_once(
+    ops: list[tuple[str, int]],
+) -> None:
+    async def run() -> None:
+        redis, clock = FakeRedis(), Clock(0.0)
+        table = SharedTable(None, 1024, clock)
+        workers = [DelayedSync(redis, 1.0, table), DelayedSync(redis, 1.0, table)]
+        admitted = 0
+        for op, w in ops:
+            if op == "take":
+                admitted += (await workers[w].take("k", 10**6, 60))[0]
+            elif op == "flush":
+                await workers[w].flush()
+            else:
+                # Quotas last 30 s, so runs pass resets; at most 60 ticks stay within the 60 s
+                # a record outlives its quota (the background flush runs every interval).
+                clock.now += 1.4
+        for w in workers:
+            await w.flush()
+            if w.task is not None:
+                w.task.cancel()
+        assert redis.counts.get("k", 0) == admitted
+
+    asyncio.run(run())

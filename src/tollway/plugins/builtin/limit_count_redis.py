@@ -17,6 +17,8 @@ just before the reset is still there to be stored.
 
 Invariant: a delta is added to Redis (or the fallback) exactly once: whoever stores it takes it
 out of the record atomically first (a concurrent refresh then takes nothing and only reads).
+It is not lost as long as the worker that counted it flushes within a window (it flushes every
+``sync_interval``, which is shorter).
 """
 
 from __future__ import annotations
