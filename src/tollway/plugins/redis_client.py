@@ -216,6 +216,7 @@ def _connect(t: Target) -> Any:
             password=t.password,
             ssl=t.ssl,
             ssl_cert_reqs="required" if t.ssl_verify else "none",
+            ssl_check_hostname=t.ssl_verify,
             max_connections=t.pool_size,
             **common,
         )
