@@ -39,6 +39,11 @@ routes:
     plugins:
       limit-count: {count: 2, time_window: 2, window_type: sliding, key_type: constant, key: s, policy: redis, redis_host: "127.0.0.1", redis_port: %(port)d}
     upstream: {nodes: {"%(up)s": 1}}
+  - id: sliding-local
+    uri: /sliding-local
+    plugins:
+      limit-count: {count: 2, time_window: 2, window_type: sliding, key_type: constant, key: s}
+    upstream: {nodes: {"%(up)s": 1}}
   - id: synced
     uri: /synced
     plugins:
@@ -126,24 +131,28 @@ def test_database_is_selected(gws: tuple[Gateway, Gateway], redis_server: RedisS
     assert redis_server.cli("-n", "0", "exists", "plugin-limit-count:v1:dbg:k") == "0"
 
 
+@pytest.mark.parametrize("path", ["/sliding", "/sliding-local"])
 def test_sliding_window_weighs_the_previous_window(
-    gws: tuple[Gateway, Gateway], redis_server: RedisServer
+    gws: tuple[Gateway, Gateway], redis_server: RedisServer, path: str
 ) -> None:
     a, _ = gws
     # Start just after a 2 s window begins, so both requests land in one window.
     wait_until(lambda: time.time() % 2 < 0.5, timeout=3, interval=0.01)
-    statuses = [requests.get(a.url("/sliding")).status_code for _ in range(3)]
+    statuses = [requests.get(a.url(path)).status_code for _ in range(3)]
     assert statuses == [200, 200, 503]
     wid = int(time.time() // 2)
-    keys = redis_server.cli("--scan", "--pattern", f"plugin-limit-count:*.{wid}.counter")
-    assert len(keys.split()) == 1 and redis_server.cli("get", keys) == "2"  # rejected: not counted
+    if path == "/sliding":  # the local policy counts in the instance's table
+        keys = redis_server.cli("--scan", "--pattern", f"plugin-limit-count:*.{wid}.counter")
+        assert (
+            len(keys.split()) == 1 and redis_server.cli("get", keys) == "2"
+        )  # rejected: not counted
     # Early in the next window the previous one's 2 still weigh more than 1.5: one request
     # fits, not two (a fixed window would let both through).
     wait_until(lambda: int(time.time() // 2) == wid + 1 and time.time() % 2 < 0.5, timeout=4)
-    r = requests.get(a.url("/sliding"))
+    r = requests.get(a.url(path))
     assert r.status_code == 200
     assert r.headers["X-RateLimit-Remaining"] == "0"
-    r = requests.get(a.url("/sliding"))
+    r = requests.get(a.url(path))
     assert r.status_code == 503
     assert int(r.headers["X-RateLimit-Reset"]) >= 1
 
