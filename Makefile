@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 MODE   ?= etcd
 
-.PHONY: run test lint typecheck unit e2e system-deps bench-proxy bench-hotpath bench-router bench-balancer bench-churn clean
+.PHONY: run test lint typecheck unit e2e system-deps bench-proxy bench-hotpath bench-router bench-balancer bench-churn bench-limit-redis clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,7 +13,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
 
-# etcd (Debian etcd-server) is needed by `make run` and by the tests; installed when missing.
+# etcd (Debian etcd-server) is needed by `make run` and by the tests, redis-server by the tests of
+# the Redis rate-limit policies; installed when missing.
 system-deps:
 	@scripts/ensure-system-deps.sh
 
@@ -45,6 +46,9 @@ bench-proxy: $(STAMP)
 bench-hotpath: $(STAMP)
 	$(BIN)/python bench/hotpath.py
 	$(BIN)/python bench/hotpath.py --plugins
+
+bench-limit-redis: $(STAMP) system-deps
+	$(BIN)/python bench/limit_redis.py
 
 bench-router: $(STAMP)
 	$(BIN)/python bench/router.py

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Installs the Debian packages Tollway's tests and demo need, only when missing.
-#   scripts/ensure-system-deps.sh         etcd (server + client)
-#   scripts/ensure-system-deps.sh bench   etcd, nginx and wrk
+#   scripts/ensure-system-deps.sh         etcd (server + client), redis-server and redis-cli
+#   scripts/ensure-system-deps.sh bench   the same, nginx and wrk
 set -euo pipefail
 pkgs=()
 command -v etcd >/dev/null 2>&1 || pkgs+=(etcd-server)
 command -v etcdctl >/dev/null 2>&1 || pkgs+=(etcd-client)
+# the Redis policies' tests start their own redis-server (and cluster, sentinel) on free ports
+command -v redis-server >/dev/null 2>&1 || pkgs+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || pkgs+=(redis-tools)
 if [ "${1:-}" = bench ]; then
   command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || pkgs+=(nginx)
   command -v wrk >/dev/null 2>&1 || pkgs+=(wrk)
@@ -18,7 +21,8 @@ export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 # policy-rc.d may refuse to start the system etcd service: that is what we want (we run our own).
 $SUDO apt-get install -y -qq "${pkgs[@]}" >/dev/null
-# Never leave the system etcd service holding 2379 when the host runs systemd.
+# Never leave the system etcd or redis service holding 2379 / 6379 when the host runs systemd.
 if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
   $SUDO systemctl disable --now etcd >/dev/null 2>&1 || true
+  $SUDO systemctl disable --now redis-server >/dev/null 2>&1 || true
 fi

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import inspect
 from types import SimpleNamespace
 from typing import Any
 
@@ -171,11 +172,14 @@ def test_rules_skip_unresolved_keys() -> None:
     assert [(w.count, w.headers.limit_header) for w in ws] == [(5, "X-b-RateLimit-Limit")]
 
 
-def test_redis_policies_degrade_or_fail() -> None:
-    base = {"count": 1, "time_window": 1, "policy": "redis", "redis_host": "127.0.0.1"}
+def test_only_redis_policies_take_the_async_path() -> None:
+    # The local policy stays synchronous (the pipeline's fast path); Redis needs a coroutine.
     plugin = LimitCount()
-    assert plugin.access(conf_of(base), make_ctx()) == (500, {"error_msg": "failed to limit count"})
-    assert plugin.access(conf_of({**base, "allow_degradation": True}), make_ctx()) is None
+    local = plugin.phase_method("access", conf_of({"count": 1, "time_window": 1}))
+    assert not inspect.iscoroutinefunction(local)
+    base = {"count": 1, "time_window": 1, "policy": "redis", "redis_host": "127.0.0.1"}
+    assert inspect.iscoroutinefunction(plugin.phase_method("access", conf_of(base)))
+    assert not inspect.iscoroutinefunction(plugin.phase_method("header_filter", conf_of(base)))
 
 
 def test_counter_scope_by_owner() -> None:

@@ -1,27 +1,34 @@
 """limit-conn (APISIX priority 1003): at most ``conn`` concurrent requests per key, plus
 ``burst`` more that are delayed.
 
-resty.limit.conn over the instance-wide shared table: access counts the request in (beyond
-``conn + burst`` it is rejected, 503 by default), the log phase counts it out. A request over
-``conn`` waits ``default_conn_delay * floor((n - 1) / conn)`` seconds. Deviation: APISIX adapts
-the unit delay to observed latencies per worker unless ``only_use_default_delay``; here the
-default delay is always used.
+resty.limit.conn over the instance-wide shared table (policy ``local``), or in Redis (``redis``,
+``redis-cluster``: the requests in flight are members of the sorted set ``limit_conn:<key>``,
+shared by every instance on that Redis, each forgotten after ``key_ttl`` seconds should its
+instance never count it out): access counts the request in (beyond ``conn + burst`` it is
+rejected, 503 by default), the log phase counts it out (on Redis in a background task, as
+APISIX's timer). A request over ``conn`` waits ``default_conn_delay * floor((n - 1) / conn)``
+seconds. With Redis unavailable or slower than ``redis_timeout``: 500, or no limit with
+``allow_degradation``. Deviation: APISIX adapts the unit delay to observed latencies per worker
+unless ``only_use_default_delay``; here the default delay is always used.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+import uuid
 from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
 
-from tollway.plugins import shared_counters
+from tollway.plugins import redis_client, shared_counters
 from tollway.plugins.builtin.interpolate import compile_template
-from tollway.plugins.builtin.limit_redis import RedisFields, check_redis
+from tollway.plugins.builtin.limit_redis import RedisFields, check_redis, conn_incoming
 from tollway.plugins.builtin.limit_scope import CountingTemplate, counter_scope, request_key
 from tollway.plugins.kit import Exit, PerConf, Plugin, RequestContext
+from tollway.plugins.redis_client import RedisClient, RedisUnavailable
 from tollway.plugins.shared_counters import Record, SharedTable
 
 log = logging.getLogger("tollway.plugins")
@@ -117,9 +124,6 @@ class LimitConn(Plugin):
     schema = Conf
 
     async def access(self, conf: Conf, ctx: RequestContext) -> Exit:
-        if conf.policy != "local":
-            return None if conf.allow_degradation else (500, None)
-        table = shared_counters.table("plugin-limit-conn")
         scope = counter_scope(ctx, self.name, conf, _decode)
         delay = 0.0
         for conn_v, burst_v, key, key_type, tpl in _compiled(conf).items:
@@ -136,30 +140,90 @@ class LimitConn(Plugin):
                 counted = f"{scope}:{text}:{key}"
             else:
                 counted = f"{scope}:{request_key(ctx, key, key_type, tpl)}"
-            n_in = table.update(counted, incoming_step, conn, burst)
+            try:
+                n_in = await self._incoming(conf, ctx, counted, conn, burst)
+            except RedisUnavailable as e:
+                log.debug("limit-conn: %s", e)
+                return None if conf.allow_degradation else (500, None)
             if n_in is None:
                 if conf.rejected_msg is not None:
                     return conf.rejected_code, {"error_msg": conf.rejected_msg}
                 return conf.rejected_code, None
-            _remember(ctx, table, counted)
             assert conf.default_conn_delay is not None
             delay = max(delay, conn_delay(n_in, conn, conf.default_conn_delay))
         if delay >= 0.001:
             await asyncio.sleep(delay)
         return None
 
+    @staticmethod
+    async def _incoming(
+        conf: Conf, ctx: RequestContext, counted: str, conn: int, burst: int
+    ) -> int | None:
+        """Count the request in: the number in flight with it, or None when over the limit."""
+        if conf.policy == "local":
+            table = shared_counters.table("plugin-limit-conn")
+            n_in = table.update(counted, incoming_step, conn, burst)
+            if n_in is not None:
+                _remember(ctx, (table, counted))
+            return n_in
+        client = _client(conf)
+        key = f"limit_conn:{counted}"
+        request_id = uuid.uuid4().hex  # APISIX: the request id, else a v4 uuid
+        n_in = await conn_incoming(
+            client, key, conn + burst, conf.key_ttl, int(time.time()), request_id
+        )
+        if n_in is not None:
+            _remember(ctx, (client, key, request_id))
+        return n_in
+
     def log(self, conf: Conf, ctx: RequestContext) -> None:
         state = ctx.plugin_state
         held = state.pop(self.name, None) if state else None
-        for table, key in held or ():
-            table.update(key, leaving_step)
+        for entry in held or ():
+            if len(entry) == 2:
+                entry[0].update(entry[1], leaving_step)
+            else:
+                _leave_later(*entry)
+
+    async def aclose(self) -> None:
+        # Count out what is still in flight on Redis, then close the clients.
+        if _LEAVING:
+            await asyncio.wait(list(_LEAVING), timeout=2.0)
+        await redis_client.aclose_all()
 
 
-def _remember(ctx: RequestContext, table: SharedTable, key: str) -> None:
+_LEAVING: set[asyncio.Task[None]] = set()
+
+
+def _leave_later(client: RedisClient, key: str, request_id: str) -> None:
+    """The log phase cannot wait for Redis: the request is counted out in a tracked task."""
+    task = asyncio.get_running_loop().create_task(_leave(client, key, request_id))
+    _LEAVING.add(task)
+    task.add_done_callback(_LEAVING.discard)
+
+
+async def _leave(client: RedisClient, key: str, request_id: str) -> None:
+    try:
+        await client.zrem(key, request_id)
+    except RedisUnavailable as e:
+        # Forgotten by Redis after key_ttl (the member's score), as in APISIX.
+        log.debug("limit-conn: counting out %s: %s", key, e)
+
+
+def _client_of(conf: Conf) -> RedisClient:
+    return redis_client.client(redis_client.target_of(conf, conf.policy))
+
+
+_client = PerConf(_client_of)
+
+
+def _remember(
+    ctx: RequestContext, entry: tuple[SharedTable, str] | tuple[RedisClient, str, str]
+) -> None:
     state = ctx.plugin_state
     if state is None:
         state = ctx.plugin_state = {}
-    state.setdefault("limit-conn", []).append((table, key))
+    state.setdefault("limit-conn", []).append(entry)
 
 
 def _decode(raw: object) -> Conf:

@@ -1,16 +1,19 @@
 """limit-count (APISIX priority 1002): at most ``count`` requests per ``time_window`` per key.
 
-A fixed window starts at a key's first request (a shared counter whose TTL is the window), as
-APISIX's local policy (resty.limit.count over a shared dict). Counters live in the instance-wide
-shared table, so every worker counts against the same budget. The ``redis*`` policies are
-accepted by the schema but have no Redis behind them here: they answer as APISIX does when Redis
-is unreachable (500 ``failed to limit count``, or no limit with ``allow_degradation``).
+A fixed window starts at a key's first request (a counter whose TTL is the window), as APISIX's
+local policy (resty.limit.count over a shared dict); a sliding window counts per wall-clock
+window and weighs the previous window's count by the part of it still in the last
+``time_window`` seconds (APISIX ``sliding-window.lua``). The local policy counts in the
+instance-wide shared table, so every worker counts against the same budget, synchronously; the
+``redis*`` policies count in Redis (``limit_count_redis``), so every instance on that Redis
+does, and their access phase is a coroutine.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import time
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -18,10 +21,12 @@ from msgspec import Meta
 
 from tollway.plugins import shared_counters
 from tollway.plugins.builtin.interpolate import compile_template
+from tollway.plugins.builtin.limit_count_redis import close_redis_counters, redis_counter
 from tollway.plugins.builtin.limit_redis import RedisFields, check_redis
 from tollway.plugins.builtin.limit_scope import CountingTemplate, counter_scope, request_key
+from tollway.plugins.builtin.limit_windows import count_step, sliding_local
 from tollway.plugins.kit import Exit, PerConf, Plugin, RequestContext
-from tollway.plugins.shared_counters import Record
+from tollway.plugins.redis_client import RedisUnavailable
 
 log = logging.getLogger("tollway.plugins")
 
@@ -65,10 +70,10 @@ class Conf(RedisFields):
                 raise ValueError(f"duplicate key '{rule.key}' in rules")
             seen.add(rule.key)
         check_redis(self, self.policy)
-        if self.policy in ("redis", "redis-cluster") and self.sync_interval != -1:
+        if self.policy != "local" and self.sync_interval != -1:
             if self.sync_interval < 0.1:
                 raise ValueError("sync_interval should not be smaller than 0.1")
-            if isinstance(self.time_window, int) and self.sync_interval > self.time_window:
+            if isinstance(self.time_window, int) and self.sync_interval >= self.time_window:
                 raise ValueError("sync_interval should be smaller than time_window")
 
 
@@ -79,26 +84,6 @@ class MetadataConf(msgspec.Struct):
 
 
 DEFAULT_HEADERS = MetadataConf()
-
-
-# -- the pure core --------------------------------------------------------------------------
-
-
-def count_step(
-    rec: Record | None, now: float, limit: float, window: float
-) -> tuple[Record, tuple[bool, int, int]]:
-    """A shared-table step: take one from the key's budget (resty.limit.count's ``incr(key, -1,
-    limit, window)``). Result: (allowed, remaining, whole seconds until the window resets)."""
-    if rec is None:
-        expire, used = now + window, 1.0
-    else:
-        expire, used = rec[0], rec[1] + 1.0
-    remaining = int(limit - used)
-    left = expire - now
-    reset = int(left)
-    if left - reset > 1e-6:
-        reset += 1
-    return (expire, used, 0.0), (remaining >= 0, remaining if remaining > 0 else 0, reset)
 
 
 class Window(msgspec.Struct, frozen=True):
@@ -178,39 +163,85 @@ class LimitCount(Plugin):
     schema = Conf
     metadata_schema = MetadataConf
 
+    def phase_method(self, phase: str, conf: Conf) -> Any:
+        # Only the Redis policies need a coroutine; the local one stays on the synchronous path.
+        if phase == "access" and conf.policy != "local":
+            return self.access_redis
+        return getattr(self, phase)
+
     def access(self, conf: Conf, ctx: RequestContext) -> Exit:
-        if conf.policy != "local":
-            # No Redis client here: behave as APISIX with its Redis unreachable.
-            return None if conf.allow_degradation else (500, {"error_msg": "failed to limit count"})
         wins = windows(conf, ctx)
         if not wins:
             log.debug("limit-count: no rule resolved for %s", ctx.path)
             return None if conf.allow_degradation else (500, None)
         table = shared_counters.table("plugin-limit-count")
-        prefix = conf.group
-        if prefix is None:
-            prefix = counter_scope(ctx, self.name, conf, _decode)
+        prefix = self._prefix(conf, ctx)
+        sliding = conf.window_type == "sliding"
+        now = time.time() if sliding else 0.0
         headers: dict[str, str] = {}
         for w in wins:
-            allowed, remaining, reset = table.update(
-                f"{prefix}:{w.key}", count_step, w.count, w.time_window
-            )
-            if conf.show_limit_quota_header:
-                h = w.headers
-                if h is DEFAULT_HEADERS and self.metadata is not None:
-                    h = self.metadata  # plugin_metadata/limit-count renames the headers
-                headers[h.limit_header] = str(w.count)
-                headers[h.remaining_header] = str(remaining)
-                headers[h.reset_header] = str(reset)
+            key = f"{prefix}:{w.key}"
+            if sliding:
+                allowed, remaining, reset = sliding_local(table, key, w.count, w.time_window, now)
+            else:
+                allowed, remaining, reset = table.update(key, count_step, w.count, w.time_window)
+            self._quota_headers(conf, w, remaining, reset, headers)
             if not allowed:
-                body = {"error_msg": conf.rejected_msg} if conf.rejected_msg else None
-                return conf.rejected_code, body, headers
+                return self._rejected(conf, headers)
+        self._keep(ctx, headers)
+        return None
+
+    async def access_redis(self, conf: Conf, ctx: RequestContext) -> Exit:
+        wins = windows(conf, ctx)
+        if not wins:
+            log.debug("limit-count: no rule resolved for %s", ctx.path)
+            return None if conf.allow_degradation else (500, None)
+        counter = redis_counter(conf)
+        prefix = self._prefix(conf, ctx)
+        headers: dict[str, str] = {}
+        for w in wins:
+            try:
+                allowed, remaining, reset = await counter.take(
+                    f"{prefix}:{w.key}", w.count, w.time_window
+                )
+            except RedisUnavailable as e:
+                log.debug("limit-count: %s", e)
+                if conf.allow_degradation:
+                    return None  # APISIX: no limit while Redis is unavailable
+                return 500, {"error_msg": "failed to limit count"}
+            self._quota_headers(conf, w, remaining, reset, headers)
+            if not allowed:
+                return self._rejected(conf, headers)
+        self._keep(ctx, headers)
+        return None
+
+    def _prefix(self, conf: Conf, ctx: RequestContext) -> str:
+        if conf.group is not None:
+            return conf.group
+        return counter_scope(ctx, self.name, conf, _decode)
+
+    def _quota_headers(
+        self, conf: Conf, w: Window, remaining: int, reset: int, headers: dict[str, str]
+    ) -> None:
+        if conf.show_limit_quota_header:
+            h = w.headers
+            if h is DEFAULT_HEADERS and self.metadata is not None:
+                h = self.metadata  # plugin_metadata/limit-count renames the headers
+            headers[h.limit_header] = str(w.count)
+            headers[h.remaining_header] = str(remaining)
+            headers[h.reset_header] = str(reset)
+
+    @staticmethod
+    def _rejected(conf: Conf, headers: dict[str, str]) -> Exit:
+        body = {"error_msg": conf.rejected_msg} if conf.rejected_msg else None
+        return conf.rejected_code, body, headers
+
+    def _keep(self, ctx: RequestContext, headers: dict[str, str]) -> None:
         if headers:
             state = ctx.plugin_state
             if state is None:
                 state = ctx.plugin_state = {}
             state[self.name] = headers
-        return None
 
     def header_filter(self, conf: Conf, ctx: RequestContext) -> None:
         # APISIX sets the quota headers in access (ngx.header); they reach the response here.
@@ -219,6 +250,9 @@ class LimitCount(Plugin):
         if headers:
             for k, v in headers.items():
                 ctx.set_response_header(k, v)
+
+    async def aclose(self) -> None:
+        await close_redis_counters()
 
 
 def _decode(raw: Any) -> Conf:

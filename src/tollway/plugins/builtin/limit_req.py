@@ -1,24 +1,31 @@
 """limit-req (APISIX priority 1001): a leaky bucket of ``rate`` requests/s with ``burst``.
 
-resty.limit.req's algorithm over the instance-wide shared table: each request adds one to the
-key's excess, which drains at ``rate`` per second; beyond ``burst`` the request is rejected
-(``rejected_code``, default 503) and not counted; otherwise it is delayed by ``excess / rate``
-seconds unless ``nodelay``.
+resty.limit.req's algorithm over the instance-wide shared table (policy ``local``) or in Redis
+(``redis``, ``redis-cluster``: one script per request on the key ``limit_req:<key>``, shared by
+every instance on that Redis): each request adds one to the key's excess, which drains at
+``rate`` per second; beyond ``burst`` the request is rejected (``rejected_code``, default 503)
+and not counted; otherwise it is delayed by ``excess / rate`` seconds unless ``nodelay``. With
+Redis unavailable or slower than ``redis_timeout``: 500, or no limit with ``allow_degradation``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from typing import Annotated, Literal
 
 import msgspec
 from msgspec import Meta
 
-from tollway.plugins import shared_counters
-from tollway.plugins.builtin.limit_redis import RedisFields, check_redis
+from tollway.plugins import redis_client, shared_counters
+from tollway.plugins.builtin.limit_redis import RedisFields, check_redis, leaky_bucket
 from tollway.plugins.builtin.limit_scope import CountingTemplate, counter_scope, request_key
-from tollway.plugins.kit import Exit, Plugin, RequestContext
+from tollway.plugins.kit import Exit, PerConf, Plugin, RequestContext
+from tollway.plugins.redis_client import RedisClient, RedisUnavailable
 from tollway.plugins.shared_counters import Record
+
+log = logging.getLogger("tollway.plugins")
 
 
 class Conf(RedisFields):
@@ -73,12 +80,19 @@ class LimitReq(Plugin):
     schema = Conf
 
     async def access(self, conf: Conf, ctx: RequestContext) -> Exit:
-        if conf.policy != "local":
-            return None if conf.allow_degradation else (500, None)
         key = request_key(ctx, conf.key, conf.key_type, _template(conf))
-        scope = counter_scope(ctx, self.name, conf, _decode)
-        table = shared_counters.table("plugin-limit-req")
-        delay = table.update(f"{scope}:{key}", leaky_step, conf.rate, conf.burst)
+        counted = f"{counter_scope(ctx, self.name, conf, _decode)}:{key}"
+        if conf.policy == "local":
+            table = shared_counters.table("plugin-limit-req")
+            delay = table.update(counted, leaky_step, conf.rate, conf.burst)
+        else:
+            try:
+                delay = await leaky_bucket(
+                    _client(conf), f"limit_req:{counted}", conf.rate, conf.burst, time.time() * 1e3
+                )
+            except RedisUnavailable as e:
+                log.debug("limit-req: %s", e)
+                return None if conf.allow_degradation else (500, None)
         if delay is None:
             if conf.rejected_msg is not None:
                 return conf.rejected_code, {"error_msg": conf.rejected_msg}
@@ -86,6 +100,16 @@ class LimitReq(Plugin):
         if delay >= 0.001 and not conf.nodelay:
             await asyncio.sleep(delay)
         return None
+
+    async def aclose(self) -> None:
+        await redis_client.aclose_all()
+
+
+def _client_of(conf: Conf) -> RedisClient:
+    return redis_client.client(redis_client.target_of(conf, conf.policy))
+
+
+_client = PerConf(_client_of)
 
 
 def _decode(raw: object) -> Conf:
