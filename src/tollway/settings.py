@@ -71,6 +71,7 @@ class ApisixConf(Struct, kw_only=True):
     node_listen: int | list[Listen | int] = 9080
     router: RouterConf = msgspec.field(default_factory=RouterConf)
     delete_uri_tail_slash: bool = False
+    normalize_uri_like_servlet: bool = False
     disable_upstream_healthcheck: bool = False  # no checker runs, every node is used
     status: StatusConf | None = None
     disable_sync_configuration_during_start: bool = False

@@ -220,3 +220,57 @@ def test_malformed_requests_get_4xx_and_reach_nothing(
 def test_worker_survives_the_whole_corpus(gw: Gateway) -> None:
     wait_until(lambda: requests.get(gw.url("/public/z"), timeout=5).status_code == 200)
     assert "Traceback" not in gw.logs()
+
+
+@pytest.mark.parametrize(
+    ("target", "upstream_path"),
+    [
+        (b"/public/..;/private/y", "/public/..;/private/y"),
+        (b"/public/..\\private/y", "/public/..\\private/y"),
+        (b"/public/%252e%252e/private/y", "/public/%252e%252e/private/y"),
+        (b"/public/a;v=1/b", "/public/a;v=1/b"),
+    ],
+    ids=["dot-dot-semicolon", "backslash", "double-encoded-dots", "path-parameter"],
+)
+def test_default_mode_passes_what_nginx_passes(
+    gw: Gateway, upstream: Upstream, target: bytes, upstream_path: str
+) -> None:
+    """Documented in the README: without normalize_uri_like_servlet these reach a /public/*
+    route and its upstream unchanged, as with nginx and APISIX."""
+    upstream.requests.clear()
+    out = exchange(gw, b"GET " + target + b" HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    assert statuses(out) == [200], out[:300]
+    assert seen_paths(upstream) == [upstream_path]
+
+
+@pytest.fixture(scope="module")
+def servlet_gw(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream) -> Iterator[Gateway]:
+    root: Path = tmp_path_factory.mktemp("servlet")
+    conf = {"apisix": {"normalize_uri_like_servlet": True}}
+    with Gateway(root, apisix_yaml=CONFIG % {"up": upstream.addr}, config=conf) as g:
+        yield g
+
+
+@pytest.mark.parametrize(
+    ("target", "status", "upstream_path"),
+    [
+        (b"/public/..;/private/y", 400, None),
+        (b"/public/..\\private/y", 400, None),
+        (b"/public/%252e%252e;/private/y", 400, None),
+        (b"/public/a;jsessionid=1/b", 200, "/public/a;jsessionid=1/b"),
+        (b"/private;x/y", 403, None),  # matched as /private/y: the plugin sees it
+    ],
+    ids=["dot-dot-semicolon", "backslash", "double-encoded-dots", "kept-parameters", "routed"],
+)
+def test_servlet_normalisation(
+    servlet_gw: Gateway,
+    upstream: Upstream,
+    target: bytes,
+    status: int,
+    upstream_path: str | None,
+) -> None:
+    upstream.requests.clear()
+    req = b"GET " + target + b" HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+    out = exchange(servlet_gw, req)
+    assert statuses(out) == [status], out[:300]
+    assert seen_paths(upstream) == ([upstream_path] if upstream_path else [])

@@ -29,7 +29,7 @@ from tollway.proxy.runtime import (
 )
 from tollway.proxy.state import ServerState
 from tollway.proxy.upstream import UpstreamConnection
-from tollway.router import normalize_path
+from tollway.router import normalize_path, servlet_path
 
 if TYPE_CHECKING:
     from tollway.proxy.server import HttpProtocol
@@ -506,6 +506,13 @@ class Exchange(Forwarding):
         else:
             path = raw_path
         p = self.proto
+        if (";" in path or "\\" in path) and p.state.compiler.servlet_uri:
+            # apisix.normalize_uri_like_servlet: routes and plugins see the path without its
+            # ;parameters, the upstream gets them (as APISIX forwards the original uri).
+            servlet = servlet_path(path)
+            if servlet is None:
+                return None
+            path = servlet
         if path[-1] == "/" and len(path) > 1 and p.state.compiler.tail_slash:
             # apisix.delete_uri_tail_slash: the uri routes, plugins and the upstream see
             path = path[:-1]

@@ -243,6 +243,7 @@ class Compiler:
         self.dns: dict[str, tuple[str, ...]] = {}  # name -> IPs, from the supervisor
         self.kind = settings.conf.apisix.router.http
         self.tail_slash = settings.conf.apisix.delete_uri_tail_slash
+        self.servlet_uri = settings.conf.apisix.normalize_uri_like_servlet
         up = settings.conf.nginx_config.http.upstream
         self.keepalive = PoolLimits(up.keepalive, up.keepalive_timeout, up.keepalive_requests)
         self.runtime = Runtime(build_router(self.kind, [], delete_uri_tail_slash=self.tail_slash))

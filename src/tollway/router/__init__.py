@@ -6,7 +6,7 @@ normalised by :func:`normalize_path` before matching. Semantics: apisix.md §2.
 """
 
 from tollway.router.engine import KINDS, Router, RouterBuilder, build_router, compile_check
-from tollway.router.path import normalize_path
+from tollway.router.path import normalize_path, servlet_path
 from tollway.router.spec import Match, RequestView, RouteSpec
 
 __all__ = [
@@ -19,4 +19,5 @@ __all__ = [
     "build_router",
     "compile_check",
     "normalize_path",
+    "servlet_path",
 ]

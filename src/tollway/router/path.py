@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 from urllib.parse import unquote_to_bytes
 
-__all__ = ["normalize_path"]
+__all__ = ["normalize_path", "servlet_path"]
 
 _BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 
@@ -86,3 +86,30 @@ def normalize_path(raw_path: str) -> str | None:
     if "//" not in decoded and "/." not in decoded:
         return decoded
     return _remove_dot_segments(decoded)
+
+
+def servlet_path(path: str) -> str | None:
+    """``apisix.normalize_uri_like_servlet``: the path a Java servlet container matches, from a
+    path :func:`normalize_path` already produced; None when invalid (400).
+
+    Path parameters (``;...`` up to the next ``/``) are cut from every segment (Servlet spec
+    3.5.2), as APISIX does; a segment that is then ``.``, ``..``, ``%2e`` or ``%2e%2e`` (a
+    double-encoded dot), or an empty one before the last, is refused: those are the spellings
+    that reach a protected path through Tomcat (``/public/..;/private``). Beyond APISIX, a
+    backslash is refused too: Tomcat rejects it by default and IIS reads it as ``/``.
+    """
+    if "\\" in path:
+        return None
+    if ";" not in path:
+        return path
+    segments = path.split("/")
+    last = len(segments) - 1
+    for i, seg in enumerate(segments):
+        cut = seg.find(";")
+        if cut < 0:
+            continue
+        seg = seg[:cut]
+        if seg in (".", "..") or (not seg and i < last) or seg.lower() in ("%2e", "%2e%2e"):
+            return None
+        segments[i] = seg
+    return "/".join(segments)

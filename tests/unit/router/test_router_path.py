@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tollway.router import normalize_path
+from tollway.router import normalize_path, servlet_path
 
 
 @pytest.mark.parametrize(
@@ -81,3 +81,24 @@ def test_result_is_normal(segments: list[str]) -> None:
     assert "//" not in out
     assert all(s not in (".", "..") for s in out.split("/"))
     assert normalize_path(out.replace("%", "%25")) == out  # idempotent on its own output
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/a/b", "/a/b"),
+        ("/a;jsessionid=1/b", "/a/b"),
+        ("/a/b;v=1", "/a/b"),
+        ("/a/b;", "/a/b"),
+        ("/a/;x", "/a/"),  # an empty last segment with parameters is the trailing slash
+        ("/public/..;/private/y", None),  # Tomcat: /private/y
+        ("/public/.;x/y", None),
+        ("/public/%2e%2e;/private", None),  # %252e%252e once decoded
+        ("/public/%2E;/private", None),
+        ("/a/;x/b", None),  # an empty segment with parameters before the last
+        ("/public/..\\private", None),  # a backslash: IIS reads it as "/"
+        ("/a\\b", None),
+    ],
+)
+def test_servlet_path(path: str, expected: str | None) -> None:
+    assert servlet_path(path) == expected
