@@ -481,3 +481,66 @@ _VARS: dict[str, Callable[[RequestContext], Any]] = {
     "status": lambda c: str(c.resp_status) if c.resp_status else None,
     "upstream_uri": lambda c: c.up_uri or c.request_uri,
 }
+
+
+# -- what plugins that ship data off the request path use ---------------------------------------
+# Re-exported here so that plugins import only the kit. These modules import the names above
+# (Plugin, RequestContext...), hence at the end; tollway.plugins imports the kit first.
+from tollway.config.store import RateLimitedLog  # noqa: E402
+from tollway.expr import Expr, ExprError, compile_expr  # noqa: E402
+from tollway.plugins.batching import (  # noqa: E402
+    DEFAULT_MAX_PENDING_ENTRIES,
+    BatchBuffer,
+    BatchConf,
+    BatchManager,
+    BatchProcessor,
+    BatchSettings,
+    PartialFailure,
+    Sender,
+)
+from tollway.plugins.logentry import (  # noqa: E402
+    HOSTNAME,
+    LogConf,
+    LoggerPlugin,
+    LogMetadata,
+    check_log_conf,
+    custom_log,
+    full_log,
+    json_batch,
+    query_args,
+)
+from tollway.plugins.outbound import Endpoint, OutboundClient, request_bytes  # noqa: E402
+
+__all__ = [
+    "DEFAULT_MAX_PENDING_ENTRIES",
+    "HOSTNAME",
+    "PHASES",
+    "BatchBuffer",
+    "BatchConf",
+    "BatchManager",
+    "BatchProcessor",
+    "BatchSettings",
+    "Consumer",
+    "Endpoint",
+    "Exit",
+    "Expr",
+    "ExprError",
+    "LogConf",
+    "LogMetadata",
+    "LoggerPlugin",
+    "OutboundClient",
+    "PartialFailure",
+    "PerConf",
+    "PhaseResult",
+    "Plugin",
+    "RateLimitedLog",
+    "RequestContext",
+    "Sender",
+    "check_log_conf",
+    "compile_expr",
+    "custom_log",
+    "full_log",
+    "json_batch",
+    "query_args",
+    "request_bytes",
+]
