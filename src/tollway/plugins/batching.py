@@ -38,6 +38,10 @@ log = logging.getLogger("tollway.plugins")
 DEFAULT_MAX_PENDING_ENTRIES = 8192  # APISIX batch-processor-manager
 E = TypeVar("E")
 Sender = Callable[[list[Any]], Awaitable[None]]
+# Turns the queued items into what is sent, once per batch, in the sending task: the log phase
+# queues what the request already has (its context) and the entries are built off the request
+# path.
+Preparer = Callable[[list[Any]], list[Any]]
 
 
 class BatchConf(msgspec.Struct, kw_only=True):
@@ -120,13 +124,21 @@ class BatchBuffer(Generic[E]):
 class BatchProcessor:
     """One conf's buffer in one worker: its timer and the tasks sending its batches."""
 
-    def __init__(self, key: Any, settings: BatchSettings, send: Sender, owner: BatchManager):
+    def __init__(
+        self,
+        key: Any,
+        settings: BatchSettings,
+        send: Sender,
+        owner: BatchManager,
+        prepare: Preparer | None = None,
+    ) -> None:
         self.key = key  # the conf object this processor serves (identity)
         self.settings = settings
         self.buffer: BatchBuffer[Any] = BatchBuffer(
             settings.batch_max_size, settings.inactive_timeout, settings.buffer_duration
         )
         self.send = send
+        self.prepare = prepare
         self.owner = owner
         self.timer: asyncio.TimerHandle | None = None
         self.tasks: set[asyncio.Task[None]] = set()
@@ -171,6 +183,13 @@ class BatchProcessor:
         warn = self.owner.warn
         left = len(batch)
         try:
+            if self.prepare is not None:
+                try:
+                    batch = self.prepare(batch)
+                except Exception:
+                    log.exception("Batch Processor[%s] failed to build entries", s.name)
+                    self.owner.dropped += left
+                    return
             for attempt in range(s.max_retry_count + 1):
                 try:
                     await self.send(batch)
@@ -222,7 +241,7 @@ class BatchProcessor:
             await asyncio.gather(*late, return_exceptions=True)
 
 
-Starter = Callable[[Any], tuple[BatchSettings, Sender]]
+Starter = Callable[[Any], tuple[BatchSettings, Sender, Preparer | None]]
 
 
 class BatchManager:
@@ -258,12 +277,12 @@ class BatchManager:
         return True
 
     def push(self, key: Any, entry: Any, start: Starter) -> None:
-        """Queue ``entry`` on ``key``'s processor (``start(key)`` gives its settings and sender
-        the first time). Call ``full()`` first."""
+        """Queue ``entry`` on ``key``'s processor (``start(key)`` gives its settings, sender and
+        preparer the first time). Call ``full()`` first."""
         proc = self.processors.get(id(key))
         if proc is None or proc.key is not key:
-            settings, send = start(key)
-            proc = self.processors[id(key)] = BatchProcessor(key, settings, send, self)
+            settings, send, prepare = start(key)
+            proc = self.processors[id(key)] = BatchProcessor(key, settings, send, self, prepare)
         self.pending += 1
         proc.push(entry)
 

@@ -496,6 +496,7 @@ from tollway.plugins.batching import (  # noqa: E402
     BatchProcessor,
     BatchSettings,
     PartialFailure,
+    Preparer,
     Sender,
 )
 from tollway.plugins.logentry import (  # noqa: E402
@@ -533,6 +534,7 @@ __all__ = [
     "PerConf",
     "PhaseResult",
     "Plugin",
+    "Preparer",
     "RateLimitedLog",
     "RequestContext",
     "Sender",

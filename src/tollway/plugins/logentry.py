@@ -30,6 +30,7 @@ from tollway.plugins.batching import (
     BatchConf,
     BatchManager,
     BatchSettings,
+    Preparer,
     Sender,
 )
 from tollway.plugins.kit import Exit, PerConf, Plugin, RequestContext
@@ -266,8 +267,8 @@ class LoggerPlugin(Plugin):
         batches = self.batches
         if batches.full():
             return
-        entry = self.entry(conf, ctx, time.time())
-        batches.push(conf, self.item(conf, ctx, entry), self.start)
+        # Only the context and the time are queued: the entry is built in the sending task.
+        batches.push(conf, (ctx, time.time()), self.start)
 
     def entry(self, conf: Any, ctx: RequestContext, now: float) -> dict[str, Any]:
         meta = self.metadata
@@ -291,8 +292,11 @@ class LoggerPlugin(Plugin):
         """What is queued for one entry (default: the entry itself)."""
         return entry
 
-    def start(self, conf: Any) -> tuple[BatchSettings, Sender]:
-        return BatchSettings.of(conf), self.sender(conf)
+    def start(self, conf: Any) -> tuple[BatchSettings, Sender, Preparer]:
+        def prepare(batch: list[tuple[RequestContext, float]]) -> list[Any]:
+            return [self.item(conf, ctx, self.entry(conf, ctx, now)) for ctx, now in batch]
+
+        return BatchSettings.of(conf), self.sender(conf), prepare
 
     def sender(self, conf: Any) -> Sender:
         raise NotImplementedError

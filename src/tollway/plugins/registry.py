@@ -45,6 +45,7 @@ BUILTIN_MODULES = (
     "tollway.plugins.builtin.hmac_auth",
     "tollway.plugins.builtin.http_logger",
     "tollway.plugins.builtin.prometheus",
+    "tollway.plugins.builtin.opentelemetry",
     "tollway.plugins.builtin.accept_only",
 )
 

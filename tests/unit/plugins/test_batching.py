@@ -44,8 +44,8 @@ class Receiver:
         self.partial = partial
 
     def start(self, settings: BatchSettings) -> Any:
-        def make(key: Any) -> tuple[BatchSettings, Sender]:
-            return settings, self.send
+        def make(key: Any) -> tuple[BatchSettings, Sender, None]:
+            return settings, self.send, None
 
         return make
 
