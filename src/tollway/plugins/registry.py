@@ -46,6 +46,7 @@ BUILTIN_MODULES = (
     "tollway.plugins.builtin.http_logger",
     "tollway.plugins.builtin.prometheus",
     "tollway.plugins.builtin.opentelemetry",
+    "tollway.plugins.builtin.zipkin",
     "tollway.plugins.builtin.accept_only",
 )
 
