@@ -501,6 +501,8 @@ from tollway.plugins.batching import (  # noqa: E402
 )
 from tollway.plugins.logentry import (  # noqa: E402
     HOSTNAME,
+    MAX_BODY_BYTES,
+    HttpLoggerBase,
     LogConf,
     LoggerPlugin,
     LogMetadata,
@@ -509,12 +511,16 @@ from tollway.plugins.logentry import (  # noqa: E402
     full_log,
     json_batch,
     query_args,
+    resolve_vars,
+    send_tcp,
+    send_udp,
 )
 from tollway.plugins.outbound import Endpoint, OutboundClient, request_bytes  # noqa: E402
 
 __all__ = [
     "DEFAULT_MAX_PENDING_ENTRIES",
     "HOSTNAME",
+    "MAX_BODY_BYTES",
     "PHASES",
     "BatchBuffer",
     "BatchConf",
@@ -526,6 +532,7 @@ __all__ = [
     "Exit",
     "Expr",
     "ExprError",
+    "HttpLoggerBase",
     "LogConf",
     "LogMetadata",
     "LoggerPlugin",
@@ -545,4 +552,7 @@ __all__ = [
     "json_batch",
     "query_args",
     "request_bytes",
+    "resolve_vars",
+    "send_tcp",
+    "send_udp",
 ]

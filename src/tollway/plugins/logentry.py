@@ -15,9 +15,13 @@ batch is sent.
 
 from __future__ import annotations
 
+import asyncio
+import re
 import socket
+import ssl
 import time
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import Annotated, Any, ClassVar
 from urllib.parse import unquote_plus
 
 import msgspec
@@ -34,6 +38,7 @@ from tollway.plugins.batching import (
     Sender,
 )
 from tollway.plugins.kit import Exit, PerConf, Plugin, RequestContext
+from tollway.plugins.outbound import Endpoint, OutboundClient, request_bytes
 
 MAX_BODY_BYTES = 512 * 1024  # APISIX log-util MAX_REQ_BODY / MAX_RESP_BODY
 _STATE = "log-bodies"
@@ -208,7 +213,7 @@ class LoggerPlugin(Plugin):
     """A logger: subclasses set ``name``/``priority``/``schema`` and implement ``sender``
     (how one batch leaves), and may override ``item`` (what is queued for one entry)."""
 
-    metadata_schema = LogMetadata
+    metadata_schema: ClassVar[type[msgspec.Struct] | None] = LogMetadata
     grace = 3.0  # seconds the sends get at a graceful stop
 
     def __init__(self) -> None:
@@ -296,7 +301,11 @@ class LoggerPlugin(Plugin):
         def prepare(batch: list[tuple[RequestContext, float]]) -> list[Any]:
             return [self.item(conf, ctx, self.entry(conf, ctx, now)) for ctx, now in batch]
 
-        return BatchSettings.of(conf), self.sender(conf), prepare
+        return self.settings(conf), self.sender(conf), prepare
+
+    def settings(self, conf: Any) -> BatchSettings:
+        """The batch processor's settings for ``conf`` (default: its batch fields)."""
+        return BatchSettings.of(conf)
 
     def sender(self, conf: Any) -> Sender:
         raise NotImplementedError
@@ -310,3 +319,114 @@ def json_batch(entries: list[Any], batch_max_size: int) -> bytes:
     if batch_max_size == 1:
         return msgspec.json.encode(entries[0])
     return msgspec.json.encode(entries)
+
+
+class HttpLoggerBase(LoggerPlugin):
+    """A logger that POSTs each batch to one of its HTTP(S) endpoints (loki, elasticsearch,
+    clickhouse): one outbound connection pool per plugin, closed at stop."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.client = OutboundClient(self.name)
+
+    async def post(
+        self,
+        url: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        timeout: float,
+        verify: bool,
+    ) -> int:
+        """POST ``body`` to ``url``; the status, or OSError when the receiver is unreachable."""
+        endpoint, target = _parse_url(url)
+        data = request_bytes("POST", target, [("Host", endpoint.host), *headers], body)
+        return await self.client.send(
+            endpoint, data, connect_timeout=timeout, timeout=timeout, verify=verify
+        )
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        self.client.close()
+
+
+_urls: dict[str, tuple[Endpoint, str]] = {}
+
+
+def _parse_url(url: str) -> tuple[Endpoint, str]:
+    hit = _urls.get(url)
+    if hit is None:
+        if len(_urls) > 1024:
+            _urls.clear()
+        hit = _urls[url] = Endpoint.parse(url)
+    return hit
+
+
+_VAR = re.compile(r"\$\{(\w+)\}|\$(\w+)")
+
+
+def resolve_vars(template: str, var: Callable[[str], Any]) -> str:
+    """APISIX core.utils.resolve_var: ``$name`` and ``${name}`` replaced by the variable (an
+    unknown one by "")."""
+    if "$" not in template:
+        return template
+
+    def sub(m: re.Match[str]) -> str:
+        got = var(m.group(1) or m.group(2))
+        return "" if got is None else str(got)
+
+    return _VAR.sub(sub, template)
+
+
+# -- sockets (tcp-logger, udp-logger, syslog) ------------------------------------------------
+
+_NO_VERIFY = ssl.create_default_context()
+_NO_VERIFY.check_hostname = False
+_NO_VERIFY.verify_mode = ssl.CERT_NONE
+
+
+async def send_tcp(host: str, port: int, data: bytes, timeout: float, tls: bool) -> None:
+    where = f"host[{host}] port[{port}]"
+    async with asyncio.timeout(timeout):
+        try:
+            _, writer = await asyncio.open_connection(
+                host, port, ssl=_NO_VERIFY if tls else None, server_hostname=host if tls else None
+            )
+        except OSError as e:
+            raise ConnectionError(f"failed to connect to TCP server: {where} err: {e}") from None
+        try:
+            writer.write(data)
+            await writer.drain()
+        finally:
+            writer.close()
+            try:
+                await writer.wait_closed()
+            except OSError:
+                pass
+
+
+class _Datagram(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.error: Exception | None = None
+
+    def error_received(self, exc: Exception) -> None:
+        self.error = exc
+
+
+async def send_udp(host: str, port: int, datagrams: list[bytes], timeout: float) -> None:
+    loop = asyncio.get_running_loop()
+    where = f"host[{host}] port[{port}]"
+    async with asyncio.timeout(timeout):
+        try:
+            transport, proto = await loop.create_datagram_endpoint(
+                _Datagram, remote_addr=(host, port)
+            )
+        except OSError as e:
+            raise ConnectionError(f"failed to connect to UDP server: {where} err: {e}") from None
+    try:
+        for data in datagrams:
+            transport.sendto(data)
+        await asyncio.sleep(0)  # let an immediate ICMP error be reported
+        if proto.error is not None:
+            raise ConnectionError(f"failed to send data to UDP server: {where} {proto.error}")
+    finally:
+        transport.close()

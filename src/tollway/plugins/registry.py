@@ -47,6 +47,13 @@ BUILTIN_MODULES = (
     "tollway.plugins.builtin.prometheus",
     "tollway.plugins.builtin.opentelemetry",
     "tollway.plugins.builtin.zipkin",
+    "tollway.plugins.builtin.tcp_logger",
+    "tollway.plugins.builtin.udp_logger",
+    "tollway.plugins.builtin.syslog",
+    "tollway.plugins.builtin.file_logger",
+    "tollway.plugins.builtin.loki_logger",
+    "tollway.plugins.builtin.elasticsearch_logger",
+    "tollway.plugins.builtin.clickhouse_logger",
     "tollway.plugins.builtin.accept_only",
 )
 
