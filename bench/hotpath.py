@@ -68,7 +68,20 @@ class Transport:
         raise AssertionError("closed")
 
 
-async def setup(plugins: bool) -> tuple[HttpProtocol, UpstreamConnection, Transport, Transport]:
+# ``--observe NAME``: the route also runs this plugin (and nothing is exported during a round:
+# the event loop does not run, so what the plugin queues stays queued; its backlog limit is
+# lifted for the run so that no entry takes the cheaper drop path).
+OBSERVE: dict[str, dict[str, Any]] = {
+    "opentelemetry": {"sampler": {"name": "always_on"}},
+    "zipkin": {"endpoint": "http://127.0.0.1:9411/api/v2/spans", "sample_ratio": 1},
+    "http-logger": {"uri": "http://127.0.0.1:1/log"},
+    "tcp-logger": {"host": "127.0.0.1", "port": 1},
+}
+
+
+async def setup(
+    plugins: bool, observe: str | None = None
+) -> tuple[HttpProtocol, UpstreamConnection, Transport, Transport]:
     route: dict[str, Any] = {
         "uri": "/api/v1/svc500/*",
         "upstream": {
@@ -86,10 +99,17 @@ async def setup(plugins: bool) -> tuple[HttpProtocol, UpstreamConnection, Transp
             },
             "response-rewrite": {"headers": {"set": {"X-Served-By": "tollway-bench"}}},
         }
+    if observe:
+        route.setdefault("plugins", {})[observe] = OBSERVE[observe]
     store = Store()
     store.load(1, [KeyValue("/apisix/routes/1", json.dumps(route).encode(), 1, 1)])
-    compiler = Compiler(default_settings(Path("/tmp/conf")), load_registry())
+    registry = load_registry()
+    compiler = Compiler(default_settings(Path("/tmp/conf")), registry)
     await compiler.rebuild(store)
+    if observe:
+        plugin: Any = registry.get(observe)
+        manager = getattr(plugin, "batches", None) or plugin.spans
+        manager.max_pending = 2**62
     state = ServerState(compiler, max_header_size=32768, max_body_size=0, keepalive_timeout=60)
     state.start(asyncio.get_running_loop())
     up = compiler.runtime.routes["1"].upstream
@@ -155,10 +175,11 @@ async def main() -> None:
         "--plugins", action="store_true", help="proxy-rewrite + response-rewrite as bench/proxy.py"
     )
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--observe", choices=sorted(OBSERVE), help="add this plugin to the route")
     ap.add_argument("--against", metavar="REF", help="A/B against a git revision")
     ap.add_argument("--show", action="store_true", help="print one request and one answer")
     args = ap.parse_args()
-    proto, conn, ct, ut = await setup(args.plugins)
+    proto, conn, ct, ut = await setup(args.plugins, args.observe)
     if args.show:
         round_(proto, conn, ct, ut, 1)
         flush = getattr(proto.state, "flush_writes", lambda: None)
@@ -177,7 +198,12 @@ async def main() -> None:
         pstats.Stats(prof).sort_stats("tottime").print_stats(25)
         return
     # Many short rounds, the best one reported: this VM's neighbours make the others slower.
-    times = sorted(round_(proto, conn, ct, ut, args.requests // 20) for _ in range(20))
+    times = []
+    for _ in range(20):
+        times.append(round_(proto, conn, ct, ut, args.requests // 20))
+        for _ in range(5):  # what the round queued is sent (and fails: no receiver) meanwhile
+            await asyncio.sleep(0)
+    times.sort()
     print(f"{times[0]:.2f} us/request (best of 20 rounds; median {times[10]:.2f})")
 
 

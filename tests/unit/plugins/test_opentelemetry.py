@@ -29,7 +29,7 @@ T, P = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
 
 def test_parse_traceparent() -> None:
     assert parse_traceparent(f"00-{T}-{P}-01") == (T, P, True)
-    assert parse_traceparent(f"00-{T.upper()}-{P}-00") == (T, P, False)
+    assert parse_traceparent(f"00-{T}-{P}-00") == (T, P, False)
     assert parse_traceparent(f"01-{T}-{P}-03-extra") == (T, P, True)  # a future version
     for bad in (
         None,
@@ -39,6 +39,7 @@ def test_parse_traceparent() -> None:
         f"00-{T}-{'0' * 16}-01",
         f"00-{T}-{P}-01-extra",
         f"00-{T[:-1]}-{P}-01",
+        f"00-{T.upper()}-{P}-01",  # trace-id is lowercase hex (W3C trace context)
         "garbage",
     ):
         assert parse_traceparent(bad) is None

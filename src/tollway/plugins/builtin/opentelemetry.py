@@ -124,14 +124,15 @@ _TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-
 _HEX32 = re.compile(r"^[0-9a-f]{32}$")
 _ZERO_TRACE = "0" * 32
 _ZERO_SPAN = "0" * 16
+_SAMPLED_FLAGS = frozenset(("01", "03"))
 
 
 def parse_traceparent(value: str | None) -> tuple[str, str, bool] | None:
-    """(trace id, parent span id, sampled) or None when absent or invalid: version ff, all-zero
-    ids, or a version 00 header with more than four fields are invalid (§3.2.2)."""
+    """(trace id, parent span id, sampled) or None when absent or invalid: not lowercase hex,
+    version ff, all-zero ids, or a version 00 header with more than four fields (§3.2.2)."""
     if not value:
         return None
-    m = _TRACEPARENT.match(value.strip().lower())
+    m = _TRACEPARENT.match(value)
     if m is None:
         return None
     version, trace_id, span_id, flags, rest = m.groups()
@@ -139,7 +140,7 @@ def parse_traceparent(value: str | None) -> tuple[str, str, bool] | None:
         return None
     if span_id == _ZERO_SPAN:
         return None
-    return trace_id, span_id, bool(int(flags, 16) & 1)
+    return trace_id, span_id, flags in _SAMPLED_FLAGS or bool(int(flags, 16) & 1)
 
 
 def ratio_sample(trace_id: str, fraction: float) -> bool:
@@ -195,13 +196,22 @@ class SpanStart:
 
 
 def _kv(key: str, value: Any) -> KeyValue:
-    if isinstance(value, bool):
-        return KeyValue(key=key, value=AnyValue(bool_value=value))
-    if isinstance(value, int):
-        return KeyValue(key=key, value=AnyValue(int_value=value))
-    if isinstance(value, float):
-        return KeyValue(key=key, value=AnyValue(double_value=value))
-    return KeyValue(key=key, value=AnyValue(string_value=str(value)))
+    kv = KeyValue(key=key)
+    _set_value(kv.value, value)
+    return kv
+
+
+def _set_value(out: AnyValue, value: Any) -> None:
+    if isinstance(value, str):
+        out.string_value = value
+    elif isinstance(value, bool):
+        out.bool_value = value
+    elif isinstance(value, int):
+        out.int_value = value
+    elif isinstance(value, float):
+        out.double_value = value
+    else:
+        out.string_value = str(value)
 
 
 def _coerce(value: Any) -> str | None:
@@ -265,9 +275,15 @@ def build_span(conf: Conf, ctx: RequestContext, start: SpanStart, end_ns: int) -
         kind=Span.SPAN_KIND_SERVER,
         start_time_unix_nano=int(ctx.start_time * 1e9),
         end_time_unix_nano=end_ns,
-        attributes=[_kv(k, v) for k, v in span_attributes(conf, ctx) if v is not None],
         flags=0x100 | (0x200 if start.parent_id else 0) | 1,  # sampled; parent is remote
     )
+    # Filled in place: upb makes a Python object per message built, ~4x slower.
+    add = span.attributes.add
+    for k, v in span_attributes(conf, ctx):
+        if v is not None:
+            kv = add()
+            kv.key = k
+            _set_value(kv.value, v)
     if start.parent_id:
         span.parent_span_id = bytes.fromhex(start.parent_id)
     if start.tracestate:

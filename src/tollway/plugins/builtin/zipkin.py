@@ -94,8 +94,15 @@ def valid_context(trace_id: str | None, span_id: str | None, parent_id: str | No
     return True
 
 
-def _new_id(bits: int) -> str:
-    return f"{random.getrandbits(bits) or 1:0{bits // 4}x}"
+def _span_id() -> str:
+    return "%016x" % (_bits(64) or 1)
+
+
+def _trace_id() -> str:
+    return "%032x" % (_bits(128) or 1)
+
+
+_bits = random.getrandbits
 
 
 class Trace:
@@ -116,8 +123,8 @@ class Trace:
     def __init__(self, trace_id: str, client_span: str | None, sampled: bool) -> None:
         self.trace_id = trace_id
         self.client_span = client_span  # the request span's parent
-        self.request_id = _new_id(64)
-        self.proxy_id = _new_id(64)
+        self.request_id = _span_id()
+        self.proxy_id = _span_id()
         self.sampled = sampled
         self.rewrite_end = 0.0
         self.access_end = 0.0
@@ -177,9 +184,9 @@ def build_spans(conf: Conf, ctx: RequestContext, tr: Trace, end: float) -> list[
     headers_at = tr.headers_at or end
     if conf.span_version == 2:
         b.add("apisix.proxy", tr.proxy_id, tr.request_id, start, headers_at)
-        b.add("apisix.response_span", _new_id(64), tr.request_id, headers_at, end)
+        b.add("apisix.response_span", _span_id(), tr.request_id, headers_at, end)
     else:
-        rewrite_id, access_id, body_id = tr.spans_v1 or (_new_id(64), _new_id(64), _new_id(64))
+        rewrite_id, access_id, body_id = tr.spans_v1 or (_span_id(), _span_id(), _span_id())
         b.add("apisix.rewrite", rewrite_id, tr.request_id, start, tr.rewrite_end or start)
         b.add("apisix.access", access_id, tr.request_id, tr.rewrite_end, tr.access_end)
         b.add("apisix.proxy", tr.proxy_id, tr.request_id, tr.access_end, end)
@@ -237,14 +244,14 @@ class Zipkin(Plugin):
         if valid_context(trace_id, span_id, parent_id):
             tr = Trace((trace_id or "").lower(), span_id.lower() if span_id else None, sample)
         else:
-            tr = Trace(_new_id(128), None, sample)
+            tr = Trace(_trace_id(), None, sample)
         state = ctx.plugin_state
         if state is None:
             state = ctx.plugin_state = {}
         state[STATE_KEY] = tr
         if sample and conf.span_version == 1:
             tr.rewrite_end = time.time()
-            tr.spans_v1 = (_new_id(64), _new_id(64), _new_id(64))
+            tr.spans_v1 = (_span_id(), _span_id(), _span_id())
         return None
 
     def access(self, conf: Conf, ctx: RequestContext) -> Exit:
@@ -280,11 +287,14 @@ class Zipkin(Plugin):
         spans.push(conf, (conf, ctx, tr, time.time()), self._start)
 
     def _start(self, conf: Conf) -> tuple[BatchSettings, Sender, Preparer]:
-        endpoint, target = _endpoints(conf)
-        headers = [("Host", endpoint.host), ("Content-Type", "application/json")]
-
         def prepare(batch: list[tuple[Conf, RequestContext, Trace, float]]) -> list[Any]:
             return [span for item in batch for span in build_spans(*item)]
+
+        return SETTINGS, self._sender(conf), prepare
+
+    def _sender(self, conf: Conf) -> Sender:
+        endpoint, target = _endpoints(conf)
+        headers = [("Host", endpoint.host), ("Content-Type", "application/json")]
 
         async def send(spans: list[dict[str, Any]]) -> None:
             body = msgspec.json.encode(spans)
@@ -297,7 +307,7 @@ class Zipkin(Plugin):
             if not 200 <= status < 300:
                 raise ConnectionError(f"failed: {conf.endpoint} {status}")
 
-        return SETTINGS, send, prepare
+        return send
 
     async def aclose(self) -> None:
         await self.spans.aclose(3.0)
