@@ -68,9 +68,9 @@ class Transport:
         raise AssertionError("closed")
 
 
-# ``--observe NAME``: the route also runs this plugin (and nothing is exported during a round:
-# the event loop does not run, so what the plugin queues stays queued; its backlog limit is
-# lifted for the run so that no entry takes the cheaper drop path).
+# ``--observe NAME``: the route also runs this plugin. Its network send is replaced by a no-op
+# (the batches leave between rounds, when the event loop runs), and its backlog limit is lifted
+# so that no entry takes the cheaper drop path.
 OBSERVE: dict[str, dict[str, Any]] = {
     "opentelemetry": {"sampler": {"name": "always_on"}},
     "zipkin": {"endpoint": "http://127.0.0.1:9411/api/v2/spans", "sample_ratio": 1},
@@ -110,6 +110,14 @@ async def setup(
         plugin: Any = registry.get(observe)
         manager = getattr(plugin, "batches", None) or plugin.spans
         manager.max_pending = 2**62
+
+        async def noop(batch: list[Any]) -> None:
+            return None
+
+        if hasattr(plugin, "sender"):
+            plugin.sender = lambda conf: noop
+        else:
+            plugin._sender = lambda key: noop
     state = ServerState(compiler, max_header_size=32768, max_body_size=0, keepalive_timeout=60)
     state.start(asyncio.get_running_loop())
     up = compiler.runtime.routes["1"].upstream
@@ -176,10 +184,18 @@ async def main() -> None:
     )
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--observe", choices=sorted(OBSERVE), help="add this plugin to the route")
+    ap.add_argument(
+        "--worker-gc", action="store_true", help="the worker's gc.freeze() and thresholds"
+    )
     ap.add_argument("--against", metavar="REF", help="A/B against a git revision")
     ap.add_argument("--show", action="store_true", help="print one request and one answer")
     args = ap.parse_args()
     proto, conn, ct, ut = await setup(args.plugins, args.observe)
+    if args.worker_gc:  # as tollway.worker.main
+        import gc
+
+        gc.freeze()
+        gc.set_threshold(50_000, 50, 100)
     if args.show:
         round_(proto, conn, ct, ut, 1)
         flush = getattr(proto.state, "flush_writes", lambda: None)

@@ -260,3 +260,57 @@ def test_plugin_attr_when_there_is_no_metadata(
         assert sent_traceparent(r)[0] == rid
         span = wait_span(collector, rid)
         assert attrs(span)["apisix.route_id"] == "r"
+
+
+META_CONFIG = """
+routes:
+  - id: r
+    uri: /r
+    plugins:
+      opentelemetry: {sampler: {name: always_on}}
+    upstream: {nodes: {"%(up)s": 1}}
+plugin_metadata:
+  - id: opentelemetry
+    collector: {address: "%(col)s"}
+    resource: {service.name: from-metadata}
+    batch_span_processor: {inactive_timeout: 0.2}
+#END
+"""
+
+
+def test_metadata_wins_over_plugin_attr_and_changes_at_run_time(
+    tmp_path: Path, upstream: Upstream, collector: Upstream
+) -> None:
+    other = Upstream("otel-attr").start()
+    try:
+        config = {
+            "plugin_attr": {
+                "opentelemetry": {
+                    "collector": {"address": other.addr},
+                    "batch_span_processor": {"inactive_timeout": 0.2},
+                }
+            }
+        }
+        routes = ATTR_CONFIG % {"up": upstream.addr}
+        with Gateway(tmp_path, apisix_yaml=routes, config=config) as g:
+            first = sent_traceparent(requests.get(g.url("/r"), timeout=5))[0]
+            wait_span(other, first)  # plugin_attr's collector while there is no metadata
+            g.write_yaml(META_CONFIG % {"up": upstream.addr, "col": collector.addr})
+
+            def to_metadata_collector() -> str | None:
+                trace = sent_traceparent(requests.get(g.url("/r"), timeout=5))[0]
+                try:
+                    wait_until(lambda: trace in {s.trace_id.hex() for s in spans_of(collector)}, 1)
+                except AssertionError:
+                    return None
+                return trace
+
+            trace = wait_until(to_metadata_collector, timeout=10)
+        req = next(
+            q for _, q in exports(collector) if bytes.fromhex(trace) in q.SerializeToString()
+        )
+        res = {kv.key: kv.value.string_value for kv in req.resource_spans[0].resource.attributes}
+        assert res["service.name"] == "from-metadata"
+        assert trace not in {s.trace_id.hex() for s in spans_of(other)}
+    finally:
+        other.stop()
