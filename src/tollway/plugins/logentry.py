@@ -273,6 +273,8 @@ class LoggerPlugin(Plugin):
         if batches.full():
             return
         # Only the context and the time are queued: the entry is built in the sending task.
+        # The request is over: its body reader (and with it the connection) is not kept.
+        ctx.body_reader = None
         batches.push(conf, (ctx, time.time()), self.start)
 
     def entry(self, conf: Any, ctx: RequestContext, now: float) -> dict[str, Any]:

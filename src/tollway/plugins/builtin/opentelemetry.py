@@ -398,6 +398,7 @@ class OpenTelemetry(Plugin):
         spans = self.spans
         if spans.full():
             return
+        ctx.body_reader = None  # the request is over: the queue keeps no connection alive
         spans.push(self.instance, (conf, ctx, start, time.time_ns()), self._start)
 
     def _start(self, inst: Instance) -> tuple[BatchSettings, Sender, Preparer]:

@@ -284,6 +284,7 @@ class Zipkin(Plugin):
         spans = self.spans
         if spans.full():
             return
+        ctx.body_reader = None  # the request is over: the queue keeps no connection alive
         spans.push(conf, (conf, ctx, tr, time.time()), self._start)
 
     def _start(self, conf: Conf) -> tuple[BatchSettings, Sender, Preparer]:
