@@ -108,3 +108,22 @@ def test_metadata_wins_over_plugin_attr() -> None:
     plugin.set_metadata(None)
     assert plugin.instance.collector.address == "attr:4318"
     asyncio.run(plugin.aclose())
+
+
+def test_set_ngx_var_and_trace_id_from_x_request_id() -> None:
+    plugin = OpenTelemetry()
+    plugin.set_metadata(
+        msgspec.convert({"set_ngx_var": True, "trace_id_source": "x-request-id"}, Instance)
+    )
+    conf = msgspec.convert({"sampler": {"name": "always_off"}}, Conf)
+    rid = "0af7651916cd43dd8448eb211c80319c"
+    ctx = make_ctx("/", headers={"x-request-id": rid.upper()})
+    plugin.rewrite(conf, ctx)
+    span = ctx.var("opentelemetry_span_id")
+    assert ctx.var("opentelemetry_trace_id") == rid
+    assert ctx.var("opentelemetry_context_traceparent") == f"00-{rid}-{span}-00"
+    assert ctx.headers["traceparent"] == f"00-{rid}-{span}-00"
+    bad = make_ctx("/", headers={"x-request-id": "not-a-trace-id"})
+    plugin.rewrite(conf, bad)
+    assert len(bad.var("opentelemetry_trace_id")) == 32
+    assert bad.var("opentelemetry_trace_id") != rid

@@ -55,3 +55,14 @@ def test_unsampled_request_tells_the_upstream_its_request_span() -> None:
     h = ctx.headers
     assert (h["x-b3-traceid"], h["x-b3-parentspanid"], h["x-b3-sampled"]) == (T, S, "0")
     assert h["x-b3-spanid"] != S
+
+
+def test_set_ngx_var_from_plugin_attr() -> None:
+    plugin = Zipkin()
+    plugin.init({"set_ngx_var": True})
+    conf = REG.decode_conf("zipkin", {"endpoint": "http://z.test", "sample_ratio": 1})
+    ctx = make_ctx("/", headers={"x-b3-traceid": T, "x-b3-spanid": S})
+    plugin.rewrite(conf, ctx)
+    assert ctx.var("zipkin_trace_id") == T
+    span = ctx.var("zipkin_span_id")
+    assert ctx.var("zipkin_context_traceparent") == f"00-{T}-{span}-01"

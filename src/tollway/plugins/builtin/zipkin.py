@@ -20,7 +20,9 @@ As APISIX's zipkin plugin (``zipkin.lua``, ``zipkin/codec.lua``, ``zipkin/report
   port}``, the request span's tags ``component``, ``http.method``, ``http.url``,
   ``http.status_code``, ``apisix.response_source`` and its ``remoteEndpoint`` (the client), in
   batches (APISIX's reporter: 1000, 5 s inactive, 60 s at most, no retry) built off the request
-  path by the shared batch processor.
+  path by the shared batch processor;
+* with ``plugin_attr.zipkin.set_ngx_var``, the variables ``zipkin_context_traceparent``,
+  ``zipkin_trace_id`` and ``zipkin_span_id`` (for the access log).
 """
 
 from __future__ import annotations
@@ -214,6 +216,11 @@ class Zipkin(Plugin):
     def __init__(self) -> None:
         self.spans = BatchManager(self.name)
         self.client = OutboundClient("zipkin")
+        self.set_ngx_var = False
+
+    def init(self, attr: dict[str, Any]) -> None:
+        # plugin_attr.zipkin.set_ngx_var: the ids as variables (for the access log).
+        self.set_ngx_var = bool(attr.get("set_ngx_var"))
 
     # -- rewrite: the B3 context ------------------------------------------------------------
 
@@ -249,6 +256,11 @@ class Zipkin(Plugin):
         if state is None:
             state = ctx.plugin_state = {}
         state[STATE_KEY] = tr
+        if self.set_ngx_var:
+            flag = "01" if sample else "00"
+            ctx.set_var("zipkin_context_traceparent", f"00-{tr.trace_id}-{tr.request_id}-{flag}")
+            ctx.set_var("zipkin_trace_id", tr.trace_id)
+            ctx.set_var("zipkin_span_id", tr.request_id)
         if sample and conf.span_version == 1:
             tr.rewrite_end = time.time()
             tr.spans_v1 = (_span_id(), _span_id(), _span_id())
