@@ -75,6 +75,11 @@ OBSERVE: dict[str, dict[str, Any]] = {
     "opentelemetry": {"sampler": {"name": "always_on"}},
     "zipkin": {"endpoint": "http://127.0.0.1:9411/api/v2/spans", "sample_ratio": 1},
     "http-logger": {"uri": "http://127.0.0.1:1/log"},
+    # with its own log_format: no header_filter, the response head passes untouched
+    "http-logger+log_format": {
+        "uri": "http://127.0.0.1:1/log",
+        "log_format": {"host": "$host", "uri": "$uri", "status": "$status"},
+    },
     "tcp-logger": {"host": "127.0.0.1", "port": 1},
 }
 
@@ -99,15 +104,16 @@ async def setup(
             },
             "response-rewrite": {"headers": {"set": {"X-Served-By": "tollway-bench"}}},
         }
+    name = observe.split("+")[0] if observe else None
     if observe:
-        route.setdefault("plugins", {})[observe] = OBSERVE[observe]
+        route.setdefault("plugins", {})[name] = OBSERVE[observe]
     store = Store()
     store.load(1, [KeyValue("/apisix/routes/1", json.dumps(route).encode(), 1, 1)])
     registry = load_registry()
     compiler = Compiler(default_settings(Path("/tmp/conf")), registry)
     await compiler.rebuild(store)
     if observe:
-        plugin: Any = registry.get(observe)
+        plugin: Any = registry.get(name)
         manager = getattr(plugin, "batches", None) or plugin.spans
         manager.max_pending = 2**62
 

@@ -237,6 +237,10 @@ class LoggerPlugin(Plugin):
             return self.rewrite if conf.include_req_body else None
         if phase == "body_filter":
             return self.body_filter if conf.include_resp_body else None
+        if phase == "header_filter" and conf.log_format:
+            # The conf's own log_format (it wins over the metadata's) logs no response headers:
+            # without a header_filter the proxy passes the response head on untouched.
+            return None
         return super().phase_method(phase, conf)
 
     async def rewrite(self, conf: Any, ctx: RequestContext) -> Exit:

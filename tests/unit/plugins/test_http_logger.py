@@ -181,3 +181,10 @@ def test_bodies_only_for_confs_that_log_them() -> None:
     plugin.body_filter(cond, ctx, b"x", True)
     entry = plugin.entry(cond, ctx, 0.0)
     assert "body" not in entry["request"] and "body" not in entry["response"]
+
+
+def test_header_filter_only_when_the_entry_may_hold_response_headers() -> None:
+    plugin = HttpLogger()
+    assert plugin.phase_method("header_filter", conf_of()) is not None
+    # the conf's log_format wins over the metadata's: no response headers are logged
+    assert plugin.phase_method("header_filter", conf_of(log_format={"h": "$host"})) is None
