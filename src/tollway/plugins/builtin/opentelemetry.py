@@ -4,9 +4,9 @@ Per request (rewrite): the W3C ``traceparent``/``tracestate`` the client sent ar
 invalid one is ignored, as a missing one); the sampler decides; the request gets a new span id
 (and, without a parent, a new trace id: random, or the client's ``X-Request-Id`` when
 ``trace_id_source: x-request-id`` and it is 32 hex digits); the upstream gets ``traceparent``
-``00-<trace>-<span>-<01|00>`` and the client's ``tracestate``. In the log phase a sampled span is
-queued with what the request already has; its attributes and the protobuf are built in the
-exporting task, off the request path.
+``00-<trace>-<span>-<01|00>`` and the client's ``tracestate`` as it was. In the log phase a
+sampled span is queued with what the request already has; its attributes and the protobuf are
+built in the exporting task, off the request path.
 
 The span is APISIX's: named ``<METHOD>`` or ``<METHOD> <route uri>``, kind SERVER, started at
 the request's start, with ``net.host.name``, ``http.method``, ``http.scheme``, ``http.target``,
@@ -371,9 +371,7 @@ class OpenTelemetry(Plugin):
             state = ctx.plugin_state = {}
         state[STATE_KEY] = start
         traceparent = f"00-{trace_id}-{span_id}-{'01' if sampled else '00'}"
-        ctx.set_request_header("traceparent", traceparent)
-        if tracestate:
-            ctx.set_request_header("tracestate", tracestate)
+        ctx.set_request_header("traceparent", traceparent)  # the client's tracestate goes on
         if self.instance.set_ngx_var:
             ctx.set_var("opentelemetry_context_traceparent", traceparent)
             ctx.set_var("opentelemetry_trace_id", trace_id)
