@@ -209,6 +209,13 @@ def _state(ctx: RequestContext, plugin: str) -> dict[str, Any]:
     return mine
 
 
+def logged_request_body(ctx: RequestContext, plugin: str) -> str | None:
+    """The request body ``plugin`` read for its entry (``include_req_body``), if it did."""
+    state = ctx.plugin_state.get(f"{_STATE}:{plugin}") if ctx.plugin_state else None
+    body: str | None = state.get("req_body") if state else None
+    return body
+
+
 class LoggerPlugin(Plugin):
     """A logger: subclasses set ``name``/``priority``/``schema`` and implement ``sender``
     (how one batch leaves), and may override ``item`` (what is queued for one entry)."""

@@ -54,6 +54,7 @@ BUILTIN_MODULES = (
     "tollway.plugins.builtin.loki_logger",
     "tollway.plugins.builtin.elasticsearch_logger",
     "tollway.plugins.builtin.clickhouse_logger",
+    "tollway.plugins.builtin.kafka_logger",
     "tollway.plugins.builtin.accept_only",
 )
 

@@ -137,3 +137,37 @@ def test_entries_are_built_in_the_batch_task_from_the_queued_context() -> None:
     labels, _, entry = sent[0]
     assert labels == {"job": "apisix"}
     assert entry["response"]["status"] == 201 and entry["request"]["querystring"] == {"x": "1"}
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"kafka_topic": "t"},  # no brokers
+        {"brokers": [{"host": "k"}], "kafka_topic": "t"},
+        {"broker_list": {"k": 0}, "kafka_topic": "t"},
+        {"broker_list": {"k": 9092}},
+        {"broker_list": {"k": 9092}, "kafka_topic": "t", "required_acks": 0},
+        {"broker_list": {"k": 9092}, "kafka_topic": "t", "meta_format": "raw"},
+        {
+            "brokers": [{"host": "k", "port": 1, "sasl_config": {"user": "u"}}],
+            "kafka_topic": "t",
+        },
+    ],
+)
+def test_kafka_logger_schema_rejects(raw: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError, match="plugin kafka-logger"):
+        REG.decode_conf("kafka-logger", raw)
+
+
+def test_kafka_logger_brokers_and_origin() -> None:
+    from tollway.plugins.builtin.kafka_logger import bootstrap, message, origin
+
+    conf = REG.decode_conf(
+        "kafka-logger",
+        {"brokers": [{"host": "a", "port": 1}], "broker_list": {"b": 2}, "kafka_topic": "t"},
+    )
+    assert conf.name == "kafka logger" and bootstrap(conf) == ["a:1", "b:2"]
+    ctx = make_ctx("/p?q=1", headers={"X-A": "1"})
+    assert origin(ctx, conf) == "GET /p?q=1 HTTP/1.1\r\nX-A: 1\r\n\r\n"
+    assert message(["raw"], 1) == b"raw" and message([{"a": 1}], 1) == b'{"a":1}'
+    assert message([{"a": 1}, "raw"], 2) == b'[{"a":1},"raw"]'
