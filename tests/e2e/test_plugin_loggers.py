@@ -25,7 +25,7 @@ from tests.support.upstream import Upstream
 class TcpReceiver:
     """Keeps what each connection sent, once it closes."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self.chunks: list[bytes] = []
         rx = self
 
@@ -36,7 +36,8 @@ class TcpReceiver:
                     data += chunk
                 rx.chunks.append(data)
 
-        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        socketserver.ThreadingTCPServer.allow_reuse_address = True
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
@@ -194,7 +195,15 @@ routes:
         logtable: access
         batch_max_size: 2
         inactive_timeout: 1
+        max_retry_count: 1
+        retry_delay: 0
         log_format: {host: "$host", status: "$status"}
+    upstream: {nodes: {"%(up)s": 1}}
+  - id: tcp-late
+    uri: /tcp-late
+    plugins:
+      tcp-logger:
+        {host: 127.0.0.1, port: %(late)d, batch_max_size: 1, max_retry_count: 10, retry_delay: 1}
     upstream: {nodes: {"%(up)s": 1}}
   - id: dead
     uri: /dead
@@ -215,6 +224,9 @@ routes:
     upstream: {nodes: {"%(up)s": 1}}
 #END
 """
+
+
+LATE_PORT = free_port()
 
 
 @pytest.fixture(scope="module")
@@ -259,6 +271,7 @@ def gw(
         "http": http.addr,
         "file": log_file,
         "dead": free_port(),
+        "late": LATE_PORT,
     }
     with Gateway(tmp_path_factory.mktemp("gw"), apisix_yaml=text) as g:
         yield g
@@ -283,6 +296,17 @@ def test_tcp_logger_batches(gw: Gateway, tcp: TcpReceiver) -> None:
     assert [len(b) for b in got] == [2, 1]  # a full batch, then the rest after 1 s idle
     assert [e["request"]["querystring"]["i"] for b in got for e in b] == ["0", "1", "2"]
     assert got[0][0]["response"]["status"] == 200 and got[0][0]["upstream"]
+
+
+def test_tcp_logger_retries_until_the_receiver_is_up(gw: Gateway) -> None:
+    get(gw, "/tcp-late")
+    wait_until(lambda: f"port[{LATE_PORT}] err" in gw.logs())  # the first send failed
+    late = TcpReceiver(LATE_PORT)  # the receiver comes up: a retry delivers the entry
+    try:
+        got = wait_until(lambda: [json.loads(c) for c in late.chunks if c], timeout=15)
+        assert [e["route_id"] for e in got] == ["tcp-late"]
+    finally:
+        late.stop()
 
 
 def test_udp_logger_with_log_format(gw: Gateway, udp: UdpReceiver) -> None:
@@ -369,6 +393,7 @@ def test_elasticsearch_bulk(gw: Gateway, http: HttpReceiver) -> None:
 
 
 def test_clickhouse_insert(gw: Gateway, http: HttpReceiver) -> None:
+    http.fail["/ch"] = 1  # a 500 first: the insert is retried
     get(gw, "/clickhouse")
     get(gw, "/clickhouse")
     post = http.on("/ch")[0]
@@ -384,6 +409,7 @@ def test_clickhouse_insert(gw: Gateway, http: HttpReceiver) -> None:
     rows = post["body"][len(prefix) :].split(" ")
     row = {"host": "127.0.0.1", "status": "200", "route_id": "clickhouse"}
     assert [json.loads(r) for r in rows] == [row, row]
+    assert http.fail["/ch"] == 0 and len(http.on("/ch")) == 1
 
 
 def test_dead_receivers_never_slow_or_fail_requests(gw: Gateway) -> None:
