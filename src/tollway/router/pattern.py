@@ -16,7 +16,9 @@ Rules (apisix.md §2.2, ``common_route_data`` and ``fetch_pat`` in radixtree.lua
   path that starts with ``/a`` (radixtree behaves the same). As in radixtree this splitting
   happens in every router kind, so ``/a/*/:id`` captures ``id`` in radixtree_uri too.
 * The check is a full match of the request path (radixtree: PCRE match, then ``m[0] == path``);
-  a trailing ``/`` in the pattern must be present in the request.
+  a trailing ``/`` in the pattern must be present in the request. It runs on RE2
+  (:mod:`tollway.regex`): with several ``*name`` segments a backtracking engine takes polynomial
+  time in the path's length (``/*a/x/*b/x/*c/end`` against a long hostile path).
 
 Deviations: literal segments are escaped (radixtree pastes them into the PCRE pattern, so ``.``
 after a parameter matches any character and ``(`` shifts the capture groups), and a ``*name``
@@ -26,9 +28,10 @@ follows it).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from functools import lru_cache
+
+from tollway.regex import Regex, compile_regex, escape
 
 __all__ = ["Capture", "UriPattern", "parse_uri"]
 
@@ -36,9 +39,8 @@ _SEGMENT = "([^/]+)"
 _REST = "(.*)"
 
 
-@lru_cache(maxsize=8192)
-def _regex(source: str) -> re.Pattern[str]:
-    return re.compile(source, re.DOTALL)
+def _regex(source: str) -> Regex:
+    return compile_regex(source, options="s")  # "(.*)" takes newlines too (radixtree)
 
 
 class Capture:
@@ -51,7 +53,7 @@ class Capture:
         self.start = start
         self.names = names
         self.rest_name = rest_name  # set when the regex is just "(.*)": no regex needed
-        self._compiled: re.Pattern[str] | None = None
+        self._compiled: Regex | None = None
 
     def match(self, path: str) -> dict[str, str] | None:
         if self.rest_name is not None:
@@ -60,10 +62,10 @@ class Capture:
         if compiled is None:
             # Compiled on first use: a full build of 100k routes compiles nothing.
             compiled = self._compiled = _regex(self.source)
-        m = compiled.match(path, self.start)
-        if m is None or m.end() != len(path):
+        groups = compiled.fullmatch_groups(path, self.start)
+        if groups is None:
             return None
-        return dict(zip(self.names, m.groups(), strict=True))
+        return dict(zip(self.names, groups, strict=True))
 
     def compile(self) -> None:
         """Compile now (config validation wants errors early; escaping makes them impossible)."""
@@ -124,8 +126,8 @@ def _capture(path: str, stored: str) -> Capture | None:
         lead += 1
     # The tree already checked `stored`; the regex starts after it when the literal text allows.
     start = len(stored) if literal.startswith(stored) else 0
-    parts = [re.escape(literal[start:])]
-    parts += [re.escape(t) if isinstance(t, str) else t[1] for t in tokens[lead:]]
+    parts = [escape(literal[start:])]
+    parts += [escape(t) if isinstance(t, str) else t[1] for t in tokens[lead:]]
     source = "".join(parts)
     rest = tokens[lead:]
     rest_name = None

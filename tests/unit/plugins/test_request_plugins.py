@@ -296,9 +296,10 @@ def test_proxy_rewrite_allows_other_properties_and_dollar_dollar() -> None:
     # APISIX 3.x's schema has no additionalProperties: false (routes from 2.x keep loading)
     r = load_registry(None)
     assert r.decode_conf("proxy-rewrite", {"uri": "/x", "enable_websocket": True}).uri == "/x"
-    from tollway.plugins.builtin.proxy_rewrite import _substitute, _template
+    from tollway.plugins.builtin.proxy_rewrite import _pair
 
-    assert _substitute(re.compile("^/a/(.*)"), _template("/${1}/$$"), "/a/b") == "/b/$"
+    rx, template = _pair("^/a/(.*)", "/${1}/$$")
+    assert rx.sub(template, "/a/b") == "/b/$"
 
 
 def test_exclusive_bounds_in_the_validators_words() -> None:
