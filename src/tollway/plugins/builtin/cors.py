@@ -43,20 +43,18 @@ class Conf(msgspec.Struct):
             self.timing_allow_origins,
         ):
             raise ValueError("you can not set '*' for other option when 'allow_credential' is true")
-        for rules in (self.allow_origins_by_regex, self.timing_allow_origins_by_regex):
+        for field in ("allow_origins_by_regex", "timing_allow_origins_by_regex"):
+            rules = getattr(self, field)
             if rules is None:
                 continue
             if len(set(rules)) != len(rules):
                 raise ValueError("expected unique items but items are duplicated")
-            for rule in rules:
-                try:
-                    compile_regex(rule)
-                except RegexError as e:
-                    raise ValueError(f"{rule}: {e}") from None
             try:
+                for rule in rules:
+                    compile_regex(rule)
                 _regex(rules)  # OR-ed, as requests will run them (RE2 has a size limit)
             except RegexError as e:
-                raise ValueError(str(e)) from None
+                raise ValueError(f'property "{field}" validation failed: {e}') from None
 
 
 class MetadataConf(msgspec.Struct):
