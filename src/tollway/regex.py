@@ -180,8 +180,23 @@ class Regex:
 
     def sub(self, template: Replacement, text: str, count: int = 1) -> str | None:
         """``text`` with the first ``count`` matches (0: all) replaced, None when none matched."""
-        out, n = self.sub_bytes(template, encode(text), count)
-        return _decode(out) if n else None
+        if count != 1 or not text.isascii():
+            out, n = self.sub_bytes(template, encode(text), count)
+            return _decode(out) if n else None
+        # ngx.re.sub on an ASCII uri (the common case): byte offsets are character offsets
+        spans = self._match(self._anchor, text.encode(), 0, len(text))
+        start, stop = spans[0]
+        if start < 0:
+            return None
+        parts = [text[:start]]
+        for piece in template.text_pieces:
+            if isinstance(piece, int):
+                a, b = spans[piece]
+                parts.append(text[a:b])  # (-1, -1), a group that took no part, gives ""
+            else:
+                parts.append(piece)
+        parts.append(text[stop:])
+        return "".join(parts)
 
     def sub_bytes(self, template: Replacement, data: bytes, count: int = 0) -> tuple[bytes, int]:
         """ngx.re.gsub (``count`` 0) or sub (1) on bytes: the result and how many replaced.
@@ -222,13 +237,15 @@ class Regex:
 
 
 class Replacement:
-    """An ngx.re.sub replacement split once into literal bytes and group numbers."""
+    """An ngx.re.sub replacement split once into literals and group numbers (``pieces`` with
+    UTF-8 literals, ``text_pieces`` with the same as str)."""
 
-    __slots__ = ("pieces", "source")
+    __slots__ = ("pieces", "source", "text_pieces")
 
-    def __init__(self, source: str, pieces: Sequence[bytes | int]) -> None:
+    def __init__(self, source: str, pieces: Sequence[str | int]) -> None:
         self.source = source
-        self.pieces = tuple(pieces)
+        self.text_pieces = tuple(pieces)
+        self.pieces = tuple(p if isinstance(p, int) else encode(p) for p in pieces)
 
 
 def _options(options: str, ignore_case: bool) -> tuple[Any, bool]:
@@ -266,7 +283,7 @@ def compile_replacement(text: str, groups: int) -> Replacement:
     """An ngx.re.sub replacement: ``$N`` / ``${N}`` insert group N (0 is the whole match),
     ``$$`` a dollar; any other ``$`` or a group the regex lacks is refused (RegexError with
     ngx.re's wording)."""
-    pieces: list[bytes | int] = []
+    pieces: list[str | int] = []
     literal: list[str] = []
     i, n = 0, len(text)
     while i < n:
@@ -292,12 +309,12 @@ def compile_replacement(text: str, groups: int) -> Replacement:
         if number > groups:
             raise RegexError(f"capture group {number} is out of range")
         if literal:
-            pieces.append(encode("".join(literal)))
+            pieces.append("".join(literal))
             literal = []
         pieces.append(number)
         i = k + 1 if braced else k
     if literal:
-        pieces.append(encode("".join(literal)))
+        pieces.append("".join(literal))
     return Replacement(text, pieces)
 
 
