@@ -54,7 +54,6 @@ _HINT = (
 # it: that one builds a generator and re-decodes offsets on every call (about 3 us a search).
 _UNANCHORED = re2._re2.RE2.Anchor.UNANCHORED
 _ANCHOR_START = re2._re2.RE2.Anchor.ANCHOR_START
-_ANCHOR_BOTH = re2._re2.RE2.Anchor.ANCHOR_BOTH
 _END = "(?:\\n?\\z)"  # PCRE's "$" without the m option, and its "\Z"
 
 
@@ -157,7 +156,7 @@ def translate(pattern: str, options: str = "") -> str:
 
 class Regex:
     """A compiled pattern. ``search`` answers whether it occurs; ``sub`` replaces matches
-    (ngx.re.sub / gsub); ``fullmatch_groups`` returns the groups of a whole-string match."""
+    (ngx.re.sub / gsub); ``match_groups`` returns the groups of a match at a position."""
 
     __slots__ = ("_anchor", "_match", "groups", "pattern")
 
@@ -175,16 +174,16 @@ class Regex:
             data = encode(text)
         return self._match(self._anchor, data, 0, len(data))[0][0] >= 0
 
-    def fullmatch_groups(self, text: str, start: int = 0) -> tuple[str, ...] | None:
-        """The groups ("" for one that took no part) when ``text[start:]`` matches as a whole,
-        else None."""
+    def match_groups(self, text: str, start: int = 0) -> tuple[str, ...] | None:
+        """The groups ("" for one that took no part) when the pattern matches at ``start``
+        (anchored there; a pattern ending in ``\\z`` must take the rest), else None."""
         if text.isascii():  # byte offsets are character offsets
-            spans = self._match(_ANCHOR_BOTH, text.encode(), start, len(text))
+            spans = self._match(_ANCHOR_START, text.encode(), start, len(text))
             if spans[0][0] < 0:
                 return None
             return tuple(text[a:b] for a, b in spans[1:])
         data = encode(text)
-        spans = self._match(_ANCHOR_BOTH, data, len(encode(text[:start])), len(data))
+        spans = self._match(_ANCHOR_START, data, len(encode(text[:start])), len(data))
         if spans[0][0] < 0:
             return None
         return tuple(_decode(data[a:b]) for a, b in spans[1:])

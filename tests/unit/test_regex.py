@@ -138,12 +138,13 @@ def test_non_utf8_bytes_survive() -> None:
         compile_regex("\udcff")  # a pattern holding a raw byte 0xFF
 
 
-def test_fullmatch_groups_from_a_start_offset() -> None:
-    rx = compile_regex("([^/]+)/(.*)", options="s")
-    assert rx.fullmatch_groups("/a/b\nc", 1) == ("a", "b\nc")
-    assert rx.fullmatch_groups("/é/ü", 1) == ("é", "ü")
-    assert rx.fullmatch_groups("/a", 1) is None
-    assert compile_regex("(a)|(b)").fullmatch_groups("b") == ("", "b")
+def test_match_groups_anchored_at_a_start_offset() -> None:
+    rx = compile_regex(r"([^/]+)/(.*)\z", options="s")
+    assert rx.match_groups("/a/b\nc", 1) == ("a", "b\nc")
+    assert rx.match_groups("/é/ü", 1) == ("é", "ü")
+    assert rx.match_groups("/a", 1) is None
+    assert rx.match_groups("x/a/b", 1) is None  # anchored at the offset, not searched
+    assert compile_regex("(a)|(b)").match_groups("bc") == ("", "b")
 
 
 @given(st.text(alphabet="ab/.-é\n", max_size=30), st.sampled_from(["a+b", "^/[ab]+$", "b|é", "."]))

@@ -141,3 +141,10 @@ def test_many_star_segments_match_in_linear_time() -> None:
     assert params(P, uri, "/rp/1/x/2/x/3/end") == {"a": "1", "b": "2", "c": "3"}
     assert params(P, "/u/:id/*rest", "/u/é/ü/\n") == {"id": "é", "rest": "ü/\n"}
     assert params(P, "/u/:id/(x)", "/u/7/(x)") == {"id": "7"}  # literal text is escaped
+    # one "*name" stays on Python's re, linear there (radixtree_uri: the tree cuts at "*")
+    uri = "/a/*rest/:id/edit"
+    t0 = time.perf_counter()
+    for path in ("/a/" + "x/" * 20_000, "/a/" + "x" * 40_000 + "/", "/a/" + "/" * 40_000 + "y"):
+        assert match("radixtree_uri", [uri], path) is None
+    assert time.perf_counter() - t0 < 0.5
+    assert params("radixtree_uri", uri, "/a/p/q/7/edit") == {"rest": "p/q", "id": "7"}
