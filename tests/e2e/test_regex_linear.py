@@ -180,6 +180,26 @@ def test_route_uri_parameters(gw: Gateway) -> None:
     assert good.status_code == 200 and good.json()["path"] == "/rp/1/x/2/x/3/end"
 
 
+def test_yaml_item_re2_cannot_run_is_skipped(gw: Gateway, upstream: Upstream) -> None:
+    # (the last test on this gateway: it rewrites its apisix.yaml)
+    extra = """
+  - id: bad
+    uri: /bad
+    vars: [["arg_q", "~~", "^(?!a)"]]
+    upstream: {nodes: {"%(up)s": 1}}
+  - id: good
+    uri: /good
+    vars: [["arg_q", "~~", "^a+$"]]
+    upstream: {nodes: {"%(up)s": 1}}
+#END
+"""
+    gw.write_yaml((CONFIG.replace("#END\n", "") + extra) % {"up": upstream.addr})
+    wait_until(lambda: requests.get(gw.url("/good?q=aa"), timeout=5).status_code == 200)
+    assert "rejected config item /apisix/routes/bad" in gw.logs()
+    assert requests.get(gw.url("/bad?q=b"), timeout=5).status_code == 404
+    assert requests.get(gw.url("/ub/aaaa"), timeout=5).status_code == 403  # the others serve
+
+
 # -- patterns RE2 cannot run: refused when written ----------------------------------------------
 
 KEY = "test-admin-key-regex-0123456789"
