@@ -129,17 +129,30 @@ def _multiline(pattern: str, options: str) -> bool:
     return False
 
 
+def _quoted_name(pattern: str, i: int) -> int:
+    """The index of the quote closing PCRE's ``(?'name'`` opened at ``i``, or -1."""
+    close = pattern.find("'", i + 3)
+    name = pattern[i + 3 : close]
+    ok = close > 0 and name.isidentifier() and name.isascii()
+    return close if ok else -1
+
+
 def translate(pattern: str, options: str = "") -> str:
     """Rewrite the PCRE spellings RE2 reads differently: ``$`` (unless multi-line) and ``\\Z``
-    become "end, or before a final newline" (PCRE), which RE2 spells ``(?:\\n?\\z)``."""
-    if "$" not in pattern and "\\Z" not in pattern:
+    become "end, or before a final newline" (PCRE), which RE2 spells ``(?:\\n?\\z)``;
+    ``(?'name'...)`` becomes ``(?P<name>...)``."""
+    if "$" not in pattern and "\\Z" not in pattern and "(?'" not in pattern:
         return pattern
     dollar = "$" if _multiline(pattern, options) else _END
     out: list[str] = []
     i, n = 0, len(pattern)
     while i < n:
         ch = pattern[i]
-        if ch == "\\" and i + 1 < n:
+        close = _quoted_name(pattern, i) if pattern.startswith("(?'", i) else -1
+        if close > 0:
+            out.append(f"(?P<{pattern[i + 3 : close]}>")
+            i = close + 1
+        elif ch == "\\" and i + 1 < n:
             nxt = pattern[i + 1]
             if nxt == "Q":
                 i = _skip_quoted(pattern, i + 1, out)

@@ -82,6 +82,9 @@ def test_translate_leaves_classes_and_quoting_alone() -> None:
     assert translate("[[:alpha:]$]$") == r"[[:alpha:]$](?:\n?\z)"
     assert translate("(?im)a$") == "(?im)a$"
     assert translate("abc") == "abc"
+    assert translate("(?'ver'v\\d+)") == "(?P<ver>v\\d+)"
+    assert translate("[(?'x']") == "[(?'x']"
+    assert compile_regex("(?'ver'v\\d+)").search("v2")
 
 
 def test_case_insensitive_and_ngx_options() -> None:
