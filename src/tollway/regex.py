@@ -1,9 +1,10 @@
 """User-supplied regular expressions, matched in time linear in the input (RE2).
 
-Invariant: every pattern that comes from configuration (route ``vars`` ``~~``/``~*``, route uri
-parameters, ``uri-blocker``, ``proxy-rewrite``/``redirect`` ``regex_uri``, ``response-rewrite``
-filters, ``ua-restriction``, ``cors``, ssl ``skip_mtls_uri_regex``, Admin API list filters) is
-compiled here, once, when the configuration is checked; a request only runs the compiled automaton.
+Invariant: every pattern a user writes (route ``vars`` ``~~``/``~*``, ``uri-blocker``,
+``proxy-rewrite``/``redirect`` ``regex_uri``, ``response-rewrite`` filters, ``ua-restriction``,
+``cors``, ssl ``skip_mtls_uri_regex``, Admin API list filters) is compiled here, once, when the
+configuration is checked; a request only runs the compiled automaton. Route uri patterns are
+generated, not written: those with several ``*name`` segments run here too (router/pattern.py).
 
 Why: APISIX runs these through PCRE (``ngx.re`` with ``jo``), a backtracking engine, and so did
 Tollway with Python's ``re``: ``(a+)+$`` against 24 hostile characters took 1.4 s and doubled with
