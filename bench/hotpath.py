@@ -1,6 +1,7 @@
 """Hot-path microbenchmark (run on demand, not a test): the Python cost of one proxied request.
 
     .venv/bin/python bench/hotpath.py [--requests 200000] [--plugins] [--profile]
+    .venv/bin/python bench/hotpath.py --vars-regex | --uri-blocker   # user regexes on the route
     .venv/bin/python bench/hotpath.py --against HEAD~1     # A/B: that commit vs the working tree
 
 One client connection (``HttpProtocol``) and one pooled upstream connection (``UpstreamConnection``)
@@ -68,7 +69,9 @@ class Transport:
         raise AssertionError("closed")
 
 
-async def setup(plugins: bool) -> tuple[HttpProtocol, UpstreamConnection, Transport, Transport]:
+async def setup(
+    plugins: bool, vars_regex: bool = False, uri_blocker: bool = False
+) -> tuple[HttpProtocol, UpstreamConnection, Transport, Transport]:
     route: dict[str, Any] = {
         "uri": "/api/v1/svc500/*",
         "upstream": {
@@ -86,6 +89,10 @@ async def setup(plugins: bool) -> tuple[HttpProtocol, UpstreamConnection, Transp
             },
             "response-rewrite": {"headers": {"set": {"X-Served-By": "tollway-bench"}}},
         }
+    if vars_regex:  # a route condition on a variable, searched on every request
+        route["vars"] = [["uri", "~~", "^/api/v[0-9]+/svc[0-9]+/items/[0-9]+$"]]
+    if uri_blocker:  # three rules, none matching: the whole request uri is searched
+        route["plugins"] = {"uri-blocker": {"block_rules": [r"\.php$", "^/admin/", r"/\.git"]}}
     store = Store()
     store.load(1, [KeyValue("/apisix/routes/1", json.dumps(route).encode(), 1, 1)])
     compiler = Compiler(default_settings(Path("/tmp/conf")), load_registry())
@@ -154,11 +161,13 @@ async def main() -> None:
     ap.add_argument(
         "--plugins", action="store_true", help="proxy-rewrite + response-rewrite as bench/proxy.py"
     )
+    ap.add_argument("--vars-regex", action="store_true", help="the route has a vars ~~ regex")
+    ap.add_argument("--uri-blocker", action="store_true", help="uri-blocker with three rules")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--against", metavar="REF", help="A/B against a git revision")
     ap.add_argument("--show", action="store_true", help="print one request and one answer")
     args = ap.parse_args()
-    proto, conn, ct, ut = await setup(args.plugins)
+    proto, conn, ct, ut = await setup(args.plugins, args.vars_regex, args.uri_blocker)
     if args.show:
         round_(proto, conn, ct, ut, 1)
         flush = getattr(proto.state, "flush_writes", lambda: None)

@@ -8,10 +8,11 @@ order is kept.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qsl
+
+from tollway.regex import RegexError, compile_regex
 
 PAGE_SIZE_ERROR = "page_size must be between 10 and 500"
 
@@ -32,9 +33,9 @@ def _number(text: str | None) -> float | None:
 def _search(pattern: str, text: Any) -> bool:
     if not isinstance(text, str):
         return False
-    try:
-        return re.search(pattern, text) is not None
-    except re.error:
+    try:  # RE2 (tollway.regex): a filter in a query string cannot stall the Admin API
+        return compile_regex(pattern).search(text)
+    except RegexError:
         return False
 
 
