@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from tollway.logs import http_server_log
+
 if TYPE_CHECKING:
     from tollway.supervisor import Supervisor
 
@@ -70,7 +72,7 @@ async def start_status_server(sup: Supervisor) -> web.AppRunner | None:
     conf = sup.settings.conf.apisix.status
     if conf is None:
         return None
-    runner = web.AppRunner(build_status_app(sup), access_log=None)
+    runner = web.AppRunner(build_status_app(sup), access_log=None, logger=http_server_log())
     await runner.setup()
     site = web.TCPSite(runner, conf.ip, conf.port, reuse_address=True)
     await site.start()

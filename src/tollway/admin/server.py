@@ -37,6 +37,7 @@ from tollway.config.api_source import ApiSource
 from tollway.config.etcd import EtcdClient
 from tollway.crypto import KeyCipher
 from tollway.errors import ConfigError, EtcdError, SettingsError
+from tollway.logs import http_server_log
 
 if TYPE_CHECKING:
     from tollway.supervisor import Supervisor
@@ -204,7 +205,7 @@ class AdminApp:
         chunks: list[bytes] = []
         size = 0
         while True:
-            chunk = await request.content.readany()
+            chunk = await _read_chunk(request)
             if not chunk:
                 break
             size += len(chunk)
@@ -337,6 +338,17 @@ MAX_LEASE_TTL = 9_000_000_000  # etcd's MaxLeaseTTL, in seconds
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})  # RFC 9110 9.2.1: no writes
 
 
+async def _read_chunk(request: web.Request) -> bytes:
+    """The body's next bytes. A body that cannot be read is the client's doing, answered 400
+    (nginx: "client prematurely closed connection", a gzip body that does not inflate...)."""
+    try:
+        return await request.content.readany()
+    except web.RequestPayloadError as e:  # bad chunked framing, Content-Encoding garbage
+        raise bad_request(f"invalid request body: {e}") from None
+    except ConnectionResetError:  # the client closed before the end: no one reads the answer
+        raise bad_request("invalid request body: the client closed the connection") from None
+
+
 def _same_origin(origin: str, request: web.Request) -> bool:
     """``Origin`` (RFC 6454: scheme://host[:port], default port omitted, as in ``Host``) names
     the Admin API the request reached."""
@@ -463,7 +475,7 @@ async def start_admin_server(sup: Supervisor) -> web.AppRunner | None:
             await task
 
     app.on_cleanup.append(_cancel)
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, logger=http_server_log())
     await runner.setup()
     site = web.TCPSite(
         runner,
