@@ -1,5 +1,6 @@
 """A bounded Schemathesis run against the Admin API's own OpenAPI description (issue #6):
-no 5xx for anything the description allows, and etcd afterwards holds only valid objects."""
+no 5xx for anything the description allows, etcd afterwards holds only valid objects, and the
+gateway's log holds no traceback (issue #18)."""
 
 from __future__ import annotations
 
@@ -62,3 +63,10 @@ def test_etcd_holds_only_valid_objects(gw: Gateway, shared_etcd: EtcdServer) -> 
         kind, item_id = where
         obj = decode_item(kind, msgspec.json.decode(base64.b64decode(kv["value"])))
         checker(kind, item_id, obj, None)
+
+
+def test_no_traceback_in_the_log(gw: Gateway) -> None:
+    """After the run (file order): nothing Schemathesis sent was logged as a failure."""
+    logs = gw.logs()
+    assert "Traceback" not in logs, logs[-3000:]
+    assert "[ERROR]" not in logs, logs[-3000:]
