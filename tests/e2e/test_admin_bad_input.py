@@ -188,6 +188,26 @@ def test_surrogates_in_url_parts_are_not_a_500(gw: Gateway) -> None:
     assert out.startswith(b"HTTP/1.") and b" 400 " in out.split(b"\r\n")[0]
 
 
+@pytest.mark.parametrize(
+    "query",
+    [
+        "page=inf&page_size=10", "page=1&page_size=nan", "page=1e400&page_size=20",
+        "name=(&uri=[", "filter=service_id%3D%ED%A0%80", "label=%00",
+    ],
+)  # fmt: skip
+def test_odd_list_arguments_are_not_a_500(gw: Gateway, query: str) -> None:
+    r = admin(gw, "GET", f"/routes?{query}")
+    assert r.status_code == 200, r.text
+    assert isinstance(r.json()["list"], list)
+
+
+@pytest.mark.parametrize("ttl", ["nan", "inf", "-inf", "1e400", "0x10", ""])
+def test_odd_ttl_is_a_400(gw: Gateway, shared_etcd: EtcdServer, ttl: str) -> None:
+    r = admin(gw, "PUT", f"/routes/ttl?ttl={ttl}", route_body("/ttl"))
+    assert_400(r, "invalid argument ttl")
+    assert shared_etcd.get(PREFIX + "/routes/ttl") is None
+
+
 def test_non_utf8_cors_request_headers_are_not_a_500(gw: Gateway) -> None:
     r = requests.options(
         gw.admin_url("/routes"),

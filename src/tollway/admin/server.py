@@ -344,7 +344,9 @@ async def _read_chunk(request: web.Request) -> bytes:
     try:
         return await request.content.readany()
     except web.RequestPayloadError as e:  # bad chunked framing, Content-Encoding garbage
-        raise bad_request(f"invalid request body: {e}") from None
+        # aiohttp's parser error (the cause) has the words; its str() adds "400, message:"
+        reason = getattr(e.__cause__, "message", None) or str(e)
+        raise bad_request(f"invalid request body: {' '.join(str(reason).split())}") from None
     except ConnectionResetError:  # the client closed before the end: no one reads the answer
         raise bad_request("invalid request body: the client closed the connection") from None
 
