@@ -166,3 +166,14 @@ def test_any_bytes_decode_or_raise_a_value_error(raw: bytes) -> None:
     except ValueError:
         return
     json.dumps(value, ensure_ascii=False).encode()
+
+
+def test_a_reply_echoing_a_surrogate_is_still_sent() -> None:
+    """A value read from etcd or an echoed argument may hold a lone surrogate: the reply falls
+    back to JSON's \\u escapes (plain text: a backslash escape) instead of failing (a 500)."""
+    from tollway.admin.server import respond
+
+    resp = respond(404, {"error_msg": "route[\ud800] not found"})
+    assert isinstance(resp.body, bytes)
+    assert json.loads(resp.body) == {"error_msg": "route[\ud800] not found"}
+    assert respond(400, "bad \udcff").body == b"bad \\udcff\n"
