@@ -355,17 +355,28 @@ def test_control_api_odd_paths_are_not_a_500(gw: Gateway, path: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "path", ["/status", "/status/ready", "/status/config?%FF", "/status/%ED%A0%80"]
-)
-def test_status_api_odd_requests_are_not_a_500(gw: Gateway, path: str) -> None:
-    r = requests.get(
-        f"http://127.0.0.1:{gw.status_port}{path}", headers={"X-Odd": b"\xff"}, timeout=10
-    )
+    ("listener", "path"),
+    [
+        ("status_port", "/status"), ("status_port", "/status/ready"),
+        ("status_port", "/status/config?%FF"), ("status_port", "/status/%ED%A0%80"),
+        ("prometheus_port", "/apisix/prometheus/metrics?%ED%A0%80"),
+        ("prometheus_port", "/apisix/prometheus/%FF"),
+    ],
+)  # fmt: skip
+def test_status_and_metrics_odd_requests_are_not_a_500(
+    gw: Gateway, listener: str, path: str
+) -> None:
+    port = getattr(gw, listener)
+    r = requests.get(f"http://127.0.0.1:{port}{path}", headers={"X-Odd": b"\xff"}, timeout=10)
     assert r.status_code < 500, (path, r.status_code)
 
 
 def test_raw_bytes_in_control_and_status_paths_are_a_400(gw: Gateway) -> None:
-    for port, path in ((gw.control_port, b"/v1/route/\xff"), (gw.status_port, b"/status/\xff")):
+    for port, path in (
+        (gw.control_port, b"/v1/route/\xff"),
+        (gw.status_port, b"/status/\xff"),
+        (gw.prometheus_port, b"/apisix/prometheus/metrics\xff"),
+    ):
         out = raw_request(
             port, b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
         )
