@@ -31,6 +31,7 @@ import msgspec
 from aiohttp import web
 
 from tollway.errors import ConfigError
+from tollway.logs import http_server_log
 
 if TYPE_CHECKING:
     from tollway.supervisor import Supervisor
@@ -277,7 +278,7 @@ async def start_control_server(sup: Supervisor) -> web.AppRunner | None:
     conf = apisix.control
     ip = conf.ip if conf is not None else DEFAULT_IP
     port = conf.port if conf is not None else DEFAULT_PORT
-    runner = web.AppRunner(build_control_app(sup), access_log=None)
+    runner = web.AppRunner(build_control_app(sup), access_log=None, logger=http_server_log())
     await runner.setup()
     try:
         await web.TCPSite(runner, ip, port, reuse_address=True).start()

@@ -29,6 +29,7 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from prometheus_client.utils import floatToGoString
 
 from tollway.checks import UnknownPluginItems
+from tollway.logs import http_server_log
 from tollway.plugins.builtin.prometheus import ENV_DIR, Prometheus, PrometheusAttr
 
 if TYPE_CHECKING:
@@ -229,7 +230,7 @@ class MetricsExport:
     async def start_server(self, sup: Supervisor) -> web.AppRunner | None:
         """Serve on ``export_addr``; a port in use is logged and the instance runs on."""
         addr = self.attr.export_addr
-        runner = web.AppRunner(self.build_app(sup), access_log=None)
+        runner = web.AppRunner(self.build_app(sup), access_log=None, logger=http_server_log())
         await runner.setup()
         try:
             await web.TCPSite(runner, addr.ip, addr.port, reuse_address=True).start()

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from tollway.checks import UnknownPluginItems
+from tollway.logs import http_server_log
 
 if TYPE_CHECKING:
     from tollway.supervisor import Supervisor
@@ -88,7 +89,7 @@ async def start_status_server(sup: Supervisor) -> web.AppRunner | None:
     conf = sup.settings.conf.apisix.status
     if conf is None:
         return None
-    runner = web.AppRunner(build_status_app(sup), access_log=None)
+    runner = web.AppRunner(build_status_app(sup), access_log=None, logger=http_server_log())
     await runner.setup()
     site = web.TCPSite(runner, conf.ip, conf.port, reuse_address=True)
     await site.start()

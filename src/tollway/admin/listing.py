@@ -8,6 +8,7 @@ order is kept.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qsl
@@ -22,12 +23,15 @@ class PageSizeError(ValueError):
 
 
 def _number(text: str | None) -> float | None:
+    """A finite number, else None (``inf``, ``nan``, ``1e400`` are no page numbers: int() of
+    them raised, a 500)."""
     if text is None:
         return None
     try:
-        return float(text.strip())
+        value = float(text.strip())
     except ValueError:
         return None
+    return value if math.isfinite(value) else None
 
 
 def _search(pattern: str, text: Any) -> bool:

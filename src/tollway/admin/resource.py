@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tollway.admin import deletion, validators
+from tollway.admin.body import BodyError, check_plain, decode_json
 from tollway.admin.listing import PageSizeError, filter_and_page
 from tollway.admin.patch import PatchError, merge, patch_path
 from tollway.admin.validators import Check, CheckContext, valid_id
@@ -246,9 +247,11 @@ def _refuse_forbidden(body: Any) -> None:
 
 
 def decode_value(raw: bytes) -> Any:
+    """A value read from etcd; one that is not plain JSON within the body limits (written
+    there by another client) is shown as its text rather than failing the request."""
     try:
-        return json.loads(raw, strict=False)
-    except (ValueError, UnicodeDecodeError):
+        return decode_json(raw)
+    except ValueError:  # UnicodeDecodeError and BodyError are ValueErrors
         return raw.decode("utf-8", errors="replace")
 
 
@@ -500,7 +503,9 @@ class AdminResources:
                 value = merge(old, conf)
                 if conf.get("update_time") is None:
                     value["update_time"] = now
-        except PatchError as e:
+            # the merged value: a long sub-path nests the body deeper than the body alone
+            check_plain(value)
+        except (PatchError, BodyError) as e:
             raise bad_request(str(e)) from None
         if "create_time" not in value:
             value["create_time"] = now
