@@ -24,6 +24,24 @@ T = TypeVar("T")
 
 PHASES = ("rewrite", "access", "before_proxy", "header_filter", "body_filter", "log")
 
+_TCHAR = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def header_names_error(headers: Any) -> str | None:
+    """For a plugin's header edits (a name -> value map, a list of names, or the
+    ``{add, set, remove}`` form): what is wrong with a name, or None. A name must be an RFC 9110
+    5.1 token, so no configured name can break the head it is written into."""
+    if isinstance(headers, dict) and headers and set(headers) <= {"add", "set", "remove"}:
+        for part in headers.values():
+            err = header_names_error(part)
+            if err is not None:
+                return err
+        return None
+    for name in headers or ():
+        if not isinstance(name, str) or not name or not set(name) <= _TCHAR:
+            return f"invalid header name {name!r}: a header name is a token (RFC 9110 5.1)"
+    return None
+
 
 class PerConf(Generic[C, T]):
     """State a plugin derives from its conf once (compiled regexes, templates...). Confs are

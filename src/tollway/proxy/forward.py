@@ -21,7 +21,9 @@ from tollway.proxy.http import (
     PLAIN_CONNECTION,
     STATUS_LINES,
     connection_tokens,
+    field_bytes,
     status_line,
+    target_bytes,
 )
 from tollway.proxy.runtime import DEFAULT_TIMEOUTS, CompiledRoute, CompiledUpstream
 from tollway.proxy.upstream import UpstreamConnection
@@ -335,7 +337,7 @@ class Forwarding:
             and ctx.remote_addr == proto.remote_addr
         )
         method = ctx.up_method or self.method
-        target = ctx.up_uri.encode("latin-1") if ctx.up_uri is not None else self.target
+        target = target_bytes(ctx.up_uri) if ctx.up_uri is not None else self.target
         if plain:
             cached = proto.head_cache
             if (
@@ -405,13 +407,13 @@ class Forwarding:
                     continue  # removed
                 if lk in skip:
                     if lk == b"x-forwarded-for":
-                        xff = value.encode("latin-1")
+                        xff = field_bytes(value)
                     elif lk in _FORWARDED:
                         if fwd is None:
                             fwd = {}
-                        fwd[lk] = value.encode("latin-1")
+                        fwd[lk] = field_bytes(value)
                     continue
-                out += (spelled, b": ", value.encode("latin-1"), b"\r\n")
+                out += (spelled, b": ", field_bytes(value), b"\r\n")
         remote = ctx.remote_addr.encode()
         if fwd is None:
             out.append(
@@ -611,9 +613,9 @@ class Forwarding:
             content_length = None
             for name, value in ctx.resp_headers or ():
                 if len(name) == 14 and name.lower() == "content-length":
-                    content_length = value.encode("latin-1")
+                    content_length = field_bytes(value)
                 else:
-                    lines += (name.encode("latin-1"), b": ", value.encode("latin-1"), b"\r\n")
+                    lines += (field_bytes(name), b": ", field_bytes(value), b"\r\n")
             if chain.buffers_body:
                 self.buffered_resp = []
         if ctx.upstream_status is None:

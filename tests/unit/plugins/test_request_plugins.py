@@ -45,6 +45,11 @@ REG = load_registry()
         ("ua-restriction", {"allowlist": ["a"], "denylist": ["b"]}),
         ("referer-restriction", {"whitelist": ["bad host/"]}),
         ("referer-restriction", {}),
+        # Header names that would break the head they are written into (issue #18).
+        ("proxy-rewrite", {"headers": {"set": {"X-A\r\nX-Injected": "1"}}}),
+        ("proxy-rewrite", {"headers": {"Bad:Name": "1"}}),
+        ("proxy-rewrite", {"headers": {"remove": ["Bad Name"]}}),
+        ("response-rewrite", {"headers": {"set": {"X-A\nX-B": "1"}}}),
     ],
 )
 def test_schemas_reject(name: str, raw: dict[str, Any]) -> None:

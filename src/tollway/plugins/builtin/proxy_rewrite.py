@@ -13,7 +13,7 @@ import msgspec
 from msgspec import Meta
 
 from tollway.plugins.builtin.interpolate import compile_template
-from tollway.plugins.kit import Exit, PerConf, Plugin, RequestContext
+from tollway.plugins.kit import Exit, PerConf, Plugin, RequestContext, header_names_error
 from tollway.regex import Regex, RegexError, Replacement, compile_regex, compile_replacement
 
 Method = Literal[
@@ -101,6 +101,9 @@ class ProxyRewrite(Plugin):
         headers = conf.headers
         if headers and set(headers) <= {"add", "set", "remove"}:
             msgspec.convert(headers, Headers)
+        err = header_names_error(headers)
+        if err is not None:
+            raise ValueError(f'property "headers" validation failed: {err}')
 
     def rewrite(self, conf: Conf, ctx: RequestContext) -> Exit:
         comp = _compiled(conf)

@@ -17,7 +17,7 @@ import msgspec
 from msgspec import Meta
 
 from tollway.plugins.builtin.interpolate import compile_template
-from tollway.plugins.kit import PerConf, Plugin, RequestContext
+from tollway.plugins.kit import PerConf, Plugin, RequestContext, header_names_error
 from tollway.regex import Regex, RegexError, Replacement, compile_regex, compile_replacement
 
 _PCRE_FLAGS = frozenset("adDijJmosuUx")
@@ -65,6 +65,9 @@ class Conf(msgspec.Struct, forbid_unknown_fields=True):
                     raise ValueError("invalid field length in header")
                 if not isinstance(value, str | int | float) or isinstance(value, bool):
                     raise ValueError("invalid type as header value")
+        err = header_names_error(h)
+        if err is not None:
+            raise ValueError(f'property "headers" validation failed: {err}')
         for f in self.filters or []:
             bad = next((c for c in f.options if c not in _PCRE_FLAGS), None)
             if bad is not None:  # ngx.re's option letters
