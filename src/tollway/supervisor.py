@@ -161,8 +161,6 @@ class Supervisor:
     # -- workers ------------------------------------------------------------------------
 
     async def spawn_worker(self, generation: int) -> WorkerHandle:
-        # Encoded before the process exists: if this fails, nothing is left half-started.
-        greeting = self._greeting()
         parent, child = socket.socketpair()
         child.set_inheritable(True)
         fds = [child.fileno()] + [s.fileno() for s in self.sockets + self.tls_sockets]
@@ -190,6 +188,9 @@ class Supervisor:
             child.close()
         try:
             reader, writer = await asyncio.open_connection(sock=parent)
+            # After the last await: no broadcast can fall between this copy of the config and
+            # the worker joining self.workers below.
+            greeting = self._greeting()
         except BaseException:
             parent.close()
             with contextlib.suppress(ProcessLookupError):

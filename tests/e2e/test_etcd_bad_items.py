@@ -250,3 +250,23 @@ def test_any_bytes_under_any_collection_never_wedge_anything(
     wait_until(lambda: serves(gw, f"/p{n}"), timeout=10)
     assert_apis_answer(gw, ids=("good", tail.decode("utf-8", "replace")))
     assert "Traceback" not in gw.logs()
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (
+            b'{"uri":"/d","plugins":{"nope":' + b"[" * 80 + b"]" * 80 + b"}}",
+            "invalid configuration: nested deeper than 64 levels",
+        ),
+        (b'{"uri":"/\\ud800","upstream":{"nodes":{"a:1":1}}}', "a string is not valid UTF-8"),
+    ],
+)
+def test_the_admin_api_refuses_what_the_store_would_reject(
+    gw: Gateway, shared_etcd: EtcdServer, body: bytes, reason: str
+) -> None:
+    head = {"X-API-KEY": gw.admin_key, "Content-Type": "application/json"}
+    r = requests.put(gw.admin_url("/routes/refused"), data=body, headers=head, timeout=5)
+    assert r.status_code == 400, r.text
+    assert reason in r.json()["error_msg"]
+    assert shared_etcd.get("/apisix/routes/refused") is None
