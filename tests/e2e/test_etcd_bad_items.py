@@ -222,7 +222,7 @@ examples = iter(range(10**9))
 
 
 @settings(
-    max_examples=25,
+    max_examples=50,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(

@@ -35,6 +35,7 @@ MAX_DEPTH = 64
 _PLACEHOLDERS = (b"init_dir",)
 
 _decoder = msgspec.json.Decoder()
+_NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'[]{}"')
 
 
 def key_problem(key: str) -> str | None:
@@ -73,22 +74,17 @@ def decode_value(raw: bytes) -> dict[str, Any]:
         raise ValueError(f"invalid JSON: nested deeper than {MAX_DEPTH} levels") from None
     if not isinstance(value, dict):
         raise ValueError("invalid item data, it should be an object")
-    problem = check_tree(value, raw)
-    if problem is not None:
-        raise ValueError(f"invalid JSON: {problem}")
+    # msgspec refused lone surrogates and invalid UTF-8 above: only the depth is left to check.
+    if _too_deep(raw):
+        raise ValueError(f"invalid JSON: nested deeper than {MAX_DEPTH} levels")
     return value
 
 
-def check_tree(value: Any, raw: bytes | None = None) -> str | None:
-    """What makes ``value`` unsafe to re-encode (too deep, a string that is not UTF-8), or None.
-
-    Iterative, so a value nested beyond the recursion limit is measured without hitting it.
-    With ``raw`` (the JSON it came from, decoded by msgspec: strings are UTF-8 already), a value
-    with fewer brackets than ``MAX_DEPTH`` is accepted without a walk: the common case."""
-    if raw is not None and raw.count(b"[") + raw.count(b"{") <= MAX_DEPTH:
-        return None
-    check_strings = raw is None
-    if check_strings and _unencodable(value):
+def check_tree(value: Any) -> str | None:
+    """What makes ``value`` (from ``json.loads``, say) unsafe to re-encode: nesting deeper than
+    ``MAX_DEPTH``, a string that is not UTF-8 (a lone surrogate escape). None if it is fine.
+    Iterative, so a value nested beyond the recursion limit is measured without hitting it."""
+    if _unencodable(value):
         return "a string is not valid UTF-8"
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
@@ -102,11 +98,34 @@ def check_tree(value: Any, raw: bytes | None = None) -> str | None:
         if depth > MAX_DEPTH:
             return f"nested deeper than {MAX_DEPTH} levels"
         for k, v in children:
-            if check_strings and (_unencodable(k) or _unencodable(v)):
+            if _unencodable(k) or _unencodable(v):
                 return "a string is not valid UTF-8"
             if isinstance(v, (dict, list)):
                 stack.append((v, depth + 1))
     return None
+
+
+def _too_deep(raw: bytes) -> bool:
+    """Whether the valid JSON in ``raw`` nests deeper than ``MAX_DEPTH``, from its bytes alone
+    (the decoded value would cost a Python-level walk). Every step runs in C."""
+    if raw.count(b"[") + raw.count(b"{") <= MAX_DEPTH:
+        return False  # the common case: too few brackets to be that deep
+    text = raw
+    if b"\\" in text:  # escapes go first: an escaped quote does not end a string
+        text = text.replace(b"\\\\", b"").replace(b'\\"', b"")
+    # Keep brackets and quotes. Quotes now alternate open/close, so removing adjacent pairs
+    # drops empty strings, or merges two strings with nothing kept between them: either way
+    # only string content is ever inside a pair. What remains inside quotes is dropped next.
+    text = text.translate(None, _NOT_STRUCTURE).replace(b'""', b"")
+    if b'"' in text:
+        text = b"".join(text.split(b'"')[::2])
+    for _ in range(MAX_DEPTH):
+        if not text:
+            return False
+        # One pass strips exactly the innermost level: marked first, so a pair that becomes
+        # empty in this pass waits for the next one.
+        text = text.replace(b"[]", b"x").replace(b"{}", b"x").replace(b"x", b"")
+    return bool(text)
 
 
 def _unencodable(s: Any) -> bool:

@@ -70,6 +70,40 @@ def test_check_tree_finds_what_json_loads_lets_through() -> None:
     assert check_tree({"a": ["é", {"b": None}]}) is None
 
 
+def depth_of(value: object) -> int:
+    if isinstance(value, dict):
+        return 1 + max(map(depth_of, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(depth_of, value), default=0)
+    return 0
+
+
+tricky_text = st.text(alphabet='[]{}"\\ab', max_size=6)
+json_trees = st.recursive(
+    st.none() | st.integers() | tricky_text,
+    lambda kids: st.lists(kids, max_size=3) | st.dictionaries(tricky_text, kids, max_size=3),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=500)
+@given(json_trees, st.integers(0, 2 * MAX_DEPTH), st.booleans())
+def test_the_depth_limit_is_exact_whatever_the_strings_hold(
+    leaf: object, extra: int, as_dict: bool
+) -> None:
+    value: object = leaf
+    for _ in range(extra):  # deepen it, alternating lists and objects
+        value = {"k[": value} if as_dict else [value, "]}"]
+        as_dict = not as_dict
+    doc = {"v": value}
+    raw = json.dumps(doc).encode()
+    if depth_of(doc) > MAX_DEPTH:
+        with pytest.raises(ValueError, match="nested deeper"):
+            decode_value(raw)
+    else:
+        assert decode_value(raw) == doc
+
+
 def test_keys_that_are_not_utf8_are_named_and_printable() -> None:
     assert key_problem("/apisix/routes/é") is None
     assert key_problem(BAD_KEY) == "key is not valid UTF-8"
