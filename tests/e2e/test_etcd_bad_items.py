@@ -166,7 +166,9 @@ def test_restart_with_bad_items_in_etcd_becomes_ready_and_serves(
     for i in range(3):
         etcd.put(f"/apisix/routes/ok{i}", route(upstream, f"/ok{i}"))
     put_twenty_bad_items(etcd, upstream)
-    g = gateway(tmp_path, etcd, workers=2)
+    # APISIX's default graceful timeout: a stop that waits for it would take over 30 s.
+    g = Gateway(tmp_path, mode="etcd", etcd=etcd.endpoint, workers=2,
+                config={"tollway": {"graceful_timeout": 30}})  # fmt: skip
     with g:  # start() waits for /status/ready
         assert all(serves(g, f"/ok{i}") for i in range(3))
         assert rejected(g) == 20
