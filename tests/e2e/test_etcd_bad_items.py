@@ -69,9 +69,9 @@ def assert_apis_answer(g: Gateway, ids: tuple[str, ...] = ("good",)) -> None:
     for d in ADMIN_LISTS:
         r = requests.get(g.admin_url(f"/{d}"), headers=head, timeout=5)
         assert r.status_code < 500, (d, r.status_code, r.text[:300])
-    for item_id in ids:
-        r = requests.get(g.admin_url(f"/routes/{quote(item_id, safe='')}"), headers=head, timeout=5)
-        assert r.status_code < 500, (item_id, r.status_code, r.text[:300])
+    for path in [quote(i, safe="") for i in ids] + ["%FF", "%ED%A0%80", "k%FF%FE"]:
+        r = requests.get(g.admin_url(f"/routes/{path}"), headers=head, timeout=5)
+        assert r.status_code < 500, (path, r.status_code, r.text[:300])
     base = f"http://127.0.0.1:{g.control_port}"
     for path in [*CONTROL, "/v1/route/good"]:
         r = requests.get(base + path, timeout=5)

@@ -105,8 +105,6 @@ class Store:
         """The accepted Item, or None. Never raises: whatever bytes the key and value hold, a
         bad item is rejected on its own (logged and counted once per key and revision)."""
         raw = kv.value or b""
-        if self._rejected.get(kv.key) == (kv.mod_revision, raw):
-            return None  # the same rejected value again (a full reload): said already
         try:
             problem = key_problem(kv.key)
             if problem is not None:
@@ -127,9 +125,12 @@ class Store:
         return Item(kind, item_id, kv.key, obj, value, raw, kv.mod_revision, kv.create_revision)
 
     def _reject(self, kv: KeyValue, reason: str, error: Exception | None = None) -> None:
+        seen = (kv.mod_revision, kv.value or b"")
+        if self._rejected.get(kv.key) == seen:
+            return  # the same rejected value met again (a full reload): said and counted already
         if len(self._rejected) >= _MAX_REMEMBERED:
             self._rejected.clear()
-        self._rejected[kv.key] = (kv.mod_revision, kv.value or b"")
+        self._rejected[kv.key] = seen
         self.rejected += 1
         key = printable_key(kv.key)
         log.warning("rejected config item %s: %s", key, reason, exc_info=error)
