@@ -7,17 +7,21 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from pathlib import Path
 
 import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tollway.admin.resource import AdminError
+from tollway.admin.standalone import StandaloneConfigs
 from tollway.checks import ItemChecker
 from tollway.config.source import KeyValue
 from tollway.config.store import Store
 from tollway.config.values import MAX_DEPTH, check_tree, decode_value, key_problem, printable_key
-from tollway.errors import ConfigError
+from tollway.config.yaml_source import parse_config_file
+from tollway.errors import ConfigError, SourceError
 from tollway.ipc import encode, kvs_to_wire, read_message
 from tollway.model import KINDS
 from tollway.plugins.registry import load_registry
@@ -223,3 +227,38 @@ def test_an_unreadable_ipc_frame_is_a_value_error(body: bytes) -> None:
 
     with pytest.raises(ValueError):
         asyncio.run(read())
+
+
+# -- standalone documents (apisix.yaml / apisix.json / PUT /apisix/admin/configs) ---------------
+
+
+def test_a_standalone_item_that_cannot_be_encoded_is_skipped_alone(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    raw = b'routes:\n  - id: "1"\n    uri: "/\\ud800"\n  - id: "2"\n    uri: /b\n#END\n'
+    kvs = parse_config_file(Path("apisix.yaml"), raw)
+    assert [kv.key for kv in kvs] == ["/apisix/routes/2"]
+    assert "rejected config item /apisix/routes/1: a string is not valid UTF-8" in caplog.text
+
+
+@pytest.mark.parametrize("name", ["apisix.yaml", "apisix.json"])
+def test_a_standalone_file_nested_beyond_the_parser_is_unusable_not_a_crash(name: str) -> None:
+    deep = b"[" * 5000 + b"]" * 5000
+    raw = (
+        b"routes:\n  - id: '1'\n    uri: " + deep + b"\n#END\n"
+        if name.endswith("yaml")
+        else b'{"routes":[{"id":"1","uri":' + deep + b"}]}"
+    )
+    with pytest.raises(SourceError, match="nested deeper than the parser can read"):
+        parse_config_file(Path(name), raw)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"routes":[{"uri":"/\\ud800"}]}', b'{"routes":[{"uri":' + b"[" * 100 + b"]" * 100 + b"}]}",
+     b'{"routes":' + b"[" * 5000 + b"]" * 5000 + b"}"],
+)  # fmt: skip
+def test_the_standalone_api_refuses_a_body_the_store_cannot_hold(body: bytes) -> None:
+    with pytest.raises(AdminError) as e:
+        StandaloneConfigs._parse("application/json", body)
+    assert e.value.status == 400
