@@ -40,6 +40,8 @@ def kvs_from_wire(items: list[list[Any]]) -> list[KeyValue]:
 
 
 async def read_message(reader: asyncio.StreamReader) -> dict[str, Any] | None:
+    """The next message, or None at the end of the stream. Raises ValueError for a frame that
+    is too large or not a msgpack map (the stream cannot be trusted after it)."""
     try:
         head = await reader.readexactly(4)
     except (asyncio.IncompleteReadError, ConnectionError):
@@ -51,6 +53,10 @@ async def read_message(reader: asyncio.StreamReader) -> dict[str, Any] | None:
         body = await reader.readexactly(n)
     except (asyncio.IncompleteReadError, ConnectionError):
         return None
-    msg = _dec.decode(body)
-    assert isinstance(msg, dict)
+    try:
+        msg = _dec.decode(body)
+    except msgspec.DecodeError as e:
+        raise ValueError(f"undecodable IPC message: {e}") from None
+    if not isinstance(msg, dict):
+        raise ValueError(f"IPC message is a {type(msg).__name__}, not a map")
     return msg

@@ -35,6 +35,10 @@ from tollway.upstream.monitor import UpstreamMonitor
 log = logging.getLogger("tollway.supervisor")
 
 SNAPSHOT_INTERVAL = 2.0  # seconds between two writes of the last-known-good snapshot
+# A worker that exits within this many seconds of its start counts as a crash loop: its restarts
+# back off (0.1 s doubling up to RESPAWN_MAX_DELAY) instead of burning a core on respawns.
+CRASH_LOOP_LIFETIME = 10.0
+RESPAWN_MAX_DELAY = 5.0
 
 
 @dataclass
@@ -45,6 +49,7 @@ class WorkerHandle:
     ready: bool = False
     revision: int = 0
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    started: float = 0.0  # time.monotonic() at spawn
 
 
 class Agent:
@@ -121,6 +126,7 @@ class Supervisor:
         self._snapshot_pending = False
         self._last_snapshot = 0.0
         self._warn = RateLimitedLog(log)
+        self._quick_exits = 0  # workers in a row that exited soon after their start
         self.runners: list[Any] = []
         self.started = time.time()
         # The Prometheus export (tollway.metrics), made in start_services; None when disabled.
@@ -172,60 +178,112 @@ class Supervisor:
         ]
         # prometheus: workers record into the export's directory (tollway.metrics).
         env = self.metrics.worker_env() if self.metrics is not None else None
-        proc = await asyncio.create_subprocess_exec(*cmd, pass_fds=fds, env=env)
-        child.close()
-        reader, writer = await asyncio.open_connection(sock=parent)
-        handle = WorkerHandle(generation, proc, writer)
+        try:
+            proc = await asyncio.create_subprocess_exec(*cmd, pass_fds=fds, env=env)
+        except BaseException:
+            parent.close()
+            raise
+        finally:
+            child.close()
+        try:
+            reader, writer = await asyncio.open_connection(sock=parent)
+            # After the last await: no broadcast can fall between this copy of the config and
+            # the worker joining self.workers below.
+            greeting = self._greeting()
+        except BaseException:
+            parent.close()
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            raise
+        handle = WorkerHandle(generation, proc, writer, started=time.monotonic())
         loop = asyncio.get_running_loop()
         handle.tasks.append(loop.create_task(self._read_worker(handle, reader)))
         handle.tasks.append(loop.create_task(self._watch_worker(handle)))
         self.workers.append(handle)
-        # DNS answers and health first: the worker's first compile then already has them.
-        for msg in self.upstreams.greeting():
-            writer.write(encode(msg))
+        writer.write(greeting)
+        return handle
+
+    def _greeting(self) -> bytes:
+        """What a new worker reads first: DNS answers and health (so its first compile already
+        has them), then the config if the instance has one."""
+        msgs = list(self.upstreams.greeting())
         no_wait = self.settings.conf.apisix.disable_sync_configuration_during_start
         if not self.store.loaded and no_wait:
             # APISIX's flag: do not hold start-up for the first sync; serve (404s) until it lands.
-            writer.write(encode({"t": "load", "rev": 0, "kvs": []}))
+            msgs.append({"t": "load", "rev": 0, "kvs": []})
         elif self.store.loaded:
-            writer.write(
-                encode(
-                    {
-                        "t": "load",
-                        "rev": self.store.revision,
-                        "kvs": kvs_to_wire(self.store.snapshot()),
-                    }
-                )
-            )
-        return handle
+            kvs = kvs_to_wire(self.store.snapshot())
+            msgs.append({"t": "load", "rev": self.store.revision, "kvs": kvs})
+        return b"".join(encode(msg) for msg in msgs)
 
     async def _read_worker(self, handle: WorkerHandle, reader: asyncio.StreamReader) -> None:
+        """Readiness, acks and passive health reports from one worker. A frame that cannot be
+        read ends the stream (nothing after it can be trusted): the worker is stopped, and its
+        watch restarts it."""
         while True:
-            msg = await read_message(reader)
+            try:
+                msg = await read_message(reader)
+            except ValueError as e:
+                self._warn(logging.ERROR, "worker %d: unreadable IPC message (%s); stopping it",
+                           handle.proc.pid, e)  # fmt: skip
+                with contextlib.suppress(ProcessLookupError):
+                    handle.proc.kill()
+                return
             if msg is None:
                 return
-            kind = msg.get("t")
-            if kind == "passive":
-                self.upstreams.passive(msg.get("reports") or ())
-                continue
-            if kind == "ready":
-                handle.ready = True
-            handle.revision = int(msg.get("rev", 0))
+            try:
+                self._worker_message(handle, msg)
+            except Exception as e:  # a malformed message costs that message only
+                self._warn(logging.ERROR, "worker %d: bad IPC message ignored: %r",
+                           handle.proc.pid, e)  # fmt: skip
+
+    def _worker_message(self, handle: WorkerHandle, msg: dict[str, Any]) -> None:
+        kind = msg.get("t")
+        if kind == "passive":
+            self.upstreams.passive(msg.get("reports") or ())
+            return
+        if kind == "ready":
+            handle.ready = True
+        handle.revision = int(msg.get("rev", 0))
 
     async def _watch_worker(self, handle: WorkerHandle) -> None:
+        """Waits for the worker to exit and restarts it. Nothing a worker does (crash, garbage on
+        the pipe, exiting at once every time) ends this: a failed restart is retried with a
+        backoff, so the instance keeps its worker count."""
         code = await handle.proc.wait()
+        try:
+            self._forget_worker(handle)
+        except Exception:
+            log.exception("cleanup after worker %d failed", handle.proc.pid)
+        if self.stopping or handle.generation != self.generation:
+            return
+        log.error("worker %d exited with %s; restarting", handle.proc.pid, code)
+        if time.monotonic() - handle.started < CRASH_LOOP_LIFETIME:
+            self._quick_exits += 1
+        else:
+            self._quick_exits = 0
+        await self._respawn(handle.generation)
+
+    def _forget_worker(self, handle: WorkerHandle) -> None:
         if self.metrics is not None and not self.stopping:
             self.metrics.worker_exited(handle.proc.pid)  # prometheus: keep its totals
         with contextlib.suppress(Exception):
             handle.writer.close()
         if handle in self.workers:
             self.workers.remove(handle)
-        if self.stopping or handle.generation != self.generation:
-            return
-        log.error("worker %d exited with %s; restarting", handle.proc.pid, code)
-        await asyncio.sleep(0.1)
-        if not self.stopping and handle.generation == self.generation:
-            await self.spawn_worker(self.generation)
+
+    async def _respawn(self, generation: int) -> None:
+        delay = min(RESPAWN_MAX_DELAY, 0.1 * 2 ** min(self._quick_exits, 8))
+        while True:
+            await asyncio.sleep(delay)
+            if self.stopping or generation != self.generation:
+                return
+            try:
+                await self.spawn_worker(generation)
+                return
+            except Exception as e:
+                self._warn(logging.ERROR, "could not start a worker: %r; retrying", e)
+                delay = min(RESPAWN_MAX_DELAY, delay * 2)
 
     def broadcast(self, msg: dict[str, Any]) -> None:
         data = encode(msg)
@@ -420,9 +478,11 @@ class Supervisor:
             from tollway.config.snapshot import write_snapshot_rows
 
             self._snapshot_pending = False
-            with contextlib.suppress(OSError):
+            try:
                 rows = self.store.snapshot_rows()
                 write_snapshot_rows(self.snapshot_path, self.store.revision, rows)
+            except Exception as e:  # stopping goes on: the previous snapshot stays as it was
+                log.error("failed to write the config snapshot: %r", e)
         for w in list(self.workers):
             with contextlib.suppress(ProcessLookupError):
                 w.proc.send_signal(signal.SIGTERM)

@@ -3,9 +3,9 @@
 Whatever a client sends, the value handed to the resource verbs is one that every later step
 (deep copies, merges, the checks, ``json.dumps`` into etcd, msgspec in the data plane) handles:
 
-- nested at most ``MAX_DEPTH`` objects/arrays deep. lua-cjson (APISIX) stops at 1000 levels;
-  Python's own recursion limit is about that, and copies and merges recurse twice per level,
-  so Tollway's limit is lower: no real configuration comes near it;
+- nested at most ``MAX_DEPTH`` objects/arrays deep, the Store's limit for what it reads from
+  etcd (lua-cjson, APISIX's, stops at 1000 levels; Python's recursion limit is about that, and
+  copies and merges recurse twice per level): no real configuration comes near it;
 - every string and key is Unicode text: a lone UTF-16 surrogate (``"\\ud800"``) is refused, as
   lua-cjson refuses it ("invalid unicode escape code"); it cannot be written as UTF-8;
 - numbers are finite: ``NaN``/``Infinity`` and ``1e999`` are refused (lua-cjson reads them, but
@@ -25,7 +25,8 @@ from typing import Any
 
 import yaml
 
-MAX_DEPTH = 100
+from tollway.config.values import MAX_DEPTH  # one limit: what the Store accepts from etcd
+
 MAX_VALUES = 1_000_000
 _SURROGATE = re.compile("[\ud800-\udfff]")
 # (parent, key): the place of a value, rendered only when something there is refused

@@ -27,6 +27,7 @@ from tollway.admin.body import decode_json, decode_yaml
 from tollway.admin.resource import AdminError, Reply, bad_request
 from tollway.checks import ItemChecker
 from tollway.config.api_source import ApiSource
+from tollway.config.values import check_tree
 from tollway.config.yaml_source import item_id_of, standalone_value
 from tollway.errors import ConfigError
 from tollway.model import KINDS, decode_item
@@ -125,6 +126,9 @@ class StandaloneConfigs:
             ) from None
         if not isinstance(data, dict):
             raise bad_request("invalid request body: the config must be an object")
+        problem = check_tree(data)  # what the Store would reject, before anything recurses
+        if problem is not None:
+            raise bad_request(f"invalid request body: {problem}")
         return data
 
     def _merge(self, body: dict[str, Any], served: dict[str, Any]) -> dict[str, Any]:
