@@ -259,9 +259,9 @@ def test_any_bytes_under_any_collection_never_wedge_anything(
     [
         (
             b'{"uri":"/d","plugins":{"nope":' + b"[" * 80 + b"]" * 80 + b"}}",
-            "invalid configuration: nested deeper than 64 levels",
+            "nested deeper than 64 levels",
         ),
-        (b'{"uri":"/\\ud800","upstream":{"nodes":{"a:1":1}}}', "a string is not valid UTF-8"),
+        (b'{"uri":"/\\ud800","upstream":{"nodes":{"a:1":1}}}', "lone UTF-16 surrogate"),
     ],
 )
 def test_the_admin_api_refuses_what_the_store_would_reject(
