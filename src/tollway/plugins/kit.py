@@ -27,6 +27,25 @@ PHASES = ("rewrite", "access", "before_proxy", "header_filter", "body_filter", "
 _TCHAR = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
+_CTL_TO_SP = str.maketrans({"\r": " ", "\n": " ", "\0": " "})
+
+
+def wire_value(value: str) -> str:
+    """A header value a plugin sets, as it may go on the wire: CR, LF and NUL become SP (RFC
+    9110 5.5 lets a recipient replace them so), so no value can start another header line; text
+    beyond latin-1 becomes the latin-1 reading of its UTF-8 bytes, so heads are written with
+    one latin-1 encode and carry UTF-8, as nginx passes what it was given. Every header setter
+    of the kit applies it: what a plugin sets is safe to write, whatever its source."""
+    if not value.isprintable():  # one C pass; HTAB and other controls are rare but legal
+        value = value.translate(_CTL_TO_SP)
+    if not value.isascii():
+        try:
+            value.encode("latin-1")
+        except UnicodeEncodeError:
+            value = value.encode("utf-8", "surrogateescape").decode("latin-1")
+    return value
+
+
 def header_names_error(headers: Any) -> str | None:
     """For a plugin's header edits (a name -> value map, a list of names, or the
     ``{add, set, remove}`` form): what is wrong with a name, or None. A name must be an RFC 9110
@@ -416,6 +435,8 @@ class RequestContext:
         self._header_op(name, value, True)
 
     def _header_op(self, name: str, value: str | None, append: bool) -> None:
+        if value is not None:
+            value = wire_value(value)
         if self.up_header_ops is None:
             self.up_header_ops = []
         self.up_header_ops.append((name, value, append))  # name as the plugin spelled it
@@ -441,13 +462,13 @@ class RequestContext:
         lname = name.lower()
         hs = [(k, v) for k, v in self.resp_headers or () if k.lower() != lname]
         if value is not None:
-            hs.append((name, value))
+            hs.append((name, wire_value(value)))
         self.resp_headers = hs
 
     def add_response_header(self, name: str, value: str) -> None:
         if self.resp_headers is None:
             self.resp_headers = []
-        self.resp_headers.append((name, value))
+        self.resp_headers.append((name, wire_value(value)))
 
 
 def _request_line(c: RequestContext) -> str:
