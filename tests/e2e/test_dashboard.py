@@ -22,6 +22,7 @@ import pytest
 import requests
 from aiohttp import web
 
+from tests.e2e.test_tls_listener import https_get, self_signed
 from tests.support.etcd import EtcdServer
 from tests.support.gateway import Gateway, free_port, wait_until
 from tests.support.upstream import Upstream
@@ -169,6 +170,17 @@ def login(driver: Any, gw: Gateway, key: str) -> None:
     find(driver, "nav #logout")
 
 
+def fill(driver: Any, css: str, text: str) -> None:
+    """A long value (a PEM) set at once, with the input event the page listens to."""
+    el = find(driver, css)
+    driver.execute_script(
+        "arguments[0].value = arguments[1];"
+        "arguments[0].dispatchEvent(new Event('input', {bubbles: true}))",
+        el,
+        text,
+    )
+
+
 def go(driver: Any, hash_: str) -> None:
     driver.execute_script("location.hash = arguments[0]", hash_)
 
@@ -282,6 +294,32 @@ def test_every_page_renders_without_console_errors(as_admin: Any, demo: Gateway)
     assert find(driver, "tr[data-id='k1']").text.startswith("k1")
 
 
+def test_list_search_and_paging(as_admin: Any, demo: Gateway, upstream: Upstream) -> None:
+    """The Admin API's own filters (name, uri, label) and paging (page, page_size 10)."""
+    driver = as_admin
+    for i in range(12):
+        body = {"name": f"paged-{i:02}", "uri": f"/paged/{i}", "labels": {"batch": "b1"}}
+        body["upstream"] = {"nodes": {upstream.addr: 1}}
+        assert admin(demo, "PUT", f"/routes/paged-{i:02}", body).status_code < 300
+    go(driver, "#/routes")
+    find(driver, "table.items tr[data-id='hello']")
+    set_field(driver, "input[name='filter-name']", "paged-")
+    find(driver, "#search").click()
+    wait_text(driver, "#total", lambda t: t == "12")
+    wait_until(lambda: len(driver.find_elements(By.CSS_SELECTOR, "table.items tbody tr")) == 10)
+    assert "page 1 of 2" in find(driver, ".pager").text
+    find(driver, ".pager button:last-child").click()
+    wait_until(lambda: len(driver.find_elements(By.CSS_SELECTOR, "table.items tbody tr")) == 2)
+    set_field(driver, "input[name='filter-name']", "")
+    set_field(driver, "input[name='filter-uri']", "/paged/1")  # /paged/1, /paged/10, /paged/11
+    find(driver, "#search").click()
+    wait_text(driver, "#total", lambda t: t == "3")
+    ids = {r.get_attribute("data-id") for r in driver.find_elements(By.CSS_SELECTOR, "tbody tr")}
+    assert ids == {"paged-01", "paged-10", "paged-11"}
+    shot(driver, "routes-search")
+    assert console_errors(driver) == []
+
+
 def test_create_route_through_the_form_and_the_data_plane_serves_it(
     as_admin: Any, demo: Gateway, upstream: Upstream
 ) -> None:
@@ -329,6 +367,41 @@ def test_invalid_value_shows_the_admin_api_message_next_to_the_field(
     find(driver, "#save").click()
     assert "invalid JSON" in wait_text(driver, "#f-json-error", bool)
     assert admin(demo, "GET", "/routes/bad-one").status_code == 404
+
+
+def test_ssl_private_key_is_write_only(
+    as_admin: Any, demo: Gateway, tmp_path: Path, upstream: Upstream
+) -> None:
+    driver = as_admin
+    cert, key = self_signed(tmp_path, "ui.test", "DNS:ui.test,DNS:ui2.test")
+    go(driver, "#/ssls/new")
+    set_field(driver, "#f-id", "ui-cert")
+    set_field(driver, "#f-snis", "ui.test")
+    fill(driver, "#f-cert", cert)
+    fill(driver, "#f-key", key)
+    find(driver, "#save").click()
+    assert find(driver, "#item-id").text == "ui-cert"
+    assert "ui.test" in find(driver, "#item-json").text
+    assert "PRIVATE KEY" not in driver.page_source
+    # an edit that leaves the key empty keeps the stored one (a PATCH)
+    go(driver, "#/ssls/ui-cert/edit")
+    wait_until(
+        lambda: "BEGIN CERTIFICATE" in (find(driver, "#f-cert").get_attribute("value") or "")
+    )
+    assert find(driver, "#f-key").get_attribute("value") == ""
+    assert "PRIVATE KEY" not in driver.page_source
+    set_field(driver, "#f-snis", "ui.test, ui2.test")
+    find(driver, "#save").click()
+    wait_text(driver, "#item-json", lambda t: "ui2.test" in t)
+    assert admin(demo, "GET", "/ssls/ui-cert").json()["value"]["snis"] == ["ui.test", "ui2.test"]
+    # the listener serves the new name with the key it kept
+    route = {"uri": "/tls", "upstream": {"nodes": {upstream.addr: 1}}}
+    assert admin(demo, "PUT", "/routes/tls", route).status_code < 300
+    wait_until(
+        lambda: https_get(demo.tls_port, "ui2.test", cert, "/tls").startswith(b"HTTP/1.1 200"), WAIT
+    )
+    shot(driver, "ssl")
+    assert console_errors(driver) == []
 
 
 def test_delete_shows_the_protection_message(as_admin: Any, demo: Gateway) -> None:
@@ -475,6 +548,25 @@ def test_nothing_answers_without_a_key_but_the_login_page(demo: Gateway) -> None
         assert s.get(base + evil, timeout=5).status_code in (400, 401, 404), evil
     s.delete(base + "session", timeout=5)
     assert s.get(base + "app/app.js", timeout=5).status_code == 401
+
+
+def test_enable_admin_ui_false_serves_no_dashboard(tmp_path: Path, shared_etcd: EtcdServer) -> None:
+    conf = {"deployment": {"admin": {"enable_admin_ui": False}}}
+    with Gateway(tmp_path, mode="etcd", etcd=shared_etcd.endpoint, config=conf) as g:
+        base = f"http://127.0.0.1:{g.admin_port}/ui/"
+        assert requests.get(base, timeout=5).status_code == 404
+        assert (
+            requests.post(
+                base + "session", headers={"X-API-KEY": g.admin_key}, timeout=5
+            ).status_code
+            == 404
+        )
+        assert (
+            requests.get(
+                g.admin_url("/routes"), headers={"X-API-KEY": g.admin_key}, timeout=5
+            ).status_code
+            == 200
+        )
 
 
 class _Attacker(BaseHTTPRequestHandler):

@@ -85,7 +85,7 @@ function Chart({ title, labels, data, unit }) {
     const opts = {
       title, width: 300, height: 140,
       series: [{}, ...labels.map((l, i) => ({ label: l, stroke: COLORS[i % COLORS.length], width: 1.5, spanGaps: true }))],
-      axes: [{ show: false }, { size: 40, values: (_, ticks) => ticks.map((t) => `${+t.toFixed(2)}${unit}`) }],
+      axes: [{ show: false }, { size: 56, values: (_, ticks) => ticks.map((t) => `${+t.toFixed(2)}${unit}`) }],
       legend: { live: false },
       cursor: { show: false },
     };
@@ -123,16 +123,24 @@ function HealthTable({ checks }) {
   </tbody></table>`;
 }
 
+// The IPs of an upstream's nodes (hash or array form): APISIX's node label is the IP alone.
+function nodeIps(nodes) {
+  if (!nodes) return [];
+  const addrs = Array.isArray(nodes) ? nodes.map((n) => n.host) : Object.keys(nodes).map((a) => a.replace(/:\d+$/, ""));
+  return addrs.map((h) => h.replace(/^\[|\]$/g, ""));
+}
+
 // Health of one upstream's nodes (checker named by its config key) and requests per node.
-export function NodeHealth({ name }) {
+export function NodeHealth({ name, nodes: configured }) {
   const f = useLive();
+  const ips = new Set(nodeIps(configured));
   const checks = (f.last?.health || []).filter((c) => c.name.endsWith(name));
   const a = f.history[f.history.length - 2], b = f.last;
-  const nodes = b?.traffic?.nodes || {};
+  const nodes = Object.fromEntries(Object.entries(b?.traffic?.nodes || {}).filter(([ip]) => ips.has(ip)));
   const dt = a && b ? Math.max(b.time - a.time, 1e-3) : 1;
   return html`<div class="node-health">
     ${checks.length > 0 && html`<h3>Health</h3><${HealthTable} checks=${checks} />`}
-    ${Object.keys(nodes).length > 0 && html`<h3>Requests per node IP (all routes; APISIX's <code>node</code> label)</h3><table class="per-node"><tbody>
+    ${Object.keys(nodes).length > 0 && html`<h3>Requests per node IP (every route to it; APISIX's <code>node</code> label)</h3><table class="per-node"><tbody>
       ${Object.entries(nodes).map(([node, n]) => html`<tr data-node=${node}><td>${node}</td>
         <td class="node-total">${n}</td><td>${a ? ((n - (a.traffic?.nodes?.[node] || 0)) / dt).toFixed(1) : "–"} req/s</td></tr>`)}
     </tbody></table>`}</div>`;
@@ -151,7 +159,7 @@ export function Overview() {
     <p id="config-state">source <b>${c.provider}</b>
       ${c.source_connected === false ? html` <span class="bad">(disconnected)</span>` : ""} ·
       served revision <b id="revision">${c.revision}</b> · etcd revision ${c.etcd_revision ?? "–"} ·
-      lag <b id="lag">${c.lag ?? "–"}</b> · rejected items ${c.rejected} ·
+      lag <b id="lag">${c.lag ?? "–"}</b> · rejected items ${c.rejected} ·${" "}
       ${c.from_snapshot ? html`<b class="bad" id="snapshot">serving from the on-disk snapshot</b>` : html`<span id="snapshot">live config</span>`}</p>
     <table class="workers"><thead><tr><th>worker pid</th><th>ready</th><th>applied revision</th><th>lag</th></tr></thead><tbody>
       ${(c.workers || []).map((w) => html`<tr><td>${w.pid}</td><td>${w.ready ? "yes" : "no"}</td><td class="worker-revision">${w.revision}</td><td>${w.lag ?? "–"}</td></tr>`)}

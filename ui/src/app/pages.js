@@ -78,8 +78,8 @@ export function DetailPage({ kind, id, base = "" }) {
     </header>
     ${msg && html`<p class="error" id="delete-error" role="alert">${msg}</p>`}
     <p class="muted">created ${fmtTime(value.create_time)} · updated ${fmtTime(value.update_time)} · modifiedIndex ${res.data.modifiedIndex}</p>
-    ${kind.path === "upstreams" && html`<${NodeHealth} name=${`/upstreams/${id}`} />`}
-    ${kind.path === "routes" && html`<${NodeHealth} name=${`/routes/${id}`} /><${RouteTraffic} route=${id} />`}
+    ${kind.path === "upstreams" && html`<${NodeHealth} name=${`/upstreams/${id}`} nodes=${value.nodes} />`}
+    ${kind.path === "routes" && html`<${NodeHealth} name=${`/routes/${id}`} nodes=${value.upstream?.nodes} /><${RouteTraffic} route=${id} />`}
     <pre class="json" id="item-json">${pretty(value)}</pre>
     ${kind.path === "consumers" && html`<${Credentials} username=${id} />`}
   </section>`;
