@@ -22,7 +22,7 @@ const desc = F.text("desc", "description");
 
 export const KINDS = [
   {
-    path: "routes", title: "Routes", filters: ["name", "uri", "label"],
+    path: "routes", title: "Routes", filters: ["name", "uri", "label", "filter"],
     cols: [["name", (v) => v.name], ["uri", (v) => v.uri || join(v.uris)], ["methods", (v) => join(v.methods) || "all"],
       ["host", (v) => v.host || join(v.hosts)], ["upstream", upstreamOf]],
     fields: [name, F.text("uri"), F.list("methods"), F.text("host"), F.text("upstream_id"), F.text("service_id"),
@@ -79,7 +79,7 @@ export const KINDS = [
     fields: [F.text("uri"), F.text("prefix")],
   },
   {
-    path: "stream_routes", title: "Stream routes", filters: [],
+    path: "stream_routes", title: "Stream routes", filters: ["filter"],
     cols: [["server_port", (v) => v.server_port], ["remote_addr", (v) => v.remote_addr], ["upstream", upstreamOf]],
     fields: [F.number("server_port"), F.text("remote_addr"), F.text("server_addr"), F.text("sni"), F.text("upstream_id"), desc],
   },

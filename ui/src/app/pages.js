@@ -29,6 +29,7 @@ export function ListPage({ kind, base = "", title }) {
     </header>
     ${kind.filters.length > 0 && html`<form class="filters" onSubmit=${(e) => { e.preventDefault(); setPage(1); setQuery({ ...draft }); }}>
       ${kind.filters.map((f) => html`<label>${f} <input name=${"filter-" + f} value=${draft[f] || ""}
+        placeholder=${f === "filter" ? "service_id=1&upstream_id=2" : ""}
         onInput=${(e) => setDraft({ ...draft, [f]: e.target.value })} /></label>`)}
       <button type="submit" id="search">Search</button>
     </form>`}
