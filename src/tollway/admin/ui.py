@@ -188,7 +188,11 @@ class DashboardUI:
         app.router.add_get(PREFIX + "/{tail:.*}", self.asset)
 
 
-def add_ui(app: web.Application, keys: list[AdminKey], key_required: bool, sup: Any) -> None:
+def add_ui(
+    app: web.Application, keys: list[AdminKey], key_required: bool, sup: Supervisor | None
+) -> None:
+    """Serve the dashboard on the Admin API's app (its middleware applies: allow_admin, the
+    version headers)."""
     DashboardUI(keys, key_required, sup).register(app)
 
 
