@@ -5,8 +5,8 @@ import uPlot from "uplot";
 import { live } from "./api.js";
 import { html } from "./ui.js";
 
-const POLL_MS = 2000;
-const KEEP = 60; // reports kept: two minutes at one every two seconds
+const POLL_MS = 1000;
+const KEEP = 120; // reports kept: two minutes at one a second
 
 const feed = { history: [], last: null, error: "", subs: new Set(), timer: null };
 
