@@ -197,7 +197,11 @@ def set_field(driver: Any, css: str, text: str) -> None:
 
 @pytest.fixture
 def as_admin(browser: Any, demo: Gateway) -> Any:
-    if browser.execute_script("return sessionStorage.getItem('tollway.key')") != ADMIN_KEY:
+    here = browser.current_url.startswith(ui_url(demo))
+    if (
+        not here
+        or browser.execute_script("return sessionStorage.getItem('tollway.key')") != ADMIN_KEY
+    ):
         login(browser, demo, ADMIN_KEY)
     browser.get_log("browser")  # start each test with an empty console
     return browser
@@ -709,6 +713,36 @@ def test_a_cross_site_page_cannot_change_anything(as_admin: Any, demo: Gateway) 
         server.server_close()
         driver.get(ui_url(demo))
         find(driver, "nav #logout")
+
+
+def test_overview_says_when_the_instance_serves_its_snapshot(
+    browser: Any, tmp_path: Path, etcd: EtcdServer, upstream: Upstream
+) -> None:
+    """etcd down at start: the instance serves the last-known-good snapshot, and says so."""
+    g = Gateway(tmp_path, mode="etcd", etcd=etcd.endpoint, admin_key=ADMIN_KEY)
+    with g:
+        assert (
+            admin(
+                g,
+                "PUT",
+                "/routes/snap",
+                {"uri": "/snap", "upstream": {"nodes": {upstream.addr: 1}}},
+            ).status_code
+            < 300
+        )
+        wait_until(lambda: requests.get(g.url("/snap"), timeout=5).status_code == 200, WAIT)
+        wait_until((tmp_path / "run" / "config-snapshot.bin").exists, WAIT)
+    etcd.stop()
+    with g.start(wait_ready=False):
+        g.wait_ready(timeout=30)
+        browser.get_log("browser")  # what the cross-site test's page logged
+        login(browser, g, ADMIN_KEY)
+        go(browser, "#/")
+        assert "on-disk snapshot" in find(browser, "#snapshot").text
+        shot(browser, "overview-snapshot")
+        etcd.restart()
+        wait_text(browser, "#snapshot", lambda t: t == "live config", timeout=30)
+        assert console_errors(browser) == []
 
 
 def test_the_key_is_never_in_a_url_or_a_log(browser: Any, demo: Gateway) -> None:
