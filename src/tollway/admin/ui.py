@@ -131,6 +131,7 @@ class DashboardUI:
         self.key_required = key_required
         self.sup = sup
         self.sessions = Sessions()
+        self._files: dict[Path, bytes] = {}
 
     def header_role(self, request: web.Request) -> str | None:
         return role_of(self.keys, request.headers.get("X-API-KEY"), required=self.key_required)
@@ -146,9 +147,10 @@ class DashboardUI:
         ctype = _TYPES.get(path.suffix) or mimetypes.guess_type(path.name)[0] or "text/plain"
         if ctype.startswith("text/") or ctype.endswith("+xml"):
             ctype += "; charset=utf-8"
-        return web.Response(
-            body=path.read_bytes(), headers={**SECURITY_HEADERS, "Content-Type": ctype}
-        )
+        body = self._files.get(path)
+        if body is None:  # the package's files do not change while it runs: read each once
+            body = self._files[path] = path.read_bytes()
+        return web.Response(body=body, headers={**SECURITY_HEADERS, "Content-Type": ctype})
 
     async def redirect(self, _: web.Request) -> web.StreamResponse:
         return web.Response(status=302, headers={**SECURITY_HEADERS, "Location": PREFIX + "/"})
