@@ -465,6 +465,10 @@ async def start_admin_server(sup: Supervisor) -> web.AppRunner | None:
     ssl_ctx = make_ssl_context(sup)
     admin, _ = build_admin(sup)
     app = admin.build()
+    if conf.enable_admin_ui:
+        from tollway.admin.ui import add_ui
+
+        add_ui(app, admin.keys, admin.key_required, sup)
     # APISIX writes <prefix>/plugins when the admin node starts; do it in the background so
     # a down etcd does not hold the start (tracked and cancelled on cleanup).
     task = asyncio.get_running_loop().create_task(
