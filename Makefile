@@ -62,6 +62,10 @@ bench-router: $(STAMP)
 bench-balancer: $(STAMP)
 	$(BIN)/python bench/balancer.py
 
+bench-scale: $(STAMP)
+	scripts/ensure-system-deps.sh
+	$(BIN)/python bench/scale.py
+
 bench-churn: $(STAMP)
 	scripts/ensure-system-deps.sh bench
 	$(BIN)/python bench/router_churn.py

@@ -105,6 +105,15 @@ class Processes:
             del self._running[proc.pid]
         return out.decode("utf-8", "replace")
 
+    def stop(self, name: str) -> None:
+        """SIGTERM the process started as ``name`` (and its group), wait, forget it."""
+        for pid, (n, proc) in list(self._running.items()):
+            if n == name:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+                self._stop(proc, grace=15.0)
+                del self._running[pid]
+
     def stop_all(self) -> None:
         # SIGTERM to each leader: nginx and Tollway stop their own workers.
         for _, proc in reversed(list(self._running.values())):
