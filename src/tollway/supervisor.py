@@ -23,12 +23,13 @@ from typing import Any
 
 from tollway.checks import ItemChecker
 from tollway.config.source import ConfigSource, KeyValue
-from tollway.config.store import RateLimitedLog, Store
+from tollway.config.store import Store
 from tollway.config.yaml_source import YamlSource
 from tollway.errors import SettingsError
 from tollway.ipc import encode, kvs_to_wire, read_message
 from tollway.metrics import MetricsExport
 from tollway.plugins.registry import load_registry
+from tollway.ratelog import RateLimitedLog
 from tollway.settings import LoadedSettings
 from tollway.upstream.monitor import UpstreamMonitor
 
