@@ -7,7 +7,7 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from tests.support.etcd import until
+from tests.support.wait import until
 
 from tollway.config.source import KeyValue
 from tollway.config.store import Store

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from tests.support.etcd import until
+from tests.support.wait import until
 
 from tollway.balancer import Server
 from tollway.ipc import Passive
