@@ -14,7 +14,8 @@ What it offers:
 * ``upstreams``: health checks and DNS (``describe()`` lists nodes and their health);
 * ``source_status()``: the served revision, etcd's, the connection, snapshot and rejections;
 * ``worker_status()``: each worker's pid, readiness and applied revision;
-* ``all_ready()``: every current worker has loaded the config (``/status/ready``).
+* ``all_ready()``: every current worker has loaded the config (``/status/ready``);
+* ``metric_files()``: the workers' prometheus files and the metric prefix (None: no export).
 """
 
 from __future__ import annotations
@@ -81,3 +82,5 @@ class InstanceView(Protocol):
     def worker_status(self) -> list[WorkerStatus]: ...
 
     def all_ready(self) -> bool: ...
+
+    def metric_files(self) -> tuple[list[str], str] | None: ...

@@ -336,6 +336,12 @@ class Supervisor:
             for w in self.workers
         ]
 
+    def metric_files(self) -> tuple[list[str], str] | None:
+        export = self.metrics
+        if export is None:
+            return None
+        return [str(p) for p in export.directory.glob("*.db")], export.attr.metric_prefix
+
     # -- snapshot -----------------------------------------------------------------------
 
     def snapshot_dirty(self) -> None:

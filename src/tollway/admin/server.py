@@ -468,7 +468,7 @@ async def start_admin_server(instance: InstanceView) -> web.AppRunner | None:
     if conf.enable_admin_ui:
         from tollway.admin.ui import add_ui
 
-        add_ui(app, admin.keys, admin.key_required, sup)
+        add_ui(app, admin.keys, admin.key_required, instance)
     # APISIX writes <prefix>/plugins when the admin node starts; do it in the background so
     # a down etcd does not hold the start (tracked and cancelled on cleanup).
     task = asyncio.get_running_loop().create_task(

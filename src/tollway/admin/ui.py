@@ -34,7 +34,7 @@ from aiohttp import web
 from tollway.admin.keys import AdminKey
 
 if TYPE_CHECKING:
-    from tollway.supervisor import Supervisor
+    from tollway.instance import InstanceView
 
 ASSETS = Path(__file__).with_name("ui_assets")
 PREFIX = "/ui"
@@ -126,7 +126,7 @@ def _reply(status: int, body: Any) -> web.Response:
 
 
 class DashboardUI:
-    def __init__(self, keys: list[AdminKey], key_required: bool, sup: Supervisor | None) -> None:
+    def __init__(self, keys: list[AdminKey], key_required: bool, sup: InstanceView | None) -> None:
         self.keys = keys
         self.key_required = key_required
         self.sup = sup
@@ -191,7 +191,7 @@ class DashboardUI:
 
 
 def add_ui(
-    app: web.Application, keys: list[AdminKey], key_required: bool, sup: Supervisor | None
+    app: web.Application, keys: list[AdminKey], key_required: bool, sup: InstanceView | None
 ) -> None:
     """Serve the dashboard on the Admin API's app (its middleware applies: allow_admin, the
     version headers)."""
@@ -201,7 +201,7 @@ def add_ui(
 # -- the live report ----------------------------------------------------------------------
 
 
-def live_report(sup: Supervisor | None) -> dict[str, Any]:
+def live_report(sup: InstanceView | None) -> dict[str, Any]:
     if sup is None:
         return {"time": time.time(), "config": None, "health": [], "traffic": None}
     return {
@@ -212,40 +212,41 @@ def live_report(sup: Supervisor | None) -> dict[str, Any]:
     }
 
 
-def config_state(sup: Supervisor) -> dict[str, Any]:
-    etcd_rev = getattr(sup.source, "etcd_revision", None)
+def config_state(sup: InstanceView) -> dict[str, Any]:
+    src = sup.source_status()
+    etcd_rev = src.etcd_revision
     return {
         "provider": sup.settings.config_provider,
-        "revision": sup.store.revision,
+        "revision": src.revision,
         "etcd_revision": etcd_rev,
-        "lag": max(0, etcd_rev - sup.store.revision) if etcd_rev else None,
-        "from_snapshot": sup.agent.from_snapshot,
-        "source_connected": getattr(sup.source, "connected", None),
-        "rejected": sup.store.rejected,
+        "lag": max(0, src.lag) if src.lag is not None else None,
+        "from_snapshot": src.from_snapshot,
+        "source_connected": src.connected,
+        "rejected": src.rejected,
         "workers": [
             {
-                "pid": w.proc.pid,
+                "pid": w.pid,
                 "ready": w.ready,
                 "revision": w.revision,
                 "lag": max(0, etcd_rev - w.revision) if etcd_rev and w.revision else None,
             }
-            for w in sup.workers
+            for w in sup.worker_status()
         ],
     }
 
 
-def traffic(sup: Supervisor) -> dict[str, Any] | None:
+def traffic(sup: InstanceView) -> dict[str, Any] | None:
     """The workers' running totals (the prometheus plugin's files), summed per route; None when
     the export is off. The page turns two reports into rates and quantiles."""
     from prometheus_client.multiprocess import MultiProcessCollector
 
-    export = sup.metrics
-    if export is None:
+    found = sup.metric_files()
+    if found is None:
         return None
-    files = [str(p) for p in export.directory.glob("*.db")]
+    files, prefix = found
     families = MultiProcessCollector.merge(files, accumulate=True)
     samples = ((s.name, s.labels, s.value) for m in families for s in m.samples)
-    return summarize(samples, export.attr.metric_prefix)
+    return summarize(samples, prefix)
 
 
 def summarize(samples: Iterable[tuple[str, dict[str, str], float]], prefix: str) -> dict[str, Any]:
