@@ -20,12 +20,9 @@ Semantics follow ``lib/resty/expr/v1.lua`` (apisix.md §2.4):
 
 Deviations, on purpose:
 
-* Regexes (``~~``, ``~*``) use Python ``re`` with ``re.ASCII`` (ngx.re without the ``u`` flag) and
-  are compiled here, so a pattern Python cannot compile is rejected with an ExprError instead of
-  silently never matching at request time as in APISIX. ``(?<name>...)`` is rewritten to Python's
-  ``(?P<name>...)`` and ``\\z`` to ``\\Z``. Not available: ``\\Q..\\E``, recursion, ``\\h``/``\\R``,
-  callouts, ``(?|...)``. Python's ``\\Z`` is PCRE's ``\\z`` (PCRE's ``\\Z`` also allows a final
-  newline).
+* Regexes (``~~``, ``~*``) run on RE2 (:mod:`tollway.regex`), in time linear in the input, where
+  APISIX uses PCRE, which backtracks: a pattern RE2 cannot compile (lookaround, backreferences...)
+  is rejected with an ExprError instead of silently never matching at request time as in APISIX.
 * A rule that would raise a Lua runtime error in APISIX (a non-string operator, a regex operator
   with a ``null`` pattern) is rejected at compile time with ``invalid expression``.
 """
@@ -40,6 +37,7 @@ from functools import lru_cache
 from typing import Any
 
 from tollway.errors import ConfigError
+from tollway.regex import Regex, RegexError, compile_regex
 
 __all__ = ["Expr", "ExprError", "IpMatcher", "compile_expr", "lua_tonumber"]
 
@@ -217,39 +215,13 @@ class IpMatcher:
 # --------------------------------------------------------------------------- regexes
 
 
-def _pcre_to_python(pattern: str) -> str:
-    """Rewrite the few PCRE spellings Python spells differently (see module docstring)."""
-    if "(?<" not in pattern and "\\z" not in pattern:
-        return pattern
-    out: list[str] = []
-    i, n = 0, len(pattern)
-    while i < n:
-        ch = pattern[i]
-        if ch == "\\" and i + 1 < n:
-            out.append("\\Z" if pattern[i + 1] == "z" else pattern[i : i + 2])
-            i += 2
-            continue
-        if (
-            pattern.startswith("(?<", i)
-            and i + 3 < n
-            and (pattern[i + 3].isalpha() or pattern[i + 3] == "_")
-        ):
-            out.append("(?P<")
-            i += 3
-            continue
-        out.append(ch)
-        i += 1
-    return "".join(out)
-
-
-def _compile_regex(pattern: Any, ignore_case: bool) -> re.Pattern[str]:
+def _compile_regex(pattern: Any, ignore_case: bool) -> Regex:
     text = _as_text(pattern) if not isinstance(pattern, bool) else None
     if text is None:
         raise ExprError("invalid expression")
-    flags = re.ASCII | (re.IGNORECASE if ignore_case else 0)
     try:
-        return re.compile(_pcre_to_python(text), flags)
-    except re.error as e:
+        return compile_regex(text, ignore_case=ignore_case)
+    except RegexError as e:
         raise ExprError(f"failed to compile regex '{text}': {e}") from None
 
 
@@ -289,8 +261,11 @@ def _op_regex(name: str, right: Any, ignore_case: bool) -> _Test:
     search = _compile_regex(right, ignore_case).search
 
     def test(var: VarFn) -> bool:
-        text = _as_text(var(name))
-        return text is not None and search(text) is not None
+        value = var(name)
+        if type(value) is str:
+            return search(value)
+        text = _as_text(value)
+        return text is not None and search(text)
 
     return test
 

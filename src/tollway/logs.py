@@ -15,6 +15,7 @@ import logging
 import logging.handlers
 import os
 import queue
+from typing import Any
 
 from tollway.settings import LoadedSettings
 
@@ -69,3 +70,29 @@ def _stop() -> None:
     if _listener is not None:
         _listener.stop()  # writes what is queued
         _listener = None
+
+
+class HttpServerLog(logging.LoggerAdapter[logging.Logger]):
+    """aiohttp's server logger for Tollway's own listeners (Admin, control, status, metrics).
+
+    aiohttp logs a request it cannot parse (raw bytes in the path, a bad header, an oversized
+    line, chunked framing or a gzip body that does not decode) at ERROR with a traceback, and
+    answers it 400 itself: that is the client's mistake, which nginx logs at info ("client sent
+    invalid request"). So do we, in one line; a failure in a handler keeps its traceback."""
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kw: Any) -> None:
+        # imported here: the workers use this module and never need aiohttp
+        from aiohttp.http_exceptions import HttpProcessingError
+        from aiohttp.web_protocol import RequestPayloadError
+
+        if isinstance(exc_info, HttpProcessingError | RequestPayloadError):
+            what = str(msg) % args if args else str(msg)
+            detail = " ".join(str(exc_info).split())
+            self.logger.info("%s: the client sent an invalid request: %s", what, detail)
+            return
+        self.logger.exception(msg, *args, exc_info=exc_info, **kw)
+
+
+def http_server_log() -> HttpServerLog:
+    """``web.AppRunner(app, logger=http_server_log())``."""
+    return HttpServerLog(logging.getLogger("aiohttp.server"), {})

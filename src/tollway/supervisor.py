@@ -19,22 +19,43 @@ import socket
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tollway.checks import ItemChecker
 from tollway.config.source import ConfigSource, KeyValue
-from tollway.config.store import RateLimitedLog, Store
+from tollway.config.store import Store
 from tollway.config.yaml_source import YamlSource
 from tollway.errors import SettingsError
-from tollway.ipc import encode, kvs_to_wire, read_message
+from tollway.instance import SourceStatus, WorkerStatus
+from tollway.ipc import (
+    TO_SUPERVISOR,
+    Ack,
+    Apply,
+    BadMessage,
+    Load,
+    Passive,
+    Ready,
+    ToSupervisor,
+    ToWorker,
+    encode,
+    read_message,
+)
 from tollway.metrics import MetricsExport
 from tollway.plugins.registry import load_registry
+from tollway.ratelog import RateLimitedLog
 from tollway.settings import LoadedSettings
 from tollway.upstream.monitor import UpstreamMonitor
+
+if TYPE_CHECKING:
+    from tollway.config.etcd import EtcdClient
 
 log = logging.getLogger("tollway.supervisor")
 
 SNAPSHOT_INTERVAL = 2.0  # seconds between two writes of the last-known-good snapshot
+# A worker that exits within this many seconds of its start counts as a crash loop: its restarts
+# back off (0.1 s doubling up to RESPAWN_MAX_DELAY) instead of burning a core on respawns.
+CRASH_LOOP_LIFETIME = 10.0
+RESPAWN_MAX_DELAY = 5.0
 
 
 @dataclass
@@ -45,6 +66,7 @@ class WorkerHandle:
     ready: bool = False
     revision: int = 0
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    started: float = 0.0  # time.monotonic() at spawn
 
 
 class Agent:
@@ -60,9 +82,7 @@ class Agent:
         self.store.load(revision, kvs)
         self.from_snapshot = False
         self.loaded.set()
-        self.sup.broadcast(
-            {"t": "load", "rev": revision, "kvs": kvs_to_wire(self.store.snapshot())}
-        )
+        self.sup.broadcast(Load.of(revision, self.store.snapshot()))
         self.sup.upstreams_changed(None)
         self.sup.snapshot_dirty()
 
@@ -81,7 +101,7 @@ class Agent:
             else:
                 accepted.append(KeyValue(key, item.raw, item.mod_revision, item.create_revision))
         # Even when every change was rejected, tell workers the revision moved (lag metric).
-        self.sup.broadcast({"t": "apply", "rev": revision, "kvs": kvs_to_wire(accepted)})
+        self.sup.broadcast(Apply.of(revision, accepted))
         if accepted:
             self.sup.upstreams_changed(store.last_changes)
             self.sup.snapshot_dirty()
@@ -115,12 +135,14 @@ class Supervisor:
         self.store = Store(settings.etcd.prefix, ItemChecker.for_store(registry, settings))
         self.agent = Agent(self, self.store)
         self.source: ConfigSource | None = None
+        self.etcd_client: EtcdClient | None = None  # set by make_source for an etcd source
         self.tasks: list[asyncio.Task[Any]] = []
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
         self._snapshot_pending = False
         self._last_snapshot = 0.0
         self._warn = RateLimitedLog(log)
+        self._quick_exits = 0  # workers in a row that exited soon after their start
         self.runners: list[Any] = []
         self.started = time.time()
         # The Prometheus export (tollway.metrics), made in start_services; None when disabled.
@@ -172,62 +194,118 @@ class Supervisor:
         ]
         # prometheus: workers record into the export's directory (tollway.metrics).
         env = self.metrics.worker_env() if self.metrics is not None else None
-        proc = await asyncio.create_subprocess_exec(*cmd, pass_fds=fds, env=env)
-        child.close()
-        reader, writer = await asyncio.open_connection(sock=parent)
-        handle = WorkerHandle(generation, proc, writer)
+        try:
+            proc = await asyncio.create_subprocess_exec(*cmd, pass_fds=fds, env=env)
+        except BaseException:
+            parent.close()
+            raise
+        finally:
+            child.close()
+        try:
+            reader, writer = await asyncio.open_connection(sock=parent)
+            # After the last await: no broadcast can fall between this copy of the config and
+            # the worker joining self.workers below.
+            greeting = self._greeting()
+        except BaseException:
+            parent.close()
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            raise
+        handle = WorkerHandle(generation, proc, writer, started=time.monotonic())
         loop = asyncio.get_running_loop()
         handle.tasks.append(loop.create_task(self._read_worker(handle, reader)))
         handle.tasks.append(loop.create_task(self._watch_worker(handle)))
         self.workers.append(handle)
-        # DNS answers and health first: the worker's first compile then already has them.
-        for msg in self.upstreams.greeting():
-            writer.write(encode(msg))
+        writer.write(greeting)
+        return handle
+
+    def _greeting(self) -> bytes:
+        """What a new worker reads first: DNS answers and health (so its first compile already
+        has them), then the config if the instance has one."""
+        msgs: list[ToWorker] = list(self.upstreams.greeting())
         no_wait = self.settings.conf.apisix.disable_sync_configuration_during_start
         if not self.store.loaded and no_wait:
             # APISIX's flag: do not hold start-up for the first sync; serve (404s) until it lands.
-            writer.write(encode({"t": "load", "rev": 0, "kvs": []}))
+            msgs.append(Load(0, []))
         elif self.store.loaded:
-            writer.write(
-                encode(
-                    {
-                        "t": "load",
-                        "rev": self.store.revision,
-                        "kvs": kvs_to_wire(self.store.snapshot()),
-                    }
-                )
-            )
-        return handle
+            msgs.append(Load.of(self.store.revision, self.store.snapshot()))
+        return b"".join(encode(msg) for msg in msgs)
 
     async def _read_worker(self, handle: WorkerHandle, reader: asyncio.StreamReader) -> None:
+        """Readiness, acks and passive health reports from one worker. A frame that cannot be
+        read ends the stream (nothing after it can be trusted): the worker is stopped, and its
+        watch restarts it."""
         while True:
-            msg = await read_message(reader)
+            try:
+                msg = await read_message(reader, TO_SUPERVISOR)
+            except BadMessage as e:  # framing intact: that message alone is lost
+                self._warn(logging.ERROR, "worker %d: bad IPC message ignored: %s",
+                           handle.proc.pid, e)  # fmt: skip
+                continue
+            except ValueError as e:
+                self._warn(logging.ERROR, "worker %d: unreadable IPC message (%s); stopping it",
+                           handle.proc.pid, e)  # fmt: skip
+                with contextlib.suppress(ProcessLookupError):
+                    handle.proc.kill()
+                return
             if msg is None:
                 return
-            kind = msg.get("t")
-            if kind == "passive":
-                self.upstreams.passive(msg.get("reports") or ())
-                continue
-            if kind == "ready":
+            try:
+                self._worker_message(handle, msg)
+            except Exception as e:  # a bug handling one message costs that message only
+                self._warn(logging.ERROR, "worker %d: IPC message %r failed: %r",
+                           handle.proc.pid, msg, e)  # fmt: skip
+
+    def _worker_message(self, handle: WorkerHandle, msg: ToSupervisor) -> None:
+        match msg:
+            case Passive(reports):
+                self.upstreams.passive(reports)
+            case Ready(rev):
                 handle.ready = True
-            handle.revision = int(msg.get("rev", 0))
+                handle.revision = rev
+            case Ack(rev):
+                handle.revision = rev
 
     async def _watch_worker(self, handle: WorkerHandle) -> None:
+        """Waits for the worker to exit and restarts it. Nothing a worker does (crash, garbage on
+        the pipe, exiting at once every time) ends this: a failed restart is retried with a
+        backoff, so the instance keeps its worker count."""
         code = await handle.proc.wait()
+        try:
+            self._forget_worker(handle)
+        except Exception:
+            log.exception("cleanup after worker %d failed", handle.proc.pid)
+        if self.stopping or handle.generation != self.generation:
+            return
+        log.error("worker %d exited with %s; restarting", handle.proc.pid, code)
+        if time.monotonic() - handle.started < CRASH_LOOP_LIFETIME:
+            self._quick_exits += 1
+        else:
+            self._quick_exits = 0
+        await self._respawn(handle.generation)
+
+    def _forget_worker(self, handle: WorkerHandle) -> None:
         if self.metrics is not None and not self.stopping:
             self.metrics.worker_exited(handle.proc.pid)  # prometheus: keep its totals
         with contextlib.suppress(Exception):
             handle.writer.close()
         if handle in self.workers:
             self.workers.remove(handle)
-        if self.stopping or handle.generation != self.generation:
-            return
-        log.error("worker %d exited with %s; restarting", handle.proc.pid, code)
-        await asyncio.sleep(0.1)
-        if not self.stopping and handle.generation == self.generation:
-            await self.spawn_worker(self.generation)
 
-    def broadcast(self, msg: dict[str, Any]) -> None:
+    async def _respawn(self, generation: int) -> None:
+        delay = min(RESPAWN_MAX_DELAY, 0.1 * 2 ** min(self._quick_exits, 8))
+        while True:
+            await asyncio.sleep(delay)
+            if self.stopping or generation != self.generation:
+                return
+            try:
+                await self.spawn_worker(generation)
+                return
+            except Exception as e:
+                self._warn(logging.ERROR, "could not start a worker: %r; retrying", e)
+                delay = min(RESPAWN_MAX_DELAY, delay * 2)
+
+    def broadcast(self, msg: ToWorker) -> None:
         data = encode(msg)
         for w in self.workers:
             if not w.writer.is_closing():
@@ -238,6 +316,31 @@ class Supervisor:
         if not self.settings.serves_proxy:
             return self.store.loaded
         return bool(current) and all(w.ready for w in current)
+
+    # -- the read-only view services get (tollway.instance.InstanceView) ------------------
+
+    def source_status(self) -> SourceStatus:
+        source = self.source
+        etcd_rev = getattr(source, "etcd_revision", None)
+        return SourceStatus(
+            revision=self.store.revision,
+            etcd_revision=int(etcd_rev) if etcd_rev is not None else None,
+            connected=getattr(source, "connected", None),
+            from_snapshot=self.agent.from_snapshot,
+            rejected=self.store.rejected,
+        )
+
+    def worker_status(self) -> list[WorkerStatus]:
+        return [
+            WorkerStatus(w.proc.pid, w.ready, w.revision, w.generation == self.generation)
+            for w in self.workers
+        ]
+
+    def metric_files(self) -> tuple[list[str], str] | None:
+        export = self.metrics
+        if export is None:
+            return None
+        return [str(p) for p in export.directory.glob("*.db")], export.attr.metric_prefix
 
     # -- snapshot -----------------------------------------------------------------------
 
@@ -375,7 +478,7 @@ class Supervisor:
 
     async def start_services(self) -> None:
         # -- prometheus export (tollway.metrics): before any worker starts recording --
-        self.metrics = MetricsExport.for_supervisor(self)
+        self.metrics = MetricsExport.for_instance(self)
         if self.metrics is not None:
             runner = await self.metrics.start_server(self)
             if runner is not None:
@@ -420,9 +523,11 @@ class Supervisor:
             from tollway.config.snapshot import write_snapshot_rows
 
             self._snapshot_pending = False
-            with contextlib.suppress(OSError):
+            try:
                 rows = self.store.snapshot_rows()
                 write_snapshot_rows(self.snapshot_path, self.store.revision, rows)
+            except Exception as e:  # stopping goes on: the previous snapshot stays as it was
+                log.error("failed to write the config snapshot: %r", e)
         for w in list(self.workers):
             with contextlib.suppress(ProcessLookupError):
                 w.proc.send_signal(signal.SIGTERM)
@@ -445,7 +550,7 @@ class Supervisor:
         await self.upstreams.aclose()
         if self.source is not None:
             await self.source.aclose()
-        client = getattr(self, "etcd_client", None)
+        client = self.etcd_client
         if client is not None:
             await client.aclose()
         for s in self.sockets + self.tls_sockets:

@@ -1,11 +1,13 @@
 """A bounded Schemathesis run against the Admin API's own OpenAPI description (issue #6):
-no 5xx for anything the description allows, and etcd afterwards holds only valid objects."""
+no 5xx for anything the description allows, etcd afterwards holds only valid objects, and the
+gateway's log holds no traceback (issue #18)."""
 
 from __future__ import annotations
 
 import base64
 import json
 import os
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ schemathesis = pytest.importorskip("schemathesis")
 KEY = "test-admin-key-0123456789"
 PREFIX = "/st"
 schema = schemathesis.openapi.from_dict(openapi_document())
+CALLS: Counter[str] = Counter()  # answers by status class, over the whole run
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +52,7 @@ def test_no_server_errors(case: Any, gw: Gateway) -> None:
     resp = case.call(
         base_url=f"http://127.0.0.1:{gw.admin_port}", headers={"X-API-KEY": KEY}, timeout=10
     )
+    CALLS[f"{resp.status_code // 100}xx"] += 1
     assert resp.status_code < 500, (case.method, case.formatted_path, case.body, resp.text)
 
 
@@ -62,3 +66,11 @@ def test_etcd_holds_only_valid_objects(gw: Gateway, shared_etcd: EtcdServer) -> 
         kind, item_id = where
         obj = decode_item(kind, msgspec.json.decode(base64.b64decode(kv["value"])))
         checker(kind, item_id, obj, None)
+
+
+def test_no_traceback_in_the_log(gw: Gateway) -> None:
+    """After the run (file order): nothing Schemathesis sent was logged as a failure."""
+    print(f"\nschemathesis: {sum(CALLS.values())} requests, {dict(sorted(CALLS.items()))}")
+    logs = gw.logs()
+    assert "Traceback" not in logs, logs[-3000:]
+    assert "[ERROR]" not in logs, logs[-3000:]

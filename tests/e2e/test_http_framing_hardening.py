@@ -8,13 +8,11 @@ import base64
 import os
 import re
 import socket
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import requests
 
-from tests.support.gateway import Gateway, wait_until
+from tests.support.gateway import Gateway, StartGateway, wait_until
 from tests.support.upstream import Upstream
 
 CONFIG = """
@@ -27,6 +25,17 @@ routes:
     plugins:
       ip-restriction: {blacklist: ["127.0.0.1"]}
     upstream: {nodes: {"%(up)s": 1}}
+  - id: inject
+    uri: /inject/*
+    plugins:
+      proxy-rewrite:
+        uri: "/seen$uri"
+        headers:
+          set: {X-Odd: "a\\r\\nX-Injected: 1", X-Nul: "b\\0c", X-Uni: "\\u202e", X-Path: "$uri"}
+      response-rewrite:
+        headers:
+          set: {X-Back: "d\\r\\nX-Split: 1"}
+    upstream: {nodes: {"%(up)s": 1}}
   - id: ws
     uri: /ws
     enable_websocket: true
@@ -36,10 +45,8 @@ routes:
 
 
 @pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream) -> Iterator[Gateway]:
-    root: Path = tmp_path_factory.mktemp("gw")
-    with Gateway(root, apisix_yaml=CONFIG % {"up": upstream.addr}) as g:
-        yield g
+def gw(standalone_gateway: StartGateway, upstream: Upstream) -> Gateway:
+    return standalone_gateway(CONFIG % {"up": upstream.addr})
 
 
 def exchange(gw: Gateway, data: bytes, timeout: float = 5) -> bytes:
@@ -244,11 +251,9 @@ def test_default_mode_passes_what_nginx_passes(
 
 
 @pytest.fixture(scope="module")
-def servlet_gw(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream) -> Iterator[Gateway]:
-    root: Path = tmp_path_factory.mktemp("servlet")
+def servlet_gw(standalone_gateway: StartGateway, upstream: Upstream) -> Gateway:
     conf = {"apisix": {"normalize_uri_like_servlet": True}}
-    with Gateway(root, apisix_yaml=CONFIG % {"up": upstream.addr}, config=conf) as g:
-        yield g
+    return standalone_gateway(CONFIG % {"up": upstream.addr}, config=conf)
 
 
 @pytest.mark.parametrize(
@@ -274,3 +279,25 @@ def test_servlet_normalisation(
     out = exchange(servlet_gw, req)
     assert statuses(out) == [status], out[:300]
     assert seen_paths(upstream) == ([upstream_path] if upstream_path else [])
+
+
+def test_plugin_made_heads_cannot_be_split(gw: Gateway, upstream: Upstream) -> None:
+    """CR, LF and NUL in a header value a plugin sets become spaces (RFC 9110 5.5), text beyond
+    latin-1 goes out as UTF-8, and a rewritten uri built from a decoded variable is
+    percent-encoded: nothing a config or a client sends can add a header or a request line."""
+    upstream.requests.clear()
+    target = b"/inject/a%0d%0aX-Evil:%201%20HTTP/1.1"
+    out = exchange(gw, b"GET " + target + b" HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    assert statuses(out) == [200], out[:300]
+    head = out.partition(b"\r\n\r\n")[0]
+    assert b"\r\nX-Back: d  X-Split: 1\r\n" in head
+    assert b"\r\nX-Split" not in head
+    assert len(upstream.requests) == 1
+    seen = upstream.requests[0]
+    assert seen["raw_path"] == "/seen/inject/a%0D%0AX-Evil:%201%20HTTP/1.1"
+    headers = seen["headers"]
+    assert "x-injected" not in headers and "x-evil" not in headers
+    assert headers["x-odd"] == "a  X-Injected: 1"
+    assert headers["x-nul"] == "b c"
+    assert headers["x-uni"] == "\u202e"  # sent as UTF-8
+    assert headers["x-path"] == "/inject/a  X-Evil: 1 HTTP/1.1"

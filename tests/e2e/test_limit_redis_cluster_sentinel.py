@@ -136,10 +136,11 @@ def test_sentinel_failover_is_followed_without_restart(tmp_path: Path, upstream:
             # Wait for the replica to hold the count, then lose the master.
             pattern = "plugin-limit-count:v1:*"
             key = wait_until(lambda: replica.cli("--scan", "--pattern", pattern))
+            wait_until(s.knows_replica, timeout=30)
             s.master.kill()
             assert requests.get(gw.url("/sf")).status_code == 500  # no master for now
             # The sentinel promotes the replica; the next requests count there.
-            wait_until(lambda: s.master_port() == replica.port, timeout=30)
+            wait_until(lambda: s.master_port() == replica.port, timeout=60)
 
             def counted() -> requests.Response | None:
                 r = requests.get(gw.url("/sf"))

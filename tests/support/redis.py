@@ -204,6 +204,18 @@ class RedisSentinel:
         ).stdout.decode().split()  # fmt: skip
         return int(out[1]) if len(out) == 2 else None
 
+    def knows_replica(self) -> bool:
+        """The sentinel has discovered the replica (from the master's INFO, refreshed every
+        10 s) and sees it up: before that, a failover finds no replica to promote."""
+        if self.replica is None:
+            return False
+        out = subprocess.run(
+            [REDIS_CLI, "-p", str(self.port), "--no-raw", "sentinel", "replicas",
+             self.master_name],
+            capture_output=True, timeout=5,
+        ).stdout.decode()  # fmt: skip
+        return str(self.replica.port) in out and "disconnected" not in out and "s_down" not in out
+
     def _knows_master(self) -> bool:
         try:
             out = subprocess.run(

@@ -51,7 +51,7 @@ class Upstream:
 
     async def _serve(self) -> None:
         app = web.Application(client_max_size=1 << 30)
-        app.router.add_route("*", "/{tail:.*}", self._handle)
+        app.router.add_route("*", "/{tail:[\\s\\S]*}", self._handle)  # any path, newlines too
         self._runner = web.AppRunner(
             app, access_log=None, shutdown_timeout=0.2, handler_cancellation=True
         )

@@ -112,8 +112,13 @@ def check_token(
         return None
     if not token:
         return "missing apikey"
+    try:
+        # a header's invalid UTF-8 bytes reach us as surrogate escapes: compare the bytes sent
+        sent = token.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate (a query's %ED%A0%80): never a key
+        return "wrong apikey"
     for k in keys:
-        if secrets.compare_digest(k.key.encode(), token.encode()):
+        if secrets.compare_digest(k.key.encode(), sent):
             if k.role == "viewer" and method != "GET":
                 return "invalid method for role viewer"
             return None

@@ -17,11 +17,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from tollway.admin import deletion, validators
+from tollway.admin.body import BodyError, check_plain, decode_json
 from tollway.admin.listing import PageSizeError, filter_and_page
 from tollway.admin.patch import PatchError, merge, patch_path
 from tollway.admin.validators import Check, CheckContext, valid_id
 from tollway.config.etcd import KV, EtcdClient
 from tollway.config.store import Store
+from tollway.config.values import check_tree, printable_key
 from tollway.crypto import KeyCipher
 from tollway.errors import ConfigError, TollwayError
 from tollway.model import decode_item
@@ -245,11 +247,24 @@ def _refuse_forbidden(body: Any) -> None:
         raise bad_request(forbidden)
 
 
+def _refuse_unsafe(body: Any) -> None:
+    """Before anything walks the body recursively (deepcopy, merge, schema): a value the Store
+    would reject when it comes back from etcd (too deep, a lone surrogate) is refused here."""
+    problem = check_tree(body)
+    if problem is not None:
+        raise bad_request(f"invalid configuration: {problem}")
+
+
 def decode_value(raw: bytes) -> Any:
+    """A value read from etcd; one that is not plain JSON within the body limits (written
+    there by another client) is shown as its text rather than failing the request."""
     try:
-        return json.loads(raw, strict=False)
-    except (ValueError, UnicodeDecodeError):
+        value = decode_json(raw)
+    except ValueError:  # UnicodeDecodeError and BodyError are ValueErrors
         return raw.decode("utf-8", errors="replace")
+    if check_tree(value) is not None:
+        return raw.decode("utf-8", errors="replace")
+    return value
 
 
 class AdminResources:
@@ -313,13 +328,14 @@ class AdminResources:
 
     def _node(self, rt: ResourceType, kv: KV) -> dict[str, Any]:
         return {
-            "key": kv.key,
+            "key": printable_key(kv.key),  # a key that is not UTF-8 shows its bytes as \\xNN
             "value": self._public(rt, decode_value(kv.value)),
             "createdIndex": kv.create_revision,
             "modifiedIndex": kv.mod_revision,
         }
 
     async def _check(self, t: Target, item_id: str | None, value: dict[str, Any]) -> None:
+        _refuse_unsafe(value)  # a PATCH merge can nest deeper than the body did
         if t.rtype.name in ("consumers", "credentials", "global_rules"):
             await self.catch_up()  # these checks read the Store
         try:
@@ -415,6 +431,7 @@ class AdminResources:
 
     async def put(self, t: Target, body: Any, args: Mapping[str, str]) -> Reply:
         self._guard(t, "PUT")
+        _refuse_unsafe(body)
         rt = t.rtype
         item_id, key, value = self._prepare_put(t, body)
         _refuse_forbidden(body)
@@ -443,6 +460,7 @@ class AdminResources:
 
     async def post(self, t: Target, body: Any, args: Mapping[str, str]) -> Reply:
         self._guard(t, "POST")
+        _refuse_unsafe(body)
         rt = t.rtype
         if body is None:
             raise bad_request("missing configurations")
@@ -474,6 +492,7 @@ class AdminResources:
 
     async def patch(self, t: Target, body: Any, args: Mapping[str, str]) -> Reply:
         self._guard(t, "PATCH")
+        _refuse_unsafe(body)
         rt = t.rtype
         if t.item_id is None or (rt.name == "secrets" and t.own_id is None):
             raise bad_request(f"missing {rt.kind} id")
@@ -500,7 +519,9 @@ class AdminResources:
                 value = merge(old, conf)
                 if conf.get("update_time") is None:
                     value["update_time"] = now
-        except PatchError as e:
+            # the merged value: a long sub-path nests the body deeper than the body alone
+            check_plain(value)
+        except (PatchError, BodyError) as e:
             raise bad_request(str(e)) from None
         if "create_time" not in value:
             value["create_time"] = now

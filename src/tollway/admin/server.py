@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from tollway import APISIX_VERSION, __version__
+from tollway.admin.body import decode_json
 from tollway.admin.keys import AdminKey, AdminKeyError, check_token, resolve_keys
 from tollway.admin.meta import MetaEndpoints
 from tollway.admin.resource import (
@@ -36,9 +37,10 @@ from tollway.config.api_source import ApiSource
 from tollway.config.etcd import EtcdClient
 from tollway.crypto import KeyCipher
 from tollway.errors import ConfigError, EtcdError, SettingsError
+from tollway.logs import http_server_log
 
 if TYPE_CHECKING:
-    from tollway.supervisor import Supervisor
+    from tollway.instance import InstanceView
 
 log = logging.getLogger("tollway.admin")
 
@@ -64,9 +66,16 @@ def respond(
         text = body + "\n"
     else:
         text = json.dumps(body, ensure_ascii=False, separators=(",", ":")) + "\n"
-    resp = web.Response(
-        status=status, body=text.encode(), headers={"Content-Type": "application/json"}
-    )
+    try:
+        data = text.encode()
+    except UnicodeEncodeError:
+        # A lone surrogate from the client echoed back (an id in the URL, a value read from
+        # etcd): JSON's \u escapes say it; a plain-text body keeps the escape as text.
+        if isinstance(body, str):
+            data = text.encode(errors="backslashreplace")
+        else:
+            data = (json.dumps(body, separators=(",", ":")) + "\n").encode()
+    resp = web.Response(status=status, body=data, headers={"Content-Type": "application/json"})
     if dry_run:
         resp.headers["X-Tollway-Dry-Run"] = "true"
     if headers:
@@ -142,13 +151,48 @@ class AdminApp:
 
     # -- request --------------------------------------------------------------------------
 
-    def token(self, request: web.Request) -> str | None:
-        return (
+    def token(self, request: web.Request) -> tuple[str | None, bool]:
+        """The key sent (APISIX's order: ``?api_key=``, the ``X-API-KEY`` header, the
+        ``X-API-KEY`` cookie) and whether it came from the cookie alone."""
+        sent = (
             request.query.get("api_key")
             or request.headers.get("X-API-KEY")
             # nginx's $http_x_api_key also reads "x_api_key" (APISIX: underscores_in_headers)
             or request.headers.get("X_API_KEY")
-            or request.cookies.get("X-API-KEY")
+        )
+        if sent:
+            return sent, False
+        cookie = request.cookies.get("X-API-KEY")
+        return cookie, bool(cookie)
+
+    def forged_write(self, request: web.Request, via_cookie: bool) -> str | None:
+        """None, or why a write is refused as possibly cross-site (a deliberate difference from
+        APISIX). Any web page can make a browser send a "simple" cross-site request (a form
+        POST, ``text/plain`` body) and the browser attaches the ``X-API-KEY`` cookie by itself;
+        with ``admin_key_required: false`` no key is needed at all. A write is therefore
+        accepted only when the browser cannot have been tricked into it: the key in the header
+        or query (a page cannot know it), an ``Origin`` naming this Admin API, or, with a key
+        in the cookie, ``X-Requested-With``: a browser adds that header cross-site only after a
+        CORS preflight, and the Admin API's (``Access-Control-Allow-Origin: *``) never admits a
+        request that carries cookies (Fetch standard, CORS check)."""
+        if request.method in _SAFE_METHODS:
+            return None
+        origin = request.headers.get("Origin")
+        if origin is not None and _same_origin(origin, request):
+            return None
+        if self.key_required:
+            if not via_cookie or "X-Requested-With" in request.headers:
+                return None
+            return (
+                "the X-API-KEY cookie alone does not authorize a write: send the key in the "
+                "X-API-KEY header, or an Origin header naming this Admin API, or an "
+                "X-Requested-With header (cross-site request forgery protection)"
+            )
+        if origin is None:
+            return None  # not a browser's cross-site request: browsers send Origin on those
+        return (
+            f"a write from the foreign origin {origin!r} is refused while admin_key_required "
+            "is false (cross-site request forgery protection)"
         )
 
     async def read_body(self, request: web.Request) -> bytes | None:
@@ -161,7 +205,7 @@ class AdminApp:
         chunks: list[bytes] = []
         size = 0
         while True:
-            chunk = await request.content.readany()
+            chunk = await _read_chunk(request)
             if not chunk:
                 break
             size += len(chunk)
@@ -184,9 +228,13 @@ class AdminApp:
         segs = [s for s in path[len(PREFIX) :].split("/") if s]
         if not segs and method == "HEAD":
             return respond(200)
-        denied = check_token(self.keys, self.token(request), method, required=self.key_required)
+        token, via_cookie = self.token(request)
+        denied = check_token(self.keys, token, method, required=self.key_required)
         if denied is not None:
             return respond(401, {"error_msg": "failed to check token", "description": denied})
+        forged = self.forged_write(request, via_cookie)
+        if forged is not None:
+            return respond(403, {"error_msg": forged})
         try:
             reply = await self.dispatch(request, segs)
         except AdminError as e:
@@ -267,9 +315,8 @@ class AdminApp:
         if raw is None:
             return None
         try:
-            # lua-cjson takes control characters inside strings (a proto's raw newlines)
-            return json.loads(raw, strict=False)
-        except (ValueError, UnicodeDecodeError) as e:
+            return decode_json(raw)
+        except ValueError as e:  # UnicodeDecodeError and BodyError are ValueErrors
             raise AdminError(
                 400,
                 {
@@ -288,6 +335,27 @@ class AdminApp:
 
 
 MAX_LEASE_TTL = 9_000_000_000  # etcd's MaxLeaseTTL, in seconds
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})  # RFC 9110 9.2.1: no writes
+
+
+async def _read_chunk(request: web.Request) -> bytes:
+    """The body's next bytes. A body that cannot be read is the client's doing, answered 400
+    (nginx: "client prematurely closed connection", a gzip body that does not inflate...)."""
+    try:
+        return await request.content.readany()
+    except web.RequestPayloadError as e:  # bad chunked framing, Content-Encoding garbage
+        # aiohttp's parser error (the cause) has the words; its str() adds "400, message:"
+        reason = getattr(e.__cause__, "message", None) or str(e)
+        raise bad_request(f"invalid request body: {' '.join(str(reason).split())}") from None
+    except ConnectionResetError:  # the client closed before the end: no one reads the answer
+        raise bad_request("invalid request body: the client closed the connection") from None
+
+
+def _same_origin(origin: str, request: web.Request) -> bool:
+    """``Origin`` (RFC 6454: scheme://host[:port], default port omitted, as in ``Host``) names
+    the Admin API the request reached."""
+    scheme = "https" if request.secure else "http"
+    return origin.lower() == f"{scheme}://{request.host}".lower()
 
 
 def _is_number(text: str) -> bool:
@@ -301,51 +369,51 @@ def _is_number(text: str) -> bool:
 # -- start-up -------------------------------------------------------------------------------
 
 
-def make_cipher(sup: Supervisor) -> KeyCipher | None:
+def make_cipher(instance: InstanceView) -> KeyCipher | None:
     # enable_encrypt_fields is about plugin fields; SSL keys follow the keyring alone (APISIX).
-    keyring = sup.settings.conf.apisix.data_encryption.keyring
+    keyring = instance.settings.conf.apisix.data_encryption.keyring
     if not keyring:
         return None
     try:
         return KeyCipher(keyring)
     except ConfigError as e:
         raise SettingsError(
-            str(sup.settings.path), "apisix.data_encryption.keyring", str(e)
+            str(instance.settings.path), "apisix.data_encryption.keyring", str(e)
         ) from None
 
 
-def make_ssl_context(sup: Supervisor) -> ssl.SSLContext | None:
+def make_ssl_context(instance: InstanceView) -> ssl.SSLContext | None:
     """``https_admin: true`` with ``admin_api_mtls.admin_ssl_cert``/``admin_ssl_cert_key``;
     ``admin_ssl_ca_cert`` also requires client certificates signed by that CA (mTLS)."""
-    conf = sup.settings.conf.deployment.admin
+    conf = instance.settings.conf.deployment.admin
     if not conf.https_admin:
         return None
     mtls = conf.admin_api_mtls or {}
     cert, key = mtls.get("admin_ssl_cert"), mtls.get("admin_ssl_cert_key")
     if not cert or not key:
         raise SettingsError(
-            str(sup.settings.path),
+            str(instance.settings.path),
             "deployment.admin.admin_api_mtls",
             "https_admin is true but admin_ssl_cert / admin_ssl_cert_key are not set",
         )
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
-        ctx.load_cert_chain(sup.settings.resolve(cert), sup.settings.resolve(key))
+        ctx.load_cert_chain(instance.settings.resolve(cert), instance.settings.resolve(key))
         ca = mtls.get("admin_ssl_ca_cert")
         if ca:
-            ctx.load_verify_locations(sup.settings.resolve(ca))
+            ctx.load_verify_locations(instance.settings.resolve(ca))
             ctx.verify_mode = ssl.CERT_REQUIRED
     except (OSError, ssl.SSLError) as e:
-        path = str(sup.settings.path)
+        path = str(instance.settings.path)
         raise SettingsError(path, "deployment.admin.admin_api_mtls", str(e)) from None
     return ctx
 
 
-def build_admin(sup: Supervisor) -> tuple[AdminApp, AdminResources]:
+def build_admin(instance: InstanceView) -> tuple[AdminApp, AdminResources]:
     """Raises SettingsError (the process must not start) for an unsafe or broken setup."""
     from tollway.admin.openapi import openapi_document
 
-    settings = sup.settings
+    settings = instance.settings
     conf = settings.conf.deployment.admin
     try:
         keys = resolve_keys(
@@ -357,19 +425,19 @@ def build_admin(sup: Supervisor) -> tuple[AdminApp, AdminResources]:
     except AdminKeyError as e:
         raise SettingsError(str(settings.path), e.key, e.message) from None
     standalone = None
-    etcd = getattr(sup, "etcd_client", None)
-    if isinstance(sup.source, ApiSource):
-        standalone = StandaloneConfigs(sup.source, ItemChecker(sup.registry, strict=True))
+    etcd = instance.etcd_client
+    if isinstance(instance.source, ApiSource):
+        standalone = StandaloneConfigs(instance.source, ItemChecker(instance.registry, strict=True))
     if etcd is None:
         # API-driven standalone: no etcd; the item endpoints answer 400 and never use it.
         etcd = EtcdClient(settings.etcd.host)
     resources = AdminResources(
         etcd,
         settings.etcd.prefix,
-        sup.store,
-        sup.registry,
+        instance.store,
+        instance.registry,
         stream_enabled="stream" in settings.conf.apisix.proxy_mode,
-        cipher=make_cipher(sup),
+        cipher=make_cipher(instance),
     )
     app = AdminApp(
         resources,
@@ -384,8 +452,8 @@ def build_admin(sup: Supervisor) -> tuple[AdminApp, AdminResources]:
     return app, resources
 
 
-async def start_admin_server(sup: Supervisor) -> web.AppRunner | None:
-    settings = sup.settings
+async def start_admin_server(instance: InstanceView) -> web.AppRunner | None:
+    settings = instance.settings
     if not settings.serves_admin:
         return None
     conf = settings.conf.deployment.admin
@@ -394,9 +462,13 @@ async def start_admin_server(sup: Supervisor) -> web.AppRunner | None:
             ipaddress.ip_network(cidr, strict=False)
     except ValueError as e:
         raise SettingsError(str(settings.path), "deployment.admin.allow_admin", str(e)) from None
-    ssl_ctx = make_ssl_context(sup)
-    admin, _ = build_admin(sup)
+    ssl_ctx = make_ssl_context(instance)
+    admin, _ = build_admin(instance)
     app = admin.build()
+    if conf.enable_admin_ui:
+        from tollway.admin.ui import add_ui
+
+        add_ui(app, admin.keys, admin.key_required, instance)
     # APISIX writes <prefix>/plugins when the admin node starts; do it in the background so
     # a down etcd does not hold the start (tracked and cancelled on cleanup).
     task = asyncio.get_running_loop().create_task(
@@ -409,7 +481,7 @@ async def start_admin_server(sup: Supervisor) -> web.AppRunner | None:
             await task
 
     app.on_cleanup.append(_cancel)
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, logger=http_server_log())
     await runner.setup()
     site = web.TCPSite(
         runner,

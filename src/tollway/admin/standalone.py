@@ -17,16 +17,17 @@
 from __future__ import annotations
 
 import copy
-import json
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import yaml
 
+from tollway.admin.body import decode_json, decode_yaml
 from tollway.admin.resource import AdminError, Reply, bad_request
 from tollway.checks import ItemChecker
 from tollway.config.api_source import ApiSource
+from tollway.config.values import check_tree
 from tollway.config.yaml_source import item_id_of, standalone_value
 from tollway.errors import ConfigError
 from tollway.model import KINDS, decode_item
@@ -90,6 +91,8 @@ class StandaloneConfigs:
         digest = headers.get(DIGEST)
         if not digest:
             raise bad_request("missing digest header")
+        if not digest.isascii() and not _is_utf8(digest):
+            raise bad_request(f"invalid {DIGEST} header: not UTF-8 text")
         body = self._parse(headers.get("Content-Type") or "application/json", raw)
         served = self._source.document
         if served is not None and served.get(DIGEST) == digest:
@@ -108,12 +111,12 @@ class StandaloneConfigs:
             raise bad_request("invalid request body: empty request body")
         try:
             if content_type.startswith("application/yaml"):
-                data = yaml.safe_load(raw.decode("utf-8"))
+                data = decode_yaml(raw)
                 if not isinstance(data, dict):
                     raise bad_request("invalid request body: invalid yaml request body")
             else:
-                data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError, yaml.YAMLError) as e:
+                data = decode_json(raw)
+        except (ValueError, yaml.YAMLError) as e:  # UnicodeDecodeError, BodyError too
             raise AdminError(
                 400,
                 {
@@ -123,6 +126,9 @@ class StandaloneConfigs:
             ) from None
         if not isinstance(data, dict):
             raise bad_request("invalid request body: the config must be an object")
+        problem = check_tree(data)  # what the Store would reject, before anything recurses
+        if problem is not None:
+            raise bad_request(f"invalid request body: {problem}")
         return data
 
     def _merge(self, body: dict[str, Any], served: dict[str, Any]) -> dict[str, Any]:
@@ -188,6 +194,16 @@ class StandaloneConfigs:
             if str(ident) in seen:
                 yield n, f"found duplicate {what} {ident} in {kind}"
             seen.add(str(ident))
+
+
+def _is_utf8(header: str) -> bool:
+    # aiohttp keeps a header's invalid UTF-8 bytes as surrogate escapes; they cannot be stored
+    # as text or served back as they came.
+    try:
+        header.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def validate_document(checker: ItemChecker, headers: Mapping[str, str], raw: bytes | None) -> Reply:

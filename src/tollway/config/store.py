@@ -9,14 +9,12 @@ router's tie-break for equal priorities.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgspec
-
 from tollway.config.source import KeyValue
+from tollway.config.values import decode_value, is_placeholder, key_problem, printable_key
 from tollway.errors import ConfigError
 from tollway.model import KINDS, decode_item, kind_of_key
 
@@ -27,6 +25,9 @@ log = logging.getLogger("tollway.config")
 Checker = Callable[[str, str, Any, "Store"], None]
 
 ALL_KINDS: tuple[str, ...] = (*KINDS, "credentials")
+
+# Bound on remembered rejections (each is a bad key still in etcd); past it, forget them all.
+_MAX_REMEMBERED = 65536
 
 
 @dataclass(slots=True)
@@ -54,26 +55,6 @@ class Collection:
         return len(self.items)
 
 
-class RateLimitedLog:
-    """The same message at most once per ``interval`` seconds (APISIX: 30 s)."""
-
-    def __init__(self, logger: logging.Logger, interval: float = 30.0) -> None:
-        self._log = logger
-        self._interval = interval
-        self._last: dict[str, float] = {}
-
-    def __call__(self, level: int, msg: str, *args: object) -> None:
-        now = time.monotonic()
-        key = msg % args if args else msg
-        last = self._last.get(key)
-        if last is not None and now - last < self._interval:
-            return
-        if len(self._last) > 4096:
-            self._last.clear()
-        self._last[key] = now
-        self._log.log(level, msg, *args)
-
-
 class Store:
     def __init__(self, prefix: str = "/apisix", checker: Checker | None = None) -> None:
         self.prefix = prefix.rstrip("/")
@@ -87,7 +68,9 @@ class Store:
         # Kinds whose order the last load() changed beyond appending (apisix.yaml reordered, a
         # new item placed first, a full etcd reload in key order): a compile must rebuild.
         self.reordered: set[str] = set()
-        self._warn = RateLimitedLog(log)
+        # key -> (mod_revision, value) of items rejected and still in the source: a full reload
+        # that meets them again neither logs nor counts them a second time.
+        self._rejected: dict[str, tuple[int, bytes]] = {}
 
     def __getitem__(self, kind: str) -> Collection:
         return self.collections[kind]
@@ -98,30 +81,38 @@ class Store:
     # -- decoding -------------------------------------------------------------------------
 
     def _decode(self, kind: str, item_id: str, kv: KeyValue) -> Item | None:
+        """The accepted Item, or None. Never raises: whatever bytes the key and value hold, a
+        bad item is rejected on its own (logged and counted once per key and revision)."""
         raw = kv.value or b""
         try:
-            value = msgspec.json.decode(raw)
-        except (msgspec.DecodeError, UnicodeDecodeError):
-            # (a JSON string holding bytes that are not UTF-8 raises UnicodeDecodeError)
-            # APISIX treats a non-JSON value as a directory marker (init_dir); say so otherwise.
-            if raw.strip() not in (b"", b"init_dir"):
-                self._reject(kv.key, "invalid JSON")
-            return None
-        if not isinstance(value, dict):
-            self._reject(kv.key, "invalid item data, it should be an object")
-            return None
-        try:
+            problem = key_problem(kv.key)
+            if problem is not None:
+                raise ValueError(problem)
+            if is_placeholder(raw):
+                return None  # APISIX's directory marker, not an item
+            value = decode_value(raw)
             obj = decode_item(kind, value)
             if self.checker is not None:
                 self.checker(kind, item_id, obj, self)
-        except ConfigError as e:
-            self._reject(kv.key, str(e))
+        except (ValueError, ConfigError) as e:
+            self._reject(kv, str(e))
             return None
+        except Exception as e:  # a bug in a schema or a checker: costs this item, nothing more
+            self._reject(kv, f"internal error: {type(e).__name__}: {e}", error=e)
+            return None
+        self._rejected.pop(kv.key, None)
         return Item(kind, item_id, kv.key, obj, value, raw, kv.mod_revision, kv.create_revision)
 
-    def _reject(self, key: str, reason: str) -> None:
+    def _reject(self, kv: KeyValue, reason: str, error: Exception | None = None) -> None:
+        seen = (kv.mod_revision, kv.value or b"")
+        if self._rejected.get(kv.key) == seen:
+            return  # the same rejected value met again (a full reload): said and counted already
+        if len(self._rejected) >= _MAX_REMEMBERED:
+            self._rejected.clear()
+        self._rejected[kv.key] = seen
         self.rejected += 1
-        self._warn(logging.WARNING, "rejected config item %s: %s", key, reason)
+        key = printable_key(kv.key)
+        log.warning("rejected config item %s: %s", key, reason, exc_info=error)
 
     # -- loading --------------------------------------------------------------------------
 
@@ -130,10 +121,12 @@ class Store:
         collections that changed. An invalid new value keeps the previous valid one."""
         fresh: dict[str, dict[str, Item]] = {k: {} for k in ALL_KINDS}
         self.last_changes = []
+        present: set[str] = set()
         for kv in kvs:
             where = kind_of_key(kv.key, self.prefix)
             if where is None or kv.value is None:
                 continue
+            present.add(kv.key)
             kind, item_id = where
             old = self.collections[kind].items.get(item_id)
             if old is not None and old.raw == kv.value:
@@ -146,6 +139,7 @@ class Store:
                     fresh[kind][item_id] = old
                 continue
             fresh[kind][item_id] = item
+        self._rejected = {k: v for k, v in self._rejected.items() if k in present}
         changed: set[str] = set()
         self.reordered = set()
         for kind, items in fresh.items():
@@ -180,6 +174,7 @@ class Store:
             kind, item_id = where
             coll = self.collections[kind]
             if kv.value is None:
+                self._rejected.pop(kv.key, None)
                 if coll.items.pop(item_id, None) is not None:
                     coll.version += 1
                     changed.add(kind)

@@ -18,9 +18,10 @@ import msgspec
 import yaml
 
 from tollway.config.source import ConfigSink, ConfigSource, KeyValue
-from tollway.config.store import RateLimitedLog
+from tollway.config.values import printable_key
 from tollway.errors import SourceError
 from tollway.model import KINDS
+from tollway.ratelog import RateLimitedLog
 
 log = logging.getLogger("tollway.config")
 
@@ -68,9 +69,12 @@ def parse_json_config(raw: bytes, prefix: str = "/apisix") -> list[KeyValue]:
 
 
 def parse_config_file(path: Path, raw: bytes, prefix: str = "/apisix") -> list[KeyValue]:
-    if path.suffix == ".json":
-        return parse_json_config(raw, prefix)
-    return parse_yaml_config(raw, prefix)
+    try:
+        if path.suffix == ".json":
+            return parse_json_config(raw, prefix)
+        return parse_yaml_config(raw, prefix)
+    except RecursionError:  # the parser's own limit: the file is unusable, as a syntax error
+        raise SourceError("nested deeper than the parser can read") from None
 
 
 def document_kvs(data: dict[str, Any], prefix: str = "/apisix") -> list[KeyValue]:
@@ -88,13 +92,31 @@ def document_kvs(data: dict[str, Any], prefix: str = "/apisix") -> list[KeyValue
         for n, item in enumerate(items):
             item_id = item_id_of(kind, item, n)
             value, revision = standalone_value(kind, item, item_id)
-            kvs.append(KeyValue(f"{prefix}/{kind}/{item_id}", msgspec.json.encode(value), revision))
+            key = f"{prefix}/{kind}/{item_id}"
+            raw = _encoded(key, value)
+            if raw is not None:
+                kvs.append(KeyValue(key, raw, revision))
             if kind == "consumers" and isinstance(item, dict):
                 for cred in item.get("credentials") or []:
                     if isinstance(cred, dict) and "id" in cred:
                         key = f"{prefix}/consumers/{item_id}/credentials/{cred['id']}"
-                        kvs.append(KeyValue(key, msgspec.json.encode(cred)))
+                        raw = _encoded(key, cred)
+                        if raw is not None:
+                            kvs.append(KeyValue(key, raw))
     return kvs
+
+
+def _encoded(key: str, value: Any) -> bytes | None:
+    """The item as JSON, or None (logged) when it has none: a lone surrogate escape, or nesting
+    beyond Python's recursion limit. That item is skipped; the rest of the document loads."""
+    try:
+        return msgspec.json.encode(value)
+    except UnicodeEncodeError:
+        reason = "a string is not valid UTF-8"
+    except RecursionError:
+        reason = "nested too deeply"
+    log.warning("rejected config item %s: %s", printable_key(key), reason)
+    return None
 
 
 def standalone_value(kind: str, item: Any, item_id: str) -> tuple[Any, int]:

@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
+from tollway.regex import RegexError, compile_regex
+
 ID = (
     Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9-_.]+$")]
     | Annotated[int, Meta(ge=1)]
@@ -391,6 +393,18 @@ class SSLClient(Base, frozen=True, kw_only=True):
     ca: Annotated[str, Meta(min_length=128, max_length=65536)]
     depth: Annotated[int, Meta(ge=0)] = 1
     skip_mtls_uri_regex: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        # Matched on RE2 (tollway.regex): a rule it cannot compile is refused here, not when
+        # the TLS contexts are built (APISIX's schema only asks for strings).
+        rules = self.skip_mtls_uri_regex or []
+        try:
+            for rule in rules:
+                compile_regex(rule)
+            if rules:
+                compile_regex("|".join(rules))
+        except RegexError as e:
+            raise ValueError(f'property "skip_mtls_uri_regex" validation failed: {e}') from None
 
 
 class SSL(Labelled, frozen=True, kw_only=True):

@@ -22,6 +22,7 @@ from tollway.proxy.http import (
     STATUS_LINES,
     connection_tokens,
     status_line,
+    target_bytes,
 )
 from tollway.proxy.runtime import DEFAULT_TIMEOUTS, CompiledRoute, CompiledUpstream
 from tollway.proxy.upstream import UpstreamConnection
@@ -335,7 +336,7 @@ class Forwarding:
             and ctx.remote_addr == proto.remote_addr
         )
         method = ctx.up_method or self.method
-        target = ctx.up_uri.encode("latin-1") if ctx.up_uri is not None else self.target
+        target = target_bytes(ctx.up_uri) if ctx.up_uri is not None else self.target
         if plain:
             cached = proto.head_cache
             if (
@@ -613,6 +614,7 @@ class Forwarding:
                 if len(name) == 14 and name.lower() == "content-length":
                     content_length = value.encode("latin-1")
                 else:
+                    # plugin-set values went through the kit's wire_value(): latin-1 always
                     lines += (name.encode("latin-1"), b": ", value.encode("latin-1"), b"\r\n")
             if chain.buffers_body:
                 self.buffered_resp = []

@@ -53,6 +53,17 @@ def quote_path(path: str) -> str:
     return quote(path, safe="/!$&'()*+,;=:@~-._")
 
 
+def target_bytes(target: str) -> bytes:
+    """A request target a plugin made (proxy-rewrite's ``uri`` from variables, which hold
+    decoded text) as it goes on the request line: whitespace, control characters and
+    non-ASCII are percent-encoded (RFC 9112 3.2 allows none of them there; RFC 3986 2.1), so no
+    value can end the line or start a header. What is already valid is left as it is."""
+    if target.isascii() and target.isprintable() and " " not in target:
+        return target.encode("ascii")
+    raw = target.encode("utf-8", "surrogateescape")
+    return b"".join(b"%%%02X" % c if c <= 0x20 or c >= 0x7F else bytes((c,)) for c in raw)
+
+
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 import ssl
 import tempfile
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tollway.crypto import KeyCipher
+from tollway.regex import Regex, compile_regex
 
 log = logging.getLogger("tollway.proxy")
 
@@ -55,7 +55,7 @@ class ClientCheck:
     whose certificate was not issued by ``client.ca`` is answered 400 (APISIX
     ``verify_https_client``), unless its path matches one of ``skip_mtls_uri_regex``."""
 
-    skip: re.Pattern[str] | None
+    skip: Regex | None  # RE2 (tollway.regex); the ssl object's schema checked each rule
     cas: tuple[Any, ...]  # the CA certificates (cryptography x509)
 
     def accepts(self, der: bytes | None) -> bool:
@@ -89,7 +89,7 @@ def _client_check(client: Any) -> ClientCheck:
 
     rules = client.skip_mtls_uri_regex
     cas = tuple(x509.load_pem_x509_certificates(client.ca.encode()))
-    return ClientCheck(re.compile("|".join(rules)) if rules else None, cas)
+    return ClientCheck(compile_regex("|".join(rules)) if rules else None, cas)
 
 
 def _pem_context(pairs: list[tuple[str, str]], client: Any = None) -> ssl.SSLContext:

@@ -16,7 +16,11 @@ Rules (apisix.md §2.2, ``common_route_data`` and ``fetch_pat`` in radixtree.lua
   path that starts with ``/a`` (radixtree behaves the same). As in radixtree this splitting
   happens in every router kind, so ``/a/*/:id`` captures ``id`` in radixtree_uri too.
 * The check is a full match of the request path (radixtree: PCRE match, then ``m[0] == path``);
-  a trailing ``/`` in the pattern must be present in the request.
+  a trailing ``/`` in the pattern must be present in the request. With two or more ``*name``
+  segments it runs on RE2 (:mod:`tollway.regex`): a backtracking engine takes polynomial time in
+  the path's length there (``/*a/x/*b/x/*c/end`` against a long hostile path). With at most one,
+  Python's ``re`` is linear (every other token ends at a ``/``, so each split of the one ``(.*)``
+  costs at most the few segments after it) and a call costs a third of one into RE2.
 
 Deviations: literal segments are escaped (radixtree pastes them into the PCRE pattern, so ``.``
 after a parameter matches any character and ``(`` shifts the capture groups), and a ``*name``
@@ -27,8 +31,11 @@ follows it).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+
+from tollway.regex import compile_regex, escape
 
 __all__ = ["Capture", "UriPattern", "parse_uri"]
 
@@ -36,9 +43,20 @@ _SEGMENT = "([^/]+)"
 _REST = "(.*)"
 
 
-@lru_cache(maxsize=8192)
-def _regex(source: str) -> re.Pattern[str]:
-    return re.compile(source, re.DOTALL)
+_Matcher = Callable[[str, int], Sequence[str] | None]  # (path, start) -> the groups or None
+
+
+def _matcher(source: str) -> _Matcher:
+    """A full match of ``path[start:]``; ``(.*)`` takes newlines too (radixtree's ``(.|\\n)*``)."""
+    if source.count(_REST) > 1:
+        return compile_regex(source + r"\z", options="sa").match_groups
+    match = re.compile(source + r"\Z", re.DOTALL).match  # linear here: see the module docstring
+
+    def groups(path: str, start: int) -> Sequence[str] | None:
+        m = match(path, start)
+        return None if m is None else m.groups()
+
+    return groups
 
 
 class Capture:
@@ -51,7 +69,7 @@ class Capture:
         self.start = start
         self.names = names
         self.rest_name = rest_name  # set when the regex is just "(.*)": no regex needed
-        self._compiled: re.Pattern[str] | None = None
+        self._compiled: _Matcher | None = None
 
     def match(self, path: str) -> dict[str, str] | None:
         if self.rest_name is not None:
@@ -59,16 +77,16 @@ class Capture:
         compiled = self._compiled
         if compiled is None:
             # Compiled on first use: a full build of 100k routes compiles nothing.
-            compiled = self._compiled = _regex(self.source)
-        m = compiled.match(path, self.start)
-        if m is None or m.end() != len(path):
+            compiled = self._compiled = _matcher(self.source)
+        groups = compiled(path, self.start)
+        if groups is None:
             return None
-        return dict(zip(self.names, m.groups(), strict=True))
+        return dict(zip(self.names, groups, strict=True))
 
     def compile(self) -> None:
         """Compile now (config validation wants errors early; escaping makes them impossible)."""
         if self.rest_name is None and self._compiled is None:
-            self._compiled = _regex(self.source)
+            self._compiled = _matcher(self.source)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,8 +142,8 @@ def _capture(path: str, stored: str) -> Capture | None:
         lead += 1
     # The tree already checked `stored`; the regex starts after it when the literal text allows.
     start = len(stored) if literal.startswith(stored) else 0
-    parts = [re.escape(literal[start:])]
-    parts += [re.escape(t) if isinstance(t, str) else t[1] for t in tokens[lead:]]
+    parts = [escape(literal[start:])]
+    parts += [escape(t) if isinstance(t, str) else t[1] for t in tokens[lead:]]
     source = "".join(parts)
     rest = tokens[lead:]
     rest_name = None

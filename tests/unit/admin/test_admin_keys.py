@@ -69,3 +69,15 @@ def test_check_token() -> None:
     assert check_token(keys, "kv", "GET", required=True) is None
     assert check_token(keys, "kv", "PUT", required=True) == "invalid method for role viewer"
     assert check_token(keys, None, "PUT", required=False) is None
+
+
+def test_a_key_with_invalid_utf8_bytes_is_a_wrong_key() -> None:
+    """aiohttp hands a header's invalid UTF-8 bytes over as surrogate escapes (issue #18: this
+    raised UnicodeEncodeError, a 500); a lone surrogate from a query is refused as well."""
+    keys = [AdminKey("admin", "s3cret-s3cret", "admin")]
+    sent = b"\xff\xfe".decode("utf-8", "surrogateescape")
+    assert check_token(keys, sent, "GET", required=True) == "wrong apikey"
+    assert check_token(keys, "\ud800", "GET", required=True) == "wrong apikey"
+    # a configured key of any bytes still matches itself
+    odd = [AdminKey("admin", "clé-s3cret", "admin")]
+    assert check_token(odd, "clé-s3cret", "GET", required=True) is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -73,7 +74,30 @@ def test_paging_needs_both_numbers() -> None:
     assert filter_and_page(NODES, {"page": "x", "page_size": "1"}, exact_filter=False)[1] == NODES
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        {"page": "inf", "page_size": "10"},
+        {"page": "1e400", "page_size": "10"},
+        {"page": "1", "page_size": "nan"},
+        {"page": "-inf", "page_size": "inf"},
+    ],
+)
+def test_numbers_that_are_not_finite_are_no_paging(args: dict[str, str]) -> None:
+    """Issue #18: int() of them raised (OverflowError, ValueError), a 500."""
+    assert filter_and_page(NODES, args, exact_filter=False) == (len(NODES), NODES)
+
+
 @pytest.mark.parametrize("size", ["9", "501", "0", "-1"])
 def test_page_size_bounds(size: str) -> None:
     with pytest.raises(PageSizeError, match="page_size must be between 10 and 500"):
         filter_and_page(NODES, {"page": "1", "page_size": size}, exact_filter=False)
+
+
+def test_name_filter_runs_in_linear_time() -> None:
+    # issue #18: the filter is a regex from the query string, searched on RE2
+    nodes = [node(1, 1, name="a" * 50_000 + "!"), node(2, 2, name="aaa")]
+    t0 = time.perf_counter()
+    assert ids(filter_and_page(nodes, {"name": "^(a+)+$"}, exact_filter=False)[1]) == ["2"]
+    assert time.perf_counter() - t0 < 0.5
+    assert filter_and_page(nodes, {"name": "(?=a)"}, exact_filter=False)[0] == 0  # RE2 refuses

@@ -17,6 +17,7 @@ def test_router_public_names() -> None:
         "build_router",
         "compile_check",
         "normalize_path",
+        "servlet_path",
     ]
     assert tollway.router.KINDS == {
         "radixtree_host_uri",

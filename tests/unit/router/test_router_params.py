@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -129,3 +130,21 @@ def test_a_bad_spec_is_skipped_and_the_rest_still_route() -> None:
     router = build_router("radixtree_uri", specs)
     m = router.match(Req("/a"))
     assert m is not None and m.spec.id == "good" and len(router) == 1
+
+
+def test_many_star_segments_match_in_linear_time() -> None:
+    # issue #18: "(.*)/x/(.*)/x/(.*)/end" backtracks cubically; RE2 does not
+    uri = "/rp/*a/x/*b/x/*c/end"
+    t0 = time.perf_counter()
+    assert match(P, [uri], "/rp/" + "x/" * 20_000) is None
+    assert time.perf_counter() - t0 < 0.5
+    assert params(P, uri, "/rp/1/x/2/x/3/end") == {"a": "1", "b": "2", "c": "3"}
+    assert params(P, "/u/:id/*rest", "/u/é/ü/\n") == {"id": "é", "rest": "ü/\n"}
+    assert params(P, "/u/:id/(x)", "/u/7/(x)") == {"id": "7"}  # literal text is escaped
+    # one "*name" stays on Python's re, linear there (radixtree_uri: the tree cuts at "*")
+    uri = "/a/*rest/:id/edit"
+    t0 = time.perf_counter()
+    for path in ("/a/" + "x/" * 20_000, "/a/" + "x" * 40_000 + "/", "/a/" + "/" * 40_000 + "y"):
+        assert match("radixtree_uri", [uri], path) is None
+    assert time.perf_counter() - t0 < 0.5
+    assert params("radixtree_uri", uri, "/a/p/q/7/edit") == {"rest": "p/q", "id": "7"}

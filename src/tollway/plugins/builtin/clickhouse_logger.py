@@ -16,8 +16,9 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta
 
-from tollway.plugins.kit import HttpLoggerBase as Base
-from tollway.plugins.kit import LogConf, Sender
+from tollway.plugins.kit_batch import Sender
+from tollway.plugins.kit_log import HttpLoggerBase as Base
+from tollway.plugins.kit_log import LogConf
 
 _URI = r"^[^\/]+:\/\/([\da-zA-Z.-]+|\[[\da-fA-F:]+\])(:\d+)?"  # APISIX core.schema.uri_def
 Uri = Annotated[str, Meta(pattern=_URI)]

@@ -8,13 +8,13 @@ whatever response goes out. An Origin that is not allowed simply gets no
 
 from __future__ import annotations
 
-import re
 from typing import Annotated
 
 import msgspec
 from msgspec import Meta
 
 from tollway.plugins.kit import Exit, PerConf, Plugin, RequestContext
+from tollway.plugins.kit_match import Regex, RegexError, compile_regex
 
 ORIGINS_PATTERN = r"^(\*|\*\*|null|\w+://[^,]+(,\w+://[^,]+)*)$"
 Origins = Annotated[str, Meta(pattern=ORIGINS_PATTERN)]
@@ -43,16 +43,18 @@ class Conf(msgspec.Struct):
             self.timing_allow_origins,
         ):
             raise ValueError("you can not set '*' for other option when 'allow_credential' is true")
-        for rules in (self.allow_origins_by_regex, self.timing_allow_origins_by_regex):
+        for field in ("allow_origins_by_regex", "timing_allow_origins_by_regex"):
+            rules = getattr(self, field)
             if rules is None:
                 continue
             if len(set(rules)) != len(rules):
                 raise ValueError("expected unique items but items are duplicated")
-            for rule in rules:
-                try:
-                    re.compile(rule)
-                except re.error as e:
-                    raise ValueError(f"{rule}: {e}") from None
+            try:
+                for rule in rules:
+                    compile_regex(rule)
+                _regex(rules)  # OR-ed, as requests will run them (RE2 has a size limit)
+            except RegexError as e:
+                raise ValueError(f'property "{field}" validation failed: {e}') from None
 
 
 class MetadataConf(msgspec.Struct):
@@ -76,9 +78,10 @@ def _origin_set(origins: str) -> frozenset[str] | None:
     return frozenset(origins.split(",")) if "," in origins else None
 
 
-def _regex(rules: list[str] | None) -> re.Pattern[str] | None:
-    # APISIX concatenates the rules with "|" and searches (ngx.re.find, unanchored).
-    return re.compile("|".join(rules)) if rules else None
+def _regex(rules: list[str] | None) -> Regex | None:
+    # APISIX concatenates the rules with "|" and searches (ngx.re.find, unanchored); RE2 runs
+    # them here (tollway.regex).
+    return compile_regex("|".join(rules)) if rules else None
 
 
 _compiled = PerConf(Compiled)

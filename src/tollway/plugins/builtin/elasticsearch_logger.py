@@ -20,8 +20,10 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta
 
-from tollway.plugins.kit import HttpLoggerBase as Base
-from tollway.plugins.kit import LogConf, RequestContext, Sender, resolve_vars
+from tollway.plugins.kit import RequestContext
+from tollway.plugins.kit_batch import Sender
+from tollway.plugins.kit_log import HttpLoggerBase as Base
+from tollway.plugins.kit_log import LogConf, resolve_vars
 
 Addr = Annotated[str, Meta(pattern=r"[^/]$")]
 NonEmpty = Annotated[str, Meta(min_length=1)]

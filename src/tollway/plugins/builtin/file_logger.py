@@ -17,18 +17,10 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta
 
-from tollway.plugins.kit import (
-    MAX_BODY_BYTES,
-    BatchSettings,
-    Expr,
-    ExprError,
-    LoggerPlugin,
-    PerConf,
-    RequestContext,
-    Sender,
-    check_log_conf,
-    compile_expr,
-)
+from tollway.plugins.kit import PerConf, RequestContext
+from tollway.plugins.kit_batch import BatchSettings, Sender
+from tollway.plugins.kit_log import MAX_BODY_BYTES, LoggerPlugin, check_log_conf
+from tollway.plugins.kit_match import Expr, ExprError, compile_expr
 
 log = logging.getLogger("tollway.plugins")
 Rule = Annotated[list[Any], Meta(min_length=1)]

@@ -1,7 +1,7 @@
 """http-logger (APISIX priority 410): log entries POSTed in batches to an HTTP(S) endpoint.
 
-The entry is APISIX log-util's (``tollway.plugins.logentry``), batched by the shared batch
-processor (``tollway.plugins.batching``: ``batch_max_size``, ``inactive_timeout``,
+The entry is APISIX log-util's (``tollway.plugins.kit_log``), batched by the shared batch
+processor (``tollway.plugins.kit_batch``: ``batch_max_size``, ``inactive_timeout``,
 ``buffer_duration``, ``max_retry_count``, ``retry_delay``, bounded backlog, flushed on graceful
 stop). A batch is one JSON object when ``batch_max_size`` is 1, else a JSON array
 (``concat_method: json``) or one JSON object per line (``new_line``), POSTed with
@@ -16,15 +16,10 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from tollway.plugins.kit import (
-    Endpoint,
-    LogConf,
-    LoggerPlugin,
-    OutboundClient,
-    PerConf,
-    Sender,
-    request_bytes,
-)
+from tollway.plugins.kit import PerConf
+from tollway.plugins.kit_batch import Sender
+from tollway.plugins.kit_log import LogConf, LoggerPlugin
+from tollway.plugins.kit_outbound import Endpoint, OutboundClient, request_bytes
 
 _URI = r"^[^\/]+:\/\/([\da-zA-Z.-]+|\[[\da-fA-F:]+\])(:\d+)?"  # APISIX core.schema.uri_def
 

@@ -23,13 +23,9 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from tollway.plugins.kit import (
-    LogConf,
-    LoggerPlugin,
-    RequestContext,
-    Sender,
-    logged_request_body,
-)
+from tollway.plugins.kit import RequestContext
+from tollway.plugins.kit_batch import Sender
+from tollway.plugins.kit_log import LogConf, LoggerPlugin, logged_request_body
 
 log = logging.getLogger("tollway.plugins")
 Port = Annotated[int, Meta(ge=1, le=65535)]

@@ -16,13 +16,10 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta
 
-from tollway.plugins.kit import HttpLoggerBase as Base
-from tollway.plugins.kit import (
-    LogConf,
-    RequestContext,
-    Sender,
-    resolve_vars,
-)
+from tollway.plugins.kit import RequestContext
+from tollway.plugins.kit_batch import Sender
+from tollway.plugins.kit_log import HttpLoggerBase as Base
+from tollway.plugins.kit_log import LogConf, resolve_vars
 
 _URI = r"^[^\/]+:\/\/([\da-zA-Z.-]+|\[[\da-fA-F:]+\])(:\d+)?"  # APISIX core.schema.uri_def
 NonEmpty = Annotated[str, Meta(min_length=1)]

@@ -44,18 +44,10 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationSc
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
-from tollway.plugins.kit import (
-    HOSTNAME,
-    BatchManager,
-    BatchSettings,
-    Endpoint,
-    OutboundClient,
-    Plugin,
-    Preparer,
-    RequestContext,
-    Sender,
-    request_bytes,
-)
+from tollway.plugins.kit import Plugin, RequestContext
+from tollway.plugins.kit_batch import BatchManager, BatchSettings, Preparer, Sender
+from tollway.plugins.kit_log import HOSTNAME
+from tollway.plugins.kit_outbound import Endpoint, OutboundClient, request_bytes
 
 log = logging.getLogger("tollway.plugins")
 
@@ -240,7 +232,7 @@ def span_attributes(conf: Conf, ctx: RequestContext) -> list[tuple[str, Any]]:
         ("url.path", ctx.path),
         ("user_agent.original", ua),
     ]
-    if ctx.route is not None:
+    if ctx.matched_route is not None:
         attrs += [
             ("apisix.route_id", ctx.route_id),
             ("apisix.route_name", ctx.route_name),
@@ -266,7 +258,7 @@ def span_attributes(conf: Conf, ctx: RequestContext) -> list[tuple[str, Any]]:
 
 def build_span(conf: Conf, ctx: RequestContext, start: SpanStart, end_ns: int) -> Span:
     name = ctx.method
-    if ctx.route is not None and ctx.matched_uri:
+    if ctx.matched_route is not None and ctx.matched_uri:
         name = f"{name} {ctx.matched_uri}"
     span = Span(
         trace_id=bytes.fromhex(start.trace_id),

@@ -1,8 +1,11 @@
-"""proxy-rewrite (APISIX priority 1008): rewrite the upstream uri, method, host and headers."""
+"""proxy-rewrite (APISIX priority 1008): rewrite the upstream uri, method, host and headers.
+
+``regex_uri`` pairs run as ngx.re.sub (first match, ``$N`` / ``${N}`` / ``$$`` templates) on RE2
+(:mod:`tollway.regex`); a pattern RE2 cannot compile, or a template naming a group the pattern
+lacks, is refused when written (APISIX test-runs ngx.re.sub with each pair)."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
@@ -10,7 +13,14 @@ import msgspec
 from msgspec import Meta
 
 from tollway.plugins.builtin.interpolate import compile_template
-from tollway.plugins.kit import Exit, PerConf, Plugin, RequestContext
+from tollway.plugins.kit import Exit, PerConf, Plugin, RequestContext, header_names_error
+from tollway.plugins.kit_match import (
+    Regex,
+    RegexError,
+    Replacement,
+    compile_regex,
+    compile_replacement,
+)
 
 Method = Literal[
     "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE", "PURGE",
@@ -51,11 +61,9 @@ class Conf(msgspec.Struct):
             pairs = self.regex_uri
             for pat, tpl in zip(pairs[::2], pairs[1::2], strict=True):
                 try:
-                    err = _template_error(re.compile(pat), tpl)
-                except re.error as e:
-                    err = str(e)
-                if err is not None:  # APISIX test-runs ngx.re.sub with the pair
-                    raise ValueError(f"invalid regex_uri({pat}, {tpl}): {err}")
+                    _pair(pat, tpl)
+                except RegexError as e:  # APISIX test-runs ngx.re.sub with the pair
+                    raise ValueError(f"invalid regex_uri({pat}, {tpl}): {e}") from None
 
 
 class Compiled:
@@ -64,7 +72,7 @@ class Compiled:
     def __init__(self, conf: Conf) -> None:
         self.uri = compile_template(conf.uri) if conf.uri is not None else None
         rx = conf.regex_uri or []
-        self.regex = [(re.compile(rx[i]), _template(rx[i + 1])) for i in range(0, len(rx), 2)]
+        self.regex = [_pair(rx[i], rx[i + 1]) for i in range(0, len(rx), 2)]
         h = conf.headers or {}
         add: dict[str, Any] = {}
         set_: dict[str, Any] = {}
@@ -84,44 +92,10 @@ class Compiled:
         self.headers_remove = remove
 
 
-def _template(t: str) -> tuple[str | int, ...]:
-    """An APISIX replacement (``$1`` / ``${1}``, ``$$`` for a dollar) split once into literals
-    and group numbers."""
-    parts: list[str | int] = []
-    pos = 0
-    for m in _DOLLAR.finditer(t):
-        ref = m.group(1) or "$"  # a lone "$" was refused when the conf was checked
-        parts += (t[pos : m.start()], "$" if ref == "$" else int(ref.strip("{}")))
-        pos = m.end()
-    parts.append(t[pos:])
-    return tuple(p for p in parts if p != "")
-
-
-_DOLLAR = re.compile(r"\$(\d+|\{\d+\}|\$)?")
-
-
-def _template_error(rx: re.Pattern[str], t: str) -> str | None:
-    """Why ngx.re.sub would refuse the template ``t`` for ``rx`` (None: it is fine): a ``$``
-    must start ``$N``, ``${N}`` or ``$$``, and N must be a group of the regex."""
-    for m in _DOLLAR.finditer(t):
-        ref = m.group(1)
-        if ref is None:
-            return "invalid capturing variable name"
-        if ref != "$" and int(ref.strip("{}")) > rx.groups:
-            return f"capture group {ref.strip('{}')} is out of range"
-    return None
-
-
-def _substitute(rx: re.Pattern[str], template: tuple[str | int, ...], path: str) -> str | None:
-    """``path`` with the first match of ``rx`` replaced (ngx.re.sub), or None if none."""
-    m = rx.search(path)
-    if m is None:
-        return None
-    out = [path[: m.start()]]
-    for p in template:
-        out.append(p if isinstance(p, str) else (m.group(p) or ""))
-    out.append(path[m.end() :])
-    return "".join(out)
+def _pair(pattern: str, template: str) -> tuple[Regex, Replacement]:
+    """One ``regex_uri`` pair compiled; raises RegexError."""
+    rx = compile_regex(pattern)
+    return rx, compile_replacement(template, rx.groups)
 
 
 class ProxyRewrite(Plugin):
@@ -133,6 +107,9 @@ class ProxyRewrite(Plugin):
         headers = conf.headers
         if headers and set(headers) <= {"add", "set", "remove"}:
             msgspec.convert(headers, Headers)
+        err = header_names_error(headers)
+        if err is not None:
+            raise ValueError(f'property "headers" validation failed: {err}')
 
     def rewrite(self, conf: Conf, ctx: RequestContext) -> Exit:
         comp = _compiled(conf)
@@ -143,7 +120,7 @@ class ProxyRewrite(Plugin):
                 new_uri = comp.uri(var)
             elif comp.regex:
                 for rx, template in comp.regex:
-                    new_uri = _substitute(rx, template, ctx.path)
+                    new_uri = rx.sub(template, ctx.path)
                     if new_uri is not None:
                         break
             if new_uri is not None:

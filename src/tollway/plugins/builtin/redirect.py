@@ -4,11 +4,12 @@
 ``http_to_https`` answers 301 for GET/HEAD and 308 otherwise, to ``https://$host$request_uri``
 with APISIX's ``plugin_attr.redirect.https_port`` (``Redirect.https_port``; omitted when unset or
 443), which defaults to the first ``apisix.ssl.listen`` port (settings.plugin_attr).
+``regex_uri`` is ngx.re.sub (``$N`` / ``${N}`` / ``$$``) on RE2 (:mod:`tollway.regex`); the pair is
+checked when written, as APISIX test-runs ngx.re.sub with it.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -18,6 +19,13 @@ from msgspec import Meta
 
 from tollway.plugins.builtin.interpolate import compile_template
 from tollway.plugins.kit import Exit, PerConf, Plugin, RequestContext
+from tollway.plugins.kit_match import (
+    Regex,
+    RegexError,
+    Replacement,
+    compile_regex,
+    compile_replacement,
+)
 
 _URI_PATTERN = r"(\\\$[0-9a-zA-Z_]+)|\$\{([0-9a-zA-Z_]+)\}|\$([0-9a-zA-Z_]+)|(\$|[^$\\]+)"
 
@@ -39,8 +47,8 @@ class Conf(msgspec.Struct):
             )
         if self.regex_uri is not None:
             try:
-                re.compile(self.regex_uri[0])
-            except re.error as e:
+                _pair(self.regex_uri)
+            except RegexError as e:
                 raise ValueError(f"invalid regex_uri({self.regex_uri[0]}), err: {e}") from None
         if self.http_to_https and self.append_query_string:
             raise ValueError(
@@ -48,20 +56,19 @@ class Conf(msgspec.Struct):
             )
 
 
+def _pair(regex_uri: list[str]) -> tuple[Regex, Replacement]:
+    rx = compile_regex(regex_uri[0])
+    return rx, compile_replacement(regex_uri[1], rx.groups)
+
+
 class Compiled:
-    __slots__ = ("regex", "template", "uri")
+    __slots__ = ("regex", "uri")
 
     def __init__(self, conf: Conf) -> None:
         self.uri: Callable[[Callable[[str], Any]], str] | None = (
             compile_template(conf.uri) if conf.uri is not None else None
         )
-        self.regex: re.Pattern[str] | None = None
-        self.template = ""
-        if conf.regex_uri is not None:
-            self.regex = re.compile(conf.regex_uri[0])
-            # APISIX templates use $1 / ${1}; Python's re uses \g<1>.
-            t = conf.regex_uri[1].replace("\\", "\\\\")
-            self.template = re.sub(r"\$\{?(\d+)\}?", r"\\g<\1>", t)
+        self.regex = _pair(conf.regex_uri) if conf.regex_uri is not None else None
 
 
 _compiled = PerConf(Compiled)
@@ -79,9 +86,11 @@ def location(conf: Conf, ctx: RequestContext) -> str | None:
     if comp.uri is not None:
         new_uri = comp.uri(ctx.var)
     elif comp.regex is not None:
-        new_uri, n = comp.regex.subn(comp.template, ctx.path, count=1)
-        if n < 1:
+        rx, template = comp.regex
+        sub = rx.sub(template, ctx.path)
+        if sub is None:
             return None
+        new_uri = sub
     else:
         return None
     qpos = new_uri.find("?")

@@ -1,10 +1,15 @@
-"""response-rewrite (APISIX priority 899): rewrite status, headers and body of the response."""
+"""response-rewrite (APISIX priority 899): rewrite status, headers and body of the response.
+
+``filters`` are ngx.re.sub / gsub on the body bytes, on RE2 (:mod:`tollway.regex`): ``replace`` may
+insert groups (``$N``, ``${N}``, ``$$``), and ``options`` are ngx.re's letters (``i``, ``m``,
+``s``, ``a``, ``d`` act; ``j``, ``o``, ``u``... change nothing; ``x`` is refused). A pattern RE2
+cannot compile and, unlike APISIX (which fails at request time), a ``replace`` naming a group the
+pattern lacks are refused when written."""
 
 from __future__ import annotations
 
 import base64
 import gzip
-import re
 import zlib
 from typing import Annotated, Any, Literal
 
@@ -12,7 +17,15 @@ import msgspec
 from msgspec import Meta
 
 from tollway.plugins.builtin.interpolate import compile_template
-from tollway.plugins.kit import PerConf, Plugin, RequestContext
+from tollway.plugins.kit import PerConf, Plugin, RequestContext, header_names_error
+from tollway.plugins.kit_match import (
+    Regex,
+    RegexError,
+    Replacement,
+    compile_expr,
+    compile_regex,
+    compile_replacement,
+)
 
 _PCRE_FLAGS = frozenset("adDijJmosuUx")
 
@@ -59,6 +72,9 @@ class Conf(msgspec.Struct, forbid_unknown_fields=True):
                     raise ValueError("invalid field length in header")
                 if not isinstance(value, str | int | float) or isinstance(value, bool):
                     raise ValueError("invalid type as header value")
+        err = header_names_error(h)
+        if err is not None:
+            raise ValueError(f'property "headers" validation failed: {err}')
         for f in self.filters or []:
             bad = next((c for c in f.options if c not in _PCRE_FLAGS), None)
             if bad is not None:  # ngx.re's option letters
@@ -67,17 +83,21 @@ class Conf(msgspec.Struct, forbid_unknown_fields=True):
                     f'unknown flag "{bad}" (flags "{f.options}")'
                 )
             try:
-                re.compile(f.regex)
-            except re.error as e:
+                _filter(f)
+            except RegexError as e:
                 raise ValueError(f'regex "{f.regex}" validation failed: {e}') from None
+
+
+def _filter(f: Filter) -> tuple[Regex, Replacement, int]:
+    """A filter compiled: the regex, its replacement and how many matches to replace (0: all)."""
+    rx = compile_regex(f.regex, options=f.options)
+    return rx, compile_replacement(f.replace, rx.groups), 0 if f.scope == "global" else 1
 
 
 class Compiled:
     __slots__ = ("add", "body", "filters", "remove", "set", "vars")
 
     def __init__(self, conf: Conf) -> None:
-        from tollway.expr import compile_expr
-
         self.vars = compile_expr(conf.vars) if conf.vars else None
         self.body: bytes | None = None
         if conf.body is not None:
@@ -97,10 +117,7 @@ class Compiled:
         self.add = [(k.strip(), compile_template(v.strip())) for k, v in self.add]
         self.set = [(k, compile_template(str(v))) for k, v in set_.items()]
         self.remove = list(remove)
-        self.filters = [
-            (re.compile(f.regex, re.I if "i" in f.options else 0), f.replace, f.scope)
-            for f in conf.filters or []
-        ]
+        self.filters = [_filter(f) for f in conf.filters or []]
 
 
 _compiled = PerConf(Compiled)
@@ -166,10 +183,9 @@ class ResponseRewrite(Plugin):
                     chunk = _DECODERS[encoding](chunk)
                 except (OSError, EOFError, zlib.error):
                     return chunk  # not what it said it was: passed on as it came
-            text = chunk.decode("utf-8", "surrogateescape")
-            for rx, repl, scope in comp.filters:
-                text = rx.sub(repl.replace("\\", "\\\\"), text, count=0 if scope == "global" else 1)
-            return text.encode("utf-8", "surrogateescape")
+            for rx, repl, count in comp.filters:
+                chunk = rx.sub_bytes(repl, chunk, count)[0]
+            return chunk
         return chunk
 
 

@@ -18,14 +18,9 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from tollway.plugins.kit import (
-    LogConf,
-    LoggerPlugin,
-    RequestContext,
-    Sender,
-    send_tcp,
-    send_udp,
-)
+from tollway.plugins.kit import RequestContext
+from tollway.plugins.kit_batch import Sender
+from tollway.plugins.kit_log import LogConf, LoggerPlugin, send_tcp, send_udp
 
 PRI = 5 * 8 + 6  # facility SYSLOG, severity INFO (APISIX utils/rfc5424.lua)
 

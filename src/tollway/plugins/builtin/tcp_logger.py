@@ -13,7 +13,8 @@ from typing import Annotated, Any
 
 from msgspec import Meta
 
-from tollway.plugins.kit import LogConf, LoggerPlugin, Sender, json_batch, send_tcp
+from tollway.plugins.kit_batch import Sender
+from tollway.plugins.kit_log import LogConf, LoggerPlugin, json_batch, send_tcp
 
 
 class Conf(LogConf, kw_only=True):

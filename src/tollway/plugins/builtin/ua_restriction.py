@@ -1,14 +1,15 @@
-"""ua-restriction (APISIX priority 2999): allow or deny by User-Agent regexes (searched)."""
+"""ua-restriction (APISIX priority 2999): allow or deny by User-Agent regexes (searched, on RE2:
+:mod:`tollway.regex`)."""
 
 from __future__ import annotations
 
-import re
 from typing import Annotated
 
 import msgspec
 from msgspec import Meta
 
-from tollway.plugins.kit import Exit, Plugin, RequestContext
+from tollway.plugins.kit import Exit, PerConf, Plugin, RequestContext
+from tollway.plugins.kit_match import Regex, RegexError, compile_regex
 
 Patterns = Annotated[list[Annotated[str, Meta(min_length=1)]], Meta(min_length=1)]
 
@@ -28,29 +29,26 @@ class Conf(msgspec.Struct):
         for name in ("allowlist", "denylist"):
             for rule in getattr(self, name) or ():
                 try:
-                    re.compile(rule)
-                except re.error as e:
+                    compile_regex(rule)
+                except RegexError as e:
                     raise ValueError(f"invalid {name}: {rule}: {e}") from None
+        try:
+            _compile(self)  # the rules OR-ed, as requests will run them (RE2 has a size limit)
+        except RegexError as e:
+            raise ValueError(f"invalid rules: {e}") from None
 
 
-_CACHE: dict[int, tuple[Conf, re.Pattern[str]]] = {}
+def _compile(conf: Conf) -> Regex:
+    return compile_regex("|".join(f"(?:{r})" for r in (conf.allowlist or conf.denylist or ())))
 
 
-def _regex(conf: Conf) -> re.Pattern[str]:
-    hit = _CACHE.get(id(conf))
-    if hit is not None and hit[0] is conf:
-        return hit[1]
-    rx = re.compile("|".join(f"(?:{r})" for r in (conf.allowlist or conf.denylist or ())))
-    if len(_CACHE) > 10000:
-        _CACHE.clear()
-    _CACHE[id(conf)] = (conf, rx)
-    return rx
+_regex = PerConf(_compile)
 
 
 def allowed(conf: Conf, user_agent: str | None) -> bool:
     if user_agent is None:
         return conf.bypass_missing
-    hit = _regex(conf).search(user_agent) is not None
+    hit = _regex(conf).search(user_agent)
     return hit if conf.allowlist is not None else not hit
 
 

@@ -3,17 +3,18 @@
 The rules are OR-ed into one regex searched (unanchored) in the raw request URI, query included,
 and then in the normalised one (path with dot segments resolved and escapes decoded, then the
 query): ``/./internal/x`` cannot slip past ``^/internal/`` (APISIX's fix for CVE-2021-43557).
+The rules run on RE2 (:mod:`tollway.regex`): one RE2 cannot compile is refused when written.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Annotated
 
 import msgspec
 from msgspec import Meta
 
 from tollway.plugins.kit import Exit, PerConf, Plugin, RequestContext
+from tollway.plugins.kit_match import Regex, RegexError, compile_regex
 
 Rule = Annotated[str, Meta(min_length=1, max_length=4096)]
 
@@ -29,14 +30,19 @@ class Conf(msgspec.Struct):
             raise ValueError('property "block_rules" validation failed: expected unique items')
         for rule in self.block_rules:
             try:
-                re.compile(rule)
-            except re.error as e:
+                compile_regex(rule)
+            except RegexError as e:
                 raise ValueError(f"failed to compile block rule {rule}: {e}") from None
+        try:
+            _compile(self)  # the rules OR-ed, as requests will run them (RE2 has a size limit)
+        except RegexError as e:
+            raise ValueError(f"failed to compile block rules: {e}") from None
 
 
-def _compile(conf: Conf) -> re.Pattern[str] | None:
-    flags = re.IGNORECASE if conf.case_insensitive else 0
-    return re.compile("|".join(conf.block_rules), flags) if conf.block_rules else None
+def _compile(conf: Conf) -> Regex | None:
+    if not conf.block_rules:
+        return None
+    return compile_regex("|".join(conf.block_rules), ignore_case=conf.case_insensitive)
 
 
 _regex = PerConf(_compile)
@@ -52,10 +58,10 @@ class UriBlocker(Plugin):
         if rx is None:
             return None
         raw, path = ctx.request_uri, ctx.path
-        if rx.search(raw) is None:
+        if not rx.search(raw):
             if raw.startswith(path) and (len(raw) == len(path) or raw[len(path)] == "?"):
                 return None  # already normal: nothing else to search (the common case)
-            if rx.search(f"{path}?{ctx.query}" if ctx.query else path) is None:
+            if not rx.search(f"{path}?{ctx.query}" if ctx.query else path):
                 return None
         if conf.rejected_msg is not None:
             return conf.rejected_code, {"error_msg": conf.rejected_msg}

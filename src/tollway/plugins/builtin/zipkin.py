@@ -35,19 +35,9 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from tollway.plugins.kit import (
-    BatchManager,
-    BatchSettings,
-    Endpoint,
-    Exit,
-    OutboundClient,
-    PerConf,
-    Plugin,
-    Preparer,
-    RequestContext,
-    Sender,
-    request_bytes,
-)
+from tollway.plugins.kit import Exit, PerConf, Plugin, RequestContext
+from tollway.plugins.kit_batch import BatchManager, BatchSettings, Preparer, Sender
+from tollway.plugins.kit_outbound import Endpoint, OutboundClient, request_bytes
 
 _URI = r"^[^\/]+:\/\/([\da-zA-Z.-]+|\[[\da-fA-F:]+\])(:\d+)?"  # APISIX core.schema.uri_def
 _IPV4 = r"^[0-9]{1,3}.[0-9]{1,3}.[0-9]{1,3}.[0-9]{1,3}$"  # APISIX's pattern, as written

@@ -79,3 +79,13 @@ def test_fields_apisix_schemas_allow() -> None:
     assert decode_item("stream_routes", {"server_port": 9100, "upstream_id": 1, "x": 1})
     with pytest.raises(ConfigError, match="exptime"):
         decode_item("ssls", {"cert": "c" * 128, "key": "k" * 32, "snis": ["a"], "exptime": 1})
+
+
+def test_ssl_skip_mtls_uri_regex_must_run_on_re2() -> None:
+    client = {"ca": "c" * 128, "skip_mtls_uri_regex": ["^/health$", "^/a(?=b)"]}
+    ssl = {"type": "client", "cert": "x" * 128, "key": "y" * 32, "client": client}
+    with pytest.raises(ConfigError) as e:
+        decode_item("ssls", ssl)
+    assert 'property "skip_mtls_uri_regex" validation failed: invalid perl operator' in str(e.value)
+    ok = decode_item("ssls", {**ssl, "client": {**client, "skip_mtls_uri_regex": ["^/health$"]}})
+    assert ok.client.skip_mtls_uri_regex == ["^/health$"]

@@ -15,7 +15,7 @@ from tollway.plugins.builtin.clickhouse_logger import insert_body
 from tollway.plugins.builtin.elasticsearch_logger import ElasticsearchLogger, resolve_index
 from tollway.plugins.builtin.loki_logger import LokiLogger, push_body
 from tollway.plugins.builtin.syslog import rfc5424
-from tollway.plugins.kit import resolve_vars
+from tollway.plugins.kit_log import resolve_vars
 from tollway.plugins.registry import load_registry
 
 REG = load_registry()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from tollway.plugins.kit import (
+from tollway.plugins.kit_batch import (
     BatchBuffer,
     BatchManager,
     BatchSettings,

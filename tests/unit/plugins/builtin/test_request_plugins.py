@@ -45,6 +45,11 @@ REG = load_registry()
         ("ua-restriction", {"allowlist": ["a"], "denylist": ["b"]}),
         ("referer-restriction", {"whitelist": ["bad host/"]}),
         ("referer-restriction", {}),
+        # Header names that would break the head they are written into (issue #18).
+        ("proxy-rewrite", {"headers": {"set": {"X-A\r\nX-Injected": "1"}}}),
+        ("proxy-rewrite", {"headers": {"Bad:Name": "1"}}),
+        ("proxy-rewrite", {"headers": {"remove": ["Bad Name"]}}),
+        ("response-rewrite", {"headers": {"set": {"X-A\nX-B": "1"}}}),
     ],
 )
 def test_schemas_reject(name: str, raw: dict[str, Any]) -> None:
@@ -267,6 +272,31 @@ def test_uri_blocker_sees_the_normalised_uri_too() -> None:
     assert plugin.rewrite(conf, make_ctx("/public/internal/x")) is None
 
 
+def test_user_regexes_run_on_re2() -> None:
+    # issue #18: linear time; "$" keeps PCRE's final-newline meaning, so a decoded %0A cannot
+    # slip past "^/admin$"; what RE2 cannot run is refused when the conf is checked
+    plugin = ub.UriBlocker()
+    conf = decode(ub.Conf, {"block_rules": ["^/admin$", "^/(a+)+$"]})
+    ctx = make_ctx("/admin%0A")
+    ctx.path = "/admin\n"
+    assert plugin.rewrite(conf, ctx) == (403, None)
+    assert plugin.rewrite(conf, make_ctx("/" + "a" * 50_000 + "!")) is None
+    deny = decode(ua.Conf, {"denylist": ["^(a|aa)+$"]})
+    assert ua.allowed(deny, "a" * 50_000 + "!") and not ua.allowed(deny, "aaa")
+    for name, raw, words in [
+        ("uri-blocker", {"block_rules": ["a(?=b)"]}, "failed to compile block rule a(?=b)"),
+        ("ua-restriction", {"denylist": ["(a)\\1"]}, "invalid denylist: (a)\\1"),
+        ("redirect", {"regex_uri": ["^/(a)", "/$2"]}, "capture group 2 is out of range"),
+        ("redirect", {"regex_uri": ["^/a", "/$x"]}, "invalid capturing variable name"),
+        ("proxy-rewrite", {"regex_uri": ["^/(?<=a)", "/"]}, "invalid perl operator"),
+    ]:
+        with pytest.raises(ConfigError) as e:
+            REG.decode_conf(name, raw)
+        assert words in str(e.value), (name, str(e.value))
+    rewrite = {"regex_uri": ["^/a/(.*)", "/b/$1$$"]}
+    assert redirect(rewrite, "/a/x") == (302, None, {"Location": "/b/x$"})
+
+
 def test_escaped_variables_are_kept_as_written() -> None:
     # APISIX redirect.t TEST 11/12: "\$uri" is not a variable, its backslash stays
     got = redirect({"uri": "\\$uri/foo$uri\\$uri/bar"}, "/hello")
@@ -296,9 +326,10 @@ def test_proxy_rewrite_allows_other_properties_and_dollar_dollar() -> None:
     # APISIX 3.x's schema has no additionalProperties: false (routes from 2.x keep loading)
     r = load_registry(None)
     assert r.decode_conf("proxy-rewrite", {"uri": "/x", "enable_websocket": True}).uri == "/x"
-    from tollway.plugins.builtin.proxy_rewrite import _substitute, _template
+    from tollway.plugins.builtin.proxy_rewrite import _pair
 
-    assert _substitute(re.compile("^/a/(.*)"), _template("/${1}/$$"), "/a/b") == "/b/$"
+    rx, template = _pair("^/a/(.*)", "/${1}/$$")
+    assert rx.sub(template, "/a/b") == "/b/$"
 
 
 def test_exclusive_bounds_in_the_validators_words() -> None:

@@ -9,7 +9,7 @@ the bodies (up to ``max_req_body_bytes``/``max_resp_body_bytes``), only when the
 :class:`LoggerPlugin` is what http-logger, tcp-logger, udp-logger, syslog, loki-logger,
 elasticsearch-logger, clickhouse-logger and file-logger share: bodies read only for the confs
 that log them, the entry built in the log phase from what the request already has, then pushed
-on the plugin's :class:`~tollway.plugins.batching.BatchManager`; each logger says only how a
+on the plugin's :class:`~tollway.plugins.kit_batch.BatchManager`; each logger says only how a
 batch is sent.
 """
 
@@ -27,9 +27,8 @@ from urllib.parse import unquote_plus
 import msgspec
 from msgspec import Meta
 
-from tollway import __version__
-from tollway.expr import Expr, ExprError, compile_expr
-from tollway.plugins.batching import (
+from tollway.plugins.kit import Exit, PerConf, Plugin, RequestContext
+from tollway.plugins.kit_batch import (
     DEFAULT_MAX_PENDING_ENTRIES,
     BatchConf,
     BatchManager,
@@ -37,8 +36,8 @@ from tollway.plugins.batching import (
     Preparer,
     Sender,
 )
-from tollway.plugins.kit import Exit, PerConf, Plugin, RequestContext
-from tollway.plugins.outbound import Endpoint, OutboundClient, request_bytes
+from tollway.plugins.kit_match import Expr, ExprError, compile_expr
+from tollway.plugins.kit_outbound import GATEWAY_VERSION, Endpoint, OutboundClient, request_bytes
 
 MAX_BODY_BYTES = 512 * 1024  # APISIX log-util MAX_REQ_BODY / MAX_RESP_BODY
 _STATE = "log-bodies"
@@ -124,7 +123,7 @@ def full_log(ctx: RequestContext, now: float) -> dict[str, Any]:
     """APISIX ``log_util.get_full_log``."""
     uri = _request_uri(ctx)
     latency, upstream_latency, apisix_latency = latencies(ctx, now)
-    route = ctx.route
+    route = ctx.matched_route
     entry: dict[str, Any] = {
         "request": {
             "url": f"{ctx.scheme}://{ctx.host}:{ctx.server_port}{uri}",
@@ -139,7 +138,7 @@ def full_log(ctx: RequestContext, now: float) -> dict[str, Any]:
             "headers": _multi((k.lower(), v) for k, v in ctx.resp_headers or ()),
             "size": ctx.bytes_sent,
         },
-        "server": {"hostname": HOSTNAME, "version": __version__},
+        "server": {"hostname": HOSTNAME, "version": GATEWAY_VERSION},
         "upstream": ctx.upstream_addr,
         "service_id": (ctx.service_id or "") if route is not None else ctx.host,
         "route_id": ctx.route_id,
@@ -164,7 +163,7 @@ def custom_log(log_format: dict[str, Any], ctx: RequestContext) -> dict[str, Any
                 entry[key] = got
         else:
             entry[key] = value
-    if ctx.route is not None:
+    if ctx.matched_route is not None:
         if ctx.service_id is not None:
             entry["service_id"] = ctx.service_id
         entry["route_id"] = ctx.route_id

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip as gzip_module
+import re
 import zlib
 from typing import Any
 
@@ -85,3 +86,41 @@ def test_filters_read_a_compressed_body(encoding: str, encode: Any) -> None:
     plugin.header_filter(conf, ctx)
     assert ctx.get_response_header("Content-Encoding") == "br"
     assert plugin.body_filter(conf, ctx, b"\x0bhello", True) == b"\x0bhello"
+
+
+def _body(filters: list[dict[str, Any]], body: bytes) -> bytes:
+    conf = load_registry(None).decode_conf("response-rewrite", {"filters": filters})
+    plugin = ResponseRewrite()
+    ctx = make_ctx()
+    ctx.resp_status = 200
+    ctx.resp_headers = [("Content-Type", "text/plain")]
+    plugin.header_filter(conf, ctx)
+    return plugin.body_filter(conf, ctx, body, True)
+
+
+def test_filters_are_ngx_re_sub_with_groups_and_options() -> None:
+    # ngx.re.sub / gsub: "$N" inserts a group, "\" is literal; i, m, s act (on RE2)
+    swap = [{"regex": r"(\w+)@(\w+)", "replace": "$2 at $1 \\o/", "scope": "global"}]
+    assert _body(swap, b"a@b, c@d") == b"b at a \\o/, d at c \\o/"
+    assert _body([{"regex": "HELLO", "replace": "x", "options": "i"}], b"hello") == b"x"
+    assert _body([{"regex": "HELLO", "replace": "x"}], b"hello") == b"hello"
+    lines = [{"regex": "^b$", "replace": "B", "options": "m"}]
+    assert _body(lines, b"a\nb\nc") == b"a\nB\nc"
+    dotall = [{"regex": "a.b", "replace": "-", "options": "s"}]
+    assert _body(dotall, b"a\nb") == b"-"
+    # bytes that are not UTF-8 pass through untouched around a match
+    assert _body([{"regex": "b", "replace": "B"}], b"\xffab\xfe") == b"\xffaB\xfe"
+
+
+@pytest.mark.parametrize(
+    ("flt", "message"),
+    [
+        ({"regex": "(a)", "replace": "$2"}, "capture group 2 is out of range"),
+        ({"regex": "a", "replace": "5$"}, "invalid capturing variable name"),
+        ({"regex": "a(?=b)", "replace": "x"}, "invalid perl operator"),
+        ({"regex": "a b", "replace": "x", "options": "x"}, "option x"),
+    ],
+)
+def test_filters_re2_cannot_run_are_refused(flt: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_registry(None).decode_conf("response-rewrite", {"filters": [flt]})

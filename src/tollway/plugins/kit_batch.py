@@ -31,7 +31,7 @@ from typing import Annotated, Any, Generic, TypeVar
 import msgspec
 from msgspec import Meta
 
-from tollway.config.store import RateLimitedLog
+from tollway.ratelog import RateLimitedLog
 
 log = logging.getLogger("tollway.plugins")
 

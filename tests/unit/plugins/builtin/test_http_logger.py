@@ -9,7 +9,8 @@ import pytest
 from tests.unit.plugins.ctx import decode, make_ctx
 from tollway.errors import ConfigError
 from tollway.plugins.builtin.http_logger import Conf, HttpLogger, encode_batch
-from tollway.plugins.kit import Consumer, custom_log, full_log, query_args
+from tollway.plugins.kit import Consumer
+from tollway.plugins.kit_log import custom_log, full_log, query_args
 from tollway.plugins.registry import load_registry
 
 REG = load_registry()
