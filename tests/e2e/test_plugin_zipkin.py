@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
-from tests.support.gateway import Gateway, wait_until
+from tests.support.gateway import Gateway, StartGateway, wait_until
 from tests.support.upstream import Upstream
 
 CONFIG = """
@@ -50,13 +49,8 @@ def collector() -> Iterator[Upstream]:
 
 
 @pytest.fixture(scope="module")
-def gw(
-    tmp_path_factory: pytest.TempPathFactory, upstream: Upstream, collector: Upstream
-) -> Iterator[Gateway]:
-    root: Path = tmp_path_factory.mktemp("gw")
-    text = CONFIG % {"up": upstream.addr, "col": collector.addr}
-    with Gateway(root, apisix_yaml=text) as g:
-        yield g
+def gw(standalone_gateway: StartGateway, upstream: Upstream, collector: Upstream) -> Gateway:
+    return standalone_gateway(CONFIG % {"up": upstream.addr, "col": collector.addr})
 
 
 def spans_of(collector: Upstream) -> list[dict[str, Any]]:
