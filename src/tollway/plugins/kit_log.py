@@ -7,10 +7,10 @@ the bodies (up to ``max_req_body_bytes``/``max_resp_body_bytes``), only when the
 ``*_expr`` holds. A request body over the limit is left out rather than truncated.
 
 :class:`LoggerPlugin` is what http-logger, tcp-logger, udp-logger, syslog, loki-logger,
-elasticsearch-logger, clickhouse-logger and file-logger share: bodies read only for the confs
-that log them, the entry built in the log phase from what the request already has, then pushed
-on the plugin's :class:`~tollway.plugins.kit_batch.BatchManager`; each logger says only how a
-batch is sent.
+elasticsearch-logger, clickhouse-logger, kafka-logger and file-logger share: bodies read only for
+the confs that log them; the log phase queues the request's context (and the time) on the
+plugin's :class:`~tollway.plugins.kit_batch.BatchManager`, and the entries are built from it in
+the sending task, off the request path; each logger says only how a batch is sent.
 """
 
 from __future__ import annotations
