@@ -3,6 +3,7 @@ the upstream shows the traceparent it got."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import requests
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
-from tests.support.gateway import Gateway, StartGateway, wait_until
+from tests.support.gateway import Gateway, StartGateway, free_port, wait_until
 from tests.support.upstream import Upstream
 
 CONFIG = """
@@ -309,3 +310,20 @@ def test_metadata_wins_over_plugin_attr_and_changes_at_run_time(
         assert trace not in {s.trace_id.hex() for s in spans_of(other)}
     finally:
         other.stop()
+
+
+def test_a_dead_collector_never_slows_requests(tmp_path: Path, upstream: Upstream) -> None:
+    config = {
+        "plugin_attr": {
+            "opentelemetry": {
+                "collector": {"address": f"127.0.0.1:{free_port()}"},
+                "batch_span_processor": {"inactive_timeout": 0.1, "max_export_batch_size": 1},
+            }
+        }
+    }
+    with Gateway(tmp_path, apisix_yaml=ATTR_CONFIG % {"up": upstream.addr}, config=config) as g:
+        for _ in range(20):
+            t0 = time.monotonic()
+            assert requests.get(g.url("/r"), timeout=5).status_code == 200
+            assert time.monotonic() - t0 < 0.5
+        wait_until(lambda: "Batch Processor[opentelemetry] failed to process entries" in g.logs())
