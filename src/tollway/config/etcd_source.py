@@ -234,7 +234,9 @@ class EtcdSource(ConfigSource):
         every member holds the same log; the move means the previous one failed us)."""
         if endpoint is None or endpoint == self.endpoint:
             return
-        if self.endpoint is not None:
+        if self.endpoint is None:
+            log.info("etcd: watching %s on %s", self.watched_prefix, endpoint)
+        else:
             log.warning("etcd: the watch moved from %s to %s", self.endpoint, endpoint)
         self.endpoint = endpoint
 
