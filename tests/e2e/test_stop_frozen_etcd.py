@@ -21,12 +21,15 @@ GRACE = 3.0
 
 
 def etcd_backlog(etcd: EtcdServer) -> int:
-    """Bytes that clients sent etcd and it has not read (it is frozen): a request reached it."""
-    out = subprocess.run(
-        ["ss", "-Htn", "state", "established", f"( sport = :{etcd.client_port} )"],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-    return sum(int(line.split()[0]) for line in out.splitlines() if line.strip())
+    """Bytes that clients sent etcd and it has not read (it is frozen): a request reached it.
+    From /proc/net/tcp (no iproute2 needed): established sockets on etcd's port, rx_queue."""
+    total = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, state, queues = fields[1], fields[3], fields[4]
+        if int(local.split(":")[1], 16) == etcd.client_port and state == "01":
+            total += int(queues.split(":")[1], 16)
+    return total
 
 
 def refused(port: int) -> bool:
