@@ -9,6 +9,7 @@ The table of numbers is printed at the end of the module (run with ``-s`` to see
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -33,7 +34,8 @@ from tests.support.upstream import Upstream
 
 __all__ = ["redis_cluster", "redis_server"]
 
-WINDOW = 3.0  # seconds each fault is held, under load
+# Seconds each fault is held, under load; longer for a chaos run: TOLLWAY_FLEET_WINDOW=30.
+WINDOW = float(os.environ.get("TOLLWAY_FLEET_WINDOW", "3"))
 CONVERGE_LIMIT = 2.0  # seconds: both instances serve the latest write after etcd returns
 results: list[FaultResult] = []
 
