@@ -114,9 +114,10 @@ def watched_member(fleet: Fleet) -> EtcdMember:
 
 def test_one_member_frozen(fleet: Fleet) -> None:
     member = watched_member(fleet)
+    role = "the leader" if fleet.cluster.leader() is member else "a follower"
     result = run_fault(
-        fleet, "member frozen (SIGSTOP), the one the watch is on", member.pause, member.resume,
-        window=WINDOW, write_during=True,
+        fleet, f"member frozen (SIGSTOP): the one A watches, {role}", member.pause,
+        member.resume, window=WINDOW, write_during=True,
     )  # fmt: skip
     check(result)
     assert result.during_s is not None and result.during_s < 8  # probe: 2 s + 2 s timeout
