@@ -3,7 +3,8 @@
 Invariants: ``run()`` raises nothing but CancelledError; the sink gets each change once, in
 revision order, after the full load it builds on; while etcd is away the sink is not touched, so
 the last good config keeps serving. Recovery: compaction or a wiped etcd → full reload; a broken
-or frozen connection → backoff with jitter, then re-watch from the last applied revision + 1.
+or frozen connection → backoff with jitter, cut short as soon as etcd answers again (a probe, or
+any request through the same client), then re-watch from the last applied revision + 1.
 """
 
 from __future__ import annotations
