@@ -49,6 +49,9 @@ RESPONSE = (
 )
 
 
+REALISTIC = False  # --realistic: requests carry the consumer's key
+
+
 class Transport:
     def __init__(self, peer: tuple[str, int], sock: tuple[str, int]) -> None:
         self.out: list[bytes] = []
@@ -69,8 +72,11 @@ class Transport:
         raise AssertionError("closed")
 
 
+REALISTIC_REQUEST = REQUEST.replace(b"\r\n\r\n", b"\r\napikey: bench-key\r\n\r\n")
+
+
 async def setup(
-    plugins: bool, vars_regex: bool = False, uri_blocker: bool = False
+    plugins: bool, vars_regex: bool = False, uri_blocker: bool = False, realistic: bool = False
 ) -> tuple[HttpProtocol, UpstreamConnection, Transport, Transport]:
     route: dict[str, Any] = {
         "uri": "/api/v1/svc500/*",
@@ -93,8 +99,18 @@ async def setup(
         route["vars"] = [["uri", "~~", "^/api/v[0-9]+/svc[0-9]+/items/[0-9]+$"]]
     if uri_blocker:  # three rules, none matching: the whole request uri is searched
         route["plugins"] = {"uri-blocker": {"block_rules": [r"\.php$", "^/admin/", r"/\.git"]}}
+    items = []
+    if realistic:  # what nearly every production route carries (issue #13)
+        route["plugins"] = {
+            "key-auth": {},
+            "limit-count": {"count": 100_000_000, "time_window": 60, "rejected_code": 429},
+            "prometheus": {},
+        }
+        consumer = {"username": "bench", "plugins": {"key-auth": {"key": "bench-key"}}}
+        items.append(KeyValue("/apisix/consumers/bench", json.dumps(consumer).encode(), 1, 1))
+    items.append(KeyValue("/apisix/routes/1", json.dumps(route).encode(), 1, 1))
     store = Store()
-    store.load(1, [KeyValue("/apisix/routes/1", json.dumps(route).encode(), 1, 1)])
+    store.load(1, items)
     compiler = Compiler(default_settings(Path("/tmp/conf")), load_registry())
     await compiler.rebuild(store)
     state = ServerState(compiler, max_header_size=32768, max_body_size=0, keepalive_timeout=60)
@@ -115,12 +131,13 @@ def round_(
     proto: HttpProtocol, conn: UpstreamConnection, ct: Transport, ut: Transport, n: int
 ) -> float:
     feed_client, feed_up = proto.data_received, conn.data_received
+    request = REALISTIC_REQUEST if REALISTIC else REQUEST
     # The event loop does not run here: flush the writes it would send at the end of each
     # iteration (ServerState.send), when there is such a method.
     flush = getattr(proto.state, "flush_writes", lambda: None)
     t0 = time.perf_counter()
     for _ in range(n):
-        feed_client(REQUEST)
+        feed_client(request)
         flush()
         feed_up(RESPONSE)
         flush()
@@ -163,15 +180,22 @@ async def main() -> None:
     )
     ap.add_argument("--vars-regex", action="store_true", help="the route has a vars ~~ regex")
     ap.add_argument("--uri-blocker", action="store_true", help="uri-blocker with three rules")
+    ap.add_argument(
+        "--realistic", action="store_true", help="key-auth + limit-count + prometheus (#13)"
+    )
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--against", metavar="REF", help="A/B against a git revision")
     ap.add_argument("--show", action="store_true", help="print one request and one answer")
     args = ap.parse_args()
-    proto, conn, ct, ut = await setup(args.plugins, args.vars_regex, args.uri_blocker)
+    global REALISTIC
+    REALISTIC = args.realistic
+    proto, conn, ct, ut = await setup(
+        args.plugins, args.vars_regex, args.uri_blocker, args.realistic
+    )
     if args.show:
         round_(proto, conn, ct, ut, 1)
         flush = getattr(proto.state, "flush_writes", lambda: None)
-        proto.data_received(REQUEST)
+        proto.data_received(REALISTIC_REQUEST if REALISTIC else REQUEST)
         flush()
         conn.data_received(RESPONSE)
         flush()
@@ -183,7 +207,7 @@ async def main() -> None:
         prof.enable()
         round_(proto, conn, ct, ut, args.requests // 4)
         prof.disable()
-        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+        pstats.Stats(prof).sort_stats(os.environ.get("HOTPATH_SORT", "tottime")).print_stats(25)
         return
     # Many short rounds, the best one reported: this VM's neighbours make the others slower.
     times = sorted(round_(proto, conn, ct, ut, args.requests // 20) for _ in range(20))

@@ -120,6 +120,7 @@ class AdminConf(Struct, kw_only=True):
     admin_api_version: str = "v3"
     https_admin: bool = False
     admin_api_mtls: dict[str, Any] | None = None
+    enable_admin_ui: bool = True  # the dashboard at /ui/ (APISIX 3.13+; tollway.admin.ui)
 
 
 class RoleConf(Struct, kw_only=True):

@@ -21,7 +21,6 @@ from tollway.proxy.http import (
     PLAIN_CONNECTION,
     STATUS_LINES,
     connection_tokens,
-    field_bytes,
     status_line,
     target_bytes,
 )
@@ -407,13 +406,13 @@ class Forwarding:
                     continue  # removed
                 if lk in skip:
                     if lk == b"x-forwarded-for":
-                        xff = field_bytes(value)
+                        xff = value.encode("latin-1")
                     elif lk in _FORWARDED:
                         if fwd is None:
                             fwd = {}
-                        fwd[lk] = field_bytes(value)
+                        fwd[lk] = value.encode("latin-1")
                     continue
-                out += (spelled, b": ", field_bytes(value), b"\r\n")
+                out += (spelled, b": ", value.encode("latin-1"), b"\r\n")
         remote = ctx.remote_addr.encode()
         if fwd is None:
             out.append(
@@ -613,9 +612,10 @@ class Forwarding:
             content_length = None
             for name, value in ctx.resp_headers or ():
                 if len(name) == 14 and name.lower() == "content-length":
-                    content_length = field_bytes(value)
+                    content_length = value.encode("latin-1")
                 else:
-                    lines += (field_bytes(name), b": ", field_bytes(value), b"\r\n")
+                    # plugin-set values went through the kit's wire_value(): latin-1 always
+                    lines += (name.encode("latin-1"), b": ", value.encode("latin-1"), b"\r\n")
             if chain.buffers_body:
                 self.buffered_resp = []
         if ctx.upstream_status is None:

@@ -64,21 +64,6 @@ def target_bytes(target: str) -> bytes:
     return b"".join(b"%%%02X" % c if c <= 0x20 or c >= 0x7F else bytes((c,)) for c in raw)
 
 
-_CTL_TO_SP = str.maketrans({"\r": " ", "\n": " ", "\0": " "})
-
-
-def field_bytes(value: str) -> bytes:
-    """A header value a plugin set, as it goes on the wire: CR, LF and NUL become SP (RFC 9110
-    5.5 lets a recipient replace them so), so no value can start another header line; text
-    beyond latin-1 is sent as UTF-8 bytes, as nginx passes what it was given."""
-    if "\r" in value or "\n" in value or "\0" in value:
-        value = value.translate(_CTL_TO_SP)
-    try:
-        return value.encode("latin-1")
-    except UnicodeEncodeError:
-        return value.encode("utf-8", "surrogateescape")
-
-
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from tollway.balancer import PickContext, Server
-from tollway.plugins.kit import RequestContext
+from tollway.plugins.kit import RequestContext, wire_value
 from tollway.plugins.registry import Chain, ChainEntry
 from tollway.proxy.forward import Forwarding, UpstreamFailure
 from tollway.proxy.http import PLAIN_TEXT, ROUTE_NOT_FOUND, error_page, quote_path, status_line
@@ -587,7 +587,7 @@ class Exchange(Forwarding):
         else:
             data = body.encode() if isinstance(body, str) else bytes(body)
         for k, v in (extra or {}).items():
-            headers.append((k.encode("latin-1"), str(v).encode("latin-1")))
+            headers.append((k.encode("latin-1"), wire_value(str(v)).encode("latin-1")))
         self.respond(status, data, headers)
 
     # -- answering locally --------------------------------------------------------------

@@ -35,11 +35,15 @@ from urllib.parse import unquote_plus
 import msgspec
 from msgspec import Meta
 
-from tollway import __version__
-from tollway.config.store import RateLimitedLog
-from tollway.expr import Expr, ExprError, compile_expr
 from tollway.plugins.kit import Exit, PerConf, Plugin, RequestContext
-from tollway.plugins.outbound import Endpoint, OutboundClient, request_bytes
+from tollway.plugins.kit_match import Expr, ExprError, compile_expr
+from tollway.plugins.kit_outbound import (
+    GATEWAY_VERSION,
+    Endpoint,
+    OutboundClient,
+    RateLimitedLog,
+    request_bytes,
+)
 
 log = logging.getLogger("tollway.plugins")
 
@@ -150,7 +154,7 @@ def full_log(ctx: RequestContext, now: float) -> dict[str, Any]:
     """APISIX ``log_util.get_full_log``."""
     uri = _request_uri(ctx)
     latency, upstream_latency, apisix_latency = latencies(ctx, now)
-    route = ctx.route
+    route = ctx.matched_route
     entry: dict[str, Any] = {
         "request": {
             "url": f"{ctx.scheme}://{ctx.host}:{ctx.server_port}{uri}",
@@ -165,7 +169,7 @@ def full_log(ctx: RequestContext, now: float) -> dict[str, Any]:
             "headers": _multi((k.lower(), v) for k, v in ctx.resp_headers or ()),
             "size": getattr(ctx, "bytes_sent", 0),
         },
-        "server": {"hostname": _HOSTNAME, "version": __version__},
+        "server": {"hostname": _HOSTNAME, "version": GATEWAY_VERSION},
         "upstream": ctx.upstream_addr,
         "service_id": (ctx.service_id or "") if route is not None else ctx.host,
         "route_id": ctx.route_id,
@@ -190,7 +194,7 @@ def custom_log(log_format: dict[str, Any], ctx: RequestContext) -> dict[str, Any
                 entry[key] = got
         else:
             entry[key] = value
-    if ctx.route is not None:
+    if ctx.matched_route is not None:
         if ctx.service_id is not None:
             entry["service_id"] = ctx.service_id
         entry["route_id"] = ctx.route_id
