@@ -15,7 +15,8 @@ from pathlib import Path
 import requests
 
 from tests.support.etcd import EtcdServer
-from tests.support.gateway import Gateway, wait_until
+from tests.support.gateway import Gateway
+from tests.support.wait import wait_until
 
 GRACE = 3.0
 

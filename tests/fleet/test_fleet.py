@@ -28,9 +28,9 @@ from tests.support.fleet import (
     run_fault,
     under_load,
 )
-from tests.support.gateway import wait_until
 from tests.support.redis import RedisCluster, RedisServer, redis_cluster, redis_server
 from tests.support.upstream import Upstream
+from tests.support.wait import wait_until
 
 __all__ = ["redis_cluster", "redis_server"]
 

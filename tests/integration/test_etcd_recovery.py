@@ -11,8 +11,9 @@ import time
 import pytest
 
 from tests.integration.test_etcd_source import PREFIX, RecordingSink, running
-from tests.support.etcd import EtcdServer, arun, etcd, until  # noqa: F401
+from tests.support.etcd import EtcdServer, arun, etcd  # noqa: F401
 from tests.support.etcd_cluster import EtcdCluster
+from tests.support.wait import until
 from tollway.config.etcd import EtcdClient
 from tollway.config.etcd_source import EtcdSource
 

@@ -20,8 +20,9 @@ from typing import Any
 import requests
 
 from tests.support.etcd_cluster import EtcdCluster
-from tests.support.gateway import Gateway, wait_until
+from tests.support.gateway import Gateway
 from tests.support.upstream import Upstream
+from tests.support.wait import wait_until
 
 PREFIX = "/apisix"
 STABLE = [f"/stable/{i}" for i in range(4)]  # routes no test changes: must never fail
