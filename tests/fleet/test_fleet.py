@@ -9,10 +9,13 @@ The table of numbers is printed at the end of the module (run with ``-s`` to see
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import signal
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -21,13 +24,16 @@ import requests
 from tests.support.etcd_cluster import EtcdCluster, EtcdMember
 from tests.support.fleet import (
     HEADER,
+    PREFIX,
     WRITTEN,
     FaultResult,
     Fleet,
+    abort_route,
     fresh_get,
     run_fault,
     under_load,
 )
+from tests.support.gateway import Gateway
 from tests.support.redis import RedisCluster, RedisServer, redis_cluster, redis_server
 from tests.support.upstream import Upstream
 from tests.support.wait import wait_until
@@ -104,9 +110,9 @@ def test_limit_count_on_redis_cluster_is_exact_across_instances(
 # -- etcd faults under load -----------------------------------------------------------------
 
 
-def watched_member(fleet: Fleet) -> EtcdMember:
-    """The member instance A's watch runs on (it says so in its log)."""
-    logs = fleet.gws[0].logs()
+def watched_member(fleet: Fleet, g: Gateway | None = None) -> EtcdMember:
+    """The member an instance's watch runs on (A's by default; it says so in its log)."""
+    logs = (g or fleet.gws[0]).logs()
     where = re.findall(r"etcd: (?:watching \S+ on|the watch moved from \S+ to) (\S+)", logs)
     assert where, logs
     return next(m for m in fleet.cluster.members if m.endpoint == where[-1])
@@ -143,13 +149,37 @@ def test_all_members_frozen(fleet: Fleet) -> None:
     check(result)
 
 
-def test_compaction(fleet: Fleet) -> None:
+def test_compaction_while_an_instance_is_away(fleet: Fleet) -> None:
+    """Instance B's supervisor is frozen (its workers keep serving) and the member its watch is
+    on is killed; etcd takes writes and is compacted past B's revision. When B resumes, its
+    re-watch is refused as compacted: a full reload, and nothing lost."""
     cluster = fleet.cluster
-    result = run_fault(
-        fleet, "compaction at the current revision", cluster.compact, lambda: None,
-        window=WINDOW, write_during=True,
-    )  # fmt: skip
+    b = fleet.gws[1]
+    member = watched_member(fleet, b)
+
+    def inject() -> None:
+        b.signal(signal.SIGSTOP)
+        cluster.kill(member)
+        # Two writes: B's re-watch starts at the first, and a watch from exactly the compacted
+        # revision is allowed (etcd.md §3).
+        for n in (1, 2):
+            body = json.dumps(abort_route("/while-away", f"written while B was away {n}"))
+            wait_until(partial(cluster.put, f"{PREFIX}/routes/while-away", body), timeout=15)
+        wait_until(cluster.compact, timeout=15)
+
+    def recover() -> None:
+        b.signal(signal.SIGCONT)
+        cluster.restart(member)
+
+    try:
+        result = run_fault(
+            fleet, "compaction past instance B's revision while B is away", inject, recover,
+            window=WINDOW, write_during=False,
+        )  # fmt: skip
+    finally:
+        b.signal(signal.SIGCONT)  # whatever failed, B must not stay frozen
     check(result)
+    assert re.search(r"etcd: revision \d+ compacted \(at \d+\): full reload", b.logs())
 
 
 def test_whole_cluster_down_then_back(fleet: Fleet) -> None:
