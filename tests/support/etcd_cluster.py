@@ -7,6 +7,7 @@ rejoins the cluster (etcd ignores the --initial-cluster flags when the data dir 
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -161,8 +162,6 @@ class EtcdCluster:
 
     def get_prefix(self, prefix: str) -> tuple[int, dict[str, str]]:
         """Revision and every key under ``prefix`` (a linearizable read)."""
-        import base64
-
         out = json.loads(self.etcdctl("get", prefix, "--prefix", "-w", "json"))
         kvs = {
             base64.b64decode(kv["key"]).decode(): base64.b64decode(kv.get("value", "")).decode()
