@@ -73,7 +73,11 @@ class Worker:
         self.compiler = Compiler(settings, self.registry, health=self.health, passive=self.passive)
         http = settings.conf.nginx_config.http
         self.access_log = (
-            AccessLog(str(settings.resolve(http.access_log)), http.access_log_format)
+            AccessLog(
+                str(settings.resolve(http.access_log)),
+                http.access_log_format,
+                http.access_log_format_escape,
+            )
             if http.enable_access_log
             else None
         )

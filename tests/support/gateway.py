@@ -98,6 +98,7 @@ class Gateway:
             "nginx_config": {
                 "worker_processes": workers,
                 "error_log_level": "info",
+                "error_log": "stderr",  # into tollway.log with stdout, for logs()
                 "http": {"access_log": str(root / "logs" / "access.log")},
             },
             "tollway": {"run_dir": str(root / "run"), "graceful_timeout": 5},

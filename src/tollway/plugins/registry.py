@@ -52,6 +52,16 @@ BUILTIN_ENTRY_POINTS: tuple[tuple[str, str], ...] = (
     ("prometheus", "tollway.plugins.builtin.prometheus:Prometheus"),
     ("serverless-pre-function", "tollway.plugins.builtin.accept_only:ServerlessPreFunction"),
     ("serverless-post-function", "tollway.plugins.builtin.accept_only:ServerlessPostFunction"),
+    ("opentelemetry", "tollway.plugins.builtin.opentelemetry:OpenTelemetry"),
+    ("zipkin", "tollway.plugins.builtin.zipkin:Zipkin"),
+    ("tcp-logger", "tollway.plugins.builtin.tcp_logger:TcpLogger"),
+    ("udp-logger", "tollway.plugins.builtin.udp_logger:UdpLogger"),
+    ("syslog", "tollway.plugins.builtin.syslog:Syslog"),
+    ("file-logger", "tollway.plugins.builtin.file_logger:FileLogger"),
+    ("loki-logger", "tollway.plugins.builtin.loki_logger:LokiLogger"),
+    ("elasticsearch-logger", "tollway.plugins.builtin.elasticsearch_logger:ElasticsearchLogger"),
+    ("clickhouse-logger", "tollway.plugins.builtin.clickhouse_logger:ClickhouseLogger"),
+    ("kafka-logger", "tollway.plugins.builtin.kafka_logger:KafkaLogger"),
 )
 
 
