@@ -82,7 +82,7 @@ def _limited(fleet: Fleet, name: str, conf: dict[str, object], n: int) -> tuple[
     r = requests.put(a.admin_url(f"/routes/{name}"), json=route,
                      headers={"X-API-KEY": a.admin_key}, timeout=10)  # fmt: skip
     assert r.status_code in (200, 201), r.text
-    rev = fleet.cluster.revision()
+    rev = wait_until(fleet.cluster.revision, timeout=15)
     for g in fleet.gws:
         wait_until(lambda g=g: fleet.applied(g) >= rev)  # type: ignore[misc]
     urls = [fleet.gws[i % 2].url(f"/{name}") for i in range(2 * n)]

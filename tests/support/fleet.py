@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +104,9 @@ class Fleet:
 
     def etcd_routes(self) -> tuple[int, dict[str, str]]:
         """etcd's revision and, for every written route, the body it says to answer."""
-        rev, kvs = self.cluster.get_prefix(f"{PREFIX}/routes/")
+        # Retried: a read fails while the cluster elects a leader (a rejoining member can
+        # start an election: etcd 3.4 runs without --pre-vote by default).
+        rev, kvs = wait_until(partial(self.cluster.get_prefix, f"{PREFIX}/routes/"), timeout=15)
         out = {}
         for value in kvs.values():
             item = json.loads(value)
