@@ -517,7 +517,13 @@ class Supervisor:
         log.info("reloaded: %d new workers", len(new))
 
     async def shutdown(self) -> None:
+        """Listeners close first (a connection then gets a refusal, not a backlog nobody
+        accepts from); then workers drain while the HTTP services stop, all within
+        ``tollway.graceful_timeout`` whatever etcd does: an Admin API request waiting on a
+        frozen etcd is cancelled when its share of the timeout is out."""
         self.stopping = True
+        for s in self.sockets + self.tls_sockets:
+            s.close()
         if self._snapshot_pending:
             # A change from the last seconds is not on disk yet: write it before leaving.
             from tollway.config.snapshot import write_snapshot_rows
@@ -531,7 +537,30 @@ class Supervisor:
         for w in list(self.workers):
             with contextlib.suppress(ProcessLookupError):
                 w.proc.send_signal(signal.SIGTERM)
-        timeout = self.settings.conf.tollway.graceful_timeout + 5
+        grace = self.settings.conf.tollway.graceful_timeout
+        await asyncio.gather(
+            self._drain_workers(grace + 5), *(self._stop_runner(r, grace) for r in self.runners)
+        )
+        for t in self.tasks:
+            t.cancel()
+        for w in self.workers:
+            for t in w.tasks:
+                t.cancel()
+        await self.upstreams.aclose()
+        if self.source is not None:
+            await self.source.aclose()
+        client = self.etcd_client
+        if client is not None:
+            await client.aclose()
+        from tollway.plugins.shared_counters import remove_instance_files
+
+        remove_instance_files()  # the workers are gone: their shared counter tables too
+        if self.metrics is not None:
+            self.metrics.close()  # prometheus: the workers' metric files
+        with contextlib.suppress(OSError):
+            os.unlink(self.pid_path)
+
+    async def _drain_workers(self, timeout: float) -> None:
         procs = [w.proc for w in self.workers]
         if procs:
             try:
@@ -540,28 +569,14 @@ class Supervisor:
                 for p in procs:
                     with contextlib.suppress(ProcessLookupError):
                         p.kill()
-        for t in self.tasks:
-            t.cancel()
-        for w in self.workers:
-            for t in w.tasks:
-                t.cancel()
-        for r in self.runners:
-            await r.cleanup()
-        await self.upstreams.aclose()
-        if self.source is not None:
-            await self.source.aclose()
-        client = self.etcd_client
-        if client is not None:
-            await client.aclose()
-        for s in self.sockets + self.tls_sockets:
-            s.close()
-        from tollway.plugins.shared_counters import remove_instance_files
 
-        remove_instance_files()  # the workers are gone: their shared counter tables too
-        if self.metrics is not None:
-            self.metrics.close()  # prometheus: the workers' metric files
-        with contextlib.suppress(OSError):
-            os.unlink(self.pid_path)
+    async def _stop_runner(self, runner: Any, timeout: float) -> None:
+        # The runner's own shutdown_timeout cancels slow handlers; this bounds whatever else
+        # its cleanup might wait for.
+        try:
+            await asyncio.wait_for(runner.cleanup(), timeout)
+        except TimeoutError:
+            log.warning("an HTTP service did not stop within %.0f s", timeout)
 
     @property
     def pid_path(self) -> Any:

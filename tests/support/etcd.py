@@ -107,9 +107,28 @@ class EtcdServer:
 
     # -- lifecycle ------------------------------------------------------------------------
 
+    @property
+    def peer_url(self) -> str:
+        return f"http://127.0.0.1:{self.peer_port}"
+
+    def cluster_args(self) -> list[str]:
+        """The membership flags: a cluster of one (tests.support.etcd_cluster has three)."""
+        return [
+            "--initial-cluster", f"{self.name}={self.peer_url}",
+            "--initial-cluster-state", "new",
+            "--initial-cluster-token", f"tollway-{self.client_port}",
+        ]  # fmt: skip
+
     def start(self) -> EtcdServer:
+        self.spawn()
+        self.wait_healthy()
+        return self
+
+    def spawn(self) -> None:
+        """Start the process without waiting for it to be healthy (a cluster member is healthy
+        only once a quorum of its peers runs)."""
         assert self.proc is None, "already running"
-        peer = f"http://127.0.0.1:{self.peer_port}"
+        peer = self.peer_url
         args = [
             ETCD,
             "--name", self.name,
@@ -118,9 +137,7 @@ class EtcdServer:
             "--advertise-client-urls", self.endpoint,
             "--listen-peer-urls", peer,
             "--initial-advertise-peer-urls", peer,
-            "--initial-cluster", f"{self.name}={peer}",
-            "--initial-cluster-state", "new",
-            "--initial-cluster-token", f"tollway-{self.client_port}",
+            *self.cluster_args(),
             "--experimental-watch-progress-notify-interval", self.progress_notify_interval,
             "--log-level", "warn",
             "--logger", "zap",
@@ -132,8 +149,6 @@ class EtcdServer:
         finally:
             log.close()
         self.paused = False
-        self.wait_healthy()
-        return self
 
     def healthy(self) -> bool:
         ctx = None

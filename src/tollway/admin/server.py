@@ -481,7 +481,12 @@ async def start_admin_server(instance: InstanceView) -> web.AppRunner | None:
             await task
 
     app.on_cleanup.append(_cancel)
-    runner = web.AppRunner(app, access_log=None, logger=http_server_log())
+    # On stop, aiohttp waits shutdown_timeout for in-flight requests, then as long again for
+    # them to notice, then cancels their tasks: a third each keeps the Admin API within
+    # tollway.graceful_timeout even when a request hangs on a frozen etcd (whose client alone
+    # would wait deployment.etcd.timeout, 30 s by default).
+    grace = settings.conf.tollway.graceful_timeout / 3
+    runner = web.AppRunner(app, access_log=None, logger=http_server_log(), shutdown_timeout=grace)
     await runner.setup()
     site = web.TCPSite(
         runner,

@@ -324,6 +324,7 @@ class EtcdClient:
         self._auth_lock: asyncio.Lock | None = None
         self._session: aiohttp.ClientSession | None = None
         self._owner: tuple[int, asyncio.AbstractEventLoop] | None = None
+        self._answer_waiters: list[asyncio.Future[None]] = []
 
     @property
     def endpoint(self) -> str:
@@ -339,6 +340,8 @@ class EtcdClient:
             # its sockets and futures belong to the parent's loop.
             connector = aiohttp.TCPConnector(ssl=self._ssl, limit=0)
             self._session = aiohttp.ClientSession(connector=connector)
+            if self._owner is not None and self._owner != owner:
+                self._answer_waiters = []  # futures of another process or loop
             self._owner = owner
             self._auth_lock = asyncio.Lock()
         return self._session
@@ -354,6 +357,22 @@ class EtcdClient:
     def _mark_ok(self, endpoint: str) -> None:
         self._failed_at.pop(endpoint, None)
         self._current = self.endpoints.index(endpoint)
+        waiters, self._answer_waiters = self._answer_waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    async def wait_answer(self) -> None:
+        """Returns when any request through this client next gets an answer from etcd (a
+        request of another task, say an Admin API write): the config watch uses it to end its
+        backoff as soon as etcd is back instead of sleeping it out."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._answer_waiters.append(fut)
+        try:
+            await fut
+        finally:
+            if fut in self._answer_waiters:
+                self._answer_waiters.remove(fut)
 
     def _mark_failed(self, endpoint: str) -> None:
         self._failed_at[endpoint] = time.monotonic()

@@ -3,7 +3,8 @@
 Invariants: ``run()`` raises nothing but CancelledError; the sink gets each change once, in
 revision order, after the full load it builds on; while etcd is away the sink is not touched, so
 the last good config keeps serving. Recovery: compaction or a wiped etcd → full reload; a broken
-or frozen connection → backoff with jitter, then re-watch from the last applied revision + 1.
+or frozen connection → backoff with jitter, cut short as soon as etcd answers again (a probe, or
+any request through the same client), then re-watch from the last applied revision + 1.
 """
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ class EtcdSource(ConfigSource):
     backoff_initial = 0.2
     backoff_factor = 2.0
     backoff_max = 8.0
+    # While etcd is away, a tiny read this often (each bounded by probe_timeout) ends the
+    # backoff as soon as etcd answers again: recovery within about a second of etcd's return,
+    # however long the outage (the backoff alone could leave an instance 8 s behind).
+    recovery_probe_interval = 0.25
     # A full range read that races a compaction is retried at once this many times.
     compacted_retries = 3
 
@@ -92,6 +97,7 @@ class EtcdSource(ConfigSource):
         self.last_error: str | None = None
         self.reloads = 0
         self.watches = 0  # watch streams opened (re-opened after errors or watch_timeout)
+        self.endpoint: str | None = None  # the etcd member the watch runs on
         self.loaded = False
         # bookkeeping
         self._failures = 0
@@ -175,6 +181,7 @@ class EtcdSource(ConfigSource):
             if resp.created:
                 created = True
                 self._mark_connected()
+                self._note_endpoint(watch.endpoint)
                 if resp.revision < self.revision:
                     # etcd.md §4: a wiped/recreated etcd accepts a watch from a future revision
                     # and stays silent; its header revision is the tell.
@@ -223,6 +230,17 @@ class EtcdSource(ConfigSource):
             sink.apply(top, changes)
             self.revision = top
 
+    def _note_endpoint(self, endpoint: str | None) -> None:
+        """Say once when the watch moves to another member (that member's events are as good:
+        every member holds the same log; the move means the previous one failed us)."""
+        if endpoint is None or endpoint == self.endpoint:
+            return
+        if self.endpoint is None:
+            log.info("etcd: watching %s on %s", self.watched_prefix, endpoint)
+        else:
+            log.warning("etcd: the watch moved from %s to %s", self.endpoint, endpoint)
+        self.endpoint = endpoint
+
     async def _probe(self, watch: Watch, interval: float) -> None:
         """Returns when the client switched endpoints; raises EtcdUnavailable when etcd does not
         answer a tiny read in time. Either way the watch is torn down by the caller."""
@@ -266,9 +284,35 @@ class EtcdSource(ConfigSource):
                 self._rand,
             )
             self._failures += 1
+            await self._backoff(delay)
         else:
-            delay = self._resync_wait()
-        await asyncio.sleep(delay)
+            await asyncio.sleep(self._resync_wait())
+
+    async def _backoff(self, delay: float) -> None:
+        """Sleep ``delay`` s, or less: until a request through the client is answered (the
+        Admin API wrote through it, or the recovery probe got through)."""
+        tasks = {
+            asyncio.create_task(asyncio.sleep(delay)),
+            asyncio.create_task(self.client.wait_answer()),
+            asyncio.create_task(self._probe_until_answered()),
+        }
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _probe_until_answered(self) -> None:
+        while True:
+            await asyncio.sleep(self.recovery_probe_interval)
+            try:
+                await self.client.range(self.prefix, keys_only=True, timeout=self.probe_timeout)
+            except EtcdUnavailable:
+                continue
+            except EtcdError:
+                return  # it answered (e.g. a permission error on the probe key): alive
+            return
 
     def _resync_wait(self) -> float:
         # APISIX: resync_delay + rand() * 0.5 * resync_delay for errors that are not timeouts.
