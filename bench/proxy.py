@@ -402,7 +402,8 @@ def start_tollway(
     upstream_ports: list[int],
     plugins: str,
 ) -> subprocess.Popen[bytes]:
-    """``plugins``: "" (none), "rewrite" (PLUGINS) or "realistic" (REALISTIC)."""
+    """``plugins``: "" (none), "rewrite" (PLUGINS), "realistic" (REALISTIC), or a chain's
+    YAML as it goes under the route."""
     home = workdir / name
     (home / "conf").mkdir(parents=True)
     config = home / "conf" / "config.yaml"
@@ -413,7 +414,7 @@ def start_tollway(
         )
     )
     nodes = ", ".join(f'"127.0.0.1:{p}": 1' for p in upstream_ports)
-    chain = {"": "", "rewrite": PLUGINS, "realistic": REALISTIC}[plugins]
+    chain = {"": "", "rewrite": PLUGINS, "realistic": REALISTIC}.get(plugins, plugins)
     routes = TOLLWAY_ROUTES.format(nodes=nodes, plugins=chain)
     if plugins == "realistic":
         routes = REALISTIC_CONSUMERS + routes
@@ -445,8 +446,62 @@ def nodes_label(n: int) -> str:
     return f"{n} node{'' if n == 1 else 's'}"
 
 
+# limit-count alone, per policy (issue #11): the local shared table, Redis on every request,
+# Redis with sync_interval (counted in the instance, synced in the background).
+LIMIT_COUNT = """\
+    plugins:
+      limit-count: {{count: 100000000, time_window: 60, rejected_code: 429{extra}}}
+"""
+LIMIT_VARIANTS = (
+    ("lc_local", "limit-count policy local", ""),
+    (
+        "lc_redis",
+        "limit-count policy redis",
+        ", policy: redis, redis_host: 127.0.0.1, redis_port: {port}",
+    ),
+    (
+        "lc_redis_sync",
+        "limit-count policy redis, sync_interval 1",
+        ", policy: redis, redis_host: 127.0.0.1, redis_port: {port}, sync_interval: 1",
+    ),
+)
+
+
+def start_redis(procs: Processes, workdir: Path) -> int:
+    """A throwaway redis-server on the load CPU (no persistence)."""
+    exe = shutil.which("redis-server") or "/usr/bin/redis-server"
+    port = free_ports(1)[0]
+    argv = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    procs.start("redis", pinned(LOAD_CPU, *argv), workdir / "logs" / "redis.out")
+    deadline = time.monotonic() + 10
+    while True:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return port
+        if time.monotonic() > deadline:
+            raise BenchError(f"redis-server did not listen on {port}")
+        time.sleep(0.05)
+
+
+def start_limit_count(
+    procs: Processes, workdir: Path, nodes: list[int], n: int
+) -> list[tuple[str, str, int, int, None]]:
+    redis_port = start_redis(procs, workdir)
+    kinds = []
+    for key, label, extra in LIMIT_VARIANTS:
+        port, status_port = free_ports(2)
+        chain = LIMIT_COUNT.format(extra=extra.format(port=redis_port))
+        proc = start_tollway(procs, workdir, f"tollway_{key}_{n}n", port, status_port, nodes, chain)
+        kinds.append((key, f"Tollway + {label}", port, proc.pid, None))
+    return kinds
+
+
 def start_all(
-    procs: Processes, workdir: Path, with_plugins: bool, node_counts: list[int]
+    procs: Processes,
+    workdir: Path,
+    with_plugins: bool,
+    node_counts: list[int],
+    limit_count: bool = False,
 ) -> tuple[Target, ...]:
     """One upstream nginx (CPU 0) listening on max(node_counts) ports; per node count N, the
     proxies under test (CPU 1) balance over the first N of them."""
@@ -478,6 +533,8 @@ def start_all(
             trr = start_tollway(procs, workdir, name, tr, tr_status, nodes, plugins="realistic")
             label = "Tollway + key-auth + limit-count + prometheus"
             kinds.append(("realistic", label, tr, trr.pid, REALISTIC_HEADER))
+        if limit_count:
+            kinds += start_limit_count(procs, workdir, nodes, n)
         for key, label, port, pid, header in kinds:
             url = f"http://127.0.0.1:{port}{PATH}"
             targets.append(
@@ -891,6 +948,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gap", type=float, help="pause between runs in seconds (1; quick 0.5)")
     p.add_argument("--quick", action="store_true", help="a smoke run in well under a minute")
     p.add_argument("--no-plugins", action="store_true", help="skip the Tollway+plugins row")
+    p.add_argument(
+        "--limit-count",
+        action="store_true",
+        help="add limit-count rows: policy local, redis, redis with sync_interval (a redis-server)",
+    )
     p.add_argument("--profile", metavar="OUT", help="then py-spy a Tollway worker into OUT")
     p.add_argument("--json", metavar="OUT", help="write every run as JSON to OUT")
     p.add_argument("--keep", action="store_true", help="keep the work dir (configs, logs)")
@@ -927,11 +989,12 @@ def bench(procs: Processes, workdir: Path, args: argparse.Namespace) -> None:
     preflight()
     load_before = Path("/proc/loadavg").read_text().strip()
     n_targets = (2 if args.no_plugins else 4) * len(args.nodes)
+    n_targets += 3 * len(args.nodes) if args.limit_count else 0
     estimate = n_targets * (args.warmup + 1) + args.reps * len(args.conns) * n_targets * (
         args.duration + args.gap + 0.3
     )
     progress(f"work dir {workdir}; estimated {estimate:.0f} s")
-    targets = start_all(procs, workdir, not args.no_plugins, args.nodes)
+    targets = start_all(procs, workdir, not args.no_plugins, args.nodes, args.limit_count)
     runs = run_all(procs, targets, args)
     if args.json:
         Path(args.json).write_text(
