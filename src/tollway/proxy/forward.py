@@ -25,8 +25,8 @@ from tollway.proxy.http import (
     status_line,
     target_bytes,
 )
-from tollway.proxy.runtime import DEFAULT_TIMEOUTS, CompiledRoute, CompiledUpstream
-from tollway.proxy.upstream import UpstreamConnection
+from tollway.runtime.compiled import DEFAULT_TIMEOUTS, CompiledRoute, CompiledUpstream
+from tollway.upstream.pool import UpstreamConnection
 
 if TYPE_CHECKING:
     from tollway.plugins.kit import RequestContext

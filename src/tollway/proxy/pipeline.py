@@ -22,14 +22,10 @@ from tollway.plugins.kit import RequestContext
 from tollway.plugins.registry import Chain, ChainEntry
 from tollway.proxy.forward import Forwarding, UpstreamFailure
 from tollway.proxy.http import PLAIN_TEXT, ROUTE_NOT_FOUND, error_page, quote_path, status_line
-from tollway.proxy.runtime import (
-    CompiledRoute,
-    CompiledUpstream,
-    Runtime,
-)
 from tollway.proxy.state import ServerState
-from tollway.proxy.upstream import UpstreamConnection
 from tollway.router import normalize_path, servlet_path
+from tollway.runtime.compiled import CompiledRoute, CompiledUpstream, Runtime
+from tollway.upstream.pool import UpstreamConnection
 
 if TYPE_CHECKING:
     from tollway.proxy.server import HttpProtocol
@@ -349,7 +345,7 @@ class Exchange(Forwarding):
                 return None
         runtime = self.proto.state.compiler.runtime
         ctx.consumers = runtime.consumers
-        ctx.upstream_source = self.proto.state.compiler
+        ctx.upstream_source = runtime  # plugins choose upstreams of this runtime too
         if self.has_body:
             ctx.body_reader = self._plugin_body
         match = runtime.router.match(ctx)
@@ -406,7 +402,7 @@ class Exchange(Forwarding):
                 return
             # An auth plugin identified a consumer: its group's and its own plugins now apply,
             # and the ones it adds run their rewrite phase (APISIX rewrite_in_consumer).
-            merged = self.proto.state.compiler.consumer_chain(route, ctx.consumer)
+            merged = runtime.consumer_chain(route, ctx.consumer)
             if merged is not chain:
                 added = tuple(
                     e for e in merged.rewrite if e.plugin.type != "auth" and e not in chain.rewrite

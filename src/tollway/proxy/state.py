@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 
 from tollway.proxy.http import SERVER_HEADER
 from tollway.proxy.realip import RealIp
-from tollway.proxy.runtime import Compiler
-from tollway.proxy.upstream import Pool
+from tollway.runtime.compiler import Compiler
+from tollway.upstream.pool import Pool
 
 log = logging.getLogger("tollway.proxy")
 

@@ -7,8 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tollway.plugins.registry import load_registry
-from tollway.proxy.runtime import Compiler
 from tollway.proxy.state import ServerState
+from tollway.runtime.compiler import Compiler
 from tollway.settings import default_settings
 
 
