@@ -72,6 +72,13 @@ ERROR_PAGES: dict[int, bytes] = {
 }
 
 
+def default_page(status: int) -> bool:
+    """Whether a bodiless answer with this status gets the gateway's page. nginx's special
+    response (ngx_http_special_response_handler) writes one for the 3xx/4xx/5xx codes an exit
+    ends a request with; 1xx, 2xx and 304 (RFC 9110 15.4.5: no content) stay empty."""
+    return status >= 300 and status != 304
+
+
 def error_page(status: int) -> bytes:
     page = ERROR_PAGES.get(status)
     if page is None:

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 from tollway.balancer import PickContext, Server, hash_key_for
 from tollway.proxy.http import (
     HOP_BY_HOP,
-    IDEMPOTENT,
     PLAIN_CONNECTION,
     STATUS_LINES,
     connection_tokens,
@@ -25,6 +24,7 @@ from tollway.proxy.http import (
     status_line,
     target_bytes,
 )
+from tollway.proxy.retry import RETRY, Attempted, Budget, deadline_of, decide, may_resend, over
 from tollway.runtime.compiled import DEFAULT_TIMEOUTS, CompiledRoute, CompiledUpstream
 from tollway.upstream.pool import UpstreamConnection
 
@@ -47,6 +47,9 @@ class UpstreamFailure(Exception):
         self.status = status
         self.retryable = retryable
         self.sent = sent
+
+    def attempted(self) -> Attempted:
+        return Attempted(self.status, self.retryable, self.sent)
 
 
 class Forwarding:
@@ -110,9 +113,11 @@ class Forwarding:
         route: CompiledRoute,
         up: CompiledUpstream,
         first: tuple[Server, PickContext | None, UpstreamFailure | None] | None = None,
+        started: float = 0.0,
     ) -> None:
         """Attempts with retries. ``first``: a server the fast path already picked, and how its
-        attempt failed (None: not attempted yet)."""
+        attempt failed (None: not attempted yet); ``started``: when that attempt began (the
+        retry_timeout counts from the request's first attempt)."""
         ctx = self.ctx
         assert ctx is not None
         timeouts = route.timeouts or up.timeouts or DEFAULT_TIMEOUTS
@@ -129,14 +134,17 @@ class Forwarding:
                 return
         pick = first[1] if first is not None else self._pick_context(up)
         tries = 0
-        deadline = time.monotonic() + up.retry_timeout if up.retry_timeout else 0.0
-        idempotent = self.method in IDEMPOTENT
+        deadline = deadline_of(started or time.monotonic(), up.retry_timeout)
         statuses: list[str] = []
         while True:
             failure: UpstreamFailure | None = None
             if first is not None:
                 server, _, failure = first
                 first = None
+                if failure is None and started and over(deadline, time.monotonic()):
+                    # the fast path's kept-alive connection was closed: a fresh one is a retry
+                    self._give_up(UpstreamFailure(502, True, "retry timeout"), statuses, 502)
+                    return
             else:
                 picked = self._next_server(up, pick)
                 if picked is None:
@@ -151,7 +159,7 @@ class Forwarding:
                     # the answer's X-APISIX-Upstream-Status lists the failed tries first
                     self.upstream_statuses = statuses
                 try:
-                    await self.attempt(up, server, timeouts, body)
+                    await self.attempt(up, server, timeouts, body, deadline)
                 except UpstreamFailure as f:
                     failure = f
                 else:
@@ -159,25 +167,22 @@ class Forwarding:
                     return
             self._failed(up, server, pick, failure, statuses)
             # A single node is tried again (APISIX's balancer hands out the one node it has).
-            can_retry = (
-                failure.retryable
-                and not self.response_started
-                and tries < up.retries
-                and (body is not None or not self.has_body)
-                and (idempotent or not failure.sent or self.proto.state.retry_non_idempotent)
+            budget = Budget(
+                tries,
+                up.retries,
+                deadline,
+                self.method,
+                self.proto.state.retry_non_idempotent,
+                body is not None or not self.has_body,
             )
-            if not can_retry:
-                self._give_up(failure, statuses)
-                return
-            if deadline and time.monotonic() > deadline:
-                # APISIX: "proxy retry timeout" ends the request with 502, whatever the tries
-                # answered.
-                self._give_up(failure, statuses, status=502)
+            verdict = decide(failure.attempted(), budget, time.monotonic(), self.response_started)
+            if verdict != RETRY:
+                self._give_up(failure, statuses, verdict)
                 return
             tries += 1  # after_balance(failed=True) marked the server as tried
 
     def _may_resend(self) -> bool:
-        return self.method in IDEMPOTENT or self.proto.state.retry_non_idempotent
+        return may_resend(True, self.method, self.proto.state.retry_non_idempotent)
 
     def _pick_context(self, up: CompiledUpstream) -> PickContext | None:
         if up.single is not None:
@@ -298,7 +303,7 @@ class Forwarding:
     def _fast_failed(self, failure: UpstreamFailure) -> None:
         fast, self._fast = self._fast, None
         assert fast is not None and self.upstream is not None
-        server, pick, _ = fast
+        server, pick, started = fast
         self.reading = False
         conn, self.conn = self.conn, None
         stale = conn is not None and conn.bytes_received == 0 and not self.response_started
@@ -313,9 +318,9 @@ class Forwarding:
             return
         if stale and failure.status == 502 and self._may_resend():
             # A kept-alive connection the upstream had closed: the same server, on a new one.
-            self._spawn(self.proxy(route, up, (server, pick, None)))
+            self._spawn(self.proxy(route, up, (server, pick, None), started))
         else:
-            self._spawn(self.proxy(route, up, (server, pick, failure)))
+            self._spawn(self.proxy(route, up, (server, pick, failure), started))
 
     def _request_head(
         self, up: CompiledUpstream, host: str, port: int, body: bytes | None
@@ -445,7 +450,12 @@ class Forwarding:
         return b"".join(out)
 
     async def attempt(
-        self, up: CompiledUpstream, server: Any, timeouts: Any, body: bytes | None
+        self,
+        up: CompiledUpstream,
+        server: Any,
+        timeouts: Any,
+        body: bytes | None,
+        deadline: float = 0.0,
     ) -> None:
         state = self.proto.state
         host, port = server.host, server.port
@@ -480,7 +490,7 @@ class Forwarding:
                 # A kept-alive connection the upstream had closed: retry once on a fresh one,
                 # unless the request is not idempotent (its bytes were written).
                 conn = None
-                if not reused or not self._may_resend():
+                if not reused or not self._may_resend() or over(deadline, time.monotonic()):
                     raise UpstreamFailure(502, True, "upstream closed the connection") from None
                 reused = False
         raise UpstreamFailure(502, True, "upstream closed the connection")

@@ -18,10 +18,17 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from tollway.balancer import PickContext, Server
+from tollway.httprules.status import (
+    PLAIN_TEXT,
+    ROUTE_NOT_FOUND,
+    default_page,
+    error_page,
+    status_line,
+)
+from tollway.httprules.target import quote_path
 from tollway.plugins.kit import RequestContext
 from tollway.plugins.registry import Chain, ChainEntry
 from tollway.proxy.forward import Forwarding, UpstreamFailure
-from tollway.proxy.http import PLAIN_TEXT, ROUTE_NOT_FOUND, error_page, quote_path, status_line
 from tollway.proxy.state import ServerState
 from tollway.router import normalize_path, servlet_path
 from tollway.runtime.compiled import CompiledRoute, CompiledUpstream, Runtime
@@ -37,6 +44,10 @@ log = logging.getLogger("tollway.proxy")
 _json = msgspec.json.Encoder()
 _NO_STEPS: Iterator[tuple[ChainEntry, ...]] = iter(())
 _NO_TOKENS: frozenset[bytes] = frozenset()
+
+
+def _names(headers: dict[str, Any] | None, lname: str) -> bool:
+    return headers is not None and any(k.lower() == lname for k in headers)
 
 
 class Exchange(Forwarding):
@@ -580,6 +591,10 @@ class Exchange(Forwarding):
             headers.append((b"Content-Type", PLAIN_TEXT))
         elif body is None:
             data = b""
+            if default_page(status) and not _names(extra, "content-type"):
+                # APISIX exits with ngx.exit(status): nginx answers with its own page for it
+                data = error_page(status)
+                headers.append((b"Content-Type", b"text/html"))
         else:
             data = body.encode() if isinstance(body, str) else bytes(body)
         for k, v in (extra or {}).items():
