@@ -15,8 +15,14 @@ from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from tollway.balancer import PickContext, Server, hash_key_for
+from tollway.httprules.upstream_head import (
+    SKIP_UPSTREAM,
+    client_fields,
+    forwarding_fields,
+    framing_fields,
+    host_field,
+)
 from tollway.proxy.http import (
-    HOP_BY_HOP,
     PLAIN_CONNECTION,
     STATUS_LINES,
     connection_tokens,
@@ -352,16 +358,9 @@ class Forwarding:
                 and cached[2] == ctx.host
             ):
                 return method.encode("latin-1") + b" " + target + cached[3]
-        # Host: proxy-rewrite's host > pass_host (APISIX upstream.lua).
-        if ctx.up_host is not None:
-            host_hdr = ctx.up_host.encode("latin-1")
-        elif up.pass_host == "node":
-            default = 443 if up.scheme in ("https", "grpcs") else 80
-            host_hdr = (host if port == default else f"{host}:{port}").encode("latin-1")
-        elif up.pass_host == "rewrite" and up.upstream_host:
-            host_hdr = up.upstream_host.encode("latin-1")
-        else:
-            host_hdr = self.host_raw or host.encode("latin-1")
+        host_hdr = host_field(
+            ctx.up_host, up.pass_host, up.upstream_host, up.scheme, host, port, self.host_raw
+        )
         rest = b" HTTP/1.1\r\nHost: " + host_hdr + b"\r\n" + self._header_block(ctx, method, body)
         if plain:
             proto.head_cache = (self.raw_headers, self.host_raw, ctx.host, rest)
@@ -369,84 +368,25 @@ class Forwarding:
 
     def _header_block(self, ctx: RequestContext, method: str, body: bytes | None) -> bytes:
         """The request headers after the Host line, through the blank line."""
-        # One flat list joined once: a few allocations per request instead of one per piece.
-        out: list[bytes] = []
-        xff: bytes | None = None
-        skip = _SKIP_UP
         tokens = self.connection_tokens
-        if tokens:
-            skip = skip | tokens
+        skip = SKIP_UPSTREAM | tokens if tokens else SKIP_UPSTREAM
         ops = ctx.up_header_ops
-        # Headers a plugin set, added or removed (lowercase -> the plugin's spelling): their
-        # final values are in ctx.headers.
-        edited = (
-            {op[0].lower().encode("latin-1"): op[0].encode("latin-1") for op in ops}
-            if ops is not None
-            else None
-        )
-        # X-Forwarded-Proto/-Host/-Port: what a trusted proxy in front said (APISIX passes
-        # them on; Tollway only from peers in real_ip_from, loopback by default), what a plugin
-        # set (proxy-rewrite), else this hop's own.
-        fwd: dict[bytes, bytes] | None = None
-        trusted = self.proto.trust_real_ip
-        for k, v in self.raw_headers:  # the client's headers as sent, unless edited
-            lk = k.lower()
-            if lk in skip:
-                if edited and lk in edited:
-                    continue
-                if lk == b"x-forwarded-for":
-                    xff = v
-                elif trusted and lk in _FORWARDED:
-                    if fwd is None:
-                        fwd = {}
-                    fwd[lk] = v
-                continue
-            if edited and lk in edited:
-                continue
-            out += (k, b": ", v, b"\r\n")
-        if edited:
-            headers = ctx.headers
-            for lk, spelled in edited.items():
-                value = headers.get(lk.decode("latin-1"))
-                if value is None:
-                    continue  # removed
-                if lk in skip:
-                    if lk == b"x-forwarded-for":
-                        xff = field_bytes(value)
-                    elif lk in _FORWARDED:
-                        if fwd is None:
-                            fwd = {}
-                        fwd[lk] = field_bytes(value)
-                    continue
-                out += (spelled, b": ", field_bytes(value), b"\r\n")
-        remote = ctx.remote_addr.encode()
-        if fwd is None:
-            out.append(
-                b"X-Real-IP: %s\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Port: %d\r\n"
-                % (remote, ctx.scheme.encode(), ctx.server_port)
+        edits = _edits(ops, ctx.headers) if ops is not None else None
+        out, xff, fwd = client_fields(self.raw_headers, skip, edits, self.proto.trust_real_ip)
+        host = ctx.host.encode("latin-1")
+        out.append(
+            forwarding_fields(
+                ctx.remote_addr.encode(), xff, fwd, ctx.scheme.encode(), ctx.server_port, host
             )
-            out += (b"X-Forwarded-For: ", xff + b", " + remote if xff else remote, b"\r\n")
-            out += (b"X-Forwarded-Host: ", ctx.host.encode("latin-1"), b"\r\n")
-        else:
-            get = fwd.get
-            proto = get(b"x-forwarded-proto") or ctx.scheme.encode()
-            port = get(b"x-forwarded-port") or b"%d" % ctx.server_port
-            fhost = get(b"x-forwarded-host") or ctx.host.encode("latin-1")
-            out += (b"X-Real-IP: ", remote, b"\r\nX-Forwarded-Proto: ", proto)
-            out += (b"\r\nX-Forwarded-Port: ", port, b"\r\n")
-            out += (b"X-Forwarded-For: ", xff + b", " + remote if xff else remote, b"\r\n")
-            out += (b"X-Forwarded-Host: ", fhost, b"\r\n")
-        if self.websocket:
-            out.append(b"Connection: Upgrade\r\nUpgrade: " + self.upgrade + b"\r\n")
-        elif body is not None:
-            if body or self.has_body or method in ("POST", "PUT", "PATCH"):
-                out.append(b"Content-Length: %d\r\n" % len(body))
-        elif self.has_body:
-            if self.body_chunked:
-                out.append(b"Transfer-Encoding: chunked\r\n")
-            else:
-                out.append(b"Content-Length: %d\r\n" % self.content_length)
+        )
+        upgrade = self.upgrade if self.websocket else None
+        out.append(
+            framing_fields(
+                method, upgrade, body, self.has_body, self.body_chunked, self.content_length
+            )
+        )
         out.append(b"\r\n")
+        # One flat list joined once: a few allocations per request instead of one per piece.
         return b"".join(out)
 
     async def attempt(
@@ -776,14 +716,18 @@ class Forwarding:
             d.set_result(None)
 
 
-# Client headers never copied upstream as they are: hop-by-hop ones, Host (pass_host decides),
-_FORWARDED = frozenset({b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port"})
-# Content-Length (re-framed) and the X-Forwarded-* / X-Real-IP set by the gateway.
-_SKIP_UP = (
-    HOP_BY_HOP
-    | {b"host", b"content-length", b"x-forwarded-for"}
-    | {b"x-real-ip", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port"}
-)
+def _edits(ops: Any, headers: Any) -> dict[bytes, tuple[bytes, bytes | None]]:
+    """Headers a plugin set, added or removed: lowercase name -> (its spelling, the final value
+    as it goes on the wire, None when removed)."""
+    edits: dict[bytes, tuple[bytes, bytes | None]] = {}
+    for op in ops:
+        name = op[0]
+        value = headers.get(name.lower())
+        edits[name.lower().encode("latin-1")] = (
+            name.encode("latin-1"),
+            field_bytes(value) if value is not None else None,
+        )
+    return edits
 
 
 def _flat(pairs: list[tuple[bytes, bytes]]) -> list[bytes]:

@@ -25,12 +25,11 @@ from tollway.httprules.status import (
     error_page,
     status_line,
 )
-from tollway.httprules.target import quote_path
+from tollway.httprules.target import host_name, origin_form, routed_path
 from tollway.plugins.kit import RequestContext
 from tollway.plugins.registry import Chain, ChainEntry
 from tollway.proxy.forward import Forwarding, UpstreamFailure
 from tollway.proxy.state import ServerState
-from tollway.router import normalize_path, servlet_path
 from tollway.runtime.compiled import CompiledRoute, CompiledUpstream, Runtime
 from tollway.upstream.pool import UpstreamConnection
 
@@ -487,58 +486,44 @@ class Exchange(Forwarding):
 
     def _make_context(self) -> RequestContext | None:
         url = self.url
-        if not url.startswith(b"/"):
-            if url == b"*" and self.method == "OPTIONS":
-                url = b"/"
-            else:
-                try:
-                    parsed = __import__("httptools").parse_url(url)
-                except Exception:
-                    return None
-                url = (parsed.path or b"/") + (b"?" + parsed.query if parsed.query else b"")
-                if parsed.host:  # nginx's $host: the request line's host wins over Host
-                    self.host_raw = parsed.host + (
-                        b":%d" % parsed.port if parsed.port is not None else b""
-                    )
-            self.target = url
+        if not url.startswith(b"/"):  # absolute-form or asterisk-form
+            origin = origin_form(url, self.method)
+            if origin is None:
+                return None
+            url = self.target = origin[0]
+            if origin[1] is not None:
+                self.host_raw = origin[1]
         raw = url.decode("latin-1")
         raw_path, _, query = raw.partition("?")
-        if "%" in raw_path or "/." in raw_path or "//" in raw_path:
-            path = normalize_path(raw_path)
-            if path is None:
+        p = self.proto
+        compiler = p.state.compiler
+        if (
+            "%" in raw_path
+            or "/." in raw_path
+            or "//" in raw_path
+            or (compiler.servlet_uri and (";" in raw_path or "\\" in raw_path))
+            or (compiler.tail_slash and raw_path[-1] == "/" and len(raw_path) > 1)
+        ):
+            routed = routed_path(
+                raw_path, query, servlet=compiler.servlet_uri, tail_slash=compiler.tail_slash
+            )
+            if routed is None:
                 return None
-            if path != raw_path:
+            path = routed[0]
+            if routed[1] is not None:
                 # The upstream gets the path the router and plugins saw (no ../ bypass).
-                self.target = (quote_path(path) + ("?" + query if query else "")).encode()
+                self.target = routed[1]
         else:
             path = raw_path
-        p = self.proto
-        if (";" in path or "\\" in path) and p.state.compiler.servlet_uri:
-            # apisix.normalize_uri_like_servlet: routes and plugins see the path without its
-            # ;parameters, the upstream gets them (as APISIX forwards the original uri).
-            servlet = servlet_path(path)
-            if servlet is None:
-                return None
-            path = servlet
-        if path[-1] == "/" and len(path) > 1 and p.state.compiler.tail_slash:
-            # apisix.delete_uri_tail_slash: the uri routes, plugins and the upstream see
-            path = path[:-1]
-            self.target = (quote_path(path) + ("?" + query if query else "")).encode()
         # Keep-alive clients send the same Host again and again: parse it once per connection.
         cached = p.host_cache
         if cached is not None and cached[0] == self.host_raw:
             host = cached[1]
         else:
-            host = self.host_raw.decode("latin-1").lower()
-            if host.startswith("["):
-                host = host[: host.find("]") + 1]
-            else:
-                host = host.partition(":")[0]
-                # nginx ngx_http_validate_host: one trailing dot goes, ".." or "/" is a 400
-                if host.endswith("."):
-                    host = host[:-1]
-                if ".." in host or "/" in host or "\\" in host:
-                    return None
+            found = host_name(self.host_raw)
+            if found is None:
+                return None
+            host = found
             p.host_cache = (self.host_raw, host)
         return RequestContext(
             self.method,
