@@ -22,6 +22,7 @@ from tollway.httprules.upstream_head import (
     framing_fields,
     host_field,
 )
+from tollway.proxy.contracts import ClientConnection
 from tollway.proxy.http import (
     PLAIN_CONNECTION,
     STATUS_LINES,
@@ -37,7 +38,6 @@ from tollway.upstream.pool import UpstreamConnection
 if TYPE_CHECKING:
     from tollway.plugins.kit import RequestContext
     from tollway.plugins.registry import Chain
-    from tollway.proxy.server import HttpProtocol
 
 log = logging.getLogger("tollway.proxy")
 
@@ -63,7 +63,7 @@ class Forwarding:
         __slots__ = ()
 
     if TYPE_CHECKING:  # owned by Exchange
-        proto: HttpProtocol
+        proto: ClientConnection
         ctx: RequestContext | None
         chain: Chain | None
         method: str
@@ -749,7 +749,7 @@ class _StaleConnection(Exception):
 class _Tunnel:
     """ResponseSink for an upgraded (WebSocket) connection: bytes to the client as they come."""
 
-    def __init__(self, proto: HttpProtocol, ex: Forwarding) -> None:
+    def __init__(self, proto: ClientConnection, ex: Forwarding) -> None:
         self.proto = proto
         self.ex = ex
 

@@ -13,7 +13,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Coroutine, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
@@ -28,13 +28,11 @@ from tollway.httprules.status import (
 from tollway.httprules.target import host_name, origin_form, routed_path
 from tollway.plugins.kit import RequestContext
 from tollway.plugins.registry import Chain, ChainEntry
+from tollway.proxy.contracts import ClientConnection
 from tollway.proxy.forward import Forwarding, UpstreamFailure
 from tollway.proxy.state import ServerState
 from tollway.runtime.compiled import CompiledRoute, CompiledUpstream, Runtime
 from tollway.upstream.pool import UpstreamConnection
-
-if TYPE_CHECKING:
-    from tollway.proxy.server import HttpProtocol
 
 __all__ = ["Exchange", "ServerState", "UpstreamFailure"]
 
@@ -100,7 +98,7 @@ class Exchange(Forwarding):
 
     def __init__(
         self,
-        proto: HttpProtocol,
+        proto: ClientConnection,
         method: str,
         url: bytes,
         headers: list[tuple[bytes, bytes]],

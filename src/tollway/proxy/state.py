@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from email.utils import formatdate
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tollway.proxy.http import SERVER_HEADER
 from tollway.proxy.realip import RealIp
@@ -17,8 +17,33 @@ log = logging.getLogger("tollway.proxy")
 
 if TYPE_CHECKING:
     from tollway.proxy.accesslog import AccessLog
-    from tollway.proxy.pipeline import Exchange
-    from tollway.proxy.server import HttpProtocol
+
+
+class SweptConnection(Protocol):
+    """What the sweep and the graceful stop use of a client connection."""
+
+    deadline: float  # header/keep-alive timeout (0: none)
+    write_paused: bool
+    write_paused_at: float
+    active: Any  # the exchange being answered, if any
+
+    def reading_head(self) -> bool: ...
+    def on_deadline(self) -> None: ...
+    def on_send_timeout(self) -> None: ...
+    def close_if_idle(self, min_idle: float = 0.0) -> bool: ...
+    def close(self) -> None: ...
+
+
+class SweptExchange(Protocol):
+    """What the sweep uses of an exchange: its upstream read and client body timeouts."""
+
+    reading: bool
+    last_activity: float
+    read_timeout: float
+    body_wait_since: float
+
+    def on_read_timeout(self) -> None: ...
+    def fail_body(self, status: int) -> None: ...
 
 
 class ServerState:
@@ -57,8 +82,8 @@ class ServerState:
         self.real_ip = real_ip
         self._date_second = 0
         self._date_line = b""
-        self.connections: set[HttpProtocol] = set()
-        self.exchanges: set[Exchange] = set()
+        self.connections: set[SweptConnection] = set()
+        self.exchanges: set[SweptExchange] = set()
         self.shutting_down = False
         self.requests = 0
         self.accepted = 0  # connections since start
