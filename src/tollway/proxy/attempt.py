@@ -1,9 +1,10 @@
-"""The upstream half of an exchange: attempts and retries, the callback-driven fast path,
-the request sent upstream, and the response streamed back to the client.
+"""Upstream attempts: pick, connect or reuse, send the request, and retry as the retry decision
+(``proxy.retry``) says.
 
-``Forwarding`` is a mixin of ``pipeline.Exchange`` (which owns every attribute): the seam is the
-upstream connection. Retries follow APISIX/nginx (connection errors and timeouts before a
-response only) and never re-send a non-idempotent request once bytes reached the upstream.
+Two ways to run an attempt: the fast path (a pooled connection, driven by the connection's
+callbacks, no task: most requests) and the coroutine path (``proxy``: a new connection, a body
+to send, a retry). Both build the same request head (``_request_head``, from the pure rules of
+``httprules.upstream_head``) and report to the balancer and passive health checks the same way.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from tollway.balancer import PickContext, Server, hash_key_for
@@ -22,13 +22,9 @@ from tollway.httprules.upstream_head import (
     framing_fields,
     host_field,
 )
-from tollway.proxy.contracts import ClientConnection
+from tollway.proxy.base import ExchangeBase
 from tollway.proxy.http import (
-    PLAIN_CONNECTION,
-    STATUS_LINES,
-    connection_tokens,
     field_bytes,
-    status_line,
     target_bytes,
 )
 from tollway.proxy.retry import RETRY, Attempted, Budget, deadline_of, decide, may_resend, over
@@ -37,7 +33,6 @@ from tollway.upstream.pool import UpstreamConnection
 
 if TYPE_CHECKING:
     from tollway.plugins.kit import RequestContext
-    from tollway.plugins.registry import Chain
 
 log = logging.getLogger("tollway.proxy")
 
@@ -58,59 +53,8 @@ class UpstreamFailure(Exception):
         return Attempted(self.status, self.retryable, self.sent)
 
 
-class Forwarding:
-    if not TYPE_CHECKING:  # Exchange declares the slots; type checkers see the names below
-        __slots__ = ()
-
-    if TYPE_CHECKING:  # owned by Exchange
-        proto: ClientConnection
-        ctx: RequestContext | None
-        chain: Chain | None
-        method: str
-        http_version: str
-        raw_headers: list[tuple[bytes, bytes]]
-        host_raw: bytes
-        target: bytes
-        connection_tokens: frozenset[bytes]
-        keep_alive: bool
-        has_body: bool
-        body_chunked: bool
-        body_complete: bool
-        body_bytes: int
-        content_length: int
-        reject_status: int
-        upgrade: bytes
-        websocket: bool
-        status: int
-        response_started: bool
-        resp_chunked: bool
-        resp_no_body: bool
-        resp_bytes: int
-        buffered_resp: list[bytes] | None
-        client_closed: bool
-        conn: UpstreamConnection | None
-        upstream: CompiledUpstream | None
-        upstream_statuses: list[str] | None
-        reading: bool
-        last_activity: float
-        read_timeout: float
-        _send_timeout: float
-        _done: asyncio.Future[None] | None
-        _fast: tuple[Server, PickContext | None, float] | None
-        _out: list[bytes]
-
-        @property
-        def route(self) -> CompiledRoute | None: ...
-        def write(self, data: bytes) -> None: ...
-        def respond_error(self, status: int) -> None: ...
-        def _spawn(self, coro: Coroutine[Any, Any, None]) -> None: ...
-        def _finish(self) -> None: ...
-        async def read_body(self, limit: int) -> bytes | None: ...
-        async def next_body_chunk(self) -> bytes | None: ...
-        def _header_filter(self, chain: Chain, ctx: RequestContext) -> None: ...
-        def _body_filter(
-            self, chain: Chain, ctx: RequestContext, data: bytes, eof: bool
-        ) -> bytes: ...
+class Forwarding(ExchangeBase):
+    __slots__ = ()
 
     # -- proxying -----------------------------------------------------------------------
 
@@ -528,193 +472,6 @@ class Forwarding:
         if d is not None and not d.done():
             d.set_exception(_ReadTimeout())
 
-    # -- upstream response callbacks (ResponseSink) ------------------------------------
-
-    def on_upstream_headers(self, status: int, conn: UpstreamConnection) -> None:
-        if self.client_closed:
-            return
-        ctx = self.ctx
-        assert ctx is not None
-        self.status = status
-        ctx.resp_status = status
-        lines = conn.lines
-        content_length = conn.content_length
-        connection = conn.connection
-        if connection is not None and connection.lower() not in PLAIN_CONNECTION:
-            # Headers named in Connection are hop-by-hop too (RFC 9110 7.6.1).
-            tokens = connection_tokens([(b"connection", connection)])
-            if tokens:
-                lines = _flat([(k, v) for k, v in conn.header_pairs() if k.lower() not in tokens])
-        if status == 101 and self.websocket:
-            self._start_tunnel(conn, lines)
-            return
-        chain = self.chain
-        if chain is not None and chain.header_filter:
-            resp = [
-                (lines[i].decode("latin-1"), lines[i + 2].decode("latin-1"))
-                for i in range(0, len(lines), 4)
-            ]
-            if content_length is not None:
-                resp.append(("Content-Length", content_length.decode("latin-1")))
-            ctx.resp_headers = resp
-            self._header_filter(chain, ctx)
-            status = self.status = ctx.resp_status
-            lines = []
-            content_length = None
-            for name, value in ctx.resp_headers or ():
-                if len(name) == 14 and name.lower() == "content-length":
-                    content_length = field_bytes(value)
-                else:
-                    lines += (field_bytes(name), b": ", field_bytes(value), b"\r\n")
-            if chain.buffers_body:
-                self.buffered_resp = []
-        if ctx.upstream_status is None:
-            ctx.upstream_status = str(status)
-        state = self.proto.state
-        out = [STATUS_LINES.get(status) or status_line(status), state.server_header]
-        out += lines
-        if status >= 500 or state.show_upstream_status:
-            tried = self.upstream_statuses
-            if tried:  # nginx's $upstream_status: every try, in order
-                out.append(
-                    b"X-APISIX-Upstream-Status: %s, %d\r\n" % (", ".join(tried).encode(), status)
-                )
-            else:
-                out.append(b"X-APISIX-Upstream-Status: %d\r\n" % status)
-        no_body = self.method == "HEAD" or status in (204, 304) or 100 <= status < 200
-        self.resp_no_body = no_body
-        if self.buffered_resp is not None:
-            pass  # framed when the whole body is known
-        elif content_length is not None:
-            out.append(b"Content-Length: " + content_length + b"\r\n")
-        elif not no_body:
-            if self.http_version == "1.1":
-                self.resp_chunked = True
-                out.append(b"Transfer-Encoding: chunked\r\n")
-            else:
-                self.keep_alive = False  # close-delimited for HTTP/1.0 clients
-        if not self.keep_alive or (not self.body_complete and not self.has_body):
-            out.append(b"Connection: close\r\n")
-            self.keep_alive = False
-        elif self.http_version == "1.0":
-            out.append(b"Connection: keep-alive\r\n")
-        self.response_started = True
-        if self.buffered_resp is not None:
-            self.buffered_resp.append(b"".join(out))
-            return
-        out.append(b"\r\n")
-        # Buffered: the head usually leaves in one write with the first body bytes (flush()),
-        # its pieces joined once with them.
-        if self._out:
-            self._out += out
-        else:
-            self._out = out
-
-    def on_upstream_body(self, data: bytes) -> None:
-        if self.client_closed:
-            return
-        if self.buffered_resp is not None:
-            self.buffered_resp.append(data)
-            return
-        chain = self.chain
-        if chain is not None and chain.body_filter and self.ctx is not None:
-            data = self._body_filter(chain, self.ctx, data, False)
-            if not data:
-                return
-        self.resp_bytes += len(data)
-        if self.resp_chunked:
-            self._out.append(b"%x\r\n" % len(data))
-            self._out.append(data)
-            self._out.append(b"\r\n")
-        else:
-            self._out.append(data)
-
-    def flush(self) -> None:
-        """Called after each upstream read: one client write for what that read produced. Any
-        read is activity for the read timeout."""
-        self.last_activity = self.proto.state.loop.time()
-        out = self._out
-        if not out:
-            return
-        self.write(out[0] if len(out) == 1 else b"".join(out))
-        out.clear()
-        if self.proto.write_paused and self.conn is not None:
-            self.conn.pause_reading()
-
-    def on_upstream_complete(self) -> None:
-        chain = self.chain
-        if self.client_closed:
-            pass
-        elif (
-            not self.resp_chunked
-            and self.buffered_resp is None
-            and not (chain and chain.body_filter)
-        ):
-            out = self._out  # the common case: what the last read produced, in one write
-            if out:
-                t = self.proto.transport
-                if t is not None:
-                    self.proto.state.send(t, out[0] if len(out) == 1 else b"".join(out))
-                out.clear()
-        else:
-            ctx = self.ctx
-            if self.buffered_resp is not None and ctx is not None and chain is not None:
-                head, *parts = self.buffered_resp
-                body = self._body_filter(chain, ctx, b"".join(parts), True)
-                self.resp_bytes = len(body)
-                length = b"" if self.resp_no_body else b"Content-Length: %d\r\n" % len(body)
-                self._out.append(head + length + b"\r\n" + (b"" if self.resp_no_body else body))
-            else:
-                if chain is not None and chain.body_filter and ctx is not None:
-                    tail = self._body_filter(chain, ctx, b"", True)
-                    if tail:
-                        self.resp_bytes += len(tail)
-                        self._out.append(
-                            b"%x\r\n" % len(tail) + tail + b"\r\n" if self.resp_chunked else tail
-                        )
-                if self.resp_chunked:
-                    self._out.append(b"0\r\n\r\n")
-            out = self._out
-            if out:
-                self.write(out[0] if len(out) == 1 else b"".join(out))
-                out.clear()
-        if self._fast is not None:
-            self._fast_done()
-            return
-        d = self._done
-        if d is not None and not d.done():
-            d.set_result(None)
-
-    def on_upstream_error(self, exc: BaseException | None) -> None:
-        self.flush()
-        if self._fast is not None:
-            self._fast_failed(UpstreamFailure(502, not self.response_started, f"upstream: {exc}"))
-            return
-        d = self._done
-        if d is not None and not d.done():
-            err = exc if isinstance(exc, OSError) else ConnectionResetError(str(exc))
-            d.set_exception(err)
-
-    def _start_tunnel(self, conn: UpstreamConnection, lines: list[bytes]) -> None:
-        out = [status_line(101), self.proto.state.server_header, *lines]
-        out.append(b"Connection: Upgrade\r\nUpgrade: " + self.upgrade + b"\r\n\r\n")
-        self.write(b"".join(out))
-        self.response_started = True
-        self.keep_alive = False
-        # The read timer stays armed: an idle tunnel (no bytes either way) is closed after the
-        # route's read timeout, as nginx's proxy_read_timeout does for WebSocket.
-        conn.upgraded = True
-        conn.sink = _Tunnel(self.proto, self)
-        self.proto.start_tunnel(conn)
-
-    def touch(self) -> None:
-        self.last_activity = self.proto.state.loop.time()
-
-    def tunnel_closed(self) -> None:
-        d = self._done
-        if d is not None and not d.done():
-            d.set_result(None)
-
 
 def _edits(ops: Any, headers: Any) -> dict[bytes, tuple[bytes, bytes | None]]:
     """Headers a plugin set, added or removed: lowercase name -> (its spelling, the final value
@@ -730,45 +487,9 @@ def _edits(ops: Any, headers: Any) -> dict[bytes, tuple[bytes, bytes | None]]:
     return edits
 
 
-def _flat(pairs: list[tuple[bytes, bytes]]) -> list[bytes]:
-    """Header pairs as the flat ``name, b": ", value, b"\\r\\n"`` pieces of a head."""
-    out: list[bytes] = []
-    for k, v in pairs:
-        out += (k, b": ", v, b"\r\n")
-    return out
-
-
 class _ReadTimeout(Exception):
     pass
 
 
 class _StaleConnection(Exception):
     pass
-
-
-class _Tunnel:
-    """ResponseSink for an upgraded (WebSocket) connection: bytes to the client as they come."""
-
-    def __init__(self, proto: ClientConnection, ex: Forwarding) -> None:
-        self.proto = proto
-        self.ex = ex
-
-    def on_upstream_headers(self, status: int, conn: UpstreamConnection) -> None:
-        return None
-
-    def flush(self) -> None:
-        return None
-
-    def on_upstream_body(self, data: bytes) -> None:
-        self.ex.touch()
-        t = self.proto.transport
-        if t is not None and not t.is_closing():
-            t.write(data)
-
-    def on_upstream_complete(self) -> None:
-        self.proto.tunnel = None
-        self.proto.close()
-        self.ex.tunnel_closed()
-
-    def on_upstream_error(self, exc: BaseException | None) -> None:
-        self.on_upstream_complete()
