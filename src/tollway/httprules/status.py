@@ -79,6 +79,19 @@ def default_page(status: int) -> bool:
     return status >= 300 and status != 304
 
 
+def closing_error(status: int, fields: bytes) -> bytes:
+    """The whole answer to a request the gateway cannot read on (a bad head, a timeout): its
+    page, then the connection closes (RFC 9112 9.6: ``Connection: close``). ``fields``: the
+    Server and Date lines."""
+    body = error_page(status)
+    return b"%s%sContent-Type: text/html\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (
+        status_line(status),
+        fields,
+        len(body),
+        body,
+    )
+
+
 def error_page(status: int) -> bytes:
     page = ERROR_PAGES.get(status)
     if page is None:

@@ -3,7 +3,7 @@
 
 Two ways to run an attempt: the fast path (a pooled connection, driven by the connection's
 callbacks, no task: most requests) and the coroutine path (``proxy``: a new connection, a body
-to send, a retry). Both build the same request head (``_request_head``, from the pure rules of
+to send, a retry). Both build the same request head (``request_head``, from the pure rules of
 ``httprules.upstream_head``) and report to the balancer and passive health checks the same way.
 """
 
@@ -15,24 +15,14 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from tollway.balancer import PickContext, Server, hash_key_for
-from tollway.httprules.upstream_head import (
-    SKIP_UPSTREAM,
-    client_fields,
-    forwarding_fields,
-    framing_fields,
-    host_field,
-)
 from tollway.proxy.base import ExchangeBase
-from tollway.proxy.http import (
-    field_bytes,
-    target_bytes,
-)
+from tollway.proxy.request_head import request_head
 from tollway.proxy.retry import RETRY, Attempted, Budget, deadline_of, decide, may_resend, over
-from tollway.runtime.compiled import DEFAULT_TIMEOUTS, CompiledRoute, CompiledUpstream
+from tollway.runtime.compiled import DEFAULT_TIMEOUTS, CompiledRoute, CompiledUpstream, Timeouts
 from tollway.upstream.pool import UpstreamConnection
 
 if TYPE_CHECKING:
-    from tollway.plugins.kit import RequestContext
+    pass
 
 log = logging.getLogger("tollway.proxy")
 
@@ -73,11 +63,9 @@ class Forwarding(ExchangeBase):
         timeouts = route.timeouts or up.timeouts or DEFAULT_TIMEOUTS
         self.read_timeout = timeouts.read
         self._send_timeout = timeouts.send
-        # Small bodies are read whole so that a retry can resend them; larger ones stream.
         body: bytes | None = None
         if self.has_body and not self.websocket:
-            if self.body_chunked or self.content_length <= REPLAY_LIMIT:
-                body = await self.read_body(REPLAY_LIMIT)
+            body = await self._replayable_body()
             if self.reject_status:
                 self.keep_alive = False
                 self.respond_error(self.reject_status)
@@ -103,33 +91,64 @@ class Forwarding(ExchangeBase):
                     return
                 server = picked
             if failure is None:
-                ctx.upstream_addr = f"{server.host}:{server.port}"
-                started = time.monotonic()
-                if statuses:
-                    # the answer's X-APISIX-Upstream-Status lists the failed tries first
-                    self.upstream_statuses = statuses
-                try:
-                    await self.attempt(up, server, timeouts, body, deadline)
-                except UpstreamFailure as f:
-                    failure = f
-                else:
-                    self._succeeded(up, server, pick, started, statuses)
+                failure = await self._try(up, server, pick, (timeouts, body, deadline), statuses)
+                if failure is None:
                     return
             self._failed(up, server, pick, failure, statuses)
             # A single node is tried again (APISIX's balancer hands out the one node it has).
-            budget = Budget(
-                tries,
-                up.retries,
-                deadline,
-                self.method,
-                self.proto.state.retry_non_idempotent,
-                body is not None or not self.has_body,
+            verdict = decide(
+                failure.attempted(),
+                self._budget(tries, up, deadline, body),
+                time.monotonic(),
+                self.response_started,
             )
-            verdict = decide(failure.attempted(), budget, time.monotonic(), self.response_started)
             if verdict != RETRY:
                 self._give_up(failure, statuses, verdict)
                 return
             tries += 1  # after_balance(failed=True) marked the server as tried
+
+    async def _try(
+        self,
+        up: CompiledUpstream,
+        server: Server,
+        pick: PickContext | None,
+        how: tuple[Timeouts, bytes | None, float],
+        statuses: list[str],
+    ) -> UpstreamFailure | None:
+        """One attempt of the coroutine path: None when it succeeded."""
+        ctx = self.ctx
+        assert ctx is not None
+        ctx.upstream_addr = f"{server.host}:{server.port}"
+        started = time.monotonic()
+        if statuses:
+            # the answer's X-APISIX-Upstream-Status lists the failed tries first
+            self.upstream_statuses = statuses
+        timeouts, body, deadline = how
+        try:
+            await self.attempt(up, server, timeouts, body, deadline)
+        except UpstreamFailure as f:
+            return f
+        self._succeeded(up, server, pick, started, statuses)
+        return None
+
+    async def _replayable_body(self) -> bytes | None:
+        """Small bodies are read whole so that a retry can resend them (None: a larger one,
+        which streams)."""
+        if self.body_chunked or self.content_length <= REPLAY_LIMIT:
+            return await self.read_body(REPLAY_LIMIT)
+        return None
+
+    def _budget(
+        self, tries: int, up: CompiledUpstream, deadline: float, body: bytes | None
+    ) -> Budget:
+        return Budget(
+            tries,
+            up.retries,
+            deadline,
+            self.method,
+            self.proto.state.retry_non_idempotent,
+            body is not None or not self.has_body,
+        )
 
     def _may_resend(self) -> bool:
         return may_resend(True, self.method, self.proto.state.retry_non_idempotent)
@@ -230,7 +249,7 @@ class Forwarding(ExchangeBase):
         self._fast = (server, pick, time.monotonic())
         self.conn = conn
         conn.start(self, self.method == "HEAD" or ctx.up_method == "HEAD")
-        state.send(conn.transport, self._request_head(up, name, server.port, None))  # type: ignore[arg-type]
+        state.send(conn.transport, request_head(self, up, name, server.port, None))  # type: ignore[arg-type]
         self.reading = True
         return True
 
@@ -271,67 +290,6 @@ class Forwarding(ExchangeBase):
             self._spawn(self.proxy(route, up, (server, pick, None), started))
         else:
             self._spawn(self.proxy(route, up, (server, pick, failure), started))
-
-    def _request_head(
-        self, up: CompiledUpstream, host: str, port: int, body: bytes | None
-    ) -> bytes:
-        ctx = self.ctx
-        assert ctx is not None
-        proto = self.proto
-        # Keep-alive clients send the same headers request after request: with nothing edited
-        # by plugins, all after the request line is cached per connection, keyed by the
-        # client's headers (one list compare).
-        plain = (
-            ctx.up_header_ops is None
-            and ctx.up_host is None
-            and up.pass_host == "pass"
-            and body is None
-            and not self.has_body
-            and not self.websocket
-            and not self.connection_tokens
-            and ctx.remote_addr == proto.remote_addr
-        )
-        method = ctx.up_method or self.method
-        target = target_bytes(ctx.up_uri) if ctx.up_uri is not None else self.target
-        if plain:
-            cached = proto.head_cache
-            if (
-                cached is not None
-                and cached[0] == self.raw_headers
-                and cached[1] == self.host_raw
-                and cached[2] == ctx.host
-            ):
-                return method.encode("latin-1") + b" " + target + cached[3]
-        host_hdr = host_field(
-            ctx.up_host, up.pass_host, up.upstream_host, up.scheme, host, port, self.host_raw
-        )
-        rest = b" HTTP/1.1\r\nHost: " + host_hdr + b"\r\n" + self._header_block(ctx, method, body)
-        if plain:
-            proto.head_cache = (self.raw_headers, self.host_raw, ctx.host, rest)
-        return method.encode("latin-1") + b" " + target + rest
-
-    def _header_block(self, ctx: RequestContext, method: str, body: bytes | None) -> bytes:
-        """The request headers after the Host line, through the blank line."""
-        tokens = self.connection_tokens
-        skip = SKIP_UPSTREAM | tokens if tokens else SKIP_UPSTREAM
-        ops = ctx.up_header_ops
-        edits = _edits(ops, ctx.headers) if ops is not None else None
-        out, xff, fwd = client_fields(self.raw_headers, skip, edits, self.proto.trust_real_ip)
-        host = ctx.host.encode("latin-1")
-        out.append(
-            forwarding_fields(
-                ctx.remote_addr.encode(), xff, fwd, ctx.scheme.encode(), ctx.server_port, host
-            )
-        )
-        upgrade = self.upgrade if self.websocket else None
-        out.append(
-            framing_fields(
-                method, upgrade, body, self.has_body, self.body_chunked, self.content_length
-            )
-        )
-        out.append(b"\r\n")
-        # One flat list joined once: a few allocations per request instead of one per piece.
-        return b"".join(out)
 
     async def attempt(
         self,
@@ -393,7 +351,7 @@ class Forwarding(ExchangeBase):
         conn.start(
             self, self.method == "HEAD" or (self.ctx is not None and self.ctx.up_method == "HEAD")
         )
-        head = self._request_head(up, host, port, body)
+        head = request_head(self, up, host, port, body)
         self.last_activity = loop.time()
         self.reading = True
         try:
@@ -471,20 +429,6 @@ class Forwarding(ExchangeBase):
         d = self._done
         if d is not None and not d.done():
             d.set_exception(_ReadTimeout())
-
-
-def _edits(ops: Any, headers: Any) -> dict[bytes, tuple[bytes, bytes | None]]:
-    """Headers a plugin set, added or removed: lowercase name -> (its spelling, the final value
-    as it goes on the wire, None when removed)."""
-    edits: dict[bytes, tuple[bytes, bytes | None]] = {}
-    for op in ops:
-        name = op[0]
-        value = headers.get(name.lower())
-        edits[name.lower().encode("latin-1")] = (
-            name.encode("latin-1"),
-            field_bytes(value) if value is not None else None,
-        )
-    return edits
 
 
 class _ReadTimeout(Exception):

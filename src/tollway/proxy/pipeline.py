@@ -14,9 +14,11 @@ from collections import deque
 from collections.abc import Coroutine
 from typing import Any
 
+from tollway.httprules.response_head import without_bodies
 from tollway.httprules.status import error_page, status_line
 from tollway.plugins.kit import RequestContext
 from tollway.proxy.attempt import Forwarding, UpstreamFailure
+from tollway.proxy.flow import BODY_HIGH_WATER
 from tollway.proxy.phases import _NO_STEPS, Phases
 from tollway.proxy.response import Responding
 from tollway.proxy.state import ServerState
@@ -43,7 +45,7 @@ class Exchange(Phases, Forwarding, Responding):
             self._wake_body()
             return
         body.append(data)
-        if sum(map(len, body)) > HIGH_WATER_BODY:
+        if sum(map(len, body)) > BODY_HIGH_WATER:
             self.proto.pause_reading()
         self._wake_body()
 
@@ -228,10 +230,7 @@ class Exchange(Phases, Forwarding, Responding):
                 body = self._body_filter(chain, ctx, body, True)
         self.status = status
         self.response_started = True
-        if self.method == "HEAD" or status in (204, 304):
-            send_body = b""
-        else:
-            send_body = body
+        send_body = b"" if without_bodies(self.method, status) else body
         state = self.proto.state
         out = [status_line(status), state.server_header, state.date_line()]
         for k, v in headers:
@@ -268,9 +267,6 @@ class Exchange(Phases, Forwarding, Responding):
         if al is not None:
             ctx.resp_status = self.status
             al.log(_LogVars(self, ctx).get)
-
-
-HIGH_WATER_BODY = 256 * 1024
 
 
 class _LogVars:

@@ -10,16 +10,18 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from tollway.httprules.fields import PLAIN_CONNECTION, connection_tokens, field_bytes
+from tollway.httprules.response_head import (
+    lines_to_pairs,
+    pairs_to_lines,
+    upstream_status_field,
+)
+from tollway.httprules.status import STATUS_LINES, status_line
+from tollway.plugins.kit import RequestContext
+from tollway.plugins.registry import Chain
 from tollway.proxy.attempt import UpstreamFailure
 from tollway.proxy.base import ExchangeBase
 from tollway.proxy.contracts import ClientConnection
-from tollway.proxy.http import (
-    PLAIN_CONNECTION,
-    STATUS_LINES,
-    connection_tokens,
-    field_bytes,
-    status_line,
-)
 from tollway.upstream.pool import UpstreamConnection
 
 if TYPE_CHECKING:
@@ -44,46 +46,21 @@ class Responding(ExchangeBase):
         content_length = conn.content_length
         connection = conn.connection
         if connection is not None and connection.lower() not in PLAIN_CONNECTION:
-            # Headers named in Connection are hop-by-hop too (RFC 9110 7.6.1).
-            tokens = connection_tokens([(b"connection", connection)])
-            if tokens:
-                lines = _flat([(k, v) for k, v in conn.header_pairs() if k.lower() not in tokens])
+            lines = _without_named(conn, connection, lines)
         if status == 101 and self.websocket:
             self._start_tunnel(conn, lines)
             return
         chain = self.chain
         if chain is not None and chain.header_filter:
-            resp = [
-                (lines[i].decode("latin-1"), lines[i + 2].decode("latin-1"))
-                for i in range(0, len(lines), 4)
-            ]
-            if content_length is not None:
-                resp.append(("Content-Length", content_length.decode("latin-1")))
-            ctx.resp_headers = resp
-            self._header_filter(chain, ctx)
-            status = self.status = ctx.resp_status
-            lines = []
-            content_length = None
-            for name, value in ctx.resp_headers or ():
-                if len(name) == 14 and name.lower() == "content-length":
-                    content_length = field_bytes(value)
-                else:
-                    lines += (field_bytes(name), b": ", field_bytes(value), b"\r\n")
-            if chain.buffers_body:
-                self.buffered_resp = []
+            status, lines, content_length = self._filtered_head(chain, ctx, lines, content_length)
         if ctx.upstream_status is None:
             ctx.upstream_status = str(status)
         state = self.proto.state
         out = [STATUS_LINES.get(status) or status_line(status), state.server_header]
         out += lines
         if status >= 500 or state.show_upstream_status:
-            tried = self.upstream_statuses
-            if tried:  # nginx's $upstream_status: every try, in order
-                out.append(
-                    b"X-APISIX-Upstream-Status: %s, %d\r\n" % (", ".join(tried).encode(), status)
-                )
-            else:
-                out.append(b"X-APISIX-Upstream-Status: %d\r\n" % status)
+            out.append(upstream_status_field(self.upstream_statuses, status))
+        # httprules.response_head.without_bodies, inlined: this runs for every proxied answer
         no_body = self.method == "HEAD" or status in (204, 304) or 100 <= status < 200
         self.resp_no_body = no_body
         if self.buffered_resp is not None:
@@ -112,6 +89,27 @@ class Responding(ExchangeBase):
             self._out += out
         else:
             self._out = out
+
+    def _filtered_head(
+        self, chain: Chain, ctx: RequestContext, lines: list[bytes], length: bytes | None
+    ) -> tuple[int, list[bytes], bytes | None]:
+        """The header_filter plugins see and edit the head: (status, lines, Content-Length)."""
+        resp = lines_to_pairs(lines)
+        if length is not None:
+            resp.append(("Content-Length", length.decode("latin-1")))
+        ctx.resp_headers = resp
+        self._header_filter(chain, ctx)
+        status = self.status = ctx.resp_status
+        lines = []
+        length = None
+        for name, value in ctx.resp_headers or ():
+            if len(name) == 14 and name.lower() == "content-length":
+                length = field_bytes(value)
+            else:
+                lines += (field_bytes(name), b": ", field_bytes(value), b"\r\n")
+        if chain.buffers_body:
+            self.buffered_resp = []
+        return status, lines, length
 
     def on_upstream_body(self, data: bytes) -> None:
         if self.client_closed:
@@ -219,12 +217,12 @@ class Responding(ExchangeBase):
             d.set_result(None)
 
 
-def _flat(pairs: list[tuple[bytes, bytes]]) -> list[bytes]:
-    """Header pairs as the flat ``name, b": ", value, b"\\r\\n"`` pieces of a head."""
-    out: list[bytes] = []
-    for k, v in pairs:
-        out += (k, b": ", v, b"\r\n")
-    return out
+def _without_named(conn: UpstreamConnection, connection: bytes, lines: list[bytes]) -> list[bytes]:
+    """Headers named in the upstream's Connection are hop-by-hop too (RFC 9110 7.6.1)."""
+    tokens = connection_tokens([(b"connection", connection)])
+    if not tokens:
+        return lines
+    return pairs_to_lines([(k, v) for k, v in conn.header_pairs() if k.lower() not in tokens])
 
 
 class _Tunnel:
