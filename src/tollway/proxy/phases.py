@@ -1,9 +1,9 @@
 """The phases of an exchange: read the runtime once, match, run the plugins in APISIX's order,
 choose the upstream.
 
-The phases are steps (entry lists) a driver runs: ``_drive`` runs them with plain calls while
-every plugin is synchronous and hands over to ``_drive_async`` (in a task) at the first plugin
-that is not, so a request without async plugins costs no task.
+The phases are steps (entry lists) one driver runs: ``_drive`` calls the plugins while they
+answer at once and hands over to a task (``_awaiting``) at the first one that returns an
+awaitable, so a request whose plugins do not wait costs no task.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class Phases(ExchangeBase):
         """The whole pipeline as a coroutine (requests with a body, async plugins...)."""
         steps = self._prepare()
         if steps is not None:
-            await self._drive_async(steps, None)
+            await self._awaiting(steps)
 
     def _prepare(self) -> Iterator[tuple[ChainEntry, ...]] | None:
         """Parse, match, pick the chains. None if the request was already answered."""
@@ -159,15 +159,23 @@ class Phases(ExchangeBase):
         return True
 
     def _drive(self, steps: Iterator[tuple[ChainEntry, ...]]) -> None:
-        """Run the steps synchronously while every plugin is; hand over to a task otherwise."""
+        """The phase driver: plain calls while the plugins answer at once; at the first one
+        that returns an awaitable (an async plugin, or one that must wait this time: the kit's
+        ``PhaseResult``), the rest runs in a task (``_awaiting``), from that very entry on."""
         ctx = self.ctx
         assert ctx is not None
         for entries in steps:
             for e in entries:
-                if e.is_async:
-                    self._spawn(self._drive_async(steps, entries))
+                if e.filter is not None and not e.filter.eval(ctx.var):
+                    continue
+                res = e.fn(e.conf, ctx)
+                if res is None:
+                    continue
+                if type(res) is not tuple:  # an awaitable: wait for it, then go on
+                    rest = entries[entries.index(e) + 1 :]
+                    self._spawn(self._awaiting(steps, (res, e, rest)))
                     return
-            if self._run_phase_sync(entries, ctx):
+                self.plugin_exit(res, e)
                 return
         route = ctx.route
         if self.response_started or self.upstream is None or route is None:
@@ -175,19 +183,43 @@ class Phases(ExchangeBase):
         if not self._fast_attempt():
             self._spawn(self.proxy(route, self.upstream))
 
-    async def _drive_async(
-        self, steps: Iterator[tuple[ChainEntry, ...]], pending: tuple[ChainEntry, ...] | None
+    async def _awaiting(
+        self,
+        steps: Iterator[tuple[ChainEntry, ...]],
+        pending: tuple[Any, ChainEntry, tuple[ChainEntry, ...]] | None = None,
     ) -> None:
+        """The driver's second half, in a task: what ``_drive`` left (``pending``: the
+        awaitable it met, its entry, the entries after it in that phase), then the remaining
+        steps, awaiting whatever a plugin returns to wait on; then the upstream."""
         ctx = self.ctx
         assert ctx is not None
-        if pending is not None and await self.run_phase(pending, ctx):
-            return
+        if pending is not None:
+            awaitable, entry, rest = pending
+            res = await awaitable
+            if res is not None:
+                self.plugin_exit(res, entry)
+                return
+            if await self._run_entries(rest, ctx):
+                return
         for entries in steps:
-            if await self.run_phase(entries, ctx):
+            if await self._run_entries(entries, ctx):
                 return
         if self.response_started or self.upstream is None or self.route is None:
             return
         await self.proxy(self.route, self.upstream)
+
+    async def _run_entries(self, entries: tuple[ChainEntry, ...], ctx: RequestContext) -> bool:
+        """Run one phase's entries, awaiting what needs it. True: a plugin ended the request."""
+        for e in entries:
+            if e.filter is not None and not e.filter.eval(ctx.var):
+                continue
+            res = e.fn(e.conf, ctx)
+            if res is not None and type(res) is not tuple:
+                res = await res
+            if res is not None:
+                self.plugin_exit(res, e)
+                return True
+        return False
 
     @property
     def route(self) -> CompiledRoute | None:
@@ -249,28 +281,6 @@ class Phases(ExchangeBase):
             time.time(),
             self.http_version,
         )
-
-    def _run_phase_sync(self, entries: tuple[ChainEntry, ...], ctx: RequestContext) -> bool:
-        for e in entries:
-            if e.filter is not None and not e.filter.eval(ctx.var):
-                continue
-            res = e.fn(e.conf, ctx)
-            if res is not None:
-                self.plugin_exit(res, e)
-                return True
-        return False
-
-    async def run_phase(self, entries: tuple[ChainEntry, ...], ctx: RequestContext) -> bool:
-        for e in entries:
-            if e.filter is not None and not e.filter.eval(ctx.var):
-                continue
-            res = e.fn(e.conf, ctx)
-            if e.is_async:
-                res = await res
-            if res is not None:
-                self.plugin_exit(res, e)
-                return True
-        return False
 
     def plugin_exit(self, res: Any, entry: ChainEntry) -> None:
         status = res[0]
