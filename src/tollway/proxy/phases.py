@@ -237,14 +237,15 @@ class Phases(ExchangeBase):
         raw = url.decode("latin-1")
         raw_path, _, query = raw.partition("?")
         p = self.proto
-        compiler = p.state.compiler
         if (
             "%" in raw_path
             or "/." in raw_path
             or "//" in raw_path
-            or (compiler.servlet_uri and (";" in raw_path or "\\" in raw_path))
-            or (compiler.tail_slash and raw_path[-1] == "/" and len(raw_path) > 1)
+            or ";" in raw_path
+            or "\\" in raw_path
+            or (raw_path[-1] == "/" and len(raw_path) > 1)
         ):
+            compiler = p.state.compiler
             routed = routed_path(
                 raw_path, query, servlet=compiler.servlet_uri, tail_slash=compiler.tail_slash
             )

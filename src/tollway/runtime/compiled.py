@@ -19,8 +19,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+import msgspec
+
 from tollway.balancer import BalancerState, Picker, Server, create_picker, default_retries
-from tollway.model import Timeout, Upstream
+from tollway.errors import ConfigError
+from tollway.model import Timeout, Upstream, decode_item
 from tollway.plugins.kit import Consumer
 from tollway.plugins.registry import EMPTY_CHAIN, Chain
 from tollway.router import Router
@@ -238,11 +241,6 @@ class Runtime:
 
     def inline_upstream(self, conf: Any) -> CompiledUpstream | None:
         """An inline upstream conf compiled once (keyed by its JSON) and kept per runtime."""
-        import msgspec
-
-        from tollway.errors import ConfigError
-        from tollway.model import decode_item
-
         try:
             raw = msgspec.json.encode(conf)
         except (TypeError, msgspec.EncodeError):
