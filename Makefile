@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 MODE   ?= etcd
 
-.PHONY: run test lint typecheck unit e2e system-deps bench-proxy bench-hotpath bench-router bench-balancer bench-churn bench-limit-redis clean
+.PHONY: ui run test lint typecheck unit e2e system-deps bench-proxy bench-hotpath bench-router bench-balancer bench-churn bench-limit-redis bench-scale clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,12 @@ $(STAMP): pyproject.toml
 # the Redis rate-limit policies; installed when missing.
 system-deps:
 	@scripts/ensure-system-deps.sh
+
+# The dashboard's assets (src/tollway/admin/ui_assets) are committed: only a change to ui/src
+# needs Node.js (Debian's nodejs and npm), to rebuild them with esbuild.
+ui:
+	command -v npm >/dev/null 2>&1 || scripts/ensure-system-deps.sh node
+	cd ui && npm ci --no-audit --no-fund && npm run build
 
 run: $(STAMP) system-deps
 	MODE=$(MODE) scripts/run-demo.sh
@@ -55,6 +61,10 @@ bench-router: $(STAMP)
 
 bench-balancer: $(STAMP)
 	$(BIN)/python bench/balancer.py
+
+bench-scale: $(STAMP)
+	scripts/ensure-system-deps.sh
+	$(BIN)/python bench/scale.py
 
 bench-churn: $(STAMP)
 	scripts/ensure-system-deps.sh bench

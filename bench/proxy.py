@@ -6,7 +6,9 @@
 
 Method (/work/shared/reference/proxy-calibration.md): CPU 0 runs wrk and the upstream nginx,
 CPU 1 runs the proxy under test (nginx proxy_pass with keepalive 64, Tollway with 1 worker and
-one route, and Tollway with proxy-rewrite + response-rewrite on that route). With ``--nodes 2,10``
+one route, Tollway with proxy-rewrite + response-rewrite on that route, and Tollway with the
+chain nearly every production route carries: key-auth with one consumer, whose key wrk sends,
+limit-count with a limit never reached, prometheus). With ``--nodes 2,10``
 each of those runs once per node count, the upstream spread over that many nodes: the one upstream
 nginx listens on as many ports, Tollway's route lists them (weight 1, roundrobin) and nginx gets
 an ``upstream`` block of as many servers. Every target gets a warm-up (after which it must hold a
@@ -103,6 +105,15 @@ class Processes:
             del self._running[proc.pid]
         return out.decode("utf-8", "replace")
 
+    def stop(self, name: str) -> None:
+        """SIGTERM the process started as ``name`` (and its group), wait, forget it."""
+        for pid, (n, proc) in list(self._running.items()):
+            if n == name:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+                self._stop(proc, grace=15.0)
+                del self._running[pid]
+
     def stop_all(self) -> None:
         # SIGTERM to each leader: nginx and Tollway stop their own workers.
         for _, proc in reversed(list(self._running.values())):
@@ -152,9 +163,10 @@ def log_tail(path: Path, lines: int = 15) -> str:
     return "\n".join(f"    {line}" for line in text) or "    (empty)"
 
 
-def http_get(url: str) -> tuple[int, dict[str, str], bytes]:
+def http_get(url: str, header: tuple[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    req = urllib.request.Request(url, headers=dict([header]) if header else {})
     try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
+        with urllib.request.urlopen(req, timeout=2) as resp:
             return resp.status, dict(resp.headers.items()), resp.read()
     except urllib.error.HTTPError as e:
         return e.code, dict(e.headers.items()), e.read()
@@ -271,8 +283,11 @@ def pinned(cpu: str, *argv: str) -> list[str]:
     return ["taskset", "-c", cpu, *argv]
 
 
-def wrk_argv(url: str, conns: int, seconds: float) -> list[str]:
-    return pinned(LOAD_CPU, WRK, "-t1", f"-c{conns}", f"-d{seconds:g}s", "--latency", url)
+def wrk_argv(
+    url: str, conns: int, seconds: float, header: tuple[str, str] | None = None
+) -> list[str]:
+    extra = ["-H", f"{header[0]}: {header[1]}"] if header else []
+    return pinned(LOAD_CPU, WRK, "-t1", f"-c{conns}", f"-d{seconds:g}s", "--latency", *extra, url)
 
 
 # -- targets -------------------------------------------------------------------------------
@@ -285,6 +300,7 @@ class Target:
     url: str
     root_pid: int
     upstream_ports: tuple[int, ...] = ()  # the nodes the target balances over
+    header: tuple[str, str] | None = None  # sent with every request (the consumer's key)
 
     @property
     def nodes(self) -> int:
@@ -335,6 +351,7 @@ nginx_config:
   worker_processes: 1
   http: {{enable_access_log: false}}
 tollway: {{run_dir: {home}/run, graceful_timeout: 1}}
+plugin_attr: {{prometheus: {{export_addr: {{ip: 127.0.0.1, port: {metrics_port}}}}}}}
 """
 
 TOLLWAY_ROUTES = """\
@@ -359,6 +376,23 @@ PLUGINS = """\
 """
 
 
+# What nearly every production route carries (issue #13): authentication, a rate limit that
+# never trips, metrics. wrk sends the consumer's key (REALISTIC_HEADER).
+REALISTIC = """\
+    plugins:
+      key-auth: {}
+      limit-count: {count: 100000000, time_window: 60, rejected_code: 429}
+      prometheus: {}
+"""
+REALISTIC_CONSUMERS = """\
+consumers:
+  - username: bench
+    plugins:
+      key-auth: {key: bench-key}
+"""
+REALISTIC_HEADER = ("apikey", "bench-key")
+
+
 def start_tollway(
     procs: Processes,
     workdir: Path,
@@ -366,14 +400,23 @@ def start_tollway(
     port: int,
     status_port: int,
     upstream_ports: list[int],
-    plugins: bool,
+    plugins: str,
 ) -> subprocess.Popen[bytes]:
+    """``plugins``: "" (none), "rewrite" (PLUGINS) or "realistic" (REALISTIC)."""
     home = workdir / name
     (home / "conf").mkdir(parents=True)
     config = home / "conf" / "config.yaml"
-    config.write_text(TOLLWAY_CONFIG.format(port=port, status_port=status_port, home=home))
+    metrics_port = free_ports(1)[0]
+    config.write_text(
+        TOLLWAY_CONFIG.format(
+            port=port, status_port=status_port, home=home, metrics_port=metrics_port
+        )
+    )
     nodes = ", ".join(f'"127.0.0.1:{p}": 1' for p in upstream_ports)
-    routes = TOLLWAY_ROUTES.format(nodes=nodes, plugins=PLUGINS if plugins else "")
+    chain = {"": "", "rewrite": PLUGINS, "realistic": REALISTIC}[plugins]
+    routes = TOLLWAY_ROUTES.format(nodes=nodes, plugins=chain)
+    if plugins == "realistic":
+        routes = REALISTIC_CONSUMERS + routes
     (home / "conf" / "apisix.yaml").write_text(routes)
     exe = Path(sys.executable).with_name("tollway")
     if not exe.exists():
@@ -387,7 +430,11 @@ def start_tollway(
 
 def check_target(target: Target, header: tuple[str, str] | None) -> None:
     """A target that answers fast but wrongly would win: check status, body and plugin effect."""
-    status, headers, body = http_get(target.url)
+    if target.header is not None:  # key-auth really refuses a request without the key
+        status, _, _ = http_get(target.url)
+        if status != 401:
+            raise BenchError(f"{target.label}: answered {status} without the consumer's key")
+    status, headers, body = http_get(target.url, target.header)
     if status != 200 or body != BODY:
         raise BenchError(f"{target.label}: {target.url} answered {status} {body[:200]!r}")
     if header is not None and headers.get(header[0]) != header[1]:
@@ -405,7 +452,7 @@ def start_all(
     proxies under test (CPU 1) balance over the first N of them."""
     for sub in ("conf", "logs", "run"):
         (workdir / sub).mkdir()
-    ports = free_ports(max(node_counts) + 5 * len(node_counts))
+    ports = free_ports(max(node_counts) + 7 * len(node_counts))
     upstream, ports = ports[: max(node_counts)], ports[max(node_counts) :]
     start_nginx(procs, workdir, "upstream", LOAD_CPU, "upstream.conf", port=upstream)
     targets = []
@@ -416,18 +463,26 @@ def start_all(
         ngx = start_nginx(
             procs, workdir, name, PROXY_CPU, "nginx_proxy.conf", port=px, upstream_port=nodes
         )
-        tol = start_tollway(procs, workdir, f"tollway_{n}n", tw, tw_status, nodes, plugins=False)
+        tol = start_tollway(procs, workdir, f"tollway_{n}n", tw, tw_status, nodes, plugins="")
         kinds = [
-            ("nginx", "nginx proxy_pass, keepalive 64", px, ngx.pid),
-            ("tollway", "Tollway, 1 route, no plugins", tw, tol.pid),
+            ("nginx", "nginx proxy_pass, keepalive 64", px, ngx.pid, None),
+            ("tollway", "Tollway, 1 route, no plugins", tw, tol.pid, None),
         ]
         if with_plugins:
             name = f"tollway_plugins_{n}n"
-            tpp = start_tollway(procs, workdir, name, tp, tp_status, nodes, plugins=True)
-            kinds.append(("plugins", "Tollway + proxy-rewrite + response-rewrite", tp, tpp.pid))
-        for key, label, port, pid in kinds:
+            tpp = start_tollway(procs, workdir, name, tp, tp_status, nodes, plugins="rewrite")
+            label = "Tollway + proxy-rewrite + response-rewrite"
+            kinds.append(("plugins", label, tp, tpp.pid, None))
+            (tr, tr_status), ports = ports[:2], ports[2:]
+            name = f"tollway_realistic_{n}n"
+            trr = start_tollway(procs, workdir, name, tr, tr_status, nodes, plugins="realistic")
+            label = "Tollway + key-auth + limit-count + prometheus"
+            kinds.append(("realistic", label, tr, trr.pid, REALISTIC_HEADER))
+        for key, label, port, pid, header in kinds:
             url = f"http://127.0.0.1:{port}{PATH}"
-            targets.append(Target(key, f"{nodes_label(n)}: {label}", url, pid, tuple(nodes)))
+            targets.append(
+                Target(key, f"{nodes_label(n)}: {label}", url, pid, tuple(nodes), header)
+            )
     for t in targets:
         check_target(t, ("X-Served-By", "tollway-bench") if t.key == "plugins" else None)
         check_affinity(t, PROXY_CPU)
@@ -511,7 +566,7 @@ class Run:
 def measure(procs: Processes, target: Target, conns: int, seconds: float, rep: int) -> Run:
     pids = process_tree(target.root_pid)
     t0, stat0, cpu0 = time.monotonic(), cpu_times(), cpu_split(pids)
-    out = procs.capture(wrk_argv(target.url, conns, seconds), timeout=seconds + 30)
+    out = procs.capture(wrk_argv(target.url, conns, seconds, target.header), timeout=seconds + 30)
     (u1, s1), stat1, t1 = cpu_split(pids), cpu_times(), time.monotonic()
     (u0, s0) = cpu0
     busy0, steal0 = busy_and_steal(stat0["cpu" + LOAD_CPU], stat1["cpu" + LOAD_CPU])
@@ -623,12 +678,20 @@ def verdict(runs: list[Run], conns: int, nodes: int) -> str:
     cpu = ratio("tollway", lambda r: r.req_per_cpu_s)
     p99 = ratio("tollway", lambda r: r.wrk.p99_ms)
     cpu_word = "meets goal" if cpu >= GOAL_CPU_RATIO else "ok" if cpu >= MIN_CPU_RATIO else "BELOW"
-    return (
+    out = (
         f"Issue targets at -c{conns} (Tollway, no plugins, {nodes_label(nodes)}): "
         f"req/CPU-s ÷ nginx = {cpu:.2f} (minimum {MIN_CPU_RATIO}, goal {GOAL_CPU_RATIO}): "
         f"{cpu_word}; p99 ÷ nginx = {p99:.2f} (at most {MAX_P99_RATIO:g}): "
         f"{'ok' if p99 <= MAX_P99_RATIO else 'ABOVE'}.\n"
     )
+    if any(r.target == "realistic" for r in runs):
+        real = ratio("realistic", lambda r: r.req_per_cpu_s)
+        out += (
+            f"Issue #13 at -c{conns} (key-auth + limit-count + prometheus): "
+            f"req/CPU-s ÷ nginx = {real:.2f} (target 0.45), "
+            f"÷ Tollway's bare route = {real / cpu:.2f} (goal 0.80).\n"
+        )
+    return out
 
 
 def first_line(argv: list[str]) -> str:
@@ -863,7 +926,7 @@ def preflight() -> None:
 def bench(procs: Processes, workdir: Path, args: argparse.Namespace) -> None:
     preflight()
     load_before = Path("/proc/loadavg").read_text().strip()
-    n_targets = (2 if args.no_plugins else 3) * len(args.nodes)
+    n_targets = (2 if args.no_plugins else 4) * len(args.nodes)
     estimate = n_targets * (args.warmup + 1) + args.reps * len(args.conns) * n_targets * (
         args.duration + args.gap + 0.3
     )

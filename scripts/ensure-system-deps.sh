@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the Debian packages Tollway's tests and demo need, only when missing.
-#   scripts/ensure-system-deps.sh         etcd (server + client), redis-server and redis-cli
+#   scripts/ensure-system-deps.sh         etcd (server + client), redis-server and redis-cli,
+#                                         chromium and chromium-driver (the dashboard's browser tests)
 #   scripts/ensure-system-deps.sh bench   the same, nginx and wrk
+#   scripts/ensure-system-deps.sh node    the same, nodejs and npm (`make ui` only)
 set -euo pipefail
 pkgs=()
 command -v etcd >/dev/null 2>&1 || pkgs+=(etcd-server)
@@ -9,6 +11,12 @@ command -v etcdctl >/dev/null 2>&1 || pkgs+=(etcd-client)
 # the Redis policies' tests start their own redis-server (and cluster, sentinel) on free ports
 command -v redis-server >/dev/null 2>&1 || pkgs+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || pkgs+=(redis-tools)
+# the dashboard's browser tests: headless Chromium driven by Selenium through chromedriver
+command -v chromium >/dev/null 2>&1 || pkgs+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || pkgs+=(chromium-driver)
+if [ "${1:-}" = node ]; then
+  command -v npm >/dev/null 2>&1 || pkgs+=(nodejs npm)
+fi
 if [ "${1:-}" = bench ]; then
   command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || pkgs+=(nginx)
   command -v wrk >/dev/null 2>&1 || pkgs+=(wrk)

@@ -38,6 +38,9 @@ else
     '{"id":"demo","nodes":{"127.0.0.1:1980":1}}' >/dev/null
   ETCDCTL_API=3 etcdctl --endpoints=http://127.0.0.1:23790 put /apisix/routes/hello \
     '{"id":"hello","uri":"/hello*","upstream_id":"demo"}' >/dev/null
+  # Count every route's traffic (the dashboard's charts and /apisix/prometheus/metrics).
+  ETCDCTL_API=3 etcdctl --endpoints=http://127.0.0.1:23790 put /apisix/global_rules/metrics \
+    '{"id":"metrics","plugins":{"prometheus":{}}}' >/dev/null
 fi
 
 $BIN/tollway start -c "$CONF" & pids+=($!)
@@ -65,6 +68,8 @@ else
   curl -i -X PUT http://127.0.0.1:9180/apisix/admin/routes/2 -H "X-API-KEY: \$KEY" \\
        -d '{"uri":"/get","upstream":{"nodes":{"127.0.0.1:1980":1}}}'
   curl -i http://127.0.0.1:9080/get
+
+Dashboard: http://127.0.0.1:9180/ui/  (log in with the admin key: $(cat run/admin_key 2>/dev/null || echo "deployment.admin.admin_key in $CONF"))
 MSG
 fi
 echo

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
 
 from tests.support.etcd import etcd, shared_etcd
+from tests.support.gateway import Gateway, StartGateway
 from tests.support.upstream import Upstream
 
 __all__ = ["etcd", "shared_etcd"]  # fixtures shared by every test module
@@ -35,3 +37,20 @@ def upstream2() -> Iterator[Upstream]:
     up = Upstream("up2").start()
     yield up
     up.stop()
+
+
+@pytest.fixture(scope="module")
+def standalone_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartGateway]:
+    """``standalone_gateway(apisix_yaml, **options)``: a started standalone ``Gateway`` (options
+    as ``Gateway``'s: ``workers``, ``config``...) serving that apisix.yaml; every one this
+    module started stops after its last test."""
+    started: list[Gateway] = []
+
+    def start(apisix_yaml: str, **options: Any) -> Gateway:
+        g = Gateway(tmp_path_factory.mktemp("gw"), apisix_yaml=apisix_yaml, **options)
+        started.append(g)
+        return g.start()
+
+    yield start
+    for g in reversed(started):
+        g.stop()

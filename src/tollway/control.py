@@ -34,7 +34,7 @@ from tollway.errors import ConfigError
 from tollway.logs import http_server_log
 
 if TYPE_CHECKING:
-    from tollway.supervisor import Supervisor
+    from tollway.instance import InstanceView
 
 log = logging.getLogger("tollway.control")
 
@@ -162,14 +162,14 @@ def _no_nulls(value: Any) -> Any:
     return value
 
 
-def build_control_app(sup: Supervisor) -> web.Application:
-    prefix = sup.settings.etcd.prefix
+def build_control_app(instance: InstanceView) -> web.Application:
+    prefix = instance.settings.etcd.prefix
     # APISIX names a checker by its config key: "/apisix/routes/1" from etcd, "/routes/1" in
     # standalone mode.
-    strip = len(prefix) if sup.settings.config_provider != "etcd" else 0
+    strip = len(prefix) if instance.settings.config_provider != "etcd" else 0
 
     def described(key: str | None = None) -> list[dict[str, Any]]:
-        stats = sup.upstreams.describe(key)
+        stats = instance.upstreams.describe(key)
         if strip:
             stats = [{**s, "name": s["name"][strip:]} for s in stats]
         return stats
@@ -187,7 +187,7 @@ def build_control_app(sup: Supervisor) -> web.Application:
             return _json(404, {"error_msg": f"missing src id for src type {src_type}"})
         if src_type not in _ORDER:
             return _json(400, {"error_msg": f"invalid src type {src_type}"})
-        if sup.store[src_type].get(src_id) is None:
+        if instance.store[src_type].get(src_id) is None:
             return _json(404, {"error_msg": f"{src_type}[{src_id}] not found"})
         stats = described(f"{prefix}/{src_type}/{src_id}")
         if not stats:
@@ -201,7 +201,7 @@ def build_control_app(sup: Supervisor) -> web.Application:
     def item(it: Any) -> dict[str, Any]:
         return {
             "key": it.key,
-            "value": runtime_value(it, sup.registry),
+            "value": runtime_value(it, instance.registry),
             "createdIndex": it.create_revision,
             "modifiedIndex": it.mod_revision,
         }
@@ -210,24 +210,24 @@ def build_control_app(sup: Supervisor) -> web.Application:
         kind = request.match_info["kind"]
         if kind not in _DUMPS:
             raise web.HTTPNotFound()
-        return _json(200, [item(it) for it in sup.store[kind].items.values()])
+        return _json(200, [item(it) for it in instance.store[kind].items.values()])
 
     async def dump_one(request: web.Request) -> web.Response:
         singular, item_id = request.match_info["singular"], request.match_info["id"]
         kind = next((k for k, v in _DUMPS.items() if v == singular), None)
         if kind is None:
             raise web.HTTPNotFound()
-        it = sup.store[kind].get(item_id)
+        it = instance.store[kind].get(item_id)
         if it is None:
             return _json(404, {"error_msg": f"{singular}[{item_id}] not found"})
         return _json(200, item(it))
 
     async def plugin_metadatas(_: web.Request) -> web.Response:
-        return _json(200, [it.value for it in sup.store["plugin_metadata"].items.values()])
+        return _json(200, [it.value for it in instance.store["plugin_metadata"].items.values()])
 
     async def plugin_metadata(request: web.Request) -> web.Response:
         name = request.match_info["name"]
-        it = sup.store["plugin_metadata"].get(name)
+        it = instance.store["plugin_metadata"].get(name)
         if it is None:
             return _json(404, {"error_msg": f"plugin metadata[{name}] not found"})
         return _json(200, it.value)
@@ -244,7 +244,7 @@ def build_control_app(sup: Supervisor) -> web.Application:
         main["upstream_hash_header_schema"] = {"type": "string", "pattern": HEADER_KEY.pattern}
         main["upstream_hash_vars_schema"] = {"type": "string", "pattern": VARS_KEY.pattern}
         return _json(
-            200, {"main": main, "plugins": plugin_infos(sup.registry), "stream_plugins": {}}
+            200, {"main": main, "plugins": plugin_infos(instance.registry), "stream_plugins": {}}
         )
 
     async def gc_collect(_: web.Request) -> web.Response:
@@ -271,14 +271,14 @@ def build_control_app(sup: Supervisor) -> web.Application:
     return app
 
 
-async def start_control_server(sup: Supervisor) -> web.AppRunner | None:
-    apisix = sup.settings.conf.apisix
-    if not apisix.enable_control or not sup.settings.serves_proxy:
+async def start_control_server(instance: InstanceView) -> web.AppRunner | None:
+    apisix = instance.settings.conf.apisix
+    if not apisix.enable_control or not instance.settings.serves_proxy:
         return None
     conf = apisix.control
     ip = conf.ip if conf is not None else DEFAULT_IP
     port = conf.port if conf is not None else DEFAULT_PORT
-    runner = web.AppRunner(build_control_app(sup), access_log=None, logger=http_server_log())
+    runner = web.AppRunner(build_control_app(instance), access_log=None, logger=http_server_log())
     await runner.setup()
     try:
         await web.TCPSite(runner, ip, port, reuse_address=True).start()

@@ -1,47 +1,126 @@
-"""Supervisor <-> worker messages over a socketpair: 4-byte length + msgpack.
+"""Supervisor <-> worker messages over a socketpair: a 4-byte length, then one msgpack map.
 
-agent -> worker: {"t": "load"|"apply", "rev": N, "kvs": [[key, value|None, mod, create], ...]}
-                 {"t": "health", "key": resource_key, "unhealthy": [addr, ...]}
-                 {"t": "dns", "names": {name: [ip, ...]}}
-worker -> agent: {"t": "ready"|"ack", "rev": N, "pid": P}
-                 {"t": "passive", "reports": [[key, addr, kind, status], ...]}
+Every message is a typed Struct of one tagged union, with its kind in ``"t"``:
+
+supervisor -> worker (``ToWorker``):
+    ``Load(rev, kvs)``       the whole config at ``rev`` (``kvs``: ``[key, value, mod, create]``)
+    ``Apply(rev, kvs)``      accepted changes at ``rev`` (``value`` None: deleted)
+    ``Health(key, unhealthy)``  an upstream's unhealthy node addresses
+    ``Dns(names)``           changed DNS answers (``[]``: the name does not resolve)
+worker -> supervisor (``ToSupervisor``):
+    ``Ready(rev, pid)``      the first load is compiled and the worker serves
+    ``Ack(rev, pid)``        a later load/apply is compiled
+    ``Passive(reports)``     outcomes of proxied attempts: ``[key, addr, outcome, status]``
+
 Every change carries its etcd revision; a worker applies messages in the order they arrive,
-which is revision order because one agent writes them.
+which is revision order because one agent writes them. ``encode`` is the one encoder;
+``read_message`` with ``TO_WORKER`` or ``TO_SUPERVISOR`` the one way to read.
 """
 
 from __future__ import annotations
 
 import asyncio
 import struct
-from typing import Any
+from collections.abc import Callable
+from typing import TypeVar
 
 import msgspec
 
 from tollway.config.source import KeyValue
 
 _HEADER = struct.Struct("!I")
-_enc = msgspec.msgpack.Encoder()
-_dec = msgspec.msgpack.Decoder()
-
 MAX_MESSAGE = 1 << 30
 
+WireKV = tuple[str, bytes | None, int, int]  # key, value (None: deleted), mod, create revision
+Report = tuple[str, str, str, int]  # upstream key, node addr, outcome, HTTP status (0: none)
 
-def encode(msg: dict[str, Any]) -> bytes:
+
+class Message(msgspec.Struct, tag_field="t", frozen=True):
+    """The base of every IPC message (its subclass's tag goes in ``"t"``)."""
+
+
+class Load(Message, tag="load", frozen=True):
+    rev: int
+    kvs: list[WireKV]
+
+    @classmethod
+    def of(cls, rev: int, kvs: list[KeyValue]) -> Load:
+        return cls(rev, kvs_to_wire(kvs))
+
+    def key_values(self) -> list[KeyValue]:
+        return kvs_from_wire(self.kvs)
+
+
+class Apply(Message, tag="apply", frozen=True):
+    rev: int
+    kvs: list[WireKV]
+
+    @classmethod
+    def of(cls, rev: int, kvs: list[KeyValue]) -> Apply:
+        return cls(rev, kvs_to_wire(kvs))
+
+    def key_values(self) -> list[KeyValue]:
+        return kvs_from_wire(self.kvs)
+
+
+class Health(Message, tag="health", frozen=True):
+    key: str  # the upstream's resource key
+    unhealthy: list[str]  # node addresses (host:port)
+
+
+class Dns(Message, tag="dns", frozen=True):
+    names: dict[str, list[str]]
+
+
+class Ready(Message, tag="ready", frozen=True):
+    rev: int
+    pid: int = 0
+
+
+class Ack(Message, tag="ack", frozen=True):
+    rev: int
+    pid: int = 0
+
+
+class Passive(Message, tag="passive", frozen=True):
+    reports: list[Report]
+
+
+ToWorker = Load | Apply | Health | Dns
+ToSupervisor = Ready | Ack | Passive
+Broadcast = Callable[[ToWorker], None]
+
+_enc = msgspec.msgpack.Encoder()
+TO_WORKER = msgspec.msgpack.Decoder(ToWorker)
+TO_SUPERVISOR = msgspec.msgpack.Decoder(ToSupervisor)
+
+M = TypeVar("M", ToWorker, ToSupervisor)
+
+
+class BadMessage(ValueError):
+    """A frame that is msgpack but no message this side knows: that message is skipped, the
+    stream goes on (its framing is intact)."""
+
+
+def encode(msg: Message) -> bytes:
     body = _enc.encode(msg)
     return _HEADER.pack(len(body)) + body
 
 
-def kvs_to_wire(kvs: list[KeyValue]) -> list[list[Any]]:
-    return [[kv.key, kv.value, kv.mod_revision, kv.create_revision] for kv in kvs]
+def kvs_to_wire(kvs: list[KeyValue]) -> list[WireKV]:
+    return [(kv.key, kv.value, kv.mod_revision, kv.create_revision) for kv in kvs]
 
 
-def kvs_from_wire(items: list[list[Any]]) -> list[KeyValue]:
+def kvs_from_wire(items: list[WireKV]) -> list[KeyValue]:
     return [KeyValue(k, v, m, c) for k, v, m, c in items]
 
 
-async def read_message(reader: asyncio.StreamReader) -> dict[str, Any] | None:
-    """The next message, or None at the end of the stream. Raises ValueError for a frame that
-    is too large or not a msgpack map (the stream cannot be trusted after it)."""
+async def read_message(
+    reader: asyncio.StreamReader, decoder: msgspec.msgpack.Decoder[M]
+) -> M | None:
+    """The next message, or None at the end of the stream. Raises ``BadMessage`` for a frame
+    that decodes to no known message, and ValueError for one that is too large or not msgpack
+    (the stream cannot be trusted after it)."""
     try:
         head = await reader.readexactly(4)
     except (asyncio.IncompleteReadError, ConnectionError):
@@ -54,9 +133,8 @@ async def read_message(reader: asyncio.StreamReader) -> dict[str, Any] | None:
     except (asyncio.IncompleteReadError, ConnectionError):
         return None
     try:
-        msg = _dec.decode(body)
+        return decoder.decode(body)
+    except msgspec.ValidationError as e:
+        raise BadMessage(f"unknown IPC message: {e}") from None
     except msgspec.DecodeError as e:
         raise ValueError(f"undecodable IPC message: {e}") from None
-    if not isinstance(msg, dict):
-        raise ValueError(f"IPC message is a {type(msg).__name__}, not a map")
-    return msg

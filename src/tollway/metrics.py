@@ -33,7 +33,7 @@ from tollway.logs import http_server_log
 from tollway.plugins.builtin.prometheus import ENV_DIR, Prometheus, PrometheusAttr
 
 if TYPE_CHECKING:
-    from tollway.supervisor import Supervisor
+    from tollway.instance import InstanceView
 
 log = logging.getLogger("tollway.metrics")
 
@@ -71,10 +71,10 @@ class MetricsExport:
         self._modify_index: dict[str, tuple[int, int]] = {}  # kind -> (collection version, max)
 
     @classmethod
-    def for_supervisor(cls, sup: Supervisor) -> MetricsExport | None:
+    def for_instance(cls, instance: InstanceView) -> MetricsExport | None:
         """None unless the prometheus plugin is enabled (it is by default) and proxies run."""
-        plugin = sup.registry.get("prometheus")
-        if not isinstance(plugin, Prometheus) or not sup.settings.serves_proxy:
+        plugin = instance.registry.get("prometheus")
+        if not isinstance(plugin, Prometheus) or not instance.settings.serves_proxy:
             return None
         if not plugin.attr.enable_export_server:
             log.warning(
@@ -83,7 +83,9 @@ class MetricsExport:
             )
             return None
         export = cls(
-            plugin.attr, sup.settings.run_dir / "prometheus", UnknownPluginItems(sup.registry)
+            plugin.attr,
+            instance.settings.run_dir / "prometheus",
+            UnknownPluginItems(instance.registry),
         )
         export.open()
         return export
@@ -136,30 +138,30 @@ class MetricsExport:
 
     # -- a scrape -------------------------------------------------------------------------
 
-    def render(self, sup: Supervisor) -> bytes:
+    def render(self, instance: InstanceView) -> bytes:
         files = [str(p) for p in self.directory.glob("*.db")]
         families: list[Metric] = list(MultiProcessCollector.merge(files, accumulate=True))
-        families += self.instance_metrics(sup)
+        families += self.instance_metrics(instance)
         return render_text(families).encode()
 
-    def instance_metrics(self, sup: Supervisor) -> list[Metric]:
+    def instance_metrics(self, instance: InstanceView) -> list[Metric]:
         """What the supervisor knows: node, etcd, upstream health, Tollway's config state."""
         from tollway import __version__
 
         prefix = self.attr.metric_prefix
-        store = sup.store
-        source = sup.source
-        etcd_rev = int(getattr(source, "etcd_revision", 0) or 0)
+        store = instance.store
+        status = instance.source_status()
+        etcd_rev = status.etcd_revision or 0
         host = {"hostname": socket.gethostname(), "version": __version__}
         out = [_single(prefix + "node_info", "Info of APISIX node", 1, host)]
-        if sup.settings.config_provider == "etcd":  # APISIX: only with etcd as config center
-            up = 1 if getattr(source, "connected", False) else 0
+        if instance.settings.config_provider == "etcd":  # APISIX: only with etcd as config center
+            up = 1 if status.connected else 0
             doc = "Config server etcd reachable from APISIX, 0 is unreachable"
             out.append(_single(prefix + "etcd_reachable", doc, up))
-            out.append(self._modify_indexes(sup, prefix + "etcd_modify_indexes", etcd_rev))
-        out.append(self._upstream_status(sup, prefix + "upstream_status"))
+            out.append(self._modify_indexes(instance, prefix + "etcd_modify_indexes", etcd_rev))
+        out.append(self._upstream_status(instance, prefix + "upstream_status"))
         lag = max(0, etcd_rev - store.revision) if etcd_rev else 0
-        snapshot = 1 if sup.agent.from_snapshot else 0
+        snapshot = 1 if status.from_snapshot else 0
         return [
             *out,
             _single(
@@ -186,22 +188,22 @@ class MetricsExport:
         ]
 
     @staticmethod
-    def _upstream_status(sup: Supervisor, name: str) -> Metric:
+    def _upstream_status(instance: InstanceView, name: str) -> Metric:
         """Health-checked nodes (the supervisor holds the checkers): 1 while healthy or mostly
         healthy, as APISIX's ``upstream_status{name,ip,port}``."""
         metric = Metric(name, "Upstream node health from health checks, 1 is healthy", "gauge")
-        for stat in sup.upstreams.describe():
+        for stat in instance.upstreams.describe():
             for node in stat["nodes"]:
                 up = 1 if node["status"] in ("healthy", "mostly_healthy") else 0
                 labels = {"name": stat["name"], "ip": node["ip"], "port": str(node["port"])}
                 metric.add_sample(name, labels, up)
         return metric
 
-    def _modify_indexes(self, sup: Supervisor, name: str, etcd_rev: int) -> Metric:
+    def _modify_indexes(self, instance: InstanceView, name: str, etcd_rev: int) -> Metric:
         metric = Metric(name, "Etcd modify index for APISIX keys", "gauge")
         top = 0
         for kind in MODIFY_INDEX_KINDS:
-            coll = sup.store[kind]
+            coll = instance.store[kind]
             cached = self._modify_index.get(kind)
             if cached is None or cached[0] != coll.version:
                 highest = max((it.mod_revision for it in coll.items.values()), default=0)
@@ -214,23 +216,23 @@ class MetricsExport:
 
     # -- the server -----------------------------------------------------------------------
 
-    def build_app(self, sup: Supervisor) -> web.Application:
+    def build_app(self, instance: InstanceView) -> web.Application:
         from tollway import __version__
 
         server = f"Tollway/{__version__}"
 
         async def metrics(_: web.Request) -> web.Response:
-            body = self.render(sup)
+            body = self.render(instance)
             return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE, "Server": server})
 
         app = web.Application()
         app.router.add_get(self.attr.export_uri, metrics)
         return app
 
-    async def start_server(self, sup: Supervisor) -> web.AppRunner | None:
+    async def start_server(self, instance: InstanceView) -> web.AppRunner | None:
         """Serve on ``export_addr``; a port in use is logged and the instance runs on."""
         addr = self.attr.export_addr
-        runner = web.AppRunner(self.build_app(sup), access_log=None, logger=http_server_log())
+        runner = web.AppRunner(self.build_app(instance), access_log=None, logger=http_server_log())
         await runner.setup()
         try:
             await web.TCPSite(runner, addr.ip, addr.port, reuse_address=True).start()

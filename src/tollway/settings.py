@@ -120,6 +120,7 @@ class AdminConf(Struct, kw_only=True):
     admin_api_version: str = "v3"
     https_admin: bool = False
     admin_api_mtls: dict[str, Any] | None = None
+    enable_admin_ui: bool = True  # the dashboard at /ui/ (APISIX 3.13+; tollway.admin.ui)
 
 
 class RoleConf(Struct, kw_only=True):
@@ -149,6 +150,9 @@ class HttpConf(Struct, kw_only=True):
         '$body_bytes_sent $request_time "$http_referer" "$http_user_agent" $upstream_addr '
         '$upstream_status $upstream_response_time "$upstream_scheme://$upstream_host$upstream_uri"'
     )
+    # nginx's log_format escape= (APISIX access_log_format_escape): "json" escapes each value
+    # for a JSON string, so a format such as '{"host":"$host"}' writes one JSON object a line.
+    access_log_format_escape: Literal["default", "json"] = "default"
     client_max_body_size: int | str = 0
     keepalive_timeout: str | int = "60s"
     # nginx's client timeouts, with APISIX's defaults (config-default.yaml).

@@ -11,7 +11,7 @@ from tollway.checks import UnknownPluginItems
 from tollway.logs import http_server_log
 
 if TYPE_CHECKING:
-    from tollway.supervisor import Supervisor
+    from tollway.instance import InstanceView
 
 
 def _json(status: int, body: dict[str, Any]) -> web.Response:
@@ -28,16 +28,16 @@ def _server() -> str:
 UNKNOWN_LISTED = 100  # items listed in /status/config's unknown_plugins (all are counted)
 
 
-def build_status_app(sup: Supervisor) -> web.Application:
-    unknown = UnknownPluginItems(sup.registry)
+def build_status_app(instance: InstanceView) -> web.Application:
+    unknown = UnknownPluginItems(instance.registry)
 
     async def status(_: web.Request) -> web.Response:
         return _json(200, {"status": "ok"})
 
     async def ready(_: web.Request) -> web.Response:
-        if sup.all_ready():
+        if instance.all_ready():
             return _json(200, {"status": "ok"})
-        current = [w for w in sup.workers if w.generation == sup.generation]
+        current = [w for w in instance.worker_status() if w.current]
         n_ready = sum(1 for w in current if w.ready)
         return _json(
             503,
@@ -49,21 +49,20 @@ def build_status_app(sup: Supervisor) -> web.Application:
 
     async def config(_: web.Request) -> web.Response:
         """Tollway's addition: what each worker has applied, and the lag behind etcd."""
-        source = sup.source
-        etcd_rev = getattr(source, "etcd_revision", None)
+        st = instance.source_status()
         return _json(
             200,
             {
-                "revision": sup.store.revision,
-                "etcd_revision": etcd_rev,
-                "lag": (etcd_rev - sup.store.revision) if etcd_rev else None,
-                "from_snapshot": sup.agent.from_snapshot,
-                "rejected": sup.store.rejected,
-                "unknown_plugins": _unknown_plugins(sup, unknown),
-                "source_connected": getattr(source, "connected", None),
+                "revision": st.revision,
+                "etcd_revision": st.etcd_revision,
+                "lag": st.lag,
+                "from_snapshot": st.from_snapshot,
+                "rejected": st.rejected,
+                "unknown_plugins": _unknown_plugins(instance, unknown),
+                "source_connected": st.connected,
                 "workers": [
-                    {"pid": w.proc.pid, "ready": w.ready, "revision": w.revision}
-                    for w in sup.workers
+                    {"pid": w.pid, "ready": w.ready, "revision": w.revision}
+                    for w in instance.worker_status()
                 ],
             },
         )
@@ -75,21 +74,21 @@ def build_status_app(sup: Supervisor) -> web.Application:
     return app
 
 
-def _unknown_plugins(sup: Supervisor, scan: UnknownPluginItems) -> dict[str, Any]:
+def _unknown_plugins(instance: InstanceView, scan: UnknownPluginItems) -> dict[str, Any]:
     """Items naming plugins this gateway cannot run, and what is done with their requests."""
-    items = scan(sup.store)
+    items = scan(instance.store)
     return {
         "count": len(items),
-        "action": sup.settings.conf.tollway.unknown_plugins,
+        "action": instance.settings.conf.tollway.unknown_plugins,
         "items": [{"key": key, "plugins": names} for key, names in items[:UNKNOWN_LISTED]],
     }
 
 
-async def start_status_server(sup: Supervisor) -> web.AppRunner | None:
-    conf = sup.settings.conf.apisix.status
+async def start_status_server(instance: InstanceView) -> web.AppRunner | None:
+    conf = instance.settings.conf.apisix.status
     if conf is None:
         return None
-    runner = web.AppRunner(build_status_app(sup), access_log=None, logger=http_server_log())
+    runner = web.AppRunner(build_status_app(instance), access_log=None, logger=http_server_log())
     await runner.setup()
     site = web.TCPSite(runner, conf.ip, conf.port, reuse_address=True)
     await site.start()

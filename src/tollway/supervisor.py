@@ -19,18 +19,35 @@ import socket
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tollway.checks import ItemChecker
 from tollway.config.source import ConfigSource, KeyValue
-from tollway.config.store import RateLimitedLog, Store
+from tollway.config.store import Store
 from tollway.config.yaml_source import YamlSource
 from tollway.errors import SettingsError
-from tollway.ipc import encode, kvs_to_wire, read_message
+from tollway.instance import SourceStatus, WorkerStatus
+from tollway.ipc import (
+    TO_SUPERVISOR,
+    Ack,
+    Apply,
+    BadMessage,
+    Load,
+    Passive,
+    Ready,
+    ToSupervisor,
+    ToWorker,
+    encode,
+    read_message,
+)
 from tollway.metrics import MetricsExport
 from tollway.plugins.registry import load_registry
+from tollway.ratelog import RateLimitedLog
 from tollway.settings import LoadedSettings
 from tollway.upstream.monitor import UpstreamMonitor
+
+if TYPE_CHECKING:
+    from tollway.config.etcd import EtcdClient
 
 log = logging.getLogger("tollway.supervisor")
 
@@ -65,9 +82,7 @@ class Agent:
         self.store.load(revision, kvs)
         self.from_snapshot = False
         self.loaded.set()
-        self.sup.broadcast(
-            {"t": "load", "rev": revision, "kvs": kvs_to_wire(self.store.snapshot())}
-        )
+        self.sup.broadcast(Load.of(revision, self.store.snapshot()))
         self.sup.upstreams_changed(None)
         self.sup.snapshot_dirty()
 
@@ -86,7 +101,7 @@ class Agent:
             else:
                 accepted.append(KeyValue(key, item.raw, item.mod_revision, item.create_revision))
         # Even when every change was rejected, tell workers the revision moved (lag metric).
-        self.sup.broadcast({"t": "apply", "rev": revision, "kvs": kvs_to_wire(accepted)})
+        self.sup.broadcast(Apply.of(revision, accepted))
         if accepted:
             self.sup.upstreams_changed(store.last_changes)
             self.sup.snapshot_dirty()
@@ -120,6 +135,7 @@ class Supervisor:
         self.store = Store(settings.etcd.prefix, ItemChecker.for_store(registry, settings))
         self.agent = Agent(self, self.store)
         self.source: ConfigSource | None = None
+        self.etcd_client: EtcdClient | None = None  # set by make_source for an etcd source
         self.tasks: list[asyncio.Task[Any]] = []
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
@@ -206,14 +222,13 @@ class Supervisor:
     def _greeting(self) -> bytes:
         """What a new worker reads first: DNS answers and health (so its first compile already
         has them), then the config if the instance has one."""
-        msgs = list(self.upstreams.greeting())
+        msgs: list[ToWorker] = list(self.upstreams.greeting())
         no_wait = self.settings.conf.apisix.disable_sync_configuration_during_start
         if not self.store.loaded and no_wait:
             # APISIX's flag: do not hold start-up for the first sync; serve (404s) until it lands.
-            msgs.append({"t": "load", "rev": 0, "kvs": []})
+            msgs.append(Load(0, []))
         elif self.store.loaded:
-            kvs = kvs_to_wire(self.store.snapshot())
-            msgs.append({"t": "load", "rev": self.store.revision, "kvs": kvs})
+            msgs.append(Load.of(self.store.revision, self.store.snapshot()))
         return b"".join(encode(msg) for msg in msgs)
 
     async def _read_worker(self, handle: WorkerHandle, reader: asyncio.StreamReader) -> None:
@@ -222,7 +237,11 @@ class Supervisor:
         watch restarts it."""
         while True:
             try:
-                msg = await read_message(reader)
+                msg = await read_message(reader, TO_SUPERVISOR)
+            except BadMessage as e:  # framing intact: that message alone is lost
+                self._warn(logging.ERROR, "worker %d: bad IPC message ignored: %s",
+                           handle.proc.pid, e)  # fmt: skip
+                continue
             except ValueError as e:
                 self._warn(logging.ERROR, "worker %d: unreadable IPC message (%s); stopping it",
                            handle.proc.pid, e)  # fmt: skip
@@ -233,18 +252,19 @@ class Supervisor:
                 return
             try:
                 self._worker_message(handle, msg)
-            except Exception as e:  # a malformed message costs that message only
-                self._warn(logging.ERROR, "worker %d: bad IPC message ignored: %r",
-                           handle.proc.pid, e)  # fmt: skip
+            except Exception as e:  # a bug handling one message costs that message only
+                self._warn(logging.ERROR, "worker %d: IPC message %r failed: %r",
+                           handle.proc.pid, msg, e)  # fmt: skip
 
-    def _worker_message(self, handle: WorkerHandle, msg: dict[str, Any]) -> None:
-        kind = msg.get("t")
-        if kind == "passive":
-            self.upstreams.passive(msg.get("reports") or ())
-            return
-        if kind == "ready":
-            handle.ready = True
-        handle.revision = int(msg.get("rev", 0))
+    def _worker_message(self, handle: WorkerHandle, msg: ToSupervisor) -> None:
+        match msg:
+            case Passive(reports):
+                self.upstreams.passive(reports)
+            case Ready(rev):
+                handle.ready = True
+                handle.revision = rev
+            case Ack(rev):
+                handle.revision = rev
 
     async def _watch_worker(self, handle: WorkerHandle) -> None:
         """Waits for the worker to exit and restarts it. Nothing a worker does (crash, garbage on
@@ -285,7 +305,7 @@ class Supervisor:
                 self._warn(logging.ERROR, "could not start a worker: %r; retrying", e)
                 delay = min(RESPAWN_MAX_DELAY, delay * 2)
 
-    def broadcast(self, msg: dict[str, Any]) -> None:
+    def broadcast(self, msg: ToWorker) -> None:
         data = encode(msg)
         for w in self.workers:
             if not w.writer.is_closing():
@@ -296,6 +316,31 @@ class Supervisor:
         if not self.settings.serves_proxy:
             return self.store.loaded
         return bool(current) and all(w.ready for w in current)
+
+    # -- the read-only view services get (tollway.instance.InstanceView) ------------------
+
+    def source_status(self) -> SourceStatus:
+        source = self.source
+        etcd_rev = getattr(source, "etcd_revision", None)
+        return SourceStatus(
+            revision=self.store.revision,
+            etcd_revision=int(etcd_rev) if etcd_rev is not None else None,
+            connected=getattr(source, "connected", None),
+            from_snapshot=self.agent.from_snapshot,
+            rejected=self.store.rejected,
+        )
+
+    def worker_status(self) -> list[WorkerStatus]:
+        return [
+            WorkerStatus(w.proc.pid, w.ready, w.revision, w.generation == self.generation)
+            for w in self.workers
+        ]
+
+    def metric_files(self) -> tuple[list[str], str] | None:
+        export = self.metrics
+        if export is None:
+            return None
+        return [str(p) for p in export.directory.glob("*.db")], export.attr.metric_prefix
 
     # -- snapshot -----------------------------------------------------------------------
 
@@ -433,7 +478,7 @@ class Supervisor:
 
     async def start_services(self) -> None:
         # -- prometheus export (tollway.metrics): before any worker starts recording --
-        self.metrics = MetricsExport.for_supervisor(self)
+        self.metrics = MetricsExport.for_instance(self)
         if self.metrics is not None:
             runner = await self.metrics.start_server(self)
             if runner is not None:
@@ -505,7 +550,7 @@ class Supervisor:
         await self.upstreams.aclose()
         if self.source is not None:
             await self.source.aclose()
-        client = getattr(self, "etcd_client", None)
+        client = self.etcd_client
         if client is not None:
             await client.aclose()
         for s in self.sockets + self.tls_sockets:

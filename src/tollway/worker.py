@@ -15,12 +15,23 @@ import socket
 import ssl
 import sys
 import time
-from typing import Any
 
 import uvloop
 
 from tollway.config.store import Store
-from tollway.ipc import encode, kvs_from_wire, read_message
+from tollway.ipc import (
+    TO_WORKER,
+    Ack,
+    Apply,
+    BadMessage,
+    Dns,
+    Health,
+    Load,
+    Message,
+    Ready,
+    encode,
+    read_message,
+)
 from tollway.logs import setup_logging
 from tollway.plugins.builtin.prometheus import server_stats
 from tollway.plugins.registry import load_registry
@@ -60,7 +71,11 @@ class Worker:
         self.compiler = Compiler(settings, self.registry, health=self.health, passive=self.passive)
         http = settings.conf.nginx_config.http
         self.access_log = (
-            AccessLog(str(settings.resolve(http.access_log)), http.access_log_format)
+            AccessLog(
+                str(settings.resolve(http.access_log)),
+                http.access_log_format,
+                http.access_log_format_escape,
+            )
             if http.enable_access_log
             else None
         )
@@ -126,40 +141,45 @@ class Worker:
         return loop.create_task(tick())
 
     async def _ipc_loop(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        def send(msg: dict[str, Any]) -> None:
+        def send(msg: Message) -> None:
             if not writer.is_closing():
                 writer.write(encode(msg))
 
         self.passive.attach(send)
         while True:
-            msg = await read_message(reader)
+            try:
+                msg = await read_message(reader, TO_WORKER)
+            except BadMessage as e:  # from a newer supervisor, say: skip it, keep serving
+                log.error("unknown IPC message ignored: %s", e)
+                continue
             if msg is None:
                 log.warning("supervisor went away; stopping")
                 return
-            kind = msg.get("t")
-            if kind == "health":
-                self.health.update(msg["key"], msg["unhealthy"])
-                continue
-            if kind == "dns":
-                self.compiler.apply_dns(msg["names"])
-                continue
-            rev = int(msg.get("rev", 0))
-            kvs = kvs_from_wire(msg.get("kvs") or [])
-            t0 = time.perf_counter()
-            if kind == "load":
-                self.store.load(rev, kvs)
-                await self.compiler.load(self.store, first=not self.servers)
-            elif kind == "apply":
-                self.store.apply(rev, kvs)
-                self.compiler.apply(self.store, self.store.last_changes)
-            else:
-                continue
-            self._sync_tls()
-            log.debug("applied %s rev=%d in %.1f ms", kind, rev, (time.perf_counter() - t0) * 1e3)
-            first = not self.servers
-            if first:
-                await self._start_serving()
-            writer.write(encode({"t": "ready" if first else "ack", "rev": rev, "pid": os.getpid()}))
+            match msg:
+                case Health(key, unhealthy):
+                    self.health.update(key, unhealthy)
+                case Dns(names):
+                    self.compiler.apply_dns(names)
+                case Load() | Apply():
+                    await self._apply_config(msg)
+                    first = not self.servers
+                    if first:
+                        await self._start_serving()
+                    pid = os.getpid()
+                    writer.write(encode(Ready(msg.rev, pid) if first else Ack(msg.rev, pid)))
+
+    async def _apply_config(self, msg: Load | Apply) -> None:
+        t0 = time.perf_counter()
+        kvs = msg.key_values()
+        if isinstance(msg, Load):
+            self.store.load(msg.rev, kvs)
+            await self.compiler.load(self.store, first=not self.servers)
+        else:
+            self.store.apply(msg.rev, kvs)
+            self.compiler.apply(self.store, self.store.last_changes)
+        self._sync_tls()
+        elapsed = (time.perf_counter() - t0) * 1e3
+        log.debug("applied %s rev=%d in %.1f ms", type(msg).__name__, msg.rev, elapsed)
 
     def _sync_tls(self) -> None:
         """The listener asks for client certificates while an ssl object wants them (mTLS)."""

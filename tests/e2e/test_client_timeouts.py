@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support.gateway import Gateway, wait_until
+from tests.support.gateway import Gateway, StartGateway, wait_until
 from tests.support.upstream import Upstream
 
 ROUTES = """
@@ -48,10 +48,8 @@ SHORT = {
 
 
 @pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream) -> Iterator[Gateway]:
-    root: Path = tmp_path_factory.mktemp("gw")
-    with Gateway(root, apisix_yaml=ROUTES % {"up": upstream.addr}, config=SHORT) as g:
-        yield g
+def gw(standalone_gateway: StartGateway, upstream: Upstream) -> Gateway:
+    return standalone_gateway(ROUTES % {"up": upstream.addr}, config=SHORT)
 
 
 def read_until_closed(s: socket.socket, limit: float = 10) -> tuple[bytes, float]:

@@ -8,13 +8,11 @@ import base64
 import os
 import re
 import socket
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import requests
 
-from tests.support.gateway import Gateway, wait_until
+from tests.support.gateway import Gateway, StartGateway, wait_until
 from tests.support.upstream import Upstream
 
 CONFIG = """
@@ -47,10 +45,8 @@ routes:
 
 
 @pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream) -> Iterator[Gateway]:
-    root: Path = tmp_path_factory.mktemp("gw")
-    with Gateway(root, apisix_yaml=CONFIG % {"up": upstream.addr}) as g:
-        yield g
+def gw(standalone_gateway: StartGateway, upstream: Upstream) -> Gateway:
+    return standalone_gateway(CONFIG % {"up": upstream.addr})
 
 
 def exchange(gw: Gateway, data: bytes, timeout: float = 5) -> bytes:
@@ -255,11 +251,9 @@ def test_default_mode_passes_what_nginx_passes(
 
 
 @pytest.fixture(scope="module")
-def servlet_gw(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream) -> Iterator[Gateway]:
-    root: Path = tmp_path_factory.mktemp("servlet")
+def servlet_gw(standalone_gateway: StartGateway, upstream: Upstream) -> Gateway:
     conf = {"apisix": {"normalize_uri_like_servlet": True}}
-    with Gateway(root, apisix_yaml=CONFIG % {"up": upstream.addr}, config=conf) as g:
-        yield g
+    return standalone_gateway(CONFIG % {"up": upstream.addr}, config=conf)
 
 
 @pytest.mark.parametrize(

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import gzip
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import requests
 
-from tests.support.gateway import Gateway
+from tests.support.gateway import Gateway, StartGateway
 from tests.support.upstream import Upstream
 
 CONFIG = """
@@ -32,10 +30,8 @@ routes:
 
 
 @pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream) -> Iterator[Gateway]:
-    root: Path = tmp_path_factory.mktemp("gw")
-    with Gateway(root, apisix_yaml=CONFIG % {"up": upstream.addr}) as g:
-        yield g
+def gw(standalone_gateway: StartGateway, upstream: Upstream) -> Gateway:
+    return standalone_gateway(CONFIG % {"up": upstream.addr})
 
 
 def test_gzip_compresses_when_accepted(gw: Gateway) -> None:

@@ -6,14 +6,12 @@ import base64
 import hashlib
 import hmac
 import time
-from collections.abc import Iterator
 from email.utils import formatdate
-from pathlib import Path
 
 import pytest
 import requests
 
-from tests.support.gateway import Gateway
+from tests.support.gateway import Gateway, StartGateway
 from tests.support.upstream import Upstream
 
 CONFIG = """
@@ -44,10 +42,8 @@ OPAQUE = {"message": "client request can't be validated"}
 
 
 @pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream) -> Iterator[Gateway]:
-    root: Path = tmp_path_factory.mktemp("gw")
-    with Gateway(root, apisix_yaml=CONFIG % {"up": upstream.addr}) as g:
-        yield g
+def gw(standalone_gateway: StartGateway, upstream: Upstream) -> Gateway:
+    return standalone_gateway(CONFIG % {"up": upstream.addr})
 
 
 def sign(

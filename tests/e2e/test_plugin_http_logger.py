@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.support.gateway import Gateway, free_port, wait_until
+from tests.support.gateway import Gateway, StartGateway, free_port, wait_until
 from tests.support.upstream import Upstream
 
 CONFIG = """
@@ -64,13 +64,9 @@ def collector() -> Iterator[Upstream]:
 
 
 @pytest.fixture(scope="module")
-def gw(
-    tmp_path_factory: pytest.TempPathFactory, upstream: Upstream, collector: Upstream
-) -> Iterator[Gateway]:
-    root: Path = tmp_path_factory.mktemp("gw")
+def gw(standalone_gateway: StartGateway, upstream: Upstream, collector: Upstream) -> Gateway:
     text = CONFIG % {"up": upstream.addr, "col": collector.addr, "dead": free_port()}
-    with Gateway(root, apisix_yaml=text) as g:
-        yield g
+    return standalone_gateway(text)
 
 
 def posts_to(collector: Upstream, path: str, n: int = 1) -> list[dict[str, Any]]:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import jwt
 import pytest
@@ -12,7 +10,7 @@ import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tests.support.gateway import Gateway
+from tests.support.gateway import Gateway, StartGateway
 from tests.support.upstream import Upstream
 
 SECRET = "a-secret-that-is-at-least-32-bytes-long!"
@@ -46,12 +44,10 @@ consumers:
 
 
 @pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream) -> Iterator[Gateway]:
-    root: Path = tmp_path_factory.mktemp("gw")
+def gw(standalone_gateway: StartGateway, upstream: Upstream) -> Gateway:
     pub = "\n".join("          " + line for line in RSA_PUB.strip().splitlines())
     text = CONFIG % {"up": upstream.addr, "secret": SECRET, "pub": pub}
-    with Gateway(root, apisix_yaml=text) as g:
-        yield g
+    return standalone_gateway(text)
 
 
 def test_missing_and_invalid(gw: Gateway) -> None:

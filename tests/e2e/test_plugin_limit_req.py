@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 import requests
 
-from tests.support.gateway import Gateway, wait_until
+from tests.support.gateway import Gateway, StartGateway, wait_until
 from tests.support.upstream import Upstream
 
 CONFIG = """
@@ -35,11 +33,10 @@ routes:
 
 
 @pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream) -> Iterator[Gateway]:
-    root: Path = tmp_path_factory.mktemp("gw")
-    with Gateway(root, apisix_yaml=CONFIG % {"up": upstream.addr}, workers=2) as g:
-        wait_until(lambda: len(g.worker_pids()) == 2)
-        yield g
+def gw(standalone_gateway: StartGateway, upstream: Upstream) -> Gateway:
+    g = standalone_gateway(CONFIG % {"up": upstream.addr}, workers=2)
+    wait_until(lambda: len(g.worker_pids()) == 2)
+    return g
 
 
 def test_limit_req_rejects_over_rate(gw: Gateway) -> None:

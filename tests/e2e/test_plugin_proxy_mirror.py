@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
-from tests.support.gateway import Gateway, free_port, wait_until
+from tests.support.gateway import Gateway, StartGateway, free_port, wait_until
 from tests.support.upstream import Upstream
 
 CONFIG = """
@@ -58,13 +57,9 @@ def mirror() -> Iterator[Upstream]:
 
 
 @pytest.fixture(scope="module")
-def gw(
-    tmp_path_factory: pytest.TempPathFactory, upstream: Upstream, mirror: Upstream
-) -> Iterator[Gateway]:
-    root: Path = tmp_path_factory.mktemp("gw")
+def gw(standalone_gateway: StartGateway, upstream: Upstream, mirror: Upstream) -> Gateway:
     text = CONFIG % {"up": upstream.addr, "mirror": mirror.addr, "dead": free_port()}
-    with Gateway(root, apisix_yaml=text) as g:
-        yield g
+    return standalone_gateway(text)
 
 
 def mirrored(mirror: Upstream, path: str) -> dict[str, Any]:

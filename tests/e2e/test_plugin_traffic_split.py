@@ -4,13 +4,11 @@ the route's own upstream, and a missing upstream_id."""
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import requests
 
-from tests.support.gateway import Gateway
+from tests.support.gateway import Gateway, StartGateway
 from tests.support.upstream import Upstream
 
 CONFIG = """
@@ -68,13 +66,9 @@ routes:
 
 
 @pytest.fixture(scope="module")
-def gw(
-    tmp_path_factory: pytest.TempPathFactory, upstream: Upstream, upstream2: Upstream
-) -> Iterator[Gateway]:
-    root: Path = tmp_path_factory.mktemp("gw")
+def gw(standalone_gateway: StartGateway, upstream: Upstream, upstream2: Upstream) -> Gateway:
     text = CONFIG % {"up1": upstream.addr, "up2": upstream2.addr, "port2": upstream2.port}
-    with Gateway(root, apisix_yaml=text, workers=1) as g:
-        yield g
+    return standalone_gateway(text, workers=1)
 
 
 def served_by(gw: Gateway, path: str, n: int, **kw: object) -> collections.Counter[str]:

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 import requests
 
-from tests.support.gateway import Gateway
+from tests.support.gateway import Gateway, StartGateway
 from tests.support.upstream import Upstream
 
 CONFIG = """
@@ -28,10 +25,8 @@ routes:
 
 
 @pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream) -> Iterator[Gateway]:
-    root: Path = tmp_path_factory.mktemp("gw")
-    with Gateway(root, apisix_yaml=CONFIG % {"up": upstream.addr}) as g:
-        yield g
+def gw(standalone_gateway: StartGateway, upstream: Upstream) -> Gateway:
+    return standalone_gateway(CONFIG % {"up": upstream.addr})
 
 
 def test_blocked_without_message_gets_the_default_page(gw: Gateway) -> None:

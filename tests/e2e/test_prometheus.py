@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import socket
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.etcd import EtcdServer
-from tests.support.gateway import Gateway, free_port, wait_until
+from tests.support.gateway import Gateway, StartGateway, free_port, wait_until
 from tests.support.upstream import Upstream
 
 URI = "/apisix/prometheus/metrics"
@@ -101,13 +100,9 @@ def port() -> int:
 
 
 @pytest.fixture(scope="module")
-def gw(
-    tmp_path_factory: pytest.TempPathFactory, upstream: Upstream, port: int
-) -> Iterator[Gateway]:
-    root: Path = tmp_path_factory.mktemp("prom")
+def gw(standalone_gateway: StartGateway, upstream: Upstream, port: int) -> Gateway:
     config = exporter(port)
-    with Gateway(root, apisix_yaml=CONFIG % {"up": upstream.addr}, workers=2, config=config) as g:
-        yield g
+    return standalone_gateway(CONFIG % {"up": upstream.addr}, workers=2, config=config)
 
 
 def test_route_requests_are_counted_once_across_workers(gw: Gateway, port: int) -> None:

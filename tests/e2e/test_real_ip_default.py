@@ -3,13 +3,10 @@ in X-Real-IP (reference §2.1), for routing, plugins and the headers sent upstre
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 import requests
 
-from tests.support.gateway import Gateway
+from tests.support.gateway import Gateway, StartGateway
 from tests.support.upstream import Upstream
 
 CONFIG = """
@@ -36,18 +33,14 @@ routes:
 
 
 @pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream) -> Iterator[Gateway]:
-    root: Path = tmp_path_factory.mktemp("gw")
-    with Gateway(root, apisix_yaml=CONFIG % {"up": upstream.addr}) as g:
-        yield g
+def gw(standalone_gateway: StartGateway, upstream: Upstream) -> Gateway:
+    return standalone_gateway(CONFIG % {"up": upstream.addr})
 
 
 @pytest.fixture(scope="module")
-def untrusting(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream) -> Iterator[Gateway]:
-    root: Path = tmp_path_factory.mktemp("gw")
+def untrusting(standalone_gateway: StartGateway, upstream: Upstream) -> Gateway:
     conf = {"nginx_config": {"http": {"real_ip_from": ["192.0.2.0/24"]}}}
-    with Gateway(root, apisix_yaml=CONFIG % {"up": upstream.addr}, config=conf) as g:
-        yield g
+    return standalone_gateway(CONFIG % {"up": upstream.addr}, config=conf)
 
 
 def test_a_loopback_client_names_the_client_address(gw: Gateway) -> None:

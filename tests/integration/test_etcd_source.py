@@ -12,7 +12,8 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from tests.support.etcd import EtcdServer, arun, etcd, free_port, until  # noqa: F401
+from tests.support.etcd import EtcdServer, arun, etcd, free_port  # noqa: F401
+from tests.support.wait import until
 from tollway.config.etcd import EtcdClient
 from tollway.config.etcd_source import EtcdSource, backoff_delay
 from tollway.config.source import KeyValue

@@ -17,7 +17,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -33,17 +33,6 @@ def free_port() -> int:
     from tests.support.gateway import free_port as below_ephemeral_range
 
     return below_ephemeral_range()
-
-
-def wait_until(
-    predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02
-) -> None:
-    """Poll ``predicate()`` until it is truthy or the deadline passes (then AssertionError)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s: {predicate}")
-        time.sleep(interval)
 
 
 def make_test_pki(directory: Path) -> None:
@@ -302,14 +291,3 @@ def arun(coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
             return await coro
 
     return asyncio.run(bounded())
-
-
-async def until(
-    predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.01
-) -> None:
-    """Async poll with a deadline (for conditions that no event signals)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(interval)

@@ -8,13 +8,15 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import requests
 import yaml
+
+# re-exported: the e2e modules import it from here with Gateway
+from tests.support.wait import wait_until as wait_until
 
 _rng = random.Random()
 
@@ -39,21 +41,6 @@ def free_port() -> int:
             _handed_out.add(port)
             return port
     raise RuntimeError("no free loopback port in 20000-32000")
-
-
-def wait_until(pred: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
-    """Poll ``pred`` until it returns a truthy value; fail with the last error after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = pred()
-            if last:
-                return last
-        except Exception as e:
-            last = e
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s (last: {last!r})")
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -111,6 +98,7 @@ class Gateway:
             "nginx_config": {
                 "worker_processes": workers,
                 "error_log_level": "info",
+                "error_log": "stderr",  # into tollway.log with stdout, for logs()
                 "http": {"access_log": str(root / "logs" / "access.log")},
             },
             "tollway": {"run_dir": str(root / "run"), "graceful_timeout": 5},
@@ -247,3 +235,7 @@ class Gateway:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+# The ``standalone_gateway`` fixture (tests/conftest.py): ``(apisix_yaml, **options) -> Gateway``.
+StartGateway = Callable[..., Gateway]

@@ -40,7 +40,7 @@ from tollway.errors import ConfigError, EtcdError, SettingsError
 from tollway.logs import http_server_log
 
 if TYPE_CHECKING:
-    from tollway.supervisor import Supervisor
+    from tollway.instance import InstanceView
 
 log = logging.getLogger("tollway.admin")
 
@@ -369,51 +369,51 @@ def _is_number(text: str) -> bool:
 # -- start-up -------------------------------------------------------------------------------
 
 
-def make_cipher(sup: Supervisor) -> KeyCipher | None:
+def make_cipher(instance: InstanceView) -> KeyCipher | None:
     # enable_encrypt_fields is about plugin fields; SSL keys follow the keyring alone (APISIX).
-    keyring = sup.settings.conf.apisix.data_encryption.keyring
+    keyring = instance.settings.conf.apisix.data_encryption.keyring
     if not keyring:
         return None
     try:
         return KeyCipher(keyring)
     except ConfigError as e:
         raise SettingsError(
-            str(sup.settings.path), "apisix.data_encryption.keyring", str(e)
+            str(instance.settings.path), "apisix.data_encryption.keyring", str(e)
         ) from None
 
 
-def make_ssl_context(sup: Supervisor) -> ssl.SSLContext | None:
+def make_ssl_context(instance: InstanceView) -> ssl.SSLContext | None:
     """``https_admin: true`` with ``admin_api_mtls.admin_ssl_cert``/``admin_ssl_cert_key``;
     ``admin_ssl_ca_cert`` also requires client certificates signed by that CA (mTLS)."""
-    conf = sup.settings.conf.deployment.admin
+    conf = instance.settings.conf.deployment.admin
     if not conf.https_admin:
         return None
     mtls = conf.admin_api_mtls or {}
     cert, key = mtls.get("admin_ssl_cert"), mtls.get("admin_ssl_cert_key")
     if not cert or not key:
         raise SettingsError(
-            str(sup.settings.path),
+            str(instance.settings.path),
             "deployment.admin.admin_api_mtls",
             "https_admin is true but admin_ssl_cert / admin_ssl_cert_key are not set",
         )
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
-        ctx.load_cert_chain(sup.settings.resolve(cert), sup.settings.resolve(key))
+        ctx.load_cert_chain(instance.settings.resolve(cert), instance.settings.resolve(key))
         ca = mtls.get("admin_ssl_ca_cert")
         if ca:
-            ctx.load_verify_locations(sup.settings.resolve(ca))
+            ctx.load_verify_locations(instance.settings.resolve(ca))
             ctx.verify_mode = ssl.CERT_REQUIRED
     except (OSError, ssl.SSLError) as e:
-        path = str(sup.settings.path)
+        path = str(instance.settings.path)
         raise SettingsError(path, "deployment.admin.admin_api_mtls", str(e)) from None
     return ctx
 
 
-def build_admin(sup: Supervisor) -> tuple[AdminApp, AdminResources]:
+def build_admin(instance: InstanceView) -> tuple[AdminApp, AdminResources]:
     """Raises SettingsError (the process must not start) for an unsafe or broken setup."""
     from tollway.admin.openapi import openapi_document
 
-    settings = sup.settings
+    settings = instance.settings
     conf = settings.conf.deployment.admin
     try:
         keys = resolve_keys(
@@ -425,19 +425,19 @@ def build_admin(sup: Supervisor) -> tuple[AdminApp, AdminResources]:
     except AdminKeyError as e:
         raise SettingsError(str(settings.path), e.key, e.message) from None
     standalone = None
-    etcd = getattr(sup, "etcd_client", None)
-    if isinstance(sup.source, ApiSource):
-        standalone = StandaloneConfigs(sup.source, ItemChecker(sup.registry, strict=True))
+    etcd = instance.etcd_client
+    if isinstance(instance.source, ApiSource):
+        standalone = StandaloneConfigs(instance.source, ItemChecker(instance.registry, strict=True))
     if etcd is None:
         # API-driven standalone: no etcd; the item endpoints answer 400 and never use it.
         etcd = EtcdClient(settings.etcd.host)
     resources = AdminResources(
         etcd,
         settings.etcd.prefix,
-        sup.store,
-        sup.registry,
+        instance.store,
+        instance.registry,
         stream_enabled="stream" in settings.conf.apisix.proxy_mode,
-        cipher=make_cipher(sup),
+        cipher=make_cipher(instance),
     )
     app = AdminApp(
         resources,
@@ -452,8 +452,8 @@ def build_admin(sup: Supervisor) -> tuple[AdminApp, AdminResources]:
     return app, resources
 
 
-async def start_admin_server(sup: Supervisor) -> web.AppRunner | None:
-    settings = sup.settings
+async def start_admin_server(instance: InstanceView) -> web.AppRunner | None:
+    settings = instance.settings
     if not settings.serves_admin:
         return None
     conf = settings.conf.deployment.admin
@@ -462,9 +462,13 @@ async def start_admin_server(sup: Supervisor) -> web.AppRunner | None:
             ipaddress.ip_network(cidr, strict=False)
     except ValueError as e:
         raise SettingsError(str(settings.path), "deployment.admin.allow_admin", str(e)) from None
-    ssl_ctx = make_ssl_context(sup)
-    admin, _ = build_admin(sup)
+    ssl_ctx = make_ssl_context(instance)
+    admin, _ = build_admin(instance)
     app = admin.build()
+    if conf.enable_admin_ui:
+        from tollway.admin.ui import add_ui
+
+        add_ui(app, admin.keys, admin.key_required, instance)
     # APISIX writes <prefix>/plugins when the admin node starts; do it in the background so
     # a down etcd does not hold the start (tracked and cancelled on cleanup).
     task = asyncio.get_running_loop().create_task(

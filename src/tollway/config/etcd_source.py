@@ -17,8 +17,8 @@ from typing import Any
 
 from tollway.config.etcd import EtcdClient, Watch, WatchResponse
 from tollway.config.source import ConfigSink, ConfigSource, KeyValue
-from tollway.config.store import RateLimitedLog
 from tollway.errors import EtcdCompacted, EtcdError, EtcdUnavailable
+from tollway.ratelog import RateLimitedLog
 
 __all__ = ["EtcdSource", "backoff_delay"]
 

@@ -18,10 +18,10 @@ import msgspec
 import yaml
 
 from tollway.config.source import ConfigSink, ConfigSource, KeyValue
-from tollway.config.store import RateLimitedLog
 from tollway.config.values import printable_key
 from tollway.errors import SourceError
 from tollway.model import KINDS
+from tollway.ratelog import RateLimitedLog
 
 log = logging.getLogger("tollway.config")
 

@@ -1,4 +1,5 @@
-"""Header fields: which ones stop at the gateway, how a value a plugin set goes on the wire.
+"""Header fields: which ones stop at the gateway (a value a plugin set is made safe for the wire
+by the kit, ``plugins.kit.wire_value``, when it is set).
 
 Pure (no asyncio, no sockets): values and bytes in, values and bytes out.
 """
@@ -39,18 +40,3 @@ def connection_tokens(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
                 if t and t not in PLAIN_CONNECTION:
                     tokens.add(t)
     return frozenset(tokens)
-
-
-_CTL_TO_SP = str.maketrans({"\r": " ", "\n": " ", "\0": " "})
-
-
-def field_bytes(value: str) -> bytes:
-    """A header value a plugin set, as it goes on the wire: CR, LF and NUL become SP (RFC 9110
-    5.5 lets a recipient replace them so), so no value can start another header line; text
-    beyond latin-1 is sent as UTF-8 bytes, as nginx passes what it was given."""
-    if "\r" in value or "\n" in value or "\0" in value:
-        value = value.translate(_CTL_TO_SP)
-    try:
-        return value.encode("latin-1")
-    except UnicodeEncodeError:
-        return value.encode("utf-8", "surrogateescape")

@@ -9,8 +9,8 @@ coroutines; the chain is compiled once per route version, so none of this is dec
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any, ClassVar, Generic, TypeVar
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 from urllib.parse import parse_qsl
 
 import msgspec
@@ -25,6 +25,25 @@ T = TypeVar("T")
 PHASES = ("rewrite", "access", "before_proxy", "header_filter", "body_filter", "log")
 
 _TCHAR = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+_CTL_TO_SP = str.maketrans({"\r": " ", "\n": " ", "\0": " "})
+
+
+def wire_value(value: str) -> str:
+    """A header value a plugin sets, as it may go on the wire: CR, LF and NUL become SP (RFC
+    9110 5.5 lets a recipient replace them so), so no value can start another header line; text
+    beyond latin-1 becomes the latin-1 reading of its UTF-8 bytes, so heads are written with
+    one latin-1 encode and carry UTF-8, as nginx passes what it was given. Every header setter
+    of the kit applies it: what a plugin sets is safe to write, whatever its source."""
+    if not value.isprintable():  # one C pass; HTAB and other controls are rare but legal
+        value = value.translate(_CTL_TO_SP)
+    if not value.isascii():
+        try:
+            value.encode("latin-1")
+        except UnicodeEncodeError:
+            value = value.encode("utf-8", "surrogateescape").decode("latin-1")
+    return value
 
 
 def header_names_error(headers: Any) -> str | None:
@@ -159,6 +178,46 @@ class Consumer:
         self.version = version
 
 
+class RouteIdentity(Protocol):
+    """The matched route as plugins see it (``ctx.matched_route``): who it is, read-only."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def key(self) -> str:
+        """Its etcd key (``/apisix/routes/<id>``): what counters are scoped by."""
+        ...
+
+    @property
+    def name(self) -> str | None: ...
+
+    @property
+    def service_id(self) -> str | None: ...
+
+    @property
+    def plugins(self) -> Mapping[str, Any]:
+        """The raw plugin confs of the route merged with its service and plugin config."""
+        ...
+
+
+class ConsumerLookup(Protocol):
+    """The consumers of the running config (``ctx.consumers``), as auth plugins find them."""
+
+    def find(self, plugin: str, key: str) -> Consumer | None: ...
+
+    @property
+    def by_name(self) -> Mapping[str, Consumer]: ...
+
+
+class UpstreamSource(Protocol):
+    """What ``set_upstream`` resolves ids and inline confs with (the server's compiler)."""
+
+    def upstream_by_id(self, upstream_id: str) -> object | None: ...
+
+    def inline_upstream(self, conf: Any) -> object | None: ...
+
+
 class RequestContext:
     """Per-request state shared by the pipeline and plugins. Header names are lowercase."""
 
@@ -240,6 +299,7 @@ class RequestContext:
         self._headers: dict[str, str] | None = None
         self._args: dict[str, str] | None = None
         self._cookies: dict[str, str] | None = None
+        # The server's compiled route: not plugin API (``matched_route`` is).
         self.route: Any = None
         self.route_id: str | None = None
         self.route_name: str | None = None
@@ -247,12 +307,12 @@ class RequestContext:
         self.matched_params: dict[str, str] | None = None
         self.matched_uri: str | None = None
         self.route_hosts: tuple[str, ...] | None = None  # the matched route's hosts (lowercase)
-        self.consumer: Any = None
-        self.consumers: Any = None  # the runtime's ConsumerIndex (set by the pipeline)
-        self.upstream_source: Any = None  # resolves upstreams for set_upstream (the pipeline's)
+        self.consumer: Consumer | None = None
+        self.consumers: ConsumerLookup | None = None  # set by the pipeline
+        self.upstream_source: UpstreamSource | None = None  # set by the pipeline
         # ``async (limit) -> bytes | None``: the pipeline's request body reader (None: no body).
         self.body_reader: Any = None
-        self.upstream_override: Any = None
+        self.upstream_override: Any = None  # what set_upstream chose: not plugin API
         self.consumer_name: str | None = None
         self.plugin_state: dict[str, Any] | None = None
         self.vars_extra: dict[str, Any] | None = None
@@ -362,12 +422,33 @@ class RequestContext:
         data: bytes | None = await reader(limit)
         return data
 
+    # -- the matched route ---------------------------------------------------------------
+
+    @property
+    def matched_route(self) -> RouteIdentity | None:
+        """The route this request matched (None before matching and on a 404)."""
+        route: RouteIdentity | None = self.route
+        return route
+
+    def is_route_conf(self, conf: Any) -> bool:
+        """``conf`` is the very object in the matched route's own chain (its plugins merged with
+        its service and plugin config), not an equal one from a global rule or a consumer."""
+        own = getattr(self.route, "own_chain", None)
+        if own is None:
+            return self.route is not None
+        return any(e.conf is conf for e in (*own.rewrite, *own.access, *own.log))
+
     # -- consumers (auth plugins) -------------------------------------------------------
 
     def find_consumer(self, plugin: str, key: str) -> Consumer | None:
         """The consumer whose ``plugin`` conf has ``consumer_key_field`` == key."""
         index = self.consumers
         return index.find(plugin, key) if index is not None else None
+
+    def consumer_by_name(self, username: str) -> Consumer | None:
+        """The consumer called ``username`` (APISIX ``consumer.get_anonymous_consumer``)."""
+        index = self.consumers
+        return index.by_name.get(username) if index is not None else None
 
     def attach_consumer(self, consumer: Consumer) -> None:
         """Identify the request's consumer; its (and its group's) plugins then apply."""
@@ -416,6 +497,8 @@ class RequestContext:
         self._header_op(name, value, True)
 
     def _header_op(self, name: str, value: str | None, append: bool) -> None:
+        if value is not None:
+            value = wire_value(value)
         if self.up_header_ops is None:
             self.up_header_ops = []
         self.up_header_ops.append((name, value, append))  # name as the plugin spelled it
@@ -441,13 +524,13 @@ class RequestContext:
         lname = name.lower()
         hs = [(k, v) for k, v in self.resp_headers or () if k.lower() != lname]
         if value is not None:
-            hs.append((name, value))
+            hs.append((name, wire_value(value)))
         self.resp_headers = hs
 
     def add_response_header(self, name: str, value: str) -> None:
         if self.resp_headers is None:
             self.resp_headers = []
-        self.resp_headers.append((name, value))
+        self.resp_headers.append((name, wire_value(value)))
 
 
 def _request_line(c: RequestContext) -> str:

@@ -9,6 +9,7 @@ import json
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from importlib.metadata import EntryPoint
 from typing import Any
 
 import msgspec
@@ -19,33 +20,48 @@ from tollway.plugins.kit import PHASES, Plugin
 
 log = logging.getLogger("tollway.plugins")
 
-BUILTIN_MODULES = (
-    "tollway.plugins.builtin.proxy_rewrite",
-    "tollway.plugins.builtin.response_rewrite",
-    "tollway.plugins.builtin.key_auth",
-    "tollway.plugins.builtin.limit_count",
-    "tollway.plugins.builtin.cors",
-    "tollway.plugins.builtin.basic_auth",
-    "tollway.plugins.builtin.jwt_auth",
-    "tollway.plugins.builtin.consumer_restriction",
-    "tollway.plugins.builtin.ip_restriction",
-    "tollway.plugins.builtin.limit_req",
-    "tollway.plugins.builtin.limit_conn",
-    "tollway.plugins.builtin.request_id",
-    "tollway.plugins.builtin.real_ip",
-    "tollway.plugins.builtin.redirect",
-    "tollway.plugins.builtin.fault_injection",
-    "tollway.plugins.builtin.uri_blocker",
-    "tollway.plugins.builtin.ua_restriction",
-    "tollway.plugins.builtin.referer_restriction",
-    "tollway.plugins.builtin.gzip_compress",
-    "tollway.plugins.builtin.api_breaker",
-    "tollway.plugins.builtin.traffic_split",
-    "tollway.plugins.builtin.proxy_mirror",
-    "tollway.plugins.builtin.hmac_auth",
-    "tollway.plugins.builtin.http_logger",
-    "tollway.plugins.builtin.prometheus",
-    "tollway.plugins.builtin.accept_only",
+GROUP = "tollway.plugins"
+# The built-in plugins' entry points as pyproject.toml declares them, in the same order. Used
+# for those the installed distribution's metadata lacks (an editable install made before the
+# entry was added); a unit test keeps this equal to pyproject.toml.
+BUILTIN_ENTRY_POINTS: tuple[tuple[str, str], ...] = (
+    ("proxy-rewrite", "tollway.plugins.builtin.proxy_rewrite:ProxyRewrite"),
+    ("response-rewrite", "tollway.plugins.builtin.response_rewrite:ResponseRewrite"),
+    ("key-auth", "tollway.plugins.builtin.key_auth:KeyAuth"),
+    ("limit-count", "tollway.plugins.builtin.limit_count:LimitCount"),
+    ("cors", "tollway.plugins.builtin.cors:Cors"),
+    ("basic-auth", "tollway.plugins.builtin.basic_auth:BasicAuth"),
+    ("jwt-auth", "tollway.plugins.builtin.jwt_auth:JwtAuth"),
+    ("consumer-restriction", "tollway.plugins.builtin.consumer_restriction:ConsumerRestriction"),
+    ("ip-restriction", "tollway.plugins.builtin.ip_restriction:IpRestriction"),
+    ("limit-req", "tollway.plugins.builtin.limit_req:LimitReq"),
+    ("limit-conn", "tollway.plugins.builtin.limit_conn:LimitConn"),
+    ("request-id", "tollway.plugins.builtin.request_id:RequestId"),
+    ("real-ip", "tollway.plugins.builtin.real_ip:RealIp"),
+    ("redirect", "tollway.plugins.builtin.redirect:Redirect"),
+    ("fault-injection", "tollway.plugins.builtin.fault_injection:FaultInjection"),
+    ("uri-blocker", "tollway.plugins.builtin.uri_blocker:UriBlocker"),
+    ("ua-restriction", "tollway.plugins.builtin.ua_restriction:UaRestriction"),
+    ("referer-restriction", "tollway.plugins.builtin.referer_restriction:RefererRestriction"),
+    ("gzip", "tollway.plugins.builtin.gzip_compress:Gzip"),
+    ("api-breaker", "tollway.plugins.builtin.api_breaker:ApiBreaker"),
+    ("traffic-split", "tollway.plugins.builtin.traffic_split:TrafficSplit"),
+    ("proxy-mirror", "tollway.plugins.builtin.proxy_mirror:ProxyMirror"),
+    ("hmac-auth", "tollway.plugins.builtin.hmac_auth:HmacAuth"),
+    ("http-logger", "tollway.plugins.builtin.http_logger:HttpLogger"),
+    ("prometheus", "tollway.plugins.builtin.prometheus:Prometheus"),
+    ("serverless-pre-function", "tollway.plugins.builtin.accept_only:ServerlessPreFunction"),
+    ("serverless-post-function", "tollway.plugins.builtin.accept_only:ServerlessPostFunction"),
+    ("opentelemetry", "tollway.plugins.builtin.opentelemetry:OpenTelemetry"),
+    ("zipkin", "tollway.plugins.builtin.zipkin:Zipkin"),
+    ("tcp-logger", "tollway.plugins.builtin.tcp_logger:TcpLogger"),
+    ("udp-logger", "tollway.plugins.builtin.udp_logger:UdpLogger"),
+    ("syslog", "tollway.plugins.builtin.syslog:Syslog"),
+    ("file-logger", "tollway.plugins.builtin.file_logger:FileLogger"),
+    ("loki-logger", "tollway.plugins.builtin.loki_logger:LokiLogger"),
+    ("elasticsearch-logger", "tollway.plugins.builtin.elasticsearch_logger:ElasticsearchLogger"),
+    ("clickhouse-logger", "tollway.plugins.builtin.clickhouse_logger:ClickhouseLogger"),
+    ("kafka-logger", "tollway.plugins.builtin.kafka_logger:KafkaLogger"),
 )
 
 
@@ -280,18 +296,32 @@ def _compile_filter(rule: Any) -> Any:
     return compile_expr(rule)
 
 
+def plugin_entry_points() -> tuple[list[EntryPoint], list[EntryPoint]]:
+    """(Tollway's own entry points, everyone else's) in the ``tollway.plugins`` group. Tollway's
+    are completed from ``BUILTIN_ENTRY_POINTS`` when its installed metadata lacks some."""
+    own: list[EntryPoint] = []
+    others: list[EntryPoint] = []
+    for ep in importlib.metadata.entry_points(group=GROUP):
+        dist = ep.dist
+        (own if dist is not None and dist.name == "tollway" else others).append(ep)
+    have = {ep.name for ep in own}
+    own += [EntryPoint(n, v, GROUP) for n, v in BUILTIN_ENTRY_POINTS if n not in have]
+    return own, others
+
+
 def load_registry(
     enabled: list[str] | None = None, plugin_attr: dict[str, Any] | None = None
 ) -> Registry:
-    """Built-in plugins plus those installed under the ``tollway.plugins`` entry point group.
-    Each gets ``init(plugin_attr.<name>)`` once."""
+    """The plugins registered under the ``tollway.plugins`` entry-point group: the built-ins
+    (Tollway's own entries) first, then third-party ones, which replace a built-in of the same
+    name. Each gets ``init(plugin_attr.<name>)`` once."""
 
     found: dict[str, Plugin] = {}
-    for mod_name in BUILTIN_MODULES:
-        mod = importlib.import_module(mod_name)
-        for p in getattr(mod, "PLUGINS", ()):
-            found[p.name] = p()
-    for ep in importlib.metadata.entry_points(group="tollway.plugins"):
+    builtin, others = plugin_entry_points()
+    for ep in builtin:
+        cls = ep.load()  # a built-in that does not load is a bug in Tollway: fail loudly
+        found[cls.name] = cls()
+    for ep in others:
         try:
             cls = ep.load()
             found[cls.name] = cls()

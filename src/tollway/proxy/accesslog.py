@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import time
@@ -16,9 +17,10 @@ class AccessLog:
     FLUSH_BYTES = 64 * 1024
     FLUSH_INTERVAL = 0.5
 
-    def __init__(self, path: str, fmt: str) -> None:
+    def __init__(self, path: str, fmt: str, escape: str = "default") -> None:
         self.path = path
         self._parts = self._compile(fmt)
+        self._json = escape == "json"
         self._buf: list[bytes] = []
         self._size = 0
         self._timer: asyncio.TimerHandle | None = None
@@ -38,10 +40,15 @@ class AccessLog:
 
     def log(self, var: Callable[[str], Any]) -> None:
         out: list[str] = []
+        json_escape = self._json
         for p in self._parts:
             if isinstance(p, tuple):
                 v = var(p[0])
-                out.append("-" if v is None or v == "" else str(v))
+                if json_escape:
+                    # nginx escape=json: the value as the inside of a JSON string, "" if unset
+                    out.append("" if v is None else json_string(str(v)))
+                else:
+                    out.append("-" if v is None or v == "" else str(v))
             else:
                 out.append(p)
         out.append("\n")
@@ -86,6 +93,11 @@ class AccessLog:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def json_string(value: str) -> str:
+    """The inside of a JSON string for ``value`` (quotes, backslashes, control characters)."""
+    return json.dumps(value, ensure_ascii=False)[1:-1]
 
 
 def time_local(now: float | None = None) -> str:

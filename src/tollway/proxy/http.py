@@ -11,7 +11,6 @@ from tollway.httprules.fields import (
     PLAIN_CONNECTION,
     RESPONSE_DROP,
     connection_tokens,
-    field_bytes,
 )
 from tollway.httprules.methods import IDEMPOTENT
 from tollway.httprules.status import (
@@ -43,7 +42,6 @@ __all__ = [
     "STATUS_LINES",
     "connection_tokens",
     "error_page",
-    "field_bytes",
     "quote_path",
     "status_line",
     "target_bytes",

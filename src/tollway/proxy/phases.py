@@ -17,7 +17,7 @@ import msgspec
 
 from tollway.httprules.status import PLAIN_TEXT, ROUTE_NOT_FOUND, default_page, error_page
 from tollway.httprules.target import host_name, origin_form, routed_path
-from tollway.plugins.kit import RequestContext
+from tollway.plugins.kit import RequestContext, wire_value
 from tollway.plugins.registry import Chain, ChainEntry
 from tollway.proxy.base import ExchangeBase
 from tollway.runtime.compiled import CompiledRoute, Runtime
@@ -303,7 +303,7 @@ class Phases(ExchangeBase):
         else:
             data = body.encode() if isinstance(body, str) else bytes(body)
         for k, v in (extra or {}).items():
-            headers.append((k.encode("latin-1"), str(v).encode("latin-1")))
+            headers.append((k.encode("latin-1"), wire_value(str(v)).encode("latin-1")))
         self.respond(status, data, headers)
 
     def _header_filter(self, chain: Chain, ctx: RequestContext) -> None:

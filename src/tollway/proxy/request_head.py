@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from tollway.httprules.fields import field_bytes
 from tollway.httprules.target import target_bytes
 from tollway.httprules.upstream_head import (
     SKIP_UPSTREAM,
@@ -94,6 +93,6 @@ def _edits(ops: Any, headers: Any) -> dict[bytes, tuple[bytes, bytes | None]]:
         value = headers.get(name.lower())
         edits[name.lower().encode("latin-1")] = (
             name.encode("latin-1"),
-            field_bytes(value) if value is not None else None,
+            value.encode("latin-1") if value is not None else None,  # kit.wire_value'd
         )
     return edits

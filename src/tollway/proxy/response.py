@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from tollway.httprules.fields import PLAIN_CONNECTION, connection_tokens, field_bytes
+from tollway.httprules.fields import PLAIN_CONNECTION, connection_tokens
 from tollway.httprules.response_head import (
     lines_to_pairs,
     pairs_to_lines,
@@ -104,9 +104,10 @@ class Responding(ExchangeBase):
         length = None
         for name, value in ctx.resp_headers or ():
             if len(name) == 14 and name.lower() == "content-length":
-                length = field_bytes(value)
+                length = value.encode("latin-1")
             else:
-                lines += (field_bytes(name), b": ", field_bytes(value), b"\r\n")
+                # plugin-set values went through the kit's wire_value(): latin-1 always
+                lines += (name.encode("latin-1"), b": ", value.encode("latin-1"), b"\r\n")
         if chain.buffers_body:
             self.buffered_resp = []
         return status, lines, length

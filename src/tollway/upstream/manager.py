@@ -3,7 +3,7 @@
 Checkers exist from config load (``sync``), not from a first request. Active probes run here
 once per instance, at ``healthy.interval`` for routable targets and ``unhealthy.interval`` for the
 others, ``concurrency`` at a time; workers send passive outcomes here (``passive``). Every change
-of an upstream's unhealthy set is published as ``{"t": "health", "key", "unhealthy": [addr]}``.
+of an upstream's unhealthy set is published as ``Health(key, unhealthy=[addr])`` (``tollway.ipc``).
 Removing an upstream or its checks stops its probes and publishes an empty set.
 """
 
@@ -14,6 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from tollway.ipc import Broadcast, Health
 from tollway.model import Upstream
 from tollway.upstream.health import (
     DEFAULT_RECOVER_AFTER,
@@ -26,7 +27,6 @@ from tollway.upstream.probe import ProbeSpec, probe
 
 log = logging.getLogger("tollway.upstream")
 
-Broadcast = Callable[[dict[str, Any]], None]
 Prober = Callable[[ProbeSpec, Target], Awaitable[tuple[str, int]]]
 
 
@@ -118,7 +118,7 @@ class HealthManager:
         if timer is not None:
             timer.cancel()
         if checker is not None and checker.unhealthy():
-            self._broadcast({"t": "health", "key": key, "unhealthy": []})
+            self._broadcast(Health(key, []))
 
     def _stop_loops(self, key: str) -> None:
         for task in self._loops.pop(key, ()):
@@ -153,7 +153,7 @@ class HealthManager:
                 log.warning("upstream %s: node %s is unhealthy", checker.key, addr)
             for addr in sorted(set(before) - set(after)):
                 log.info("upstream %s: node %s is healthy again", checker.key, addr)
-            self._broadcast({"t": "health", "key": checker.key, "unhealthy": after})
+            self._broadcast(Health(checker.key, after))
         self._schedule_recovery(checker)
 
     def _schedule_recovery(self, checker: Checker) -> None:

@@ -5,22 +5,21 @@ The supervisor calls ``sync`` after every full load (``changes=None``) and every
 (the worker's tables are looked up live by resource key, so they may arrive before the config).
 Messages to workers:
 
-* ``{"t": "dns", "names": {name: [ip, ...]}}``: changed answers (``[]``: the name does not resolve);
-* ``{"t": "health", "key": resource_key, "unhealthy": [addr, ...]}``: an upstream's unhealthy set.
+* ``Dns(names={name: [ip, ...]})``: changed answers (``[]``: the name does not resolve);
+* ``Health(key=resource_key, unhealthy=[addr, ...])``: an upstream's unhealthy set.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
+from tollway.ipc import Broadcast, Dns, Health, ToWorker
 from tollway.upstream.dns import Answers, DnsCache, DnsResolver, Resolver
 from tollway.upstream.health import DEFAULT_RECOVER_AFTER
 from tollway.upstream.manager import HealthManager
 from tollway.upstream.nodes import domain_names
 from tollway.upstream.sources import StoreView, all_upstreams, changed_upstreams
-
-Broadcast = Callable[[dict[str, Any]], None]
 
 
 class UpstreamMonitor:
@@ -56,19 +55,19 @@ class UpstreamMonitor:
         self.health.passive(reports)
 
     def _dns_changed(self, changed: Answers) -> None:
-        self._broadcast({"t": "dns", "names": {n: list(ips) for n, ips in changed.items()}})
+        self._broadcast(Dns({n: list(ips) for n, ips in changed.items()}))
         names = set(changed)
         keys = [key for key, used in self._names.items() if used & names]
         self.health.retarget(keys, self.dns.answers)
 
-    def greeting(self) -> list[dict[str, Any]]:
+    def greeting(self) -> list[ToWorker]:
         """What a new worker needs before its first load: all answers, all unhealthy sets."""
-        out: list[dict[str, Any]] = []
+        out: list[ToWorker] = []
         answers = self.dns.answers
         if answers:
-            out.append({"t": "dns", "names": {n: list(ips) for n, ips in answers.items()}})
+            out.append(Dns({n: list(ips) for n, ips in answers.items()}))
         for key, unhealthy in self.health.table().items():
-            out.append({"t": "health", "key": key, "unhealthy": unhealthy})
+            out.append(Health(key, unhealthy))
         return out
 
     def describe(self, key: str | None = None) -> list[dict[str, Any]]:

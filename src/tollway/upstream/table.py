@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable
-from typing import Any
 
 from tollway.balancer import Server
+from tollway.ipc import Passive
 
 _EMPTY: frozenset[str] = frozenset()
 
@@ -60,7 +60,7 @@ class PassiveReporter:
 
     def __init__(
         self,
-        send: Callable[[dict[str, Any]], None] | None = None,
+        send: Callable[[Passive], None] | None = None,
         *,
         interval: float = 0.1,
         urgent_interval: float = 0.01,
@@ -74,7 +74,7 @@ class PassiveReporter:
         self.urgent_interval = urgent_interval
         self.max_pending = max_pending
 
-    def attach(self, send: Callable[[dict[str, Any]], None]) -> None:
+    def attach(self, send: Callable[[Passive], None]) -> None:
         self._send = send
 
     def report(self, key: str, addr: str, outcome: str, status: int) -> None:
@@ -99,4 +99,4 @@ class PassiveReporter:
         if not self._pending or self._send is None:
             return
         batch, self._pending = self._pending, []
-        self._send({"t": "passive", "reports": batch})
+        self._send(Passive(batch))

@@ -26,13 +26,16 @@ def make_ctx(
 
 
 class FakeIndex:
-    """The runtime's ConsumerIndex, reduced to what auth plugins call."""
+    """The kit's ConsumerLookup (the runtime's ConsumerIndex), reduced to what auth plugins
+    call."""
 
     def __init__(self) -> None:
         self.by_plugin: dict[str, dict[str, Consumer]] = {}
+        self.by_name: dict[str, Consumer] = {}
 
     def add(self, plugin: str, key: str, consumer: Consumer) -> None:
         self.by_plugin.setdefault(plugin, {})[key] = consumer
+        self.by_name[consumer.username] = consumer
 
     def find(self, plugin: str, key: str) -> Consumer | None:
         return self.by_plugin.get(plugin, {}).get(key)

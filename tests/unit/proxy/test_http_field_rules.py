@@ -6,8 +6,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tollway.plugins.kit import header_names_error
-from tollway.proxy.http import field_bytes, target_bytes
+from tollway.plugins.kit import header_names_error, wire_value
+from tollway.proxy.http import target_bytes
+
+
+def field_bytes(value: str) -> bytes:
+    """What the head writer sends for a value a plugin set through the kit."""
+    return wire_value(value).encode("latin-1")
 
 
 @pytest.mark.parametrize(

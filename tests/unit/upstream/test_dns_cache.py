@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from tests.support.etcd import until
+from tests.support.wait import until
 
 from tollway.upstream.dns import DnsCache, DnsError, DnsResolver
 

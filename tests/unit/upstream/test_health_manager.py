@@ -7,10 +7,11 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from tests.support.etcd import until
+from tests.support.wait import until
 
 from tollway.config.source import KeyValue
 from tollway.config.store import Store
+from tollway.ipc import Dns, Health, ToWorker
 from tollway.upstream import DnsError, HealthManager, Target, UpstreamMonitor
 from tollway.upstream.dns import DnsCache
 from tollway.upstream.probe import ProbeSpec
@@ -43,13 +44,13 @@ def run(coro: Callable[[], Awaitable[None]]) -> None:
     asyncio.run(coro())
 
 
-def health_msgs(sent: list[dict[str, Any]]) -> list[tuple[str, list[str]]]:
-    return [(m["key"], m["unhealthy"]) for m in sent if m["t"] == "health"]
+def health_msgs(sent: list[ToWorker]) -> list[tuple[str, list[str]]]:
+    return [(m.key, m.unhealthy) for m in sent if isinstance(m, Health)]
 
 
 def test_checkers_come_from_config_and_probes_eject() -> None:
     async def body() -> None:
-        sent: list[dict[str, Any]] = []
+        sent: list[ToWorker] = []
         prober = FakeProber()
         prober.answers["10.0.0.2:80"] = ("tcp", 0)
         mgr = HealthManager(sent.append, prober=prober)
@@ -76,7 +77,7 @@ def test_checkers_come_from_config_and_probes_eject() -> None:
 
 def test_removing_checks_stops_probes_and_clears_the_table() -> None:
     async def body() -> None:
-        sent: list[dict[str, Any]] = []
+        sent: list[ToWorker] = []
         prober = FakeProber()
         prober.answers["10.0.0.1:80"] = ("tcp", 0)
         mgr = HealthManager(sent.append, prober=prober)
@@ -97,7 +98,7 @@ def test_removing_checks_stops_probes_and_clears_the_table() -> None:
 
 def test_passive_reports_and_timed_recovery() -> None:
     async def body() -> None:
-        sent: list[dict[str, Any]] = []
+        sent: list[ToWorker] = []
         mgr = HealthManager(sent.append, recover_after=0.2)
         conf = {
             "nodes": {"10.0.0.1:80": 1, "10.0.0.2:80": 1},
@@ -130,23 +131,23 @@ class FakeResolver:
 
 def test_monitor_resolves_names_and_retargets_checkers() -> None:
     async def body() -> None:
-        sent: list[dict[str, Any]] = []
+        sent: list[ToWorker] = []
         resolver = FakeResolver({"api.example": ["10.0.0.1"]})
         mon = UpstreamMonitor(
             sent.append, resolver=resolver, dns_cache=DnsCache(min_ttl=0.05, retry_min=0.05)
         )
         conf = {"nodes": {"api.example:80": 1}, "checks": {"passive": {}}}
         mon.sync(store_of({"upstreams/1": conf}))
-        await until(lambda: any(m["t"] == "dns" for m in sent))
-        assert {"t": "dns", "names": {"api.example": ["10.0.0.1"]}} in sent
+        await until(lambda: any(isinstance(m, Dns) for m in sent))
+        assert Dns({"api.example": ["10.0.0.1"]}) in sent
         addrs = [n["ip"] for n in mon.describe("/apisix/upstreams/1")[0]["nodes"]]
         assert addrs == ["10.0.0.1"]
         resolver.table["api.example"] = ["10.0.0.2", "10.0.0.1"]
-        await until(lambda: len([m for m in sent if m["t"] == "dns"]) == 2)
+        await until(lambda: len([m for m in sent if isinstance(m, Dns)]) == 2)
         addrs = [n["ip"] for n in mon.describe("/apisix/upstreams/1")[0]["nodes"]]
         assert addrs == ["10.0.0.1", "10.0.0.2"]
         greeting = mon.greeting()
-        assert greeting[0] == {"t": "dns", "names": {"api.example": ["10.0.0.1", "10.0.0.2"]}}
+        assert greeting[0] == Dns({"api.example": ["10.0.0.1", "10.0.0.2"]})
         await mon.aclose()
 
     run(body)
@@ -181,7 +182,7 @@ def test_removed_nodes_are_no_longer_probed() -> None:
 def test_disable_upstream_healthcheck_runs_no_checker() -> None:
     # APISIX healthcheck-global-switch.t: apisix.disable_upstream_healthcheck
     async def body() -> None:
-        sent: list[dict[str, Any]] = []
+        sent: list[ToWorker] = []
         mgr = HealthManager(sent.append, prober=FakeProber(), enabled=False)
         store = store_of(
             {"upstreams/1": {"nodes": {"10.0.0.1:80": 1}, "checks": ACTIVE}},

@@ -14,10 +14,9 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
-from tollway.plugins import shared_counters
 from tollway.plugins.builtin.interpolate import compile_template
 from tollway.plugins.kit import Exit, Plugin, RequestContext
-from tollway.plugins.shared_counters import Record
+from tollway.plugins.kit_counters import Record, shared_table
 
 COUNT_TTL = 86400.0
 
@@ -99,7 +98,7 @@ class ApiBreaker(Plugin):
         return f"{ctx.host}{ctx.path}"
 
     def access(self, conf: Conf, ctx: RequestContext) -> Exit:
-        table = shared_counters.table("plugin-api-breaker")
+        table = shared_table("plugin-api-breaker")
         key = self._key(ctx)
         counts = table.update("u:" + key, _read)
         if counts is None or counts[1] <= 0:
@@ -125,7 +124,7 @@ class ApiBreaker(Plugin):
             status = int(status_text.rsplit(",", 1)[-1].strip())
         except ValueError:
             return
-        table = shared_counters.table("plugin-api-breaker")
+        table = shared_table("plugin-api-breaker")
         key = self._key(ctx)
         if status in conf.unhealthy.http_statuses:
             count = table.update("u:" + key, _unhealthy)

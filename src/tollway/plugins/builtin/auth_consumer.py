@@ -10,22 +10,8 @@ ANONYMOUS_FAILED = {"message": "Invalid user authorization"}
 
 
 def anonymous_consumer(ctx: RequestContext, name: str) -> Consumer | None:
-    """APISIX ``consumer.get_anonymous_consumer``: the consumer called ``name``.
-
-    The runtime indexes consumers by their auth credentials; a consumer is found here when it has
-    at least one auth plugin conf (or when the index offers ``by_name``)."""
-    index = ctx.consumers
-    if index is None:
-        return None
-    by_name = getattr(index, "by_name", None)
-    if by_name is not None:
-        found: Consumer | None = by_name.get(name)
-        return found
-    for table in getattr(index, "by_plugin", {}).values():
-        for consumer in table.values():
-            if consumer.username == name:
-                return consumer
-    return None
+    """APISIX ``consumer.get_anonymous_consumer``: the consumer called ``name``."""
+    return ctx.consumer_by_name(name)
 
 
 def remove_query_arg(ctx: RequestContext, name: str) -> None:

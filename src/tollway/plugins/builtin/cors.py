@@ -14,7 +14,7 @@ import msgspec
 from msgspec import Meta
 
 from tollway.plugins.kit import Exit, PerConf, Plugin, RequestContext
-from tollway.regex import Regex, RegexError, compile_regex
+from tollway.plugins.kit_match import Regex, RegexError, compile_regex
 
 ORIGINS_PATTERN = r"^(\*|\*\*|null|\w+://[^,]+(,\w+://[^,]+)*)$"
 Origins = Annotated[str, Meta(pattern=ORIGINS_PATTERN)]

@@ -15,9 +15,9 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta
 
-from tollway.expr import Expr, compile_expr
 from tollway.plugins.builtin.interpolate import compile_template
 from tollway.plugins.kit import Exit, PerConf, Plugin, RequestContext
+from tollway.plugins.kit_match import Expr, compile_expr
 
 Percentage = Annotated[int, Meta(ge=0, le=100)]
 VarsList = Annotated[list[list[Any]], Meta(max_length=20)]

@@ -8,8 +8,8 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
-from tollway.expr import IpMatcher
 from tollway.plugins.kit import Exit, Plugin, RequestContext
+from tollway.plugins.kit_match import IpMatcher
 
 Addrs = list[str]  # minItems 1 lives in the oneOf branches (checked below)
 # What APISIX's ip_def patterns accept: dotted quads of 1-3 digit octets <= 255 (CIDR /0-32),

@@ -23,13 +23,20 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from tollway.plugins import redis_client, shared_counters
 from tollway.plugins.builtin.interpolate import compile_template
 from tollway.plugins.builtin.limit_redis import RedisFields, check_redis, conn_incoming
 from tollway.plugins.builtin.limit_scope import CountingTemplate, counter_scope, request_key
 from tollway.plugins.kit import Exit, PerConf, Plugin, RequestContext
-from tollway.plugins.redis_client import RedisClient, RedisUnavailable
-from tollway.plugins.shared_counters import Record, SharedTable
+from tollway.plugins.kit_counters import (
+    Record,
+    RedisClient,
+    RedisUnavailable,
+    SharedTable,
+    aclose_all,
+    redis_client,
+    shared_table,
+    target_of,
+)
 
 log = logging.getLogger("tollway.plugins")
 
@@ -161,7 +168,7 @@ class LimitConn(Plugin):
     ) -> int | None:
         """Count the request in: the number in flight with it, or None when over the limit."""
         if conf.policy == "local":
-            table = shared_counters.table("plugin-limit-conn")
+            table = shared_table("plugin-limit-conn")
             n_in = table.update(counted, incoming_step, conn, burst)
             if n_in is not None:
                 _remember(ctx, (table, counted))
@@ -189,7 +196,7 @@ class LimitConn(Plugin):
         # Count out what is still in flight on Redis, then close the clients.
         if _LEAVING:
             await asyncio.wait(list(_LEAVING), timeout=2.0)
-        await redis_client.aclose_all()
+        await aclose_all()
 
 
 _LEAVING: set[asyncio.Task[None]] = set()
@@ -211,7 +218,7 @@ async def _leave(client: RedisClient, key: str, request_id: str) -> None:
 
 
 def _client_of(conf: Conf) -> RedisClient:
-    return redis_client.client(redis_client.target_of(conf, conf.policy))
+    return redis_client(target_of(conf, conf.policy))
 
 
 _client = PerConf(_client_of)

@@ -19,14 +19,13 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from tollway.plugins import shared_counters
 from tollway.plugins.builtin.interpolate import compile_template
 from tollway.plugins.builtin.limit_count_redis import close_redis_counters, redis_counter
 from tollway.plugins.builtin.limit_redis import RedisFields, check_redis
 from tollway.plugins.builtin.limit_scope import CountingTemplate, counter_scope, request_key
 from tollway.plugins.builtin.limit_windows import count_step, sliding_local
 from tollway.plugins.kit import Exit, PerConf, Plugin, RequestContext
-from tollway.plugins.redis_client import RedisUnavailable
+from tollway.plugins.kit_counters import RedisUnavailable, shared_table
 
 log = logging.getLogger("tollway.plugins")
 
@@ -174,7 +173,7 @@ class LimitCount(Plugin):
         if not wins:
             log.debug("limit-count: no rule resolved for %s", ctx.path)
             return None if conf.allow_degradation else (500, None)
-        table = shared_counters.table("plugin-limit-count")
+        table = shared_table("plugin-limit-count")
         prefix = self._prefix(conf, ctx)
         sliding = conf.window_type == "sliding"
         now = time.time() if sliding else 0.0

@@ -28,12 +28,19 @@ import logging
 import time
 from typing import Any, Protocol
 
-from tollway.plugins import redis_client, shared_counters
 from tollway.plugins.builtin.limit_redis import fixed_window, sliding_window
 from tollway.plugins.builtin.limit_windows import sliding_answer, sliding_keys, whole
 from tollway.plugins.kit import PerConf
-from tollway.plugins.redis_client import RedisClient, RedisUnavailable, target_of
-from tollway.plugins.shared_counters import Record, SharedTable
+from tollway.plugins.kit_counters import (
+    Record,
+    RedisClient,
+    RedisUnavailable,
+    SharedTable,
+    aclose_all,
+    redis_client,
+    shared_table,
+    target_of,
+)
 
 log = logging.getLogger("tollway.plugins")
 
@@ -47,7 +54,7 @@ class RedisCounter:
     __slots__ = ("client", "sliding", "syncer")
 
     def __init__(self, conf: Any) -> None:
-        self.client: RedisClient = redis_client.client(target_of(conf, conf.policy))
+        self.client: RedisClient = redis_client(target_of(conf, conf.policy))
         self.sliding: bool = conf.window_type == "sliding"
         interval = conf.sync_interval
         self.syncer = DelayedSync(self, float(interval)) if interval != -1 else None
@@ -143,7 +150,7 @@ class DelayedSync:
 
     def _table(self) -> SharedTable:
         if self.table is None:
-            self.table = shared_counters.table("plugin-limit-count-sync")
+            self.table = shared_table("plugin-limit-count-sync")
         return self.table
 
     async def take(self, key: str, limit: int, window: int) -> tuple[bool, int, int]:
@@ -170,7 +177,7 @@ class DelayedSync:
             remaining, ttl = await self.counter.commit(key, limit, window, delta)
         except RedisUnavailable as e:
             log.debug("limit-count: %s; counting in the instance", e)
-            fallback = shared_counters.table("plugin-limit-count")
+            fallback = shared_table("plugin-limit-count")
             used, ttl = fallback.update(key, add_step, window, delta)
             remaining = limit - used
         expire = table.now() + max(ttl, 0.0) + window
@@ -217,4 +224,4 @@ async def close_redis_counters() -> None:
         except Exception:
             log.debug("limit-count: final sync failed", exc_info=True)
     _SYNCERS.clear()
-    await redis_client.aclose_all()
+    await aclose_all()

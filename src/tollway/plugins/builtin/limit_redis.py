@@ -17,7 +17,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-from tollway.plugins.redis_client import RedisClient, Script
+from tollway.plugins.kit_counters import RedisClient, Script
 
 ClusterNode = Annotated[str, Meta(min_length=2, max_length=100)]
 

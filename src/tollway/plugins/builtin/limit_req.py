@@ -18,12 +18,18 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-from tollway.plugins import redis_client, shared_counters
 from tollway.plugins.builtin.limit_redis import RedisFields, check_redis, leaky_bucket
 from tollway.plugins.builtin.limit_scope import CountingTemplate, counter_scope, request_key
 from tollway.plugins.kit import Exit, PerConf, Plugin, RequestContext
-from tollway.plugins.redis_client import RedisClient, RedisUnavailable
-from tollway.plugins.shared_counters import Record
+from tollway.plugins.kit_counters import (
+    Record,
+    RedisClient,
+    RedisUnavailable,
+    aclose_all,
+    redis_client,
+    shared_table,
+    target_of,
+)
 
 log = logging.getLogger("tollway.plugins")
 
@@ -83,7 +89,7 @@ class LimitReq(Plugin):
         key = request_key(ctx, conf.key, conf.key_type, _template(conf))
         counted = f"{counter_scope(ctx, self.name, conf, _decode)}:{key}"
         if conf.policy == "local":
-            table = shared_counters.table("plugin-limit-req")
+            table = shared_table("plugin-limit-req")
             delay = table.update(counted, leaky_step, conf.rate, conf.burst)
         else:
             try:
@@ -102,11 +108,11 @@ class LimitReq(Plugin):
         return None
 
     async def aclose(self) -> None:
-        await redis_client.aclose_all()
+        await aclose_all()
 
 
 def _client_of(conf: Conf) -> RedisClient:
-    return redis_client.client(redis_client.target_of(conf, conf.policy))
+    return redis_client(target_of(conf, conf.policy))
 
 
 _client = PerConf(_client_of)

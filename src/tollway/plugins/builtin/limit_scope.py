@@ -107,21 +107,12 @@ def counter_scope(ctx: RequestContext, plugin: str, conf: Any, decode: Callable[
         raw = _raw(consumer.plugins, plugin)
         if raw is not None and _fingerprint(raw, decode) == fp:
             return f"/apisix/consumers/{consumer.username}:{version}"
-    route = ctx.route
+    route = ctx.matched_route
     if route is not None:
-        raw = _raw(getattr(route, "plugins", None), plugin)
-        if raw is not None and _fingerprint(raw, decode) == fp and _is_own(route, conf):
+        raw = _raw(route.plugins, plugin)
+        if raw is not None and _fingerprint(raw, decode) == fp and ctx.is_route_conf(conf):
             return f"{route.key}:{version}"
     return f"global:{version}"
-
-
-def _is_own(route: Any, conf: Any) -> bool:
-    """``conf`` is the very object of the route's own chain, not an equal one from a global
-    rule (both run, each with its own counter)."""
-    own = getattr(route, "own_chain", None)
-    if own is None:
-        return True
-    return any(e.conf is conf for e in (*own.rewrite, *own.access, *own.log))
 
 
 def _raw(plugins: Mapping[str, Any] | None, name: str) -> Any:

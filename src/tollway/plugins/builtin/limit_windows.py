@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from tollway.plugins.shared_counters import Record, SharedTable
+from tollway.plugins.kit_counters import Record, SharedTable
 
 
 def count_step(

@@ -32,10 +32,14 @@ import msgspec
 from msgspec import Meta
 from multidict import CIMultiDict
 
-from tollway.config.store import RateLimitedLog
 from tollway.plugins.kit import Exit, Plugin, RequestContext
-from tollway.plugins.outbound import Endpoint, OutboundClient, request_bytes
-from tollway.proxy.upstream import PoolLimits
+from tollway.plugins.kit_outbound import (
+    Endpoint,
+    OutboundClient,
+    PoolLimits,
+    RateLimitedLog,
+    request_bytes,
+)
 
 log = logging.getLogger("tollway.plugins")
 

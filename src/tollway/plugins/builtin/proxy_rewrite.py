@@ -14,7 +14,13 @@ from msgspec import Meta
 
 from tollway.plugins.builtin.interpolate import compile_template
 from tollway.plugins.kit import Exit, PerConf, Plugin, RequestContext, header_names_error
-from tollway.regex import Regex, RegexError, Replacement, compile_regex, compile_replacement
+from tollway.plugins.kit_match import (
+    Regex,
+    RegexError,
+    Replacement,
+    compile_regex,
+    compile_replacement,
+)
 
 Method = Literal[
     "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE", "PURGE",

@@ -14,8 +14,8 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
-from tollway.expr import IpMatcher
 from tollway.plugins.kit import Exit, Plugin, RequestContext
+from tollway.plugins.kit_match import IpMatcher
 
 
 class Conf(msgspec.Struct):

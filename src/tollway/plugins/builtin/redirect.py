@@ -19,7 +19,13 @@ from msgspec import Meta
 
 from tollway.plugins.builtin.interpolate import compile_template
 from tollway.plugins.kit import Exit, PerConf, Plugin, RequestContext
-from tollway.regex import Regex, RegexError, Replacement, compile_regex, compile_replacement
+from tollway.plugins.kit_match import (
+    Regex,
+    RegexError,
+    Replacement,
+    compile_regex,
+    compile_replacement,
+)
 
 _URI_PATTERN = r"(\\\$[0-9a-zA-Z_]+)|\$\{([0-9a-zA-Z_]+)\}|\$([0-9a-zA-Z_]+)|(\$|[^$\\]+)"
 

@@ -18,7 +18,14 @@ from msgspec import Meta
 
 from tollway.plugins.builtin.interpolate import compile_template
 from tollway.plugins.kit import PerConf, Plugin, RequestContext, header_names_error
-from tollway.regex import Regex, RegexError, Replacement, compile_regex, compile_replacement
+from tollway.plugins.kit_match import (
+    Regex,
+    RegexError,
+    Replacement,
+    compile_expr,
+    compile_regex,
+    compile_replacement,
+)
 
 _PCRE_FLAGS = frozenset("adDijJmosuUx")
 
@@ -91,8 +98,6 @@ class Compiled:
     __slots__ = ("add", "body", "filters", "remove", "set", "vars")
 
     def __init__(self, conf: Conf) -> None:
-        from tollway.expr import compile_expr
-
         self.vars = compile_expr(conf.vars) if conf.vars else None
         self.body: bytes | None = None
         if conf.body is not None:

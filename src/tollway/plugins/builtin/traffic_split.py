@@ -3,7 +3,7 @@
 Rules are tried in order and the first match wins; the ``match`` entries of a rule are OR-ed
 and the ``vars`` inside one entry AND-ed (lua-resty-expr). A rule without ``match`` always
 matches. The chosen rule picks among its ``weighted_upstreams`` with resty.roundrobin (the LVS
-interleaved WRR of ``tollway.balancer.roundrobin``), so every cycle of ``sum(weights)/gcd``
+interleaved WRR of the kit's ``WeightedRoundRobin``), so every cycle of ``sum(weights)/gcd``
 requests gives each entry exactly ``weight/gcd`` of them, per worker. An entry with neither
 ``upstream_id`` nor ``upstream`` stands for the route's own upstream.
 
@@ -29,14 +29,14 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta
 
-from tollway.balancer.picker import HealthGate, PickContext, Server
-from tollway.balancer.roundrobin import RoundRobinPicker
-from tollway.errors import ConfigError
-from tollway.expr import Expr, compile_expr
-from tollway.model import decode_item
-from tollway.model.objects import ID
 from tollway.plugins.kit import Exit, PerConf, Plugin, RequestContext
-from tollway.proxy.http import error_page
+from tollway.plugins.kit_match import Expr, ExprError, compile_expr
+from tollway.plugins.kit_upstream import (
+    UpstreamId,
+    WeightedRoundRobin,
+    error_page,
+    upstream_conf_error,
+)
 
 log = logging.getLogger("tollway.plugins")
 
@@ -47,7 +47,7 @@ _INLINE_TIMEOUT = 15
 
 
 class WeightedUpstream(msgspec.Struct):
-    upstream_id: ID | None = None
+    upstream_id: UpstreamId | None = None
     upstream: dict[str, Any] | None = None
     weight: Annotated[int, Meta(ge=0)] = 1
 
@@ -89,7 +89,7 @@ class Split:
     """One rule's weighted choice. ``pick()`` returns ``ROUTE``, ``("id", upstream_id)`` or
     ``("inline", conf)``."""
 
-    __slots__ = ("_ctx", "_picker", "_targets")
+    __slots__ = ("_picker", "_targets")
 
     def __init__(self, entries: list[WeightedUpstream], rng: random.Random) -> None:
         weights: dict[Any, int] = {}  # Lua's server_list: later duplicates replace the weight
@@ -107,15 +107,10 @@ class Split:
             weights[key] = e.weight
         keys = list(weights)
         self._targets = tuple(targets[k] for k in keys)
-        # Index-encoded pseudo servers: the balancer only sees weights and positions.
-        servers = [Server("traffic-split", n, weights[k]) for n, k in enumerate(keys)]
-        self._picker = RoundRobinPicker(servers, HealthGate(servers, None), rng)
-        self._ctx = PickContext()  # never marked tried: the choice is not retried
+        self._picker = WeightedRoundRobin([weights[k] for k in keys], rng)
 
     def pick(self) -> tuple[Any, ...]:
-        server = self._picker.pick(self._ctx)
-        assert server is not None  # no health gate, no tried set: always a server
-        return self._targets[server.port]
+        return self._targets[self._picker.pick()]
 
 
 class Compiled:
@@ -155,15 +150,13 @@ _compiled = PerConf(_compile)
 
 
 def _check_upstream(ri: int, ui: int, upstream: dict[str, Any]) -> None:
-    try:
-        decode_item("upstreams", upstream)
-    except ConfigError as e:
-        detail = str(e).removeprefix("invalid configuration: ")
+    detail = upstream_conf_error(upstream)
+    if detail is not None:
         raise ValueError(
             f'property "rules" validation failed: failed to validate item {ri}: '
             f'property "weighted_upstreams" validation failed: failed to validate item {ui}: '
             f'property "upstream" validation failed: {detail}'
-        ) from None
+        )
 
 
 class TrafficSplit(Plugin):
@@ -180,7 +173,7 @@ class TrafficSplit(Plugin):
             for m in rule.match or ():
                 try:
                     compile_expr(m.vars)
-                except ConfigError as e:
+                except ExprError as e:
                     raise ValueError(f"failed to validate the 'vars' expression: {e}") from None
 
     def access(self, conf: Conf, ctx: RequestContext) -> Exit:

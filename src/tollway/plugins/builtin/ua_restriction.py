@@ -9,7 +9,7 @@ import msgspec
 from msgspec import Meta
 
 from tollway.plugins.kit import Exit, PerConf, Plugin, RequestContext
-from tollway.regex import Regex, RegexError, compile_regex
+from tollway.plugins.kit_match import Regex, RegexError, compile_regex
 
 Patterns = Annotated[list[Annotated[str, Meta(min_length=1)]], Meta(min_length=1)]
 

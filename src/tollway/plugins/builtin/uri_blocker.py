@@ -14,7 +14,7 @@ import msgspec
 from msgspec import Meta
 
 from tollway.plugins.kit import Exit, PerConf, Plugin, RequestContext
-from tollway.regex import Regex, RegexError, compile_regex
+from tollway.plugins.kit_match import Regex, RegexError, compile_regex
 
 Rule = Annotated[str, Meta(min_length=1, max_length=4096)]
 

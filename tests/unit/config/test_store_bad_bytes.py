@@ -22,7 +22,7 @@ from tollway.config.store import Store
 from tollway.config.values import MAX_DEPTH, check_tree, decode_value, key_problem, printable_key
 from tollway.config.yaml_source import parse_config_file
 from tollway.errors import ConfigError, SourceError
-from tollway.ipc import encode, kvs_to_wire, read_message
+from tollway.ipc import TO_WORKER, Load, encode, read_message
 from tollway.model import KINDS
 from tollway.plugins.registry import load_registry
 
@@ -204,7 +204,7 @@ def test_any_bytes_never_escape_and_accepted_items_always_encode(
     else:
         s.apply(len(kvs) + 1, kvs)
     snapshot = s.snapshot()
-    encode({"t": "load", "rev": 1, "kvs": kvs_to_wire(snapshot)})  # to the workers
+    encode(Load.of(1, snapshot))  # to the workers
     msgspec.msgpack.encode(s.snapshot_rows())  # to the disk snapshot
     for coll in s.collections.values():
         for item in coll.items.values():
@@ -223,7 +223,7 @@ def test_an_unreadable_ipc_frame_is_a_value_error(body: bytes) -> None:
         reader = asyncio.StreamReader()
         reader.feed_data(len(body).to_bytes(4, "big") + body)
         reader.feed_eof()
-        await read_message(reader)
+        await read_message(reader, TO_WORKER)
 
     with pytest.raises(ValueError):
         asyncio.run(read())

@@ -10,6 +10,7 @@ from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.unit.plugins.ctx import make_ctx
 from tollway.metrics import MetricsExport, render_text
 from tollway.plugins.builtin.prometheus import (
     DEFAULT_BUCKETS,
@@ -21,8 +22,6 @@ from tollway.plugins.builtin.prometheus import (
 )
 from tollway.plugins.kit import RequestContext
 from tollway.plugins.registry import load_registry
-
-from .ctx import make_ctx
 
 
 def routed(

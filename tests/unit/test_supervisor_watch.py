@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from tollway.ipc import encode
+from tollway.ipc import Ready, encode
 from tollway.settings import load_settings
 from tollway.supervisor import Supervisor, WorkerHandle
 
@@ -59,7 +59,7 @@ def test_garbage_on_the_pipe_stops_that_worker_and_nothing_else(sup: Supervisor)
         proc = StubProc()
         reader = asyncio.StreamReader()
         reader.feed_data(frame(b"\xc1\xc1"))
-        reader.feed_data(encode({"t": "ready", "rev": 3}))  # never read: the stream is untrusted
+        reader.feed_data(encode(Ready(3)))  # never read: the stream is untrusted
         await sup._read_worker(handle(proc), reader)
         return proc
 
@@ -70,8 +70,9 @@ def test_a_malformed_message_is_skipped_and_reading_goes_on(sup: Supervisor) -> 
     async def go() -> WorkerHandle:
         h = handle(StubProc())
         reader = asyncio.StreamReader()
-        reader.feed_data(encode({"t": "ack", "rev": "not a number"}))
-        reader.feed_data(encode({"t": "passive", "reports": 5}))
+        reader.feed_data(frame(msgspec.msgpack.encode({"t": "ack", "rev": "not a number"})))
+        reader.feed_data(frame(msgspec.msgpack.encode({"t": "passive", "reports": 5})))
+        reader.feed_data(frame(msgspec.msgpack.encode({"t": "no such kind"})))
         reader.feed_data(frame(msgspec.msgpack.encode({"t": "ready", "rev": 7})))
         reader.feed_eof()
         await sup._read_worker(h, reader)

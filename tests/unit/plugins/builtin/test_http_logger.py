@@ -8,17 +8,9 @@ import pytest
 
 from tests.unit.plugins.ctx import decode, make_ctx
 from tollway.errors import ConfigError
-from tollway.plugins.builtin.http_logger import (
-    BatchBuffer,
-    BatchProcessor,
-    Conf,
-    HttpLogger,
-    custom_log,
-    encode_batch,
-    full_log,
-    query_args,
-)
+from tollway.plugins.builtin.http_logger import Conf, HttpLogger, encode_batch
 from tollway.plugins.kit import Consumer
+from tollway.plugins.kit_log import custom_log, full_log, query_args
 from tollway.plugins.registry import load_registry
 
 REG = load_registry()
@@ -139,96 +131,23 @@ def test_encode_batch() -> None:
     assert encode_batch([a, b], "new_line", 10) == b'{"a":1}\n{"b":2}'
 
 
-# -- batching -------------------------------------------------------------------------------
+# -- the log phase -------------------------------------------------------------------------
 
 
-def test_batch_buffer_max_size_and_timer_decisions() -> None:
-    buf = BatchBuffer(batch_max_size=3, inactive_timeout=5, buffer_duration=60)
-    assert buf.push({"i": 1}, 0.0) is None
-    assert buf.push({"i": 2}, 1.0) is None
-    assert buf.push({"i": 3}, 2.0) == [{"i": 1}, {"i": 2}, {"i": 3}]
-    assert buf.entries == []
-    buf.push({"i": 4}, 10.0)
-    assert not buf.due(14.9)  # active: check again later
-    assert buf.due(15.0)  # inactive for inactive_timeout
-    # a steady trickle is flushed once the first entry is buffer_duration old
-    buf = BatchBuffer(batch_max_size=1000, inactive_timeout=5, buffer_duration=60)
-    for t in range(0, 61, 2):
-        buf.push({"t": t}, float(t))
-        assert not buf.due(float(t)) or t >= 60
-    assert buf.due(60.0)
-    one = BatchBuffer(batch_max_size=1, inactive_timeout=5, buffer_duration=60)
-    assert one.push({"x": 1}, 0.0) == [{"x": 1}] and one.entries == []
-
-
-class Owner(HttpLogger):
-    """The plugin with a fake sender: records batches, fails the first ``fail`` sends."""
-
-    def __init__(self, fail: int = 0) -> None:
-        super().__init__()
-        self.sent: list[list[dict[str, Any]]] = []
-        self.fail = fail
-
-    async def fake_send(self, batch: list[dict[str, Any]]) -> None:
-        if self.fail:
-            self.fail -= 1
-            raise ConnectionError("down")
-        self.sent.append(batch)
-
-
-def test_processor_sends_full_batches_and_flushes_on_close() -> None:
-    async def scenario() -> Owner:
-        owner = Owner()
-        proc = BatchProcessor(conf_of(batch_max_size=2), owner.fake_send, owner)
-        owner.processors[id(proc.conf)] = proc
-        for i in range(5):
-            owner.pending += 1
-            proc.push({"i": i})
-        await asyncio.sleep(0)
-        assert [len(b) for b in owner.sent] == [2, 2]
-        assert proc.timer is not None  # the fifth waits for the timer
-        await owner.aclose()
-        return owner
-
-    owner = asyncio.run(scenario())
-    assert [[e["i"] for e in b] for b in owner.sent] == [[0, 1], [2, 3], [4]]
-    assert owner.pending == 0 and owner.processors == {}
-
-
-def test_processor_retries_then_drops() -> None:
-    async def scenario(fail: int, retries: int) -> Owner:
-        owner = Owner(fail=fail)
-        proc = BatchProcessor(
-            conf_of(batch_max_size=1, max_retry_count=retries, retry_delay=0),
-            owner.fake_send,
-            owner,
-        )
-        owner.pending += 1
-        proc.push({"x": 1})
-        await asyncio.gather(*proc.tasks)
-        return owner
-
-    ok = asyncio.run(scenario(fail=2, retries=2))
-    assert ok.sent == [[{"x": 1}]] and ok.dropped == 0 and ok.pending == 0
-    lost = asyncio.run(scenario(fail=3, retries=2))
-    assert lost.sent == [] and lost.dropped == 1 and lost.pending == 0
-
-
-def test_log_phase_bounds_pending_entries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("tollway.plugins.builtin.http_logger.MAX_PENDING_ENTRIES", 2)
-
+def test_log_phase_bounds_pending_entries() -> None:
     async def scenario() -> HttpLogger:
         plugin = HttpLogger()
+        plugin.batches.max_pending = 2  # plugin_metadata's max_pending_entries
         conf = conf_of()  # batch_max_size 1000: entries stay buffered
         for _ in range(3):
             plugin.log(conf, make_ctx("/"))
-        for proc in plugin.processors.values():
+        for proc in plugin.batches.processors.values():
             if proc.timer is not None:
                 proc.timer.cancel()
         return plugin
 
     plugin = asyncio.run(scenario())
-    assert (plugin.pending, plugin.dropped) == (2, 1)
+    assert (plugin.batches.pending, plugin.batches.dropped) == (2, 1)
 
 
 def test_bodies_only_for_confs_that_log_them() -> None:
@@ -263,3 +182,10 @@ def test_bodies_only_for_confs_that_log_them() -> None:
     plugin.body_filter(cond, ctx, b"x", True)
     entry = plugin.entry(cond, ctx, 0.0)
     assert "body" not in entry["request"] and "body" not in entry["response"]
+
+
+def test_header_filter_only_when_the_entry_may_hold_response_headers() -> None:
+    plugin = HttpLogger()
+    assert plugin.phase_method("header_filter", conf_of()) is not None
+    # the conf's log_format wins over the metadata's: no response headers are logged
+    assert plugin.phase_method("header_filter", conf_of(log_format={"h": "$host"})) is None
