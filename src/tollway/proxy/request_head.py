@@ -8,8 +8,6 @@ with nothing edited by plugins everything after the request line is reused.
 
 from __future__ import annotations
 
-from typing import Any
-
 from tollway.httprules.target import target_bytes
 from tollway.httprules.upstream_head import (
     SKIP_UPSTREAM,
@@ -67,7 +65,20 @@ def _header_block(ex: ExchangeBase, ctx: RequestContext, method: str, body: byte
     tokens = ex.connection_tokens
     skip = SKIP_UPSTREAM | tokens if tokens else SKIP_UPSTREAM
     ops = ctx.up_header_ops
-    edits = _edits(ops, ctx.headers) if ops is not None else None
+    edits: dict[bytes, tuple[bytes, bytes | None]] | None = None
+    if ops is not None:
+        # Headers a plugin set, added or removed: lowercase name -> (its spelling, the final
+        # value, None when removed); values went through the kit's wire_value().
+        edits = {}
+        headers = ctx.headers
+        for op in ops:
+            name = op[0]
+            lname = name.lower()
+            value = headers.get(lname)
+            edits[lname.encode("latin-1")] = (
+                name.encode("latin-1"),
+                value.encode("latin-1") if value is not None else None,
+            )
     out, xff, fwd = client_fields(ex.raw_headers, skip, edits, ex.proto.trust_real_ip)
     host = ctx.host.encode("latin-1")
     out.append(
@@ -75,24 +86,11 @@ def _header_block(ex: ExchangeBase, ctx: RequestContext, method: str, body: byte
             ctx.remote_addr.encode(), xff, fwd, ctx.scheme.encode(), ctx.server_port, host
         )
     )
-    upgrade = ex.upgrade if ex.websocket else None
-    out.append(
-        framing_fields(method, upgrade, body, ex.has_body, ex.body_chunked, ex.content_length)
-    )
+    if ex.websocket or body is not None or ex.has_body:  # else no framing field (a GET...)
+        upgrade = ex.upgrade if ex.websocket else None
+        out.append(
+            framing_fields(method, upgrade, body, ex.has_body, ex.body_chunked, ex.content_length)
+        )
     out.append(b"\r\n")
     # One flat list joined once: a few allocations per request instead of one per piece.
     return b"".join(out)
-
-
-def _edits(ops: Any, headers: Any) -> dict[bytes, tuple[bytes, bytes | None]]:
-    """Headers a plugin set, added or removed: lowercase name -> (its spelling, the final value
-    as it goes on the wire, None when removed)."""
-    edits: dict[bytes, tuple[bytes, bytes | None]] = {}
-    for op in ops:
-        name = op[0]
-        value = headers.get(name.lower())
-        edits[name.lower().encode("latin-1")] = (
-            name.encode("latin-1"),
-            value.encode("latin-1") if value is not None else None,  # kit.wire_value'd
-        )
-    return edits
