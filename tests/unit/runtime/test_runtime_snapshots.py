@@ -119,3 +119,25 @@ def test_consumer_change_gives_a_new_index_and_keeps_the_old() -> None:
     assert comp.runtime.consumers.find("key-auth", "k2") is not None
     assert comp.runtime.consumers.find("key-auth", "k1") is None
     assert held.consumers.find("key-auth", "k1") is not None  # the request's index is intact
+
+
+def test_load_patches_small_differences_and_rebuilds_large_ones() -> None:
+    """The Compiler owns the full-versus-incremental decision of a (re)load."""
+    store, comp = loaded({"routes/1": {"uri": "/a", "upstream": UP_A}})
+    first_router = comp.runtime.router
+    store.load(2, [kv("routes/1", {"uri": "/a", "upstream": UP_A}, 1), kv("routes/2",
+               {"uri": "/b", "upstream": UP_A}, 2)])  # fmt: skip
+    asyncio.run(comp.load(store, first=False))
+    assert comp.runtime.router is first_router  # patched: the same router, updated
+    assert comp.runtime.router.match(Req("/b")) is not None
+    many = [kv(f"routes/r{i}", {"uri": f"/r{i}", "upstream": UP_A}, 3) for i in range(501)]
+    store.load(3, many)
+    asyncio.run(comp.load(store, first=False))
+    assert comp.runtime.router is not first_router  # more than 500 changes: a new router
+    assert comp.runtime.router.match(Req("/r500")) is not None
+    assert comp.runtime.router.match(Req("/a")) is None and comp.runtime.revision == 3
+    # the first load of a worker is always a full build
+    store.load(4, many[:1])
+    before = comp.runtime.router
+    asyncio.run(comp.load(store, first=True))
+    assert comp.runtime.router is not before
