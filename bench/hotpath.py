@@ -35,7 +35,11 @@ import uvloop
 from tollway.config.source import KeyValue
 from tollway.config.store import Store
 from tollway.plugins.registry import load_registry
-from tollway.proxy.runtime import Compiler
+
+try:  # the module layout of the tree under test (bench/hotpath.py --against an older commit)
+    from tollway.runtime.compiler import Compiler
+except ImportError:
+    from tollway.proxy.runtime import Compiler  # type: ignore[no-redef]
 from tollway.proxy.server import HttpProtocol
 from tollway.proxy.state import ServerState
 from tollway.proxy.upstream import UpstreamConnection
@@ -151,7 +155,8 @@ async def setup(
             plugin._sender = lambda key: noop
     state = ServerState(compiler, max_header_size=32768, max_body_size=0, keepalive_timeout=60)
     state.start(asyncio.get_running_loop())
-    up = compiler.runtime.routes["1"].upstream
+    routes = compiler.routes if hasattr(compiler, "routes") else compiler.runtime.routes
+    up = routes["1"].upstream
     assert up is not None
     conn = UpstreamConnection(state.pool, (up.pool_key, "127.0.0.1", 18380))
     ut = Transport(("127.0.0.1", 18380), ("127.0.0.1", 40000))

@@ -37,17 +37,15 @@ from tollway.plugins.builtin.prometheus import server_stats
 from tollway.plugins.registry import load_registry
 from tollway.proxy.accesslog import AccessLog
 from tollway.proxy.realip import RealIp
-from tollway.proxy.runtime import Compiler
 from tollway.proxy.server import HttpProtocol
 from tollway.proxy.state import ServerState
 from tollway.proxy.tls import server_context, sync_client_cas
+from tollway.runtime.compiler import Compiler
 from tollway.settings import LoadedSettings, load_settings
 from tollway.upstream.table import HealthTable, PassiveReporter
 
 log = logging.getLogger("tollway.worker")
 
-# Beyond this many changed items in one full load, rebuild the router instead of patching it.
-INCREMENTAL_LIMIT = 500
 # On graceful stop, an idle keep-alive connection is closed once idle this long.
 IDLE_GRACE = 1.0
 STATS_INTERVAL = 1.0  # seconds between writes of the request total and connection states
@@ -175,12 +173,7 @@ class Worker:
         kvs = msg.key_values()
         if isinstance(msg, Load):
             self.store.load(msg.rev, kvs)
-            changes = self.store.last_changes
-            reordered = "routes" in self.store.reordered  # ties follow the new order
-            if not self.servers or len(changes) > INCREMENTAL_LIMIT or reordered:
-                await self.compiler.rebuild(self.store)
-            else:
-                self.compiler.apply(self.store, changes)
+            await self.compiler.load(self.store, first=not self.servers)
         else:
             self.store.apply(msg.rev, kvs)
             self.compiler.apply(self.store, self.store.last_changes)
@@ -217,7 +210,7 @@ class Worker:
                     ssl_handshake_timeout=10,
                 )
                 self.servers.append(srv)
-        log.info("worker %d serving %d routes", os.getpid(), len(self.compiler.runtime.routes))
+        log.info("worker %d serving %d routes", os.getpid(), len(self.compiler.routes))
 
     async def _graceful_stop(self) -> None:
         state = self.state

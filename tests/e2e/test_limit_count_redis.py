@@ -87,7 +87,7 @@ def test_counts_in_redis_with_the_local_policys_answers(
     assert seen == ["2", "1", "0"]
     r = requests.get(a.url("/fixed"))
     assert r.status_code == 503
-    assert r.content == b""
+    assert b"503 Service Temporarily Unavailable" in r.content  # nginx's page (no rejected_msg)
     assert r.headers["X-RateLimit-Remaining"] == "0"
     # APISIX's key and format: the route's scope, a string count, the window as TTL; a
     # rejected request is counted too (INCRBY before the check).

@@ -147,11 +147,11 @@ def test_quota_headers_and_empty_rejection_body(gw: Gateway) -> None:
     assert requests.get(gw.url("/msg"), headers={"X-User": "h2"}).status_code == 200
 
 
-def test_default_rejection_is_503_with_empty_body(gw: Gateway) -> None:
+def test_default_rejection_is_503_with_the_default_page(gw: Gateway) -> None:
     assert requests.get(gw.url("/nohdr")).status_code == 200
     r = requests.get(gw.url("/nohdr"))
     assert r.status_code == 503
-    assert r.content == b""
+    assert b"<title>503 Service Temporarily Unavailable</title>" in r.content  # nginx's page
     assert "X-RateLimit-Limit" not in r.headers
 
 

@@ -29,9 +29,11 @@ def gw(standalone_gateway: StartGateway, upstream: Upstream) -> Gateway:
     return standalone_gateway(CONFIG % {"up": upstream.addr})
 
 
-def test_blocked_with_empty_body(gw: Gateway) -> None:
+def test_blocked_without_message_gets_the_default_page(gw: Gateway) -> None:
+    # APISIX exits with 403 and no body: nginx answers with its own 403 page
     r = requests.get(gw.url("/ub/root.exe"))
-    assert r.status_code == 403 and r.content == b""
+    assert r.status_code == 403 and r.headers["Content-Type"] == "text/html"
+    assert b"<title>403 Forbidden</title>" in r.content
     assert requests.get(gw.url("/ub/x?f=rootmmm")).status_code == 403
     assert requests.get(gw.url("/ub/fine")).status_code == 200
 

@@ -19,7 +19,7 @@ from tollway.config.store import Store
 from tollway.errors import ConfigError
 from tollway.plugins.kit import Consumer
 from tollway.plugins.registry import Chain, load_registry
-from tollway.proxy.runtime import Compiler
+from tollway.runtime.compiler import Compiler
 from tollway.settings import LoadedSettings, default_settings
 
 REGISTRY = load_registry()
@@ -124,16 +124,16 @@ def consumer(comp: Compiler, key: str) -> Consumer:
 
 def test_compiled_routes_refuse_per_object_kind() -> None:
     _, comp = compile_(OBJECTS)
-    routes = comp.runtime.routes
+    routes = comp.routes
     assert routes["open"].chain.refusal is None
     assert refused(routes["route"].chain)[1]["error_msg"].startswith("plugin [openid-connect]")
     assert refused(routes["svc"].chain)[1]["error_msg"].startswith("plugin [forward-auth]")
     assert refused(routes["pc"].chain)[1]["error_msg"].startswith("plugin [opa]")
     open_ = routes["open"]
-    assert comp.consumer_chain(open_, consumer(comp, "o")).refusal is None
-    jack = comp.consumer_chain(open_, consumer(comp, "j"))
+    assert comp.runtime.consumer_chain(open_, consumer(comp, "o")).refusal is None
+    jack = comp.runtime.consumer_chain(open_, consumer(comp, "j"))
     assert refused(jack)[1]["error_msg"].startswith("plugin [wolf-rbac]")
-    grp = comp.consumer_chain(open_, consumer(comp, "g"))
+    grp = comp.runtime.consumer_chain(open_, consumer(comp, "g"))
     assert refused(grp)[1]["error_msg"].startswith("plugin [cas-auth]")
     # the anonymous-consumer lookup sees the same plugins
     assert "wolf-rbac" in comp.runtime.consumers.by_name["jack"].plugins
@@ -145,9 +145,9 @@ def test_a_global_rule_refuses_and_skip_serves() -> None:
     assert refused(comp.runtime.global_chain)[1]["error_msg"].startswith("plugin [authz-keycloak]")
     _, skip = compile_(items, "skip")
     assert skip.runtime.global_chain.refusal is None
-    assert all(r.chain.refusal is None for r in skip.runtime.routes.values())
-    open_ = skip.runtime.routes["open"]
-    assert skip.consumer_chain(open_, consumer(skip, "j")).refusal is None
+    assert all(r.chain.refusal is None for r in skip.routes.values())
+    open_ = skip.routes["open"]
+    assert skip.runtime.consumer_chain(open_, consumer(skip, "j")).refusal is None
 
 
 def test_an_invalid_conf_is_warned_about_once_per_version(caplog: pytest.LogCaptureFixture) -> None:
@@ -156,7 +156,7 @@ def test_an_invalid_conf_is_warned_about_once_per_version(caplog: pytest.LogCapt
     with caplog.at_level(logging.WARNING, "tollway.proxy"):
         store, comp = compile_(items)
         comp.apply(store, [("routes", "1", "/apisix/routes/1")])  # same version, compiled again
-    assert refused(comp.runtime.routes["1"].chain)[0] == 503
+    assert refused(comp.routes["1"].chain)[0] == 503
     warned = [
         r for r in caplog.records if "invalid configuration of plugin(s) key-auth" in r.message
     ]

@@ -1,152 +1,35 @@
-"""The request pipeline: read the runtime once, match, run plugins, pick, proxy, log.
+"""An exchange: one request and its response on a client connection.
 
-An ``Exchange`` is one request/response on a client connection. It walks the phases with plain
-calls while every plugin is synchronous, and moves to a task only when something must wait (a
-request body, an async plugin, a new upstream connection, a retry). The upstream half lives in
-``forward.Forwarding``. Nothing escapes: every failure becomes a status code and a debug line.
+``Exchange`` joins the parts (``phases``, ``attempt``, ``response``; their state is declared
+once in ``base.ExchangeBase``) and owns what is left: the client's body, the lifecycle,
+answering locally, the log phase. Nothing escapes: every failure becomes a status code and a
+debug line.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Coroutine, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Coroutine
+from typing import Any
 
-import msgspec
-
-from tollway.balancer import PickContext, Server
-from tollway.plugins.kit import RequestContext, wire_value
-from tollway.plugins.registry import Chain, ChainEntry
-from tollway.proxy.forward import Forwarding, UpstreamFailure
-from tollway.proxy.http import PLAIN_TEXT, ROUTE_NOT_FOUND, error_page, quote_path, status_line
-from tollway.proxy.runtime import (
-    CompiledRoute,
-    CompiledUpstream,
-    Runtime,
-)
+from tollway.httprules.response_head import without_bodies
+from tollway.httprules.status import error_page, status_line
+from tollway.plugins.kit import RequestContext
+from tollway.proxy.attempt import Forwarding, UpstreamFailure
+from tollway.proxy.flow import BODY_HIGH_WATER
+from tollway.proxy.phases import _NO_STEPS, Phases
+from tollway.proxy.response import Responding
 from tollway.proxy.state import ServerState
-from tollway.proxy.upstream import UpstreamConnection
-from tollway.router import normalize_path, servlet_path
-
-if TYPE_CHECKING:
-    from tollway.proxy.server import HttpProtocol
 
 __all__ = ["Exchange", "ServerState", "UpstreamFailure"]
 
 log = logging.getLogger("tollway.proxy")
 
-_json = msgspec.json.Encoder()
-_NO_STEPS: Iterator[tuple[ChainEntry, ...]] = iter(())
-_NO_TOKENS: frozenset[bytes] = frozenset()
 
-
-class Exchange(Forwarding):
-    __slots__ = (
-        "_body_waiter",
-        "_done",
-        "_fast",
-        "_finished",
-        "_out",
-        "_send_timeout",
-        "body",
-        "body_bytes",
-        "body_chunked",
-        "body_complete",
-        "body_wait_since",
-        "buffered_resp",
-        "chain",
-        "client_addr",
-        "client_closed",
-        "conn",
-        "connection_tokens",
-        "content_length",
-        "ctx",
-        "expect_continue",
-        "has_body",
-        "host_raw",
-        "http_version",
-        "keep_alive",
-        "last_activity",
-        "method",
-        "proto",
-        "raw_headers",
-        "read_timeout",
-        "reading",
-        "reject_status",
-        "replay",
-        "resp_bytes",
-        "resp_chunked",
-        "resp_no_body",
-        "response_started",
-        "sent_continue",
-        "status",
-        "target",
-        "task",
-        "upgrade",
-        "upstream",
-        "upstream_statuses",
-        "url",
-        "websocket",
-    )
-
-    def __init__(
-        self,
-        proto: HttpProtocol,
-        method: str,
-        url: bytes,
-        headers: list[tuple[bytes, bytes]],
-        http_version: str,
-        keep_alive: bool,
-        host: bytes,
-    ) -> None:
-        self.proto = proto
-        self.method = method
-        self.url = url
-        self.client_addr: str | None = None  # named by a trusted peer (realip)
-        self.connection_tokens: frozenset[bytes] = _NO_TOKENS  # named by the client's Connection
-        self.target = url  # what goes upstream when no plugin rewrites it (absolute-form fixed)
-        self.raw_headers = headers
-        self.http_version = http_version
-        self.keep_alive = keep_alive
-        self.host_raw = host
-        self.has_body = False
-        self.body_chunked = False
-        self.content_length = 0
-        self.body: deque[bytes] | None = None  # created by the first body bytes
-        self.body_bytes = 0
-        self.body_complete = False
-        self._body_waiter: asyncio.Future[None] | None = None
-        self.body_wait_since = 0.0  # waiting for body bytes since (client_body_timeout)
-        self.expect_continue = False
-        self.sent_continue = False
-        self.upgrade = b""
-        self.websocket = False
-        self.reject_status = 0
-        self.replay: list[bytes] | None = None
-        self.ctx: RequestContext | None = None
-        self.chain: Chain | None = None
-        self.status = 0
-        self.response_started = False
-        self.resp_chunked = False
-        self.resp_no_body = False
-        self.resp_bytes = 0
-        self.buffered_resp: list[bytes] | None = None
-        self.conn: UpstreamConnection | None = None
-        self._done: asyncio.Future[None] | None = None
-        self._out: list[bytes] = []
-        self._fast: tuple[Server, PickContext | None, float] | None = None
-        self._finished = False
-        self.upstream: CompiledUpstream | None = None
-        self.reading = False  # waiting on the upstream: the sweep enforces read_timeout
-        self.last_activity = 0.0
-        self.read_timeout = 60.0
-        self._send_timeout = 60.0
-        self.client_closed = False
-        self.upstream_statuses: list[str] | None = None
-        self.task: asyncio.Task[None] | None = None
+class Exchange(Phases, Forwarding, Responding):
+    __slots__ = ()
 
     # -- body from the client (parser callbacks) ----------------------------------------
 
@@ -162,7 +45,7 @@ class Exchange(Forwarding):
             self._wake_body()
             return
         body.append(data)
-        if sum(map(len, body)) > HIGH_WATER_BODY:
+        if sum(map(len, body)) > BODY_HIGH_WATER:
             self.proto.pause_reading()
         self._wake_body()
 
@@ -320,276 +203,6 @@ class Exchange(Forwarding):
             self.proto.state.flush_writes()
             t.write(data)
 
-    # -- the pipeline -------------------------------------------------------------------
-
-    async def handle(self) -> None:
-        """The whole pipeline as a coroutine (requests with a body, async plugins...)."""
-        steps = self._prepare()
-        if steps is not None:
-            await self._drive_async(steps, None)
-
-    def _prepare(self) -> Iterator[tuple[ChainEntry, ...]] | None:
-        """Parse, match, pick the chains. None if the request was already answered."""
-        if self.reject_status:
-            self.keep_alive = False
-            self.respond_error(self.reject_status)
-            return None
-        ctx = self._make_context()
-        if ctx is None:
-            self.keep_alive = False
-            self.respond_error(400)
-            return None
-        self.ctx = ctx
-        mtls = self.proto.client_cert
-        if mtls is not None and not mtls[1]:
-            skip = mtls[0].skip
-            if skip is None or not skip.search(ctx.path):
-                # APISIX verify_https_client: no client certificate -> 400
-                self.respond_error(400)
-                return None
-        runtime = self.proto.state.compiler.runtime
-        ctx.consumers = runtime.consumers
-        ctx.upstream_source = self.proto.state.compiler
-        if self.has_body:
-            ctx.body_reader = self._plugin_body
-        match = runtime.router.match(ctx)
-        gchain = runtime.global_chain
-        if match is None:
-            self.chain = gchain  # the global rules' response phases still apply to the 404
-            return self._not_found_steps(gchain)
-        route: CompiledRoute = match.spec.payload
-        ctx.route = route
-        ctx.route_id = route.id
-        ctx.route_name = route.name
-        ctx.service_id = route.service_id
-        ctx.matched_params = match.params
-        ctx.matched_uri = match.spec.uris[0] if match.spec.uris else None
-        ctx.route_hosts = match.spec.hosts
-        if route.error:
-            self.respond_error(route.error)
-            return None
-        chain = self.chain = route.chain
-        if not (
-            gchain.rewrite or gchain.access or chain.rewrite or chain.access or chain.before_proxy
-        ):
-            # No request-phase plugin at all (the common case): no steps to drive.
-            self._choose_upstream(runtime, route)
-            return _NO_STEPS
-        return self._steps(runtime, route, gchain)
-
-    def _not_found_steps(self, gchain: Chain) -> Iterator[tuple[ChainEntry, ...]]:
-        # APISIX runs the global rules' rewrite and access phases before its 404.
-        if gchain.rewrite:
-            yield gchain.rewrite
-        if gchain.access:
-            yield gchain.access
-        self.respond(404, ROUTE_NOT_FOUND, [(b"Content-Type", PLAIN_TEXT)])
-
-    def _steps(
-        self, runtime: Runtime, route: CompiledRoute, gchain: Chain
-    ) -> Iterator[tuple[ChainEntry, ...]]:
-        """The plugin phases in APISIX's order, as entry lists for a driver to run (sync or
-        async); a driver stops at the first entry list whose plugin answers. Ends with the
-        upstream chosen in ``self.upstream`` (or the request answered)."""
-        ctx = self.ctx
-        assert ctx is not None
-        chain = route.chain
-        if gchain.rewrite:
-            yield gchain.rewrite
-        if chain.rewrite:
-            yield chain.rewrite
-        if ctx.consumer is not None:
-            group = ctx.consumer.group_id
-            if group is not None and group not in runtime.consumers.groups:
-                # APISIX: "failed to fetch consumer group config by id" -> 503
-                self.respond_error(503)
-                return
-            # An auth plugin identified a consumer: its group's and its own plugins now apply,
-            # and the ones it adds run their rewrite phase (APISIX rewrite_in_consumer).
-            merged = self.proto.state.compiler.consumer_chain(route, ctx.consumer)
-            if merged is not chain:
-                added = tuple(
-                    e for e in merged.rewrite if e.plugin.type != "auth" and e not in chain.rewrite
-                )
-                self.chain = chain = merged
-                if added:
-                    yield added
-        if gchain.access:
-            yield gchain.access
-        if chain.access:
-            yield chain.access
-        if self._choose_upstream(runtime, route) and chain.before_proxy:
-            yield chain.before_proxy
-
-    def _choose_upstream(self, runtime: Runtime, route: CompiledRoute) -> bool:
-        """Sets ``self.upstream``, or answers 502/503 as APISIX does and returns False."""
-        ctx = self.ctx
-        assert ctx is not None
-        # A plugin (traffic-split) may have chosen another upstream in rewrite/access.
-        upstream = ctx.upstream_override if ctx.upstream_override is not None else route.upstream
-        if upstream is None:
-            if route.upstream_id is None:
-                self.respond_error(503)
-                return False
-            upstream = runtime.upstreams.get(route.upstream_id)
-            if upstream is None:
-                self.respond_error(502)
-                return False
-        if not upstream.servers:
-            self.respond_error(503)  # APISIX: "no valid upstream node"
-            return False
-        if self.upgrade and self.upgrade.lower() == b"websocket" and route.enable_websocket:
-            self.websocket = True
-        self.upstream = upstream
-        return True
-
-    def _drive(self, steps: Iterator[tuple[ChainEntry, ...]]) -> None:
-        """Run the steps synchronously while every plugin is; hand over to a task otherwise."""
-        ctx = self.ctx
-        assert ctx is not None
-        for entries in steps:
-            for e in entries:
-                if e.is_async:
-                    self._spawn(self._drive_async(steps, entries))
-                    return
-            if self._run_phase_sync(entries, ctx):
-                return
-        route = ctx.route
-        if self.response_started or self.upstream is None or route is None:
-            return
-        if not self._fast_attempt():
-            self._spawn(self.proxy(route, self.upstream))
-
-    async def _drive_async(
-        self, steps: Iterator[tuple[ChainEntry, ...]], pending: tuple[ChainEntry, ...] | None
-    ) -> None:
-        ctx = self.ctx
-        assert ctx is not None
-        if pending is not None and await self.run_phase(pending, ctx):
-            return
-        for entries in steps:
-            if await self.run_phase(entries, ctx):
-                return
-        if self.response_started or self.upstream is None or self.route is None:
-            return
-        await self.proxy(self.route, self.upstream)
-
-    @property
-    def route(self) -> CompiledRoute | None:
-        return self.ctx.route if self.ctx is not None else None
-
-    def _make_context(self) -> RequestContext | None:
-        url = self.url
-        if not url.startswith(b"/"):
-            if url == b"*" and self.method == "OPTIONS":
-                url = b"/"
-            else:
-                try:
-                    parsed = __import__("httptools").parse_url(url)
-                except Exception:
-                    return None
-                url = (parsed.path or b"/") + (b"?" + parsed.query if parsed.query else b"")
-                if parsed.host:  # nginx's $host: the request line's host wins over Host
-                    self.host_raw = parsed.host + (
-                        b":%d" % parsed.port if parsed.port is not None else b""
-                    )
-            self.target = url
-        raw = url.decode("latin-1")
-        raw_path, _, query = raw.partition("?")
-        if "%" in raw_path or "/." in raw_path or "//" in raw_path:
-            path = normalize_path(raw_path)
-            if path is None:
-                return None
-            if path != raw_path:
-                # The upstream gets the path the router and plugins saw (no ../ bypass).
-                self.target = (quote_path(path) + ("?" + query if query else "")).encode()
-        else:
-            path = raw_path
-        p = self.proto
-        if (";" in path or "\\" in path) and p.state.compiler.servlet_uri:
-            # apisix.normalize_uri_like_servlet: routes and plugins see the path without its
-            # ;parameters, the upstream gets them (as APISIX forwards the original uri).
-            servlet = servlet_path(path)
-            if servlet is None:
-                return None
-            path = servlet
-        if path[-1] == "/" and len(path) > 1 and p.state.compiler.tail_slash:
-            # apisix.delete_uri_tail_slash: the uri routes, plugins and the upstream see
-            path = path[:-1]
-            self.target = (quote_path(path) + ("?" + query if query else "")).encode()
-        # Keep-alive clients send the same Host again and again: parse it once per connection.
-        cached = p.host_cache
-        if cached is not None and cached[0] == self.host_raw:
-            host = cached[1]
-        else:
-            host = self.host_raw.decode("latin-1").lower()
-            if host.startswith("["):
-                host = host[: host.find("]") + 1]
-            else:
-                host = host.partition(":")[0]
-                # nginx ngx_http_validate_host: one trailing dot goes, ".." or "/" is a 400
-                if host.endswith("."):
-                    host = host[:-1]
-                if ".." in host or "/" in host or "\\" in host:
-                    return None
-            p.host_cache = (self.host_raw, host)
-        return RequestContext(
-            self.method,
-            raw,
-            path,
-            query,
-            self.raw_headers,
-            host,
-            p.remote_addr if self.client_addr is None else self.client_addr,
-            p.remote_port,
-            p.server_addr,
-            p.server_port,
-            p.scheme,
-            time.time(),
-            self.http_version,
-        )
-
-    def _run_phase_sync(self, entries: tuple[ChainEntry, ...], ctx: RequestContext) -> bool:
-        for e in entries:
-            if e.filter is not None and not e.filter.eval(ctx.var):
-                continue
-            res = e.fn(e.conf, ctx)
-            if res is not None:
-                self.plugin_exit(res, e)
-                return True
-        return False
-
-    async def run_phase(self, entries: tuple[ChainEntry, ...], ctx: RequestContext) -> bool:
-        for e in entries:
-            if e.filter is not None and not e.filter.eval(ctx.var):
-                continue
-            res = e.fn(e.conf, ctx)
-            if e.is_async:
-                res = await res
-            if res is not None:
-                self.plugin_exit(res, e)
-                return True
-        return False
-
-    def plugin_exit(self, res: Any, entry: ChainEntry) -> None:
-        status = res[0]
-        body = res[1] if len(res) > 1 else None
-        extra = res[2] if len(res) > 2 else None
-        if entry.error_response is not None and status >= 400:
-            body = entry.error_response
-        headers: list[tuple[bytes, bytes]] = []
-        if isinstance(body, dict | list):
-            data = _json.encode(body) + b"\n"
-            # APISIX sets no type: nginx's default (as its docs show for a key-auth 401)
-            headers.append((b"Content-Type", PLAIN_TEXT))
-        elif body is None:
-            data = b""
-        else:
-            data = body.encode() if isinstance(body, str) else bytes(body)
-        for k, v in (extra or {}).items():
-            headers.append((k.encode("latin-1"), wire_value(str(v)).encode("latin-1")))
-        self.respond(status, data, headers)
-
     # -- answering locally --------------------------------------------------------------
 
     def respond_error(self, status: int) -> None:
@@ -617,10 +230,7 @@ class Exchange(Forwarding):
                 body = self._body_filter(chain, ctx, body, True)
         self.status = status
         self.response_started = True
-        if self.method == "HEAD" or status in (204, 304):
-            send_body = b""
-        else:
-            send_body = body
+        send_body = b"" if without_bodies(self.method, status) else body
         state = self.proto.state
         out = [status_line(status), state.server_header, state.date_line()]
         for k, v in headers:
@@ -635,25 +245,6 @@ class Exchange(Forwarding):
         out.append(send_body)
         self.resp_bytes = len(send_body)
         self.write(b"".join(out))
-
-    def _header_filter(self, chain: Chain, ctx: RequestContext) -> None:
-        for e in chain.header_filter:
-            if e.filter is not None and not e.filter.eval(ctx.var):
-                continue
-            try:
-                e.plugin.header_filter(e.conf, ctx)
-            except Exception:
-                log.debug("plugin %s header_filter failed", e.plugin.name, exc_info=True)
-
-    def _body_filter(self, chain: Chain, ctx: RequestContext, data: bytes, eof: bool) -> bytes:
-        for e in chain.body_filter:
-            if e.filter is not None and not e.filter.eval(ctx.var):
-                continue
-            try:
-                data = e.plugin.body_filter(e.conf, ctx, data, eof)
-            except Exception:
-                log.debug("plugin %s body_filter failed", e.plugin.name, exc_info=True)
-        return data
 
     # -- log phase ----------------------------------------------------------------------
 
@@ -676,9 +267,6 @@ class Exchange(Forwarding):
         if al is not None:
             ctx.resp_status = self.status
             al.log(_LogVars(self, ctx).get)
-
-
-HIGH_WATER_BODY = 256 * 1024
 
 
 class _LogVars:

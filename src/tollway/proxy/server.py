@@ -16,11 +16,24 @@ from typing import TYPE_CHECKING, Any
 
 import httptools
 
-from tollway.proxy.http import (
-    PLAIN_CONNECTION,
-    connection_tokens,
-    error_page,
-    status_line,
+from tollway.httprules.fields import PLAIN_CONNECTION, connection_tokens
+from tollway.httprules.status import closing_error
+from tollway.proxy.flow import MAX_PIPELINE, HeldBytes
+from tollway.proxy.h1_names import (
+    _CONNECTION,
+    _CONTENT_LENGTH,
+    _EXPECT,
+    _HOST,
+    _KINDS,
+    _METHODS,
+    _REAL_IP,
+    _TRANSFER_ENCODING,
+    _UPGRADE,
+    ParseLimit,
+    kind_of,
+    method_of,
+    real_ip_header,
+    use_real_ip_header,
 )
 from tollway.proxy.pipeline import Exchange
 from tollway.proxy.tls import ClientCheck, client_check
@@ -30,61 +43,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tollway.proxy")
 
-# CONNECT maps to "": a forward-proxy tunnel is refused (405), as nginx does since 1.21.1.
-_METHODS: dict[bytes, str] = {b"CONNECT": ""}
-
-
-def _method(raw: bytes) -> str:
-    m = _METHODS.get(raw)
-    if m is None:
-        m = raw.decode("ascii", "replace")
-        if len(_METHODS) < 64:  # the usual few; an odd token is decoded each time
-            _METHODS[raw] = m
-    return m
-
-
-# Request header name (as sent) -> what the parser notes about it (0: nothing). Learned per
-# spelling, bounded: most headers then cost one dict lookup, not a lower() and six compares.
-_HOST, _CONTENT_LENGTH, _TRANSFER_ENCODING, _UPGRADE, _EXPECT, _CONNECTION, _REAL_IP = range(1, 8)
-_NOTED = {
-    b"host": _HOST,
-    b"content-length": _CONTENT_LENGTH,
-    b"transfer-encoding": _TRANSFER_ENCODING,
-    b"upgrade": _UPGRADE,
-    b"expect": _EXPECT,
-    b"connection": _CONNECTION,
-}
-_KINDS: dict[bytes, int] = {}
-_real_ip_name = b""
-
-
-def _use_real_ip_header(name: bytes) -> None:
-    """Note ``name`` (lowercase) as the header naming the client (realip); a worker has one."""
-    global _real_ip_name
-    for key in [k for k, v in _NOTED.items() if v == _REAL_IP]:
-        del _NOTED[key]
-    if name not in _NOTED:
-        _NOTED[name] = _REAL_IP
-    _KINDS.clear()
-    _real_ip_name = name
-
-
-def _kind(name: bytes) -> int:
-    kind = _NOTED.get(name.lower(), 0)
-    if len(_KINDS) < 4096:
-        _KINDS[name] = kind
-    return kind
-
-
 _LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
-HIGH_WATER = 256 * 1024  # buffered request body bytes before we stop reading the client
-MAX_PIPELINE = 16
-
-
-class ParseLimit(Exception):
-    def __init__(self, status: int) -> None:
-        super().__init__(status)
-        self.status = status
 
 
 class HttpProtocol(asyncio.Protocol):
@@ -109,7 +68,7 @@ class HttpProtocol(asyncio.Protocol):
         self.write_paused_at = 0.0  # since when the client reads nothing (send_timeout)
         self._drain_waiters: list[asyncio.Future[None]] = []
         # Upstream connection once a WebSocket is established; before that, while a WebSocket
-        # handshake waits for its answer, a _Held buffer (see _after_upgrade).
+        # handshake waits for its answer, a HeldBytes buffer (see _after_upgrade).
         self.tunnel: Any = None
         # The request whose head llhttp took as an upgrade (see _after_upgrade).
         self._upgrading: Exchange | None = None
@@ -143,8 +102,8 @@ class HttpProtocol(asyncio.Protocol):
                 self.client_cert = (check, check.accepts(der))
         real_ip = self.state.real_ip
         if real_ip is not None:
-            if real_ip.header != _real_ip_name:
-                _use_real_ip_header(real_ip.header)
+            if real_ip.header != real_ip_header():
+                use_real_ip_header(real_ip.header)
             self.trust_real_ip = real_ip.trusts(peer[0] if isinstance(peer, tuple) else None)
         if isinstance(sock, tuple):
             self.server_addr, self.server_port = sock[0], sock[1]
@@ -267,7 +226,7 @@ class HttpProtocol(asyncio.Protocol):
         self._headers.append((name, value))
         kind = _KINDS.get(name)
         if kind is None:
-            kind = _kind(name)
+            kind = kind_of(name)
         if not kind:
             return
         if kind == _HOST:
@@ -302,7 +261,7 @@ class HttpProtocol(asyncio.Protocol):
         raw = p.get_method()
         method = _METHODS.get(raw)
         if method is None:
-            method = _method(raw)
+            method = method_of(raw)
         if not method:
             raise ParseLimit(405)
         headers = self._headers
@@ -317,6 +276,34 @@ class HttpProtocol(asyncio.Protocol):
         if not self._host and version == "1.1":
             raise ParseLimit(400)  # RFC 9112 3.2: an HTTP/1.1 request must carry Host (nginx)
         ex = Exchange(self, method, self._url, headers, version, keep_alive, self._host)
+        if (
+            self._cl_count
+            or self._te
+            or self._expect
+            or self._upgrade
+            or self._connection
+            or self._real_ip
+        ):
+            self._noted_fields(ex, headers)
+        else:  # no body, nothing noted (most GETs)
+            ex.body_complete = True
+        self._url = self._host = b""
+        self._hosts = 0
+        self._headers = []
+        self._header_bytes = 0
+        self.parsing = ex
+        if self.active is None:
+            self.active = ex
+            ex.start()
+        else:
+            self.pipeline.append(ex)
+            if len(self.pipeline) >= MAX_PIPELINE:
+                self.pause_reading()
+
+    def _noted_fields(self, ex: Exchange, headers: list[tuple[bytes, bytes]]) -> None:
+        """What the noted fields say about the request: its framing (RFC 9112 6), Expect,
+        the fields Connection names (RFC 9110 7.6.1), an Upgrade, the realip header. Then
+        forget them for the next request."""
         if self._expect:
             ex.expect_continue = True
         if self._connection and self._connection.lower() not in PLAIN_CONNECTION:
@@ -333,28 +320,15 @@ class HttpProtocol(asyncio.Protocol):
                 ex.reject_status = 413
         if not ex.has_body:
             ex.body_complete = True
-        if self._upgrade and p.should_upgrade():
+        if self._upgrade and self.parser.should_upgrade():
             self._note_upgrade(ex)
         if self._real_ip:
             if self.trust_real_ip and self.state.real_ip is not None:
                 ex.client_addr = self.state.real_ip.client(self._real_ip)
             self._real_ip = b""
-        if self._cl_count or self._te or self._expect or self._upgrade or self._connection:
-            self._cl_count = 0
-            self._te = self._expect = False
-            self._upgrade = self._connection = b""
-        self._url = self._host = b""
-        self._hosts = 0
-        self._headers = []
-        self._header_bytes = 0
-        self.parsing = ex
-        if self.active is None:
-            self.active = ex
-            ex.start()
-        else:
-            self.pipeline.append(ex)
-            if len(self.pipeline) >= MAX_PIPELINE:
-                self.pause_reading()
+        self._cl_count = 0
+        self._te = self._expect = False
+        self._upgrade = self._connection = b""
 
     def on_body(self, body: bytes) -> None:
         ex = self.parsing
@@ -441,7 +415,7 @@ class HttpProtocol(asyncio.Protocol):
                 head = b"POST / HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % ex.content_length
             self.parser.feed_data(head)
             return rest
-        held = self.tunnel = _Held(self)
+        held = self.tunnel = HeldBytes(self)
         if rest:
             held.write(rest)
         return b""
@@ -456,7 +430,7 @@ class HttpProtocol(asyncio.Protocol):
         held = self.tunnel
         self.tunnel = upstream
         self._cancel_timer()
-        if isinstance(held, _Held) and held.data:
+        if isinstance(held, HeldBytes) and held.data:
             upstream.write(bytes(held.data))
         self.resume_reading()
 
@@ -474,17 +448,9 @@ class HttpProtocol(asyncio.Protocol):
             self.closing = True
             self.pause_reading()
             return
-        body = error_page(status)
         self.state.flush_writes()  # an answer still deferred goes first
-        self.transport.write(
-            status_line(status)
-            + self.state.server_header
-            + self.state.date_line()
-            + b"Content-Type: text/html\r\nContent-Length: "
-            + str(len(body)).encode()
-            + b"\r\nConnection: close\r\n\r\n"
-            + body
-        )
+        head = self.state.server_header + self.state.date_line()
+        self.transport.write(closing_error(status, head))
         self.close()
 
     def close(self) -> None:
@@ -526,28 +492,3 @@ class HttpProtocol(asyncio.Protocol):
                 self._fail(408)
             else:
                 self.close()
-
-
-class _Held:
-    """What a client sent after a WebSocket handshake, kept until the upstream answers it.
-    Bounded: past HIGH_WATER the client is not read until the handshake is decided."""
-
-    __slots__ = ("data", "proto")
-
-    def __init__(self, proto: HttpProtocol) -> None:
-        self.proto = proto
-        self.data = bytearray()
-
-    def write(self, data: bytes) -> None:
-        self.data += data
-        if len(self.data) > HIGH_WATER:
-            self.proto.pause_reading()
-
-    def pause_reading(self) -> None:
-        return None
-
-    def resume_reading(self) -> None:
-        return None
-
-    def close(self) -> None:
-        self.data.clear()

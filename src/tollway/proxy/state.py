@@ -6,19 +6,45 @@ import asyncio
 import logging
 import time
 from email.utils import formatdate
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
-from tollway.proxy.http import SERVER_HEADER
+from tollway.httprules.status import SERVER_HEADER
+from tollway.proxy.flow import Writes
 from tollway.proxy.realip import RealIp
-from tollway.proxy.runtime import Compiler
-from tollway.proxy.upstream import Pool
+from tollway.runtime.compiler import Compiler
+from tollway.upstream.pool import Pool
 
 log = logging.getLogger("tollway.proxy")
 
 if TYPE_CHECKING:
     from tollway.proxy.accesslog import AccessLog
-    from tollway.proxy.pipeline import Exchange
-    from tollway.proxy.server import HttpProtocol
+
+
+class SweptConnection(Protocol):
+    """What the sweep and the graceful stop use of a client connection."""
+
+    deadline: float  # header/keep-alive timeout (0: none)
+    write_paused: bool
+    write_paused_at: float
+    active: Any  # the exchange being answered, if any
+
+    def reading_head(self) -> bool: ...
+    def on_deadline(self) -> None: ...
+    def on_send_timeout(self) -> None: ...
+    def close_if_idle(self, min_idle: float = 0.0) -> bool: ...
+    def close(self) -> None: ...
+
+
+class SweptExchange(Protocol):
+    """What the sweep uses of an exchange: its upstream read and client body timeouts."""
+
+    reading: bool
+    last_activity: float
+    read_timeout: float
+    body_wait_since: float
+
+    def on_read_timeout(self) -> None: ...
+    def fail_body(self, status: int) -> None: ...
 
 
 class ServerState:
@@ -57,16 +83,18 @@ class ServerState:
         self.real_ip = real_ip
         self._date_second = 0
         self._date_line = b""
-        self.connections: set[HttpProtocol] = set()
-        self.exchanges: set[Exchange] = set()
+        self.connections: set[SweptConnection] = set()
+        self.exchanges: set[SweptExchange] = set()
         self.shutting_down = False
         self.requests = 0
         self.accepted = 0  # connections since start
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by start()
         self._sweeper: asyncio.TimerHandle | None = None
         # Writes of the fast path, sent once the event loop has handled every ready socket
-        # (see send()).
-        self._outgoing: list[tuple[asyncio.Transport, bytes]] = []
+        # (flow.Writes): ``send`` and ``flush_writes`` are its methods, bound once.
+        self.writes = Writes(self.exchanges)
+        self.send = self.writes.send
+        self.flush_writes = self.writes.flush
 
     SWEEP_INTERVAL = 0.2
 
@@ -102,45 +130,13 @@ class ServerState:
         """Bind to the running loop. Timeouts are deadlines checked by one periodic sweep:
         arming and cancelling a timer per request cost ~3 us each (measured)."""
         self.loop = loop
+        self.writes.loop = loop
         self._sweeper = loop.call_later(self.SWEEP_INTERVAL, self._sweep)
 
     def stop(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
-
-    def send(self, transport: asyncio.Transport, data: bytes) -> None:
-        """Write ``data`` once this event-loop iteration has handled every ready socket.
-
-        Each write wakes the process reading the other end (the client, the upstream). Written
-        one request at a time, between two requests' worth of Python, nearly every write woke a
-        sleeping reader: a cross-CPU interrupt, the costliest part of a write in a VM (perf:
-        3 us of kernel time per request). Written back to back, the first write of a batch
-        wakes the reader and the others find it running (measured with wrk at 50 connections:
-        +7-10% requests per CPU-second, lower p50 and p99). With one request in flight there is
-        nothing to batch, and the flush would cost an extra loop iteration: the write goes out
-        at once. Writes to one transport stay in order: whoever writes to a transport directly,
-        or closes it, calls flush_writes() first.
-        """
-        out = self._outgoing
-        if not out:
-            if len(self.exchanges) < 2:
-                transport.write(data)
-                return
-            self.loop.call_soon(self.flush_writes)
-        out.append((transport, data))
-
-    def flush_writes(self) -> None:
-        out = self._outgoing
-        if not out:
-            return
-        self._outgoing = []
-        for transport, data in out:
-            if not transport.is_closing():
-                try:
-                    transport.write(data)
-                except Exception:  # a transport that broke meanwhile: its protocol sees it
-                    log.debug("deferred write failed", exc_info=True)
 
     def _sweep(self) -> None:
         """nginx's client timeouts, to the sweep's resolution: keepalive_timeout while idle,

@@ -21,6 +21,7 @@ import gc
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import NamedTuple
 
 from tollway.expr import Expr, IpMatcher, compile_expr
@@ -156,6 +157,17 @@ class Router:
                 self._unplace(self._placed.pop(route_id))
         for spec in upserts:
             self._upsert(spec)
+
+    def repoint(self, route_id: str, payload: object) -> None:
+        """Hand back ``payload`` for ``route_id`` from now on, without recompiling it (the
+        compiled route changed, its matching did not). Unknown ids are ignored."""
+        placed = self._placed.get(route_id)
+        if placed is None:
+            return
+        entries = placed if isinstance(placed, list) else [placed]
+        spec = replace(entries[0].spec, payload=payload)
+        for entry in entries:
+            entry.spec = spec
 
     def _upsert(self, spec: RouteSpec) -> bool:
         try:

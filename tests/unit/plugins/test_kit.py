@@ -17,7 +17,7 @@ from tollway.plugins.kit import Consumer, RequestContext
 from tollway.plugins.kit_match import ExprError, compile_expr, compile_regex
 from tollway.plugins.kit_upstream import WeightedRoundRobin, error_page, upstream_conf_error
 from tollway.plugins.registry import load_registry
-from tollway.proxy.runtime import Compiler
+from tollway.runtime.compiler import Compiler
 from tollway.settings import default_settings
 
 LIMIT = {"count": 5, "time_window": 60}
@@ -36,7 +36,7 @@ def compiled(items: dict[str, object]) -> Compiler:
 def matched(comp: Compiler, route_id: str) -> RequestContext:
     """A context as the pipeline leaves it after matching ``route_id``."""
     ctx = make_ctx("/a")
-    route = comp.runtime.routes[route_id]
+    route = comp.routes[route_id]
     ctx.route, ctx.route_id, ctx.service_id = route, route.id, route.service_id
     return ctx
 
@@ -71,7 +71,7 @@ def test_is_route_conf_tells_the_routes_own_conf_from_an_equal_global_one() -> N
         }
     )  # fmt: skip
     ctx = matched(comp, "1")
-    own = [e.conf for e in comp.runtime.routes["1"].own_chain.access]
+    own = [e.conf for e in comp.routes["1"].own_chain.access]
     global_ = [e.conf for e in comp.runtime.global_chain.access]
     assert own and global_ and own[0] == global_[0]
     assert ctx.is_route_conf(own[0])

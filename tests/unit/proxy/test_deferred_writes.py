@@ -7,8 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tollway.plugins.registry import load_registry
-from tollway.proxy.runtime import Compiler
 from tollway.proxy.state import ServerState
+from tollway.runtime.compiler import Compiler
 from tollway.settings import default_settings
 
 
@@ -51,7 +51,7 @@ def make_state(in_flight: int) -> tuple[ServerState, Loop, Log, Transport, Trans
         keepalive_timeout=5,
     )
     loop = Loop()
-    state.loop = loop  # type: ignore[assignment]
+    state.loop = state.writes.loop = loop  # type: ignore[assignment]
     state.exchanges.update(object() for _ in range(in_flight))  # type: ignore[misc]
     log: Log = []
     return state, loop, log, Transport(log, "a"), Transport(log, "b")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tollway.proxy.upstream import Pool, UpstreamConnection
+from tollway.upstream.pool import Pool, UpstreamConnection
 
 
 class Sink:

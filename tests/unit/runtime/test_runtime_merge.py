@@ -9,7 +9,7 @@ from pathlib import Path
 from tollway.config.source import KeyValue
 from tollway.config.store import Store
 from tollway.plugins.registry import load_registry
-from tollway.proxy.runtime import Compiler
+from tollway.runtime.compiler import Compiler
 from tollway.settings import default_settings
 
 
@@ -27,7 +27,7 @@ NODES = {"nodes": {"127.0.0.1:1": 1}}
 
 
 def chain_confs(comp: Compiler, rid: str) -> dict[str, object]:
-    chain = comp.runtime.routes[rid].chain
+    chain = comp.routes[rid].chain
     return {e.plugin.name: e.conf for e in chain.rewrite + chain.header_filter}
 
 
@@ -63,13 +63,13 @@ def test_upstream_precedence() -> None:
             "routes/4": {"uri": "/d", "service_id": "t"},
         }
     )
-    rt = comp.runtime
-    assert rt.routes["1"].upstream_id == "u" and rt.routes["1"].upstream is None
-    assert rt.routes["2"].upstream is not None
-    assert rt.routes["2"].upstream.servers[0].host == "10.0.0.1"
-    up3 = rt.routes["3"].upstream
+    routes = comp.routes
+    assert routes["1"].upstream_id == "u" and routes["1"].upstream is None
+    assert routes["2"].upstream is not None
+    assert routes["2"].upstream.servers[0].host == "10.0.0.1"
+    up3 = routes["3"].upstream
     assert up3 is not None and up3.key == "/apisix/routes/3"
-    assert rt.routes["4"].upstream_id == "u"
+    assert routes["4"].upstream_id == "u"
 
 
 def test_missing_service_and_plugin_config() -> None:
@@ -79,8 +79,8 @@ def test_missing_service_and_plugin_config() -> None:
             "routes/2": {"uri": "/b", "plugin_config_id": "nope", "upstream": NODES},
         }
     )
-    assert comp.runtime.routes["1"].error == 404
-    assert comp.runtime.routes["2"].error == 503
+    assert comp.routes["1"].error == 404
+    assert comp.routes["2"].error == 503
 
 
 def test_service_hosts_apply_when_the_route_has_none() -> None:

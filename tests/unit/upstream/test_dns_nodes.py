@@ -14,10 +14,10 @@ from tollway.config.source import KeyValue
 from tollway.config.store import Store
 from tollway.model import Upstream
 from tollway.plugins.registry import load_registry
-from tollway.proxy.runtime import CompiledUpstream, Compiler
-from tollway.proxy.upstream import PoolLimits
+from tollway.runtime import CompiledUpstream, Compiler
 from tollway.settings import default_settings
 from tollway.upstream import HealthTable, domain_names, expand, is_ip
+from tollway.upstream.pool import PoolLimits
 
 LIMITS = PoolLimits(320, 60, 1000)
 
@@ -116,10 +116,18 @@ def test_compiler_recompiles_upstreams_using_a_changed_name() -> None:
     rt = comp.runtime
     assert [s.addr for s in rt.upstreams["1"].servers] == ["10.0.0.1:80"]
     before_2 = rt.upstreams["2"]
-    before_s = rt.routes["s"].upstream
+    before_s = comp.routes["s"].upstream
+    before_r = comp.routes["r"]
     assert comp.apply_dns({"api.example": ["10.0.0.1"]}) == 0  # same answer: nothing to do
+    assert comp.runtime is rt
     assert comp.apply_dns({"api.example": ["10.0.0.7", "10.0.0.8"]}) == 2
-    assert [s.addr for s in rt.upstreams["1"].servers] == ["10.0.0.7:80", "10.0.0.8:80"]
-    r_up = rt.routes["r"].upstream
+    new = comp.runtime
+    assert new is not rt  # a new runtime, published by one swap
+    assert [s.addr for s in new.upstreams["1"].servers] == ["10.0.0.7:80", "10.0.0.8:80"]
+    r_up = comp.routes["r"].upstream
     assert r_up is not None and [s.addr for s in r_up.servers] == ["10.0.0.7:81", "10.0.0.8:81"]
-    assert rt.upstreams["2"] is before_2 and rt.routes["s"].upstream is before_s
+    assert new.upstreams["2"] is before_2 and comp.routes["s"].upstream is before_s  # shared
+    # the runtime and route a request already holds are unchanged
+    assert [s.addr for s in rt.upstreams["1"].servers] == ["10.0.0.1:80"]
+    assert before_r.upstream is not None
+    assert [s.addr for s in before_r.upstream.servers] == ["10.0.0.1:81"]

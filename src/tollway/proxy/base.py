@@ -1,0 +1,163 @@
+"""The state of one exchange (one request and its response on a client connection).
+
+``ExchangeBase`` declares every attribute once (with its slot); the parts of an exchange are
+mixins over it, each in its own module: ``phases`` (match, plugins, pick), ``attempt`` (upstream
+attempts and retries, the request sent upstream), ``response`` (the upstream's answer streamed to
+the client), and ``pipeline.Exchange`` (the client body, answering locally, the log phase), which
+joins them. The methods one part calls on another are declared here for the type checker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
+
+from tollway.balancer import PickContext, Server
+from tollway.plugins.kit import RequestContext
+from tollway.plugins.registry import Chain
+from tollway.proxy.contracts import ClientConnection
+from tollway.runtime.compiled import CompiledRoute, CompiledUpstream
+from tollway.upstream.pool import UpstreamConnection
+
+_NO_TOKENS: frozenset[bytes] = frozenset()
+
+
+class ExchangeBase:
+    __slots__ = (
+        "_body_waiter",
+        "_done",
+        "_fast",
+        "_finished",
+        "_out",
+        "_send_timeout",
+        "body",
+        "body_bytes",
+        "body_chunked",
+        "body_complete",
+        "body_wait_since",
+        "buffered_resp",
+        "chain",
+        "client_addr",
+        "client_closed",
+        "conn",
+        "connection_tokens",
+        "content_length",
+        "ctx",
+        "expect_continue",
+        "has_body",
+        "host_raw",
+        "http_version",
+        "keep_alive",
+        "last_activity",
+        "method",
+        "proto",
+        "raw_headers",
+        "read_timeout",
+        "reading",
+        "reject_status",
+        "replay",
+        "resp_bytes",
+        "resp_chunked",
+        "resp_no_body",
+        "response_started",
+        "sent_continue",
+        "status",
+        "target",
+        "task",
+        "upgrade",
+        "upstream",
+        "upstream_statuses",
+        "url",
+        "websocket",
+    )
+
+    def __init__(
+        self,
+        proto: ClientConnection,
+        method: str,
+        url: bytes,
+        headers: list[tuple[bytes, bytes]],
+        http_version: str,
+        keep_alive: bool,
+        host: bytes,
+    ) -> None:
+        self.proto = proto
+        self.method = method
+        self.url = url
+        self.client_addr: str | None = None  # named by a trusted peer (realip)
+        self.connection_tokens: frozenset[bytes] = _NO_TOKENS  # named by the client's Connection
+        self.target = url  # what goes upstream when no plugin rewrites it (absolute-form fixed)
+        self.raw_headers = headers
+        self.http_version = http_version
+        self.keep_alive = keep_alive
+        self.host_raw = host
+        self.has_body = False
+        self.body_chunked = False
+        self.content_length = 0
+        self.body: deque[bytes] | None = None  # created by the first body bytes
+        self.body_bytes = 0
+        self.body_complete = False
+        self._body_waiter: asyncio.Future[None] | None = None
+        self.body_wait_since = 0.0  # waiting for body bytes since (client_body_timeout)
+        self.expect_continue = False
+        self.sent_continue = False
+        self.upgrade = b""
+        self.websocket = False
+        self.reject_status = 0
+        self.replay: list[bytes] | None = None
+        self.ctx: RequestContext | None = None
+        self.chain: Chain | None = None
+        self.status = 0
+        self.response_started = False
+        self.resp_chunked = False
+        self.resp_no_body = False
+        self.resp_bytes = 0
+        self.buffered_resp: list[bytes] | None = None
+        self.conn: UpstreamConnection | None = None
+        self._done: asyncio.Future[None] | None = None
+        self._out: list[bytes] = []
+        self._fast: tuple[Server, PickContext | None, float] | None = None
+        self._finished = False
+        self.upstream: CompiledUpstream | None = None
+        self.reading = False  # waiting on the upstream: the sweep enforces read_timeout
+        self.last_activity = 0.0
+        self.read_timeout = 60.0
+        self._send_timeout = 60.0
+        self.client_closed = False
+        self.upstream_statuses: list[str] | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    if TYPE_CHECKING:  # defined by the parts (see the module docstring)
+
+        @property
+        def route(self) -> CompiledRoute | None: ...
+        def write(self, data: bytes) -> None: ...
+        def respond(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None: ...
+        def respond_error(self, status: int) -> None: ...
+        def _spawn(self, coro: Coroutine[Any, Any, None]) -> None: ...
+        def _finish(self) -> None: ...
+        async def read_body(self, limit: int) -> bytes | None: ...
+        async def next_body_chunk(self) -> bytes | None: ...
+        async def _plugin_body(self, limit: int) -> bytes | None: ...
+        def _header_filter(self, chain: Chain, ctx: RequestContext) -> None: ...
+        def _body_filter(
+            self, chain: Chain, ctx: RequestContext, data: bytes, eof: bool
+        ) -> bytes: ...
+        def _fast_attempt(self) -> bool: ...
+        def _fast_done(self) -> None: ...
+        def _fast_failed(self, failure: Any) -> None: ...
+        # the upstream connection's ResponseSink (response.Responding)
+        def on_upstream_headers(self, status: int, conn: UpstreamConnection) -> None: ...
+        def on_upstream_body(self, data: bytes) -> None: ...
+        def on_upstream_complete(self) -> None: ...
+        def on_upstream_error(self, exc: BaseException | None) -> None: ...
+        def flush(self) -> None: ...
+        async def proxy(
+            self,
+            route: CompiledRoute,
+            up: CompiledUpstream,
+            first: Any = None,
+            started: float = 0.0,
+        ) -> None: ...

@@ -1,0 +1,44 @@
+"""The seams between the connection protocol, the exchange and the per-worker state.
+
+The connection protocol (``server.HttpProtocol``, HTTP/1.1; an HTTP/2 stream next) carries
+exchanges; the exchange (``pipeline.Exchange``) asks of it only what ``ClientConnection`` names,
+so an exchange can be carried by something else. ``ServerState`` sweeps connections and
+exchanges through ``SweptConnection`` and ``SweptExchange``. These Protocols are what keeps the
+modules acyclic: server -> pipeline -> forward -> contracts -> state, never back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Protocol
+
+from tollway.proxy.state import ServerState
+from tollway.runtime.certs import ClientCheck
+
+__all__ = ["ClientConnection", "ServerState"]
+
+
+class ClientConnection(Protocol):
+    """What an exchange uses of the connection that carries it."""
+
+    state: ServerState
+    transport: asyncio.Transport | None
+    scheme: str
+    remote_addr: str
+    remote_port: int
+    server_addr: str
+    server_port: int
+    write_paused: bool
+    trust_real_ip: bool  # the peer may name the client (realip)
+    # mTLS: (the ssl object's check, whether the client sent a verified certificate)
+    client_cert: tuple[ClientCheck, bool] | None
+    # per-connection caches of the exchange (see Exchange._make_context, _request_head)
+    host_cache: tuple[bytes, str] | None
+    head_cache: tuple[list[tuple[bytes, bytes]], bytes, str, bytes] | None
+    tunnel: Any  # the upgraded upstream connection, once a WebSocket is established
+
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+    def exchange_done(self, ex: Any, keep_alive: bool) -> None: ...
+    def start_tunnel(self, upstream: Any) -> None: ...
+    def close(self) -> None: ...

@@ -1,0 +1,254 @@
+"""The upstream's answer, streamed to the client: the ResponseSink callbacks of an exchange.
+
+The response head is built once from the upstream's fields (hop-by-hop ones already dropped by
+the connection) and the header_filter plugins; body bytes go out in one client write per
+upstream read (``flush``), or with the head when both came in one read.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from tollway.httprules.fields import PLAIN_CONNECTION, connection_tokens
+from tollway.httprules.response_head import (
+    lines_to_pairs,
+    pairs_to_lines,
+    upstream_status_field,
+)
+from tollway.httprules.status import STATUS_LINES, status_line
+from tollway.plugins.kit import RequestContext
+from tollway.plugins.registry import Chain
+from tollway.proxy.attempt import UpstreamFailure
+from tollway.proxy.base import ExchangeBase
+from tollway.proxy.contracts import ClientConnection
+from tollway.upstream.pool import UpstreamConnection
+
+if TYPE_CHECKING:
+    pass
+
+log = logging.getLogger("tollway.proxy")
+
+
+class Responding(ExchangeBase):
+    __slots__ = ()
+
+    # -- upstream response callbacks (ResponseSink) ------------------------------------
+
+    def on_upstream_headers(self, status: int, conn: UpstreamConnection) -> None:
+        if self.client_closed:
+            return
+        ctx = self.ctx
+        assert ctx is not None
+        self.status = status
+        ctx.resp_status = status
+        lines = conn.lines
+        content_length = conn.content_length
+        connection = conn.connection
+        if connection is not None and connection.lower() not in PLAIN_CONNECTION:
+            lines = _without_named(conn, connection, lines)
+        if status == 101 and self.websocket:
+            self._start_tunnel(conn, lines)
+            return
+        chain = self.chain
+        if chain is not None and chain.header_filter:
+            status, lines, content_length = self._filtered_head(chain, ctx, lines, content_length)
+        if ctx.upstream_status is None:
+            ctx.upstream_status = str(status)
+        state = self.proto.state
+        out = [STATUS_LINES.get(status) or status_line(status), state.server_header]
+        out += lines
+        if status >= 500 or state.show_upstream_status:
+            out.append(upstream_status_field(self.upstream_statuses, status))
+        # httprules.response_head.without_bodies, inlined: this runs for every proxied answer
+        no_body = self.method == "HEAD" or status in (204, 304) or 100 <= status < 200
+        self.resp_no_body = no_body
+        if self.buffered_resp is not None:
+            pass  # framed when the whole body is known
+        elif content_length is not None:
+            out.append(b"Content-Length: " + content_length + b"\r\n")
+        elif not no_body:
+            if self.http_version == "1.1":
+                self.resp_chunked = True
+                out.append(b"Transfer-Encoding: chunked\r\n")
+            else:
+                self.keep_alive = False  # close-delimited for HTTP/1.0 clients
+        if not self.keep_alive or (not self.body_complete and not self.has_body):
+            out.append(b"Connection: close\r\n")
+            self.keep_alive = False
+        elif self.http_version == "1.0":
+            out.append(b"Connection: keep-alive\r\n")
+        self.response_started = True
+        if self.buffered_resp is not None:
+            self.buffered_resp.append(b"".join(out))
+            return
+        out.append(b"\r\n")
+        # Buffered: the head usually leaves in one write with the first body bytes (flush()),
+        # its pieces joined once with them.
+        if self._out:
+            self._out += out
+        else:
+            self._out = out
+
+    def _filtered_head(
+        self, chain: Chain, ctx: RequestContext, lines: list[bytes], length: bytes | None
+    ) -> tuple[int, list[bytes], bytes | None]:
+        """The header_filter plugins see and edit the head: (status, lines, Content-Length)."""
+        resp = lines_to_pairs(lines)
+        if length is not None:
+            resp.append(("Content-Length", length.decode("latin-1")))
+        ctx.resp_headers = resp
+        self._header_filter(chain, ctx)
+        status = self.status = ctx.resp_status
+        lines = []
+        length = None
+        for name, value in ctx.resp_headers or ():
+            if len(name) == 14 and name.lower() == "content-length":
+                length = value.encode("latin-1")
+            else:
+                # plugin-set values went through the kit's wire_value(): latin-1 always
+                lines += (name.encode("latin-1"), b": ", value.encode("latin-1"), b"\r\n")
+        if chain.buffers_body:
+            self.buffered_resp = []
+        return status, lines, length
+
+    def on_upstream_body(self, data: bytes) -> None:
+        if self.client_closed:
+            return
+        if self.buffered_resp is not None:
+            self.buffered_resp.append(data)
+            return
+        chain = self.chain
+        if chain is not None and chain.body_filter and self.ctx is not None:
+            data = self._body_filter(chain, self.ctx, data, False)
+            if not data:
+                return
+        self.resp_bytes += len(data)
+        if self.resp_chunked:
+            self._out.append(b"%x\r\n" % len(data))
+            self._out.append(data)
+            self._out.append(b"\r\n")
+        else:
+            self._out.append(data)
+
+    def flush(self) -> None:
+        """Called after each upstream read: one client write for what that read produced. Any
+        read is activity for the read timeout."""
+        self.last_activity = self.proto.state.loop.time()
+        out = self._out
+        if not out:
+            return
+        self.write(out[0] if len(out) == 1 else b"".join(out))
+        out.clear()
+        if self.proto.write_paused and self.conn is not None:
+            self.conn.pause_reading()
+
+    def on_upstream_complete(self) -> None:
+        chain = self.chain
+        if self.client_closed:
+            pass
+        elif (
+            not self.resp_chunked
+            and self.buffered_resp is None
+            and not (chain and chain.body_filter)
+        ):
+            out = self._out  # the common case: what the last read produced, in one write
+            if out:
+                t = self.proto.transport
+                if t is not None:
+                    self.proto.state.send(t, out[0] if len(out) == 1 else b"".join(out))
+                out.clear()
+        else:
+            ctx = self.ctx
+            if self.buffered_resp is not None and ctx is not None and chain is not None:
+                head, *parts = self.buffered_resp
+                body = self._body_filter(chain, ctx, b"".join(parts), True)
+                self.resp_bytes = len(body)
+                length = b"" if self.resp_no_body else b"Content-Length: %d\r\n" % len(body)
+                self._out.append(head + length + b"\r\n" + (b"" if self.resp_no_body else body))
+            else:
+                if chain is not None and chain.body_filter and ctx is not None:
+                    tail = self._body_filter(chain, ctx, b"", True)
+                    if tail:
+                        self.resp_bytes += len(tail)
+                        self._out.append(
+                            b"%x\r\n" % len(tail) + tail + b"\r\n" if self.resp_chunked else tail
+                        )
+                if self.resp_chunked:
+                    self._out.append(b"0\r\n\r\n")
+            out = self._out
+            if out:
+                self.write(out[0] if len(out) == 1 else b"".join(out))
+                out.clear()
+        if self._fast is not None:
+            self._fast_done()
+            return
+        d = self._done
+        if d is not None and not d.done():
+            d.set_result(None)
+
+    def on_upstream_error(self, exc: BaseException | None) -> None:
+        self.flush()
+        if self._fast is not None:
+            self._fast_failed(UpstreamFailure(502, not self.response_started, f"upstream: {exc}"))
+            return
+        d = self._done
+        if d is not None and not d.done():
+            err = exc if isinstance(exc, OSError) else ConnectionResetError(str(exc))
+            d.set_exception(err)
+
+    def _start_tunnel(self, conn: UpstreamConnection, lines: list[bytes]) -> None:
+        out = [status_line(101), self.proto.state.server_header, *lines]
+        out.append(b"Connection: Upgrade\r\nUpgrade: " + self.upgrade + b"\r\n\r\n")
+        self.write(b"".join(out))
+        self.response_started = True
+        self.keep_alive = False
+        # The read timer stays armed: an idle tunnel (no bytes either way) is closed after the
+        # route's read timeout, as nginx's proxy_read_timeout does for WebSocket.
+        conn.upgraded = True
+        conn.sink = _Tunnel(self.proto, self)
+        self.proto.start_tunnel(conn)
+
+    def touch(self) -> None:
+        self.last_activity = self.proto.state.loop.time()
+
+    def tunnel_closed(self) -> None:
+        d = self._done
+        if d is not None and not d.done():
+            d.set_result(None)
+
+
+def _without_named(conn: UpstreamConnection, connection: bytes, lines: list[bytes]) -> list[bytes]:
+    """Headers named in the upstream's Connection are hop-by-hop too (RFC 9110 7.6.1)."""
+    tokens = connection_tokens([(b"connection", connection)])
+    if not tokens:
+        return lines
+    return pairs_to_lines([(k, v) for k, v in conn.header_pairs() if k.lower() not in tokens])
+
+
+class _Tunnel:
+    """ResponseSink for an upgraded (WebSocket) connection: bytes to the client as they come."""
+
+    def __init__(self, proto: ClientConnection, ex: Responding) -> None:
+        self.proto = proto
+        self.ex = ex
+
+    def on_upstream_headers(self, status: int, conn: UpstreamConnection) -> None:
+        return None
+
+    def flush(self) -> None:
+        return None
+
+    def on_upstream_body(self, data: bytes) -> None:
+        self.ex.touch()
+        t = self.proto.transport
+        if t is not None and not t.is_closing():
+            t.write(data)
+
+    def on_upstream_complete(self) -> None:
+        self.proto.tunnel = None
+        self.proto.close()
+        self.ex.tunnel_closed()
+
+    def on_upstream_error(self, exc: BaseException | None) -> None:
+        self.on_upstream_complete()

@@ -1,0 +1,278 @@
+"""The compiled values a request reads: upstreams, routes, and the ``Runtime`` that holds them.
+
+Every object here is immutable once the Compiler has published it: a request reads the current
+``Runtime`` once, at its start, and uses that object and what it references to its end, even
+across awaits (an async plugin, a body read) while newer change batches are applied. A change
+batch makes a new ``Runtime`` that shares every unchanged part with the previous one (structural
+sharing) and is published by one reference swap (``Compiler.runtime``).
+
+Two parts are shared on purpose and documented where they live: the router is updated in place in
+one synchronous step (a request matches once, right after reading the runtime, so it never sees
+two routers); the memo tables (``inline_upstreams``, ``consumer_chains``) are caches of pure
+functions of the runtime they belong to.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+import msgspec
+
+from tollway.balancer import BalancerState, Picker, Server, create_picker, default_retries
+from tollway.errors import ConfigError
+from tollway.model import Timeout, Upstream, decode_item
+from tollway.plugins.kit import Consumer
+from tollway.plugins.registry import EMPTY_CHAIN, Chain
+from tollway.router import Router
+from tollway.runtime.certs import CertTable
+from tollway.runtime.consumers import ConsumerIndex
+from tollway.upstream.nodes import expand
+from tollway.upstream.pool import PoolLimits
+from tollway.upstream.table import HealthTable, PassiveReporter
+
+DEFAULT_PORTS = {"http": 80, "https": 443, "grpc": 80, "grpcs": 443}
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    connect: float = 60.0
+    send: float = 60.0
+    read: float = 60.0
+
+    @staticmethod
+    def of(t: Timeout | None, fallback: Timeouts | None = None) -> Timeouts:
+        if t is None:
+            return fallback or DEFAULT_TIMEOUTS
+        return Timeouts(t.connect, t.send, t.read)
+
+
+DEFAULT_TIMEOUTS = Timeouts()
+
+
+class CompiledUpstream:
+    __slots__ = (
+        "conf",
+        "hash_key",
+        "hash_on",
+        "key",
+        "limits",
+        "names",
+        "node_hosts",
+        "pass_host",
+        "passive",
+        "picker",
+        "pool_key",
+        "retries",
+        "retry_timeout",
+        "scheme",
+        "servers",
+        "single",
+        "ssl_ctx",
+        "timeouts",
+        "upstream_host",
+        "version",
+    )
+
+    def __init__(
+        self,
+        key: str,
+        version: int,
+        conf: Upstream,
+        state: BalancerState,
+        keepalive: PoolLimits,
+        *,
+        health: HealthTable | None = None,
+        answers: Mapping[str, Sequence[str]] | None = None,
+        passive: PassiveReporter | None = None,
+    ) -> None:
+        self.key = key
+        self.version = version
+        self.conf = conf
+        self.scheme = conf.scheme
+        default_port = DEFAULT_PORTS.get(conf.scheme, 80)
+        # Domain nodes become one server per IP (tollway.upstream.nodes); node_hosts keeps the
+        # domain of each for Host (pass_host: node) and SNI; names are the domains used.
+        configured = [
+            Server(n.host, n.port or default_port, n.weight, n.priority) for n in conf.node_list()
+        ]
+        expanded = expand(configured, answers or {})
+        self.servers = expanded.servers
+        self.node_hosts: dict[str, str] | None = expanded.node_hosts or None
+        self.names = expanded.names
+        checks = conf.checks
+        # Health is read live from the worker's HealthTable at pick time; no checks, no lookup.
+        is_healthy = health.predicate(key) if health is not None and checks is not None else None
+        self.passive = passive if checks is not None and checks.passive is not None else None
+        self.single = (
+            self.servers[0]
+            if len(self.servers) == 1 and conf.type != "least_conn" and self.servers[0].weight > 0
+            else None
+        )
+        self.picker: Picker | None = (
+            create_picker(
+                conf.type, self.servers, resource_key=key, is_healthy=is_healthy, state=state
+            )
+            if self.servers and self.single is None
+            else None
+        )
+        self.hash_on = conf.hash_on
+        self.hash_key = conf.key
+        self.pass_host = conf.pass_host
+        self.upstream_host = conf.upstream_host
+        self.timeouts = Timeouts.of(conf.timeout)
+        self.retries = (
+            conf.retries if conf.retries is not None else default_retries(len(self.servers))
+        )
+        self.retry_timeout = conf.retry_timeout or 0.0
+        kp = conf.keepalive_pool
+        self.limits = (
+            PoolLimits(kp.size, kp.idle_timeout, kp.requests) if kp is not None else keepalive
+        )
+        self.ssl_ctx = _ssl_context(conf) if conf.scheme in ("https", "grpcs") else None
+        tls = conf.tls
+        self.pool_key = (conf.scheme, tls.client_cert if tls else None, tls.verify if tls else None)
+
+
+def _ssl_context(conf: Upstream) -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    verify = conf.tls.verify if conf.tls is not None else False
+    if not verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    tls = conf.tls
+    if tls is not None and tls.client_cert and tls.client_key:
+        import os
+        import tempfile
+
+        # ssl wants files; write them once per compile into a private temp dir.
+        d = tempfile.mkdtemp(prefix="tollway-tls-")
+        cert, key = os.path.join(d, "cert.pem"), os.path.join(d, "key.pem")
+        with open(cert, "w") as f:
+            f.write(tls.client_cert)
+        with open(key, "w") as f:
+            f.write(tls.client_key)
+        os.chmod(key, 0o600)
+        ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+class CompiledRoute:
+    """A route merged with its service and plugin config: what a matched request uses."""
+
+    __slots__ = (
+        "chain",
+        "enable_websocket",
+        "error",
+        "id",
+        "key",
+        "name",
+        "own_chain",
+        "plugins",
+        "service_id",
+        "timeouts",
+        "upstream",
+        "upstream_id",
+        "versions",
+    )
+
+    def __init__(self) -> None:
+        self.id = ""
+        self.key = ""
+        self.name: str | None = None
+        self.service_id: str | None = None
+        self.own_chain: Chain = EMPTY_CHAIN  # the route's own plugins (with service/config)
+        self.chain: Chain = EMPTY_CHAIN  # the same, with the global rules' response phases
+        self.plugins: dict[str, Any] = {}  # merged raw confs (for consumer merges)
+        self.upstream: CompiledUpstream | None = None
+        self.upstream_id: str | None = None
+        self.timeouts: Timeouts | None = None
+        self.enable_websocket = False
+        self.error: int = 0  # a status to answer with (missing service / plugin config)
+        self.versions: tuple[int, int, int] = (0, 0, 0)
+
+    def evolve(self, **changes: Any) -> CompiledRoute:
+        """A copy with ``changes``: a published route is never modified (requests hold it)."""
+        new = CompiledRoute()
+        for name in CompiledRoute.__slots__:
+            setattr(new, name, changes.get(name, getattr(self, name)))
+        return new
+
+
+class Builder(Protocol):
+    """What a runtime asks of its Compiler to build, on first use, what it memoises."""
+
+    def compile_upstream(self, key: str, version: int, conf: Upstream) -> CompiledUpstream: ...
+    def chain(self, plugins: Mapping[str, Any] | None) -> Chain: ...
+
+
+_INLINE_LIMIT = 1000  # inline upstreams (plugin-chosen) memoised per runtime
+_CONSUMER_CHAIN_LIMIT = 10000
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Runtime:
+    """What each request reads once. Never modified after the Compiler published it."""
+
+    builder: Builder
+    router: Router
+    upstreams: Mapping[str, CompiledUpstream] = field(default_factory=dict)
+    global_chain: Chain = EMPTY_CHAIN
+    consumers: ConsumerIndex = field(default_factory=ConsumerIndex)
+    certs: CertTable = field(default_factory=CertTable)
+    revision: int = 0
+    # Memo tables (pure functions of this runtime; see the module docstring).
+    inline_upstreams: dict[bytes, CompiledUpstream] = field(default_factory=dict)
+    # Route chains merged with a consumer's plugins, built on first use per version pair.
+    consumer_chains: dict[tuple[str, tuple[int, int, int], str, int], Chain] = field(
+        default_factory=dict
+    )
+
+    def evolve(self, **changes: Any) -> Runtime:
+        """The next runtime: ``changes`` replaced, every other part shared."""
+        return replace(self, **changes)
+
+    # -- upstreams chosen by plugins (RequestContext.set_upstream) ----------------------
+
+    def upstream_by_id(self, upstream_id: str) -> CompiledUpstream | None:
+        return self.upstreams.get(str(upstream_id))
+
+    def inline_upstream(self, conf: Any) -> CompiledUpstream | None:
+        """An inline upstream conf compiled once (keyed by its JSON) and kept per runtime."""
+        try:
+            raw = msgspec.json.encode(conf)
+        except (TypeError, msgspec.EncodeError):
+            return None
+        cache = self.inline_upstreams
+        up = cache.get(raw)
+        if up is None:
+            try:
+                decoded = decode_item("upstreams", msgspec.json.decode(raw))
+            except ConfigError:
+                return None
+            if len(cache) > _INLINE_LIMIT:
+                cache.clear()
+            key = f"/tollway/inline/{len(cache)}"
+            up = cache[raw] = self.builder.compile_upstream(key, 0, decoded)
+        return up
+
+    # -- consumers ------------------------------------------------------------------------
+
+    def consumer_chain(self, route: CompiledRoute, consumer: Consumer) -> Chain:
+        """The route's chain with consumer-group then consumer plugins on top (APISIX
+        merge_consumer_route: consumer > consumer_group > route)."""
+        key = (route.id, route.versions, consumer.username, consumer.version)
+        chains = self.consumer_chains
+        chain = chains.get(key)
+        if chain is None:
+            merged = dict(route.plugins)
+            if consumer.group_id is not None:
+                merged.update(self.consumers.groups.get(consumer.group_id, {}))
+            merged.update(consumer.plugins)
+            chain = self.builder.chain(merged).under(self.global_chain)
+            if len(chains) > _CONSUMER_CHAIN_LIMIT:
+                chains.clear()
+            chains[key] = chain
+        return chain
