@@ -12,7 +12,7 @@ import socket
 import pytest
 import requests
 
-from tests.support.gateway import Gateway, StartGateway, wait_until
+from tests.support.gateway import Gateway, StartGateway, send_raw, wait_until
 from tests.support.upstream import Upstream
 
 CONFIG = """
@@ -51,18 +51,7 @@ def gw(standalone_gateway: StartGateway, upstream: Upstream) -> Gateway:
 
 def exchange(gw: Gateway, data: bytes, timeout: float = 5) -> bytes:
     """Send ``data`` in one write, read until the gateway closes (or the timeout)."""
-    with socket.create_connection(("127.0.0.1", gw.port), timeout=timeout) as s:
-        s.sendall(data)
-        chunks = []
-        while True:
-            try:
-                c = s.recv(65536)
-            except TimeoutError:
-                break
-            if not c:
-                break
-            chunks.append(c)
-        return b"".join(chunks)
+    return send_raw(gw.port, data, timeout=timeout)
 
 
 def statuses(out: bytes) -> list[int]:

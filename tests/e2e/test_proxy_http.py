@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support.gateway import Gateway, free_port, wait_until
+from tests.support.gateway import Gateway, free_port, send_raw, wait_until
 from tests.support.upstream import Upstream
 
 CONFIG = """
@@ -107,20 +107,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream) -> Iterator
 
 
 def raw(gw: Gateway, data: bytes, *, read_until_close: bool = True, timeout: float = 5) -> bytes:
-    with socket.create_connection(("127.0.0.1", gw.port), timeout=timeout) as s:
-        s.sendall(data)
-        if not read_until_close:
-            return s.recv(65536)
-        chunks = []
-        while True:
-            try:
-                c = s.recv(65536)
-            except TimeoutError:
-                break
-            if not c:
-                break
-            chunks.append(c)
-        return b"".join(chunks)
+    return send_raw(gw.port, data, read_until_close=read_until_close, timeout=timeout)
 
 
 def test_get_is_proxied_with_forwarded_headers(gw: Gateway) -> None:

@@ -43,6 +43,25 @@ def free_port() -> int:
     raise RuntimeError("no free loopback port in 20000-32000")
 
 
+def send_raw(port: int, data: bytes, *, read_until_close: bool = True, timeout: float = 5) -> bytes:
+    """``data`` in one write to 127.0.0.1:``port``; what comes back until the peer closes (or
+    ``timeout`` passes without a byte), or the first read only."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        if not read_until_close:
+            return s.recv(65536)
+        chunks = []
+        while True:
+            try:
+                c = s.recv(65536)
+            except TimeoutError:
+                break
+            if not c:
+                break
+            chunks.append(c)
+        return b"".join(chunks)
+
+
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in over.items():
