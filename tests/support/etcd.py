@@ -23,6 +23,8 @@ from typing import Any, TypeVar
 
 import pytest
 
+from tests.support.process import ServerProcess
+
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 ETCDCTL = shutil.which("etcdctl") or "/usr/bin/etcdctl"
 START_DEADLINE = 15.0
@@ -63,7 +65,7 @@ def make_test_pki(directory: Path) -> None:
         )
 
 
-class EtcdServer:
+class EtcdServer(ServerProcess):
     """``tls=True``: https with client-certificate auth (files in ``pki``: ca.pem,
     server.pem/key, client.pem/key)."""
 
@@ -190,24 +192,6 @@ class EtcdServer:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-    def kill(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.kill()
-        proc.wait()
-        self.paused = False
-
-    def pause(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGSTOP)
-        self.paused = True
-
-    def resume(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGCONT)
-        self.paused = False
 
     def restart(self) -> None:
         """Stop and start again on the same data dir and ports."""

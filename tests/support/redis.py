@@ -4,7 +4,6 @@ free loopback ports with a temp dir, no persistence."""
 from __future__ import annotations
 
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.gateway import free_port
+from tests.support.process import ServerProcess
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
@@ -32,7 +32,7 @@ def ping(port: int, timeout: float = 0.5) -> bool:
         return False
 
 
-class RedisServer:
+class RedisServer(ServerProcess):
     """One redis-server. ``stop``/``kill`` then ``start`` again serve on the same port (empty:
     nothing is persisted); ``pause``/``resume`` make it hang (SIGSTOP) and come back."""
 
@@ -86,24 +86,6 @@ class RedisServer:
             [REDIS_CLI, "-p", str(self.port), *args], capture_output=True, timeout=10, check=True
         )
         return out.stdout.decode().strip()
-
-    def kill(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.kill()
-        proc.wait()
-        self.paused = False
-
-    def pause(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGSTOP)
-        self.paused = True
-
-    def resume(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGCONT)
-        self.paused = False
 
     def close(self) -> None:
         self.kill()
