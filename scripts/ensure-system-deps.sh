@@ -2,7 +2,7 @@
 # Installs the Debian packages Tollway's tests and demo need, only when missing.
 #   scripts/ensure-system-deps.sh         etcd (server + client), redis-server and redis-cli,
 #                                         chromium and chromium-driver (the dashboard's browser tests)
-#   scripts/ensure-system-deps.sh bench   the same, nginx and wrk
+#   scripts/ensure-system-deps.sh bench   the same, nginx, wrk and h2load (nghttp2-client)
 #   scripts/ensure-system-deps.sh node    the same, nodejs and npm (`make ui` only)
 set -euo pipefail
 pkgs=()
@@ -14,12 +14,15 @@ command -v redis-cli >/dev/null 2>&1 || pkgs+=(redis-tools)
 # the dashboard's browser tests: headless Chromium driven by Selenium through chromedriver
 command -v chromium >/dev/null 2>&1 || pkgs+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || pkgs+=(chromium-driver)
+# the HTTP/2 tests drive curl --http2 / --http2-prior-knowledge
+command -v curl >/dev/null 2>&1 || pkgs+=(curl)
 if [ "${1:-}" = node ]; then
   command -v npm >/dev/null 2>&1 || pkgs+=(nodejs npm)
 fi
 if [ "${1:-}" = bench ]; then
   command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || pkgs+=(nginx)
   command -v wrk >/dev/null 2>&1 || pkgs+=(wrk)
+  command -v h2load >/dev/null 2>&1 || pkgs+=(nghttp2-client)  # HTTP/2 and gRPC benchmarks
 fi
 [ ${#pkgs[@]} -eq 0 ] && exit 0
 echo "installing Debian packages: ${pkgs[*]}"
