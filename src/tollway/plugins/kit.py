@@ -123,12 +123,21 @@ class Plugin:
     def init(self, attr: dict[str, Any]) -> None:
         """Called once per process with ``plugin_attr.<name>`` from config.yaml."""
 
-    metadata: Any = None  # plugin_metadata/<name>, decoded with metadata_schema
+    metadata: Any = None  # the latest plugin_metadata/<name>, decoded with metadata_schema
 
     def set_metadata(self, metadata: Any) -> None:
         """Called in every worker, off the request path, when ``plugin_metadata/<name>`` is
-        loaded, changes or goes (None). The default keeps it in ``self.metadata``."""
+        loaded, changes or goes (None). The default keeps it in ``self.metadata``: the latest,
+        for work off the request path (a batch sender); a request reads ``metadata_for``."""
         self.metadata = metadata
+
+    def metadata_for(self, ctx: RequestContext) -> Any:
+        """``plugin_metadata/<name>`` as it was in the runtime this request started with (a
+        change that lands while the request awaits does not show up halfway through it)."""
+        source = ctx.upstream_source
+        if source is None:
+            return self.metadata
+        return source.plugin_metadata.get(self.name)
 
     def needs_body_buffer(self, conf: Any) -> bool:
         """True if body_filter needs the whole response body (it then gets it once, eof=True)."""
@@ -211,7 +220,11 @@ class ConsumerLookup(Protocol):
 
 
 class UpstreamSource(Protocol):
-    """What ``set_upstream`` resolves ids and inline confs with (the server's compiler)."""
+    """The runtime a request started with, as plugins see it: what ``set_upstream`` resolves
+    ids and inline confs with, and the ``plugin_metadata`` of that runtime."""
+
+    @property
+    def plugin_metadata(self) -> Mapping[str, Any]: ...
 
     def upstream_by_id(self, upstream_id: str) -> object | None: ...
 

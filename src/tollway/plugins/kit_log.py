@@ -288,7 +288,7 @@ class LoggerPlugin(Plugin):
         batches.push(conf, (ctx, time.time()), self.start)
 
     def entry(self, conf: Any, ctx: RequestContext, now: float) -> dict[str, Any]:
-        meta = self.metadata
+        meta = self.metadata_for(ctx)
         log_format = conf.log_format or (meta.log_format if meta is not None else None)
         if log_format:  # the route's, else plugin_metadata's (APISIX log-util)
             entry = custom_log(log_format, ctx)

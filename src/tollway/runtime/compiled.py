@@ -223,6 +223,8 @@ class Runtime:
     consumers: ConsumerIndex = field(default_factory=ConsumerIndex)
     certs: CertTable = field(default_factory=CertTable)
     revision: int = 0
+    # plugin name -> its decoded plugin_metadata (absent: none, or invalid)
+    plugin_metadata: Mapping[str, Any] = field(default_factory=dict)
     # Memo tables (pure functions of this runtime; see the module docstring).
     inline_upstreams: dict[bytes, CompiledUpstream] = field(default_factory=dict)
     # Route chains merged with a consumer's plugins, built on first use per version pair.

@@ -101,8 +101,8 @@ class Compiler:
             consumers=build_consumer_index(store, self.registry),
             certs=self._certs(store),
             revision=store.revision,
+            plugin_metadata=self._plugin_metadata(store, None, {}),
         )
-        self._plugin_metadata(store, None)
         self.routes = routes
         self.runtime = rt
         return rt
@@ -115,9 +115,13 @@ class Compiler:
             return await self.rebuild(store)
         return self.apply(store, changes)
 
-    def _plugin_metadata(self, store: Store, names: set[str] | None) -> None:
-        """Hand each plugin its ``plugin_metadata`` item (APISIX ``plugin.plugin_metadata``)."""
+    def _plugin_metadata(
+        self, store: Store, names: set[str] | None, current: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """The runtime's ``plugin_metadata`` (APISIX ``plugin.plugin_metadata``) after the items
+        ``names`` (None: all) changed; each plugin is also handed its latest one."""
         items = store["plugin_metadata"]
+        out = dict(current)
         for name, plugin in self.registry.plugins.items():
             if plugin.metadata_schema is None or (names is not None and name not in names):
                 continue
@@ -129,7 +133,12 @@ class Compiler:
                     decoded = msgspec.convert(body, plugin.metadata_schema)
                 except msgspec.ValidationError as e:
                     log.warning("plugin_metadata/%s is invalid, ignored: %s", name, e)
+            if decoded is None:
+                out.pop(name, None)
+            else:
+                out[name] = decoded
             plugin.set_metadata(decoded)
+        return out
 
     # -- incremental ----------------------------------------------------------------------
 
@@ -142,6 +151,7 @@ class Compiler:
         # among equal priorities); existing routes keep their place in the router.
         route_ids: dict[str, None] = {}
         kinds: set[str] = set()
+        metadata: set[str] = set()
         services: set[str] = set()
         pconfs: set[str] = set()
         upstream_ids: set[str] = set()
@@ -156,8 +166,10 @@ class Compiler:
             elif kind == "upstreams":
                 upstream_ids.add(item_id)
             elif kind == "plugin_metadata":
-                self._plugin_metadata(store, {item_id})
+                metadata.add(item_id)
         changed: dict[str, Any] = {"revision": store.revision}
+        if metadata:
+            changed["plugin_metadata"] = self._plugin_metadata(store, metadata, rt.plugin_metadata)
         if upstream_ids:
             changed["upstreams"] = self._upstreams_after(store, rt.upstreams, upstream_ids)
         if "ssls" in kinds:

@@ -141,3 +141,22 @@ def test_load_patches_small_differences_and_rebuilds_large_ones() -> None:
     before = comp.runtime.router
     asyncio.run(comp.load(store, first=True))
     assert comp.runtime.router is not before
+
+
+def test_plugin_metadata_is_part_of_the_runtime() -> None:
+    store, comp = loaded({"plugin_metadata/cors": {"allow_origins": {"k": "http://a.example"}}})
+    held = comp.runtime
+    assert held.plugin_metadata["cors"].allow_origins == {"k": "http://a.example"}
+    store.apply(2, [kv("plugin_metadata/cors", {"allow_origins": {"k": "http://b.example"}}, 2)])
+    comp.apply(store, store.last_changes)
+    changed = comp.runtime
+    assert changed.plugin_metadata["cors"].allow_origins == {"k": "http://b.example"}
+    assert held.plugin_metadata["cors"].allow_origins == {"k": "http://a.example"}  # untouched
+    store.apply(3, [KeyValue("/apisix/plugin_metadata/cors", None, 3)])
+    comp.apply(store, store.last_changes)
+    assert "cors" not in comp.runtime.plugin_metadata
+    assert changed.plugin_metadata["cors"].allow_origins == {"k": "http://b.example"}
+    # an invalid item is not the plugin's metadata (logged; APISIX: ignored)
+    store.apply(4, [kv("plugin_metadata/cors", {"allow_origins": "not a map"}, 4)])
+    comp.apply(store, store.last_changes)
+    assert "cors" not in comp.runtime.plugin_metadata

@@ -181,8 +181,8 @@ class Cors(Plugin):
     schema = Conf
     metadata_schema = MetadataConf
 
-    def _meta_origins(self) -> dict[str, str] | None:
-        meta = self.metadata
+    def _meta_origins(self, ctx: RequestContext) -> dict[str, str] | None:
+        meta = self.metadata_for(ctx)
         return meta.allow_origins if meta is not None else None
 
     def rewrite(self, conf: Conf, ctx: RequestContext) -> Exit:
@@ -195,7 +195,7 @@ class Cors(Plugin):
                 _compiled(conf),
                 origin,
                 ctx.get_header("access-control-request-headers"),
-                self._meta_origins(),
+                self._meta_origins(ctx),
             )
             _state(ctx)[self.name] = _DONE
             return 200, None, dict(headers)
@@ -216,7 +216,7 @@ class Cors(Plugin):
             _compiled(conf),
             origin,
             ctx.get_header("access-control-request-headers"),
-            self._meta_origins(),
+            self._meta_origins(ctx),
         )
         for name, value in headers:
             if name == "Vary":

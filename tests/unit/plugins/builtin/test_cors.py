@@ -132,5 +132,15 @@ def test_allow_origins_by_metadata() -> None:
     assert allow("https://domain.com", None) is None  # no metadata: nothing listed
     plugin = Cors()
     assert plugin.metadata_schema is not None
-    plugin.set_metadata(msgspec.convert({"allow_origins": meta}, plugin.metadata_schema))
-    assert plugin._meta_origins() == meta
+    decoded = msgspec.convert({"allow_origins": meta}, plugin.metadata_schema)
+    plugin.set_metadata(decoded)
+    ctx = make_ctx()
+    assert plugin._meta_origins(ctx) == meta  # no runtime: the latest metadata
+
+    class Source:  # the runtime the request started with holds its own metadata
+        plugin_metadata: dict[str, object] = {}
+
+    ctx.upstream_source = Source()  # type: ignore[assignment]
+    assert plugin._meta_origins(ctx) is None
+    Source.plugin_metadata = {"cors": decoded}
+    assert plugin._meta_origins(ctx) == meta
