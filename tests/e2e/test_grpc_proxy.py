@@ -297,3 +297,41 @@ def test_retry_to_the_other_node_when_one_is_down(tmp_path: Path) -> None:
                 assert [m.text for m in messages] == ["alive:x"]
                 assert trailers["grpc-status"] == "0"
             assert alive.calls == 4
+
+
+def test_bidi_is_full_duplex_through_the_gateway(gw: Gateway) -> None:
+    """A chunked HTTP/1.1 request body streams to the upstream as it arrives while the answer
+    streams back: the reply to the first message comes before the client sends the second."""
+    head = (
+        b"POST /tollway.test.Echo/Bidi HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: application/grpc\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+
+    def chunk(data: bytes) -> bytes:
+        return b"%x\r\n" % len(data) + data + b"\r\n"
+
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as s:
+        s.sendall(head + chunk(frame(Msg(text="one"))))
+        got = b""
+        while b"s1:one" not in got:
+            got += s.recv(65536)
+        assert got.startswith(b"HTTP/1.1 200")
+        s.sendall(chunk(frame(Msg(text="two"))) + b"0\r\n\r\n")
+        while not got.endswith(b"0\r\n\r\n"):
+            data = s.recv(65536)
+            assert data
+            got += data
+        assert b"s1:two" in got
+
+
+def test_client_streaming_through_the_gateway(gw: Gateway, servers: dict[str, Any]) -> None:
+    body = b"".join(frame(Msg(text=t)) for t in ("a", "b", "c"))
+    r = requests.post(
+        gw.url("/grpc/web/tollway.test.Echo/ClientStream"),
+        data=body,
+        headers={"Content-Type": WEB},
+        timeout=5,
+    )
+    messages, trailers = web_frames(r.content)
+    assert [(m.text, m.count) for m in messages] == [("s1:a+b+c", 3)]
+    assert trailers["grpc-status"] == "0"

@@ -84,6 +84,14 @@ async def connect(pool: H2Pool, server: GrpcServer, **kw: Any) -> H2Connection:
     )
 
 
+async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Poll ``cond`` with a deadline without blocking the loop (the client reads meanwhile)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not cond():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
 def run(fn: Callable[[], Awaitable[None]]) -> None:
     uvloop.run(asyncio.wait_for(fn(), 30))
 
@@ -282,7 +290,7 @@ def test_graceful_goaway_lets_in_flight_streams_finish() -> None:
         call = Call()
         stream = conn.open_stream(head("/tollway.test.Echo/Unary"), call)
         await stream.send_data(frame(Msg(text="slow", delay_ms=500)), end=True)
-        await asyncio.sleep(0)  # (the request is written; the server stops gracefully)
+        await until(lambda: s.calls == 1)  # the server is handling the call, then stops
         stopping = asyncio.create_task(asyncio.to_thread(s.stop, 5.0))
         await call.done
         assert call.messages()[0].text == "s4:slow"

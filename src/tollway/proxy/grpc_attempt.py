@@ -226,11 +226,14 @@ class GrpcAttempt:
         self._done = loop.create_future()
         body = ex.ctx.up_body if ex.ctx is not None else None
         streams = body is None and ex.has_body  # the client's body, as it arrives
-        self.stream = stream = conn.open_stream(
-            self._head(name, server.port, self._remaining()),
-            self,
-            end=body is None and not streams,
-        )
+        try:
+            self.stream = stream = conn.open_stream(
+                self._head(name, server.port, self._remaining()),
+                self,
+                end=body is None and not streams,
+            )
+        except StreamFailed as e:
+            return GrpcFailure(502, str(e), sent=False)
         ex.reading = True
         ex.last_activity = loop.time()
         remaining = self._remaining()

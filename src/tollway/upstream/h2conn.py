@@ -94,7 +94,10 @@ class H2Stream:
                 raise self.failed
             if not view:
                 if end:
-                    conn.h2.end_stream(self.id)
+                    try:
+                        conn.h2.end_stream(self.id)
+                    except h2.exceptions.ProtocolError as e:
+                        raise self.failed or StreamFailed(f"stream closed: {e}") from None
                     conn.flush()
                 return
             size = min(
@@ -106,7 +109,10 @@ class H2Stream:
                 await self._wait_window()
                 continue
             last = size == len(view)
-            conn.h2.send_data(self.id, bytes(view[:size]), end_stream=end and last)
+            try:
+                conn.h2.send_data(self.id, bytes(view[:size]), end_stream=end and last)
+            except h2.exceptions.ProtocolError as e:  # the stream was reset meanwhile
+                raise self.failed or StreamFailed(f"stream closed: {e}") from None
             conn.flush()
             await conn.drain()
             if last:
@@ -343,11 +349,15 @@ class H2Connection(asyncio.Protocol):
     ) -> H2Stream:
         """Send a request head on a new stream (the caller checked ``available``)."""
         self._cancel_idle()
-        stream_id = self.h2.get_next_available_stream_id()
+        try:
+            stream_id = self.h2.get_next_available_stream_id()
+            self.h2.send_headers(stream_id, headers, end_stream=end)
+        except h2.exceptions.ProtocolError as e:
+            # (a field h2 refuses, or a connection that closed meanwhile): nothing was sent
+            raise StreamFailed(f"cannot open a stream: {e}", processed=False) from None
         stream = H2Stream(self, stream_id, sink)
         self.streams[stream_id] = stream
         self.opened += 1
-        self.h2.send_headers(stream_id, headers, end_stream=end)
         self.flush()
         return stream
 
