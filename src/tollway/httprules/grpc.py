@@ -88,17 +88,18 @@ def _plain_grpc(content_type: bytes) -> bool:
 
 
 def request_fields(
-    pseudo: tuple[bytes, bytes, bytes],
+    pseudo: tuple[bytes, bytes, bytes, bytes],
     raw: list[tuple[bytes, bytes]],
     skip: frozenset[bytes],
     edits: dict[bytes, bytes | None] | None,
     timeout: float | None,
 ) -> list[tuple[bytes, bytes]]:
-    """The HEADERS of the upstream stream: ``pseudo`` (scheme, path, authority), the client's
+    """The HEADERS of the upstream stream: ``pseudo`` (method, scheme, path, authority; gRPC
+    calls are POST, and what the client sent is what nginx's grpc_pass sends), the client's
     fields (lowercase, RFC 9113 8.2.1) minus ``skip`` and the edited ones, the edits' final
     values (None: removed), then content-type, te and the call's remaining ``timeout``."""
-    scheme, path, authority = pseudo
-    out = [(b":method", b"POST"), (b":scheme", scheme), (b":path", path)]
+    method, scheme, path, authority = pseudo
+    out = [(b":method", method), (b":scheme", scheme), (b":path", path)]
     out.append((b":authority", authority))
     content_type = b"application/grpc"
     for k, v in raw:

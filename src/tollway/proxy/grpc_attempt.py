@@ -118,7 +118,9 @@ async def proxy_grpc(
             ex._succeeded(up, server, pick, at, statuses)
             return
         ex._failed(up, server, pick, failure, statuses)
-        budget = Budget(tries, up.retries, retry_deadline, "POST", False, not failure.sent)
+        # A request body streamed from the client cannot be sent again (not kept).
+        resend = ex.proto.state.retry_non_idempotent
+        budget = Budget(tries, up.retries, retry_deadline, ex.method, resend, not attempt.consumed)
         verdict = decide(failure.attempted(), budget, time.monotonic(), ex.response_started)
         if verdict != RETRY or ex.client_closed:
             _give_up(ex, failure, statuses, verdict)
@@ -290,7 +292,9 @@ class GrpcAttempt:
                 edits[lname.encode("latin-1")] = None if value is None else value.encode("latin-1")
         tokens = ex.connection_tokens
         skip = SKIP_GRPC | tokens if tokens else SKIP_GRPC
-        return request_fields((scheme, path, authority), ex.raw_headers, skip, edits, timeout)
+        method = (ctx.up_method or ex.method).encode("latin-1")
+        pseudo = (method, scheme, path, authority)
+        return request_fields(pseudo, ex.raw_headers, skip, edits, timeout)
 
     async def _send(self, stream: H2Stream, body: bytes | None) -> None:
         """The request body: a replaced one (a plugin's) whole, else as the client sends it."""

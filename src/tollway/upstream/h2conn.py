@@ -16,6 +16,7 @@ the pool's per-connection request limit, and closes a connection idle for ``idle
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 from collections.abc import Hashable
 from typing import Protocol
@@ -198,6 +199,10 @@ class H2Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            # APISIX's grpc_socket_keepalive on: a long call's dead peer is noticed by the OS
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         h = self.h2
         h.local_settings = h2.settings.Settings(
             client=True,

@@ -90,7 +90,7 @@ def test_request_fields() -> None:
         (b"Authorization", b"secret"),
     ]
     out = request_fields(
-        (b"http", b"/pkg.S/M", b"up:50051"), raw, SKIP_GRPC, {b"authorization": None}, 2.0
+        (b"POST", b"http", b"/pkg.S/M", b"up:50051"), raw, SKIP_GRPC, {b"authorization": None}, 2.0
     )
     assert out == [
         (b":method", b"POST"),
@@ -106,12 +106,16 @@ def test_request_fields() -> None:
 
 def test_request_fields_never_send_grpc_web_upstream() -> None:
     raw = [(b"content-type", b"application/grpc-web-text")]
-    out = dict(request_fields((b"http", b"/a", b"h"), raw, SKIP_GRPC, None, None))
+    out = dict(request_fields((b"POST", b"http", b"/a", b"h"), raw, SKIP_GRPC, None, None))
     assert out[b"content-type"] == b"application/grpc"
     assert b"grpc-timeout" not in out
     edited = dict(
         request_fields(
-            (b"http", b"/a", b"h"), raw, SKIP_GRPC, {b"content-type": b"application/grpc"}, None
+            (b"POST", b"http", b"/a", b"h"),
+            raw,
+            SKIP_GRPC,
+            {b"content-type": b"application/grpc"},
+            None,
         )
     )
     assert edited[b"content-type"] == b"application/grpc"
