@@ -60,7 +60,9 @@ class ExchangeBase:
         "replay",
         "resp_bytes",
         "resp_chunked",
+        "resp_fields",
         "resp_no_body",
+        "resp_trailers",
         "response_started",
         "sent_continue",
         "status",
@@ -115,6 +117,11 @@ class ExchangeBase:
         self.resp_no_body = False
         self.resp_bytes = 0
         self.buffered_resp: list[bytes] | None = None
+        # HTTP/2: (status, fields) of a response head held until a buffered body is known.
+        self.resp_fields: tuple[int, list[tuple[bytes, bytes]]] | None = None
+        # The upstream's trailers (lowercase names), set before on_upstream_complete: an HTTP/2
+        # stream ends with them, a chunked HTTP/1.1 answer sends them as trailer fields.
+        self.resp_trailers: list[tuple[bytes, bytes]] | None = None
         self.conn: UpstreamConnection | None = None
         self._done: asyncio.Future[None] | None = None
         self._out: list[bytes] = []
