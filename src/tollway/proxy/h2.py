@@ -27,7 +27,7 @@ from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.exceptions import H2Error, ProtocolError
-from h2.settings import SettingCodes
+from h2.settings import SettingCodes, Settings
 from hyperframe.frame import GoAwayFrame
 
 from tollway.proxy.h1_names import method_of
@@ -97,14 +97,17 @@ class H2Protocol(asyncio.Protocol):
         self.budget = Budget(state.loop.time())
         self._dirty = False
         conn = self.conn = H2Connection(_CONFIG)
-        conn.local_settings.update(
-            {
+        # Set before the preface: h2 sends these in its first SETTINGS and enforces them at once
+        # (Settings.update would only queue them until the client's ACK).
+        conn.local_settings = Settings(
+            client=False,
+            initial_values={
                 SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
                 SettingCodes.MAX_HEADER_LIST_SIZE: state.max_header_size,
                 SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
-                SettingCodes.ENABLE_PUSH: 0,
-            }
+            },
         )
+        conn.decoder.max_header_list_size = state.max_header_size
         conn.initiate_connection()
         conn.increment_flow_control_window(CONN_WINDOW - 65535)
         self.max_header_size = state.max_header_size
