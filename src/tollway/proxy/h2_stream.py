@@ -193,8 +193,11 @@ class H2Stream:
         self.ended = True
         if not self.request_done:
             # RFC 9113 8.1: the answer is complete before the request's body; the client may
-            # stop sending it.
-            self.conn.reset_stream(self.sid, ErrorCodes.NO_ERROR)
+            # stop sending it (unless its end crossed our answer: the stream is closed then).
+            try:
+                self.conn.reset_stream(self.sid, ErrorCodes.NO_ERROR)
+            except H2Error:
+                pass
         ex = self.ex
         if ex is None or ex._finished:
             self.h2p.stream_done(self)
