@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.support.gateway import Gateway, free_port
+from tests.support.gateway import Gateway, free_port, wait_until
 from tests.support.grpc_server import GrpcServer, GrpcServerProcess, Msg, frame, self_signed
 
 WEB = "application/grpc-web+proto"
@@ -339,3 +339,30 @@ def test_client_streaming_through_the_gateway(gw: Gateway, servers: dict[str, An
     messages, trailers = web_frames(r.content)
     assert [(m.text, m.count) for m in messages] == [("s1:a+b+c", 3)]
     assert trailers["grpc-status"] == "0"
+
+
+def test_passive_health_check_ejects_a_dead_grpc_node(tmp_path: Path) -> None:
+    """Failed attempts are reported as for HTTP: with no retries, calls keep failing on the
+    dead node until passive checks eject it, then every call succeeds."""
+    with GrpcServer("alive") as alive:
+        dead = f"127.0.0.1:{free_port()}"
+        yaml = (
+            "routes:\n  - id: p\n    uri: /p/*\n    plugins: {grpc-web: {}}\n"
+            "    upstream:\n      scheme: grpc\n      retries: 0\n"
+            f'      nodes: {{"{dead}": 1, "{alive.addr}": 1}}\n'
+            "      checks: {passive: {unhealthy: {tcp_failures: 1}}}\n#END\n"
+        )
+        with Gateway(tmp_path, apisix_yaml=yaml) as g:
+            streak = 0
+            unavailable = 0
+
+            def ten_in_a_row() -> bool:
+                nonlocal streak, unavailable
+                r, messages, _ = call(g, "/p/tollway.test.Echo/Unary", Msg(text="x"))
+                ok = [m.text for m in messages] == ["alive:x"]
+                unavailable += r.headers.get("grpc-status") == "14"
+                streak = streak + 1 if ok else 0
+                return streak >= 10
+
+            wait_until(ten_in_a_row, timeout=10, interval=0.0)
+            assert unavailable >= 1  # the dead node was tried (no retry) before its ejection

@@ -139,7 +139,8 @@ def _give_up(ex: ExchangeBase, f: GrpcFailure, statuses: list[str], status: int 
         return
     ctx = ex.ctx
     grpc_client = ctx is not None and is_grpc(ctx.headers.get("content-type"))
-    reason = "upstream timed out" if status == 504 else f"upstream unavailable: {f}"
+    # (the cause stays in the debug log: node addresses are not the client's business)
+    reason = "upstream timed out" if status == 504 else "upstream unavailable"
     if not ex.response_started:
         if ex.reject_status:
             ex.respond_error(ex.reject_status)  # the client's body was bad
