@@ -16,6 +16,7 @@ import requests
 
 from tests.support.gateway import Gateway, free_port, wait_until
 from tests.support.grpc_server import GrpcServer, GrpcServerProcess, Msg, frame, self_signed
+from tests.support.upstream import Upstream
 
 WEB = "application/grpc-web+proto"
 TEXT = "application/grpc-web-text"
@@ -39,20 +40,9 @@ def web_frames(body: bytes) -> tuple[list[Any], dict[str, str]]:
 
 
 def decode_text_body(body: bytes) -> bytes:
-    """A text-mode body: base64 pieces, each padded (one per chunk the gateway encoded)."""
-    out, start = b"", 0
-    while start < len(body):
-        end = start
-        while end < len(body) and body[end : end + 1] != b"=":
-            end += 4 if end + 4 <= len(body) else len(body) - end
-            if b"=" in body[end - 4 : end]:
-                end = body.index(b"=", end - 4)
-                break
-        while end < len(body) and body[end : end + 1] == b"=":
-            end += 1
-        out += base64.b64decode(body[start:end])
-        start = end
-    return out
+    """A text-mode body: base64 pieces, one per chunk the gateway encoded, each maybe padded
+    (every piece is a multiple of 4 characters, so the unpadded ones join up)."""
+    return b"".join(base64.b64decode(p) for p in re.findall(rb"[A-Za-z0-9+/]+={0,2}", body))
 
 
 def read_to_last_chunk(s: socket.socket, got: bytes) -> bytes:
@@ -366,3 +356,31 @@ def test_passive_health_check_ejects_a_dead_grpc_node(tmp_path: Path) -> None:
 
             wait_until(ten_in_a_row, timeout=10, interval=0.0)
             assert unavailable >= 1  # the dead node was tried (no retry) before its ejection
+
+
+def test_grpc_web_to_an_http_upstream_sends_the_decoded_body(tmp_path: Path) -> None:
+    """The plugin's replaced body (set_upstream_body) is what an HTTP/1.1 attempt sends too,
+    with its own length; the answer without gRPC trailers ends with APISIX's "not received"."""
+    up = Upstream("h").start()
+    try:
+        yaml = (
+            "routes:\n  - id: h\n    uri: /h/*\n    plugins: {grpc-web: {}}\n"
+            f'    upstream: {{nodes: {{"{up.addr}": 1}}}}\n#END\n'
+        )
+        with Gateway(tmp_path, apisix_yaml=yaml) as g:
+            payload = frame(Msg(text="decoded"))
+            r = requests.post(
+                g.url("/h/pkg.S/M"),
+                data=base64.b64encode(payload),
+                headers={"Content-Type": TEXT},
+                timeout=5,
+            )
+            seen = up.requests[-1]
+            assert seen["path"] == "/pkg.S/M"
+            assert seen["body"].encode("latin-1") == payload
+            assert seen["headers"]["content-type"] == "application/grpc"
+            assert seen["headers"]["content-length"] == str(len(payload))
+            body = decode_text_body(r.content)
+            assert b"grpc-status:2\r\ngrpc-message:upstream grpc status not received" in body
+    finally:
+        up.stop()
