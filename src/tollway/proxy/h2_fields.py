@@ -46,7 +46,7 @@ def request_of(headers: list[tuple[bytes, bytes]]) -> H2Request:
     a chain of generators, cost a tenth of a request): lowercase names, pseudo-fields known,
     once and first, no connection-specific field, ``te`` only ``trailers``, and no CR, LF or
     NUL anywhere (they would split the HTTP/1.1 head sent upstream)."""
-    method = path = authority = scheme = b""
+    pseudo: dict[bytes, bytes] = {}
     fields: list[tuple[bytes, bytes]] = []
     cookies: list[bytes] = []
     host = b""
@@ -55,18 +55,9 @@ def request_of(headers: list[tuple[bytes, bytes]]) -> H2Request:
     regular = False
     for name, value in headers:
         if name[:1] == b":":
-            if regular:
-                raise MalformedRequest("pseudo-header field after a regular one")
-            if name == b":method" and not method:
-                method = value
-            elif name == b":path" and not path:
-                path = value
-            elif name == b":authority" and not authority:
-                authority = value
-            elif name == b":scheme" and not scheme:
-                scheme = value
-            else:
-                raise MalformedRequest(f"unknown or repeated pseudo-header {name!r}")
+            if regular or name not in _PSEUDO or name in pseudo:
+                raise MalformedRequest(f"{name!r} unknown, repeated or after a regular field")
+            pseudo[name] = value
             continue
         regular = True
         if not name:
@@ -91,12 +82,13 @@ def request_of(headers: list[tuple[bytes, bytes]]) -> H2Request:
             else:
                 raise MalformedRequest(f"connection-specific field {name!r}")
         fields.append((name, value))
+    method, path = pseudo.get(b":method", b""), pseudo.get(b":path", b"")
     if not method or method == b"CONNECT":
         raise MalformedRequest("no :method, or CONNECT (not supported)")
-    if not path or not scheme:
+    if not path or b":scheme" not in pseudo:
         raise MalformedRequest("no :path or :scheme")
     # RFC 9113 8.3.1: :authority, else Host; one of them names the target's host.
-    host = authority or host
+    host = pseudo.get(b":authority") or host
     if not host:
         raise MalformedRequest("no :authority or host")
     fields.insert(0, (b"host", host))
@@ -106,6 +98,7 @@ def request_of(headers: list[tuple[bytes, bytes]]) -> H2Request:
     return H2Request(method, path, host, fields, length, expect)
 
 
+_PSEUDO = frozenset({b":method", b":path", b":scheme", b":authority"})
 _SPECIAL = frozenset({b"cookie", b"host", b"content-length", b"expect", b"te"}) | (
     CONNECTION_SPECIFIC
 )
