@@ -1,10 +1,11 @@
 """The seams between the connection protocol, the exchange and the per-worker state.
 
-The connection protocol (``server.HttpProtocol``, HTTP/1.1; an HTTP/2 stream next) carries
-exchanges; the exchange (``pipeline.Exchange``) asks of it only what ``ClientConnection`` names,
-so an exchange can be carried by something else. ``ServerState`` sweeps connections and
-exchanges through ``SweptConnection`` and ``SweptExchange``. These Protocols are what keeps the
-modules acyclic: server -> pipeline -> forward -> contracts -> state, never back.
+The connection protocol (``server.HttpProtocol``, HTTP/1.1; ``h2_stream.H2Stream``, an HTTP/2
+stream) carries exchanges; the exchange (``pipeline.Exchange``) asks of it only what
+``ClientConnection`` names (and, on an HTTP/2 stream, ``StreamSink``). ``ServerState`` sweeps
+connections and exchanges through ``SweptConnection`` and ``SweptExchange``. These Protocols
+are what keeps the modules acyclic: server -> pipeline -> forward -> contracts -> state, never
+back.
 """
 
 from __future__ import annotations
@@ -53,4 +54,6 @@ class StreamSink(Protocol):
 
     def send_head(self, status: int, fields: list[tuple[bytes, bytes]], end: bool) -> None: ...
     def write(self, data: bytes) -> None: ...
-    def end_response(self, trailers: list[tuple[bytes, bytes]] | None) -> None: ...
+    def end_response(
+        self, trailers: list[tuple[bytes, bytes]] | None, last: bytes = b""
+    ) -> None: ...

@@ -134,7 +134,7 @@ class H2Stream:
             self._lost()
             return
         if end:
-            self.ended = True
+            self._after_end()
         self.h2p.flush_soon()
 
     def write(self, data: bytes) -> None:
@@ -144,11 +144,14 @@ class H2Stream:
         self.pending.append(data)
         self.push()
 
-    def end_response(self, trailers: list[tuple[bytes, bytes]] | None) -> None:
-        """The response is complete: END_STREAM, on a last HEADERS frame with trailers."""
+    def end_response(self, trailers: list[tuple[bytes, bytes]] | None, last: bytes = b"") -> None:
+        """The response is complete (after ``last``, its last body bytes): END_STREAM, on a
+        last HEADERS frame with trailers, else on the last DATA frame."""
         if self.ended:
             return
         self.trailers = trailers
+        if last:
+            self.pending.append(last)
         self.pending.append(_END)
         self.push()
 
@@ -172,6 +175,10 @@ class H2Stream:
                     break
                 if len(item) <= room:
                     pending.popleft()
+                    if pending and pending[0] is _END and not self.trailers:
+                        pending.popleft()
+                        self._send_end(item)  # the last bytes carry END_STREAM: one frame
+                        break
                     conn.send_data(sid, item)
                 else:
                     pending[0] = item[room:]
@@ -185,11 +192,16 @@ class H2Stream:
             self.blocked = blocked
             self.update_paused()
 
-    def _send_end(self) -> None:
-        if self.trailers:
+    def _send_end(self, last: bytes | None = None) -> None:
+        if last is not None:
+            self.conn.send_data(self.sid, last, end_stream=True)
+        elif self.trailers:
             self.conn.send_headers(self.sid, self.trailers, end_stream=True)
         else:
             self.conn.end_stream(self.sid)
+        self._after_end()
+
+    def _after_end(self) -> None:
         self.ended = True
         if not self.request_done:
             # RFC 9113 8.1: the answer is complete before the request's body; the client may

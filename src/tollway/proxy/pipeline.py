@@ -268,11 +268,10 @@ class Exchange(Phases, Forwarding, Responding):
         if status not in (204, 304) and not 100 <= status < 200:
             fields.append((b"content-length", b"%d" % length))
         sink = cast(StreamSink, self.proto)
-        sink.send_head(status, fields, False)
-        if body:
-            sink.write(body)
+        sink.send_head(status, fields, not body)
         self.resp_bytes = len(body)
-        sink.end_response(None)
+        if body:
+            sink.end_response(None, body)
 
     # -- log phase ----------------------------------------------------------------------
 

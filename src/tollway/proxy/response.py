@@ -132,7 +132,7 @@ class Responding(ExchangeBase):
             return
         if length is not None:
             fields.append((b"content-length", length))
-        cast(StreamSink, self.proto).send_head(status, fields, False)
+        cast(StreamSink, self.proto).send_head(status, fields, no_body)
 
     def _h2_complete(self, chain: Chain | None) -> None:
         """on_upstream_complete on an HTTP/2 stream: the rest of the body, then the end (with
@@ -154,11 +154,10 @@ class Responding(ExchangeBase):
             tail = self._body_filter(chain, ctx, b"", True)
             self.resp_bytes += len(tail)
             out.append(tail)
-        if out:
-            self.write(b"".join(out))
-            out.clear()
+        last = b"".join(out) if out else b""
+        out.clear()
         trailers = self.resp_trailers
-        sink.end_response(pairs_fields(trailers) if trailers else None)
+        sink.end_response(pairs_fields(trailers) if trailers else None, last)
 
     def on_upstream_body(self, data: bytes) -> None:
         if self.client_closed:

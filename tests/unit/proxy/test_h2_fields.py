@@ -40,7 +40,7 @@ def test_request_pseudo_fields_become_method_target_host() -> None:
 
 
 def test_host_when_no_authority_and_authority_over_host() -> None:
-    base = [(b":method", b"GET"), (b":path", b"/")]
+    base = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/")]
     assert request_of([*base, (b"host", b"h.test")]).host == b"h.test"
     req = request_of([*base, (b":authority", b"a.test"), (b"host", b"h.test")])
     assert req.host == b"a.test" and req.fields == [(b"host", b"a.test")]
@@ -49,8 +49,8 @@ def test_host_when_no_authority_and_authority_over_host() -> None:
 @pytest.mark.parametrize(
     "headers",
     [
-        [(b":method", b"GET"), (b":path", b"/")],  # no :authority nor Host
-        [(b":method", b"GET"), (b":authority", b"a")],  # no :path
+        [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/")],  # no :authority, Host
+        [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"a")],  # no :path
         [(b":method", b"CONNECT"), (b":authority", b"a:443")],  # CONNECT: not offered
         [
             (b":method", b"POST"),
@@ -73,7 +73,7 @@ def test_malformed_requests(headers: list[tuple[bytes, bytes]]) -> None:
 
 
 def test_expect_is_answered_here_not_forwarded() -> None:
-    req = request_of([(b":method", b"PUT"), (b":path", b"/"), (b":authority", b"a"),
+    req = request_of([(b":method", b"PUT"), (b":scheme", b"http"), (b":path", b"/"), (b":authority", b"a"),
                       (b"expect", b"100-continue")])  # fmt: skip
     assert req.expect_continue and all(k != b"expect" for k, _ in req.fields)
 
@@ -95,3 +95,35 @@ def test_budget_per_interval() -> None:
     assert not b.spend_control(1.0)  # one past the budget
     assert b.spend_control(WINDOW + 0.5)  # a new interval starts over
     assert b.spend_reset(WINDOW + 0.5) and b.spend_empty(WINDOW + 0.5)
+
+
+BASE = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b":authority", b"a")]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        [(b"X-Upper", b"v")],  # uppercase name (RFC 9113 8.2.1)
+        [(b"x-a", b"v\r\nx-injected: 1")],  # CR LF would split the HTTP/1.1 head upstream
+        [(b"x-a", b"v\x00")],
+        [(b"x a", b"v")],
+        [(b"x:a", b"v")],
+        [(b"", b"v")],
+        [(b"connection", b"keep-alive")],  # connection-specific (RFC 9113 8.2.2)
+        [(b"transfer-encoding", b"chunked")],
+        [(b"upgrade", b"h2c")],
+        [(b"te", b"gzip")],  # te: only trailers
+        [(b"x-a", b"v"), (b":method", b"POST")],  # pseudo after regular
+        [(b":method", b"POST")],  # repeated pseudo
+        [(b":status", b"200")],  # a response pseudo-field in a request
+    ],
+)
+def test_invalid_fields_are_malformed(extra: list[tuple[bytes, bytes]]) -> None:
+    with pytest.raises(MalformedRequest):
+        request_of([*BASE, *extra])
+
+
+def test_path_with_crlf_is_malformed() -> None:
+    with pytest.raises(MalformedRequest):
+        request_of([(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"a"),
+                    (b":path", b"/a HTTP/1.1\r\nx: y")])  # fmt: skip
