@@ -31,7 +31,7 @@ from tollway.httprules.grpc import (
 from tollway.httprules.upstream_head import host_field
 from tollway.proxy.retry import RETRY, Attempted, Budget, deadline_of, decide
 from tollway.runtime.compiled import DEFAULT_TIMEOUTS, CompiledRoute, CompiledUpstream, Timeouts
-from tollway.upstream.h2conn import H2Stream, StreamFailed
+from tollway.upstream.h2conn import H2Connection, H2Stream, StreamFailed
 
 if TYPE_CHECKING:
     from tollway.balancer import PickContext, Server
@@ -216,35 +216,16 @@ class GrpcAttempt:
         self._deadline: asyncio.TimerHandle | None = None
 
     async def run(self) -> GrpcFailure | None:
-        ex, up, server = self.ex, self.up, self.server
-        state = ex.proto.state
-        loop = state.loop
-        remaining = self._remaining()
-        if remaining is not None and remaining <= 0:
-            return GrpcFailure(504, "deadline exceeded", sent=False, retryable=False)
-        name = up.node_hosts.get(server.addr, server.host) if up.node_hosts else server.host
-        connect = (
-            self.timeouts.connect if remaining is None else min(remaining, self.timeouts.connect)
+        ex, server = self.ex, self.server
+        name = (
+            self.up.node_hosts.get(server.addr, server.host) if self.up.node_hosts else server.host
         )
-        try:
-            conn = await state.h2pool.get(
-                (up.pool_key, server.host, server.port),
-                server.host,
-                server.port,
-                ssl_ctx=up.ssl_ctx,
-                server_hostname=name.strip("[]"),
-                timeout=connect,
-                limits=up.limits,
-            )
-        except TimeoutError:
-            return GrpcFailure(504, "connect timeout", sent=False)
-        except OSError as e:
-            return GrpcFailure(502, f"connect failed: {e}", sent=False)
-        if ex.client_closed:
-            return GrpcFailure(499, "client closed", sent=False, retryable=False)
+        conn = await self._connect(name)
+        if isinstance(conn, GrpcFailure):
+            return conn
+        loop = ex.proto.state.loop
         self._done = loop.create_future()
-        body = ex.ctx.up_body if ex.ctx is not None else None
-        streams = body is None and ex.has_body  # the client's body, as it arrives
+        body, streams = self._body()
         try:
             self.stream = stream = conn.open_stream(
                 self._head(name, server.port, self._remaining()),
@@ -258,7 +239,13 @@ class GrpcAttempt:
         remaining = self._remaining()
         if remaining is not None:
             self._deadline = loop.call_later(remaining, self._deadline_passed)
-        sender = loop.create_task(self._send(stream, body)) if body is not None or streams else None
+        sender = None
+        if body is not None and len(body) <= conn.h2.local_flow_control_window(stream.id):
+            # Within the window nothing waits: sent here, the head and the body leave in one
+            # write (H2Connection.flush).
+            await self._send(stream, body)
+        elif body is not None or streams:
+            sender = loop.create_task(self._send(stream, body))
         try:
             await self._done
         except StreamFailed as e:
@@ -268,6 +255,47 @@ class GrpcAttempt:
         finally:
             self._end(sender)
         return None
+
+    async def _connect(self, name: str) -> H2Connection | GrpcFailure:
+        """A pooled HTTP/2 connection to the server, within the connect timeout (and the
+        call's deadline)."""
+        ex, up, server = self.ex, self.up, self.server
+        remaining = self._remaining()
+        if remaining is not None and remaining <= 0:
+            return GrpcFailure(504, "deadline exceeded", sent=False, retryable=False)
+        connect = self.timeouts.connect
+        try:
+            conn = await ex.proto.state.h2pool.get(
+                (up.pool_key, server.host, server.port),
+                server.host,
+                server.port,
+                ssl_ctx=up.ssl_ctx,
+                server_hostname=name.strip("[]"),
+                timeout=connect if remaining is None else min(remaining, connect),
+                limits=up.limits,
+            )
+        except TimeoutError:
+            return GrpcFailure(504, "connect timeout", sent=False)
+        except OSError as e:
+            return GrpcFailure(502, f"connect failed: {e}", sent=False)
+        if ex.client_closed:
+            return GrpcFailure(499, "client closed", sent=False, retryable=False)
+        return conn
+
+    def _body(self) -> tuple[bytes | None, bool]:
+        """(a body to send whole, or None; whether the client's streams instead). A plugin's
+        replaced body, or the client's when it has all arrived (read, not taken: a retry sends
+        it again), goes whole; a body still arriving streams as it comes."""
+        ex = self.ex
+        ctx = ex.ctx
+        if ctx is not None and ctx.up_body is not None:
+            return ctx.up_body, False
+        if not ex.has_body:
+            return None, False
+        if ex.body_complete and not ex.reject_status:
+            ex.proto.resume_reading()
+            return b"".join(ex.body or ()), False
+        return None, True
 
     def _end(self, sender: asyncio.Task[None] | None) -> None:
         self.ex.reading = False
@@ -314,12 +342,11 @@ class GrpcAttempt:
         return request_fields(pseudo, ex.raw_headers, skip, edits, timeout)
 
     async def _send(self, stream: H2Stream, body: bytes | None) -> None:
-        """The request body: a replaced one (a plugin's) whole, else as the client sends it."""
+        """The request body: ``body`` whole, else the client's as it arrives."""
         send_timeout = self.timeouts.send
         try:
             if body is not None:
-                async with asyncio.timeout(send_timeout):
-                    await stream.send_data(body, end=True)
+                await stream.send_data(body, end=True, timeout=send_timeout)
                 return
             ex = self.ex
             while True:
@@ -331,8 +358,7 @@ class GrpcAttempt:
                     await stream.end()
                     return
                 self.consumed = True
-                async with asyncio.timeout(send_timeout):
-                    await stream.send_data(chunk)
+                await stream.send_data(chunk, timeout=send_timeout)
         except TimeoutError:
             self._fail(GrpcFailure(504, "send timeout", sent=True, retryable=False))
         except StreamFailed:

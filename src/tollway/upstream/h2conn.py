@@ -86,8 +86,9 @@ class H2Stream:
         self.unacked = 0  # received while paused, acknowledged on resume
         self._window: asyncio.Future[None] | None = None
 
-    async def send_data(self, data: bytes, end: bool = False) -> None:
-        """Send body bytes as the peer's flow-control windows allow (RFC 9113 6.9)."""
+    async def send_data(self, data: bytes, end: bool = False, timeout: float = 60.0) -> None:
+        """Send body bytes as the peer's flow-control windows allow (RFC 9113 6.9), waiting at
+        most ``timeout`` each time the windows or the socket are full (``TimeoutError``)."""
         conn = self.conn
         view = memoryview(data)
         while True:
@@ -107,7 +108,8 @@ class H2Stream:
                 len(view),
             )
             if size <= 0:
-                await self._wait_window()
+                async with asyncio.timeout(timeout):
+                    await self._wait_window()
                 continue
             last = size == len(view)
             try:
@@ -115,7 +117,9 @@ class H2Stream:
             except h2.exceptions.ProtocolError as e:  # the stream was reset meanwhile
                 raise self.failed or StreamFailed(f"stream closed: {e}") from None
             conn.flush()
-            await conn.drain()
+            if conn.write_paused:
+                async with asyncio.timeout(timeout):
+                    await conn.drain()
             if last:
                 return
             view = view[size:]
@@ -167,6 +171,7 @@ class H2Stream:
 class H2Connection(asyncio.Protocol):
     __slots__ = (
         "_drain",
+        "_flush_soon",
         "_idle_timer",
         "_paused",
         "closed",
@@ -192,6 +197,7 @@ class H2Connection(asyncio.Protocol):
         self.goaway = False
         self.closed = False
         self._paused = False
+        self._flush_soon = False
         self._drain: asyncio.Future[None] | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
 
@@ -219,13 +225,13 @@ class H2Connection(asyncio.Protocol):
         try:
             events = self.h2.receive_data(data)
         except h2.exceptions.ProtocolError as e:
-            self.flush()  # h2 queued a GOAWAY
+            self.flush_now()  # h2 queued a GOAWAY
             self._fail_all(StreamFailed(f"upstream HTTP/2 protocol error: {e}"))
             self.close()
             return
         for event in events:
             self._dispatch(event)
-        self.flush()
+        self.flush_now()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -387,10 +393,22 @@ class H2Connection(asyncio.Protocol):
         self.flush()
 
     def flush(self) -> None:
+        """Write what h2 has queued, once this turn of the event loop is over: a request's
+        HEADERS and DATA frames (and the acknowledgements of one read) leave in one write."""
+        if not self._flush_soon:
+            self._flush_soon = True
+            asyncio.get_running_loop().call_soon(self.flush_now)
+
+    def flush_now(self) -> None:
+        self._flush_soon = False
         data = self.h2.data_to_send()
         t = self.transport
         if data and t is not None and not t.is_closing():
             t.write(data)
+
+    @property
+    def write_paused(self) -> bool:
+        return self._paused
 
     async def drain(self) -> None:
         if not self._paused or self.closed:
@@ -409,7 +427,7 @@ class H2Connection(asyncio.Protocol):
         self._cancel_idle()
         try:
             self.h2.close_connection()
-            self.flush()
+            self.flush_now()
         except h2.exceptions.ProtocolError:
             pass
         if self.transport is not None:
