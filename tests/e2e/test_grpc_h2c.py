@@ -115,7 +115,14 @@ def test_error_status_and_message(gw: Gateway) -> None:
     assert e.value.details() == "bad input"
 
 
-def test_client_deadline_reaches_the_upstream(gw: Gateway) -> None:
+def test_client_deadline_reaches_the_upstream(
+    gw: Gateway, servers: tuple[GrpcServer, GrpcServer]
+) -> None:
+    stub(gw).Unary(Msg(text="d"), timeout=5)
+    left = servers[0].deadlines[-1]
+    assert left is not None and 3 < left <= 5  # grpc-timeout: what remained at the gateway
+    stub(gw).Unary(Msg(text="d"))
+    assert servers[0].deadlines[-1] is None  # no deadline: none invented
     with pytest.raises(grpc.RpcError) as e:
         stub(gw).Unary(Msg(text="z", delay_ms=3000), timeout=0.5)
     assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED

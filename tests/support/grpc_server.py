@@ -50,6 +50,7 @@ class _Echo(echo_pb2_grpc.EchoServicer):  # type: ignore[misc]
         self.server.calls += 1
         md = dict(context.invocation_metadata() or ())
         self.server.metadata.append(md)
+        self.server.deadlines.append(context.time_remaining())  # from grpc-timeout, or None
         if "x-echo" in md:
             await context.send_initial_metadata((("x-echo", md["x-echo"]),))
             context.set_trailing_metadata((("x-trailer", md["x-echo"]),))
@@ -93,7 +94,8 @@ class _Echo(echo_pb2_grpc.EchoServicer):  # type: ignore[misc]
 
 class GrpcServer:
     """``GrpcServer(name).start()``: the Echo service on 127.0.0.1:``port`` (TLS with
-    ``tls=(cert_pem, key_pem)``). ``calls`` counts calls, ``metadata`` lists what each got."""
+    ``tls=(cert_pem, key_pem)``). ``calls`` counts calls, ``metadata`` lists what each got,
+    ``deadlines`` the seconds each had left when it started (None: no deadline)."""
 
     def __init__(
         self, name: str = "grpc", *, port: int = 0, tls: tuple[bytes, bytes] | None = None
@@ -103,6 +105,7 @@ class GrpcServer:
         self.tls = tls
         self.calls = 0
         self.metadata: list[dict[str, Any]] = []
+        self.deadlines: list[float | None] = []
         self._loop = asyncio.new_event_loop()
         self._server: grpc.aio.Server | None = None
         self._thread: threading.Thread | None = None
