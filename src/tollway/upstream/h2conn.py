@@ -10,7 +10,9 @@ on that connection only; GOAWAY (RFC 9113 6.8) stops new streams on the connecti
 streams the peer accepted finish and fails the others as never processed (a retry may send
 them elsewhere). ``H2Pool`` keeps connections per key (scheme, host, port, TLS parameters),
 opens another one when every open one is at the peer's SETTINGS_MAX_CONCURRENT_STREAMS or at
-the pool's per-connection request limit, and closes a connection idle for ``idle_timeout``.
+the pool's per-connection request limit, and closes a connection idle for ``idle_timeout``
+(sockets have SO_KEEPALIVE, as APISIX's ``grpc_socket_keepalive on``; no HTTP/2 PINGs are sent).
+What h2 queues is written once per event-loop turn, so a request's frames leave in one write.
 """
 
 from __future__ import annotations
