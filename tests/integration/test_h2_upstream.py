@@ -375,3 +375,31 @@ def test_a_paused_stream_holds_the_upstream_to_its_window(server: GrpcServer) ->
         pool.close_all()
 
     run(main)
+
+
+def test_the_peers_max_concurrent_streams_opens_another_connection() -> None:
+    async def main() -> None:
+        with GrpcServer("m", options=[("grpc.max_concurrent_streams", 2)]) as s:
+            pool = H2Pool()
+            conn = await connect(pool, s)
+            await until(lambda: conn.h2.remote_settings.max_concurrent_streams == 2)
+            calls = []
+            for _ in range(2):
+                call = Call()
+                st = conn.open_stream(head("/tollway.test.Echo/Unary"), call)
+                await st.send_data(frame(Msg(text="hang")), end=True)
+                calls.append((st, call))
+            assert not conn.available  # the server's SETTINGS_MAX_CONCURRENT_STREAMS
+            other = await connect(pool, s)
+            assert other is not conn
+            ok = Call()
+            st = other.open_stream(head("/tollway.test.Echo/Unary"), ok)
+            await st.send_data(frame(Msg(text="third")), end=True)
+            await ok.done
+            assert ok.messages()[0].text == "m:third"
+            for st, _ in calls:
+                st.cancel()
+            assert conn.available  # room again once streams end
+            pool.close_all()
+
+    run(main)

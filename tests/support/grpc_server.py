@@ -98,9 +98,15 @@ class GrpcServer:
     ``deadlines`` the seconds each had left when it started (None: no deadline)."""
 
     def __init__(
-        self, name: str = "grpc", *, port: int = 0, tls: tuple[bytes, bytes] | None = None
+        self,
+        name: str = "grpc",
+        *,
+        port: int = 0,
+        tls: tuple[bytes, bytes] | None = None,
+        options: list[tuple[str, Any]] | None = None,
     ) -> None:
         self.name = name
+        self.options = options or []
         self.port = port or free_port()
         self.tls = tls
         self.calls = 0
@@ -130,7 +136,7 @@ class GrpcServer:
         return self
 
     async def _serve(self) -> None:
-        server = grpc.aio.server()
+        server = grpc.aio.server(options=self.options)
         echo_pb2_grpc.add_EchoServicer_to_server(_Echo(self), server)
         if self.tls is not None:
             creds = grpc.ssl_server_credentials([(self.tls[1], self.tls[0])])
