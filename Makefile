@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 MODE   ?= etcd
 
-.PHONY: ui run test lint typecheck unit e2e system-deps bench-proxy bench-hotpath bench-router bench-balancer bench-churn bench-limit-redis bench-scale clean
+.PHONY: ui run test lint typecheck unit e2e system-deps bench-proxy bench-hotpath bench-router bench-balancer bench-churn bench-limit-redis bench-scale bench-h2 bench-grpc clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,14 @@ e2e: $(STAMP) system-deps
 bench-proxy: $(STAMP)
 	scripts/ensure-system-deps.sh bench
 	$(BIN)/python bench/proxy.py
+
+bench-h2: $(STAMP)
+	scripts/ensure-system-deps.sh bench
+	$(BIN)/python bench/h2.py
+
+bench-grpc: $(STAMP)
+	scripts/ensure-system-deps.sh bench
+	$(BIN)/python bench/grpc_proxy.py
 
 bench-hotpath: $(STAMP)
 	$(BIN)/python bench/hotpath.py

@@ -268,6 +268,7 @@ class RequestContext:
         "server_port",
         "service_id",
         "start_time",
+        "up_body",
         "up_header_ops",
         "up_host",
         "up_method",
@@ -277,6 +278,7 @@ class RequestContext:
         "upstream_response_time",
         "upstream_source",
         "upstream_status",
+        "upstream_trailers",
         "vars_extra",
     )
 
@@ -336,12 +338,16 @@ class RequestContext:
         # (name as given, value or None to remove, append) in call order; the final values
         # are in ``headers``.
         self.up_header_ops: list[tuple[str, str | None, bool]] | None = None
+        self.up_body: bytes | None = None  # a replaced request body (set_upstream_body)
         # Response (valid from header_filter on).
         self.resp_status = 0
         self.resp_headers: list[tuple[str, str]] | None = None
         self.resp_body_replaced: bytes | None = None
         self.upstream_addr: str | None = None
         self.upstream_status: str | None = None
+        # The upstream's trailers (HTTP/2: gRPC's grpc-status...), lowercase names; set before
+        # the last body_filter call (eof).
+        self.upstream_trailers: list[tuple[bytes, bytes]] | None = None
         # Set for the log phase: body bytes read from the client and sent to it, and the
         # seconds the answering upstream attempt took (nginx $upstream_response_time).
         self.request_body_bytes = 0
@@ -501,6 +507,11 @@ class RequestContext:
 
     def set_upstream_host(self, host: str) -> None:
         self.up_host = host
+
+    def set_upstream_body(self, body: bytes) -> None:
+        """Send ``body`` upstream instead of the client's (which the plugin read whole with
+        ``read_body``: APISIX ``ngx.req.set_body_data``)."""
+        self.up_body = body
 
     def set_request_header(self, name: str, value: str | None) -> None:
         """Set (replace) or, with None, remove a header sent to the upstream."""

@@ -12,13 +12,15 @@ import logging
 import time
 from collections import deque
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, cast
 
 from tollway.httprules.response_head import without_bodies
 from tollway.httprules.status import error_page, status_line
 from tollway.plugins.kit import RequestContext
 from tollway.proxy.attempt import Forwarding, UpstreamFailure
+from tollway.proxy.contracts import StreamSink
 from tollway.proxy.flow import BODY_HIGH_WATER
+from tollway.proxy.h2_fields import pairs_fields
 from tollway.proxy.phases import _NO_STEPS, Phases
 from tollway.proxy.response import Responding
 from tollway.proxy.state import ServerState
@@ -176,6 +178,8 @@ class Exchange(Phases, Forwarding, Responding):
     def client_gone(self) -> None:
         self.client_closed = True
         self._wake_body()
+        if self.held is not None:
+            self.held.client_gone()
         conn = self.conn
         if conn is not None:
             self.conn = None
@@ -189,10 +193,14 @@ class Exchange(Phases, Forwarding, Responding):
             d.set_exception(ConnectionResetError("client closed the connection"))
 
     def client_paused(self) -> None:
+        if self.held is not None:
+            self.held.pause()
         if self.conn is not None:
             self.conn.pause_reading()
 
     def client_resumed(self) -> None:
+        if self.held is not None:
+            self.held.resume()
         if self.conn is not None:
             self.conn.resume_reading()
 
@@ -231,6 +239,9 @@ class Exchange(Phases, Forwarding, Responding):
         self.status = status
         self.response_started = True
         send_body = b"" if without_bodies(self.method, status) else body
+        if self.proto.http2:
+            self._h2_respond(status, headers, send_body, len(body))
+            return
         state = self.proto.state
         out = [status_line(status), state.server_header, state.date_line()]
         for k, v in headers:
@@ -245,6 +256,22 @@ class Exchange(Phases, Forwarding, Responding):
         out.append(send_body)
         self.resp_bytes = len(send_body)
         self.write(b"".join(out))
+
+    def _h2_respond(
+        self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, length: int
+    ) -> None:
+        """``respond`` on an HTTP/2 stream: the head as fields, the body, the end."""
+        state = self.proto.state
+        fields = pairs_fields(headers)
+        fields.append((b"server", state.server_header[8:-2]))
+        fields.append((b"date", state.date_line()[6:-2]))
+        if status not in (204, 304) and not 100 <= status < 200:
+            fields.append((b"content-length", b"%d" % length))
+        sink = cast(StreamSink, self.proto)
+        sink.send_head(status, fields, not body)
+        self.resp_bytes = len(body)
+        if body:
+            sink.end_response(None, body)
 
     # -- log phase ----------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from tollway.httprules.status import SERVER_HEADER
 from tollway.proxy.flow import Writes
 from tollway.proxy.realip import RealIp
 from tollway.runtime.compiler import Compiler
+from tollway.upstream.h2conn import H2Pool
 from tollway.upstream.pool import Pool
 
 log = logging.getLogger("tollway.proxy")
@@ -65,9 +66,11 @@ class ServerState:
         show_upstream_status: bool = False,
         retry_non_idempotent: bool = False,
         real_ip: RealIp | None = None,
+        http2: bool = False,
     ) -> None:
         self.compiler = compiler
         self.pool = Pool()
+        self.h2pool = H2Pool()  # gRPC upstreams (HTTP/2)
         self.max_header_size = max_header_size
         self.max_body_size = max_body_size
         self.keepalive_timeout = keepalive_timeout
@@ -81,6 +84,7 @@ class ServerState:
         self.show_upstream_status = show_upstream_status
         self.retry_non_idempotent = retry_non_idempotent
         self.real_ip = real_ip
+        self.http2 = http2  # clients may speak HTTP/2 (ALPN h2, h2c with prior knowledge)
         self._date_second = 0
         self._date_line = b""
         self.connections: set[SweptConnection] = set()

@@ -1,0 +1,241 @@
+"""HTTP/2 benchmark (run on demand, not a test): Tollway against nginx, both speaking h2c (prior
+knowledge) to h2load and HTTP/1.1 to the same upstream.
+
+    .venv/bin/python bench/h2.py [--duration 8] [--reps 3] [--loads 10x10,50x1] [--profile]
+
+The method of bench/proxy.py (/work/shared/reference/proxy-calibration.md): CPU 0 runs h2load
+and the upstream nginx, CPU 1 the proxy under test (nginx 1.22 ``listen ... http2`` with
+proxy_pass and upstream keepalive 64, bench/nginx/nginx_proxy_h2.conf; Tollway with 1 worker and
+one route, apisix.enable_http2 on by default). Each target gets a warm-up, then
+``taskset -c 0 h2load -t1 -cC -mM -D S`` runs interleaved: rep -> load -> target, the order
+rotating each rep. The figure: requests per proxy CPU-second (h2load's succeeded requests over
+the utime+stime delta of the proxy's process tree); medians over reps; the ratio is against
+nginx in the same run. ``--profile`` prints where Tollway's worker spends its CPU under load
+(py-spy, when installed). Prints a markdown table on stdout, progress on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from proxy import (
+    LOAD_CPU,
+    NGINX,
+    PATH,
+    PROXY_CPU,
+    BenchError,
+    Processes,
+    busy_and_steal,
+    cpu_split,
+    cpu_times,
+    free_ports,
+    pinned,
+    process_tree,
+    render,
+    start_nginx,
+    start_tollway,
+)
+
+H2LOAD = shutil.which("h2load") or "/usr/bin/h2load"
+TARGET_RATIO = 0.40  # issue #14: HTTP/2 requests per proxy CPU-second, against nginx
+
+
+@dataclass
+class Run:
+    target: str
+    load: str
+    rep: int
+    succeeded: int
+    failed: int
+    rps: float
+    cpu_s: float
+    busy1: float
+    steal: float
+
+    @property
+    def per_cpu_s(self) -> float:
+        return self.succeeded / self.cpu_s if self.cpu_s > 0 else float("nan")
+
+
+def h2_ready(port: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    url = f"http://127.0.0.1:{port}{PATH}"
+    while time.monotonic() < deadline:
+        out = subprocess.run(
+            ["curl", "-s", "--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{http_code} "
+             "%{http_version}", url], capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if out.stdout == "200 2":
+            return
+        time.sleep(0.2)
+    raise BenchError(f"{url}: no HTTP/2 200 within {timeout}s")
+
+
+def start_nginx_h2(procs: Processes, workdir: Path, port: int, upstream: int) -> int:
+    conf = workdir / "conf" / "nginx_h2.conf"
+    conf.write_text(
+        render("nginx_proxy_h2.conf", workdir, name="nginx_h2", port=port, upstream_port=upstream)
+    )
+    log = workdir / "logs" / "nginx_h2.out"
+    argv = pinned(PROXY_CPU, NGINX, "-p", f"{workdir}/", "-e", str(log), "-c", str(conf))
+    proc = procs.start("nginx_h2", argv, log)
+    h2_ready(port)
+    return proc.pid
+
+
+def h2load(url: str, clients: int, streams: int, seconds: float) -> tuple[int, int, float]:
+    argv = pinned(LOAD_CPU, H2LOAD, "-t1", f"-c{clients}", f"-m{streams}", "-D", f"{seconds:g}",
+                  url)  # fmt: skip
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, check=False)
+    m = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed",
+                  out.stdout)  # fmt: skip
+    rps = re.search(r"finished in [\d.]+s, ([\d.]+) req/s", out.stdout)
+    if m is None or rps is None:
+        raise BenchError(f"h2load output not understood:\n{out.stdout}\n{out.stderr}")
+    codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out.stdout)
+    # (h2load may count one more 2xx than requests succeeded: a stream ending at the deadline)
+    if codes is None or int(codes.group(1)) < int(m.group(1)) or codes.groups()[1:] != ("0",) * 3:
+        raise BenchError(f"non-2xx answers:\n{out.stdout}")
+    return int(m.group(1)), int(m.group(2)), float(rps.group(1))
+
+
+def measure(name: str, pid: int, url: str, load: str, seconds: float, rep: int) -> Run:
+    clients, streams = (int(x) for x in load.split("x"))
+    pids = process_tree(pid)
+    stat0, (u0, s0) = cpu_times(), cpu_split(pids)
+    ok, failed, rps = h2load(url, clients, streams, seconds)
+    (u1, s1), stat1 = cpu_split(pids), cpu_times()
+    busy1, steal1 = busy_and_steal(stat0["cpu" + PROXY_CPU], stat1["cpu" + PROXY_CPU])
+    _, steal0 = busy_and_steal(stat0["cpu" + LOAD_CPU], stat1["cpu" + LOAD_CPU])
+    return Run(name, load, rep, ok, failed, rps, (u1 + s1) - (u0 + s0), busy1,
+               max(steal0, steal1))  # fmt: skip
+
+
+def profile(pid: int, url: str, seconds: float) -> str:
+    """py-spy record of the worker while h2load (10 clients x 10 streams) loads it."""
+    spy = Path(sys.executable).with_name("py-spy")
+    if not spy.exists():
+        return "(--profile needs py-spy: .venv/bin/pip install py-spy)"
+    worker = [p for p in process_tree(pid) if p != pid][-1]
+    argv = pinned(LOAD_CPU, H2LOAD, "-t1", "-c10", "-m10", "-D", f"{seconds + 2:g}", url)
+    load = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+    out = Path(tempfile.mkdtemp(prefix="tollway-h2-profile-")) / "raw.txt"
+    time.sleep(1)
+    rec = subprocess.run(
+        [str(spy), "record", "-p", str(worker), "-d", f"{seconds:g}", "-r", "200", "--format",
+         "raw", "--full-filenames", "-o", str(out)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    load.wait(timeout=seconds + 30)
+    if rec.returncode != 0 or not out.exists():
+        return f"(py-spy failed: {rec.stderr.strip()[:300]})"
+    return summarize_profile(out)
+
+
+def summarize_profile(path: Path, top: int = 25) -> str:
+    """Self and inclusive sample shares per function from py-spy's raw (collapsed) output."""
+    own: dict[str, int] = {}
+    incl: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        n = int(count)
+        total += n
+        frames = stack.split(";")
+        for f in set(frames):
+            name = re.sub(r" \((.*/)?site-packages/", " (", f)
+            incl[name] = incl.get(name, 0) + n
+        leaf = re.sub(r" \((.*/)?site-packages/", " (", frames[-1])
+        own[leaf] = own.get(leaf, 0) + n
+    rows = ["| function | self % | incl. % |", "|---|---|---|"]
+    for name, n in sorted(own.items(), key=lambda kv: -kv[1])[:top]:
+        rows.append(f"| `{name}` | {100 * n / total:.1f} | {100 * incl[name] / total:.1f} |")
+    h2_share = sum(n for name, n in own.items() if "(h2/" in name or "(hpack/" in name
+                   or "(hyperframe/" in name)  # fmt: skip
+    rows.append(f"\nself time in h2 + hpack + hyperframe: {100 * h2_share / total:.1f}%")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--duration", type=float, default=8)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--loads", default="10x10,50x1", help="CLIENTSxSTREAMS, comma-separated")
+    ap.add_argument("--profile", action="store_true")
+    args = ap.parse_args()
+    loads = args.loads.split(",")
+    procs = Processes()
+    workdir = Path(tempfile.mkdtemp(prefix="tollway-h2-bench-"))
+    try:
+        for sub in ("conf", "logs", "run"):
+            (workdir / sub).mkdir()
+        up, ngx_port, tw_port, tw_status = free_ports(4)
+        start_nginx(procs, workdir, "upstream", LOAD_CPU, "upstream.conf", port=up)
+        targets = {
+            "nginx": (start_nginx_h2(procs, workdir, ngx_port, up), ngx_port),
+            "tollway": (
+                start_tollway(procs, workdir, "tollway", tw_port, tw_status, [up], "").pid,
+                tw_port,
+            ),
+        }
+        h2_ready(tw_port)
+        for _pid, port in targets.values():  # warm-up (and pools filled)
+            h2load(f"http://127.0.0.1:{port}{PATH}", 10, 10, 2)
+        runs: list[Run] = []
+        order = list(targets)
+        for rep in range(args.reps):
+            for load in loads:
+                for name in order:
+                    pid, port = targets[name]
+                    url = f"http://127.0.0.1:{port}{PATH}"
+                    run = measure(name, pid, url, load, args.duration, rep)
+                    print(f"rep {rep} {load} {name}: {run.per_cpu_s:,.0f} req/CPU-s, "
+                          f"{run.rps:,.0f} req/s", file=sys.stderr)  # fmt: skip
+                    runs.append(run)
+            order.reverse()
+        print(report(runs, loads))
+        if args.profile:
+            pid, port = targets["tollway"]
+            print("\n" + profile(pid, f"http://127.0.0.1:{port}{PATH}", args.duration))
+    finally:
+        procs.stop_all()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def report(runs: list[Run], loads: list[str]) -> str:
+    rows = [
+        "| h2load load (clients x streams) | target | req per proxy CPU-s (median; runs) "
+        "| req/s (median) | ÷ nginx (req/CPU-s) | failed | max steal |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for load in loads:
+        base = statistics.median(r.per_cpu_s for r in runs if r.load == load and
+                                 r.target == "nginx")  # fmt: skip
+        for name in ("nginx", "tollway"):
+            mine = [r for r in runs if r.load == load and r.target == name]
+            cps = statistics.median(r.per_cpu_s for r in mine)
+            each = ", ".join(f"{r.per_cpu_s:,.0f}" for r in mine)
+            rows.append(
+                f"| {load} | {name} | {cps:,.0f} ({each}) | "
+                f"{statistics.median(r.rps for r in mine):,.0f} | {cps / base:.2f} | "
+                f"{sum(r.failed for r in mine)} | {max(r.steal for r in mine):.1%} |"
+            )
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except BenchError as e:
+        sys.exit(f"bench/h2.py: {e}")
