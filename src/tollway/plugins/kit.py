@@ -255,6 +255,7 @@ class RequestContext:
         "server_port",
         "service_id",
         "start_time",
+        "up_body",
         "up_header_ops",
         "up_host",
         "up_method",
@@ -264,6 +265,7 @@ class RequestContext:
         "upstream_response_time",
         "upstream_source",
         "upstream_status",
+        "upstream_trailers",
         "vars_extra",
     )
 
@@ -323,12 +325,17 @@ class RequestContext:
         # (name as given, value or None to remove, append) in call order; the final values
         # are in ``headers``.
         self.up_header_ops: list[tuple[str, str | None, bool]] | None = None
+        # The body sent upstream instead of the client's (set_request_body).
+        self.up_body: bytes | None = None
         # Response (valid from header_filter on).
         self.resp_status = 0
         self.resp_headers: list[tuple[str, str]] | None = None
         self.resp_body_replaced: bytes | None = None
         self.upstream_addr: str | None = None
         self.upstream_status: str | None = None
+        # The upstream's trailer fields (lowercase names; gRPC's grpc-status), set before the
+        # last body_filter call of a response that had them.
+        self.upstream_trailers: list[tuple[bytes, bytes]] | None = None
         # Set for the log phase: body bytes read from the client and sent to it, and the
         # seconds the answering upstream attempt took (nginx $upstream_response_time).
         self.request_body_bytes = 0
@@ -489,6 +496,11 @@ class RequestContext:
     def set_upstream_host(self, host: str) -> None:
         self.up_host = host
 
+    def set_request_body(self, body: bytes) -> None:
+        """Send ``body`` upstream instead of the client's (whose bytes are read and dropped),
+        with its own Content-Length (APISIX ``ngx.req.set_body_data``). rewrite/access only."""
+        self.up_body = body
+
     def set_request_header(self, name: str, value: str | None) -> None:
         """Set (replace) or, with None, remove a header sent to the upstream."""
         self._header_op(name, value, False)
@@ -526,6 +538,17 @@ class RequestContext:
         if value is not None:
             hs.append((name, wire_value(value)))
         self.resp_headers = hs
+
+    def get_upstream_trailer(self, name: str) -> str | None:
+        """A trailer field of the upstream's response (gRPC's ``grpc-status``), or None. Known
+        from the last body_filter call (``eof``) on; a plugin that needs it before it answers
+        asks for the whole body (``needs_body_buffer``) and may then still set ``resp_status``
+        there."""
+        wanted = name.lower().encode("latin-1")
+        for k, v in self.upstream_trailers or ():
+            if k == wanted:
+                return v.decode("latin-1")
+        return None
 
     def add_response_header(self, name: str, value: str) -> None:
         if self.resp_headers is None:

@@ -61,6 +61,7 @@ class ExchangeBase:
         "resp_bytes",
         "resp_chunked",
         "resp_no_body",
+        "resp_trailers",
         "response_started",
         "sent_continue",
         "status",
@@ -114,6 +115,8 @@ class ExchangeBase:
         self.resp_chunked = False
         self.resp_no_body = False
         self.resp_bytes = 0
+        # the upstream's trailer fields (lowercase names), set before on_upstream_complete
+        self.resp_trailers: list[tuple[bytes, bytes]] | None = None
         self.buffered_resp: list[bytes] | None = None
         self.conn: UpstreamConnection | None = None
         self._done: asyncio.Future[None] | None = None
