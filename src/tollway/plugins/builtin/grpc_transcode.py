@@ -248,7 +248,7 @@ def _args(query: str) -> dict[str, list[str]]:
 
 def encode_request(method: GrpcMethod, source: dict[str, Any] | str) -> bytes:
     """The request's data (a decoded JSON object, or query/form text) -> one framed message.
-    Raises ValueError (json_format's ParseError is one) when it does not fit the message."""
+    Raises ValueError or json_format.Error when it does not fit the message."""
     msg = method.input()
     data = source if isinstance(source, dict) else _typed(msg.DESCRIPTOR, _args(source))
     json_format.ParseDict(data, msg, ignore_unknown_fields=True)
@@ -384,7 +384,7 @@ class GrpcTranscode(Plugin):
     ) -> Any:
         try:
             framed = encode_request(method, source)
-        except (ValueError, TypeError) as e:
+        except (ValueError, TypeError, json_format.Error) as e:
             return 400, {"error_msg": f"failed to encode request data to protobuf: {e}"}
         ctx.set_request_body(framed)
         ctx.set_upstream_method("POST")
