@@ -428,7 +428,8 @@ class GrpcTranscode(Plugin):
             if not conf.show_status_in_body or details is None:
                 return b""
             return status_body(comp, state.proto, details, conf.status_detail_type)
-        if len(chunk) > conf.max_resp_body_size:
-            return b"response body exceeds max_resp_body_size"
-        out = decode_response(comp, state.method, chunk)
+        # APISIX truncates a body past max_resp_body_size, which then does not decode
+        out = None
+        if len(chunk) <= conf.max_resp_body_size:
+            out = decode_response(comp, state.method, chunk)
         return out if out is not None else b"failed to decode response data by protobuf"
