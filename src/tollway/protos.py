@@ -23,6 +23,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +39,7 @@ _PROTOC_TIMEOUT = 30.0
 _CACHE_SIZE = 64
 _LOG_LINE = re.compile(r"^(WARNING: All log messages|[IWEF]\d{4} )")
 _sets: OrderedDict[bytes, bytes] = OrderedDict()  # sha256(content) -> FileDescriptorSet
+_sets_lock = threading.Lock()  # the Admin API compiles in a thread, the Store's checks do not
 
 
 def _include_dir() -> str:
@@ -109,16 +111,18 @@ def _descriptor_form(content: str) -> bytes | None:
 def descriptor_set(content: str) -> bytes:
     """The FileDescriptorSet of a proto's content (cached per content in this process)."""
     key = hashlib.sha256(content.encode("utf-8", "surrogatepass")).digest()
-    hit = _sets.get(key)
-    if hit is not None:
-        _sets.move_to_end(key)
-        return hit
+    with _sets_lock:
+        hit = _sets.get(key)
+        if hit is not None:
+            _sets.move_to_end(key)
+            return hit
     raw = _descriptor_form(content)
     if raw is None:
         raw = _protoc(content)
-    _sets[key] = raw
-    while len(_sets) > _CACHE_SIZE:
-        _sets.popitem(last=False)
+    with _sets_lock:
+        _sets[key] = raw
+        while len(_sets) > _CACHE_SIZE:
+            _sets.popitem(last=False)
     return raw
 
 

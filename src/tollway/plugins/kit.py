@@ -325,7 +325,7 @@ class RequestContext:
         # (name as given, value or None to remove, append) in call order; the final values
         # are in ``headers``.
         self.up_header_ops: list[tuple[str, str | None, bool]] | None = None
-        # The body sent upstream instead of the client's (set_request_body).
+        # The body sent upstream instead of the client's (set_upstream_body).
         self.up_body: bytes | None = None
         # Response (valid from header_filter on).
         self.resp_status = 0
@@ -496,7 +496,7 @@ class RequestContext:
     def set_upstream_host(self, host: str) -> None:
         self.up_host = host
 
-    def set_request_body(self, body: bytes) -> None:
+    def set_upstream_body(self, body: bytes) -> None:
         """Send ``body`` upstream instead of the client's (whose bytes are read and dropped),
         with its own Content-Length (APISIX ``ngx.req.set_body_data``). rewrite/access only."""
         self.up_body = body

@@ -141,7 +141,7 @@ class Forwarding(ExchangeBase):
         return None
 
     async def _drop_client_body(self) -> None:
-        """A plugin replaced the request body (``set_request_body``): the client's is read and
+        """A plugin replaced the request body (``set_upstream_body``): the client's is read and
         dropped, so the connection stays usable (one too large to read closes it)."""
         if self.has_body:
             if await self.read_body(REPLAY_LIMIT) is None:

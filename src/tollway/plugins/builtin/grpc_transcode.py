@@ -21,7 +21,7 @@ import binascii
 import json
 import math
 from collections.abc import Callable
-from functools import cache
+from functools import lru_cache
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl
 
@@ -155,7 +155,7 @@ def _last(opts: list[PbOption], kinds: tuple[str, ...], *also: str) -> str | Non
 _compiled = PerConf(Compiled)
 
 
-@cache
+@lru_cache(maxsize=4096)  # per message type of the protos in use
 def _has_int64(desc: Descriptor) -> bool:
     """A 64-bit integer field anywhere below ``desc`` (json_format prints them as strings)."""
     return _int64_below(desc, set())
@@ -386,7 +386,7 @@ class GrpcTranscode(Plugin):
             framed = encode_request(method, source)
         except (ValueError, TypeError, json_format.Error) as e:
             return 400, {"error_msg": f"failed to encode request data to protobuf: {e}"}
-        ctx.set_request_body(framed)
+        ctx.set_upstream_body(framed)
         ctx.set_upstream_method("POST")
         ctx.set_upstream_uri(method.path)  # the query goes too (APISIX set_uri_args({}))
         ctx.set_request_header("Content-Type", "application/grpc")
