@@ -228,6 +228,7 @@ class Worker:
         for conn in list(state.connections):
             conn.close()
         state.pool.close_all()
+        state.h2pool.close_all()
         for plugin in self.registry.plugins.values():
             try:
                 await plugin.aclose()

@@ -325,16 +325,15 @@ class RequestContext:
         # (name as given, value or None to remove, append) in call order; the final values
         # are in ``headers``.
         self.up_header_ops: list[tuple[str, str | None, bool]] | None = None
-        # The body sent upstream instead of the client's (set_upstream_body).
-        self.up_body: bytes | None = None
+        self.up_body: bytes | None = None  # a replaced request body (set_upstream_body)
         # Response (valid from header_filter on).
         self.resp_status = 0
         self.resp_headers: list[tuple[str, str]] | None = None
         self.resp_body_replaced: bytes | None = None
         self.upstream_addr: str | None = None
         self.upstream_status: str | None = None
-        # The upstream's trailer fields (lowercase names; gRPC's grpc-status), set before the
-        # last body_filter call of a response that had them.
+        # The upstream's trailers (HTTP/2: gRPC's grpc-status...), lowercase names; set before
+        # the last body_filter call (eof).
         self.upstream_trailers: list[tuple[bytes, bytes]] | None = None
         # Set for the log phase: body bytes read from the client and sent to it, and the
         # seconds the answering upstream attempt took (nginx $upstream_response_time).

@@ -63,6 +63,7 @@ BUILTIN_ENTRY_POINTS: tuple[tuple[str, str], ...] = (
     ("clickhouse-logger", "tollway.plugins.builtin.clickhouse_logger:ClickhouseLogger"),
     ("kafka-logger", "tollway.plugins.builtin.kafka_logger:KafkaLogger"),
     ("grpc-transcode", "tollway.plugins.builtin.grpc_transcode:GrpcTranscode"),
+    ("grpc-web", "tollway.plugins.builtin.grpc_web:GrpcWeb"),
 )
 
 

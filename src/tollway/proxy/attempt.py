@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from tollway.balancer import PickContext, Server, hash_key_for
 from tollway.proxy.base import ExchangeBase
+from tollway.proxy.grpc_attempt import GRPC_SCHEMES, proxy_grpc
 from tollway.proxy.request_head import request_head
 from tollway.proxy.retry import RETRY, Attempted, Budget, deadline_of, decide, may_resend, over
 from tollway.runtime.compiled import DEFAULT_TIMEOUTS, CompiledRoute, CompiledUpstream, Timeouts
@@ -60,6 +61,8 @@ class Forwarding(ExchangeBase):
         retry_timeout counts from the request's first attempt)."""
         ctx = self.ctx
         assert ctx is not None
+        if up.scheme in GRPC_SCHEMES:  # HTTP/2 upstream streams: an attempt object
+            return await proxy_grpc(self, route, up, first)
         timeouts = route.timeouts or up.timeouts or DEFAULT_TIMEOUTS
         self.read_timeout = timeouts.read
         self._send_timeout = timeouts.send
@@ -136,6 +139,8 @@ class Forwarding(ExchangeBase):
     async def _replayable_body(self) -> bytes | None:
         """Small bodies are read whole so that a retry can resend them (None: a larger one,
         which streams)."""
+        if self.ctx is not None and self.ctx.up_body is not None:
+            return self.ctx.up_body  # a plugin replaced the body (grpc-web)
         if self.body_chunked or self.content_length <= REPLAY_LIMIT:
             return await self.read_body(REPLAY_LIMIT)
         return None
@@ -435,6 +440,9 @@ class Forwarding(ExchangeBase):
         self.reading = False
 
     def on_read_timeout(self) -> None:
+        if self.held is not None:
+            self.held.on_read_timeout()
+            return
         if self._fast is not None:
             self._fast_failed(UpstreamFailure(504, True, "read timeout"))
             return

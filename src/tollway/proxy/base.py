@@ -12,16 +12,25 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tollway.balancer import PickContext, Server
 from tollway.plugins.kit import RequestContext
 from tollway.plugins.registry import Chain
 from tollway.proxy.contracts import ClientConnection
 from tollway.runtime.compiled import CompiledRoute, CompiledUpstream
-from tollway.upstream.pool import UpstreamConnection
+from tollway.upstream.pool import ResponseHead, UpstreamConnection
 
 _NO_TOKENS: frozenset[bytes] = frozenset()
+
+
+class HeldAttempt(Protocol):
+    """An upstream attempt held by the exchange (``grpc_attempt.GrpcAttempt``)."""
+
+    def on_read_timeout(self) -> None: ...
+    def client_gone(self) -> None: ...
+    def pause(self) -> None: ...
+    def resume(self) -> None: ...
 
 
 class ExchangeBase:
@@ -47,6 +56,7 @@ class ExchangeBase:
         "ctx",
         "expect_continue",
         "has_body",
+        "held",
         "host_raw",
         "http_version",
         "keep_alive",
@@ -115,8 +125,6 @@ class ExchangeBase:
         self.resp_chunked = False
         self.resp_no_body = False
         self.resp_bytes = 0
-        # the upstream's trailer fields (lowercase names), set before on_upstream_complete
-        self.resp_trailers: list[tuple[bytes, bytes]] | None = None
         self.buffered_resp: list[bytes] | None = None
         self.conn: UpstreamConnection | None = None
         self._done: asyncio.Future[None] | None = None
@@ -131,6 +139,11 @@ class ExchangeBase:
         self.client_closed = False
         self.upstream_statuses: list[str] | None = None
         self.task: asyncio.Task[None] | None = None
+        # The upstream attempt the exchange holds (an object with its own state: gRPC's
+        # GrpcAttempt), told about read timeouts, a client gone, paused or resumed.
+        self.held: HeldAttempt | None = None
+        # The upstream's trailers (lowercase names), set before on_upstream_complete().
+        self.resp_trailers: list[tuple[bytes, bytes]] | None = None
 
     if TYPE_CHECKING:  # defined by the parts (see the module docstring)
 
@@ -149,10 +162,29 @@ class ExchangeBase:
             self, chain: Chain, ctx: RequestContext, data: bytes, eof: bool
         ) -> bytes: ...
         def _fast_attempt(self) -> bool: ...
+        def _pick_context(self, up: CompiledUpstream) -> PickContext | None: ...
+        @staticmethod
+        def _next_server(up: CompiledUpstream, pick: PickContext | None) -> Server | None: ...
+        def _succeeded(
+            self,
+            up: CompiledUpstream,
+            server: Server,
+            pick: PickContext | None,
+            started: float,
+            statuses: list[str],
+        ) -> None: ...
+        def _failed(
+            self,
+            up: CompiledUpstream,
+            server: Server,
+            pick: PickContext | None,
+            f: Any,
+            statuses: list[str],
+        ) -> None: ...
         def _fast_done(self) -> None: ...
         def _fast_failed(self, failure: Any) -> None: ...
         # the upstream connection's ResponseSink (response.Responding)
-        def on_upstream_headers(self, status: int, conn: UpstreamConnection) -> None: ...
+        def on_upstream_headers(self, status: int, conn: ResponseHead) -> None: ...
         def on_upstream_body(self, data: bytes) -> None: ...
         def on_upstream_complete(self) -> None: ...
         def on_upstream_error(self, exc: BaseException | None) -> None: ...

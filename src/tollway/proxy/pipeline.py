@@ -176,6 +176,8 @@ class Exchange(Phases, Forwarding, Responding):
     def client_gone(self) -> None:
         self.client_closed = True
         self._wake_body()
+        if self.held is not None:
+            self.held.client_gone()
         conn = self.conn
         if conn is not None:
             self.conn = None
@@ -189,10 +191,14 @@ class Exchange(Phases, Forwarding, Responding):
             d.set_exception(ConnectionResetError("client closed the connection"))
 
     def client_paused(self) -> None:
+        if self.held is not None:
+            self.held.pause()
         if self.conn is not None:
             self.conn.pause_reading()
 
     def client_resumed(self) -> None:
+        if self.held is not None:
+            self.held.resume()
         if self.conn is not None:
             self.conn.resume_reading()
 

@@ -22,7 +22,7 @@ from tollway.plugins.registry import Chain
 from tollway.proxy.attempt import UpstreamFailure
 from tollway.proxy.base import ExchangeBase
 from tollway.proxy.contracts import ClientConnection
-from tollway.upstream.pool import UpstreamConnection
+from tollway.upstream.pool import ResponseHead, UpstreamConnection
 
 if TYPE_CHECKING:
     pass
@@ -35,7 +35,7 @@ class Responding(ExchangeBase):
 
     # -- upstream response callbacks (ResponseSink) ------------------------------------
 
-    def on_upstream_headers(self, status: int, conn: UpstreamConnection) -> None:
+    def on_upstream_headers(self, status: int, conn: ResponseHead) -> None:
         if self.client_closed:
             return
         ctx = self.ctx
@@ -47,7 +47,7 @@ class Responding(ExchangeBase):
         connection = conn.connection
         if connection is not None and connection.lower() not in PLAIN_CONNECTION:
             lines = _without_named(conn, connection, lines)
-        if status == 101 and self.websocket:
+        if status == 101 and self.websocket and isinstance(conn, UpstreamConnection):
             self._start_tunnel(conn, lines)
             return
         chain = self.chain
@@ -146,8 +146,6 @@ class Responding(ExchangeBase):
 
     def on_upstream_complete(self) -> None:
         chain = self.chain
-        if self.resp_trailers is not None and self.ctx is not None:
-            self.ctx.upstream_trailers = self.resp_trailers
         if self.client_closed:
             pass
         elif (
@@ -226,7 +224,7 @@ class Responding(ExchangeBase):
             d.set_result(None)
 
 
-def _without_named(conn: UpstreamConnection, connection: bytes, lines: list[bytes]) -> list[bytes]:
+def _without_named(conn: ResponseHead, connection: bytes, lines: list[bytes]) -> list[bytes]:
     """Headers named in the upstream's Connection are hop-by-hop too (RFC 9110 7.6.1)."""
     tokens = connection_tokens([(b"connection", connection)])
     if not tokens:

@@ -12,6 +12,7 @@ from tollway.httprules.status import SERVER_HEADER
 from tollway.proxy.flow import Writes
 from tollway.proxy.realip import RealIp
 from tollway.runtime.compiler import Compiler
+from tollway.upstream.h2conn import H2Pool
 from tollway.upstream.pool import Pool
 
 log = logging.getLogger("tollway.proxy")
@@ -68,6 +69,7 @@ class ServerState:
     ) -> None:
         self.compiler = compiler
         self.pool = Pool()
+        self.h2pool = H2Pool()  # gRPC upstreams (HTTP/2)
         self.max_header_size = max_header_size
         self.max_body_size = max_body_size
         self.keepalive_timeout = keepalive_timeout

@@ -143,6 +143,8 @@ def _ssl_context(conf: Upstream) -> ssl.SSLContext:
     if not verify:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
+    if conf.scheme == "grpcs":
+        ctx.set_alpn_protocols(["h2"])  # gRPC is HTTP/2 only (RFC 9113 3.2)
     tls = conf.tls
     if tls is not None and tls.client_cert and tls.client_key:
         import os

@@ -38,6 +38,17 @@ def _action(name: bytes) -> int:
     return action
 
 
+class ResponseHead(Protocol):
+    """A response head as the response side reads it: an ``UpstreamConnection`` (HTTP/1.1)
+    or an HTTP/2 stream's head."""
+
+    lines: list[bytes]
+    content_length: bytes | None
+    connection: bytes | None
+
+    def header_pairs(self) -> list[tuple[bytes, bytes]]: ...
+
+
 class ResponseSink(Protocol):
     def on_upstream_headers(self, status: int, conn: UpstreamConnection) -> None:
         """The response head is in ``conn``: ``lines`` (the end-to-end headers as flat
