@@ -360,16 +360,17 @@ class GrpcTranscode(Plugin):
         if body is None:
             return 413, None
         ctype = (ctx.headers.get("content-type") or "").lower()
-        source: dict[str, Any] | str = ctx.query
+        # APISIX util.get_request_table: a JSON object body; else, for a POST, its form
+        # arguments (none unless the body is a form); else the query arguments
         if "application/json" in ctype:
             try:
                 data = json.loads(body) if body else None
             except ValueError:
                 data = None
             if isinstance(data, dict):
-                source = data
-        elif ctx.method == "POST":
-            # APISIX get_post_args: a form body, or no arguments at all
+                return self._transcode(comp, proto, method, ctx, data)
+        source = ctx.query
+        if ctx.method == "POST":
             form = "application/x-www-form-urlencoded" in ctype or not ctype
             source = body.decode("utf-8", "replace") if form else ""
         return self._transcode(comp, proto, method, ctx, source)

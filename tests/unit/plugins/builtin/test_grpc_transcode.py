@@ -123,6 +123,16 @@ def test_post_form_body_and_int64_strings() -> None:
     assert (msg.a, msg.b) == (1, 2251799813685260)
 
 
+def test_post_body_that_is_no_json_object_nor_form_gives_no_arguments() -> None:
+    # APISIX get_request_table: a POST falls back to its form arguments, never the query's
+    ctx = request("/grpctest?name=q", "POST", b"[1, 2]")
+    assert run_access(conf(), ctx) is None
+    assert sent(ctx).name == ""
+    ctx = request("/grpctest?name=q", "PUT", b"not json")
+    assert run_access(conf(), ctx) is None
+    assert sent(ctx).name == "q"  # other methods: the query
+
+
 def test_data_that_does_not_fit_the_message_is_400() -> None:
     ctx = request("/p", "POST", json.dumps({"a": "not a number"}).encode())
     status, body = run_access(conf(method="Plus"), ctx)
