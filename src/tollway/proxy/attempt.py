@@ -66,11 +66,7 @@ class Forwarding(ExchangeBase):
         timeouts = route.timeouts or up.timeouts or DEFAULT_TIMEOUTS
         self.read_timeout = timeouts.read
         self._send_timeout = timeouts.send
-        body: bytes | None = ctx.up_body
-        if body is not None:
-            await self._drop_client_body()
-        elif self.has_body and not self.websocket:
-            body = await self._replayable_body()
+        body = await self._body_to_send()
         if self.reject_status:
             self.keep_alive = False
             self.respond_error(self.reject_status)
@@ -143,6 +139,17 @@ class Forwarding(ExchangeBase):
             return self.ctx.up_body  # a plugin replaced the body (grpc-web)
         if self.body_chunked or self.content_length <= REPLAY_LIMIT:
             return await self.read_body(REPLAY_LIMIT)
+        return None
+
+    async def _body_to_send(self) -> bytes | None:
+        """A plugin's replacement (the client's body read and dropped), or the client's body
+        when it is small enough to resend on a retry (None: none, or a larger one: it streams)."""
+        ctx = self.ctx
+        if ctx is not None and ctx.up_body is not None:
+            await self._drop_client_body()
+            return ctx.up_body
+        if self.has_body and not self.websocket:
+            return await self._replayable_body()
         return None
 
     async def _drop_client_body(self) -> None:
