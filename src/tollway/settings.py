@@ -29,12 +29,16 @@ Port = Annotated[int, Meta(ge=0, le=65535)]
 class Listen(Struct, forbid_unknown_fields=True, kw_only=True):
     ip: str = "0.0.0.0"
     port: Port = 9080
+    # APISIX <= 3.8 switched HTTP/2 per listener; 3.9 deprecated it for apisix.enable_http2.
+    # Accepted so older configs start (see http2_enabled).
+    enable_http2: bool | None = None
 
 
 class SSLListen(Struct, forbid_unknown_fields=True, kw_only=True):
     ip: str = "0.0.0.0"
     port: Port = 9443
     enable_http3: bool = False
+    enable_http2: bool | None = None  # APISIX <= 3.8, as Listen.enable_http2
 
 
 class SSLConf(Struct, kw_only=True):
@@ -69,6 +73,9 @@ class DataEncryption(Struct, kw_only=True):
 
 class ApisixConf(Struct, kw_only=True):
     node_listen: int | list[Listen | int] = 9080
+    # APISIX 3.9+: HTTP/2 on every listener (ALPN h2 on TLS, h2c with prior knowledge on plain
+    # ones). None: not set, so the default (true) or a legacy per-listener value decides.
+    enable_http2: bool | None = None
     router: RouterConf = msgspec.field(default_factory=RouterConf)
     delete_uri_tail_slash: bool = False
     normalize_uri_like_servlet: bool = False
@@ -218,6 +225,7 @@ class LoadedSettings:
     client_body_timeout: float
     send_timeout: float
     run_dir: Path
+    http2: bool = True  # HTTP/2 towards clients (http2_enabled)
 
     @property
     def plugin_attr(self) -> dict[str, Any]:
@@ -411,6 +419,7 @@ def _resolve(conf: Settings, p: Path, file: str, workers: int | None) -> LoadedS
         conf_dir=p.parent,
         listens=tuple(listens),
         tls_listens=tuple(tls_listens),
+        http2=http2_enabled(conf.apisix),
         workers=max(1, n),
         config_provider=provider,
         client_max_body_size=body,
@@ -420,6 +429,21 @@ def _resolve(conf: Settings, p: Path, file: str, workers: int | None) -> LoadedS
         send_timeout=durations["send_timeout"],
         run_dir=run_dir,
     )
+
+
+def http2_enabled(conf: ApisixConf) -> bool:
+    """Whether clients may speak HTTP/2: ``apisix.enable_http2`` (APISIX 3.9+, default true).
+    A config of APISIX <= 3.8 that sets ``enable_http2`` on its listeners instead (node_listen[],
+    ssl.listen[]) gets HTTP/2 when one of them asks for it. Tollway decides for every listener
+    at once: h2c is told from HTTP/1.1 by its preface, so both work on one port anyway."""
+    if conf.enable_http2 is not None:
+        return conf.enable_http2
+    nl = conf.node_listen
+    entries: list[Any] = [] if isinstance(nl, int) else list(nl)
+    entries += conf.ssl.listen
+    legacy = [e.enable_http2 for e in entries if not isinstance(e, int)]
+    legacy = [v for v in legacy if v is not None]
+    return any(legacy) if legacy else True
 
 
 def default_settings(conf_dir: Path) -> LoadedSettings:

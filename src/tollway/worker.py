@@ -95,6 +95,7 @@ class Worker:
             real_ip=RealIp.from_conf(
                 http.real_ip_header, http.real_ip_from, http.real_ip_recursive
             ),
+            http2=settings.http2,
         )
         self.servers: list[asyncio.Server] = []
         self.stopping = asyncio.Event()
@@ -197,7 +198,9 @@ class Worker:
             self.servers.append(srv)
         if self.tls:
             ctx = server_context(
-                lambda: self.compiler.runtime.certs, self.settings.conf.apisix.ssl.ssl_protocols
+                lambda: self.compiler.runtime.certs,
+                self.settings.conf.apisix.ssl.ssl_protocols,
+                self.settings.http2,
             )
             self.tls_context = ctx
             self._sync_tls()

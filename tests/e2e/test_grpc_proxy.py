@@ -5,6 +5,7 @@ a client can read when the upstream is down, slow or refuses."""
 from __future__ import annotations
 
 import base64
+import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.support.gateway import Gateway, free_port
+from tests.support.gateway import Gateway, free_port, wait_until
 from tests.support.grpc_server import GrpcServer, GrpcServerProcess, Msg, frame, self_signed
 
 WEB = "application/grpc-web+proto"
@@ -52,6 +53,15 @@ def decode_text_body(body: bytes) -> bytes:
         out += base64.b64decode(body[start:end])
         start = end
     return out
+
+
+def read_to_last_chunk(s: socket.socket, got: bytes) -> bytes:
+    """Read a chunked response to its end: the last chunk, any trailer fields, the blank line."""
+    while not re.search(rb"\r\n0\r\n(?:[^\r\n]+\r\n)*\r\n$", got):
+        data = s.recv(65536)
+        assert data, "the response ends with its last chunk"
+        got += data
+    return got
 
 
 def call(
@@ -272,10 +282,7 @@ def test_server_killed_mid_stream(tmp_path: Path) -> None:
                 while b"k:m1" not in got:
                     got += s.recv(65536)
                 proc.kill()
-                while not got.endswith(b"0\r\n\r\n"):
-                    chunk = s.recv(65536)
-                    assert chunk, "the response ends with its last chunk"
-                    got += chunk
+                got = read_to_last_chunk(s, got)
             _, _, body = got.partition(b"\r\n\r\n")
             # the stream's failure reads as a gRPC status in the trailer frame
             assert b"grpc-status:14" in body
@@ -317,10 +324,7 @@ def test_bidi_is_full_duplex_through_the_gateway(gw: Gateway) -> None:
             got += s.recv(65536)
         assert got.startswith(b"HTTP/1.1 200")
         s.sendall(chunk(frame(Msg(text="two"))) + b"0\r\n\r\n")
-        while not got.endswith(b"0\r\n\r\n"):
-            data = s.recv(65536)
-            assert data
-            got += data
+        got = read_to_last_chunk(s, got)
         assert b"s1:two" in got
 
 
@@ -335,3 +339,30 @@ def test_client_streaming_through_the_gateway(gw: Gateway, servers: dict[str, An
     messages, trailers = web_frames(r.content)
     assert [(m.text, m.count) for m in messages] == [("s1:a+b+c", 3)]
     assert trailers["grpc-status"] == "0"
+
+
+def test_passive_health_check_ejects_a_dead_grpc_node(tmp_path: Path) -> None:
+    """Failed attempts are reported as for HTTP: with no retries, calls keep failing on the
+    dead node until passive checks eject it, then every call succeeds."""
+    with GrpcServer("alive") as alive:
+        dead = f"127.0.0.1:{free_port()}"
+        yaml = (
+            "routes:\n  - id: p\n    uri: /p/*\n    plugins: {grpc-web: {}}\n"
+            "    upstream:\n      scheme: grpc\n      retries: 0\n"
+            f'      nodes: {{"{dead}": 1, "{alive.addr}": 1}}\n'
+            "      checks: {passive: {unhealthy: {tcp_failures: 1}}}\n#END\n"
+        )
+        with Gateway(tmp_path, apisix_yaml=yaml) as g:
+            streak = 0
+            unavailable = 0
+
+            def ten_in_a_row() -> bool:
+                nonlocal streak, unavailable
+                r, messages, _ = call(g, "/p/tollway.test.Echo/Unary", Msg(text="x"))
+                ok = [m.text for m in messages] == ["alive:x"]
+                unavailable += r.headers.get("grpc-status") == "14"
+                streak = streak + 1 if ok else 0
+                return streak >= 10
+
+            wait_until(ten_in_a_row, timeout=10, interval=0.0)
+            assert unavailable >= 1  # the dead node was tried (no retry) before its ejection

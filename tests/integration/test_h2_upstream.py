@@ -21,7 +21,7 @@ from tests.support.grpc_server import (
     self_signed,
     unframe,
 )
-from tollway.upstream.h2conn import H2Connection, H2Pool, H2Stream, StreamFailed
+from tollway.upstream.h2conn import STREAM_WINDOW, H2Connection, H2Pool, H2Stream, StreamFailed
 from tollway.upstream.pool import PoolLimits
 
 
@@ -347,5 +347,31 @@ def test_connect_refused_is_an_oserror() -> None:
         pool = H2Pool()
         with pytest.raises(OSError):
             await connect(pool, s)
+
+    run(main)
+
+
+def test_a_paused_stream_holds_the_upstream_to_its_window(server: GrpcServer) -> None:
+    """A stream whose reader is paused stops acknowledging: the upstream sends at most the
+    stream's window, then waits; resumed, everything arrives."""
+
+    async def main() -> None:
+        pool = H2Pool()
+        conn = await connect(pool, server)
+        call = Call()
+        stream = conn.open_stream(head("/tollway.test.Echo/ServerStream"), call)
+        stream.pause_reading()
+        big = "x" * 65536
+        await stream.send_data(frame(Msg(text=big, count=64)), end=True)  # ~4 MiB of answers
+        await until(lambda: len(call.data) >= STREAM_WINDOW - 70000)
+        # nothing received was acknowledged: the upstream, held by our window (h2 fails the
+        # connection of a peer that sends past it), waits
+        assert stream.unacked >= len(call.data)
+        assert len(call.data) <= STREAM_WINDOW
+        assert not call.done.done()
+        stream.resume_reading()
+        await call.done
+        assert len(call.messages()) == 64
+        pool.close_all()
 
     run(main)

@@ -98,3 +98,21 @@ def test_yaml_ids_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
     assert json.loads(kvs[1].value or b"")["uri"] == "/d"
     with pytest.raises(SourceError, match="NOT_SET"):
         parse_yaml_config(b"routes:\n  - {uri: '${{NOT_SET}}'}\n#END\n")
+
+
+def test_enable_http2_global_and_legacy_per_listener(tmp_path: Path) -> None:
+    assert load_settings(write(tmp_path, "apisix: {}\n")).http2  # APISIX 3.9+: default true
+    off = "apisix: {enable_http2: false}\n"
+    assert not load_settings(write(tmp_path, off)).http2
+    # APISIX <= 3.8: per listener; the keys load, and one listener asking for it turns it on
+    legacy = (
+        "apisix:\n  node_listen: [{port: 9080, enable_http2: false}, 9081]\n"
+        "  ssl: {listen: [{port: 9443, enable_http2: true}]}\n"
+    )
+    s = load_settings(write(tmp_path, legacy))
+    assert s.http2 and s.listens == (("0.0.0.0", 9080), ("0.0.0.0", 9081))
+    only_off = "apisix:\n  node_listen: [{port: 9080, enable_http2: false}]\n"
+    assert not load_settings(write(tmp_path, only_off)).http2
+    # the global key wins over legacy ones, as in APISIX 3.9 (which deprecated them)
+    both = "apisix:\n  enable_http2: true\n  node_listen: [{port: 9080, enable_http2: false}]\n"
+    assert load_settings(write(tmp_path, both)).http2

@@ -25,7 +25,8 @@ _NO_TOKENS: frozenset[bytes] = frozenset()
 
 
 class HeldAttempt(Protocol):
-    """An upstream attempt held by the exchange (``grpc_attempt.GrpcAttempt``)."""
+    """An upstream attempt the exchange holds (``ExchangeBase.held``: an object with its own
+    state, gRPC's ``grpc_attempt.GrpcAttempt``), told about read timeouts and the client."""
 
     def on_read_timeout(self) -> None: ...
     def client_gone(self) -> None: ...
@@ -70,6 +71,7 @@ class ExchangeBase:
         "replay",
         "resp_bytes",
         "resp_chunked",
+        "resp_fields",
         "resp_no_body",
         "resp_trailers",
         "response_started",
@@ -126,6 +128,10 @@ class ExchangeBase:
         self.resp_no_body = False
         self.resp_bytes = 0
         self.buffered_resp: list[bytes] | None = None
+        # HTTP/2: (status, fields) of a response head held until a buffered body is known.
+        self.resp_fields: tuple[int, list[tuple[bytes, bytes]]] | None = None
+        # The upstream's trailers (lowercase names), set before on_upstream_complete().
+        self.resp_trailers: list[tuple[bytes, bytes]] | None = None
         self.conn: UpstreamConnection | None = None
         self._done: asyncio.Future[None] | None = None
         self._out: list[bytes] = []
@@ -139,11 +145,7 @@ class ExchangeBase:
         self.client_closed = False
         self.upstream_statuses: list[str] | None = None
         self.task: asyncio.Task[None] | None = None
-        # The upstream attempt the exchange holds (an object with its own state: gRPC's
-        # GrpcAttempt), told about read timeouts, a client gone, paused or resumed.
         self.held: HeldAttempt | None = None
-        # The upstream's trailers (lowercase names), set before on_upstream_complete().
-        self.resp_trailers: list[tuple[bytes, bytes]] | None = None
 
     if TYPE_CHECKING:  # defined by the parts (see the module docstring)
 

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from tollway.proxy.state import ServerState
 from tollway.runtime.certs import ClientCheck
 
-__all__ = ["ClientConnection", "ServerState"]
+__all__ = ["ClientConnection", "ServerState", "StreamSink"]
 
 
 class ClientConnection(Protocol):
@@ -36,9 +36,21 @@ class ClientConnection(Protocol):
     host_cache: tuple[bytes, str] | None
     head_cache: tuple[list[tuple[bytes, bytes]], bytes, str, bytes] | None
     tunnel: Any  # the upgraded upstream connection, once a WebSocket is established
+    # An HTTP/2 stream (h2_stream.H2Stream): the exchange hands the head and the end over as
+    # fields (StreamSink) and writes only body bytes; HTTP/1.1 frames what the exchange wrote.
+    http2: bool
 
     def pause_reading(self) -> None: ...
     def resume_reading(self) -> None: ...
     def exchange_done(self, ex: Any, keep_alive: bool) -> None: ...
     def start_tunnel(self, upstream: Any) -> None: ...
     def close(self) -> None: ...
+
+
+class StreamSink(Protocol):
+    """What an exchange carried by an HTTP/2 stream (``http2``) hands its response to: status
+    and fields, body bytes (``write``), then the end with the trailers, if any."""
+
+    def send_head(self, status: int, fields: list[tuple[bytes, bytes]], end: bool) -> None: ...
+    def write(self, data: bytes) -> None: ...
+    def end_response(self, trailers: list[tuple[bytes, bytes]] | None) -> None: ...

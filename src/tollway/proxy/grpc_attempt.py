@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("tollway.proxy")
 
 GRPC_SCHEMES = frozenset({"grpc", "grpcs"})
+_STATUS_FIELDS = frozenset({b"grpc-status", b"grpc-message", b"grpc-status-details-bin"})
 
 
 class GrpcFailure(Exception):
@@ -138,13 +139,14 @@ def _give_up(ex: ExchangeBase, f: GrpcFailure, statuses: list[str], status: int 
         return
     ctx = ex.ctx
     grpc_client = ctx is not None and is_grpc(ctx.headers.get("content-type"))
-    reason = "upstream timed out" if status == 504 else f"upstream unavailable: {f}"
+    # (the cause stays in the debug log: node addresses are not the client's business)
+    reason = "upstream timed out" if status == 504 else "upstream unavailable"
     if not ex.response_started:
         if ex.reject_status:
             ex.respond_error(ex.reject_status)  # the client's body was bad
         elif grpc_client:
             ex.upstream_statuses = statuses or None
-            ex.respond(200, b"", error_fields(status_for(status), reason))
+            _grpc_error(ex, status_for(status), reason)
         else:
             ex.upstream_statuses = statuses or None
             ex.respond_error(status)
@@ -161,6 +163,21 @@ def _give_up(ex: ExchangeBase, f: GrpcFailure, statuses: list[str], status: int 
         ex.on_upstream_complete()
     else:
         ex.keep_alive = False  # the client sees the answer cut short
+
+
+def _grpc_error(ex: ExchangeBase, code: int, reason: str) -> None:
+    """A gRPC status as the whole answer: trailers-only (HTTP status 200, the status in the
+    headers) to an HTTP/1.1 client (gRPC-Web reads it so); an HTTP/2 client's stream sends its
+    head at once, so there the status ends the stream in trailers (a response with no message)."""
+    fields = error_fields(code, reason)
+    if not ex.proto.http2:
+        ex.respond(200, b"", fields)
+        return
+    ex.resp_trailers = fields[1:]
+    if ex.ctx is not None:
+        ex.ctx.upstream_trailers = ex.resp_trailers
+    ex.on_upstream_headers(200, H2Head(fields[:1]))
+    ex.on_upstream_complete()
 
 
 class GrpcAttempt:
@@ -357,6 +374,12 @@ class GrpcAttempt:
                 status = int(v)
                 break
         ex = self.ex
+        if ended and ex.proto.http2:
+            # Trailers-only (one HEADERS with END_STREAM): an HTTP/2 client's stream sends its
+            # head at once, so the status goes in the trailers that end it (a response with no
+            # message: PROTOCOL-HTTP2.md allows both forms).
+            self.trailers = [(k, v) for k, v in headers if k in _STATUS_FIELDS]
+            headers = [(k, v) for k, v in headers if k not in _STATUS_FIELDS]
         ex.on_upstream_headers(status, H2Head(headers))
         ex.flush()
 

@@ -12,13 +12,15 @@ import logging
 import time
 from collections import deque
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, cast
 
 from tollway.httprules.response_head import without_bodies
 from tollway.httprules.status import error_page, status_line
 from tollway.plugins.kit import RequestContext
 from tollway.proxy.attempt import Forwarding, UpstreamFailure
+from tollway.proxy.contracts import StreamSink
 from tollway.proxy.flow import BODY_HIGH_WATER
+from tollway.proxy.h2_fields import pairs_fields
 from tollway.proxy.phases import _NO_STEPS, Phases
 from tollway.proxy.response import Responding
 from tollway.proxy.state import ServerState
@@ -237,6 +239,9 @@ class Exchange(Phases, Forwarding, Responding):
         self.status = status
         self.response_started = True
         send_body = b"" if without_bodies(self.method, status) else body
+        if self.proto.http2:
+            self._h2_respond(status, headers, send_body, len(body))
+            return
         state = self.proto.state
         out = [status_line(status), state.server_header, state.date_line()]
         for k, v in headers:
@@ -251,6 +256,23 @@ class Exchange(Phases, Forwarding, Responding):
         out.append(send_body)
         self.resp_bytes = len(send_body)
         self.write(b"".join(out))
+
+    def _h2_respond(
+        self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, length: int
+    ) -> None:
+        """``respond`` on an HTTP/2 stream: the head as fields, the body, the end."""
+        state = self.proto.state
+        fields = pairs_fields(headers)
+        fields.append((b"server", state.server_header[8:-2]))
+        fields.append((b"date", state.date_line()[6:-2]))
+        if status not in (204, 304) and not 100 <= status < 200:
+            fields.append((b"content-length", b"%d" % length))
+        sink = cast(StreamSink, self.proto)
+        sink.send_head(status, fields, False)
+        if body:
+            sink.write(body)
+        self.resp_bytes = len(body)
+        sink.end_response(None)
 
     # -- log phase ----------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ upstream read (``flush``), or with the head when both came in one read.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from tollway.httprules.fields import PLAIN_CONNECTION, connection_tokens
 from tollway.httprules.response_head import (
@@ -21,7 +21,8 @@ from tollway.plugins.kit import RequestContext
 from tollway.plugins.registry import Chain
 from tollway.proxy.attempt import UpstreamFailure
 from tollway.proxy.base import ExchangeBase
-from tollway.proxy.contracts import ClientConnection
+from tollway.proxy.contracts import ClientConnection, StreamSink
+from tollway.proxy.h2_fields import pairs_fields, response_fields, split_lines
 from tollway.upstream.pool import ResponseHead, UpstreamConnection
 
 if TYPE_CHECKING:
@@ -55,6 +56,9 @@ class Responding(ExchangeBase):
             status, lines, content_length = self._filtered_head(chain, ctx, lines, content_length)
         if ctx.upstream_status is None:
             ctx.upstream_status = str(status)
+        if self.proto.http2:
+            self._h2_head(status, lines, content_length)
+            return
         state = self.proto.state
         out = [STATUS_LINES.get(status) or status_line(status), state.server_header]
         out += lines
@@ -113,6 +117,50 @@ class Responding(ExchangeBase):
             self.buffered_resp = []
         return status, lines, length
 
+    def _h2_head(self, status: int, lines: list[bytes], length: bytes | None) -> None:
+        """The head as HTTP/2 fields, to the stream (held while a buffered body is read)."""
+        state = self.proto.state
+        fields = response_fields(lines)
+        fields.append((b"server", state.server_header[8:-2]))
+        if status >= 500 or state.show_upstream_status:
+            extra = upstream_status_field(self.upstream_statuses, status)
+            fields += response_fields(split_lines(extra))
+        no_body = self.method == "HEAD" or status in (204, 304) or 100 <= status < 200
+        self.resp_no_body = no_body
+        self.response_started = True
+        if self.buffered_resp is not None:
+            self.resp_fields = (status, fields)
+            return
+        if length is not None:
+            fields.append((b"content-length", length))
+        cast(StreamSink, self.proto).send_head(status, fields, False)
+
+    def _h2_complete(self, chain: Chain | None) -> None:
+        """on_upstream_complete on an HTTP/2 stream: the rest of the body, then the end (with
+        the upstream's trailers)."""
+        sink = cast(StreamSink, self.proto)
+        ctx = self.ctx
+        out = self._out
+        held = self.resp_fields
+        if self.buffered_resp is not None and held is not None and chain and ctx is not None:
+            body = self._body_filter(chain, ctx, b"".join(self.buffered_resp), True)
+            self.resp_bytes = len(body)
+            status, fields = held
+            if not self.resp_no_body:
+                fields.append((b"content-length", b"%d" % len(body)))
+            sink.send_head(status, fields, False)
+            out.clear()
+            out.append(b"" if self.resp_no_body else body)
+        elif chain is not None and chain.body_filter and ctx is not None:
+            tail = self._body_filter(chain, ctx, b"", True)
+            self.resp_bytes += len(tail)
+            out.append(tail)
+        if out:
+            self.write(b"".join(out))
+            out.clear()
+        trailers = self.resp_trailers
+        sink.end_response(pairs_fields(trailers) if trailers else None)
+
     def on_upstream_body(self, data: bytes) -> None:
         if self.client_closed:
             return
@@ -148,6 +196,8 @@ class Responding(ExchangeBase):
         chain = self.chain
         if self.client_closed:
             pass
+        elif self.proto.http2:
+            self._h2_complete(chain)
         elif (
             not self.resp_chunked
             and self.buffered_resp is None
@@ -181,7 +231,7 @@ class Responding(ExchangeBase):
                             b"%x\r\n" % len(tail) + tail + b"\r\n" if self.resp_chunked else tail
                         )
                 if self.resp_chunked:
-                    self._out.append(b"0\r\n\r\n")
+                    self._out.append(self._last_chunk())
             out = self._out
             if out:
                 self.write(out[0] if len(out) == 1 else b"".join(out))
@@ -192,6 +242,14 @@ class Responding(ExchangeBase):
         d = self._done
         if d is not None and not d.done():
             d.set_result(None)
+
+    def _last_chunk(self) -> bytes:
+        """The chunked body's end, with the upstream's trailers as trailer fields (RFC 9112
+        7.1.2) when it sent some."""
+        trailers = self.resp_trailers
+        if not trailers:
+            return b"0\r\n\r\n"
+        return b"0\r\n" + b"".join(pairs_to_lines(trailers)) + b"\r\n"
 
     def on_upstream_error(self, exc: BaseException | None) -> None:
         self.flush()

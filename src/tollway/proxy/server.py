@@ -18,7 +18,7 @@ import httptools
 
 from tollway.httprules.fields import PLAIN_CONNECTION, connection_tokens
 from tollway.httprules.status import closing_error
-from tollway.proxy.flow import MAX_PIPELINE, HeldBytes
+from tollway.proxy.flow import MAX_PIPELINE
 from tollway.proxy.h1_names import (
     _CONNECTION,
     _CONTENT_LENGTH,
@@ -35,8 +35,11 @@ from tollway.proxy.h1_names import (
     real_ip_header,
     use_real_ip_header,
 )
+from tollway.proxy.h2 import H2Protocol
+from tollway.proxy.h2_fields import starts_h2c
 from tollway.proxy.pipeline import Exchange
 from tollway.proxy.tls import ClientCheck, client_check
+from tollway.proxy.upgrade import Upgrading
 
 if TYPE_CHECKING:
     from tollway.proxy.state import ServerState
@@ -46,7 +49,9 @@ log = logging.getLogger("tollway.proxy")
 _LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
 
 
-class HttpProtocol(asyncio.Protocol):
+class HttpProtocol(Upgrading, asyncio.Protocol):
+    http2 = False  # an exchange's connection is HTTP/1.x (contracts.ClientConnection)
+
     def __init__(self, state: ServerState, scheme: str = "http") -> None:
         self.state = state
         self.scheme = scheme
@@ -111,6 +116,10 @@ class HttpProtocol(asyncio.Protocol):
         self.state.accepted += 1
         self.idle_since = self.state.loop.time()
         self._arm_timer(self.state.header_timeout)
+        if self.scheme == "https" and self.state.http2:
+            sslobj = transport.get_extra_info("ssl_object")
+            if sslobj is not None and sslobj.selected_alpn_protocol() == "h2":
+                self._to_h2(b"")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
@@ -150,8 +159,29 @@ class HttpProtocol(asyncio.Protocol):
                 self._fail(cause.status if isinstance(cause, ParseLimit) else 400)
                 return
             except httptools.HttpParserError:
+                if starts_h2c(data) and self.host_cache is None and self.active is None:
+                    # The HTTP/2 preface on a connection that has served no request: h2c with
+                    # prior knowledge (llhttp stops at its "PRI * HTTP/2.0" line). Without
+                    # HTTP/2, nginx answers that line 505.
+                    if self.state.http2:
+                        self._to_h2(data)
+                    else:
+                        self._fail(505)
+                    return
                 self._fail(400)
                 return
+
+    def _to_h2(self, data: bytes) -> None:
+        """Hand the connection over to HTTP/2 (ALPN h2, or the h2c preface in ``data``)."""
+        self.state.connections.discard(self)
+        self._cancel_timer()
+        h2p = H2Protocol(self)
+        assert self.transport is not None
+        self.transport.set_protocol(h2p)
+        self.transport = None  # this protocol writes nothing more
+        if data:
+            h2p.data_received(data)
+        h2p.flush()
 
     def eof_received(self) -> bool | None:
         # Half-close from the client: finish what is in flight, then close. A request whose
@@ -379,60 +409,6 @@ class HttpProtocol(asyncio.Protocol):
         now = self.idle_since = self.state.loop.time()
         if self.parsing is None:
             self.deadline = now + self.state.keepalive_timeout
-
-    # -- Upgrade (RFC 9110 7.8) ----------------------------------------------------------
-    #
-    # llhttp stops at the head of a request with "Connection: upgrade" and an Upgrade header,
-    # skips its body and hands back the bytes after the head (HttpParserUpgrade). Only a
-    # WebSocket handshake with no body may switch protocols, and only once the upstream answered
-    # 101 on a route with enable_websocket: until then what follows the head is held, never
-    # parsed and never forwarded; an answer other than 101 closes the connection. Any other
-    # Upgrade is ignored (a server may, RFC 9110 7.8): the request is framed like any other,
-    # its body read as Content-Length or chunked says, and what follows is the next request.
-
-    def _note_upgrade(self, ex: Exchange) -> None:
-        """At the head of a request llhttp takes as an upgrade: decide what it will be."""
-        if ex.has_body:
-            self._upgrading = ex  # not switching: its body is framed again
-        elif ex.method == "GET" and self._upgrade.lower() == b"websocket":
-            self._upgrading = ex  # may switch: what follows is held
-            ex.upgrade = self._upgrade
-            ex.keep_alive = False
-
-    def _after_upgrade(self, rest: bytes) -> bytes:
-        """The parser stopped after an upgrade request's head; ``rest`` is what followed it.
-        Returns the bytes still to parse as HTTP/1.1."""
-        ex = self._upgrading
-        self._upgrading = None
-        if ex is None:
-            return rest  # an Upgrade ignored, no body: parse on
-        if ex.has_body:
-            # Resume with a head that frames the same body; on_headers_complete swallows it.
-            self._reframing = True
-            if ex.body_chunked:
-                head = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
-            else:
-                head = b"POST / HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % ex.content_length
-            self.parser.feed_data(head)
-            return rest
-        held = self.tunnel = HeldBytes(self)
-        if rest:
-            held.write(rest)
-        return b""
-
-    def _end_reframe_head(self) -> None:
-        """on_headers_complete for the synthetic head of _after_upgrade."""
-        self._reframing = False
-        self._reset_message()
-
-    def start_tunnel(self, upstream: Any) -> None:
-        """The upstream answered 101 to a WebSocket handshake: bytes flow both ways from now."""
-        held = self.tunnel
-        self.tunnel = upstream
-        self._cancel_timer()
-        if isinstance(held, HeldBytes) and held.data:
-            upstream.write(bytes(held.data))
-        self.resume_reading()
 
     def _fail(self, status: int) -> None:
         """A request we cannot parse: answer it (after in-flight ones) and close."""

@@ -66,6 +66,7 @@ class ServerState:
         show_upstream_status: bool = False,
         retry_non_idempotent: bool = False,
         real_ip: RealIp | None = None,
+        http2: bool = False,
     ) -> None:
         self.compiler = compiler
         self.pool = Pool()
@@ -83,6 +84,7 @@ class ServerState:
         self.show_upstream_status = show_upstream_status
         self.retry_non_idempotent = retry_non_idempotent
         self.real_ip = real_ip
+        self.http2 = http2  # clients may speak HTTP/2 (ALPN h2, h2c with prior knowledge)
         self._date_second = 0
         self._date_line = b""
         self.connections: set[SweptConnection] = set()

@@ -74,7 +74,7 @@ class StreamSink(Protocol):
 class H2Stream:
     """One request/response exchange on an ``H2Connection``."""
 
-    __slots__ = ("_unacked", "_window", "conn", "failed", "id", "paused", "remote_ended", "sink")
+    __slots__ = ("_window", "conn", "failed", "id", "paused", "remote_ended", "sink", "unacked")
 
     def __init__(self, conn: H2Connection, stream_id: int, sink: StreamSink) -> None:
         self.conn = conn
@@ -83,7 +83,7 @@ class H2Stream:
         self.failed: StreamFailed | None = None
         self.remote_ended = False
         self.paused = False
-        self._unacked = 0  # received while paused, acknowledged on resume
+        self.unacked = 0  # received while paused, acknowledged on resume
         self._window: asyncio.Future[None] | None = None
 
     async def send_data(self, data: bytes, end: bool = False) -> None:
@@ -145,14 +145,14 @@ class H2Stream:
 
     def resume_reading(self) -> None:
         self.paused = False
-        if self._unacked:
-            n, self._unacked = self._unacked, 0
+        if self.unacked:
+            n, self.unacked = self.unacked, 0
             self.conn.acknowledge(self.id, n)
 
     def received(self, n: int) -> None:
         """``n`` flow-controlled bytes arrived: acknowledged now, or when reading resumes."""
         if self.paused:
-            self._unacked += n
+            self.unacked += n
         elif n:
             self.conn.acknowledge(self.id, n)
 

@@ -1,0 +1,362 @@
+"""HTTP/2 towards clients (RFC 9113): one connection, many streams, each carried by an exchange.
+
+``H2Protocol`` is the connection: the ``h2`` library's state machine (frames, HPACK, flow-control
+windows, stream states), fed from the socket. Each request stream gets an ``H2Stream``, which is
+the ``ClientConnection`` of the exchange answering it, so routing, plugins, the upstream attempt
+and the log phase run exactly as on HTTP/1.1. The exchange hands the stream status + fields
+(``send_head``), body bytes (``write``: DATA frames within the peer's windows; past them the
+stream is ``write_paused`` and the upstream is not read) and the end (``end_response``, with
+trailers as a last HEADERS frame). The request body is fed to the exchange as it comes; the
+window is opened as the exchange takes it (bounded buffering, as HTTP/1.1's pause_reading).
+
+The connection starts from ``server.HttpProtocol``: after an ALPN ``h2`` handshake, or when a
+plain connection opens with the preface (h2c with prior knowledge). Defences: the flood budgets
+of ``Budget`` (rapid reset CVE-2023-44487, SETTINGS/PING/PRIORITY/empty DATA floods), h2's
+bounds (concurrent streams, header list size, CONTINUATION backlog) and our own bound on an
+unfinished header block (CVE-2024-27316). Protocol errors: GOAWAY and close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any, Protocol
+
+import h2.events as ev
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.errors import ErrorCodes
+from h2.exceptions import H2Error, ProtocolError
+from h2.settings import SettingCodes, Settings
+from hyperframe.frame import GoAwayFrame
+
+from tollway.proxy.h1_names import method_of
+from tollway.proxy.h2_fields import MalformedRequest, request_of
+from tollway.proxy.h2_guard import Budget, header_block_size
+from tollway.proxy.h2_stream import H2Stream
+
+if TYPE_CHECKING:
+    from tollway.proxy.state import ServerState
+    from tollway.runtime.certs import ClientCheck
+
+
+class Origin(Protocol):
+    """What H2Protocol takes over from the HTTP/1.1 connection that started (server.py)."""
+
+    state: ServerState
+    scheme: str
+    transport: asyncio.Transport | None
+    remote_addr: str
+    remote_port: int
+    server_addr: str
+    server_port: int
+    trust_real_ip: bool
+    client_cert: tuple[ClientCheck, bool] | None
+
+
+log = logging.getLogger("tollway.proxy")
+
+MAX_STREAMS = 128  # SETTINGS_MAX_CONCURRENT_STREAMS (nginx's http2_max_concurrent_streams)
+STREAM_WINDOW = 65535  # initial stream window: bytes a client may send before we take them
+# Connection window: every stream may fill its own window without blocking the others.
+CONN_WINDOW = MAX_STREAMS * STREAM_WINDOW
+
+_CONFIG = H2Configuration(
+    client_side=False,
+    header_encoding=None,
+    validate_inbound_headers=True,
+    normalize_inbound_headers=True,
+    # Our fields are lowercase and free of connection-specific ones (h2_fields): h2's checks
+    # of what we send would be per-response work for nothing.
+    validate_outbound_headers=False,
+    normalize_outbound_headers=False,
+    split_outbound_cookies=False,
+)
+
+
+class H2Protocol(asyncio.Protocol):
+    """An HTTP/2 client connection (the SweptConnection of ServerState's sweep)."""
+
+    def __init__(self, origin: Origin) -> None:
+        state = self.state = origin.state
+        self.scheme = origin.scheme
+        assert origin.transport is not None
+        self.transport: asyncio.Transport = origin.transport
+        self.remote_addr, self.remote_port = origin.remote_addr, origin.remote_port
+        self.server_addr, self.server_port = origin.server_addr, origin.server_port
+        self.trust_real_ip = origin.trust_real_ip
+        self.client_cert = origin.client_cert
+        self.streams: dict[int, H2Stream] = {}
+        self.active: Any = None  # some stream, while any (ServerState.connection_states)
+        self.deadline = 0.0
+        self.write_paused = False  # the socket's buffer is full (pause_writing)
+        self.write_paused_at = 0.0
+        self.closing = False
+        self.goaway_at = 0.0  # when the graceful GOAWAY went out (0: not sent)
+        self.last_stream = 0  # the highest stream id taken (GOAWAY's last-stream-id)
+        self.budget = Budget(state.loop.time())
+        self._dirty = False
+        conn = self.conn = H2Connection(_CONFIG)
+        # Set before the preface: h2 sends these in its first SETTINGS and enforces them at once
+        # (Settings.update would only queue them until the client's ACK).
+        conn.local_settings = Settings(
+            client=False,
+            initial_values={
+                SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
+                SettingCodes.MAX_HEADER_LIST_SIZE: state.max_header_size,
+                SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+            },
+        )
+        conn.decoder.max_header_list_size = state.max_header_size
+        conn.initiate_connection()
+        conn.increment_flow_control_window(CONN_WINDOW - 65535)
+        self.max_header_size = state.max_header_size
+        state.connections.add(self)
+        self._idle()
+
+    # -- socket events ------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        try:
+            events = self.conn.receive_data(data)
+            for event in events:
+                handler = _HANDLERS.get(type(event))
+                if handler is not None:
+                    handler(self, event)
+                if self.closing:
+                    return
+            if header_block_size(self.conn) > self.max_header_size:
+                # CVE-2024-27316: a header block that never ends (CONTINUATION after
+                # CONTINUATION) is not buffered past the header limit.
+                self.fail(ErrorCodes.ENHANCE_YOUR_CALM)
+                return
+        except ProtocolError as e:
+            # h2 queued GOAWAY with the error's code (PROTOCOL_ERROR, FRAME_SIZE_ERROR,
+            # ENHANCE_YOUR_CALM for an oversized header list...): send it and close.
+            log.debug("h2 protocol error from %s: %s", self.remote_addr, e)
+            self._abandon()
+            return
+        self.flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.state.connections.discard(self)
+        for stream in list(self.streams.values()):
+            stream.gone()
+        self.streams.clear()
+        self.active = None
+
+    def eof_received(self) -> bool | None:
+        return None  # a half-closed HTTP/2 connection can send no more frames: close
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        self.write_paused_at = self.state.loop.time()
+        for stream in self.streams.values():
+            stream.update_paused()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        for stream in list(self.streams.values()):
+            stream.update_paused()
+
+    # -- frames out ---------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Send what h2 has queued."""
+        self._dirty = False
+        data = self.conn.data_to_send()
+        if data and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def flush_soon(self) -> None:
+        """Send what h2 has queued once this loop iteration is over: the frames of several
+        streams leave in one write."""
+        if not self._dirty:
+            self._dirty = True
+            self.state.loop.call_soon(self.flush)
+
+    def fail(self, code: ErrorCodes) -> None:
+        """A connection error (RFC 9113 5.4.1): GOAWAY with ``code``, then close."""
+        try:
+            self.conn.close_connection(code, last_stream_id=self.last_stream)
+        except H2Error:
+            pass
+        self._abandon()
+
+    def _abandon(self) -> None:
+        self.flush()
+        self.close()
+
+    # -- events -------------------------------------------------------------------------
+
+    def _on_request(self, event: ev.RequestReceived) -> None:
+        sid = event.stream_id
+        if self.goaway_at or self.state.shutting_down:
+            # After GOAWAY (graceful stop, reload): refused, safe for the client to retry.
+            self.conn.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
+            return
+        self.last_stream = max(self.last_stream, sid)
+        try:
+            req = request_of(event.headers)
+        except MalformedRequest as e:
+            log.debug("h2 stream %d malformed: %s", sid, e)
+            self.conn.reset_stream(sid, ErrorCodes.PROTOCOL_ERROR)
+            return
+        method = method_of(req.method)
+        stream = H2Stream(self, sid)
+        self.streams[sid] = stream
+        self.active = stream
+        self.deadline = 0.0
+        if req.expect_continue and not event.stream_ended:
+            self.conn.send_headers(sid, [(b":status", b"100")])
+        stream.start(method, req, event.stream_ended is not None)
+
+    def _on_data(self, event: ev.DataReceived) -> None:
+        sid = event.stream_id
+        stream = self.streams.get(sid)
+        size = event.flow_controlled_length
+        if (
+            not event.data
+            and not event.stream_ended
+            and not self.budget.spend_empty(self.state.loop.time())
+        ):
+            self.fail(ErrorCodes.ENHANCE_YOUR_CALM)
+            return
+        if stream is None:
+            # A stream already answered or reset: its bytes still count against the
+            # connection window, which is opened again.
+            if size:
+                self.conn.acknowledge_received_data(size, sid)
+            return
+        stream.on_data(event.data, size)
+
+    def _on_end(self, event: ev.StreamEnded) -> None:
+        stream = self.streams.get(event.stream_id)
+        if stream is not None:
+            stream.on_end()
+
+    def _on_reset(self, event: ev.StreamReset) -> None:
+        stream = self.streams.pop(event.stream_id, None)
+        if stream is not None:
+            self._forget(stream)
+            if not stream.ended:
+                stream.gone()
+        # CVE-2023-44487: every reset a client sends is counted, answered or not.
+        if event.remote_reset and not self.budget.spend_reset(self.state.loop.time()):
+            log.debug("h2 rapid reset from %s", self.remote_addr)
+            self.fail(ErrorCodes.ENHANCE_YOUR_CALM)
+
+    def _on_window(self, event: ev.WindowUpdated) -> None:
+        if event.stream_id:
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                stream.push()
+        else:
+            for stream in list(self.streams.values()):
+                stream.push()
+
+    def _on_settings(self, event: ev.RemoteSettingsChanged) -> None:
+        if not self.budget.spend_control(self.state.loop.time()):
+            self.fail(ErrorCodes.ENHANCE_YOUR_CALM)
+            return
+        if SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
+            for stream in list(self.streams.values()):
+                stream.push()
+
+    def _on_control(self, event: Any) -> None:
+        """PING (h2 answers it), PRIORITY, an unknown frame: cheap for the client, a write
+        for us; past the budget the connection is closed."""
+        if not self.budget.spend_control(self.state.loop.time()):
+            log.debug("h2 control frame flood from %s", self.remote_addr)
+            self.fail(ErrorCodes.ENHANCE_YOUR_CALM)
+
+    def _on_terminated(self, event: ev.ConnectionTerminated) -> None:
+        self._abandon()
+
+    # -- streams and lifecycle ----------------------------------------------------------
+
+    def stream_done(self, stream: H2Stream) -> None:
+        """A stream's response has left (or it was reset): forget it."""
+        if self.streams.get(stream.sid) is stream:
+            del self.streams[stream.sid]
+            self._forget(stream)
+
+    def _forget(self, stream: H2Stream) -> None:
+        if self.active is stream:
+            self.active = next(iter(self.streams.values()), None)
+        if not self.streams:
+            if self.goaway_at or self.state.shutting_down:
+                self.flush()
+                self.close()
+            else:
+                self._idle()
+
+    def _idle(self) -> None:
+        t = self.state.keepalive_timeout
+        self.deadline = self.state.loop.time() + t if t > 0 else 0.0
+
+    def goaway(self) -> None:
+        """Graceful GOAWAY (RFC 9113 6.8): streams up to ``last_stream`` finish, later ones are
+        refused. Written by hand: h2 stops the whole connection once it sends a GOAWAY."""
+        if self.goaway_at or self.closing:
+            return
+        self.goaway_at = self.state.loop.time()
+        self.flush()
+        frame = GoAwayFrame(stream_id=0, last_stream_id=self.last_stream, error_code=0)
+        self.transport.write(frame.serialize())
+
+    def reading_head(self) -> bool:
+        return False
+
+    def on_deadline(self) -> None:
+        if not self.streams:  # idle for keepalive_timeout (nginx: http2 idle = keepalive)
+            self.goaway()
+            self.close()
+
+    def on_send_timeout(self) -> None:
+        """The client read nothing for send_timeout: drop it."""
+        self.closing = True
+        self.transport.abort()
+
+    def close_if_idle(self, min_idle: float = 0.0) -> bool:
+        """Graceful stop: GOAWAY first; the connection closes once its streams are done and
+        the client had ``min_idle`` to see the GOAWAY."""
+        self.goaway()
+        if self.streams:
+            return False
+        if min_idle and self.state.loop.time() - self.goaway_at < min_idle:
+            return False
+        self.close()
+        return True
+
+    def close(self) -> None:
+        self.closing = True
+        self.deadline = 0.0
+        if not self.transport.is_closing():
+            self.state.flush_writes()
+            self.flush()
+            self.transport.close()
+
+    # -- what streams use ---------------------------------------------------------------
+
+    def ack(self, size: int, sid: int) -> None:
+        """Open the windows again for ``size`` body bytes the exchange took."""
+        self.conn.acknowledge_received_data(size, sid)  # a closed stream: the connection's
+        self.flush_soon()
+
+
+_HANDLERS: dict[type, Any] = {
+    ev.RequestReceived: H2Protocol._on_request,
+    ev.DataReceived: H2Protocol._on_data,
+    ev.StreamEnded: H2Protocol._on_end,
+    ev.StreamReset: H2Protocol._on_reset,
+    ev.WindowUpdated: H2Protocol._on_window,
+    ev.RemoteSettingsChanged: H2Protocol._on_settings,
+    ev.PingReceived: H2Protocol._on_control,
+    ev.PriorityUpdated: H2Protocol._on_control,
+    ev.UnknownFrameReceived: H2Protocol._on_control,
+    ev.ConnectionTerminated: H2Protocol._on_terminated,
+}

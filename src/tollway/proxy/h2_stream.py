@@ -1,0 +1,259 @@
+"""One HTTP/2 request stream: the ``ClientConnection`` of the exchange that answers it.
+
+The exchange sees the stream as its connection: ``transport`` is the stream itself, whose
+``write`` sends DATA frames (so the exchange's body path is the one it has on HTTP/1.1), and
+``http2`` tells the exchange to hand the head and the end over as fields (``send_head``,
+``end_response``) instead of HTTP/1.1 bytes. Flow control (RFC 9113 5.2): bytes beyond the
+peer's stream and connection windows wait in ``pending`` and the stream is ``write_paused``,
+which stops the exchange reading its upstream (as a full socket buffer does on HTTP/1.1) until
+a WINDOW_UPDATE makes room.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING, Any, Protocol
+
+from h2.errors import ErrorCodes
+from h2.exceptions import H2Error
+
+from tollway.proxy.h2_fields import H2Request
+from tollway.proxy.pipeline import Exchange
+
+if TYPE_CHECKING:
+    from h2.connection import H2Connection
+
+    from tollway.proxy.state import ServerState
+    from tollway.runtime.certs import ClientCheck
+
+
+class H2Protocol(Protocol):
+    """What a stream uses of its connection (h2.H2Protocol)."""
+
+    conn: H2Connection
+    state: ServerState
+    scheme: str
+    remote_addr: str
+    remote_port: int
+    server_addr: str
+    server_port: int
+    trust_real_ip: bool
+    client_cert: tuple[ClientCheck, bool] | None
+    write_paused: bool
+
+    def ack(self, size: int, sid: int) -> None: ...
+    def flush_soon(self) -> None: ...
+    def stream_done(self, stream: H2Stream) -> None: ...
+
+
+_STATUS = {s: str(s).encode() for s in range(100, 600)}
+_END = object()  # in ``pending``: END_STREAM (or the trailers) once the data before it left
+
+
+class H2Stream:
+    http2 = True
+
+    def __init__(self, h2p: H2Protocol, sid: int) -> None:
+        self.h2p = h2p
+        self.conn = h2p.conn
+        self.sid = sid
+        self.state = h2p.state
+        self.transport: Any = self  # the exchange's writes are this stream's DATA frames
+        self.scheme = h2p.scheme
+        self.remote_addr, self.remote_port = h2p.remote_addr, h2p.remote_port
+        self.server_addr, self.server_port = h2p.server_addr, h2p.server_port
+        self.trust_real_ip = h2p.trust_real_ip
+        self.client_cert = h2p.client_cert
+        self.write_paused = h2p.write_paused
+        self.host_cache: tuple[bytes, str] | None = None
+        self.head_cache: tuple[list[tuple[bytes, bytes]], bytes, str, bytes] | None = None
+        self.tunnel: Any = None
+        self.ex: Exchange | None = None
+        self.pending: deque[Any] = deque()  # body bytes (and _END) beyond the windows
+        self.blocked = False  # waiting for a WINDOW_UPDATE
+        self.ended = False  # END_STREAM (or RST_STREAM) sent
+        self.reading_paused = False
+        self.unacked = 0  # body bytes received while paused: the window opens on resume
+        self.trailers: list[tuple[bytes, bytes]] | None = None
+        self.request_done = False
+
+    def start(self, method: str, req: H2Request, ended: bool) -> None:
+        state = self.state
+        ex = self.ex = Exchange(self, method, req.path, req.fields, "2.0", True, req.host)
+        if not ended:
+            ex.has_body = True
+            if req.content_length is not None:
+                ex.content_length = req.content_length
+                ex.has_body = req.content_length > 0 or not ended
+                limit = state.max_body_size
+                if limit and req.content_length > limit:
+                    ex.reject_status = 413
+            else:
+                ex.body_chunked = True  # to an HTTP/1.1 upstream: chunked (nginx does too)
+        else:
+            ex.body_complete = True
+            self.request_done = True
+        ex.start()
+
+    # -- request body -------------------------------------------------------------------
+
+    def on_data(self, data: bytes, size: int) -> None:
+        ex = self.ex
+        if ex is not None and data and not ex.client_closed:
+            ex.feed_body(data)
+        if self.reading_paused:
+            self.unacked += size
+        elif size:
+            self.h2p.ack(size, self.sid)
+
+    def on_end(self) -> None:
+        self.request_done = True
+        ex = self.ex
+        if ex is not None and not ex.body_complete:
+            ex.finish_body()
+
+    def pause_reading(self) -> None:
+        self.reading_paused = True
+
+    def resume_reading(self) -> None:
+        if self.reading_paused:
+            self.reading_paused = False
+            if self.unacked:
+                n, self.unacked = self.unacked, 0
+                self.h2p.ack(n, self.sid)
+
+    # -- response (what the exchange calls) ---------------------------------------------
+
+    def send_head(self, status: int, fields: list[tuple[bytes, bytes]], end: bool) -> None:
+        if self.ended:
+            return
+        head = [(b":status", _STATUS.get(status) or str(status).encode()), *fields]
+        try:
+            self.conn.send_headers(self.sid, head, end_stream=end)
+        except H2Error:
+            self._lost()
+            return
+        if end:
+            self.ended = True
+        self.h2p.flush_soon()
+
+    def write(self, data: bytes) -> None:
+        """Body bytes: DATA frames as far as the windows allow, the rest when they open."""
+        if self.ended or not data:
+            return
+        self.pending.append(data)
+        self.push()
+
+    def end_response(self, trailers: list[tuple[bytes, bytes]] | None) -> None:
+        """The response is complete: END_STREAM, on a last HEADERS frame with trailers."""
+        if self.ended:
+            return
+        self.trailers = trailers
+        self.pending.append(_END)
+        self.push()
+
+    def is_closing(self) -> bool:
+        return self.ended
+
+    def push(self) -> None:
+        """Send what waits, within the windows (called again on WINDOW_UPDATE)."""
+        pending = self.pending
+        conn = self.conn
+        sid = self.sid
+        try:
+            while pending:
+                item = pending[0]
+                if item is _END:
+                    pending.popleft()
+                    self._send_end()
+                    break
+                room = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
+                if room <= 0:
+                    break
+                if len(item) <= room:
+                    pending.popleft()
+                    conn.send_data(sid, item)
+                else:
+                    pending[0] = item[room:]
+                    conn.send_data(sid, item[:room])
+        except H2Error:
+            self._lost()
+            return
+        self.h2p.flush_soon()
+        blocked = bool(pending)
+        if blocked != self.blocked:
+            self.blocked = blocked
+            self.update_paused()
+
+    def _send_end(self) -> None:
+        if self.trailers:
+            self.conn.send_headers(self.sid, self.trailers, end_stream=True)
+        else:
+            self.conn.end_stream(self.sid)
+        self.ended = True
+        if not self.request_done:
+            # RFC 9113 8.1: the answer is complete before the request's body; the client may
+            # stop sending it (unless its end crossed our answer: the stream is closed then).
+            try:
+                self.conn.reset_stream(self.sid, ErrorCodes.NO_ERROR)
+            except H2Error:
+                pass
+        ex = self.ex
+        if ex is None or ex._finished:
+            self.h2p.stream_done(self)
+
+    def update_paused(self) -> None:
+        """write_paused: the windows or the socket are full; the exchange stops its upstream."""
+        paused = self.blocked or self.h2p.write_paused
+        if paused == self.write_paused:
+            return
+        self.write_paused = paused
+        ex = self.ex
+        if ex is not None:
+            if paused:
+                ex.client_paused()
+            else:
+                ex.client_resumed()
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def exchange_done(self, ex: Any, keep_alive: bool) -> None:
+        """The exchange finished. Its answer is complete when it called end_response (maybe
+        still waiting for window); otherwise it broke off (the upstream failed mid-body, the
+        client went away): the stream is reset, so the client sees it is cut short."""
+        self.state.flush_writes()  # DATA deferred by ServerState.send goes first
+        if not self.ended and (not self.pending or self.pending[-1] is not _END):
+            self._reset(ErrorCodes.INTERNAL_ERROR)
+        if self.ended:
+            self.h2p.stream_done(self)
+        self.h2p.flush_soon()
+
+    def _reset(self, code: ErrorCodes) -> None:
+        self.ended = True
+        self.pending.clear()
+        try:
+            self.conn.reset_stream(self.sid, code)
+        except H2Error:
+            pass
+
+    def _lost(self) -> None:
+        """h2 says the stream is closed (the client reset it meanwhile)."""
+        self.ended = True
+        self.pending.clear()
+        self.h2p.stream_done(self)
+
+    def gone(self) -> None:
+        """The client reset the stream or the connection closed."""
+        self.ended = True
+        self.pending.clear()
+        ex = self.ex
+        if ex is not None and not ex._finished:
+            ex.client_gone()
+
+    def start_tunnel(self, upstream: Any) -> None:
+        upstream.close()  # no Upgrade on HTTP/2 (extended CONNECT is not offered)
+
+    def close(self) -> None:
+        if not self.ended:
+            self._reset(ErrorCodes.CANCEL)
+            self.h2p.flush_soon()

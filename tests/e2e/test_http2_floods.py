@@ -1,0 +1,137 @@
+"""HTTP/2 attacks against the real process: each closes the attacker's connection, while a
+well-behaved client on another connection keeps getting 200 from the same worker."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from h2.errors import ErrorCodes
+from hyperframe.frame import ContinuationFrame, HeadersFrame
+
+from tests.support.gateway import Gateway
+from tests.support.h2client import H2Client
+from tests.support.upstream import Upstream
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    up = Upstream().start()
+    root: Path = tmp_path_factory.mktemp("h2floods")
+    routes = f'routes:\n  - {{id: 1, uri: /*, upstream: {{nodes: {{"{up.addr}": 1}}}}}}\n#END\n'
+    with Gateway(root, apisix_yaml=routes) as g:
+        yield g
+    up.stop()
+
+
+def attacked(gw: Gateway, attack: Callable[[H2Client], None], code: int | None) -> None:
+    pids = gw.worker_pids()
+    good = H2Client(gw.port)
+    bad = H2Client(gw.port)
+    try:
+        assert good.get("/before").status == 200
+        try:
+            attack(bad)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the gateway closed while the attack was still being written
+        assert bad.read_until_closed(timeout=10), "the attacker's connection stayed open"
+        if code is not None and bad.goaway is not None:
+            assert bad.goaway.error_code == code
+        assert good.get("/after").status == 200  # the other connection is unaffected
+        assert H2Client(gw.port).get("/new").status == 200
+        assert gw.worker_pids() == pids  # the worker did not die
+    finally:
+        good.close()
+        bad.close()
+
+
+def test_rapid_reset(gw: Gateway) -> None:
+    """CVE-2023-44487: streams opened and reset at once, over and over."""
+
+    def attack(c: H2Client) -> None:
+        for _ in range(600):
+            sid = c.send_request("/slow/1000")
+            c.conn.reset_stream(sid, ErrorCodes.CANCEL)
+        c.flush()
+
+    attacked(gw, attack, ErrorCodes.ENHANCE_YOUR_CALM)
+
+
+def test_continuation_flood(gw: Gateway) -> None:
+    """CVE-2024-27316: a header block that never ends."""
+
+    def attack(c: H2Client) -> None:
+        head = c.conn.encoder.encode([(b":method", b"GET"), (b":path", b"/"),
+                                      (b":scheme", b"http"), (b":authority", b"x")])  # fmt: skip
+        c.sock.sendall(HeadersFrame(1, data=head).serialize())  # no END_HEADERS
+        block = b"\x40\x03abc\x03xyz" * 1600  # literal fields, ~16 KB a frame
+        for _ in range(60):
+            c.sock.sendall(ContinuationFrame(1, data=block).serialize())
+
+    attacked(gw, attack, ErrorCodes.ENHANCE_YOUR_CALM)
+
+
+def test_empty_continuation_flood(gw: Gateway) -> None:
+    def attack(c: H2Client) -> None:
+        c.sock.sendall(HeadersFrame(1, data=b"").serialize())
+        c.sock.sendall(b"".join(ContinuationFrame(1, data=b"").serialize() for _ in range(500)))
+
+    attacked(gw, attack, None)
+
+
+def test_settings_flood(gw: Gateway) -> None:
+    def attack(c: H2Client) -> None:
+        for _ in range(1000):
+            c.conn.update_settings({})
+        c.flush()
+
+    attacked(gw, attack, ErrorCodes.ENHANCE_YOUR_CALM)
+
+
+def test_ping_flood(gw: Gateway) -> None:
+    def attack(c: H2Client) -> None:
+        for i in range(1000):
+            c.conn.ping(i.to_bytes(8, "big"))
+        c.flush()
+
+    attacked(gw, attack, ErrorCodes.ENHANCE_YOUR_CALM)
+
+
+def test_empty_data_frames(gw: Gateway) -> None:
+    def attack(c: H2Client) -> None:
+        sid = c.send_request("/upload", method="POST", body=b"", end=False)
+        for _ in range(1000):
+            c.conn.send_data(sid, b"")
+        c.flush()
+
+    attacked(gw, attack, ErrorCodes.ENHANCE_YOUR_CALM)
+
+
+def test_too_many_concurrent_streams(gw: Gateway) -> None:
+    """More streams at once than SETTINGS_MAX_CONCURRENT_STREAMS (128) allows."""
+
+    def attack(c: H2Client) -> None:
+        for _ in range(200):  # sent before reading the gateway's SETTINGS
+            c.send_request("/slow/2000")
+
+    attacked(gw, attack, ErrorCodes.PROTOCOL_ERROR)
+
+
+def test_oversized_header_list(gw: Gateway) -> None:
+    def attack(c: H2Client) -> None:
+        c.send_request("/", headers=[(f"x-big-{i}", "v" * 4000) for i in range(16)])
+
+    attacked(gw, attack, ErrorCodes.ENHANCE_YOUR_CALM)
+
+
+def test_concurrent_streams_within_the_limit(gw: Gateway) -> None:
+    """The limit is not a cap on the connection: 128 at once are served, then more."""
+    c = H2Client(gw.port)
+    try:
+        c.read_once(timeout=5)  # the gateway's SETTINGS
+        sids = [c.send_request(f"/slow/300?{i}") for i in range(128)]
+        assert all(a.status == 200 for a in c.wait(*sids, timeout=30))
+        assert c.get("/more").status == 200
+    finally:
+        c.close()
