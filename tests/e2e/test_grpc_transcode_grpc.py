@@ -21,6 +21,7 @@ import requests
 
 from tests.support.etcd import EtcdServer
 from tests.support.gateway import Gateway, free_port, wait_until
+from tests.support.h2client import H2Client
 from tollway.protos import STATUS, CompiledProto, compile_proto
 
 KEY = "test-admin-key-grpc-transcode-e2e"
@@ -271,3 +272,17 @@ def test_proto_update_takes_effect_and_invalid_is_400(gw: Gateway, greeter: Gree
         )
     finally:
         assert admin(gw, "PUT", "/protos/1", {"content": PROTO}).status_code == 200
+
+
+def test_an_http2_client_gets_the_same_answers(gw: Gateway, greeter: Greeter) -> None:
+    route(gw, greeter, "h2", "/grpc_h2", method="Many")
+    c = H2Client(gw.port)
+    try:
+        ok = c.get("/grpc_h2?name=h")
+        assert ok.status == 200 and ok.header(b"content-type") == b"application/json"
+        assert [m["message"] for m in json.loads(bytes(ok.body))] == ["h0", "h1", "h2"]
+        # the trailer's grpc-status decides the status of the head, held until the end
+        failed = c.get("/grpc_h2?name=fail")
+        assert failed.status == 429 and bytes(failed.body) == b""
+    finally:
+        c.close()

@@ -146,6 +146,8 @@ class Responding(ExchangeBase):
             body = self._body_filter(chain, ctx, b"".join(self.buffered_resp), True)
             self.resp_bytes = len(body)
             status, fields = held
+            # the status as the plugins left it (grpc-transcode maps a trailer's grpc-status)
+            status = self.status = ctx.resp_status or status
             if not self.resp_no_body:
                 fields.append((b"content-length", b"%d" % len(body)))
             sink.send_head(status, fields, False)
