@@ -1,8 +1,8 @@
 """Checks beyond each object's schema, shared by the config agent and the Admin API.
 
 APISIX's per-type ``checker``: plugin configs valid, ``vars`` compile, one of host/hosts and of
-remote_addr/remote_addrs. ``filter_func`` is Lua source in APISIX; Tollway cannot run it and
-rejects it with a message that says so.
+remote_addr/remote_addrs, protos compile. ``filter_func`` is Lua source in APISIX; Tollway
+cannot run it and rejects it with a message that says so.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 from tollway.errors import ConfigError
 from tollway.expr import ExprError, compile_expr
-from tollway.model import Route, Service
+from tollway.model import Proto, Route, Service
 from tollway.plugins.registry import Registry
+from tollway.protos import check_content
 
 if TYPE_CHECKING:
     from tollway.config.store import Store
@@ -99,6 +100,10 @@ class ItemChecker:
                 )
             if obj.script is not None:
                 raise ConfigError("'script' is Lua code, which Tollway does not run")
+        if isinstance(obj, Proto):
+            # compiled when written (APISIX admin/proto.lua), and when read from etcd: an
+            # invalid one is rejected here and the last good version keeps serving
+            check_content(obj.content)
         unknown: list[str] = []
         if kind in PLUGIN_KINDS:
             unknown = self.check_plugins(

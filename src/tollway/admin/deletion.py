@@ -78,11 +78,13 @@ def consumer_group_in_use(store: Store, item_id: str) -> str | None:
 
 
 def proto_in_use(store: Store, item_id: str) -> str | None:
-    for rid, item in store["routes"].items.items():
-        plugins = item.value.get("plugins") if isinstance(item.value, dict) else None
-        conf = plugins.get("grpc-transcode") if isinstance(plugins, dict) else None
-        if isinstance(conf, dict) and _same(conf.get("proto_id"), item_id):
-            return f"can not delete this proto, route [{rid}] is still using it now"
+    # APISIX admin/proto.lua: routes, then services, using it through grpc-transcode
+    for kind, what in (("routes", "route"), ("services", "service")):
+        for oid, item in store[kind].items.items():
+            plugins = item.value.get("plugins") if isinstance(item.value, dict) else None
+            conf = plugins.get("grpc-transcode") if isinstance(plugins, dict) else None
+            if isinstance(conf, dict) and _same(conf.get("proto_id"), item_id):
+                return f"can not delete this proto, {what} [{oid}] is still using it now"
     return None
 
 

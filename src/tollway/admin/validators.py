@@ -8,6 +8,7 @@ as APISIX uses its local cache.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from tollway.config.store import Store
 from tollway.errors import ConfigError
 from tollway.model import decode_item
 from tollway.plugins.registry import Registry
+from tollway.protos import check_content
 
 # exists(dir, id) -> bool, against etcd.
 Exists = Callable[[str, str], Awaitable[bool]]
@@ -228,7 +230,10 @@ async def check_ssl(ctx: CheckContext, item_id: str | None, value: dict[str, Any
 
 
 async def check_proto(ctx: CheckContext, item_id: str | None, value: dict[str, Any]) -> Any:
-    return _schema("protos", value)
+    obj = _schema("protos", value)
+    # protoc runs as a subprocess (tens of ms): off the Admin API's event loop
+    await asyncio.to_thread(check_content, obj.content)
+    return obj
 
 
 async def check_stream_route(ctx: CheckContext, item_id: str | None, value: dict[str, Any]) -> Any:

@@ -509,8 +509,8 @@ class RequestContext:
         self.up_host = host
 
     def set_upstream_body(self, body: bytes) -> None:
-        """Send ``body`` upstream instead of the client's (which the plugin read whole with
-        ``read_body``: APISIX ``ngx.req.set_body_data``)."""
+        """Send ``body`` upstream instead of the client's (whose bytes are read and dropped),
+        with its own Content-Length (APISIX ``ngx.req.set_body_data``). rewrite/access only."""
         self.up_body = body
 
     def set_request_header(self, name: str, value: str | None) -> None:
@@ -550,6 +550,17 @@ class RequestContext:
         if value is not None:
             hs.append((name, wire_value(value)))
         self.resp_headers = hs
+
+    def get_upstream_trailer(self, name: str) -> str | None:
+        """A trailer field of the upstream's response (gRPC's ``grpc-status``), or None. Known
+        from the last body_filter call (``eof``) on; a plugin that needs it before it answers
+        asks for the whole body (``needs_body_buffer``) and may then still set ``resp_status``
+        there."""
+        wanted = name.lower().encode("latin-1")
+        for k, v in self.upstream_trailers or ():
+            if k == wanted:
+                return v.decode("latin-1")
+        return None
 
     def add_response_header(self, name: str, value: str) -> None:
         if self.resp_headers is None:

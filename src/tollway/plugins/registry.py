@@ -62,6 +62,7 @@ BUILTIN_ENTRY_POINTS: tuple[tuple[str, str], ...] = (
     ("elasticsearch-logger", "tollway.plugins.builtin.elasticsearch_logger:ElasticsearchLogger"),
     ("clickhouse-logger", "tollway.plugins.builtin.clickhouse_logger:ClickhouseLogger"),
     ("kafka-logger", "tollway.plugins.builtin.kafka_logger:KafkaLogger"),
+    ("grpc-transcode", "tollway.plugins.builtin.grpc_transcode:GrpcTranscode"),
     ("grpc-web", "tollway.plugins.builtin.grpc_web:GrpcWeb"),
 )
 

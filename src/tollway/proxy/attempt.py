@@ -66,13 +66,11 @@ class Forwarding(ExchangeBase):
         timeouts = route.timeouts or up.timeouts or DEFAULT_TIMEOUTS
         self.read_timeout = timeouts.read
         self._send_timeout = timeouts.send
-        body: bytes | None = None
-        if self.has_body and not self.websocket:
-            body = await self._replayable_body()
-            if self.reject_status:
-                self.keep_alive = False
-                self.respond_error(self.reject_status)
-                return
+        body = await self._body_to_send()
+        if self.reject_status:
+            self.keep_alive = False
+            self.respond_error(self.reject_status)
+            return
         pick = first[1] if first is not None else self._pick_context(up)
         tries = 0
         deadline = deadline_of(started or time.monotonic(), up.retry_timeout)
@@ -142,6 +140,25 @@ class Forwarding(ExchangeBase):
         if self.body_chunked or self.content_length <= REPLAY_LIMIT:
             return await self.read_body(REPLAY_LIMIT)
         return None
+
+    async def _body_to_send(self) -> bytes | None:
+        """A plugin's replacement (the client's body read and dropped), or the client's body
+        when it is small enough to resend on a retry (None: none, or a larger one: it streams)."""
+        ctx = self.ctx
+        if ctx is not None and ctx.up_body is not None:
+            await self._drop_client_body()
+            return ctx.up_body
+        if self.has_body and not self.websocket:
+            return await self._replayable_body()
+        return None
+
+    async def _drop_client_body(self) -> None:
+        """A plugin replaced the request body (``set_upstream_body``): the client's is read and
+        dropped, so the connection stays usable (one too large to read closes it)."""
+        if self.has_body:
+            if await self.read_body(REPLAY_LIMIT) is None:
+                self.keep_alive = False
+            self.has_body = False
 
     def _budget(
         self, tries: int, up: CompiledUpstream, deadline: float, body: bytes | None
@@ -228,6 +245,8 @@ class Forwarding(ExchangeBase):
         up = self.upstream
         ctx = self.ctx
         assert up is not None and ctx is not None
+        if ctx.up_body is not None:
+            return False  # a body to send: the coroutine path
         route = ctx.route
         pick: PickContext | None
         if up.single is not None:

@@ -84,7 +84,8 @@ class Responding(ExchangeBase):
             out.append(b"Connection: keep-alive\r\n")
         self.response_started = True
         if self.buffered_resp is not None:
-            self.buffered_resp.append(b"".join(out))
+            # without its status line: body_filter may still set the status (on_upstream_complete)
+            self.buffered_resp.append(b"".join(out[1:]))
             return
         out.append(b"\r\n")
         # Buffered: the head usually leaves in one write with the first body bytes (flush()),
@@ -145,6 +146,8 @@ class Responding(ExchangeBase):
             body = self._body_filter(chain, ctx, b"".join(self.buffered_resp), True)
             self.resp_bytes = len(body)
             status, fields = held
+            # the status as the plugins left it (grpc-transcode maps a trailer's grpc-status)
+            status = self.status = ctx.resp_status or status
             if not self.resp_no_body:
                 fields.append((b"content-length", b"%d" % len(body)))
             sink.send_head(status, fields, False)
@@ -213,8 +216,13 @@ class Responding(ExchangeBase):
                 head, *parts = self.buffered_resp
                 body = self._body_filter(chain, ctx, b"".join(parts), True)
                 self.resp_bytes = len(body)
+                # the status as the plugins left it (grpc-transcode maps a trailer's grpc-status)
+                status = self.status = ctx.resp_status or self.status
+                line = STATUS_LINES.get(status) or status_line(status)
                 length = b"" if self.resp_no_body else b"Content-Length: %d\r\n" % len(body)
-                self._out.append(head + length + b"\r\n" + (b"" if self.resp_no_body else body))
+                self._out.append(
+                    line + head + length + b"\r\n" + (b"" if self.resp_no_body else body)
+                )
             else:
                 if chain is not None and chain.body_filter and ctx is not None:
                     tail = self._body_filter(chain, ctx, b"", True)

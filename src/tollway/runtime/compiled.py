@@ -26,6 +26,7 @@ from tollway.errors import ConfigError
 from tollway.model import Timeout, Upstream, decode_item
 from tollway.plugins.kit import Consumer
 from tollway.plugins.registry import EMPTY_CHAIN, Chain
+from tollway.protos import CompiledProto
 from tollway.router import Router
 from tollway.runtime.certs import CertTable
 from tollway.runtime.consumers import ConsumerIndex
@@ -224,6 +225,8 @@ class Runtime:
     global_chain: Chain = EMPTY_CHAIN
     consumers: ConsumerIndex = field(default_factory=ConsumerIndex)
     certs: CertTable = field(default_factory=CertTable)
+    # protos by id, each compiled once per content (grpc-transcode reads them)
+    protos: Mapping[str, CompiledProto] = field(default_factory=dict)
     revision: int = 0
     # plugin name -> its decoded plugin_metadata (absent: none, or invalid)
     plugin_metadata: Mapping[str, Any] = field(default_factory=dict)
@@ -261,6 +264,9 @@ class Runtime:
             key = f"/tollway/inline/{len(cache)}"
             up = cache[raw] = self.builder.compile_upstream(key, 0, decoded)
         return up
+
+    def proto_by_id(self, proto_id: str) -> CompiledProto | None:
+        return self.protos.get(proto_id)
 
     # -- consumers ------------------------------------------------------------------------
 

@@ -19,8 +19,10 @@ import msgspec
 from tollway.balancer import BalancerState
 from tollway.config.store import Store
 from tollway.crypto import KeyCipher
+from tollway.errors import ConfigError
 from tollway.model import Route, Service, Upstream
 from tollway.plugins.registry import EMPTY_CHAIN, Chain, Registry
+from tollway.protos import CompiledProto, compile_proto
 from tollway.router import RouterBuilder, RouteSpec, build_router
 from tollway.router.spec import DISABLED
 from tollway.runtime.certs import CertTable, build_cert_table
@@ -71,6 +73,8 @@ class Compiler:
         # refusal), unless tollway.unknown_plugins is "skip" (APISIX: served without it).
         self.refuse_unknown = settings.conf.tollway.unknown_plugins == "refuse"
         self._refusals_logged: set[tuple[str, Any, Any]] = set()  # (key, versions, refusal)
+        # proto id -> (its content, compiled): a proto is compiled once per content
+        self._protos: dict[str, tuple[str, CompiledProto]] = {}
 
     # -- full build -----------------------------------------------------------------------
 
@@ -100,6 +104,7 @@ class Compiler:
             global_chain=self.runtime_global,
             consumers=build_consumer_index(store, self.registry),
             certs=self._certs(store),
+            protos=self._compiled_protos(store),
             revision=store.revision,
             plugin_metadata=self._plugin_metadata(store, None, {}),
         )
@@ -174,6 +179,8 @@ class Compiler:
             changed["upstreams"] = self._upstreams_after(store, rt.upstreams, upstream_ids)
         if "ssls" in kinds:
             changed["certs"] = self._certs(store)
+        if "protos" in kinds:
+            changed["protos"] = self._compiled_protos(store)
         if kinds & {"consumers", "credentials", "consumer_groups"}:
             changed["consumers"] = build_consumer_index(store, self.registry)
         globals_changed = "global_rules" in kinds
@@ -294,6 +301,23 @@ class Compiler:
         # inline upstreams chosen by plugins were compiled with the old answers
         self.runtime = rt.evolve(upstreams=upstreams, inline_upstreams={})
         return n
+
+    def _compiled_protos(self, store: Store) -> dict[str, CompiledProto]:
+        """Every proto compiled (a new or changed content only: protoc runs once per content;
+        the Store's checks already refused one that does not compile)."""
+        done: dict[str, tuple[str, CompiledProto]] = {}
+        for pid, item in store["protos"].items.items():
+            content = item.obj.content
+            kept = self._protos.get(pid)
+            if kept is not None and kept[0] == content:
+                done[pid] = kept
+                continue
+            try:
+                done[pid] = (content, compile_proto(content))
+            except ConfigError as e:
+                log.warning("protos/%s does not compile, not served: %s", pid, e)
+        self._protos = done
+        return {pid: compiled for pid, (_, compiled) in done.items()}
 
     def _certs(self, store: Store) -> CertTable:
         return build_cert_table(((i, it.obj) for i, it in store["ssls"].items.items()), self.cipher)
