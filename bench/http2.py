@@ -1,7 +1,7 @@
 """HTTP/2 benchmark (run on demand, not a test): Tollway against nginx, both speaking h2c (prior
 knowledge) to h2load and HTTP/1.1 to the same upstream.
 
-    .venv/bin/python bench/h2.py [--duration 8] [--reps 3] [--loads 10x10,50x1] [--profile]
+    .venv/bin/python bench/http2.py [--duration 8] [--reps 3] [--loads 10x10,50x1] [--profile]
 
 The method of bench/proxy.py (/work/shared/reference/proxy-calibration.md): CPU 0 runs h2load
 and the upstream nginx, CPU 1 the proxy under test (nginx 1.22 ``listen ... http2`` with
@@ -144,26 +144,30 @@ def profile(pid: int, url: str, seconds: float) -> str:
 
 
 def summarize_profile(path: Path, top: int = 25) -> str:
-    """Self and inclusive sample shares per function from py-spy's raw (collapsed) output."""
+    """Self and inclusive shares of the event loop's thread (the log thread's idle waits left
+    out), per function, from py-spy's raw (collapsed) output."""
     own: dict[str, int] = {}
     incl: dict[str, int] = {}
     total = 0
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
+        if "Runner.run" not in stack:
+            continue  # another thread (the error log's writer)
         n = int(count)
         total += n
-        frames = stack.split(";")
+        frames = [re.sub(r" \((.*/)?(site-packages|src)/", " (", f) for f in stack.split(";")]
+        frames = [re.sub(r":\d+\)$", ")", f) for f in frames]
         for f in set(frames):
-            name = re.sub(r" \((.*/)?site-packages/", " (", f)
-            incl[name] = incl.get(name, 0) + n
-        leaf = re.sub(r" \((.*/)?site-packages/", " (", frames[-1])
-        own[leaf] = own.get(leaf, 0) + n
-    rows = ["| function | self % | incl. % |", "|---|---|---|"]
-    for name, n in sorted(own.items(), key=lambda kv: -kv[1])[:top]:
-        rows.append(f"| `{name}` | {100 * n / total:.1f} | {100 * incl[name] / total:.1f} |")
-    h2_share = sum(n for name, n in own.items() if "(h2/" in name or "(hpack/" in name
-                   or "(hyperframe/" in name)  # fmt: skip
-    rows.append(f"\nself time in h2 + hpack + hyperframe: {100 * h2_share / total:.1f}%")
+            incl[f] = incl.get(f, 0) + n
+        own[frames[-1]] = own.get(frames[-1], 0) + n
+    if not total:
+        return "(no samples of the event loop)"
+    rows = [f"event-loop thread, {total} samples", "", "| function | self % | incl. % |",
+            "|---|---|---|"]  # fmt: skip
+    for name, n in sorted(incl.items(), key=lambda kv: -kv[1])[:top]:
+        rows.append(f"| `{name}` | {100 * own.get(name, 0) / total:.1f} | {100 * n / total:.1f} |")
+    lib = sum(n for name, n in own.items() if re.search(r"\((h2|hpack|hyperframe)/", name))
+    rows.append(f"\nself time in h2 + hpack + hyperframe: {100 * lib / total:.1f}%")
     return "\n".join(rows)
 
 
@@ -238,4 +242,4 @@ if __name__ == "__main__":
     try:
         main()
     except BenchError as e:
-        sys.exit(f"bench/h2.py: {e}")
+        sys.exit(f"bench/http2.py: {e}")
