@@ -224,3 +224,24 @@ def test_goaway_on_graceful_stop(tmp_path: Path, up: Upstream) -> None:
             assert c.goaway.last_stream_id == sid
         finally:
             c.close()
+
+
+def test_goaway_on_reload(tmp_path: Path, up: Upstream) -> None:
+    """SIGHUP: new workers take over; the old one says GOAWAY and finishes its streams."""
+    with Gateway(tmp_path, apisix_yaml=_yaml(up)) as g:
+        old = g.worker_pids()
+        c = H2Client(g.port)
+        try:
+            assert c.get("/echo").status == 200
+            sid = c.send_request("/slow/1500")
+            wait_until(lambda: any(r["path"] == "/slow/1500" for r in up.requests), timeout=5)
+            g.signal(signal.SIGHUP)
+            (a,) = c.wait(sid, timeout=15)
+            assert a.status == 200
+            # the GOAWAY went out when the stop began: read on until it is seen
+            wait_until(lambda: c.goaway is not None or (_read_a_bit(c) and c.goaway is not None))
+            assert c.goaway is not None and c.goaway.error_code == 0
+        finally:
+            c.close()
+        wait_until(lambda: set(g.worker_pids()).isdisjoint(old) and g.worker_pids(), timeout=20)
+        assert H2Client(g.port).get("/after-reload").status == 200
