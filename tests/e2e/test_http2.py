@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -245,3 +246,21 @@ def test_goaway_on_reload(tmp_path: Path, up: Upstream) -> None:
             c.close()
         wait_until(lambda: set(g.worker_pids()).isdisjoint(old) and g.worker_pids(), timeout=20)
         assert H2Client(g.port).get("/after-reload").status == 200
+
+
+def test_idle_connection_closed_after_keepalive_timeout(tmp_path: Path, up: Upstream) -> None:
+    conf = {"nginx_config": {"http": {"keepalive_timeout": "1s"}}}
+    with Gateway(tmp_path, apisix_yaml=_yaml(up), config=conf) as g:
+        c = H2Client(g.port)
+        try:
+            assert c.get("/echo").status == 200
+            started = time.monotonic()
+            assert c.read_until_closed(timeout=10)  # GOAWAY, then closed
+            assert 0.8 <= time.monotonic() - started < 5
+            assert c.goaway is not None and c.goaway.error_code == 0
+            busy = H2Client(g.port)  # a connection with a stream in flight stays open
+            sid = busy.send_request("/slow/1600")
+            assert busy.wait(sid, timeout=10)[0].status == 200
+            busy.close()
+        finally:
+            c.close()
