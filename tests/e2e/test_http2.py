@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -264,3 +265,41 @@ def test_idle_connection_closed_after_keepalive_timeout(tmp_path: Path, up: Upst
             busy.close()
         finally:
             c.close()
+
+
+def test_request_body_window_opens_only_as_the_upstream_takes_it(tmp_path: Path) -> None:
+    """An upstream that reads nothing: the gateway stops opening the stream's window once its
+    buffer (and the sockets') are full, so a client cannot make it hold an unbounded body."""
+    sink = socket.socket()
+    sink.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sink.bind(("127.0.0.1", 0))
+    sink.listen()
+    held: list[socket.socket] = []
+    threading.Thread(target=lambda: held.append(sink.accept()[0]), daemon=True).start()
+    node = f"127.0.0.1:{sink.getsockname()[1]}"
+    routes = f'routes:\n  - {{id: 1, uri: /*, upstream: {{nodes: {{"{node}": 1}}}}}}\n#END\n'
+    with Gateway(tmp_path, apisix_yaml=routes) as g:
+        c = H2Client(g.port)
+        try:
+            sid = c.send_request("/upload", method="POST", body=b"", end=False)
+            sent, chunk = 0, b"z" * 16384
+            while sent < 64 * 1024 * 1024:
+                room = min(c.conn.local_flow_control_window(sid), len(chunk))
+                if room <= 0:
+                    try:
+                        c.read_once(timeout=1.5)
+                    except TimeoutError:
+                        break  # no WINDOW_UPDATE for 1.5 s: the gateway stopped taking it
+                    continue
+                c.conn.send_data(sid, chunk[:room])
+                c.flush()
+                sent += room
+            assert held, "the gateway never connected upstream"
+            # what the gateway took: its buffer (BODY_HIGH_WATER), the stream window and the
+            # loopback socket buffers; far from the 64 MB offered
+            assert 256 * 1024 < sent < 8 * 1024 * 1024, sent  # (3.2 MB seen)
+        finally:
+            c.close()
+            for s in held:
+                s.close()
+            sink.close()
