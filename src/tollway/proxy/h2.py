@@ -7,7 +7,9 @@ and the log phase run exactly as on HTTP/1.1. The exchange hands the stream stat
 (``send_head``), body bytes (``write``: DATA frames within the peer's windows; past them the
 stream is ``write_paused`` and the upstream is not read) and the end (``end_response``, with
 trailers as a last HEADERS frame). The request body is fed to the exchange as it comes; the
-window is opened as the exchange takes it (bounded buffering, as HTTP/1.1's pause_reading).
+stream's window is opened for the bytes the exchange holds until it holds BODY_HIGH_WATER (the
+bound HTTP/1.1 has, flow.py), and from then on only as it hands them upstream: a stream holds
+at most that plus its window (64 KB).
 
 The connection starts from ``server.HttpProtocol``: after an ALPN ``h2`` handshake, or when a
 plain connection opens with the preface (h2c with prior knowledge). Defences: the flood budgets
