@@ -303,3 +303,48 @@ def test_request_body_window_opens_only_as_the_upstream_takes_it(tmp_path: Path)
             for s in held:
                 s.close()
             sink.close()
+
+
+def test_streamed_request_body_while_the_response_flows(tmp_path: Path) -> None:
+    """A request body of no length (gRPC's client streaming) goes upstream as it comes: the
+    response starts before the client ends its stream."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    seen: list[bytes] = []
+
+    def upstream() -> None:
+        conn, _ = srv.accept()
+        data = b""
+        while b"first" not in data:
+            data += conn.recv(65536)
+        seen.append(data)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        while not data.endswith(b"0\r\n\r\n"):
+            data += conn.recv(65536)
+        seen.append(data)
+        conn.sendall(b"0\r\n\r\n")
+        conn.close()
+
+    threading.Thread(target=upstream, daemon=True).start()
+    node = f"127.0.0.1:{srv.getsockname()[1]}"
+    routes = f'routes:\n  - {{id: 1, uri: /*, upstream: {{nodes: {{"{node}": 1}}}}}}\n#END\n'
+    with Gateway(tmp_path, apisix_yaml=routes) as g:
+        c = H2Client(g.port)
+        try:
+            sid = c.send_request("/svc.Echo/Talk", method="POST", body=b"first", end=False,
+                                 headers=[("content-type", "application/grpc"),
+                                          ("te", "trailers")])  # fmt: skip
+            wait_until(lambda: _read_a_bit(c) and c.answers[sid].status == 200)
+            assert not c.answers[sid].done  # the response started, the request goes on
+            c.send_body(sid, b"second", end=True)
+            (a,) = c.wait(sid)
+            assert a.body == b"hello"
+            head = seen[0].lower()
+            assert (
+                b"transfer-encoding: chunked" in head and b"content-type: application/grpc" in head
+            )
+            assert b"second" in seen[1]
+        finally:
+            c.close()
+            srv.close()
