@@ -141,6 +141,12 @@ class H2Protocol(asyncio.Protocol):
             log.debug("h2 protocol error from %s: %s", self.remote_addr, e)
             self._abandon()
             return
+        except Exception:
+            # A bug of ours or an h2 state we did not expect: this connection ends, the worker
+            # and its other connections go on.
+            log.debug("h2 connection from %s failed", self.remote_addr, exc_info=True)
+            self.fail(ErrorCodes.INTERNAL_ERROR)
+            return
         self.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
