@@ -233,7 +233,8 @@ class H2Stream:
         """The exchange finished. Its answer is complete when it called end_response (maybe
         still waiting for window); otherwise it broke off (the upstream failed mid-body, the
         client went away): the stream is reset, so the client sees it is cut short."""
-        self.state.flush_writes()  # DATA deferred by ServerState.send goes first
+        # (No ServerState.flush_writes here: an exchange on a stream never defers a write to it;
+        # what is deferred are upstream requests, which keep their batching.)
         if not self.ended and (not self.pending or self.pending[-1] is not _END):
             self._reset(ErrorCodes.INTERNAL_ERROR)
         if self.ended:
