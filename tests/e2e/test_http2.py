@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from h2.errors import ErrorCodes
 
 from tests.e2e.test_tls_listener import self_signed
 from tests.support.gateway import Gateway, send_raw, wait_until
@@ -348,3 +349,18 @@ def test_streamed_request_body_while_the_response_flows(tmp_path: Path) -> None:
         finally:
             c.close()
             srv.close()
+
+
+def test_malformed_request_resets_only_its_stream(gw: Gateway) -> None:
+    """RFC 9113 8.1.1: a malformed request is a stream error; the connection goes on."""
+    c = H2Client(gw.port)
+    try:
+        c.conn.config.validate_outbound_headers = False  # let the client send what h2 refuses
+        c.conn.config.normalize_outbound_headers = False
+        bad = c.send_request("/bad", headers=[("x-split", "a\r\nx-injected: 1")])
+        upper = c.send_request("/bad", headers=[("X-Upper", "1")])
+        a, b = c.wait(bad, upper)
+        assert a.reset == ErrorCodes.PROTOCOL_ERROR and b.reset == ErrorCodes.PROTOCOL_ERROR
+        assert c.get("/echo").status == 200  # same connection, still served
+    finally:
+        c.close()
