@@ -35,7 +35,7 @@ routes:
   - id: rewritten
     uri: /rewritten
     plugins:
-      response-rewrite: {body: "rewritten\\n", headers: {set: {X-Rw: "yes"}}}
+      response-rewrite: {body: "rewritten\\n", headers: {set: {X-Rw: "yes", X-Proto: "$server_protocol"}}}
     upstream: {nodes: {"%(up)s": 1}}
   - id: all
     uri: /*
@@ -177,6 +177,7 @@ def test_plugins_on_streams_and_the_access_log(gw: Gateway) -> None:
         assert codes == [200, 200, 429]
         rw = c.get("/rewritten")
         assert rw.status == 200 and rw.body == b"rewritten\n" and rw.header(b"x-rw") == b"yes"
+        assert rw.header(b"x-proto") == b"HTTP/2.0"  # $server_protocol
     finally:
         c.close()
     log = gw.root / "logs" / "access.log"
