@@ -35,7 +35,7 @@ from hyperframe.frame import GoAwayFrame
 from tollway.proxy.h1_names import method_of
 from tollway.proxy.h2_fields import MalformedRequest, request_of
 from tollway.proxy.h2_guard import Budget, header_block_size
-from tollway.proxy.h2_stream import H2Stream
+from tollway.proxy.h2_stream import BODY_BUDGET, H2Stream
 
 if TYPE_CHECKING:
     from tollway.proxy.state import ServerState
@@ -98,6 +98,8 @@ class H2Protocol(asyncio.Protocol):
         self.goaway_at = 0.0  # when the graceful GOAWAY went out (0: not sent)
         self.last_stream = 0  # the highest stream id taken (GOAWAY's last-stream-id)
         self.budget = Budget(state.loop.time())
+        self.held = 0  # request body bytes the exchanges hold (h2_stream.BODY_BUDGET)
+        self.starved = False  # some stream's window waits for that budget
         self._dirty = False
         conn = self.conn = H2Connection(_CONFIG)
         # Set before the preface: h2 sends these in its first SETTINGS and enforces them at once
@@ -294,6 +296,10 @@ class H2Protocol(asyncio.Protocol):
             self._forget(stream)
 
     def _forget(self, stream: H2Stream) -> None:
+        self.held -= stream.held
+        stream.held = 0
+        if self.starved:
+            self.release()
         if self.active is stream:
             self.active = next(iter(self.streams.values()), None)
         if not self.streams:
@@ -355,6 +361,16 @@ class H2Protocol(asyncio.Protocol):
         """Open the windows again for ``size`` body bytes the exchange took."""
         self.conn.acknowledge_received_data(size, sid)  # a closed stream: the connection's
         self.flush_soon()
+
+    def release(self) -> None:
+        """Some exchange took what it held: open the windows the budget kept shut."""
+        if self.held > BODY_BUDGET:
+            return
+        self.starved = False
+        for stream in list(self.streams.values()):
+            if stream.unacked and not stream.reading_paused:
+                n, stream.unacked = stream.unacked, 0
+                self.ack(n, stream.sid)
 
 
 _HANDLERS: dict[type, Any] = {
