@@ -9,7 +9,8 @@ stream is ``write_paused`` and the upstream is not read) and the end (``end_resp
 trailers as a last HEADERS frame). The request body is fed to the exchange as it comes; the
 stream's window is opened for the bytes the exchange holds until it holds BODY_HIGH_WATER (the
 bound HTTP/1.1 has, flow.py), and from then on only as it hands them upstream: a stream holds
-at most that plus its window (64 KB).
+at most that plus its window (64 KB), and the streams of a connection together BODY_BUDGET
+(2 MB) before every window waits for an exchange to take what it holds.
 
 The connection starts from ``server.HttpProtocol``: after an ALPN ``h2`` handshake, or when a
 plain connection opens with the preface (h2c with prior knowledge). Defences: the flood budgets
