@@ -51,7 +51,7 @@ bench-proxy: $(STAMP)
 
 bench-h2: $(STAMP)
 	scripts/ensure-system-deps.sh bench
-	$(BIN)/python bench/h2.py
+	$(BIN)/python bench/http2.py
 
 bench-grpc: $(STAMP)
 	scripts/ensure-system-deps.sh bench

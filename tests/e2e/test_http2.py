@@ -7,12 +7,15 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from h2.errors import ErrorCodes
 
 from tests.e2e.test_tls_listener import self_signed
 from tests.support.gateway import Gateway, send_raw, wait_until
@@ -32,7 +35,7 @@ routes:
   - id: rewritten
     uri: /rewritten
     plugins:
-      response-rewrite: {body: "rewritten\\n", headers: {set: {X-Rw: "yes"}}}
+      response-rewrite: {body: "rewritten\\n", headers: {set: {X-Rw: "yes", X-Proto: "$server_protocol"}}}
     upstream: {nodes: {"%(up)s": 1}}
   - id: all
     uri: /*
@@ -174,6 +177,7 @@ def test_plugins_on_streams_and_the_access_log(gw: Gateway) -> None:
         assert codes == [200, 200, 429]
         rw = c.get("/rewritten")
         assert rw.status == 200 and rw.body == b"rewritten\n" and rw.header(b"x-rw") == b"yes"
+        assert rw.header(b"x-proto") == b"HTTP/2.0"  # $server_protocol
     finally:
         c.close()
     log = gw.root / "logs" / "access.log"
@@ -224,3 +228,140 @@ def test_goaway_on_graceful_stop(tmp_path: Path, up: Upstream) -> None:
             assert c.goaway.last_stream_id == sid
         finally:
             c.close()
+
+
+def test_goaway_on_reload(tmp_path: Path, up: Upstream) -> None:
+    """SIGHUP: new workers take over; the old one says GOAWAY and finishes its streams."""
+    with Gateway(tmp_path, apisix_yaml=_yaml(up)) as g:
+        old = g.worker_pids()
+        c = H2Client(g.port)
+        try:
+            assert c.get("/echo").status == 200
+            sid = c.send_request("/slow/1500")
+            wait_until(lambda: any(r["path"] == "/slow/1500" for r in up.requests), timeout=5)
+            g.signal(signal.SIGHUP)
+            (a,) = c.wait(sid, timeout=15)
+            assert a.status == 200
+            # the GOAWAY went out when the stop began: read on until it is seen
+            wait_until(lambda: c.goaway is not None or (_read_a_bit(c) and c.goaway is not None))
+            assert c.goaway is not None and c.goaway.error_code == 0
+        finally:
+            c.close()
+        wait_until(lambda: set(g.worker_pids()).isdisjoint(old) and g.worker_pids(), timeout=20)
+        assert H2Client(g.port).get("/after-reload").status == 200
+
+
+def test_idle_connection_closed_after_keepalive_timeout(tmp_path: Path, up: Upstream) -> None:
+    conf = {"nginx_config": {"http": {"keepalive_timeout": "1s"}}}
+    with Gateway(tmp_path, apisix_yaml=_yaml(up), config=conf) as g:
+        c = H2Client(g.port)
+        try:
+            assert c.get("/echo").status == 200
+            started = time.monotonic()
+            assert c.read_until_closed(timeout=10)  # GOAWAY, then closed
+            assert 0.8 <= time.monotonic() - started < 5
+            assert c.goaway is not None and c.goaway.error_code == 0
+            busy = H2Client(g.port)  # a connection with a stream in flight stays open
+            sid = busy.send_request("/slow/1600")
+            assert busy.wait(sid, timeout=10)[0].status == 200
+            busy.close()
+        finally:
+            c.close()
+
+
+def test_request_body_window_opens_only_as_the_upstream_takes_it(tmp_path: Path) -> None:
+    """An upstream that reads nothing: the gateway stops opening the stream's window once its
+    buffer (and the sockets') are full, so a client cannot make it hold an unbounded body."""
+    sink = socket.socket()
+    sink.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sink.bind(("127.0.0.1", 0))
+    sink.listen()
+    held: list[socket.socket] = []
+    threading.Thread(target=lambda: held.append(sink.accept()[0]), daemon=True).start()
+    node = f"127.0.0.1:{sink.getsockname()[1]}"
+    routes = f'routes:\n  - {{id: 1, uri: /*, upstream: {{nodes: {{"{node}": 1}}}}}}\n#END\n'
+    with Gateway(tmp_path, apisix_yaml=routes) as g:
+        c = H2Client(g.port)
+        try:
+            sid = c.send_request("/upload", method="POST", body=b"", end=False)
+            sent, chunk = 0, b"z" * 16384
+            while sent < 64 * 1024 * 1024:
+                room = min(c.conn.local_flow_control_window(sid), len(chunk))
+                if room <= 0:
+                    try:
+                        c.read_once(timeout=1.5)
+                    except TimeoutError:
+                        break  # no WINDOW_UPDATE for 1.5 s: the gateway stopped taking it
+                    continue
+                c.conn.send_data(sid, chunk[:room])
+                c.flush()
+                sent += room
+            assert held, "the gateway never connected upstream"
+            # what the gateway took: its buffer (BODY_HIGH_WATER), the stream window and the
+            # loopback socket buffers; far from the 64 MB offered
+            assert 256 * 1024 < sent < 8 * 1024 * 1024, sent  # (3.2 MB seen)
+        finally:
+            c.close()
+            for s in held:
+                s.close()
+            sink.close()
+
+
+def test_streamed_request_body_while_the_response_flows(tmp_path: Path) -> None:
+    """A request body of no length (gRPC's client streaming) goes upstream as it comes: the
+    response starts before the client ends its stream."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    seen: list[bytes] = []
+
+    def upstream() -> None:
+        conn, _ = srv.accept()
+        data = b""
+        while b"first" not in data:
+            data += conn.recv(65536)
+        seen.append(data)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        while not data.endswith(b"0\r\n\r\n"):
+            data += conn.recv(65536)
+        seen.append(data)
+        conn.sendall(b"0\r\n\r\n")
+        conn.close()
+
+    threading.Thread(target=upstream, daemon=True).start()
+    node = f"127.0.0.1:{srv.getsockname()[1]}"
+    routes = f'routes:\n  - {{id: 1, uri: /*, upstream: {{nodes: {{"{node}": 1}}}}}}\n#END\n'
+    with Gateway(tmp_path, apisix_yaml=routes) as g:
+        c = H2Client(g.port)
+        try:
+            sid = c.send_request("/svc.Echo/Talk", method="POST", body=b"first", end=False,
+                                 headers=[("content-type", "application/grpc"),
+                                          ("te", "trailers")])  # fmt: skip
+            wait_until(lambda: _read_a_bit(c) and c.answers[sid].status == 200)
+            assert not c.answers[sid].done  # the response started, the request goes on
+            c.send_body(sid, b"second", end=True)
+            (a,) = c.wait(sid)
+            assert a.body == b"hello"
+            head = seen[0].lower()
+            assert (
+                b"transfer-encoding: chunked" in head and b"content-type: application/grpc" in head
+            )
+            assert b"second" in seen[1]
+        finally:
+            c.close()
+            srv.close()
+
+
+def test_malformed_request_resets_only_its_stream(gw: Gateway) -> None:
+    """RFC 9113 8.1.1: a malformed request is a stream error; the connection goes on."""
+    c = H2Client(gw.port)
+    try:
+        c.conn.config.validate_outbound_headers = False  # let the client send what h2 refuses
+        c.conn.config.normalize_outbound_headers = False
+        bad = c.send_request("/bad", headers=[("x-split", "a\r\nx-injected: 1")])
+        upper = c.send_request("/bad", headers=[("X-Upper", "1")])
+        a, b = c.wait(bad, upper)
+        assert a.reset == ErrorCodes.PROTOCOL_ERROR and b.reset == ErrorCodes.PROTOCOL_ERROR
+        assert c.get("/echo").status == 200  # same connection, still served
+    finally:
+        c.close()

@@ -135,8 +135,8 @@ class Forwarding(ExchangeBase):
     async def _replayable_body(self) -> bytes | None:
         """Small bodies are read whole so that a retry can resend them (None: a larger one,
         which streams)."""
-        if self.ctx is not None and self.ctx.up_body is not None:
-            return self.ctx.up_body  # a plugin replaced the body (grpc-web)
+        if self.body_chunked and self.proto.http2:
+            return None  # an HTTP/2 body of no length may be a stream (gRPC): never wait for it
         if self.body_chunked or self.content_length <= REPLAY_LIMIT:
             return await self.read_body(REPLAY_LIMIT)
         return None

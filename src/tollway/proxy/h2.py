@@ -7,7 +7,10 @@ and the log phase run exactly as on HTTP/1.1. The exchange hands the stream stat
 (``send_head``), body bytes (``write``: DATA frames within the peer's windows; past them the
 stream is ``write_paused`` and the upstream is not read) and the end (``end_response``, with
 trailers as a last HEADERS frame). The request body is fed to the exchange as it comes; the
-window is opened as the exchange takes it (bounded buffering, as HTTP/1.1's pause_reading).
+stream's window is opened for the bytes the exchange holds until it holds BODY_HIGH_WATER (the
+bound HTTP/1.1 has, flow.py), and from then on only as it hands them upstream: a stream holds
+at most that plus its window (64 KB), and the streams of a connection together BODY_BUDGET
+(2 MB) before every window waits for an exchange to take what it holds.
 
 The connection starts from ``server.HttpProtocol``: after an ALPN ``h2`` handshake, or when a
 plain connection opens with the preface (h2c with prior knowledge). Defences: the flood budgets
@@ -33,7 +36,7 @@ from hyperframe.frame import GoAwayFrame
 from tollway.proxy.h1_names import method_of
 from tollway.proxy.h2_fields import MalformedRequest, request_of
 from tollway.proxy.h2_guard import Budget, header_block_size
-from tollway.proxy.h2_stream import H2Stream
+from tollway.proxy.h2_stream import BODY_BUDGET, H2Stream
 
 if TYPE_CHECKING:
     from tollway.proxy.state import ServerState
@@ -96,6 +99,8 @@ class H2Protocol(asyncio.Protocol):
         self.goaway_at = 0.0  # when the graceful GOAWAY went out (0: not sent)
         self.last_stream = 0  # the highest stream id taken (GOAWAY's last-stream-id)
         self.budget = Budget(state.loop.time())
+        self.held = 0  # request body bytes the exchanges hold (h2_stream.BODY_BUDGET)
+        self.starved = False  # some stream's window waits for that budget
         self._dirty = False
         conn = self.conn = H2Connection(_CONFIG)
         # Set before the preface: h2 sends these in its first SETTINGS and enforces them at once
@@ -138,6 +143,12 @@ class H2Protocol(asyncio.Protocol):
             # ENHANCE_YOUR_CALM for an oversized header list...): send it and close.
             log.debug("h2 protocol error from %s: %s", self.remote_addr, e)
             self._abandon()
+            return
+        except Exception:
+            # A bug of ours or an h2 state we did not expect: this connection ends, the worker
+            # and its other connections go on.
+            log.debug("h2 connection from %s failed", self.remote_addr, exc_info=True)
+            self.fail(ErrorCodes.INTERNAL_ERROR)
             return
         self.flush()
 
@@ -286,6 +297,10 @@ class H2Protocol(asyncio.Protocol):
             self._forget(stream)
 
     def _forget(self, stream: H2Stream) -> None:
+        self.held -= stream.held
+        stream.held = 0
+        if self.starved:
+            self.release()
         if self.active is stream:
             self.active = next(iter(self.streams.values()), None)
         if not self.streams:
@@ -347,6 +362,16 @@ class H2Protocol(asyncio.Protocol):
         """Open the windows again for ``size`` body bytes the exchange took."""
         self.conn.acknowledge_received_data(size, sid)  # a closed stream: the connection's
         self.flush_soon()
+
+    def release(self) -> None:
+        """Some exchange took what it held: open the windows the budget kept shut."""
+        if self.held > BODY_BUDGET:
+            return
+        self.starved = False
+        for stream in list(self.streams.values()):
+            if stream.unacked and not stream.reading_paused:
+                n, stream.unacked = stream.unacked, 0
+                self.ack(n, stream.sid)
 
 
 _HANDLERS: dict[type, Any] = {

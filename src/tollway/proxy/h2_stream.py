@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from h2.errors import ErrorCodes
 from h2.exceptions import H2Error
 
+from tollway.proxy.flow import BODY_HIGH_WATER
 from tollway.proxy.h2_fields import H2Request
 from tollway.proxy.pipeline import Exchange
 
@@ -40,13 +41,20 @@ class H2Protocol(Protocol):
     trust_real_ip: bool
     client_cert: tuple[ClientCheck, bool] | None
     write_paused: bool
+    held: int  # request body bytes the exchanges of the connection hold (BODY_BUDGET)
+    starved: bool  # a stream's window waits for the connection's budget
 
     def ack(self, size: int, sid: int) -> None: ...
+    def release(self) -> None: ...
     def flush_soon(self) -> None: ...
     def stream_done(self, stream: H2Stream) -> None: ...
 
 
 _STATUS = {s: str(s).encode() for s in range(100, 600)}
+# Request body bytes the exchanges of one connection may hold before no stream's window is
+# opened until some exchange takes what it holds: without it, 128 streams each holding
+# BODY_HIGH_WATER (as one HTTP/1.1 request may) would be 32 MB for one connection.
+BODY_BUDGET = 8 * BODY_HIGH_WATER
 _END = object()  # in ``pending``: END_STREAM (or the trailers) once the data before it left
 
 
@@ -74,6 +82,7 @@ class H2Stream:
         self.ended = False  # END_STREAM (or RST_STREAM) sent
         self.reading_paused = False
         self.unacked = 0  # body bytes received while paused: the window opens on resume
+        self.held = 0  # body bytes fed to the exchange since it last took them all
         self.trailers: list[tuple[bytes, bytes]] | None = None
         self.request_done = False
 
@@ -99,12 +108,16 @@ class H2Stream:
 
     def on_data(self, data: bytes, size: int) -> None:
         ex = self.ex
+        h2p = self.h2p
         if ex is not None and data and not ex.client_closed:
             ex.feed_body(data)
-        if self.reading_paused:
-            self.unacked += size
+            self.held += len(data)
+            h2p.held += len(data)
+        if self.reading_paused or h2p.held > BODY_BUDGET:
+            self.unacked += size  # the window opens when the exchange takes what it holds
+            h2p.starved = h2p.starved or not self.reading_paused
         elif size:
-            self.h2p.ack(size, self.sid)
+            h2p.ack(size, self.sid)
 
     def on_end(self) -> None:
         self.request_done = True
@@ -116,11 +129,16 @@ class H2Stream:
         self.reading_paused = True
 
     def resume_reading(self) -> None:
-        if self.reading_paused:
-            self.reading_paused = False
-            if self.unacked:
-                n, self.unacked = self.unacked, 0
-                self.h2p.ack(n, self.sid)
+        """The exchange took all the body bytes it held (or may take more)."""
+        h2p = self.h2p
+        h2p.held -= self.held
+        self.held = 0
+        self.reading_paused = False
+        if self.unacked:
+            n, self.unacked = self.unacked, 0
+            h2p.ack(n, self.sid)
+        if h2p.starved:
+            h2p.release()
 
     # -- response (what the exchange calls) ---------------------------------------------
 
@@ -233,7 +251,8 @@ class H2Stream:
         """The exchange finished. Its answer is complete when it called end_response (maybe
         still waiting for window); otherwise it broke off (the upstream failed mid-body, the
         client went away): the stream is reset, so the client sees it is cut short."""
-        self.state.flush_writes()  # DATA deferred by ServerState.send goes first
+        # (No ServerState.flush_writes here: an exchange on a stream never defers a write to it;
+        # what is deferred are upstream requests, which keep their batching.)
         if not self.ended and (not self.pending or self.pending[-1] is not _END):
             self._reset(ErrorCodes.INTERNAL_ERROR)
         if self.ended:

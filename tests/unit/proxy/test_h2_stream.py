@@ -11,7 +11,7 @@ from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.settings import SettingCodes
 
-from tollway.proxy.h2_stream import H2Stream
+from tollway.proxy.h2_stream import BODY_BUDGET, H2Stream
 from tollway.proxy.pipeline import Exchange
 
 
@@ -29,9 +29,21 @@ class Carrier:
         self.client_cert = None
         self.write_paused = False
         self.done: list[H2Stream] = []
+        self.held = 0
+        self.starved = False
+        self.acked: dict[int, int] = {}
+        self.streams: list[H2Stream] = []
 
     def ack(self, size: int, sid: int) -> None:
-        self.conn.acknowledge_received_data(size, sid)
+        self.acked[sid] = self.acked.get(sid, 0) + size
+
+    def release(self) -> None:  # as h2.H2Protocol.release
+        if self.held <= BODY_BUDGET:
+            self.starved = False
+            for s in self.streams:
+                if s.unacked and not s.reading_paused:
+                    n, s.unacked = s.unacked, 0
+                    self.ack(n, s.sid)
 
     def flush_soon(self) -> None:
         return None
@@ -126,3 +138,40 @@ def test_exchange_hands_trailers_to_the_stream_and_chunked_http11() -> None:
     assert ex._last_chunk() == b"0\r\ngrpc-status: 7\r\ngrpc-message: denied\r\n\r\n"
     ex.resp_trailers = None
     assert ex._last_chunk() == b"0\r\n\r\n"
+
+
+class Holding:
+    """An exchange that takes the body bytes and hands none upstream yet."""
+
+    client_closed = False
+
+    def __init__(self) -> None:
+        self.got = 0
+
+    def feed_body(self, data: bytes) -> None:
+        self.got += len(data)
+
+
+def test_windows_open_within_the_connection_budget() -> None:
+    """Streams whose exchanges hold their bodies: the windows stop opening once the connection
+    holds BODY_BUDGET, and open again when one exchange takes what it holds."""
+    server = Carrier()
+    chunk = b"b" * 16384
+    for sid in range(1, 80, 2):
+        s = H2Stream(server, sid)  # type: ignore[arg-type]
+        s.ex = Holding()  # type: ignore[assignment]
+        server.streams.append(s)
+        for _ in range(4):  # a stream window's worth each
+            s.on_data(chunk, len(chunk))
+    total = sum(server.acked.values())
+    assert server.held == 40 * 4 * len(chunk)  # what the exchanges hold: 2.5 MB
+    assert BODY_BUDGET - len(chunk) <= total <= BODY_BUDGET + len(chunk)  # opened: ~2 MB
+    assert server.starved
+    first = server.streams[0]
+    first.resume_reading()  # its exchange took what it held (64 KB): its own window opens
+    assert sum(server.acked.values()) == total  # (its bytes were acked already)
+    assert first.held == 0 and server.held == 39 * 4 * len(chunk) and server.starved
+    for s in server.streams[1:8]:  # 512 KB taken in all: the connection is within budget
+        s.resume_reading()
+    assert server.held <= BODY_BUDGET and not server.starved
+    assert sum(server.acked.values()) == 40 * 4 * len(chunk)  # every window opened

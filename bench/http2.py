@@ -1,7 +1,7 @@
 """HTTP/2 benchmark (run on demand, not a test): Tollway against nginx, both speaking h2c (prior
 knowledge) to h2load and HTTP/1.1 to the same upstream.
 
-    .venv/bin/python bench/h2.py [--duration 8] [--reps 3] [--loads 10x10,50x1] [--profile]
+    .venv/bin/python bench/http2.py [--duration 8] [--reps 3] [--loads 10x10,50x1] [--profile]
 
 The method of bench/proxy.py (/work/shared/reference/proxy-calibration.md): CPU 0 runs h2load
 and the upstream nginx, CPU 1 the proxy under test (nginx 1.22 ``listen ... http2`` with
@@ -11,7 +11,8 @@ one route, apisix.enable_http2 on by default). Each target gets a warm-up, then
 rotating each rep. The figure: requests per proxy CPU-second (h2load's succeeded requests over
 the utime+stime delta of the proxy's process tree); medians over reps; the ratio is against
 nginx in the same run. ``--profile`` prints where Tollway's worker spends its CPU under load
-(py-spy, when installed). Prints a markdown table on stdout, progress on stderr.
+(py-spy, when installed); ``--lib`` measures only the h2 library's part of a request, in
+memory. Prints a markdown table on stdout, progress on stderr.
 """
 
 from __future__ import annotations
@@ -144,27 +145,74 @@ def profile(pid: int, url: str, seconds: float) -> str:
 
 
 def summarize_profile(path: Path, top: int = 25) -> str:
-    """Self and inclusive sample shares per function from py-spy's raw (collapsed) output."""
+    """Self and inclusive shares of the event loop's thread (the log thread's idle waits left
+    out), per function, from py-spy's raw (collapsed) output."""
     own: dict[str, int] = {}
     incl: dict[str, int] = {}
     total = 0
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
+        if "Runner.run" not in stack:
+            continue  # another thread (the error log's writer)
         n = int(count)
         total += n
-        frames = stack.split(";")
+        frames = [re.sub(r" \((.*/)?(site-packages|src)/", " (", f) for f in stack.split(";")]
+        frames = [re.sub(r":\d+\)$", ")", f) for f in frames]
         for f in set(frames):
-            name = re.sub(r" \((.*/)?site-packages/", " (", f)
-            incl[name] = incl.get(name, 0) + n
-        leaf = re.sub(r" \((.*/)?site-packages/", " (", frames[-1])
-        own[leaf] = own.get(leaf, 0) + n
-    rows = ["| function | self % | incl. % |", "|---|---|---|"]
-    for name, n in sorted(own.items(), key=lambda kv: -kv[1])[:top]:
-        rows.append(f"| `{name}` | {100 * n / total:.1f} | {100 * incl[name] / total:.1f} |")
-    h2_share = sum(n for name, n in own.items() if "(h2/" in name or "(hpack/" in name
-                   or "(hyperframe/" in name)  # fmt: skip
-    rows.append(f"\nself time in h2 + hpack + hyperframe: {100 * h2_share / total:.1f}%")
+            incl[f] = incl.get(f, 0) + n
+        own[frames[-1]] = own.get(frames[-1], 0) + n
+    if not total:
+        return "(no samples of the event loop)"
+    rows = [f"event-loop thread, {total} samples", "", "| function | self % | incl. % |",
+            "|---|---|---|"]  # fmt: skip
+    for name, n in sorted(incl.items(), key=lambda kv: -kv[1])[:top]:
+        rows.append(f"| `{name}` | {100 * own.get(name, 0) / total:.1f} | {100 * n / total:.1f} |")
+    lib = sum(n for name, n in own.items() if re.search(r"\((h2|hpack|hyperframe)/", name))
+    rows.append(f"\nself time in h2 + hpack + hyperframe: {100 * lib / total:.1f}%")
     return "\n".join(rows)
+
+
+def library_cost(requests: int = 6000, rounds: int = 3) -> float:
+    """µs per request spent in the h2 library alone, as the gateway uses it (its validation
+    off): receive a request's HEADERS (h2load's fields), send HEADERS + DATA with END_STREAM.
+    In memory, no sockets, no Tollway code: the floor of an h2-based frame layer."""
+    from h2.config import H2Configuration
+    from h2.connection import H2Connection
+
+    server = H2Connection(
+        H2Configuration(client_side=False, header_encoding=None, validate_inbound_headers=False,
+                        normalize_inbound_headers=False, validate_outbound_headers=False,
+                        normalize_outbound_headers=False, split_outbound_cookies=False)
+    )  # fmt: skip
+    client = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+    server.initiate_connection()
+    client.initiate_connection()
+    client.increment_flow_control_window(2**31 - 1 - 65535)
+    server.receive_data(client.data_to_send())
+    client.receive_data(server.data_to_send())
+    server.receive_data(client.data_to_send())
+    server.data_to_send()
+    req = [(b":method", b"GET"), (b":path", PATH.encode()), (b":scheme", b"http"),
+           (b":authority", b"127.0.0.1:9080"), (b"user-agent", b"h2load nghttp2/1.52.0"),
+           (b"accept", b"*/*")]  # fmt: skip
+    resp = [(b":status", b"200"), (b"content-type", b"text/plain"), (b"content-length", b"12"),
+            (b"date", b"Wed, 25 Nov 2026 23:00:00 GMT"), (b"server", b"Tollway/0.1.0")]  # fmt: skip
+    frames = []
+    for _ in range(requests * rounds):
+        sid = client.get_next_available_stream_id()
+        client.send_headers(sid, req, end_stream=True)
+        frames.append((sid, client.data_to_send()))
+        client.streams.pop(sid, None)  # (the client side is not measured)
+    best = float("inf")
+    for r in range(rounds):
+        t0 = time.perf_counter()
+        for sid, data in frames[r * requests : (r + 1) * requests]:
+            server.receive_data(data)
+            server.send_headers(sid, resp)
+            server.send_data(sid, b"hello world\n", end_stream=True)
+            server.data_to_send()
+        best = min(best, (time.perf_counter() - t0) / requests * 1e6)
+    return best
 
 
 def main() -> None:
@@ -173,7 +221,11 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--loads", default="10x10,50x1", help="CLIENTSxSTREAMS, comma-separated")
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--lib", action="store_true", help="only the h2 library's cost per request")
     args = ap.parse_args()
+    if args.lib:
+        print(f"h2 library alone: {library_cost():.1f} µs per request (best of 3 x 6000)")
+        return
     loads = args.loads.split(",")
     procs = Processes()
     workdir = Path(tempfile.mkdtemp(prefix="tollway-h2-bench-"))
@@ -238,4 +290,4 @@ if __name__ == "__main__":
     try:
         main()
     except BenchError as e:
-        sys.exit(f"bench/h2.py: {e}")
+        sys.exit(f"bench/http2.py: {e}")
