@@ -15,7 +15,13 @@ from typing import Any, Protocol
 from tollway.proxy.state import ServerState
 from tollway.runtime.certs import ClientCheck
 
-__all__ = ["ClientConnection", "ServerState"]
+__all__ = ["ClientConnection", "HeadCache", "ServerState"]
+
+# The upstream request head after its request line, for the client's headers, Host, the host
+# name and the plugins' header edits that made it (request_head: the same four again reuse it).
+HeadCache = tuple[
+    list[tuple[bytes, bytes]], bytes, str, list[tuple[str, str | None, bool]] | None, bytes
+]
 
 
 class ClientConnection(Protocol):
@@ -34,7 +40,7 @@ class ClientConnection(Protocol):
     client_cert: tuple[ClientCheck, bool] | None
     # per-connection caches of the exchange (see Exchange._make_context, _request_head)
     host_cache: tuple[bytes, str] | None
-    head_cache: tuple[list[tuple[bytes, bytes]], bytes, str, bytes] | None
+    head_cache: HeadCache | None
     tunnel: Any  # the upgraded upstream connection, once a WebSocket is established
 
     def pause_reading(self) -> None: ...

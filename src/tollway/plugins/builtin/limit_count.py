@@ -93,9 +93,20 @@ class Window(msgspec.Struct, frozen=True):
 
 
 class Compiled:
-    __slots__ = ("count_tpl", "key_tpl", "rules", "window_tpl")
+    __slots__ = ("count_text", "count_tpl", "fixed", "key_tpl", "rules", "window_tpl")
 
     def __init__(self, conf: Conf) -> None:
+        # The common conf (one fixed window, numbers, not $vars): its count and window are
+        # known here, so a request computes only its key.
+        self.fixed: tuple[int, int] | None = None
+        if (
+            conf.rules is None
+            and conf.window_type == "fixed"
+            and isinstance(conf.count, int)
+            and isinstance(conf.time_window, int)
+        ):
+            self.fixed = (conf.count, conf.time_window)
+        self.count_text = str(conf.count)
         self.key_tpl = CountingTemplate(conf.key) if conf.key_type == "var_combination" else None
         self.count_tpl = compile_template(conf.count) if isinstance(conf.count, str) else None
         self.window_tpl = (
@@ -169,6 +180,30 @@ class LimitCount(Plugin):
         return getattr(self, phase)
 
     def access(self, conf: Conf, ctx: RequestContext) -> Exit:
+        comp = _compiled(conf)
+        fixed = comp.fixed
+        if fixed is None:
+            return self._access_windows(conf, ctx)
+        key = request_key(ctx, conf.key, conf.key_type, comp.key_tpl)
+        allowed, remaining, reset = shared_table("plugin-limit-count").update(
+            f"{self._prefix(conf, ctx)}:{key}", count_step, fixed[0], fixed[1]
+        )
+        headers: dict[str, str] | None = None
+        if conf.show_limit_quota_header:
+            h = self.metadata if self.metadata is not None else DEFAULT_HEADERS
+            headers = {
+                h.limit_header: comp.count_text,
+                h.remaining_header: str(remaining),
+                h.reset_header: str(reset),
+            }
+        if not allowed:
+            return self._rejected(conf, headers or {})
+        if headers is not None:
+            self._keep(ctx, headers)
+        return None
+
+    def _access_windows(self, conf: Conf, ctx: RequestContext) -> Exit:
+        """Rules, sliding windows, ``$var`` numbers: the windows are resolved per request."""
         wins = windows(conf, ctx)
         if not wins:
             log.debug("limit-count: no rule resolved for %s", ctx.path)
