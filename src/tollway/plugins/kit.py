@@ -539,6 +539,14 @@ class RequestContext:
             head = self.resp_head = ResponseHead()
         head.set(name, wire_value(value) if value is not None else None)
 
+    def set_response_headers(self, headers: Mapping[str, str | None]) -> None:
+        """``set_response_header`` for each item, in one call (a group of headers, such as
+        limit-count's quota headers)."""
+        head = self.resp_head
+        if head is None:
+            head = self.resp_head = ResponseHead()
+        head.set_all(headers, wire_value)
+
     def add_response_header(self, name: str, value: str) -> None:
         head = self.resp_head
         if head is None:

@@ -18,6 +18,8 @@ no CR/LF), so ``wire`` encodes them as latin-1 without checking.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+
 _CL = "content-length"
 
 
@@ -34,14 +36,9 @@ class ResponseHead:
         self._length = length
         self._added: list[tuple[str, str]] = []  # appended, while not decoded
         self._added_names: set[str] = set()  # their names, lowercase
-        self._names: frozenset[bytes] | None = None  # the lines' names, lowercase (on demand)
+        self._names: frozenset[str] | None = None  # the lines' names, lowercase (on demand)
         # The whole head as text, once decoded (None until then): then the only truth.
         self._pairs = pairs
-
-    @property
-    def edited(self) -> bool:
-        """True when the head to send differs from the upstream's lines."""
-        return self._pairs is not None or bool(self._added)
 
     def get(self, lname: str) -> str | None:
         """The first value of the header ``lname`` (lowercase), or None."""
@@ -90,6 +87,29 @@ class ResponseHead:
             pairs.append((name, value))
         self._pairs = pairs
 
+    def set_all(self, headers: Mapping[str, str | None], clean: Callable[[str], str]) -> None:
+        """``set`` for each item; ``clean`` makes a value safe (the kit's ``wire_value``). In
+        one pass when none of the names is in the head yet (the usual case)."""
+        if self._pairs is None:
+            names = self._names
+            if names is None:
+                names = self._line_names()
+            added = self._added_names
+            for name in headers:
+                lname = name.lower()
+                if lname in names or lname in added or lname == _CL:
+                    break
+            else:
+                for name, value in headers.items():
+                    if value is not None:
+                        if not (value.isprintable() and value.isascii()):
+                            value = clean(value)
+                        self._added.append((name, value))
+                        added.add(name.lower())
+                return
+        for name, value in headers.items():
+            self.set(name, clean(value) if value is not None else None)
+
     def pairs(self) -> list[tuple[str, str]]:
         """The whole head as text pairs (decoded once; edits through the list are kept)."""
         pairs = self._pairs
@@ -108,8 +128,8 @@ class ResponseHead:
         return pairs
 
     def wire(self) -> tuple[list[bytes], bytes | None]:
-        """(header pieces, Content-Length) to send: the upstream's pieces reused if the head
-        was not decoded, with the added headers after them."""
+        """(header pieces, Content-Length) to send: the upstream's pieces as they came when
+        nothing was edited, with the added headers after them when only that was."""
         pairs = self._pairs
         if pairs is None:
             lines = self._lines
@@ -131,12 +151,15 @@ class ResponseHead:
         """The upstream sent a ``lname`` line."""
         names = self._names
         if names is None:
-            lines = self._lines
-            names = self._names = frozenset([lines[i].lower() for i in range(0, len(lines), 4)])
-        try:
-            return lname.encode("latin-1") in names
-        except UnicodeEncodeError:
-            return False  # no line can have that name
+            names = self._line_names()
+        return lname in names
+
+    def _line_names(self) -> frozenset[str]:
+        lines = self._lines
+        names = self._names = frozenset(
+            [lines[i].decode("latin-1").lower() for i in range(0, len(lines), 4)]
+        )
+        return names
 
     def _find(self, lname: str) -> int:
         """The index of the upstream's ``lname`` line in the pieces, or -1."""

@@ -97,10 +97,7 @@ class Responding(ExchangeBase):
         self._header_filter(chain, ctx)
         status = self.status = ctx.resp_status
         head = ctx.resp_head  # a plugin may have replaced it (ctx.resp_headers = [...])
-        if head is not None and head.edited:
-            lines, length = head.wire()
-        elif head is None:
-            lines, length = [], None
+        lines, length = head.wire() if head is not None else ([], None)
         if chain.buffers_body:
             self.buffered_resp = []
         return status, lines, length
