@@ -406,22 +406,22 @@ async def each(requests: int, only: list[str]) -> None:
     from tollway.plugins.registry import BUILTIN_ENTRY_POINTS
 
     names = only or [n for n, _ in BUILTIN_ENTRY_POINTS if n not in NOT_RUNNABLE]
-    rows: list[tuple[str, float, float]] = []
+    rows: list[tuple[str, float, float]] = []  # (name, best, the bare route's just before)
     bare: list[float] = []
     for name in names:
         bare.append((await measure(None, requests))[0])
         times = await measure([name], requests)
-        rows.append((name, times[0], times[len(times) // 2]))
+        rows.append((name, times[0], bare[-1]))
         print(f"{name}: best {times[0]:.2f} median {times[len(times) // 2]:.2f}", file=sys.stderr)
     bare.append((await measure(None, requests))[0])
     base = sorted(bare)[len(bare) // 2]
     print(f"bare route: {base:.2f} us/request (median of {len(bare)} bests: "
           f"{min(bare):.2f}-{max(bare):.2f})")  # fmt: skip
-    print("| plugin | µs/request (best of 20 rounds) | marginal µs |")
-    print("|---|---|---|")
-    for name, best, _ in rows:
+    print("| plugin | µs/request (best of 20 rounds) | minus median bare | minus bare run before |")
+    print("|---|---|---|---|")
+    for name, best, before in rows:
         note = " (answers itself: no upstream)" if name in ANSWERS_ITSELF else ""
-        print(f"| `{name}`{note} | {best:.2f} | {best - base:+.2f} |")
+        print(f"| `{name}`{note} | {best:.2f} | {best - base:+.2f} | {best - before:+.2f} |")
 
 
 def against(ref: str, passthrough: list[str]) -> None:
