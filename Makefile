@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 MODE   ?= etcd
 
-.PHONY: ui run test lint typecheck unit e2e system-deps bench-proxy bench-hotpath bench-router bench-balancer bench-churn bench-limit-redis bench-scale bench-h2 bench-grpc clean
+.PHONY: ui run test lint typecheck unit e2e system-deps bench-proxy bench-hotpath bench-plugins bench-router bench-balancer bench-churn bench-limit-redis bench-scale bench-h2 bench-grpc clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -60,6 +60,11 @@ bench-grpc: $(STAMP)
 bench-hotpath: $(STAMP)
 	$(BIN)/python bench/hotpath.py
 	$(BIN)/python bench/hotpath.py --plugins
+	$(BIN)/python bench/hotpath.py --realistic
+
+# The marginal Python cost of every built-in plugin alone on the route (a markdown table).
+bench-plugins: $(STAMP)
+	$(BIN)/python bench/hotpath.py --each
 
 bench-limit-redis: $(STAMP) system-deps
 	$(BIN)/python bench/limit_redis.py

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
@@ -47,6 +48,11 @@ routes:
     uri: /group-b
     plugins:
       limit-count: {count: 2, time_window: 60, group: g1}
+    upstream: {nodes: {"%(up)s": 1}}
+  - id: concurrent
+    uri: /concurrent
+    plugins:
+      limit-count: {count: 20, time_window: 60, key_type: constant, key: all}
     upstream: {nodes: {"%(up)s": 1}}
 #END
 """
@@ -129,6 +135,28 @@ def test_limit_is_instance_wide_across_workers(gw: Gateway) -> None:
     assert statuses.count(503) == 7, statuses
     assert statuses[:3] == [200, 200, 200]
     assert remaining == ["2", "1", "0"] + ["0"] * 7
+
+
+def test_concurrent_requests_on_both_workers_get_exactly_the_limit(gw: Gateway) -> None:
+    # Ten keep-alive connections spread over the two workers send at once: the counter is
+    # one read-modify-write per request across processes, so exactly `count` get through.
+    conns = _connections_on_both_workers(gw, 10)
+
+    def send(c: http.client.HTTPConnection) -> list[int]:
+        out = []
+        for _ in range(6):
+            c.request("GET", "/concurrent")
+            r = c.getresponse()
+            r.read()
+            out.append(r.status)
+        c.close()
+        return out
+
+    with ThreadPoolExecutor(len(conns)) as pool:
+        statuses = [s for got in pool.map(send, conns) for s in got]
+    assert len(statuses) == 60
+    assert statuses.count(200) == 20, statuses
+    assert statuses.count(503) == 40, statuses
 
 
 def test_quota_headers_and_empty_rejection_body(gw: Gateway) -> None:

@@ -15,6 +15,8 @@ from urllib.parse import parse_qsl
 
 import msgspec
 
+from tollway.plugins.kit_head import ResponseHead
+
 Exit = tuple[int, Any] | tuple[int, Any, dict[str, str]] | None
 # rewrite/access/before_proxy may be coroutines (e.g. limit-req delays a request).
 PhaseResult = Exit | Awaitable[Exit]
@@ -257,7 +259,7 @@ class RequestContext:
         "request_body_bytes",
         "request_uri",
         "resp_body_replaced",
-        "resp_headers",
+        "resp_head",
         "resp_status",
         "route",
         "route_hosts",
@@ -341,7 +343,8 @@ class RequestContext:
         self.up_body: bytes | None = None  # a replaced request body (set_upstream_body)
         # Response (valid from header_filter on).
         self.resp_status = 0
-        self.resp_headers: list[tuple[str, str]] | None = None
+        # The head header_filter plugins edit (the proxy sets it; ``resp_headers`` as text).
+        self.resp_head: ResponseHead | None = None
         self.resp_body_replaced: bytes | None = None
         self.upstream_addr: str | None = None
         self.upstream_status: str | None = None
@@ -521,13 +524,15 @@ class RequestContext:
         self._header_op(name, value, True)
 
     def _header_op(self, name: str, value: str | None, append: bool) -> None:
+        h = self.headers
+        lname = name.lower()
         if value is not None:
             value = wire_value(value)
+        elif lname not in h:
+            return  # nothing to remove (attach_consumer's usual case): no edit at all
         if self.up_header_ops is None:
             self.up_header_ops = []
         self.up_header_ops.append((name, value, append))  # name as the plugin spelled it
-        h = self.headers
-        lname = name.lower()
         if value is None:
             h.pop(lname, None)
         elif append and lname in h:
@@ -537,19 +542,34 @@ class RequestContext:
 
     # -- response (header_filter) -------------------------------------------------------
 
+    @property
+    def resp_headers(self) -> list[tuple[str, str]] | None:
+        """The response head as (name, value) text (decoded on first use: the header methods
+        below are cheaper when a plugin needs one header)."""
+        head = self.resp_head
+        return head.pairs() if head is not None else None
+
+    @resp_headers.setter
+    def resp_headers(self, pairs: list[tuple[str, str]] | None) -> None:
+        self.resp_head = ResponseHead(pairs=pairs) if pairs is not None else None
+
     def get_response_header(self, name: str) -> str | None:
-        lname = name.lower()
-        for k, v in self.resp_headers or ():
-            if k.lower() == lname:
-                return v
-        return None
+        head = self.resp_head
+        return head.get(name.lower()) if head is not None else None
 
     def set_response_header(self, name: str, value: str | None) -> None:
-        lname = name.lower()
-        hs = [(k, v) for k, v in self.resp_headers or () if k.lower() != lname]
-        if value is not None:
-            hs.append((name, wire_value(value)))
-        self.resp_headers = hs
+        head = self.resp_head
+        if head is None:
+            head = self.resp_head = ResponseHead()
+        head.set(name, wire_value(value) if value is not None else None)
+
+    def set_response_headers(self, headers: Mapping[str, str | None]) -> None:
+        """``set_response_header`` for each item, in one call (a group of headers, such as
+        limit-count's quota headers)."""
+        head = self.resp_head
+        if head is None:
+            head = self.resp_head = ResponseHead()
+        head.set_all(headers, wire_value)
 
     def get_upstream_trailer(self, name: str) -> str | None:
         """A trailer field of the upstream's response (gRPC's ``grpc-status``), or None. Known
@@ -563,9 +583,10 @@ class RequestContext:
         return None
 
     def add_response_header(self, name: str, value: str) -> None:
-        if self.resp_headers is None:
-            self.resp_headers = []
-        self.resp_headers.append((name, wire_value(value)))
+        head = self.resp_head
+        if head is None:
+            head = self.resp_head = ResponseHead()
+        head.add(name, wire_value(value))
 
 
 def _request_line(c: RequestContext) -> str:

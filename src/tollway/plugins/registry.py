@@ -207,7 +207,11 @@ class Registry:
             self.decode_conf(name, conf)
 
     def build_chain(
-        self, plugins: Mapping[str, Any] | None, *, refuse_unknown: bool = True
+        self,
+        plugins: Mapping[str, Any] | None,
+        *,
+        refuse_unknown: bool = True,
+        known: Mapping[str, tuple[Any, Any]] | None = None,
     ) -> Chain:
         """Compile a chain. A plugin this registry lacks makes a refusing chain (fail closed),
         or is skipped with ``refuse_unknown=False`` (APISIX's way); a conf that does not decode
@@ -231,8 +235,11 @@ class Registry:
                     unknown.append(name)
                 log.debug("plugin %s is unknown or not enabled", name)
                 continue
+            seen = known.get(name) if known is not None else None
             try:
-                conf = self.decode_conf(name, raw)
+                conf = (
+                    seen[1] if seen is not None and seen[0] is raw else self.decode_conf(name, raw)
+                )
             except ConfigError as e:
                 invalid.append(name)
                 log.debug("%s", e)

@@ -55,7 +55,8 @@ _NAME = re.compile(r"^tollway-(\d+)-(\d+)-(\d+)-[\w.-]+\.shm$")
 
 
 class SharedTable:
-    """One named table. ``update`` is the only operation: a read-modify-write under the lock."""
+    """One named table. ``update`` is the operation: a read-modify-write under the lock
+    (``incr`` is the counting one, in one call)."""
 
     __slots__ = ("_clock", "_digests", "_fd", "_mask", "_mm", "path", "slots")
 
@@ -111,11 +112,7 @@ class SharedTable:
         """Run ``step`` on the key's record atomically across processes; return its result."""
         hit = self._digests.get(key)
         if hit is None:
-            digest = blake2b(key.encode("utf-8", "surrogateescape"), digest_size=16).digest()
-            hit = (digest, int.from_bytes(digest[:8], "little") & self._mask)
-            if len(self._digests) >= _DIGEST_CACHE:
-                self._digests.clear()
-            self._digests[key] = hit
+            hit = self._digest(key)
         fd = self._fd
         if fd >= 0:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -124,6 +121,43 @@ class SharedTable:
         finally:
             if fd >= 0:
                 fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def incr(self, key: str, value: float, ttl: float) -> tuple[float, float]:
+        """Add ``value`` to the key's count (a new or expired key starts from 0 and lives
+        ``ttl`` seconds: nginx's ``shared_dict:incr(key, value, 0, ttl)``, which
+        resty.limit.count uses); returns (the new count, seconds until the key expires).
+
+        ``update`` with a step would do the same; this is the one operation of the hot path
+        (limit-count), done in one call when the key sits in its home slot."""
+        hit = self._digests.get(key)
+        if hit is None:
+            hit = self._digest(key)
+        fd = self._fd
+        if fd >= 0:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            now = self._clock()
+            off = _HEADER + hit[1] * _SLOT_SIZE
+            d, expire, a, _ = _SLOT.unpack_from(self._mm, off)
+            if d != hit[0]:  # not in its home slot: the general probe
+                return self._update(hit[0], hit[1], now, _incr_step, value, ttl)
+            if expire > now:
+                a += value
+            else:
+                expire, a = now + ttl, value
+            _SLOT.pack_into(self._mm, off, d, expire, a, 0.0)
+            return a, expire - now
+        finally:
+            if fd >= 0:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _digest(self, key: str) -> tuple[bytes, int]:
+        digest = blake2b(key.encode("utf-8", "surrogateescape"), digest_size=16).digest()
+        hit = (digest, int.from_bytes(digest[:8], "little") & self._mask)
+        if len(self._digests) >= _DIGEST_CACHE:
+            self._digests.clear()
+        self._digests[key] = hit
+        return hit
 
     def _update(self, digest: bytes, home: int, now: float, step: Step[T], p: float, q: float) -> T:
         mm = self._mm
@@ -164,6 +198,16 @@ class SharedTable:
 
 
 _GONE = (0.0, 0.0, 0.0)
+
+
+def _incr_step(
+    rec: Record | None, now: float, value: float, ttl: float
+) -> tuple[Record, tuple[float, float]]:
+    """``incr`` as an update step (a key away from its home slot)."""
+    expire, a = (rec[0], rec[1] + value) if rec is not None else (now + ttl, value)
+    return (expire, a, 0.0), (a, expire - now)
+
+
 _DIGEST_CACHE = 100_000
 
 

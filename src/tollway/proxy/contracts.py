@@ -16,7 +16,13 @@ from typing import Any, Protocol
 from tollway.proxy.state import ServerState
 from tollway.runtime.certs import ClientCheck
 
-__all__ = ["ClientConnection", "ServerState", "StreamSink"]
+__all__ = ["ClientConnection", "HeadCache", "ServerState", "StreamSink"]
+
+# The upstream request head after its request line, for the client's headers, Host, the host
+# name and the plugins' header edits that made it (request_head: the same four again reuse it).
+HeadCache = tuple[
+    list[tuple[bytes, bytes]], bytes, str, list[tuple[str, str | None, bool]] | None, bytes
+]
 
 
 class ClientConnection(Protocol):
@@ -35,7 +41,7 @@ class ClientConnection(Protocol):
     client_cert: tuple[ClientCheck, bool] | None
     # per-connection caches of the exchange (see Exchange._make_context, _request_head)
     host_cache: tuple[bytes, str] | None
-    head_cache: tuple[list[tuple[bytes, bytes]], bytes, str, bytes] | None
+    head_cache: HeadCache | None
     tunnel: Any  # the upgraded upstream connection, once a WebSocket is established
     # An HTTP/2 stream (h2_stream.H2Stream): the exchange hands the head and the end over as
     # fields (StreamSink) and writes only body bytes; HTTP/1.1 frames what the exchange wrote.

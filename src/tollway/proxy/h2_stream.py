@@ -24,6 +24,7 @@ from tollway.proxy.pipeline import Exchange
 if TYPE_CHECKING:
     from h2.connection import H2Connection
 
+    from tollway.proxy.contracts import HeadCache
     from tollway.proxy.state import ServerState
     from tollway.runtime.certs import ClientCheck
 
@@ -74,7 +75,7 @@ class H2Stream:
         self.client_cert = h2p.client_cert
         self.write_paused = h2p.write_paused
         self.host_cache: tuple[bytes, str] | None = None
-        self.head_cache: tuple[list[tuple[bytes, bytes]], bytes, str, bytes] | None = None
+        self.head_cache: HeadCache | None = None
         self.tunnel: Any = None
         self.ex: Exchange | None = None
         self.pending: deque[Any] = deque()  # body bytes (and _END) beyond the windows

@@ -121,11 +121,8 @@ class Phases(ExchangeBase):
                 return
             # An auth plugin identified a consumer: its group's and its own plugins now apply,
             # and the ones it adds run their rewrite phase (APISIX rewrite_in_consumer).
-            merged = runtime.consumer_chain(route, ctx.consumer)
+            merged, added = runtime.consumer_phases(route, ctx.consumer)
             if merged is not chain:
-                added = tuple(
-                    e for e in merged.rewrite if e.plugin.type != "auth" and e not in chain.rewrite
-                )
                 self.chain = chain = merged
                 if added:
                     yield added

@@ -27,12 +27,13 @@ def request_head(
     ctx = ex.ctx
     assert ctx is not None
     proto = ex.proto
-    # Keep-alive clients send the same headers request after request: with nothing edited
-    # by plugins, all after the request line is cached per connection, keyed by the
-    # client's headers (one list compare).
+    # Keep-alive clients send the same headers request after request, and plugins make the
+    # same edits for the same client (key-auth: the consumer's headers): all after the request
+    # line is cached per connection, keyed by the client's headers and the edits (two list
+    # compares). The head is a function of these (and of the connection's constants).
+    ops = ctx.up_header_ops
     plain = (
-        ctx.up_header_ops is None
-        and ctx.up_host is None
+        ctx.up_host is None
         and up.pass_host == "pass"
         and body is None
         and not ex.has_body
@@ -49,14 +50,16 @@ def request_head(
             and cached[0] == ex.raw_headers
             and cached[1] == ex.host_raw
             and cached[2] == ctx.host
+            and cached[3] == ops
         ):
-            return method.encode("latin-1") + b" " + target + cached[3]
+            return method.encode("latin-1") + b" " + target + cached[4]
     host_hdr = host_field(
         ctx.up_host, up.pass_host, up.upstream_host, up.scheme, host, port, ex.host_raw
     )
     rest = b" HTTP/1.1\r\nHost: " + host_hdr + b"\r\n" + _header_block(ex, ctx, method, body)
     if plain:
-        proto.head_cache = (ex.raw_headers, ex.host_raw, ctx.host, rest)
+        # (a copy of the edits: the cache outlives this request)
+        proto.head_cache = (ex.raw_headers, ex.host_raw, ctx.host, ops and list(ops), rest)
     return method.encode("latin-1") + b" " + target + rest
 
 

@@ -11,19 +11,17 @@ import logging
 from typing import TYPE_CHECKING, cast
 
 from tollway.httprules.fields import PLAIN_CONNECTION, connection_tokens
-from tollway.httprules.response_head import (
-    lines_to_pairs,
-    pairs_to_lines,
-    upstream_status_field,
-)
+from tollway.httprules.response_head import pairs_to_lines, upstream_status_field
 from tollway.httprules.status import STATUS_LINES, status_line
 from tollway.plugins.kit import RequestContext
+from tollway.plugins.kit_head import ResponseHead
 from tollway.plugins.registry import Chain
 from tollway.proxy.attempt import UpstreamFailure
 from tollway.proxy.base import ExchangeBase
 from tollway.proxy.contracts import ClientConnection, StreamSink
 from tollway.proxy.h2_fields import pairs_fields, response_fields, split_lines
-from tollway.upstream.pool import ResponseHead, UpstreamConnection
+from tollway.upstream.pool import ResponseHead as UpstreamHead
+from tollway.upstream.pool import UpstreamConnection
 
 if TYPE_CHECKING:
     pass
@@ -36,7 +34,7 @@ class Responding(ExchangeBase):
 
     # -- upstream response callbacks (ResponseSink) ------------------------------------
 
-    def on_upstream_headers(self, status: int, conn: ResponseHead) -> None:
+    def on_upstream_headers(self, status: int, conn: UpstreamHead) -> None:
         if self.client_closed:
             return
         ctx = self.ctx
@@ -99,20 +97,13 @@ class Responding(ExchangeBase):
         self, chain: Chain, ctx: RequestContext, lines: list[bytes], length: bytes | None
     ) -> tuple[int, list[bytes], bytes | None]:
         """The header_filter plugins see and edit the head: (status, lines, Content-Length)."""
-        resp = lines_to_pairs(lines)
-        if length is not None:
-            resp.append(("Content-Length", length.decode("latin-1")))
-        ctx.resp_headers = resp
+        # A lazily decoded view (kit_head): plugins that only add headers leave the upstream's
+        # lines as they are.
+        ctx.resp_head = ResponseHead(lines, length)
         self._header_filter(chain, ctx)
         status = self.status = ctx.resp_status
-        lines = []
-        length = None
-        for name, value in ctx.resp_headers or ():
-            if len(name) == 14 and name.lower() == "content-length":
-                length = value.encode("latin-1")
-            else:
-                # plugin-set values went through the kit's wire_value(): latin-1 always
-                lines += (name.encode("latin-1"), b": ", value.encode("latin-1"), b"\r\n")
+        head = ctx.resp_head  # a plugin may have replaced it (ctx.resp_headers = [...])
+        lines, length = head.wire() if head is not None else ([], None)
         if chain.buffers_body:
             self.buffered_resp = []
         return status, lines, length
@@ -283,7 +274,7 @@ class Responding(ExchangeBase):
             d.set_result(None)
 
 
-def _without_named(conn: ResponseHead, connection: bytes, lines: list[bytes]) -> list[bytes]:
+def _without_named(conn: UpstreamHead, connection: bytes, lines: list[bytes]) -> list[bytes]:
     """Headers named in the upstream's Connection are hop-by-hop too (RFC 9110 7.6.1)."""
     tokens = connection_tokens([(b"connection", connection)])
     if not tokens:

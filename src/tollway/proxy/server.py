@@ -18,6 +18,7 @@ import httptools
 
 from tollway.httprules.fields import PLAIN_CONNECTION, connection_tokens
 from tollway.httprules.status import closing_error
+from tollway.proxy.contracts import HeadCache
 from tollway.proxy.flow import MAX_PIPELINE
 from tollway.proxy.h1_names import (
     _CONNECTION,
@@ -81,7 +82,7 @@ class HttpProtocol(Upgrading, asyncio.Protocol):
         self.deadline = 0.0  # header/keep-alive timeout, enforced by ServerState's sweep
         # (client headers, raw Host, host, what follows the request target upstream) of the
         # last request sent upstream unedited (see Forwarding._request_head).
-        self.head_cache: tuple[list[tuple[bytes, bytes]], bytes, str, bytes] | None = None
+        self.head_cache: HeadCache | None = None
         self.host_cache: tuple[bytes, str] | None = None  # (raw Host, parsed) of the last request
         self.reading_paused = False
         self.idle_since = 0.0

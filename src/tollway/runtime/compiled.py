@@ -25,7 +25,7 @@ from tollway.balancer import BalancerState, Picker, Server, create_picker, defau
 from tollway.errors import ConfigError
 from tollway.model import Timeout, Upstream, decode_item
 from tollway.plugins.kit import Consumer
-from tollway.plugins.registry import EMPTY_CHAIN, Chain
+from tollway.plugins.registry import EMPTY_CHAIN, Chain, ChainEntry
 from tollway.protos import CompiledProto
 from tollway.router import Router
 from tollway.runtime.certs import CertTable
@@ -208,7 +208,9 @@ class Builder(Protocol):
     """What a runtime asks of its Compiler to build, on first use, what it memoises."""
 
     def compile_upstream(self, key: str, version: int, conf: Upstream) -> CompiledUpstream: ...
-    def chain(self, plugins: Mapping[str, Any] | None) -> Chain: ...
+    def chain(
+        self, plugins: Mapping[str, Any] | None, known: Mapping[str, tuple[Any, Any]] | None = None
+    ) -> Chain: ...
 
 
 _INLINE_LIMIT = 1000  # inline upstreams (plugin-chosen) memoised per runtime
@@ -232,9 +234,10 @@ class Runtime:
     plugin_metadata: Mapping[str, Any] = field(default_factory=dict)
     # Memo tables (pure functions of this runtime; see the module docstring).
     inline_upstreams: dict[bytes, CompiledUpstream] = field(default_factory=dict)
-    # Route chains merged with a consumer's plugins, built on first use per version pair.
-    consumer_chains: dict[tuple[str, tuple[int, int, int], str, int], Chain] = field(
-        default_factory=dict
+    # Route chains merged with a consumer's plugins (and the rewrite entries they add),
+    # built on first use per (route, consumer) object pair.
+    consumer_chains: dict[tuple[CompiledRoute, Consumer], tuple[Chain, tuple[ChainEntry, ...]]] = (
+        field(default_factory=dict)
     )
 
     def evolve(self, **changes: Any) -> Runtime:
@@ -273,16 +276,51 @@ class Runtime:
     def consumer_chain(self, route: CompiledRoute, consumer: Consumer) -> Chain:
         """The route's chain with consumer-group then consumer plugins on top (APISIX
         merge_consumer_route: consumer > consumer_group > route)."""
-        key = (route.id, route.versions, consumer.username, consumer.version)
+        return self.consumer_phases(route, consumer)[0]
+
+    def consumer_phases(
+        self, route: CompiledRoute, consumer: Consumer
+    ) -> tuple[Chain, tuple[ChainEntry, ...]]:
+        """(``consumer_chain``, the rewrite entries it adds to the route's: they run once the
+        consumer is known, APISIX rewrite_in_consumer), built once per route and consumer
+        version (both are immutable once published, so the pair is the key). A consumer
+        bringing no plugin leaves the route's chain as it is (APISIX returns the route conf
+        unchanged)."""
+        key = (route, consumer)
         chains = self.consumer_chains
-        chain = chains.get(key)
-        if chain is None:
+        hit = chains.get(key)
+        if hit is not None:
+            return hit
+        gid = consumer.group_id
+        group = self.consumers.groups.get(gid) if gid is not None else None
+        if not consumer.plugins and not group:
+            hit = (route.chain, ())
+        else:
             merged = dict(route.plugins)
-            if consumer.group_id is not None:
-                merged.update(self.consumers.groups.get(consumer.group_id, {}))
+            merged.update(group or {})
             merged.update(consumer.plugins)
-            chain = self.builder.chain(merged).under(self.global_chain)
-            if len(chains) > _CONSUMER_CHAIN_LIMIT:
-                chains.clear()
-            chains[key] = chain
-        return chain
+            # The route's own confs keep their decoded objects (limit-* count per owner conf).
+            own = {
+                e.plugin.name: (route.plugins.get(e.plugin.name), e.conf)
+                for entries in _phases(route.own_chain)
+                for e in entries
+            }
+            chain = self.builder.chain(merged, own).under(self.global_chain)
+            base = route.chain.rewrite
+            added = tuple(e for e in chain.rewrite if e.plugin.type != "auth" and e not in base)
+            hit = (chain, added)
+        if len(chains) > _CONSUMER_CHAIN_LIMIT:
+            chains.clear()
+        chains[key] = hit
+        return hit
+
+
+def _phases(chain: Chain) -> tuple[tuple[ChainEntry, ...], ...]:
+    return (
+        chain.rewrite,
+        chain.access,
+        chain.before_proxy,
+        chain.header_filter,
+        chain.body_filter,
+        chain.log,
+    )

@@ -266,8 +266,10 @@ class Compiler:
             passive=self.passive,
         )
 
-    def chain(self, plugins: Mapping[str, Any] | None) -> Chain:
-        return self.registry.build_chain(plugins, refuse_unknown=self.refuse_unknown)
+    def chain(
+        self, plugins: Mapping[str, Any] | None, known: Mapping[str, tuple[Any, Any]] | None = None
+    ) -> Chain:
+        return self.registry.build_chain(plugins, refuse_unknown=self.refuse_unknown, known=known)
 
     # -- DNS ------------------------------------------------------------------------------
 

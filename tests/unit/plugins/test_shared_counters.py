@@ -110,3 +110,27 @@ def test_supervisor_removes_its_instance_files(
     shared_counters.remove_instance_files(os.getppid())
     assert t.path is not None and not os.path.exists(t.path)
     assert other.exists()
+
+
+def test_incr_counts_like_a_step_and_restarts_when_expired() -> None:
+    clock = Clock()
+    t = SharedTable(None, slots=64, clock=clock)
+    assert t.incr("k", 1.0, 10) == (1.0, 10.0)
+    clock.now += 4
+    assert t.incr("k", 1.0, 10) == (2.0, 6.0)  # the window started at the first use
+    assert t.update("k", step, 10) == 3  # the same record as update() sees it
+    clock.now += 6
+    assert t.incr("k", 1.0, 10) == (1.0, 10.0)
+
+
+def test_incr_away_from_the_home_slot() -> None:
+    t = SharedTable(None, slots=64, clock=Clock())
+    # two keys with the same home slot: the second lives in the next one (the probe path)
+    t._digests["a"] = (b"a" * 16, 7)
+    t._digests["b"] = (b"b" * 16, 7)
+    assert [t.incr("a", 1.0, 10)[0], t.incr("b", 1.0, 10)[0], t.incr("b", 1.0, 10)[0]] == [
+        1.0,
+        1.0,
+        2.0,
+    ]
+    assert t.incr("a", 1.0, 10)[0] == 2.0

@@ -135,3 +135,34 @@ def test_global_rule_plugin_in_two_rules_is_dropped() -> None:
     )
     names = comp.runtime.global_chain.names
     assert names == frozenset({"proxy-rewrite"})
+
+
+def test_consumer_chains_keep_the_routes_confs_and_are_built_once() -> None:
+    _, comp = make(
+        {
+            "routes/1": {
+                "uri": "/a",
+                "plugins": {"key-auth": {}, "limit-count": {"count": 5, "time_window": 60}},
+                "upstream": NODES,
+            },
+            "consumers/plain": {"username": "plain", "plugins": {"key-auth": {"key": "k1"}}},
+            "consumers/more": {
+                "username": "more",
+                "plugins": {"key-auth": {"key": "k2"}, "proxy-rewrite": {"uri": "/m"}},
+            },
+        }
+    )
+    rt = comp.runtime
+    route = comp.routes["1"]
+    plain = rt.consumers.find("key-auth", "k1")
+    more = rt.consumers.find("key-auth", "k2")
+    assert plain is not None and more is not None
+    # APISIX merge_consumer_route: a consumer with no plugin to add leaves the route as is
+    assert rt.consumer_phases(route, plain) == (route.chain, ())
+    chain, added = rt.consumer_phases(route, more)
+    assert rt.consumer_phases(route, more)[0] is chain  # memoised
+    assert [e.plugin.name for e in added] == ["proxy-rewrite"]
+    # the route's limit-count conf is the same object (its counters stay the route's)
+    (own,) = [e.conf for e in route.chain.access if e.plugin.name == "limit-count"]
+    (merged,) = [e.conf for e in chain.access if e.plugin.name == "limit-count"]
+    assert merged is own

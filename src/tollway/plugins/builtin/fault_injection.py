@@ -83,6 +83,25 @@ class FaultInjection(Plugin):
     priority = 11000
     schema = Conf
 
+    def phase_method(self, phase: str, conf: Conf) -> Any:
+        # Without a delay nothing waits: the pipeline's fast path (no task per request).
+        if phase == "rewrite" and conf.delay is None:
+            return self.rewrite_now
+        return getattr(self, phase)
+
+    def rewrite_now(self, conf: Conf, ctx: RequestContext) -> Exit:
+        """``rewrite`` for a conf without ``delay``, as a plain call."""
+        abort = conf.abort
+        if abort is None:
+            return None
+        comp = _compiled(conf)
+        abort_vars = vars_match(comp.abort_vars, ctx.var)
+        if sample_hit(abort.percentage) and abort_vars:
+            headers = {k: tpl(ctx.var) for k, tpl in comp.abort_headers}
+            body = comp.abort_body(ctx.var) if comp.abort_body is not None else None
+            return abort.http_status, body, headers
+        return None
+
     async def rewrite(self, conf: Conf, ctx: RequestContext) -> Exit:
         comp = _compiled(conf)
         abort_vars = vars_match(comp.abort_vars, ctx.var) if conf.abort else False

@@ -26,7 +26,7 @@ from msgspec import Meta
 from tollway.plugins.builtin.interpolate import compile_template
 from tollway.plugins.builtin.limit_redis import RedisFields, check_redis, conn_incoming
 from tollway.plugins.builtin.limit_scope import CountingTemplate, counter_scope, request_key
-from tollway.plugins.kit import Exit, PerConf, Plugin, RequestContext
+from tollway.plugins.kit import Exit, PerConf, PhaseResult, Plugin, RequestContext
 from tollway.plugins.kit_counters import (
     Record,
     RedisClient,
@@ -130,7 +130,41 @@ class LimitConn(Plugin):
     version = 0.1
     schema = Conf
 
+    def phase_method(self, phase: str, conf: Conf) -> Any:
+        # The local policy counts synchronously and waits only to delay a request: the
+        # pipeline's fast path (no task) for every request that is not delayed.
+        if phase == "access" and conf.policy == "local":
+            return self.access_local
+        return getattr(self, phase)
+
+    def access_local(self, conf: Conf, ctx: RequestContext) -> PhaseResult:
+        scope = counter_scope(ctx, self.name, conf, _decode)
+        delay = 0.0
+        table = shared_table("plugin-limit-conn")
+        for conn_v, burst_v, key, key_type, tpl in _compiled(conf).items:
+            conn, burst = _resolve(conn_v, ctx), _resolve(burst_v, ctx)
+            if conn is None or burst is None or conn <= 0:
+                log.debug("limit-conn: conn/burst of %s did not resolve", key)
+                if conf.allow_degradation:
+                    continue
+                return 500, None
+            counted = _counted(scope, conf, ctx, key, key_type, tpl)
+            if counted is None:
+                continue
+            n_in = table.update(counted, incoming_step, conn, burst)
+            if n_in is None:
+                return _rejected(conf)
+            _remember(ctx, (table, counted))
+            assert conf.default_conn_delay is not None
+            delay = max(delay, conn_delay(n_in, conn, conf.default_conn_delay))
+        if delay >= 0.001:
+            return asyncio.sleep(delay)  # an awaitable of None: the request goes on after it
+        return None
+
     async def access(self, conf: Conf, ctx: RequestContext) -> Exit:
+        if conf.policy == "local":
+            res = self.access_local(conf, ctx)
+            return await res if res is not None and not isinstance(res, tuple) else res
         scope = counter_scope(ctx, self.name, conf, _decode)
         delay = 0.0
         for conn_v, burst_v, key, key_type, tpl in _compiled(conf).items:
@@ -140,22 +174,16 @@ class LimitConn(Plugin):
                 if conf.allow_degradation:
                     continue
                 return 500, None
-            if tpl is not None and conf.rules is not None:
-                text, n = tpl.render(ctx.var)
-                if n == 0:
-                    continue
-                counted = f"{scope}:{text}:{key}"
-            else:
-                counted = f"{scope}:{request_key(ctx, key, key_type, tpl)}"
+            counted = _counted(scope, conf, ctx, key, key_type, tpl)
+            if counted is None:
+                continue
             try:
                 n_in = await self._incoming(conf, ctx, counted, conn, burst)
             except RedisUnavailable as e:
                 log.debug("limit-conn: %s", e)
                 return None if conf.allow_degradation else (500, None)
             if n_in is None:
-                if conf.rejected_msg is not None:
-                    return conf.rejected_code, {"error_msg": conf.rejected_msg}
-                return conf.rejected_code, None
+                return _rejected(conf)
             assert conf.default_conn_delay is not None
             delay = max(delay, conn_delay(n_in, conn, conf.default_conn_delay))
         if delay >= 0.001:
@@ -197,6 +225,27 @@ class LimitConn(Plugin):
         if _LEAVING:
             await asyncio.wait(list(_LEAVING), timeout=2.0)
         await aclose_all()
+
+
+def _counted(
+    scope: str,
+    conf: Conf,
+    ctx: RequestContext,
+    key: str,
+    key_type: str,
+    tpl: CountingTemplate | None,
+) -> str | None:
+    """The counter of one rule for this request; None when a rule's key does not resolve."""
+    if tpl is not None and conf.rules is not None:
+        text, n = tpl.render(ctx.var)
+        return f"{scope}:{text}:{key}" if n else None
+    return f"{scope}:{request_key(ctx, key, key_type, tpl)}"
+
+
+def _rejected(conf: Conf) -> Exit:
+    if conf.rejected_msg is not None:
+        return conf.rejected_code, {"error_msg": conf.rejected_msg}
+    return conf.rejected_code, None
 
 
 _LEAVING: set[asyncio.Task[None]] = set()

@@ -23,7 +23,7 @@ from tollway.plugins.builtin.interpolate import compile_template
 from tollway.plugins.builtin.limit_count_redis import close_redis_counters, redis_counter
 from tollway.plugins.builtin.limit_redis import RedisFields, check_redis
 from tollway.plugins.builtin.limit_scope import CountingTemplate, counter_scope, request_key
-from tollway.plugins.builtin.limit_windows import count_step, sliding_local
+from tollway.plugins.builtin.limit_windows import count_step, sliding_local, whole
 from tollway.plugins.kit import Exit, PerConf, Plugin, RequestContext
 from tollway.plugins.kit_counters import RedisUnavailable, shared_table
 
@@ -93,9 +93,22 @@ class Window(msgspec.Struct, frozen=True):
 
 
 class Compiled:
-    __slots__ = ("count_tpl", "key_tpl", "rules", "window_tpl")
+    __slots__ = ("count_text", "count_tpl", "fixed", "key_tpl", "rules", "scopes", "window_tpl")
 
     def __init__(self, conf: Conf) -> None:
+        # The common conf (one fixed window, numbers, not $vars): its count and window are
+        # known here, so a request computes only its key.
+        self.fixed: tuple[int, int] | None = None
+        if (
+            conf.rules is None
+            and conf.window_type == "fixed"
+            and isinstance(conf.count, int)
+            and isinstance(conf.time_window, int)
+        ):
+            self.fixed = (conf.count, conf.time_window)
+        self.count_text = str(conf.count)
+        # (consumer, route) -> the counters' scope: a pure function of the three objects
+        self.scopes: dict[tuple[Any, Any], str] = {}
         self.key_tpl = CountingTemplate(conf.key) if conf.key_type == "var_combination" else None
         self.count_tpl = compile_template(conf.count) if isinstance(conf.count, str) else None
         self.window_tpl = (
@@ -110,6 +123,12 @@ class Compiled:
             )
             for rule in conf.rules or ()
         ]
+
+    def scope(self, owner: tuple[Any, Any], scope: str) -> str:
+        if len(self.scopes) >= 256:
+            self.scopes.clear()
+        self.scopes[owner] = scope
+        return scope
 
 
 _compiled = PerConf(Compiled)
@@ -169,6 +188,45 @@ class LimitCount(Plugin):
         return getattr(self, phase)
 
     def access(self, conf: Conf, ctx: RequestContext) -> Exit:
+        comp = _compiled(conf)
+        fixed = comp.fixed
+        if fixed is None:
+            return self._access_windows(conf, ctx)
+        # The common conf in few steps: this runs on every request of a limited route.
+        if conf.key_type == "var":
+            value = ctx.var(conf.key)
+            key = ctx.remote_addr if value is None else str(value)
+        else:
+            key = request_key(ctx, conf.key, conf.key_type, comp.key_tpl)
+        prefix = conf.group
+        if prefix is None:
+            owner = (ctx.consumer, ctx.route)
+            prefix = comp.scopes.get(owner)
+            if prefix is None:
+                prefix = comp.scope(owner, counter_scope(ctx, self.name, conf, _decode))
+        # resty.limit.count: incr(key, 1, 0, window); the window starts at the key's first use
+        used, ttl = shared_table("plugin-limit-count").incr(f"{prefix}:{key}", 1.0, fixed[1])
+        remaining = int(fixed[0] - used)
+        headers: dict[str, str] | None = None
+        if conf.show_limit_quota_header:
+            h = self.metadata if self.metadata is not None else DEFAULT_HEADERS
+            headers = {
+                h.limit_header: comp.count_text,
+                h.remaining_header: str(remaining) if remaining > 0 else "0",
+                h.reset_header: str(whole(ttl)),
+            }
+        if remaining < 0:
+            return self._rejected(conf, headers or {})
+        if headers is not None:
+            state = ctx.plugin_state
+            if state is None:
+                ctx.plugin_state = {self.name: headers}
+            else:
+                state[self.name] = headers
+        return None
+
+    def _access_windows(self, conf: Conf, ctx: RequestContext) -> Exit:
+        """Rules, sliding windows, ``$var`` numbers: the windows are resolved per request."""
         wins = windows(conf, ctx)
         if not wins:
             log.debug("limit-count: no rule resolved for %s", ctx.path)
@@ -247,8 +305,7 @@ class LimitCount(Plugin):
         state = ctx.plugin_state
         headers = state.get(self.name) if state else None
         if headers:
-            for k, v in headers.items():
-                ctx.set_response_header(k, v)
+            ctx.set_response_headers(headers)
 
     async def aclose(self) -> None:
         await close_redis_counters()

@@ -13,14 +13,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
 
 from tollway.plugins.builtin.limit_redis import RedisFields, check_redis, leaky_bucket
 from tollway.plugins.builtin.limit_scope import CountingTemplate, counter_scope, request_key
-from tollway.plugins.kit import Exit, PerConf, Plugin, RequestContext
+from tollway.plugins.kit import Exit, PerConf, PhaseResult, Plugin, RequestContext
 from tollway.plugins.kit_counters import (
     Record,
     RedisClient,
@@ -85,27 +85,47 @@ class LimitReq(Plugin):
     version = 0.1
     schema = Conf
 
-    async def access(self, conf: Conf, ctx: RequestContext) -> Exit:
+    def phase_method(self, phase: str, conf: Conf) -> Any:
+        # The local policy counts synchronously and waits only to delay a request: the
+        # pipeline's fast path (no task) for every request that is not delayed.
+        if phase == "access" and conf.policy == "local":
+            return self.access_local
+        return getattr(self, phase)
+
+    def access_local(self, conf: Conf, ctx: RequestContext) -> PhaseResult:
         key = request_key(ctx, conf.key, conf.key_type, _template(conf))
         counted = f"{counter_scope(ctx, self.name, conf, _decode)}:{key}"
-        if conf.policy == "local":
-            table = shared_table("plugin-limit-req")
-            delay = table.update(counted, leaky_step, conf.rate, conf.burst)
-        else:
-            try:
-                delay = await leaky_bucket(
-                    _client(conf), f"limit_req:{counted}", conf.rate, conf.burst, time.time() * 1e3
-                )
-            except RedisUnavailable as e:
-                log.debug("limit-req: %s", e)
-                return None if conf.allow_degradation else (500, None)
+        delay = shared_table("plugin-limit-req").update(counted, leaky_step, conf.rate, conf.burst)
         if delay is None:
-            if conf.rejected_msg is not None:
-                return conf.rejected_code, {"error_msg": conf.rejected_msg}
-            return conf.rejected_code, None
+            return self._rejected(conf)
+        if delay >= 0.001 and not conf.nodelay:
+            return asyncio.sleep(delay)  # an awaitable of None: the request goes on after it
+        return None
+
+    async def access(self, conf: Conf, ctx: RequestContext) -> Exit:
+        if conf.policy == "local":
+            res = self.access_local(conf, ctx)
+            return await res if res is not None and not isinstance(res, tuple) else res
+        key = request_key(ctx, conf.key, conf.key_type, _template(conf))
+        counted = f"{counter_scope(ctx, self.name, conf, _decode)}:{key}"
+        try:
+            delay = await leaky_bucket(
+                _client(conf), f"limit_req:{counted}", conf.rate, conf.burst, time.time() * 1e3
+            )
+        except RedisUnavailable as e:
+            log.debug("limit-req: %s", e)
+            return None if conf.allow_degradation else (500, None)
+        if delay is None:
+            return self._rejected(conf)
         if delay >= 0.001 and not conf.nodelay:
             await asyncio.sleep(delay)
         return None
+
+    @staticmethod
+    def _rejected(conf: Conf) -> Exit:
+        if conf.rejected_msg is not None:
+            return conf.rejected_code, {"error_msg": conf.rejected_msg}
+        return conf.rejected_code, None
 
     async def aclose(self) -> None:
         await aclose_all()

@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from tollway.plugins.kit import RequestContext
+from tollway.plugins.kit import PerConf, RequestContext
 
 VarFn = Callable[[str], Any]
 
@@ -95,6 +95,25 @@ def _fingerprint(obj: Any, decode: Callable[[Any], Any] | None) -> bytes:
 
 
 def counter_scope(ctx: RequestContext, plugin: str, conf: Any, decode: Callable[[Any], Any]) -> str:
+    """The scope of a conf's counters (see :func:`find_scope`), found once per conf, consumer
+    and route: a pure function of these three (published consumers and routes are never
+    modified), so a request looks it up."""
+    memo = _SCOPES(conf)
+    owner = (ctx.consumer, ctx.route)  # identity-hashed
+    scope = memo.get(owner)
+    if scope is None:
+        scope = find_scope(ctx, plugin, conf, decode)
+        if len(memo) >= _SCOPES_PER_CONF:
+            memo.clear()
+        memo[owner] = scope
+    return scope
+
+
+_SCOPES: PerConf[Any, dict[tuple[Any, Any], str]] = PerConf(lambda conf: {})
+_SCOPES_PER_CONF = 256
+
+
+def find_scope(ctx: RequestContext, plugin: str, conf: Any, decode: Callable[[Any], Any]) -> str:
     """``<owner>:<conf version>`` for a conf: the consumer's when it came from the consumer, the
     route's (merged with its service and plugin config) when it is the route's own, else a
     global rule's. The version is the conf's content, so editing another part of the route

@@ -32,7 +32,7 @@ import msgspec
 from msgspec import Meta
 from multidict import CIMultiDict
 
-from tollway.plugins.kit import Exit, Plugin, RequestContext
+from tollway.plugins.kit import Exit, PhaseResult, Plugin, RequestContext
 from tollway.plugins.kit_outbound import (
     Endpoint,
     OutboundClient,
@@ -232,6 +232,24 @@ class ProxyMirror(Plugin):
         if state is None:
             state = ctx.plugin_state = {}
         state[STATE_KEY] = mirror_uri(conf, ctx)
+        return None
+
+    def phase_method(self, phase: str, conf: Conf) -> Any:
+        if phase == "before_proxy":
+            return self.before_proxy_now
+        return getattr(self, phase)
+
+    def before_proxy_now(self, conf: Conf, ctx: RequestContext) -> PhaseResult:
+        """``before_proxy`` as a plain call when there is no request body to wait for (the
+        pipeline's fast path); a coroutine (``before_proxy``) when there is one."""
+        if ctx.body_reader is not None:
+            return self.before_proxy(conf, ctx)
+        state = ctx.plugin_state
+        uri = state.pop(STATE_KEY, None) if state else None
+        if uri is not None:
+            method = ctx.up_method or ctx.method
+            request = request_bytes(method, uri, mirror_headers(ctx).items(), b"")
+            self.client.submit(method, self._endpoint(conf.host), request)
         return None
 
     async def before_proxy(self, conf: Conf, ctx: RequestContext) -> Exit:

@@ -118,3 +118,30 @@ def test_limit_conn_burst_is_delayed(clock: Clock, monkeypatch: pytest.MonkeyPat
     assert run(plugin.access(conf, make_ctx())) is None
     assert run(plugin.access(conf, make_ctx())) == (503, None)
     assert slept == [0.2]
+
+
+def test_local_policies_and_undelayed_faults_run_without_a_coroutine(clock: Clock) -> None:
+    # The pipeline's fast path: a plain call unless the request must wait (a delay).
+    import inspect
+
+    from tollway.plugins.builtin.fault_injection import Conf as FaultConf
+    from tollway.plugins.builtin.fault_injection import FaultInjection
+    from tollway.plugins.builtin.limit_conn import Conf as ConnConf
+    from tollway.plugins.builtin.limit_conn import LimitConn
+    from tollway.plugins.builtin.limit_req import Conf as ReqConf
+    from tollway.plugins.builtin.limit_req import LimitReq
+
+    req = msgspec.convert({"rate": 1, "burst": 0, "key": "remote_addr"}, ReqConf)
+    conn = msgspec.convert(
+        {"conn": 1, "burst": 0, "default_conn_delay": 0.1, "key": "remote_addr"}, ConnConf
+    )
+    fault = msgspec.convert({"abort": {"http_status": 403}}, FaultConf)
+    delayed = msgspec.convert({"delay": {"duration": 1}}, FaultConf)
+    assert not inspect.iscoroutinefunction(LimitReq().phase_method("access", req))
+    assert not inspect.iscoroutinefunction(LimitConn().phase_method("access", conn))
+    assert not inspect.iscoroutinefunction(FaultInjection().phase_method("rewrite", fault))
+    assert inspect.iscoroutinefunction(FaultInjection().phase_method("rewrite", delayed))
+    ctx = make_ctx()
+    assert LimitReq().access_local(req, ctx) is None
+    assert LimitReq().access_local(req, ctx) == (503, None)  # over the rate, burst 0
+    assert FaultInjection().rewrite_now(fault, make_ctx()) == (403, None, {})

@@ -1,0 +1,175 @@
+"""The response head as header_filter plugins see and edit it (``RequestContext``'s response
+header methods work on one of these).
+
+The upstream's header lines stay the bytes the connection parsed (the flat ``name, b": ",
+value, CRLF`` pieces of a head) until a plugin needs them as text: reading one header decodes
+that one, adding a header (or setting one the head does not have, as the quota headers of
+limit-count or a response-rewrite ``set`` usually do) appends it to the edits, and the proxy
+writes the head with the original pieces reused. Only replacing or removing a header the
+upstream sent, or reading the whole list (``pairs``), decodes the head into (name, value)
+text pairs; from then on the pairs are the head.
+
+Content-Length is one of the headers here (a plugin may drop or replace it), kept apart from
+the lines as the proxy frames the body with it.
+
+Invariant: values given to ``add``/``set`` went through the kit's ``wire_value`` (latin-1 safe,
+no CR/LF), so ``wire`` encodes them as latin-1 without checking.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+_CL = "content-length"
+
+
+class ResponseHead:
+    __slots__ = ("_added", "_added_names", "_length", "_lines", "_names", "_pairs")
+
+    def __init__(
+        self,
+        lines: list[bytes] | None = None,
+        length: bytes | None = None,
+        pairs: list[tuple[str, str]] | None = None,
+    ) -> None:
+        self._lines = lines or []  # as the upstream sent them (without Content-Length)
+        self._length = length
+        self._added: list[tuple[str, str]] = []  # appended, while not decoded
+        self._added_names: set[str] = set()  # their names, lowercase
+        self._names: frozenset[str] | None = None  # the lines' names, lowercase (on demand)
+        # The whole head as text, once decoded (None until then): then the only truth.
+        self._pairs = pairs
+
+    def get(self, lname: str) -> str | None:
+        """The first value of the header ``lname`` (lowercase), or None."""
+        pairs = self._pairs
+        if pairs is not None:
+            for k, v in pairs:
+                if k.lower() == lname:
+                    return v
+            return None
+        if lname == _CL and self._length is not None:
+            return self._length.decode("latin-1")
+        if self._has(lname):
+            i = self._find(lname)
+            return self._lines[i + 2].decode("latin-1")
+        if lname in self._added_names:
+            for k, v in self._added:
+                if k.lower() == lname:
+                    return v
+        return None
+
+    def add(self, name: str, value: str) -> None:
+        if self._pairs is not None:
+            self._pairs.append((name, value))
+        elif name.lower() == _CL:
+            self.pairs().append((name, value))
+        else:
+            self._added.append((name, value))
+            self._added_names.add(name.lower())
+
+    def set(self, name: str, value: str | None) -> None:
+        """Replace every ``name`` header by one with ``value``; remove them with None."""
+        lname = name.lower()
+        if self._pairs is None and lname != _CL and not self._has(lname):
+            # Not among the upstream's lines: an edit of the added ones only.
+            added = self._added
+            names = self._added_names
+            if lname in names:
+                self._added = added = [(k, v) for k, v in added if k.lower() != lname]
+                names.discard(lname)
+            if value is not None:
+                added.append((name, value))
+                names.add(lname)
+            return
+        pairs = [(k, v) for k, v in self.pairs() if k.lower() != lname]
+        if value is not None:
+            pairs.append((name, value))
+        self._pairs = pairs
+
+    def set_all(self, headers: Mapping[str, str | None], clean: Callable[[str], str]) -> None:
+        """``set`` for each item; ``clean`` makes a value safe (the kit's ``wire_value``). In
+        one pass when none of the names is in the head yet (the usual case)."""
+        if self._pairs is None:
+            names = self._names
+            if names is None:
+                names = self._line_names()
+            added = self._added_names
+            for name in headers:
+                lname = name.lower()
+                if lname in names or lname in added or lname == _CL:
+                    break
+            else:
+                for name, value in headers.items():
+                    if value is not None:
+                        if not (value.isprintable() and value.isascii()):
+                            value = clean(value)
+                        self._added.append((name, value))
+                        added.add(name.lower())
+                return
+        for name, value in headers.items():
+            self.set(name, clean(value) if value is not None else None)
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """The whole head as text pairs (decoded once; edits through the list are kept)."""
+        pairs = self._pairs
+        if pairs is None:
+            lines = self._lines
+            pairs = [
+                (lines[i].decode("latin-1"), lines[i + 2].decode("latin-1"))
+                for i in range(0, len(lines), 4)
+            ]
+            if self._length is not None:
+                pairs.append(("Content-Length", self._length.decode("latin-1")))
+            pairs += self._added
+            self._pairs = pairs
+            self._added = []
+            self._added_names.clear()
+        return pairs
+
+    def wire(self) -> tuple[list[bytes], bytes | None]:
+        """(header pieces, Content-Length) to send: the upstream's pieces as they came when
+        nothing was edited, with the added headers after them when only that was."""
+        pairs = self._pairs
+        if pairs is None:
+            lines = self._lines
+            if self._added:
+                lines = lines.copy()
+                for name, value in self._added:
+                    lines += (name.encode("latin-1"), b": ", value.encode("latin-1"), b"\r\n")
+            return lines, self._length
+        out: list[bytes] = []
+        length = None
+        for name, value in pairs:
+            if len(name) == 14 and name.lower() == _CL:
+                length = value.encode("latin-1")
+            else:
+                out += (name.encode("latin-1"), b": ", value.encode("latin-1"), b"\r\n")
+        return out, length
+
+    def _has(self, lname: str) -> bool:
+        """The upstream sent a ``lname`` line."""
+        names = self._names
+        if names is None:
+            names = self._line_names()
+        return lname in names
+
+    def _line_names(self) -> frozenset[str]:
+        # a few C calls whatever the number of lines (a name never holds a newline)
+        blob = b"\n".join(self._lines[0::4]).lower().decode("latin-1")
+        names = self._names = frozenset(blob.split("\n")) if blob else frozenset()
+        return names
+
+    def _find(self, lname: str) -> int:
+        """The index of the upstream's ``lname`` line in the pieces, or -1."""
+        try:
+            key = lname.encode("latin-1")
+        except UnicodeEncodeError:
+            return -1  # no line can have that name
+        lines = self._lines
+        n = len(key)
+        for i in range(0, len(lines), 4):
+            name = lines[i]
+            if len(name) == n and name.lower() == key:
+                return i
+        return -1

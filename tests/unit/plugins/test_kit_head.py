@@ -1,0 +1,84 @@
+"""The response head header_filter plugins edit (kit_head.ResponseHead through the kit)."""
+
+from __future__ import annotations
+
+from tests.unit.plugins.ctx import make_ctx
+from tollway.httprules.response_head import pairs_to_lines
+from tollway.plugins.kit import wire_value
+from tollway.plugins.kit_head import ResponseHead
+
+UPSTREAM = pairs_to_lines([(b"Server", b"nginx"), (b"X-A", b"1"), (b"x-a", b"2")])
+
+
+def head() -> ResponseHead:
+    return ResponseHead(list(UPSTREAM), b"12")
+
+
+def test_untouched_head_is_the_upstreams_pieces() -> None:
+    h = head()
+    assert h.get("x-a") == "1"
+    assert h.get("content-length") == "12"
+    lines, length = h.wire()
+    assert lines is h._lines and lines == UPSTREAM  # reused as they came, not re-encoded
+    assert length == b"12"
+
+
+def test_adding_headers_appends_them_without_decoding() -> None:
+    h = head()
+    h.set("X-RateLimit-Limit", "10")
+    h.add("Vary", "Origin")
+    h.set("X-RateLimit-Limit", "9")  # replaces the added one
+    assert h._pairs is None
+    lines, length = h.wire()
+    assert b"".join(lines) == (
+        b"Server: nginx\r\nX-A: 1\r\nx-a: 2\r\nVary: Origin\r\nX-RateLimit-Limit: 9\r\n"
+    )
+    assert length == b"12"
+    assert UPSTREAM == pairs_to_lines([(b"Server", b"nginx"), (b"X-A", b"1"), (b"x-a", b"2")])
+
+
+def test_setting_an_upstream_header_replaces_every_line_of_it() -> None:
+    h = head()
+    h.set("X-a", "3")
+    lines, _ = h.wire()
+    assert b"".join(lines) == b"Server: nginx\r\nX-a: 3\r\n"
+
+
+def test_content_length_is_a_header_too() -> None:
+    h = head()
+    h.set("Content-Length", None)
+    assert h.wire() == (list(UPSTREAM), None)
+    h = head()
+    h.add("Content-Length", "5")  # as before: the last one is the length sent
+    assert h.wire()[1] == b"5"
+
+
+def test_set_all_is_set_for_each() -> None:
+    one, many = head(), head()
+    items = {"X-B": "b", "x-a": "new", "Gone": None}
+    for k, v in items.items():
+        one.set(k, v)
+    many.set_all(items, wire_value)
+    assert one.wire() == many.wire()
+    fast = head()
+    fast.set_all({"X-L": "1", "X-R": "bad\r\nInjected: 1"}, wire_value)
+    assert b"".join(fast.wire()[0]).endswith(b"X-L: 1\r\nX-R: bad  Injected: 1\r\n")
+
+
+def test_context_methods_and_the_pairs_view() -> None:
+    ctx = make_ctx()
+    ctx.resp_head = head()
+    ctx.set_response_headers({"X-RateLimit-Remaining": "4"})
+    assert ctx.get_response_header("x-ratelimit-remaining") == "4"
+    assert ctx.resp_headers == [
+        ("Server", "nginx"),
+        ("X-A", "1"),
+        ("x-a", "2"),
+        ("Content-Length", "12"),
+        ("X-RateLimit-Remaining", "4"),
+    ]
+    ctx.resp_headers = [("A", "b")]  # replacing the whole head still works
+    assert ctx.resp_head is not None and ctx.resp_head.wire() == (
+        [b"A", b": ", b"b", b"\r\n"],
+        None,
+    )
