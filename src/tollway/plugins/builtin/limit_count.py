@@ -209,7 +209,7 @@ class LimitCount(Plugin):
         remaining = int(fixed[0] - used)
         headers: dict[str, str] | None = None
         if conf.show_limit_quota_header:
-            h = self.metadata if self.metadata is not None else DEFAULT_HEADERS
+            h = self.metadata_for(ctx) or DEFAULT_HEADERS
             headers = {
                 h.limit_header: comp.count_text,
                 h.remaining_header: str(remaining) if remaining > 0 else "0",
@@ -242,7 +242,7 @@ class LimitCount(Plugin):
                 allowed, remaining, reset = sliding_local(table, key, w.count, w.time_window, now)
             else:
                 allowed, remaining, reset = table.update(key, count_step, w.count, w.time_window)
-            self._quota_headers(conf, w, remaining, reset, headers)
+            self._quota_headers(ctx, conf, w, (remaining, reset), headers)
             if not allowed:
                 return self._rejected(conf, headers)
         self._keep(ctx, headers)
@@ -266,7 +266,7 @@ class LimitCount(Plugin):
                 if conf.allow_degradation:
                     return None  # APISIX: no limit while Redis is unavailable
                 return 500, {"error_msg": "failed to limit count"}
-            self._quota_headers(conf, w, remaining, reset, headers)
+            self._quota_headers(ctx, conf, w, (remaining, reset), headers)
             if not allowed:
                 return self._rejected(conf, headers)
         self._keep(ctx, headers)
@@ -278,12 +278,19 @@ class LimitCount(Plugin):
         return counter_scope(ctx, self.name, conf, _decode)
 
     def _quota_headers(
-        self, conf: Conf, w: Window, remaining: int, reset: int, headers: dict[str, str]
+        self,
+        ctx: RequestContext,
+        conf: Conf,
+        w: Window,
+        counted: tuple[int, int],
+        headers: dict[str, str],
     ) -> None:
         if conf.show_limit_quota_header:
+            remaining, reset = counted
             h = w.headers
-            if h is DEFAULT_HEADERS and self.metadata is not None:
-                h = self.metadata  # plugin_metadata/limit-count renames the headers
+            if h is DEFAULT_HEADERS:
+                # plugin_metadata/limit-count renames the headers
+                h = self.metadata_for(ctx) or DEFAULT_HEADERS
             headers[h.limit_header] = str(w.count)
             headers[h.remaining_header] = str(remaining)
             headers[h.reset_header] = str(reset)
