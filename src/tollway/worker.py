@@ -63,7 +63,7 @@ class Worker:
         self.ipc = ipc
         self.listen = listen
         self.tls = tls or []
-        self.store = Store(settings.etcd.prefix)
+        self.store = Store(settings.etcd.prefix, lean=True)
         self.registry = load_registry(settings.conf.plugins, settings.plugin_attr)
         # Health verdicts and DNS answers come from the supervisor (tollway.upstream).
         self.health = HealthTable()

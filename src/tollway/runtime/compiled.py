@@ -54,6 +54,7 @@ DEFAULT_TIMEOUTS = Timeouts()
 
 class CompiledUpstream:
     __slots__ = (
+        "__weakref__",  # interned by the Compiler in a WeakValueDictionary
         "conf",
         "hash_key",
         "hash_on",
@@ -185,7 +186,7 @@ class CompiledRoute:
         self.service_id: str | None = None
         self.own_chain: Chain = EMPTY_CHAIN  # the route's own plugins (with service/config)
         self.chain: Chain = EMPTY_CHAIN  # the same, with the global rules' response phases
-        self.plugins: dict[str, Any] = {}  # merged raw confs (for consumer merges)
+        self.plugins: Mapping[str, Any] = {}  # merged raw confs (for consumer merges)
         self.upstream: CompiledUpstream | None = None
         self.upstream_id: str | None = None
         self.timeouts: Timeouts | None = None

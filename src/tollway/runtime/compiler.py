@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 import msgspec
 
 from tollway.balancer import BalancerState
-from tollway.config.store import Store
+from tollway.config.store import Item, Store
 from tollway.crypto import KeyCipher
+from tollway.errors import ConfigError
 from tollway.model import Route, Service, Upstream
 from tollway.plugins.registry import EMPTY_CHAIN, Chain, Registry
 from tollway.router import RouterBuilder, RouteSpec, build_router
@@ -34,6 +37,13 @@ log = logging.getLogger("tollway.runtime")
 
 # Beyond this many changed items in one full load, rebuild the router instead of patching it.
 INCREMENTAL_LIMIT = 500
+
+# The merged plugin confs of a route without plugins: one shared, read-only mapping.
+_NO_PLUGINS: Mapping[str, Any] = MappingProxyType({})
+
+# Inline upstream types whose compiled form routes may share: their picker keeps no state keyed
+# by the upstream (least_conn and ewma count in-flight requests per upstream key).
+_SHAREABLE_TYPES = frozenset({"roundrobin", "chash"})
 
 
 class Compiler:
@@ -61,6 +71,17 @@ class Compiler:
         # Every compiled route by id, disabled and erroneous ones included (the router holds
         # the matchable ones): the Compiler's bookkeeping, never read by a request.
         self.routes: dict[str, CompiledRoute] = {}
+        # The routes that use a service / plugin config, by its id: a change to one recompiles
+        # those routes without reading every route.
+        self._service_users: dict[str, dict[str, None]] = {}
+        self._pconf_users: dict[str, dict[str, None]] = {}
+        self._parents: dict[str, tuple[str | None, str | None]] = {}  # only routes with one
+        # Interned compiled forms (issue #17): equal inline upstreams and a service's upstream
+        # are one object for every route using them; equal method sets are one frozenset.
+        self._inline: weakref.WeakValueDictionary[object, CompiledUpstream] = (
+            weakref.WeakValueDictionary()
+        )
+        self._methods: dict[frozenset[str], frozenset[str]] = {}
         self.runtime = Runtime(
             self, build_router(self.kind, [], delete_uri_tail_slash=self.tail_slash)
         )
@@ -83,8 +104,12 @@ class Compiler:
         builder = RouterBuilder(self.kind, delete_uri_tail_slash=self.tail_slash)
         routes: dict[str, CompiledRoute] = {}
         chunk: list[RouteSpec] = []
+        self._service_users, self._pconf_users, self._parents = {}, {}, {}
         for rid, item in store["routes"].items.items():
-            cr, spec = self._route(store, rid, item.obj, item.mod_revision)
+            compiled = self._route_item(store, rid, item)
+            if compiled is None:
+                continue
+            cr, spec = compiled
             routes[rid] = cr
             if spec is not None:
                 chunk.append(spec)
@@ -193,27 +218,27 @@ class Compiler:
                 )
         return upstreams
 
-    @staticmethod
-    def _routes_using(store: Store, services: set[str], pconfs: set[str]) -> list[str]:
-        found = []
-        for rid, item in store["routes"].items.items():
-            r: Route = item.obj
-            if (r.service_id is not None and str(r.service_id) in services) or (
-                r.plugin_config_id is not None and str(r.plugin_config_id) in pconfs
-            ):
-                found.append(rid)
-        return found
+    def _routes_using(self, store: Store, services: set[str], pconfs: set[str]) -> list[str]:
+        """The routes using these services or plugin configs, in the store's order."""
+        found: dict[str, None] = {}
+        for sid in services:
+            found.update(self._service_users.get(sid, {}))
+        for pid in pconfs:
+            found.update(self._pconf_users.get(pid, {}))
+        return list(found)  # existing routes: they keep their place in the router
 
     def _recompile_routes(self, store: Store, route_ids: Iterable[str]) -> None:
         upserts: list[RouteSpec] = []
         deletes: list[str] = []
         for rid in route_ids:
             it = store["routes"].get(rid)
-            if it is None:
+            compiled = None if it is None else self._route_item(store, rid, it)
+            if compiled is None:
+                self._set_parents(rid, None, None)
                 self.routes.pop(rid, None)
                 deletes.append(rid)
                 continue
-            cr, spec = self._route(store, rid, it.obj, it.mod_revision)
+            cr, spec = compiled
             self.routes[rid] = cr
             if spec is None:
                 deletes.append(rid)
@@ -247,6 +272,29 @@ class Compiler:
             passive=self.passive,
         )
 
+    def _inline_upstream(self, key: str, version: int, conf: Upstream) -> CompiledUpstream:
+        """An upstream written inside a route or a service, compiled once for every route
+        that uses it: a service's is one upstream (APISIX keys it by the service), and equal
+        inline confs of routes share one compiled form unless it keeps per-upstream state
+        (health checks report by key; least_conn/ewma count per key)."""
+        memo: object
+        if key.startswith("/apisix/services/"):
+            memo = (key, version)
+        elif conf.checks is None and conf.type in _SHAREABLE_TYPES:
+            memo = msgspec.json.encode(conf)
+        else:
+            return self.compile_upstream(key, version, conf)
+        up = self._inline.get(memo)
+        if up is None:
+            up = self._inline[memo] = self.compile_upstream(key, version, conf)
+        return up
+
+    def _method_set(self, methods: Sequence[str] | None) -> frozenset[str] | None:
+        if not methods:
+            return None
+        found = frozenset(methods)
+        return self._methods.setdefault(found, found)
+
     def chain(self, plugins: Mapping[str, Any] | None) -> Chain:
         return self.registry.build_chain(plugins, refuse_unknown=self.refuse_unknown)
 
@@ -270,15 +318,23 @@ class Compiler:
             if up.names & changed:
                 upstreams[uid] = self.compile_upstream(up.key, up.version, up.conf)
                 n += 1
+        # An inline upstream shared by many routes is compiled once again, and stays shared.
+        self._inline = weakref.WeakValueDictionary(
+            (k, up) for k, up in self._inline.items() if not up.names & changed
+        )
+        renewed: dict[CompiledUpstream, CompiledUpstream] = {}  # by identity
         for rid, cr in list(self.routes.items()):
             inline = cr.upstream
             if inline is not None and inline.names & changed:
-                new = cr.evolve(
-                    upstream=self.compile_upstream(inline.key, inline.version, inline.conf)
-                )
+                fresh = renewed.get(inline)
+                if fresh is None:
+                    fresh = renewed[inline] = self._inline_upstream(
+                        inline.key, inline.version, inline.conf
+                    )
+                    n += 1
+                new = cr.evolve(upstream=fresh)
                 self.routes[rid] = new
                 rt.router.repoint(rid, new)
-                n += 1
         # inline upstreams chosen by plugins were compiled with the old answers
         self.runtime = rt.evolve(upstreams=upstreams, inline_upstreams={})
         return n
@@ -320,12 +376,48 @@ class Compiler:
             ", ".join(refusal.invalid),
         )
 
+    def _route_item(
+        self, store: Store, rid: str, item: Item
+    ) -> tuple[CompiledRoute, RouteSpec | None] | None:
+        """Compile one route of the store (a lean store's routes are decoded here, and the
+        decoded object is dropped once compiled); None if it does not decode."""
+        try:
+            route: Route = store.decoded(item)
+        except ConfigError as e:  # the supervisor validated it: a version skew, say
+            log.error("route %s skipped: %s", rid, e)
+            self._set_parents(rid, None, None)
+            return None
+        sid = None if route.service_id is None else str(route.service_id)
+        pid = None if route.plugin_config_id is None else str(route.plugin_config_id)
+        self._set_parents(rid, sid, pid)
+        # The etcd key under the default prefix is the route's APISIX key: one string, not two.
+        key = item.key if store.prefix == "/apisix" else f"/apisix/routes/{rid}"
+        return self._route(store, rid, route, item.mod_revision, key)
+
+    def _set_parents(self, rid: str, sid: str | None, pid: str | None) -> None:
+        """Index route ``rid`` under its service and plugin config (for ``_routes_using``)."""
+        old_sid, old_pid = self._parents.pop(rid, (None, None))
+        for users, old, new in (
+            (self._service_users, old_sid, sid),
+            (self._pconf_users, old_pid, pid),
+        ):
+            if old is not None and old != new:
+                those = users.get(old)
+                if those is not None:
+                    those.pop(rid, None)
+                    if not those:
+                        del users[old]
+            if new is not None:
+                users.setdefault(new, {})[rid] = None
+        if sid is not None or pid is not None:
+            self._parents[rid] = (sid, pid)
+
     def _route(
-        self, store: Store, rid: str, route: Route, version: int
+        self, store: Store, rid: str, route: Route, version: int, key: str
     ) -> tuple[CompiledRoute, RouteSpec | None]:
         cr = CompiledRoute()
         cr.id = rid
-        cr.key = f"/apisix/routes/{rid}"
+        cr.key = key
         cr.name = route.name
         plugins: dict[str, Any] = {}
         service: Service | None = None
@@ -350,7 +442,7 @@ class Compiler:
                 merged = dict(service.plugins or {})
                 merged.update(plugins)
                 plugins = merged
-        cr.plugins = plugins
+        cr.plugins = plugins or _NO_PLUGINS
         cr.own_chain = self.chain(plugins)
         cr.chain = cr.own_chain.under(self.runtime_global)
         cr.timeouts = Timeouts.of(route.timeout) if route.timeout is not None else None
@@ -362,11 +454,11 @@ class Compiler:
         if route.upstream_id is not None:
             cr.upstream_id = str(route.upstream_id)
         elif route.upstream is not None:
-            cr.upstream = self.compile_upstream(cr.key, version, route.upstream)
+            cr.upstream = self._inline_upstream(cr.key, version, route.upstream)
         elif service is not None and service.upstream_id is not None:
             cr.upstream_id = str(service.upstream_id)
         elif service is not None and service.upstream is not None:
-            cr.upstream = self.compile_upstream(
+            cr.upstream = self._inline_upstream(
                 f"/apisix/services/{cr.service_id}", svc_version, service.upstream
             )
         # what the route's chain was built from: consumer chains built on it are keyed by this
@@ -381,9 +473,7 @@ class Compiler:
             priority=route.priority,
             # A disabled route stays in the router, matching nothing, so that enabling it again
             # gives it back its place among equal priorities (APISIX keeps it in its values).
-            methods=DISABLED
-            if route.status == 0
-            else (frozenset(route.methods) if route.methods else None),
+            methods=DISABLED if route.status == 0 else self._method_set(route.methods),
             hosts=tuple(h.lower() for h in hosts) if hosts else None,
             remote_addrs=tuple(
                 [route.remote_addr] if route.remote_addr else route.remote_addrs or []

@@ -1,0 +1,104 @@
+"""The worker's compiled config at scale (issue #17): a lean store, shared compiled pieces,
+service and plugin-config changes that recompile only the routes using them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+from tollway.config.source import KeyValue
+from tollway.config.store import Store
+from tollway.plugins.registry import load_registry
+from tollway.runtime.compiler import Compiler
+from tollway.settings import default_settings
+
+UP = {"nodes": {"10.0.0.1:80": 1, "10.0.0.2:80": 1}}
+CHECKED = {**UP, "checks": {"passive": {"unhealthy": {"http_failures": 2}}}}
+
+
+def kv(key: str, value: Any, rev: int) -> KeyValue:
+    return KeyValue(f"/apisix/{key}", None if value is None else json.dumps(value).encode(), rev, 1)
+
+
+def loaded(items: dict[str, Any]) -> tuple[Store, Compiler]:
+    store = Store(lean=True)
+    store.load(1, [kv(k, v, 1) for k, v in items.items()])
+    comp = Compiler(default_settings(Path("/tmp/conf")), load_registry())
+    asyncio.run(comp.rebuild(store))
+    return store, comp
+
+
+def apply(store: Store, comp: Compiler, rev: int, items: dict[str, Any]) -> None:
+    store.apply(rev, [kv(k, v, rev) for k, v in items.items()])
+    comp.apply(store, store.last_changes)
+
+
+def test_equal_inline_upstreams_are_one_compiled_object_unless_checked() -> None:
+    _, comp = loaded(
+        {
+            "routes/1": {"uri": "/a", "upstream": UP},
+            "routes/2": {"uri": "/b", "upstream": UP},
+            "routes/3": {"uri": "/c", "upstream": {"nodes": {"10.0.0.3:80": 1}}},
+            "routes/4": {"uri": "/d", "upstream": CHECKED},
+            "routes/5": {"uri": "/e", "upstream": CHECKED},
+            "routes/6": {"uri": "/f", "methods": ["GET", "POST"], "upstream": UP},
+            "routes/7": {"uri": "/g", "methods": ["POST", "GET"], "upstream": UP},
+        }
+    )
+    r = comp.routes
+    assert r["1"].upstream is r["2"].upstream is not None
+    assert r["3"].upstream is not r["1"].upstream
+    # health checks report by the route's key: each checked route keeps its own
+    assert r["4"].upstream is not r["5"].upstream
+    assert r["4"].upstream is not None and r["4"].upstream.key == "/apisix/routes/4"
+    assert r["1"].plugins == {} and r["1"].plugins is r["2"].plugins
+
+
+def test_a_service_change_recompiles_exactly_the_routes_using_it() -> None:
+    store, comp = loaded(
+        {
+            "services/s": {"upstream": UP, "plugins": {"proxy-rewrite": {"uri": "/v1"}}},
+            "routes/1": {"uri": "/a", "service_id": "s"},
+            "routes/2": {"uri": "/b", "service_id": "s"},
+            "routes/3": {"uri": "/c", "upstream": UP},
+        }
+    )
+    before = dict(comp.routes)
+    assert before["1"].upstream is before["2"].upstream  # the service's one upstream
+    apply(
+        store,
+        comp,
+        2,
+        {"services/s": {"upstream": UP, "plugins": {"proxy-rewrite": {"uri": "/v2"}}}},
+    )
+    after = comp.routes
+    assert after["3"] is before["3"]
+    for rid in ("1", "2"):
+        assert after[rid] is not before[rid]
+        assert after[rid].plugins["proxy-rewrite"] == {"uri": "/v2"}
+    # route 2 leaves the service: a later service change no longer touches it
+    apply(store, comp, 3, {"routes/2": {"uri": "/b", "upstream": UP}})
+    moved = comp.routes["2"]
+    apply(store, comp, 4, {"services/s": {"upstream": UP}})
+    assert comp.routes["2"] is moved and "proxy-rewrite" not in comp.routes["1"].plugins
+    # a deleted route is forgotten by the index too
+    apply(store, comp, 5, {"routes/1": None})
+    apply(store, comp, 6, {"services/s": {"upstream": UP, "plugins": {}}})
+    assert "1" not in comp.routes
+
+
+def test_a_route_that_does_not_decode_is_skipped_not_fatal() -> None:
+    store = Store(lean=True)
+    # the supervisor validated it; a worker of another version might still not decode it
+    store.load(
+        1,
+        [
+            KeyValue("/apisix/routes/1", b'{"uri": 5}', 1, 1),
+            kv("routes/2", {"uri": "/b", "upstream": UP}, 1),
+        ],
+    )
+    comp = Compiler(default_settings(Path("/tmp/conf")), load_registry())
+    asyncio.run(comp.rebuild(store))
+    assert list(comp.routes) == ["2"]
