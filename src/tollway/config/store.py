@@ -14,6 +14,7 @@ the kind that scales, are kept as their raw bytes only (``obj`` None) and decode
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -32,6 +33,9 @@ Checker = Callable[[str, str, Any, "Store"], None]
 
 ALL_KINDS: tuple[str, ...] = (*KINDS, "credentials")
 
+# (key, value, mod_revision, create_revision): an item as the IPC Load and the snapshot carry it.
+Row = tuple[str, bytes | None, int, int]
+
 # Bound on remembered rejections (each is a bad key still in etcd); past it, forget them all.
 _MAX_REMEMBERED = 65536
 
@@ -43,9 +47,10 @@ class Item:
     key: str
     obj: Any  # the typed object; None for a lean store's routes (``Store.decoded``)
     value: dict[str, Any] | None  # the decoded JSON; None in a lean store (but plugin_metadata)
-    raw: bytes
+    raw: bytes  # the value; once ``settled``, a digest of it
     mod_revision: int
-    create_revision: int
+    create_revision: int  # 0 in a lean store
+    settled: bool = False
 
 
 @dataclass(slots=True)
@@ -96,16 +101,18 @@ class Store:
     @staticmethod
     def decoded(item: Item) -> Any:
         """``item``'s typed object, decoded from its raw bytes when the store did not keep it
-        (a lean store's routes). Raises ConfigError if they do not decode."""
+        (a lean store's routes: a ``LeanRoute``, its inline upstream raw JSON). Raises
+        ConfigError if they do not decode."""
         obj = item.obj
         if obj is None:
-            obj = decode_item(item.kind, item.raw)
+            obj = decode_item(item.kind, item.raw, lean=True)
         return obj
 
-    def _decode_lean(self, kind: str, item_id: str, kv: KeyValue) -> Item | None:
+    def _decode_lean(self, kind: str, item_id: str, kv: Row) -> Item | None:
         """A lean store's Item: the supervisor validated it (and rejected the bad ones), so
         routes are not decoded here at all and other kinds straight from their bytes."""
-        raw = kv.value or b""
+        key, raw, mod, _ = kv
+        raw = raw or b""
         if is_placeholder(raw):
             return None
         obj: Any = None
@@ -119,16 +126,25 @@ class Store:
         except (ValueError, ConfigError) as e:
             self._reject(kv, str(e))
             return None
-        return Item(kind, item_id, kv.key, obj, value, raw, kv.mod_revision, kv.create_revision)
+        return Item(kind, item_id, key, obj, value, raw, mod, 0)
 
-    def _decode(self, kind: str, item_id: str, kv: KeyValue) -> Item | None:
+    def settle(self, item: Item) -> None:
+        """Keep only a digest of ``item``'s bytes (a lean store's route, once compiled, that
+        no other item's change recompiles: one without a service or plugin config). A full
+        load that brings the same bytes again puts them back (``load_rows``)."""
+        if self.lean and not item.settled:
+            item.raw = _digest(item.raw)
+            item.settled = True
+
+    def _decode(self, kind: str, item_id: str, kv: Row) -> Item | None:
         """The accepted Item, or None. Never raises: whatever bytes the key and value hold, a
         bad item is rejected on its own (logged and counted once per key and revision)."""
         if self.lean:
             return self._decode_lean(kind, item_id, kv)
-        raw = kv.value or b""
+        key, raw, mod, create = kv
+        raw = raw or b""
         try:
-            problem = key_problem(kv.key)
+            problem = key_problem(key)
             if problem is not None:
                 raise ValueError(problem)
             if is_placeholder(raw):
@@ -143,37 +159,47 @@ class Store:
         except Exception as e:  # a bug in a schema or a checker: costs this item, nothing more
             self._reject(kv, f"internal error: {type(e).__name__}: {e}", error=e)
             return None
-        self._rejected.pop(kv.key, None)
-        return Item(kind, item_id, kv.key, obj, value, raw, kv.mod_revision, kv.create_revision)
+        self._rejected.pop(key, None)
+        return Item(kind, item_id, key, obj, value, raw, mod, create)
 
-    def _reject(self, kv: KeyValue, reason: str, error: Exception | None = None) -> None:
-        seen = (kv.mod_revision, kv.value or b"")
-        if self._rejected.get(kv.key) == seen:
+    def _reject(self, kv: Row, reason: str, error: Exception | None = None) -> None:
+        key, value, mod, _ = kv
+        seen = (mod, value or b"")
+        if self._rejected.get(key) == seen:
             return  # the same rejected value met again (a full reload): said and counted already
         if len(self._rejected) >= _MAX_REMEMBERED:
             self._rejected.clear()
-        self._rejected[kv.key] = seen
+        self._rejected[key] = seen
         self.rejected += 1
-        key = printable_key(kv.key)
-        log.warning("rejected config item %s: %s", key, reason, exc_info=error)
+        log.warning("rejected config item %s: %s", printable_key(key), reason, exc_info=error)
 
     # -- loading --------------------------------------------------------------------------
 
     def load(self, revision: int, kvs: Iterable[KeyValue]) -> set[str]:
         """Full load. Items whose raw value did not change are reused; versions bump only for
         collections that changed. An invalid new value keeps the previous valid one."""
+        return self.load_rows(
+            revision, [(kv.key, kv.value, kv.mod_revision, kv.create_revision) for kv in kvs]
+        )
+
+    def load_rows(self, revision: int, rows: Iterable[Row]) -> set[str]:
+        """``load`` from ``(key, value, mod_revision, create_revision)`` rows, the form of the
+        IPC ``Load`` and ``snapshot_rows``: at 100k items, no object per item to build first."""
         fresh: dict[str, dict[str, Item]] = {k: {} for k in ALL_KINDS}
         self.last_changes = []
         present: set[str] = set()
-        for kv in kvs:
-            where = kind_of_key(kv.key, self.prefix)
-            if where is None or kv.value is None:
+        for kv in rows:
+            key, value, mod, _ = kv
+            where = kind_of_key(key, self.prefix)
+            if where is None or value is None:
                 continue
-            present.add(kv.key)
+            present.add(key)
             kind, item_id = where
             old = self.collections[kind].items.get(item_id)
-            if old is not None and old.raw == kv.value:
-                old.mod_revision = kv.mod_revision or old.mod_revision
+            if old is not None and old.settled and old.raw == _digest(value):
+                old.raw, old.settled = value, False  # the Compiler settles it again
+            if old is not None and old.raw == value:
+                old.mod_revision = mod or old.mod_revision
                 fresh[kind][item_id] = old
                 continue
             item = self._decode(kind, item_id, kv)
@@ -223,7 +249,9 @@ class Store:
                     changed.add(kind)
                     self.last_changes.append((kind, item_id, kv.key))
                 continue
-            item = self._decode(kind, item_id, kv)
+            item = self._decode(
+                kind, item_id, (kv.key, kv.value, kv.mod_revision, kv.create_revision)
+            )
             if item is None:
                 continue
             coll.items[item_id] = item
@@ -237,7 +265,7 @@ class Store:
         """Every accepted item as key/values (what a late worker gets)."""
         return [KeyValue(*row) for row in self.snapshot_rows()]
 
-    def snapshot_rows(self) -> list[tuple[str, bytes | None, int, int]]:
+    def snapshot_rows(self) -> list[Row]:
         """Every accepted item as ``(key, value, mod_revision, create_revision)``: the disk
         snapshot's rows, built on the event loop every few seconds under churn, so without an
         object per item (10k routes: a few ms instead of tens)."""
@@ -246,6 +274,10 @@ class Store:
             for coll in self.collections.values()
             for it in coll.items.values()
         ]
+
+
+def _digest(raw: bytes) -> bytes:
+    return hashlib.blake2b(raw, digest_size=16).digest()
 
 
 def _moved(old: dict[str, Item], new: dict[str, Item]) -> bool:

@@ -370,6 +370,15 @@ class Route(Named, frozen=True, kw_only=True):
         return self.hosts
 
 
+class LeanRoute(Route, frozen=True, kw_only=True):
+    """A route as a worker decodes it to compile it (issue #17): the supervisor validated the
+    whole item, and its inline upstream stays raw JSON, which the Compiler decodes once per
+    distinct text (100k routes often carry the same few upstreams). msgspec has no optional
+    Raw: no upstream is an empty Raw (or the text ``null``)."""
+
+    upstream: msgspec.Raw = msgspec.Raw()  # type: ignore[assignment]
+
+
 class Service(Named, frozen=True, kw_only=True):
     plugins: Plugins | None = None
     upstream: Upstream | None = None

@@ -192,7 +192,8 @@ class CompiledRoute:
         self.timeouts: Timeouts | None = None
         self.enable_websocket = False
         self.error: int = 0  # a status to answer with (missing service / plugin config)
-        self.versions: tuple[int, int, int] = (0, 0, 0)
+        # (route, service, plugin config) versions, or the route's alone without the others
+        self.versions: tuple[int, int, int] | int = 0
 
     def evolve(self, **changes: Any) -> CompiledRoute:
         """A copy with ``changes``: a published route is never modified (requests hold it)."""
@@ -227,7 +228,7 @@ class Runtime:
     # Memo tables (pure functions of this runtime; see the module docstring).
     inline_upstreams: dict[bytes, CompiledUpstream] = field(default_factory=dict)
     # Route chains merged with a consumer's plugins, built on first use per version pair.
-    consumer_chains: dict[tuple[str, tuple[int, int, int], str, int], Chain] = field(
+    consumer_chains: dict[tuple[str, tuple[int, int, int] | int, str, int], Chain] = field(
         default_factory=dict
     )
 

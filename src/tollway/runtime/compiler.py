@@ -22,7 +22,7 @@ from tollway.balancer import BalancerState
 from tollway.config.store import Item, Store
 from tollway.crypto import KeyCipher
 from tollway.errors import ConfigError
-from tollway.model import Route, Service, Upstream
+from tollway.model import Route, Service, Upstream, decode_item
 from tollway.plugins.registry import EMPTY_CHAIN, Chain, Registry
 from tollway.router import RouterBuilder, RouteSpec, build_router
 from tollway.router.spec import DISABLED
@@ -44,6 +44,18 @@ _NO_PLUGINS: Mapping[str, Any] = MappingProxyType({})
 # Inline upstream types whose compiled form routes may share: their picker keeps no state keyed
 # by the upstream (least_conn and ewma count in-flight requests per upstream key).
 _SHAREABLE_TYPES = frozenset({"roundrobin", "chash"})
+
+
+def _inline_conf(route: Route) -> Upstream | msgspec.Raw | None:
+    """A route's inline upstream: raw JSON in a ``LeanRoute`` (where none is an empty Raw)."""
+    conf: Upstream | msgspec.Raw | None = route.upstream
+    if isinstance(conf, msgspec.Raw) and (not conf or bytes(conf) == b"null"):
+        return None
+    return conf
+
+
+def _shareable(conf: Upstream) -> bool:
+    return conf.checks is None and conf.type in _SHAREABLE_TYPES
 
 
 class Compiler:
@@ -138,7 +150,13 @@ class Compiler:
         changes = store.last_changes
         if first or len(changes) > INCREMENTAL_LIMIT or "routes" in store.reordered:
             return await self.rebuild(store)
-        return self.apply(store, changes)
+        rt = self.apply(store, changes)
+        # The load gave unchanged routes their bytes back; those no other change recompiles
+        # keep a digest again (a lean store; see _route_item).
+        for rid, item in store["routes"].items.items():
+            if not item.settled and rid not in self._parents and rid in self.routes:
+                store.settle(item)
+        return rt
 
     def _plugin_metadata(self, store: Store, names: set[str] | None) -> None:
         """Hand each plugin its ``plugin_metadata`` item (APISIX ``plugin.plugin_metadata``)."""
@@ -272,21 +290,32 @@ class Compiler:
             passive=self.passive,
         )
 
-    def _inline_upstream(self, key: str, version: int, conf: Upstream) -> CompiledUpstream:
+    def _inline_upstream(
+        self, key: str, version: int, conf: Upstream | msgspec.Raw
+    ) -> CompiledUpstream:
         """An upstream written inside a route or a service, compiled once for every route
         that uses it: a service's is one upstream (APISIX keys it by the service), and equal
         inline confs of routes share one compiled form unless it keeps per-upstream state
-        (health checks report by key; least_conn/ewma count per key)."""
+        (health checks report by key; least_conn/ewma count per key). ``conf`` is raw JSON in
+        a ``LeanRoute``: then equal texts are decoded once."""
         memo: object
+        if isinstance(conf, msgspec.Raw):
+            memo = bytes(conf)
+            up = self._inline.get(memo)
+            if up is not None:
+                return up
+            decoded: Upstream = decode_item("upstreams", memo)
+        else:
+            decoded, memo = conf, None
         if key.startswith("/apisix/services/"):
             memo = (key, version)
-        elif conf.checks is None and conf.type in _SHAREABLE_TYPES:
-            memo = msgspec.json.encode(conf)
-        else:
-            return self.compile_upstream(key, version, conf)
+        elif not _shareable(decoded):
+            return self.compile_upstream(key, version, decoded)
+        elif memo is None:
+            memo = msgspec.json.encode(decoded)
         up = self._inline.get(memo)
         if up is None:
-            up = self._inline[memo] = self.compile_upstream(key, version, conf)
+            up = self._inline[memo] = self.compile_upstream(key, version, decoded)
         return up
 
     def _method_set(self, methods: Sequence[str] | None) -> frozenset[str] | None:
@@ -392,7 +421,15 @@ class Compiler:
         self._set_parents(rid, sid, pid)
         # The etcd key under the default prefix is the route's APISIX key: one string, not two.
         key = item.key if store.prefix == "/apisix" else f"/apisix/routes/{rid}"
-        return self._route(store, rid, route, item.mod_revision, key)
+        try:
+            compiled = self._route(store, rid, route, item.mod_revision, key)
+        except ConfigError as e:  # its inline upstream, decoded here in a lean store
+            log.error("route %s skipped: %s", rid, e)
+            self._set_parents(rid, None, None)
+            return None
+        if sid is None and pid is None:
+            store.settle(item)  # only its own change recompiles it: its bytes can go
+        return compiled
 
     def _set_parents(self, rid: str, sid: str | None, pid: str | None) -> None:
         """Index route ``rid`` under its service and plugin config (for ``_routes_using``)."""
@@ -453,16 +490,17 @@ class Compiler:
         # upstream_id wins over an inline upstream; the route's choice wins over the service's.
         if route.upstream_id is not None:
             cr.upstream_id = str(route.upstream_id)
-        elif route.upstream is not None:
-            cr.upstream = self._inline_upstream(cr.key, version, route.upstream)
+        elif (inline := _inline_conf(route)) is not None:
+            cr.upstream = self._inline_upstream(cr.key, version, inline)
         elif service is not None and service.upstream_id is not None:
             cr.upstream_id = str(service.upstream_id)
         elif service is not None and service.upstream is not None:
             cr.upstream = self._inline_upstream(
                 f"/apisix/services/{cr.service_id}", svc_version, service.upstream
             )
-        # what the route's chain was built from: consumer chains built on it are keyed by this
-        cr.versions = (version, svc_version, pc_version)
+        # What the route's chain was built from (consumer chains built on it are keyed by this);
+        # most routes have neither service nor plugin config: their own version alone.
+        cr.versions = (version, svc_version, pc_version) if svc_version or pc_version else version
         self._log_refusal(cr.key, cr.versions, cr.own_chain)
         hosts = route.host_list()
         if hosts is None and service is not None:
