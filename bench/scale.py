@@ -63,6 +63,7 @@ deployment:
   role_traditional: {{config_provider: etcd}}
   etcd: {{host: ["{etcd}"], prefix: {prefix}, startup_retry: 1, timeout: 2}}
 nginx_config:
+  error_log_level: info
   worker_processes: {workers}
   http: {{enable_access_log: false}}
 tollway: {{run_dir: {home}/run, graceful_timeout: 1}}

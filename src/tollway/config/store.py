@@ -14,9 +14,10 @@ the kind that scales, are kept as their raw bytes only (``obj`` None) and decode
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,8 +34,10 @@ Checker = Callable[[str, str, Any, "Store"], None]
 
 ALL_KINDS: tuple[str, ...] = (*KINDS, "credentials")
 
-# (key, value, mod_revision, create_revision): an item as the IPC Load and the snapshot carry it.
+# (key, value, mod_revision, create_revision): an item as the snapshot carries it; a full load
+# also takes views for values (the IPC Load's, into its one buffer of values).
 Row = tuple[str, bytes | None, int, int]
+RowIn = tuple[str, bytes | memoryview | None, int, int]
 
 # Bound on remembered rejections (each is a bad key still in etcd); past it, forget them all.
 _MAX_REMEMBERED = 65536
@@ -77,6 +80,10 @@ class Store:
         self.prefix = prefix.rstrip("/")
         self.checker = checker
         self.lean = lean
+        # A lean store's last full load, while the Compiler compiles it: routes keep only a
+        # digest from the start and are decoded from their row (route id -> row index).
+        self._source: Sequence[RowIn] | None = None
+        self._spans: dict[str, int] = {}
         self.collections: dict[str, Collection] = {k: Collection(k) for k in ALL_KINDS}
         self.revision = 0
         self.rejected = 0
@@ -98,51 +105,77 @@ class Store:
 
     # -- decoding -------------------------------------------------------------------------
 
-    @staticmethod
-    def decoded(item: Item) -> Any:
-        """``item``'s typed object, decoded from its raw bytes when the store did not keep it
-        (a lean store's routes: a ``LeanRoute``, its inline upstream raw JSON). Raises
-        ConfigError if they do not decode."""
+    def decoded(self, item: Item) -> Any:
+        """``item``'s typed object, decoded from its bytes when the store did not keep it (a
+        lean store's routes: a ``LeanRoute``, its inline upstream raw JSON). Raises ConfigError
+        if they do not decode, or if a settled route's row is gone (a bug)."""
         obj = item.obj
         if obj is None:
-            obj = decode_item(item.kind, item.raw, lean=True)
+            obj = decode_item(item.kind, self._raw(item), lean=True)
         return obj
 
-    def _decode_lean(self, kind: str, item_id: str, kv: Row) -> Item | None:
+    def _raw(self, item: Item) -> bytes | memoryview:
+        if not item.settled:
+            return item.raw
+        at = self._spans.get(item.id)
+        if at is None or self._source is None:
+            raise ConfigError(f"{item.key}: its bytes are no longer held")
+        return self._source[at][1] or b""
+
+    def settle(self, item: Item) -> None:
+        """Keep only a digest of ``item``'s bytes (a lean store's route, once compiled, that
+        no other item's change recompiles: one without a service or plugin config). A full
+        load brings the bytes again (``load_rows``)."""
+        if self.lean and not item.settled:
+            item.raw = _digest(item.raw)
+            item.settled = True
+
+    def keep(self, item: Item) -> None:
+        """Keep ``item``'s bytes (a route that a change of its service or plugin config
+        recompiles): copied out of the load's buffer, which ``release`` lets go."""
+        if item.settled:
+            item.raw = bytes(self._raw(item))
+            item.settled = False
+
+    def release(self) -> None:
+        """The Compiler is done with the last full load: drop its rows (and their buffer)."""
+        self._source = None
+        self._spans = {}
+
+    def _decode_lean(self, kind: str, item_id: str, kv: RowIn, at: int | None) -> Item | None:
         """A lean store's Item: the supervisor validated it (and rejected the bad ones), so
-        routes are not decoded here at all and other kinds straight from their bytes."""
+        routes are not decoded here at all (with ``at``, their row in a full load, only their
+        digest is kept) and other kinds straight from their bytes."""
         key, raw, mod, _ = kv
         raw = raw or b""
-        if is_placeholder(raw):
+        if len(raw) < 32 and is_placeholder(bytes(raw)):
             return None
+        if kind in _RAW_KINDS:
+            if at is None:
+                return Item(kind, item_id, key, None, None, bytes(raw), mod, 0)
+            self._spans[item_id] = at
+            return Item(kind, item_id, key, None, None, _digest(raw), mod, 0, settled=True)
+        raw = bytes(raw)
         obj: Any = None
         value: dict[str, Any] | None = None
         try:
             if kind == "plugin_metadata":
                 value = decode_value(raw)
                 obj = decode_item(kind, value)
-            elif kind not in _RAW_KINDS:
+            else:
                 obj = decode_item(kind, raw)
         except (ValueError, ConfigError) as e:
             self._reject(kv, str(e))
             return None
         return Item(kind, item_id, key, obj, value, raw, mod, 0)
 
-    def settle(self, item: Item) -> None:
-        """Keep only a digest of ``item``'s bytes (a lean store's route, once compiled, that
-        no other item's change recompiles: one without a service or plugin config). A full
-        load that brings the same bytes again puts them back (``load_rows``)."""
-        if self.lean and not item.settled:
-            item.raw = _digest(item.raw)
-            item.settled = True
-
-    def _decode(self, kind: str, item_id: str, kv: Row) -> Item | None:
+    def _decode(self, kind: str, item_id: str, kv: RowIn, at: int | None = None) -> Item | None:
         """The accepted Item, or None. Never raises: whatever bytes the key and value hold, a
         bad item is rejected on its own (logged and counted once per key and revision)."""
         if self.lean:
-            return self._decode_lean(kind, item_id, kv)
-        key, raw, mod, create = kv
-        raw = raw or b""
+            return self._decode_lean(kind, item_id, kv, at)
+        key, value_in, mod, create = kv
+        raw = bytes(value_in or b"")
         try:
             problem = key_problem(key)
             if problem is not None:
@@ -162,9 +195,9 @@ class Store:
         self._rejected.pop(key, None)
         return Item(kind, item_id, key, obj, value, raw, mod, create)
 
-    def _reject(self, kv: Row, reason: str, error: Exception | None = None) -> None:
+    def _reject(self, kv: RowIn, reason: str, error: Exception | None = None) -> None:
         key, value, mod, _ = kv
-        seen = (mod, value or b"")
+        seen = (mod, bytes(value or b""))
         if self._rejected.get(key) == seen:
             return  # the same rejected value met again (a full reload): said and counted already
         if len(self._rejected) >= _MAX_REMEMBERED:
@@ -182,13 +215,29 @@ class Store:
             revision, [(kv.key, kv.value, kv.mod_revision, kv.create_revision) for kv in kvs]
         )
 
-    def load_rows(self, revision: int, rows: Iterable[Row]) -> set[str]:
+    def load_rows(self, revision: int, rows: Iterable[RowIn]) -> set[str]:
         """``load`` from ``(key, value, mod_revision, create_revision)`` rows, the form of the
         IPC ``Load`` and ``snapshot_rows``: at 100k items, no object per item to build first."""
+        # The cyclic GC paused: a load allocates long-lived objects by the 100k, and a collection
+        # every few hundred of them would walk the growing heap again and again.
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            if self.lean:  # rows stay readable until release(): routes decode from them
+                self._source = rows if isinstance(rows, Sequence) else list(rows)
+                self._spans = {}
+                rows = self._source
+            return self._load_rows(revision, rows)
+        finally:
+            if was_enabled:
+                gc.enable()
+
+    def _load_rows(self, revision: int, rows: Iterable[RowIn]) -> set[str]:
         fresh: dict[str, dict[str, Item]] = {k: {} for k in ALL_KINDS}
         self.last_changes = []
         present: set[str] = set()
-        for kv in rows:
+        lean = self.lean
+        for at, kv in enumerate(rows):
             key, value, mod, _ = kv
             where = kind_of_key(key, self.prefix)
             if where is None or value is None:
@@ -196,13 +245,13 @@ class Store:
             present.add(key)
             kind, item_id = where
             old = self.collections[kind].items.get(item_id)
-            if old is not None and old.settled and old.raw == _digest(value):
-                old.raw, old.settled = value, False  # the Compiler settles it again
-            if old is not None and old.raw == value:
+            if old is not None and old.raw == (_digest(value) if old.settled else value):
                 old.mod_revision = mod or old.mod_revision
                 fresh[kind][item_id] = old
+                if old.settled:
+                    self._spans[item_id] = at
                 continue
-            item = self._decode(kind, item_id, kv)
+            item = self._decode(kind, item_id, kv, at if lean else None)
             if item is None:
                 if old is not None:
                     fresh[kind][item_id] = old
@@ -276,7 +325,7 @@ class Store:
         ]
 
 
-def _digest(raw: bytes) -> bytes:
+def _digest(raw: bytes | memoryview) -> bytes:
     return hashlib.blake2b(raw, digest_size=16).digest()
 
 

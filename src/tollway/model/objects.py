@@ -6,6 +6,7 @@ body as given (APISIX >= 3.14 does not persist defaults).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from typing import Annotated, Any, Literal
@@ -279,6 +280,7 @@ class Upstream(Named, frozen=True, kw_only=True):
         return out
 
 
+@functools.lru_cache(maxsize=4096)  # 100k routes name the same few nodes: parse each once
 def split_host_port(addr: str) -> tuple[str, int | None]:
     """'1.2.3.4:80' -> ('1.2.3.4', 80); '[::1]:80' -> ('[::1]', 80); 'a.com' -> ('a.com', None)."""
     if addr.startswith("["):

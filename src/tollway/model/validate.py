@@ -18,7 +18,9 @@ def format_validation_error(
     return f"invalid configuration: {jsonschema_message(err, value, typ)}"
 
 
-def decode_item(kind: str, value: dict[str, Any] | bytes, *, lean: bool = False) -> Any:
+def decode_item(
+    kind: str, value: dict[str, Any] | bytes | memoryview, *, lean: bool = False
+) -> Any:
     """Validate one item of ``kind``; raises ConfigError with APISIX's message. ``lean``: a
     route that was validated before, decoded to compile it (``LeanRoute``)."""
     typ: type[Any] = Credential if kind == "credentials" else KINDS[kind]

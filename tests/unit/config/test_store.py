@@ -166,10 +166,15 @@ def test_a_lean_store_keeps_routes_as_raw_bytes_and_decodes_them_on_demand() -> 
         ],
     )
     route = s["routes"].items["1"]
-    assert route.obj is None and route.value is None  # the worker keeps only the bytes
-    assert route.raw == json.dumps(ROUTE).encode()
-    decoded = Store.decoded(route)
+    # the worker keeps a digest of a route: it is decoded from the load's rows until release()
+    assert route.obj is None and route.value is None and route.settled
+    assert route.raw != json.dumps(ROUTE).encode()
+    decoded = s.decoded(route)
     assert decoded.uri == "/a" and decoded.upstream_id == "1"
+    s.keep(route)  # a route a service change recompiles keeps its bytes
+    assert route.raw == json.dumps(ROUTE).encode() and not route.settled
+    s.release()
+    assert s.decoded(route).uri == "/a"
     upstream = s["upstreams"].items["1"]
     assert upstream.obj is not None and upstream.value is None
     assert s["plugin_metadata"].items["http-logger"].value == meta  # the Compiler reads JSON
