@@ -39,6 +39,7 @@ from proxy import (
     BenchError,
     Processes,
     WrkResult,
+    cpu_seconds,
     free_ports,
     parse_wrk,
     pinned,
@@ -77,6 +78,7 @@ class Start:
     supervisor_kib: int
     worker_kib: list[int]
     port: int = 0
+    pid: int = 0
 
 
 @dataclass
@@ -142,7 +144,7 @@ def start(
     client.close()
     pids = process_tree(proc.pid)
     workers_kib = [rss_kib(p) for p in pids if p != proc.pid]
-    return Start(ready, last, rss_kib(proc.pid), sorted(workers_kib), port)
+    return Start(ready, last, rss_kib(proc.pid), sorted(workers_kib), port, proc.pid)
 
 
 def wrk(procs: Processes, url: str, seconds: float) -> WrkResult:
@@ -173,9 +175,25 @@ def change_routes(
     return out
 
 
+def quiet(root: int, timeout: float = 30) -> None:
+    """Wait until the instance is idle (< 5% of a CPU over 0.5 s): after a load at 100k routes
+    the supervisor still writes its snapshot, which a throughput run must not share the CPUs
+    with."""
+    deadline = time.monotonic() + timeout
+    before = cpu_seconds(process_tree(root))
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = cpu_seconds(process_tree(root))
+        if now - before < 0.025:
+            return
+        before = now
+
+
 def serving(
-    procs: Processes, etcd: EtcdHttp, port: int, routes: RouteSet, seconds: float, churn: bool
+    procs: Processes, etcd: EtcdHttp, start: Start, routes: RouteSet, seconds: float, churn: bool
 ) -> Serving:
+    port = start.port
+    quiet(start.pid)
     target = routes.target()
     path, _ = routes.request(target)
     url = f"http://127.0.0.1:{port}{path}"
@@ -223,7 +241,7 @@ def measure(
         progress(f"  from etcd: ready {first.ready_s:.2f}s, last route {first.last_route_s:.2f}s")
         served = None
         if workers == 1 and seconds > 0:
-            served = serving(procs, etcd, first.port, routes, seconds, churn)
+            served = serving(procs, etcd, first, routes, seconds, churn)
             progress(f"  {served.idle.rps:,.0f} req/s")
         procs.stop("tollway")
         procs.stop("etcd")

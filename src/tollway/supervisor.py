@@ -380,10 +380,14 @@ class Supervisor:
         from tollway.config.snapshot import write_snapshot_rows
 
         path = self.snapshot_path
-        rows = self.store.snapshot_rows()
+        items = self.store.items_now()
         rev = self.store.revision
+
+        def write() -> None:  # in a thread: 100k rows are built and encoded off the loop
+            write_snapshot_rows(path, rev, Store.rows_of(items))
+
         loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(None, write_snapshot_rows, path, rev, rows)
+        fut = loop.run_in_executor(None, write)
         fut.add_done_callback(self._snapshot_written)
 
     def _snapshot_written(self, fut: asyncio.Future[Any]) -> None:

@@ -46,7 +46,7 @@ def write_snapshot_rows(path: str | os.PathLike[str], revision: int, rows: list[
     """``write_snapshot`` for rows of ``(key, value, mod_revision, create_revision)``."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    body = _encoder.encode(rows)
+    body = _encode_rows(rows)
     digest = hashlib.sha256(body).hexdigest()
     header = b"%s %d %d %s %d\n" % (MAGIC, FORMAT, revision, digest.encode(), len(body))
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -62,6 +62,30 @@ def write_snapshot_rows(path: str | os.PathLike[str], revision: int, rows: list[
             os.unlink(tmp)
         raise
     _fsync_dir(target.parent)
+
+
+# Rows encoded per step. This runs in a thread beside the supervisor's event loop, and the
+# encoder holds the GIL while it runs: 100k rows in one call would stop the loop (and the change
+# it is fanning out to the workers) for ~100 ms; between steps the loop gets its turn.
+_CHUNK = 2000
+
+
+def _encode_rows(rows: list[_Row]) -> bytes:
+    """``rows`` as one msgpack array (what ``_decoder`` reads), encoded a chunk at a time."""
+    n = len(rows)
+    parts = [_array_header(n)]
+    for start in range(0, n, _CHUNK):
+        chunk = rows[start : start + _CHUNK]
+        parts.append(_encoder.encode(chunk)[len(_array_header(len(chunk))) :])
+    return b"".join(parts)
+
+
+def _array_header(n: int) -> bytes:
+    if n < 16:
+        return bytes([0x90 | n])  # fixarray
+    if n < 1 << 16:
+        return b"\xdc" + n.to_bytes(2, "big")  # array 16
+    return b"\xdd" + n.to_bytes(4, "big")  # array 32
 
 
 def read_snapshot(path: str | os.PathLike[str]) -> tuple[int, list[KeyValue]] | None:

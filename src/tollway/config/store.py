@@ -314,6 +314,15 @@ class Store:
         """Every accepted item as key/values (what a late worker gets)."""
         return [KeyValue(*row) for row in self.snapshot_rows()]
 
+    def items_now(self) -> list[Item]:
+        """Every accepted item, as of now (a list copied in C: the items are the snapshot
+        writer's, in its thread, while this store goes on changing)."""
+        return [it for coll in self.collections.values() for it in coll.items.values()]
+
+    @staticmethod
+    def rows_of(items: list[Item]) -> list[Row]:
+        return [(it.key, it.raw, it.mod_revision, it.create_revision) for it in items]
+
     def snapshot_rows(self) -> list[Row]:
         """Every accepted item as ``(key, value, mod_revision, create_revision)``: the disk
         snapshot's rows, built on the event loop every few seconds under churn, so without an
