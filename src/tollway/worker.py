@@ -34,6 +34,7 @@ from tollway.ipc import (
     read_message,
 )
 from tollway.logs import setup_logging
+from tollway.memory import release_free_memory
 from tollway.plugins.builtin.prometheus import server_stats
 from tollway.plugins.registry import load_registry
 from tollway.proxy.accesslog import AccessLog
@@ -182,6 +183,7 @@ class Worker:
             # The compiled config lives until the next load: out of the collector's sight, so
             # that no full collection walks 100k routes while requests wait (issue #17).
             gc.freeze()
+            release_free_memory()  # the load's peak (its message, decoded items) goes back
             # Start-up at scale is measured step by step (bench/scale.py reads this line).
             log.info(
                 "worker %d: loaded %d items at revision %d: store %.0f ms, compile %.0f ms",
