@@ -32,6 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import re
 import statistics
 import threading
 
@@ -79,6 +80,7 @@ class Start:
     worker_kib: list[int]
     port: int = 0
     pid: int = 0
+    steps: str = ""  # the processes' own step timings (their info log lines)
 
 
 @dataclass
@@ -130,6 +132,8 @@ def start(
     )
     exe = Path(sys.executable).with_name("tollway")
     log = home / f"{name}.out"
+    error_log = home / "logs" / "error.log"
+    log_from = error_log.stat().st_size if error_log.exists() else 0
     t0 = time.monotonic()
     proc = procs.start(name, pinned("0-1", str(exe), "start", "-c", str(config)), log)
     wait_ready(f"http://127.0.0.1:{status_port}/status/ready", proc, log, timeout=300)
@@ -144,7 +148,33 @@ def start(
     client.close()
     pids = process_tree(proc.pid)
     workers_kib = [rss_kib(p) for p in pids if p != proc.pid]
-    return Start(ready, last, rss_kib(proc.pid), sorted(workers_kib), port, proc.pid)
+    steps = step_timings(error_log, log_from)
+    return Start(ready, last, rss_kib(proc.pid), sorted(workers_kib), port, proc.pid, steps)
+
+
+_VALIDATED = re.compile(
+    r"config: \d+ keys at revision \d+: validated in (\d+) ms, sent to workers in (\d+) ms"
+)
+_COMPILED = re.compile(r"loaded \d+ items at revision \d+: store (\d+) ms, compile (\d+) ms")
+
+
+def step_timings(error_log: Path, offset: int) -> str:
+    """'validate V ms, send S ms, worker store W ms, compile C ms' from the log lines the
+    supervisor and the workers write for a full load (the slowest worker's)."""
+    try:
+        with error_log.open("rb") as f:
+            f.seek(offset)
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    sup = _VALIDATED.search(text)
+    workers = [(int(a), int(b)) for a, b in _COMPILED.findall(text)]
+    if sup is None or not workers:
+        return ""
+    store, compile_ms = max(workers, key=lambda w: w[0] + w[1])
+    return (
+        f"validate {sup[1]} ms, send {sup[2]} ms, worker store {store} ms, compile {compile_ms} ms"
+    )
 
 
 def wrk(procs: Processes, url: str, seconds: float) -> WrkResult:
@@ -239,6 +269,7 @@ def measure(
         home = workdir / "tollway"
         first = start(procs, home, "tollway", etcd.endpoint, routes, workers)
         progress(f"  from etcd: ready {first.ready_s:.2f}s, last route {first.last_route_s:.2f}s")
+        progress(f"    {first.steps}")
         served = None
         if workers == 1 and seconds > 0:
             served = serving(procs, etcd, first, routes, seconds, churn)
@@ -247,6 +278,7 @@ def measure(
         procs.stop("etcd")
         again = start(procs, home, "tollway-snapshot", etcd.endpoint, routes, workers)
         progress(f"  from the snapshot: last route {again.last_route_s:.2f}s")
+        progress(f"    {again.steps}")
         return first, again, served
     finally:
         procs.stop_all()
@@ -286,6 +318,9 @@ def main() -> None:
             f"| {' / '.join(f'{k / 1024:.0f}' for k in first.worker_kib)} "
             f"| {per_route:,.0f} | {instance:.0f} |"
         )
+    print("\n| routes | workers | steps from etcd | steps from the snapshot |\n|---|---|---|---|")
+    for (count, workers), (first, snap, _) in sorted(results.items()):
+        print(f"| {count:,} | {workers} | {first.steps} | {snap.steps} |")
     report_serving(results)
     if not args.keep:
         import shutil

@@ -81,8 +81,13 @@ class Agent:
         self.loaded = asyncio.Event()
 
     def load(self, revision: int, kvs: list[KeyValue]) -> None:
+        self.load_rows(
+            revision, [(kv.key, kv.value, kv.mod_revision, kv.create_revision) for kv in kvs]
+        )
+
+    def load_rows(self, revision: int, kvs: list[tuple[str, bytes | None, int, int]]) -> None:
         t0 = time.perf_counter()
-        self.store.load(revision, kvs)
+        self.store.load_rows(revision, kvs)
         t1 = time.perf_counter()
         self.from_snapshot = False
         self.loaded.set()
@@ -106,8 +111,8 @@ class Agent:
         self.sup.upstreams_changed(None)
         self.sup.snapshot_dirty()
 
-    def load_snapshot(self, revision: int, kvs: list[KeyValue]) -> None:
-        self.load(revision, kvs)
+    def load_snapshot(self, revision: int, rows: list[tuple[str, bytes | None, int, int]]) -> None:
+        self.load_rows(revision, rows)
         self.from_snapshot = True
 
     def apply(self, revision: int, changes: list[KeyValue]) -> None:
@@ -431,11 +436,15 @@ class Supervisor:
         )
 
     def _serve_snapshot(self) -> None:
-        from tollway.config.snapshot import read_snapshot
+        from tollway.config.snapshot import read_snapshot_rows
 
         if self.store.loaded:
             return
-        snap = read_snapshot(self.snapshot_path)
+        gc.disable()  # 100k rows decoded at once: no collection walking them meanwhile
+        try:
+            snap = read_snapshot_rows(self.snapshot_path)
+        finally:
+            gc.enable()
         if snap is None:
             log.error(
                 "etcd is unreachable and there is no usable config snapshot; waiting for etcd"

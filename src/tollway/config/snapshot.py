@@ -22,7 +22,7 @@ import msgspec
 
 from tollway.config.source import KeyValue
 
-__all__ = ["read_snapshot", "write_snapshot", "write_snapshot_rows"]
+__all__ = ["read_snapshot", "read_snapshot_rows", "write_snapshot", "write_snapshot_rows"]
 
 log = logging.getLogger("tollway.config")
 
@@ -91,6 +91,16 @@ def _array_header(n: int) -> bytes:
 def read_snapshot(path: str | os.PathLike[str]) -> tuple[int, list[KeyValue]] | None:
     """``(revision, kvs)`` from a verified snapshot, or None (with a warning) if the file is
     missing, unreadable or corrupt."""
+    found = read_snapshot_rows(path)
+    if found is None:
+        return None
+    revision, rows = found
+    return revision, [KeyValue(key, value, mod, create) for key, value, mod, create in rows]
+
+
+def read_snapshot_rows(path: str | os.PathLike[str]) -> tuple[int, list[_Row]] | None:
+    """``read_snapshot`` as ``(key, value, mod_revision, create_revision)`` rows: what
+    ``Store.load_rows`` takes, without an object per item first (100k items: ~1 s less)."""
     try:
         data = Path(path).read_bytes()
     except OSError as e:
@@ -103,7 +113,7 @@ def read_snapshot(path: str | os.PathLike[str]) -> tuple[int, list[KeyValue]] | 
         return None
 
 
-def _parse(data: bytes) -> tuple[int, list[KeyValue]]:
+def _parse(data: bytes) -> tuple[int, list[_Row]]:
     end = data.find(b"\n", 0, _MAX_HEADER)
     if end < 0:
         raise ValueError("no header line")
@@ -125,7 +135,7 @@ def _parse(data: bytes) -> tuple[int, list[KeyValue]]:
         rows = _decoder.decode(body)
     except (msgspec.DecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"undecodable body: {e}") from None
-    return revision, [KeyValue(key, value, mod, create) for key, value, mod, create in rows]
+    return revision, rows
 
 
 def _fsync_dir(directory: Path) -> None:

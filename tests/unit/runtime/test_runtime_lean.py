@@ -145,3 +145,16 @@ class Req:
 
     def var(self, name: str) -> Any:
         return None
+
+
+def test_one_route_change_at_scale_recompiles_that_route_only() -> None:
+    items = {f"routes/{i}": {"uri": f"/r/{i}/*", "upstream": UP} for i in range(3000)}
+    store, comp = loaded(items)
+    router, before = comp.runtime.router, dict(comp.routes)
+    apply(store, comp, 2, {"routes/7": {"uri": "/moved/*", "upstream": UP}})
+    assert comp.runtime.router is router  # patched in place, not rebuilt
+    changed = [rid for rid, cr in comp.routes.items() if cr is not before[rid]]
+    assert changed == ["7"]
+    assert comp.routes["7"].upstream is before["8"].upstream  # still the one shared upstream
+    assert comp.runtime.router.match(Req("/moved/x")) is not None
+    assert comp.runtime.router.match(Req("/r/7/x")) is None
