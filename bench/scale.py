@@ -89,7 +89,8 @@ class Serving:
 
     idle: WrkResult
     churn: WrkResult | None = None
-    change_ms: list[float] | None = None
+    change_ms: list[float] | None = None  # while wrk runs
+    idle_change_ms: list[float] | None = None  # without load
 
 
 def rss_kib(pid: int) -> int:
@@ -182,7 +183,7 @@ def wrk(procs: Processes, url: str, seconds: float) -> WrkResult:
 
 
 def change_routes(
-    etcd: EtcdHttp, port: int, routes: RouteSet, avoid: int, stop: threading.Event
+    etcd: EtcdHttp, port: int, routes: RouteSet, avoid: int, stop: threading.Event, first: int = 1
 ) -> list[float]:
     """Change one route at a time (route i gets change j: a new URI) until ``stop``; ms from
     each PUT's answer until the gateway answers the new URI (404 before)."""
@@ -190,7 +191,7 @@ def change_routes(
     out: list[float] = []
     order = routes.churn_order(avoid)
     try:
-        for j, i in enumerate(order, start=1):
+        for j, i in enumerate(order, start=first):
             if stop.is_set():
                 break
             path, host = routes.request(i, change=j)
@@ -248,7 +249,14 @@ def serving(
     thread.join(CHANGE_DEADLINE + 5)
     if errors:
         raise errors[0]
-    return Serving(idle, loaded, result)
+    # The same without load (other routes, new URIs: change numbers far past the first run's).
+    quiet(start.pid)
+    stop_idle = threading.Event()
+    timer = threading.Timer(seconds, stop_idle.set)
+    timer.start()
+    idle_ms = change_routes(etcd, port, routes, target, stop_idle, first=1_000_000)
+    timer.cancel()
+    return Serving(idle, loaded, result, idle_ms)
 
 
 def measure(
@@ -334,7 +342,8 @@ def report_serving(results: dict[tuple[int, int], tuple[Start, Start, Serving | 
         return
     print(
         "\n| routes | req/s (1 worker) | vs 10 routes | p99 ms | while routes change: req/s "
-        "| p99 ms | changes | change ms p50 / p99 / max |\n|---|---|---|---|---|---|---|---|"
+        "| p99 ms | changes | change ms p50 / p99 / max | idle: changes "
+        "| change ms p50 / p99 / max |\n|---|---|---|---|---|---|---|---|---|---|"
     )
     for (count, _), (_, _, s) in sorted(results.items()):
         if s is None:
@@ -344,15 +353,20 @@ def report_serving(results: dict[tuple[int, int], tuple[Start, Start, Serving | 
             f"| {s.idle.p99_ms:.2f} "
         )
         if s.churn is not None and s.change_ms:
-            ms = sorted(s.change_ms)
-            p99 = ms[min(len(ms) - 1, int(len(ms) * 0.99))]
-            row += (
-                f"| {s.churn.rps:,.0f} | {s.churn.p99_ms:.2f} | {len(ms)} "
-                f"| {statistics.median(ms):.1f} / {p99:.1f} / {ms[-1]:.1f} |"
-            )
+            row += f"| {s.churn.rps:,.0f} | {s.churn.p99_ms:.2f} {latencies(s.change_ms)}"
+            row += latencies(s.idle_change_ms or []) + "|"
         else:
-            row += "| | | | |"
+            row += "| | | | | | |"
         print(row)
+
+
+def latencies(ms: list[float]) -> str:
+    """'| count | p50 / p99 / max ' of change latencies."""
+    if not ms:
+        return "| 0 | "
+    ms = sorted(ms)
+    p99 = ms[min(len(ms) - 1, int(len(ms) * 0.99))]
+    return f"| {len(ms)} | {statistics.median(ms):.1f} / {p99:.1f} / {ms[-1]:.1f} "
 
 
 if __name__ == "__main__":
