@@ -41,7 +41,7 @@ from tollway.ipc import (
     encode,
     read_message,
 )
-from tollway.memory import release_free_memory
+from tollway.memory import settle_after_load
 from tollway.metrics import MetricsExport
 from tollway.plugins.registry import load_registry
 from tollway.ratelog import RateLimitedLog
@@ -86,6 +86,7 @@ class Agent:
         )
 
     def load_rows(self, revision: int, kvs: list[tuple[str, bytes | None, int, int]]) -> None:
+        first = not self.loaded.is_set()
         t0 = time.perf_counter()
         self.store.load_rows(revision, kvs)
         t1 = time.perf_counter()
@@ -98,8 +99,7 @@ class Agent:
             gc.enable()
         # The validated config lives until the next load: out of the collector's sight, so
         # that no full collection walks 100k items again and again (issue #17).
-        gc.freeze()
-        release_free_memory()
+        settle_after_load(first=first)
         # Start-up at scale is measured step by step (bench/scale.py reads this line).
         log.info(
             "config: %d keys at revision %d: validated in %.0f ms, sent to workers in %.0f ms",

@@ -34,7 +34,7 @@ from tollway.ipc import (
     read_message,
 )
 from tollway.logs import setup_logging
-from tollway.memory import release_free_memory
+from tollway.memory import settle_after_load
 from tollway.plugins.builtin.prometheus import server_stats
 from tollway.plugins.registry import load_registry
 from tollway.proxy.accesslog import AccessLog
@@ -174,16 +174,14 @@ class Worker:
     async def _apply_config(self, msg: Load | Apply) -> None:
         t0 = time.perf_counter()
         if isinstance(msg, Load):
+            first = not self.servers
             self.store.load_rows(msg.rev, msg.rows())
             t1 = time.perf_counter()
             try:
-                await self.compiler.load(self.store, first=not self.servers)
+                await self.compiler.load(self.store, first=first)
             finally:
                 self.store.release()  # the message's buffer of values goes with it
-            # The compiled config lives until the next load: out of the collector's sight, so
-            # that no full collection walks 100k routes while requests wait (issue #17).
-            gc.freeze()
-            release_free_memory()  # the load's peak (its message, decoded items) goes back
+            settle_after_load(first=first)  # frozen for the collector; freed pages go back
             # Start-up at scale is measured step by step (bench/scale.py reads this line).
             log.info(
                 "worker %d: loaded %d items at revision %d: store %.0f ms, compile %.0f ms",

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import sys
+import weakref
 from pathlib import Path
 
 import pytest
 
-from tollway.memory import release_free_memory
+from tollway.memory import release_free_memory, settle_after_load
 
 
 def rss_kib() -> int:
@@ -32,3 +34,26 @@ def test_freed_heap_pages_are_returned() -> None:
     release_free_memory()  # idempotent
     assert rss_kib() < before - 10_000  # most of the ~40 MB freed is resident no more
     assert len(kept) == 2_000
+
+
+class Node:
+    def __init__(self) -> None:
+        self.other: Node | None = None
+
+
+def test_a_later_load_collects_the_cycles_the_previous_config_left_frozen() -> None:
+    # A config with a cycle (the router's entries and tables are one), frozen after its load
+    old = Node()
+    old.other = Node()
+    old.other.other = old
+    gone = weakref.ref(old.other)
+    try:
+        settle_after_load(first=True)
+        del old  # replaced by the next load: garbage, but frozen
+        gc.collect()
+        assert gone() is not None  # frozen objects are never collected...
+        settle_after_load(first=False)
+        assert gone() is None  # ...until the next load unfreezes and collects them
+        assert gc.get_freeze_count() > 0  # and what is alive is frozen again
+    finally:
+        gc.unfreeze()  # the rest of the test session collects as usual
