@@ -157,13 +157,7 @@ class Compiler:
         changes = store.last_changes
         if first or len(changes) > INCREMENTAL_LIMIT or "routes" in store.reordered:
             return await self.rebuild(store)
-        rt = self.apply(store, changes)
-        # The load gave unchanged routes their bytes back; those no other change recompiles
-        # keep a digest again (a lean store; see _route_item).
-        for rid, item in store["routes"].items.items():
-            if not item.settled and rid not in self._parents and rid in self.routes:
-                store.settle(item)
-        return rt
+        return self.apply(store, changes)
 
     def _plugin_metadata(self, store: Store, names: set[str] | None) -> None:
         """Hand each plugin its ``plugin_metadata`` item (APISIX ``plugin.plugin_metadata``)."""
@@ -244,7 +238,8 @@ class Compiler:
         return upstreams
 
     def _routes_using(self, store: Store, services: set[str], pconfs: set[str]) -> list[str]:
-        """The routes using these services or plugin configs, in the store's order."""
+        """The routes using these services or plugin configs (from the index kept by
+        ``_set_parents``, not a scan of every route)."""
         found: dict[str, None] = {}
         for sid in services:
             found.update(self._service_users.get(sid, {}))
