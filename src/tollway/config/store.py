@@ -6,10 +6,12 @@ insertion order (key order after a full load, append order for keys created late
 router's tie-break for equal priorities.
 
 A worker's store is ``lean``: its items come validated from the supervisor, so it keeps what the
-Compiler reads and nothing more (issue #17: 100k routes in under 1 KB each per worker). Routes,
-the kind that scales, are kept as their raw bytes only (``obj`` None) and decoded by
-``Store.decoded`` when compiled; no item keeps its decoded JSON (``value`` None) except
-``plugin_metadata``, which the Compiler reads as JSON.
+Compiler reads and nothing more (issue #17). Routes, the kind that scales, are not decoded by
+the store (``obj`` None): after a full load each keeps a digest of its bytes (enough to tell
+what a later load changed), and ``Store.decoded`` decodes it from the load's rows while the
+Compiler compiles it, until ``release``; a route with a service or plugin config keeps its bytes
+(``keep``), since a change of those recompiles it. No item keeps its decoded JSON (``value``
+None) except ``plugin_metadata``, which the Compiler reads as JSON.
 """
 
 from __future__ import annotations
@@ -315,8 +317,8 @@ class Store:
         return [KeyValue(*row) for row in self.snapshot_rows()]
 
     def items_now(self) -> list[Item]:
-        """Every accepted item, as of now (a list copied in C: the items are the snapshot
-        writer's, in its thread, while this store goes on changing)."""
+        """Every accepted item, as of now: one quick list on the event loop; the snapshot
+        writer makes its rows from it in a thread while this store goes on changing."""
         return [it for coll in self.collections.values() for it in coll.items.values()]
 
     @staticmethod
@@ -324,9 +326,9 @@ class Store:
         return [(it.key, it.raw, it.mod_revision, it.create_revision) for it in items]
 
     def snapshot_rows(self) -> list[Row]:
-        """Every accepted item as ``(key, value, mod_revision, create_revision)``: the disk
-        snapshot's rows, built on the event loop every few seconds under churn, so without an
-        object per item (10k routes: a few ms instead of tens)."""
+        """Every accepted item as ``(key, value, mod_revision, create_revision)``: the IPC Load's
+        rows (and the disk snapshot's, see ``items_now``), without an object per item (10k
+        routes: a few ms instead of tens). Not of a lean store: its routes hold digests."""
         return [
             (it.key, it.raw, it.mod_revision, it.create_revision)
             for coll in self.collections.values()
