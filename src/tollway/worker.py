@@ -157,12 +157,15 @@ class Worker:
             if msg is None:
                 log.warning("supervisor went away; stopping")
                 return
+            loaded_first: bool | None = None  # after a full load: whether it was the first
             match msg:
                 case Health(key, unhealthy):
                     self.health.update(key, unhealthy)
                 case Dns(names):
                     self.compiler.apply_dns(names)
                 case Load() | Apply():
+                    if isinstance(msg, Load):
+                        loaded_first = not self.servers
                     await self._apply_config(msg)
                     first = not self.servers
                     if first:
@@ -170,6 +173,9 @@ class Worker:
                     pid = os.getpid()
                     writer.write(encode(Ready(msg.rev, pid) if first else Ack(msg.rev, pid)))
             del msg  # a Load holds every value: not kept while waiting for the next message
+            if loaded_first is not None:
+                # Once the Load is gone: its buffer of values goes back with the rest.
+                settle_after_load(first=loaded_first)
 
     async def _apply_config(self, msg: Load | Apply) -> None:
         t0 = time.perf_counter()
@@ -181,7 +187,6 @@ class Worker:
                 await self.compiler.load(self.store, first=first)
             finally:
                 self.store.release()  # the message's buffer of values goes with it
-            settle_after_load(first=first)  # frozen for the collector; freed pages go back
             # Start-up at scale is measured step by step (bench/scale.py reads this line).
             log.info(
                 "worker %d: loaded %d items at revision %d: store %.0f ms, compile %.0f ms",
