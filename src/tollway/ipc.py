@@ -3,7 +3,7 @@
 Every message is a typed Struct of one tagged union, with its kind in ``"t"``:
 
 supervisor -> worker (``ToWorker``):
-    ``Load(rev, kvs)``       the whole config at ``rev`` (``kvs``: ``[key, value, mod, create]``)
+    ``Load(rev, keys, values, ends, mods)``  the whole config at ``rev``, in columns
     ``Apply(rev, kvs)``      accepted changes at ``rev`` (``value`` None: deleted)
     ``Health(key, unhealthy)``  an upstream's unhealthy node addresses
     ``Dns(names)``           changed DNS answers (``[]``: the name does not resolve)
@@ -19,10 +19,11 @@ which is revision order because one agent writes them. ``encode`` is the one enc
 
 from __future__ import annotations
 
+import array
 import asyncio
 import struct
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, TypeVar, overload
 
 import msgspec
 
@@ -40,15 +41,79 @@ class Message(msgspec.Struct, tag_field="t", frozen=True):
 
 
 class Load(Message, tag="load", frozen=True):
+    """The whole config at ``rev``, in columns: the keys; every value back to back in one
+    buffer (``ends``: each one's end offset, uint32); mod revisions (int64). A worker decodes
+    100k items without an object per value, and once it has compiled them it keeps none of
+    what it no longer needs: the buffer goes as one block (issue #17). Workers keep no create
+    revisions."""
+
     rev: int
-    kvs: list[WireKV]
+    keys: list[str]
+    values: bytes
+    ends: bytes
+    mods: bytes
 
     @classmethod
     def of(cls, rev: int, kvs: list[KeyValue]) -> Load:
-        return cls(rev, kvs_to_wire(kvs))
+        return cls.from_rows(rev, kvs_to_wire(kvs))
+
+    @classmethod
+    def from_rows(cls, rev: int, rows: Iterable[tuple[str, Any, int, int]]) -> Load:
+        keys: list[str] = []
+        parts: list[bytes] = []
+        ends = array.array("I")
+        mods = array.array("q")
+        end = 0
+        for key, value, mod, _ in rows:
+            if value is None:
+                continue  # a Load has no deletions
+            keys.append(key)
+            parts.append(value)
+            end += len(value)
+            ends.append(end)
+            mods.append(mod)
+        return cls(rev, keys, b"".join(parts), ends.tobytes(), mods.tobytes())
+
+    def rows(self) -> LoadRows:
+        return LoadRows(self)
 
     def key_values(self) -> list[KeyValue]:
-        return kvs_from_wire(self.kvs)
+        return [KeyValue(k, bytes(v or b""), m, c) for k, v, m, c in self.rows()]
+
+
+class LoadRows(Sequence[tuple[str, memoryview, int, int]]):
+    """A Load's items as ``(key, value, mod, 0)`` rows, made on demand: ``value`` is a view
+    into the Load's buffer."""
+
+    def __init__(self, load: Load) -> None:
+        self.keys = load.keys
+        self.values = memoryview(load.values)
+        self.ends = array.array("I", load.ends)
+        self.mods = array.array("q", load.mods)
+        if not len(self.keys) == len(self.ends) == len(self.mods):
+            raise ValueError("IPC Load: columns of different lengths")
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @overload
+    def __getitem__(self, i: int) -> tuple[str, memoryview, int, int]: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[tuple[str, memoryview, int, int]]: ...
+    def __getitem__(
+        self, i: int | slice
+    ) -> tuple[str, memoryview, int, int] | Sequence[tuple[str, memoryview, int, int]]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        start = self.ends[i - 1] if i > 0 else 0
+        return (self.keys[i], self.values[start : self.ends[i]], self.mods[i], 0)
+
+    def __iter__(self) -> Iterator[tuple[str, memoryview, int, int]]:
+        start = 0
+        values = self.values
+        for key, end, mod in zip(self.keys, self.ends, self.mods, strict=True):
+            yield key, values[start:end], mod, 0
+            start = end
 
 
 class Apply(Message, tag="apply", frozen=True):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -40,6 +41,7 @@ from tollway.ipc import (
     encode,
     read_message,
 )
+from tollway.memory import settle_after_load
 from tollway.metrics import MetricsExport
 from tollway.plugins.registry import load_registry
 from tollway.ratelog import RateLimitedLog
@@ -79,15 +81,38 @@ class Agent:
         self.loaded = asyncio.Event()
 
     def load(self, revision: int, kvs: list[KeyValue]) -> None:
-        self.store.load(revision, kvs)
+        self.load_rows(
+            revision, [(kv.key, kv.value, kv.mod_revision, kv.create_revision) for kv in kvs]
+        )
+
+    def load_rows(self, revision: int, kvs: list[tuple[str, bytes | None, int, int]]) -> None:
+        first = not self.loaded.is_set()
+        t0 = time.perf_counter()
+        self.store.load_rows(revision, kvs)
+        t1 = time.perf_counter()
         self.from_snapshot = False
         self.loaded.set()
-        self.sup.broadcast(Load.of(revision, self.store.snapshot()))
+        gc.disable()  # 100k rows for the workers: no collection walking the store meanwhile
+        try:
+            self.sup.broadcast(Load.from_rows(revision, self.store.snapshot_rows()))
+        finally:
+            gc.enable()
+        # The validated config lives until the next load: out of the collector's sight, so
+        # that no full collection walks 100k items again and again (issue #17).
+        settle_after_load(first=first)
+        # Start-up at scale is measured step by step (bench/scale.py reads this line).
+        log.info(
+            "config: %d keys at revision %d: validated in %.0f ms, sent to workers in %.0f ms",
+            len(kvs),
+            revision,
+            (t1 - t0) * 1e3,
+            (time.perf_counter() - t1) * 1e3,
+        )
         self.sup.upstreams_changed(None)
         self.sup.snapshot_dirty()
 
-    def load_snapshot(self, revision: int, kvs: list[KeyValue]) -> None:
-        self.load(revision, kvs)
+    def load_snapshot(self, revision: int, rows: list[tuple[str, bytes | None, int, int]]) -> None:
+        self.load_rows(revision, rows)
         self.from_snapshot = True
 
     def apply(self, revision: int, changes: list[KeyValue]) -> None:
@@ -226,9 +251,9 @@ class Supervisor:
         no_wait = self.settings.conf.apisix.disable_sync_configuration_during_start
         if not self.store.loaded and no_wait:
             # APISIX's flag: do not hold start-up for the first sync; serve (404s) until it lands.
-            msgs.append(Load(0, []))
+            msgs.append(Load.from_rows(0, []))
         elif self.store.loaded:
-            msgs.append(Load.of(self.store.revision, self.store.snapshot()))
+            msgs.append(Load.from_rows(self.store.revision, self.store.snapshot_rows()))
         return b"".join(encode(msg) for msg in msgs)
 
     async def _read_worker(self, handle: WorkerHandle, reader: asyncio.StreamReader) -> None:
@@ -362,10 +387,14 @@ class Supervisor:
         from tollway.config.snapshot import write_snapshot_rows
 
         path = self.snapshot_path
-        rows = self.store.snapshot_rows()
+        items = self.store.items_now()
         rev = self.store.revision
+
+        def write() -> None:  # in a thread: 100k rows are built and encoded off the loop
+            write_snapshot_rows(path, rev, Store.rows_of(items))
+
         loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(None, write_snapshot_rows, path, rev, rows)
+        fut = loop.run_in_executor(None, write)
         fut.add_done_callback(self._snapshot_written)
 
     def _snapshot_written(self, fut: asyncio.Future[Any]) -> None:
@@ -407,11 +436,15 @@ class Supervisor:
         )
 
     def _serve_snapshot(self) -> None:
-        from tollway.config.snapshot import read_snapshot
+        from tollway.config.snapshot import read_snapshot_rows
 
         if self.store.loaded:
             return
-        snap = read_snapshot(self.snapshot_path)
+        gc.disable()  # 100k rows decoded at once: no collection walking them meanwhile
+        try:
+            snap = read_snapshot_rows(self.snapshot_path)
+        finally:
+            gc.enable()
         if snap is None:
             log.error(
                 "etcd is unreachable and there is no usable config snapshot; waiting for etcd"

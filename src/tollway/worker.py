@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -33,6 +34,7 @@ from tollway.ipc import (
     read_message,
 )
 from tollway.logs import setup_logging
+from tollway.memory import settle_after_load
 from tollway.plugins.builtin.prometheus import server_stats
 from tollway.plugins.registry import load_registry
 from tollway.proxy.accesslog import AccessLog
@@ -63,7 +65,7 @@ class Worker:
         self.ipc = ipc
         self.listen = listen
         self.tls = tls or []
-        self.store = Store(settings.etcd.prefix)
+        self.store = Store(settings.etcd.prefix, lean=True)
         self.registry = load_registry(settings.conf.plugins, settings.plugin_attr)
         # Health verdicts and DNS answers come from the supervisor (tollway.upstream).
         self.health = HealthTable()
@@ -156,27 +158,47 @@ class Worker:
             if msg is None:
                 log.warning("supervisor went away; stopping")
                 return
+            loaded_first: bool | None = None  # after a full load: whether it was the first
             match msg:
                 case Health(key, unhealthy):
                     self.health.update(key, unhealthy)
                 case Dns(names):
                     self.compiler.apply_dns(names)
                 case Load() | Apply():
+                    if isinstance(msg, Load):
+                        loaded_first = not self.servers
                     await self._apply_config(msg)
                     first = not self.servers
                     if first:
                         await self._start_serving()
                     pid = os.getpid()
                     writer.write(encode(Ready(msg.rev, pid) if first else Ack(msg.rev, pid)))
+            del msg  # a Load holds every value: not kept while waiting for the next message
+            if loaded_first is not None:
+                # Once the Load is gone: its buffer of values goes back with the rest.
+                settle_after_load(first=loaded_first)
 
     async def _apply_config(self, msg: Load | Apply) -> None:
         t0 = time.perf_counter()
-        kvs = msg.key_values()
         if isinstance(msg, Load):
-            self.store.load(msg.rev, kvs)
-            await self.compiler.load(self.store, first=not self.servers)
+            first = not self.servers
+            self.store.load_rows(msg.rev, msg.rows())
+            t1 = time.perf_counter()
+            try:
+                await self.compiler.load(self.store, first=first)
+            finally:
+                self.store.release()  # the message's buffer of values goes with it
+            # Start-up at scale is measured step by step (bench/scale.py reads this line).
+            log.info(
+                "worker %d: loaded %d items at revision %d: store %.0f ms, compile %.0f ms",
+                os.getpid(),
+                len(msg.keys),
+                msg.rev,
+                (t1 - t0) * 1e3,
+                (time.perf_counter() - t1) * 1e3,
+            )
         else:
-            self.store.apply(msg.rev, kvs)
+            self.store.apply(msg.rev, msg.key_values())
             self.compiler.apply(self.store, self.store.last_changes)
         self._sync_tls()
         elapsed = (time.perf_counter() - t0) * 1e3
@@ -254,8 +276,6 @@ def main(argv: list[str] | None = None) -> None:
     ipc = socket.socket(fileno=args.ipc_fd)
     listen = [socket.socket(fileno=int(fd)) for fd in args.listen_fds.split(",") if fd]
     tls = [socket.socket(fileno=int(fd)) for fd in args.tls_fds.split(",") if fd]
-    import gc
-
     gc.freeze()  # config objects are long-lived: keep them out of the young generations
     # Per-request objects die by reference counting; collect the young generation rarely
     # instead of every 700 allocations (a few requests' worth).

@@ -49,7 +49,23 @@ def test_messages_to_workers_round_trip_in_order() -> None:
     ]
     got = read_all(b"".join(encode(m) for m in msgs), TO_WORKER)
     assert got == msgs
-    assert isinstance(got[0], Load) and got[0].key_values() == KVS
+    # a Load has no deletions and carries no create revisions (workers keep none)
+    assert isinstance(got[0], Load)
+    assert got[0].key_values() == [KeyValue("/apisix/routes/1", b'{"uri":"/"}', 5, 0)]
+
+
+def test_a_load_is_columns_read_as_rows_on_demand() -> None:
+    kvs = [KeyValue(f"/apisix/routes/{i}", b"{}" + b" " * i, 10 + i, 1) for i in range(5)]
+    (got,) = read_all(encode(Load.of(9, kvs)), TO_WORKER)
+    assert isinstance(got, Load)
+    rows = got.rows()
+    assert len(rows) == 5
+    assert [(k, bytes(v), m) for k, v, m, _ in rows] == [
+        (kv.key, kv.value, kv.mod_revision) for kv in kvs
+    ]
+    assert bytes(rows[3][1]) == kvs[3].value and rows[0][0] == kvs[0].key
+    # values are views into the one buffer of the message, not a copy each
+    assert rows[2][1].obj is rows[4][1].obj
 
 
 def test_messages_to_the_supervisor_round_trip() -> None:

@@ -127,7 +127,7 @@ async def check_global_rule(ctx: CheckContext, item_id: str | None, value: dict[
         if other_id == item_id:
             continue
         for name in value.get("plugins") or {}:
-            if name in (item.value.get("plugins") or {}):
+            if name in ((item.value or {}).get("plugins") or {}):
                 raise ConfigError(
                     f"plugin '{name}' already exists in global rule with id '{other_id}'"
                 )
@@ -155,11 +155,11 @@ def _auth_owners(store: Store, plugin: str, field: str) -> Iterable[tuple[str, s
     """(username, credential id or "", key value) of every consumer/credential using
     ``plugin`` in the Store."""
     for name, item in store["consumers"].items.items():
-        conf = (item.value.get("plugins") or {}).get(plugin)
+        conf = ((item.value or {}).get("plugins") or {}).get(plugin)
         if isinstance(conf, dict) and conf.get(field) is not None:
             yield name, "", conf[field]
     for cid, item in store["credentials"].items.items():
-        conf = (item.value.get("plugins") or {}).get(plugin)
+        conf = ((item.value or {}).get("plugins") or {}).get(plugin)
         if isinstance(conf, dict) and conf.get(field) is not None:
             username, _, cred = cid.partition("/credentials/")
             yield username, cred, conf[field]

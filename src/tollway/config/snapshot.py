@@ -22,7 +22,7 @@ import msgspec
 
 from tollway.config.source import KeyValue
 
-__all__ = ["read_snapshot", "write_snapshot", "write_snapshot_rows"]
+__all__ = ["read_snapshot", "read_snapshot_rows", "write_snapshot", "write_snapshot_rows"]
 
 log = logging.getLogger("tollway.config")
 
@@ -46,7 +46,7 @@ def write_snapshot_rows(path: str | os.PathLike[str], revision: int, rows: list[
     """``write_snapshot`` for rows of ``(key, value, mod_revision, create_revision)``."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    body = _encoder.encode(rows)
+    body = _encode_rows(rows)
     digest = hashlib.sha256(body).hexdigest()
     header = b"%s %d %d %s %d\n" % (MAGIC, FORMAT, revision, digest.encode(), len(body))
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -64,9 +64,43 @@ def write_snapshot_rows(path: str | os.PathLike[str], revision: int, rows: list[
     _fsync_dir(target.parent)
 
 
+# Rows encoded per step. This runs in a thread beside the supervisor's event loop, and the
+# encoder holds the GIL while it runs: 100k rows in one call would stop the loop (and the change
+# it is fanning out to the workers) for ~100 ms; between steps the loop gets its turn.
+_CHUNK = 2000
+
+
+def _encode_rows(rows: list[_Row]) -> bytes:
+    """``rows`` as one msgpack array (what ``_decoder`` reads), encoded a chunk at a time."""
+    n = len(rows)
+    parts = [_array_header(n)]
+    for start in range(0, n, _CHUNK):
+        chunk = rows[start : start + _CHUNK]
+        parts.append(_encoder.encode(chunk)[len(_array_header(len(chunk))) :])
+    return b"".join(parts)
+
+
+def _array_header(n: int) -> bytes:
+    if n < 16:
+        return bytes([0x90 | n])  # fixarray
+    if n < 1 << 16:
+        return b"\xdc" + n.to_bytes(2, "big")  # array 16
+    return b"\xdd" + n.to_bytes(4, "big")  # array 32
+
+
 def read_snapshot(path: str | os.PathLike[str]) -> tuple[int, list[KeyValue]] | None:
     """``(revision, kvs)`` from a verified snapshot, or None (with a warning) if the file is
     missing, unreadable or corrupt."""
+    found = read_snapshot_rows(path)
+    if found is None:
+        return None
+    revision, rows = found
+    return revision, [KeyValue(key, value, mod, create) for key, value, mod, create in rows]
+
+
+def read_snapshot_rows(path: str | os.PathLike[str]) -> tuple[int, list[_Row]] | None:
+    """``read_snapshot`` as ``(key, value, mod_revision, create_revision)`` rows: what
+    ``Store.load_rows`` takes, without an object per item first (100k items: ~1 s less)."""
     try:
         data = Path(path).read_bytes()
     except OSError as e:
@@ -79,7 +113,7 @@ def read_snapshot(path: str | os.PathLike[str]) -> tuple[int, list[KeyValue]] | 
         return None
 
 
-def _parse(data: bytes) -> tuple[int, list[KeyValue]]:
+def _parse(data: bytes) -> tuple[int, list[_Row]]:
     end = data.find(b"\n", 0, _MAX_HEADER)
     if end < 0:
         raise ValueError("no header line")
@@ -101,7 +135,7 @@ def _parse(data: bytes) -> tuple[int, list[KeyValue]]:
         rows = _decoder.decode(body)
     except (msgspec.DecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"undecodable body: {e}") from None
-    return revision, [KeyValue(key, value, mod, create) for key, value, mod, create in rows]
+    return revision, rows
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -6,6 +6,7 @@ body as given (APISIX >= 3.14 does not persist defaults).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from typing import Annotated, Any, Literal
@@ -279,6 +280,7 @@ class Upstream(Named, frozen=True, kw_only=True):
         return out
 
 
+@functools.lru_cache(maxsize=4096)  # 100k routes name the same few nodes: parse each once
 def split_host_port(addr: str) -> tuple[str, int | None]:
     """'1.2.3.4:80' -> ('1.2.3.4', 80); '[::1]:80' -> ('[::1]', 80); 'a.com' -> ('a.com', None)."""
     if addr.startswith("["):
@@ -368,6 +370,15 @@ class Route(Named, frozen=True, kw_only=True):
         if self.host is not None:
             return [self.host]
         return self.hosts
+
+
+class LeanRoute(Route, frozen=True, kw_only=True):
+    """A route as a worker decodes it to compile it (issue #17): the supervisor validated the
+    whole item, and its inline upstream stays raw JSON, which the Compiler decodes once per
+    distinct text (100k routes often carry the same few upstreams). msgspec has no optional
+    Raw: no upstream is an empty Raw (or the text ``null``)."""
+
+    upstream: msgspec.Raw = msgspec.Raw()  # type: ignore[assignment]
 
 
 class Service(Named, frozen=True, kw_only=True):

@@ -8,7 +8,7 @@ import msgspec
 
 from tollway.errors import ConfigError
 from tollway.model.messages import jsonschema_message
-from tollway.model.objects import KINDS, Credential, Route, Service, Upstream
+from tollway.model.objects import KINDS, Credential, LeanRoute, Route, Service, Upstream
 
 
 def format_validation_error(
@@ -18,9 +18,14 @@ def format_validation_error(
     return f"invalid configuration: {jsonschema_message(err, value, typ)}"
 
 
-def decode_item(kind: str, value: dict[str, Any] | bytes) -> Any:
-    """Validate one item of ``kind``; raises ConfigError with APISIX's message."""
+def decode_item(
+    kind: str, value: dict[str, Any] | bytes | memoryview, *, lean: bool = False
+) -> Any:
+    """Validate one item of ``kind``; raises ConfigError with APISIX's message. ``lean``: a
+    route that was validated before, decoded to compile it (``LeanRoute``)."""
     typ: type[Any] = Credential if kind == "credentials" else KINDS[kind]
+    if lean and kind == "routes":
+        typ = LeanRoute
     try:
         if isinstance(value, bytes | bytearray | memoryview):
             obj = msgspec.json.decode(value, type=typ)
@@ -39,7 +44,7 @@ def decode_item(kind: str, value: dict[str, Any] | bytes) -> Any:
     try:
         if isinstance(obj, Upstream):
             obj.check()
-        elif isinstance(obj, Route | Service) and obj.upstream is not None:
+        elif isinstance(obj, Route | Service) and isinstance(obj.upstream, Upstream):
             obj.upstream.check()
     except ValueError as e:
         raise ConfigError(
@@ -48,13 +53,17 @@ def decode_item(kind: str, value: dict[str, Any] | bytes) -> Any:
     return obj
 
 
+_KIND_NAMES = {k: k for k in KINDS}
+
+
 def kind_of_key(key: str, prefix: str) -> tuple[str, str] | None:
     """'/apisix/routes/1' -> ('routes', '1'). None for keys that are not items we know."""
     if not key.startswith(prefix + "/"):
         return None
     rest = key[len(prefix) + 1 :]
     kind, sep, item = rest.partition("/")
-    if not sep or not item or kind not in KINDS:
+    kind = _KIND_NAMES.get(kind, "")  # the one string per kind, not one per item
+    if not sep or not item or not kind:
         return None
     if "/" in item:
         # consumers/<name>/credentials/<id> is a credential; secrets/<manager>/<id> is a secret;

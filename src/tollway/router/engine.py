@@ -252,8 +252,8 @@ class RouterBuilder:
         self._router._upsert(spec)
 
     def add_many(self, specs: Iterable[RouteSpec]) -> None:
-        """``add`` each spec of one chunk with the cyclic GC paused (see :func:`_gc_paused`)."""
-        with _gc_paused():
+        """``add`` each spec of one chunk with the cyclic GC paused (see :func:`gc_paused`)."""
+        with gc_paused():
             for spec in specs:
                 self.add(spec)
 
@@ -274,7 +274,7 @@ def build_router(
 
 
 @contextmanager
-def _gc_paused() -> Iterator[None]:
+def gc_paused() -> Iterator[None]:
     """Pause the cyclic GC while building: a build allocates only long-lived objects and frees no
     cycles, yet every 700 allocations would start a collection that walks them all again (at 100k
     routes with other big structures alive, that doubled the build time). Synchronous code only,

@@ -55,6 +55,7 @@ DEFAULT_TIMEOUTS = Timeouts()
 
 class CompiledUpstream:
     __slots__ = (
+        "__weakref__",  # interned by the Compiler in a WeakValueDictionary
         "conf",
         "hash_key",
         "hash_on",
@@ -188,13 +189,14 @@ class CompiledRoute:
         self.service_id: str | None = None
         self.own_chain: Chain = EMPTY_CHAIN  # the route's own plugins (with service/config)
         self.chain: Chain = EMPTY_CHAIN  # the same, with the global rules' response phases
-        self.plugins: dict[str, Any] = {}  # merged raw confs (for consumer merges)
+        self.plugins: Mapping[str, Any] = {}  # merged raw confs (for consumer merges)
         self.upstream: CompiledUpstream | None = None
         self.upstream_id: str | None = None
         self.timeouts: Timeouts | None = None
         self.enable_websocket = False
         self.error: int = 0  # a status to answer with (missing service / plugin config)
-        self.versions: tuple[int, int, int] = (0, 0, 0)
+        # (route, service, plugin config) versions, or the route's alone without the others
+        self.versions: tuple[int, int, int] | int = 0
 
     def evolve(self, **changes: Any) -> CompiledRoute:
         """A copy with ``changes``: a published route is never modified (requests hold it)."""

@@ -10,20 +10,24 @@ Compiler owns the full-versus-incremental decision (``apply_batch``).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 import msgspec
 
 from tollway.balancer import BalancerState
-from tollway.config.store import Store
+from tollway.config.store import Item, Store
 from tollway.crypto import KeyCipher
 from tollway.errors import ConfigError
-from tollway.model import Route, Service, Upstream
+from tollway.model import Route, Service, Upstream, decode_item
 from tollway.plugins.registry import EMPTY_CHAIN, Chain, Registry
 from tollway.protos import CompiledProto, compile_proto
 from tollway.router import RouterBuilder, RouteSpec, build_router
+from tollway.router.engine import gc_paused
 from tollway.router.spec import DISABLED
 from tollway.runtime.certs import CertTable, build_cert_table
 from tollway.runtime.compiled import CompiledRoute, CompiledUpstream, Runtime, Timeouts
@@ -36,6 +40,25 @@ log = logging.getLogger("tollway.runtime")
 
 # Beyond this many changed items in one full load, rebuild the router instead of patching it.
 INCREMENTAL_LIMIT = 500
+
+# The merged plugin confs of a route without plugins: one shared, read-only mapping.
+_NO_PLUGINS: Mapping[str, Any] = MappingProxyType({})
+
+# Inline upstream types whose compiled form routes may share: their picker keeps no state keyed
+# by the upstream (least_conn and ewma count in-flight requests per upstream key).
+_SHAREABLE_TYPES = frozenset({"roundrobin", "chash"})
+
+
+def _inline_conf(route: Route) -> Upstream | msgspec.Raw | None:
+    """A route's inline upstream: raw JSON in a ``LeanRoute`` (where none is an empty Raw)."""
+    conf: Upstream | msgspec.Raw | None = route.upstream
+    if isinstance(conf, msgspec.Raw) and (not conf or bytes(conf) == b"null"):
+        return None
+    return conf
+
+
+def _shareable(conf: Upstream) -> bool:
+    return conf.checks is None and conf.type in _SHAREABLE_TYPES
 
 
 class Compiler:
@@ -63,6 +86,17 @@ class Compiler:
         # Every compiled route by id, disabled and erroneous ones included (the router holds
         # the matchable ones): the Compiler's bookkeeping, never read by a request.
         self.routes: dict[str, CompiledRoute] = {}
+        # The routes that use a service / plugin config, by its id: a change to one recompiles
+        # those routes without reading every route.
+        self._service_users: dict[str, dict[str, None]] = {}
+        self._pconf_users: dict[str, dict[str, None]] = {}
+        self._parents: dict[str, tuple[str | None, str | None]] = {}  # only routes with one
+        # Interned compiled forms (issue #17): equal inline upstreams and a service's upstream
+        # are one object for every route using them; equal method sets are one frozenset.
+        self._inline: weakref.WeakValueDictionary[object, CompiledUpstream] = (
+            weakref.WeakValueDictionary()
+        )
+        self._methods: dict[frozenset[str], frozenset[str]] = {}
         self.runtime = Runtime(
             self, build_router(self.kind, [], delete_uri_tail_slash=self.tail_slash)
         )
@@ -86,17 +120,26 @@ class Compiler:
         self.runtime_global = self._global_chain(store)
         builder = RouterBuilder(self.kind, delete_uri_tail_slash=self.tail_slash)
         routes: dict[str, CompiledRoute] = {}
-        chunk: list[RouteSpec] = []
-        for rid, item in store["routes"].items.items():
-            cr, spec = self._route(store, rid, item.obj, item.mod_revision)
-            routes[rid] = cr
-            if spec is not None:
-                chunk.append(spec)
-            if len(chunk) >= self.CHUNK:
-                builder.add_many(chunk)  # with the GC paused: 100k routes in ~0.7 s, not 2.7 s
-                chunk = []
-                await asyncio.sleep(0)  # let requests run between chunks
-        builder.add_many(chunk)
+        self._service_users, self._pconf_users, self._parents = {}, {}, {}
+        # Nothing else changes the store while this awaits (the worker applies one message at
+        # a time), so one iterator walks it in chunks.
+        items = iter(store["routes"].items.items())
+        while chunk := list(itertools.islice(items, self.CHUNK)):
+            # The GC paused per chunk: compiling allocates only long-lived objects, and a
+            # collection every few hundred of them walks the growing heap (at 100k routes,
+            # a build twice as long).
+            with gc_paused():
+                specs = []
+                for rid, item in chunk:
+                    compiled = self._route_item(store, rid, item)
+                    if compiled is None:
+                        continue
+                    cr, spec = compiled
+                    routes[rid] = cr
+                    if spec is not None:
+                        specs.append(spec)
+                builder.add_many(specs)
+            await asyncio.sleep(0)  # let requests run between chunks
         rt = Runtime(
             self,
             builder.finish(),
@@ -212,27 +255,28 @@ class Compiler:
                 )
         return upstreams
 
-    @staticmethod
-    def _routes_using(store: Store, services: set[str], pconfs: set[str]) -> list[str]:
-        found = []
-        for rid, item in store["routes"].items.items():
-            r: Route = item.obj
-            if (r.service_id is not None and str(r.service_id) in services) or (
-                r.plugin_config_id is not None and str(r.plugin_config_id) in pconfs
-            ):
-                found.append(rid)
-        return found
+    def _routes_using(self, store: Store, services: set[str], pconfs: set[str]) -> list[str]:
+        """The routes using these services or plugin configs (from the index kept by
+        ``_set_parents``, not a scan of every route)."""
+        found: dict[str, None] = {}
+        for sid in services:
+            found.update(self._service_users.get(sid, {}))
+        for pid in pconfs:
+            found.update(self._pconf_users.get(pid, {}))
+        return list(found)  # existing routes: they keep their place in the router
 
     def _recompile_routes(self, store: Store, route_ids: Iterable[str]) -> None:
         upserts: list[RouteSpec] = []
         deletes: list[str] = []
         for rid in route_ids:
             it = store["routes"].get(rid)
-            if it is None:
+            compiled = None if it is None else self._route_item(store, rid, it)
+            if compiled is None:
+                self._set_parents(rid, None, None)
                 self.routes.pop(rid, None)
                 deletes.append(rid)
                 continue
-            cr, spec = self._route(store, rid, it.obj, it.mod_revision)
+            cr, spec = compiled
             self.routes[rid] = cr
             if spec is None:
                 deletes.append(rid)
@@ -266,6 +310,40 @@ class Compiler:
             passive=self.passive,
         )
 
+    def _inline_upstream(
+        self, key: str, version: int, conf: Upstream | msgspec.Raw
+    ) -> CompiledUpstream:
+        """An upstream written inside a route or a service, compiled once for every route
+        that uses it: a service's is one upstream (APISIX keys it by the service), and equal
+        inline confs of routes share one compiled form unless it keeps per-upstream state
+        (health checks report by key; least_conn/ewma count per key). ``conf`` is raw JSON in
+        a ``LeanRoute``: then equal texts are decoded once."""
+        memo: object
+        if isinstance(conf, msgspec.Raw):
+            memo = bytes(conf)
+            up = self._inline.get(memo)
+            if up is not None:
+                return up
+            decoded: Upstream = decode_item("upstreams", memo)
+        else:
+            decoded, memo = conf, None
+        if key.startswith("/apisix/services/"):
+            memo = (key, version)
+        elif not _shareable(decoded):
+            return self.compile_upstream(key, version, decoded)
+        elif memo is None:
+            memo = msgspec.json.encode(decoded)
+        up = self._inline.get(memo)
+        if up is None:
+            up = self._inline[memo] = self.compile_upstream(key, version, decoded)
+        return up
+
+    def _method_set(self, methods: Sequence[str] | None) -> frozenset[str] | None:
+        if not methods:
+            return None
+        found = frozenset(methods)
+        return self._methods.setdefault(found, found)
+
     def chain(
         self, plugins: Mapping[str, Any] | None, known: Mapping[str, tuple[Any, Any]] | None = None
     ) -> Chain:
@@ -291,15 +369,23 @@ class Compiler:
             if up.names & changed:
                 upstreams[uid] = self.compile_upstream(up.key, up.version, up.conf)
                 n += 1
+        # An inline upstream shared by many routes is compiled once again, and stays shared.
+        self._inline = weakref.WeakValueDictionary(
+            (k, up) for k, up in self._inline.items() if not up.names & changed
+        )
+        renewed: dict[CompiledUpstream, CompiledUpstream] = {}  # by identity
         for rid, cr in list(self.routes.items()):
             inline = cr.upstream
             if inline is not None and inline.names & changed:
-                new = cr.evolve(
-                    upstream=self.compile_upstream(inline.key, inline.version, inline.conf)
-                )
+                fresh = renewed.get(inline)
+                if fresh is None:
+                    fresh = renewed[inline] = self._inline_upstream(
+                        inline.key, inline.version, inline.conf
+                    )
+                    n += 1
+                new = cr.evolve(upstream=fresh)
                 self.routes[rid] = new
                 rt.router.repoint(rid, new)
-                n += 1
         # inline upstreams chosen by plugins were compiled with the old answers
         self.runtime = rt.evolve(upstreams=upstreams, inline_upstreams={})
         return n
@@ -358,12 +444,58 @@ class Compiler:
             ", ".join(refusal.invalid),
         )
 
+    def _route_item(
+        self, store: Store, rid: str, item: Item
+    ) -> tuple[CompiledRoute, RouteSpec | None] | None:
+        """Compile one route of the store (a lean store's routes are decoded here, and the
+        decoded object is dropped once compiled); None if it does not decode."""
+        try:
+            route: Route = store.decoded(item)
+        except ConfigError as e:  # the supervisor validated it: a version skew, say
+            log.error("route %s skipped: %s", rid, e)
+            self._set_parents(rid, None, None)
+            return None
+        sid = None if route.service_id is None else str(route.service_id)
+        pid = None if route.plugin_config_id is None else str(route.plugin_config_id)
+        self._set_parents(rid, sid, pid)
+        # The etcd key under the default prefix is the route's APISIX key: one string, not two.
+        key = item.key if store.prefix == "/apisix" else f"/apisix/routes/{rid}"
+        try:
+            compiled = self._route(store, rid, route, item.mod_revision, key)
+        except ConfigError as e:  # its inline upstream, decoded here in a lean store
+            log.error("route %s skipped: %s", rid, e)
+            self._set_parents(rid, None, None)
+            return None
+        if sid is None and pid is None:
+            store.settle(item)  # only its own change recompiles it: its bytes can go
+        else:
+            store.keep(item)  # its service's or plugin config's change recompiles it
+        return compiled
+
+    def _set_parents(self, rid: str, sid: str | None, pid: str | None) -> None:
+        """Index route ``rid`` under its service and plugin config (for ``_routes_using``)."""
+        old_sid, old_pid = self._parents.pop(rid, (None, None))
+        for users, old, new in (
+            (self._service_users, old_sid, sid),
+            (self._pconf_users, old_pid, pid),
+        ):
+            if old is not None and old != new:
+                those = users.get(old)
+                if those is not None:
+                    those.pop(rid, None)
+                    if not those:
+                        del users[old]
+            if new is not None:
+                users.setdefault(new, {})[rid] = None
+        if sid is not None or pid is not None:
+            self._parents[rid] = (sid, pid)
+
     def _route(
-        self, store: Store, rid: str, route: Route, version: int
+        self, store: Store, rid: str, route: Route, version: int, key: str
     ) -> tuple[CompiledRoute, RouteSpec | None]:
         cr = CompiledRoute()
         cr.id = rid
-        cr.key = f"/apisix/routes/{rid}"
+        cr.key = key
         cr.name = route.name
         plugins: dict[str, Any] = {}
         service: Service | None = None
@@ -388,7 +520,7 @@ class Compiler:
                 merged = dict(service.plugins or {})
                 merged.update(plugins)
                 plugins = merged
-        cr.plugins = plugins
+        cr.plugins = plugins or _NO_PLUGINS
         cr.own_chain = self.chain(plugins)
         cr.chain = cr.own_chain.under(self.runtime_global)
         cr.timeouts = Timeouts.of(route.timeout) if route.timeout is not None else None
@@ -399,16 +531,17 @@ class Compiler:
         # upstream_id wins over an inline upstream; the route's choice wins over the service's.
         if route.upstream_id is not None:
             cr.upstream_id = str(route.upstream_id)
-        elif route.upstream is not None:
-            cr.upstream = self.compile_upstream(cr.key, version, route.upstream)
+        elif (inline := _inline_conf(route)) is not None:
+            cr.upstream = self._inline_upstream(cr.key, version, inline)
         elif service is not None and service.upstream_id is not None:
             cr.upstream_id = str(service.upstream_id)
         elif service is not None and service.upstream is not None:
-            cr.upstream = self.compile_upstream(
+            cr.upstream = self._inline_upstream(
                 f"/apisix/services/{cr.service_id}", svc_version, service.upstream
             )
-        # what the route's chain was built from: consumer chains built on it are keyed by this
-        cr.versions = (version, svc_version, pc_version)
+        # What the route's chain was built from (consumer chains built on it are keyed by this);
+        # most routes have neither service nor plugin config: their own version alone.
+        cr.versions = (version, svc_version, pc_version) if svc_version or pc_version else version
         self._log_refusal(cr.key, cr.versions, cr.own_chain)
         hosts = route.host_list()
         if hosts is None and service is not None:
@@ -419,9 +552,7 @@ class Compiler:
             priority=route.priority,
             # A disabled route stays in the router, matching nothing, so that enabling it again
             # gives it back its place among equal priorities (APISIX keeps it in its values).
-            methods=DISABLED
-            if route.status == 0
-            else (frozenset(route.methods) if route.methods else None),
+            methods=DISABLED if route.status == 0 else self._method_set(route.methods),
             hosts=tuple(h.lower() for h in hosts) if hosts else None,
             remote_addrs=tuple(
                 [route.remote_addr] if route.remote_addr else route.remote_addrs or []

@@ -42,8 +42,18 @@ class UpstreamMonitor:
         ups = all_upstreams(store) if changes is None else changed_upstreams(store, changes)
         if full:
             self._names.clear()
+        # 100k routes with inline upstreams name the same few node sets: resolve each once.
+        seen: dict[tuple[str, ...], frozenset[str]] = {}
         for key, up in ups.items():
-            names = domain_names(n.host for n in up.node_list()) if up is not None else frozenset()
+            names: frozenset[str] = frozenset()
+            if up is not None:
+                addrs = tuple(up.nodes) if isinstance(up.nodes, dict) else None
+                found = seen.get(addrs) if addrs is not None else None
+                if found is None:
+                    found = domain_names(n.host for n in up.node_list())
+                    if addrs is not None:
+                        seen[addrs] = found
+                names = found
             if names:
                 self._names[key] = names
             else:

@@ -152,3 +152,38 @@ def test_full_loads_keep_the_source_order_and_say_when_it_moved() -> None:
     s.load(4, [kv(f"routes/{k}", ROUTE) for k in "cbazy"])
     assert s.last_changes == [] and s.reordered == {"routes"}
     assert list(s["routes"].items) == list("cbazy")
+
+
+def test_a_lean_store_keeps_routes_as_raw_bytes_and_decodes_them_on_demand() -> None:
+    s = Store(lean=True)
+    meta = {"log_format": {"host": "$host"}}
+    s.load(
+        3,
+        [
+            kv("routes/1", ROUTE),
+            kv("upstreams/1", {"nodes": {"1.1.1.1:80": 1}}),
+            kv("plugin_metadata/http-logger", meta),
+        ],
+    )
+    route = s["routes"].items["1"]
+    # the worker keeps a digest of a route: it is decoded from the load's rows until release()
+    assert route.obj is None and route.value is None and route.settled
+    assert route.raw != json.dumps(ROUTE).encode()
+    decoded = s.decoded(route)
+    assert decoded.uri == "/a" and decoded.upstream_id == "1"
+    s.keep(route)  # a route a service change recompiles keeps its bytes
+    assert route.raw == json.dumps(ROUTE).encode() and not route.settled
+    s.release()
+    assert s.decoded(route).uri == "/a"
+    upstream = s["upstreams"].items["1"]
+    assert upstream.obj is not None and upstream.value is None
+    assert s["plugin_metadata"].items["http-logger"].value == meta  # the Compiler reads JSON
+
+
+def test_a_lean_store_reuses_an_unchanged_route_on_reload() -> None:
+    s = Store(lean=True)
+    s.load(3, [kv("routes/1", ROUTE), kv("routes/2", {"uri": "/b", "upstream_id": "1"})])
+    first = s["routes"].items["1"]
+    s.load(4, [kv("routes/1", ROUTE), kv("routes/2", {"uri": "/c", "upstream_id": "1"})])
+    assert s["routes"].items["1"] is first
+    assert [c[1] for c in s.last_changes] == ["2"]
