@@ -95,9 +95,12 @@ def start_nginx_h2(procs: Processes, workdir: Path, port: int, upstream: int) ->
     return proc.pid
 
 
-def h2load(url: str, clients: int, streams: int, seconds: float) -> tuple[int, int, float]:
+def h2load(
+    url: str, clients: int, streams: int, seconds: float, extra: tuple[str, ...] = ()
+) -> tuple[int, int, float]:
+    """(succeeded, failed, req/s); ``extra``: more h2load options (bench/grpc_proxy.py's)."""
     argv = pinned(LOAD_CPU, H2LOAD, "-t1", f"-c{clients}", f"-m{streams}", "-D", f"{seconds:g}",
-                  url)  # fmt: skip
+                  *extra, url)  # fmt: skip
     out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, check=False)
     m = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed",
                   out.stdout)  # fmt: skip
@@ -111,11 +114,13 @@ def h2load(url: str, clients: int, streams: int, seconds: float) -> tuple[int, i
     return int(m.group(1)), int(m.group(2)), float(rps.group(1))
 
 
-def measure(name: str, pid: int, url: str, load: str, seconds: float, rep: int) -> Run:
+def measure(
+    name: str, pid: int, url: str, load: str, seconds: float, rep: int, extra: tuple[str, ...] = ()
+) -> Run:
     clients, streams = (int(x) for x in load.split("x"))
     pids = process_tree(pid)
     stat0, (u0, s0) = cpu_times(), cpu_split(pids)
-    ok, failed, rps = h2load(url, clients, streams, seconds)
+    ok, failed, rps = h2load(url, clients, streams, seconds, extra)
     (u1, s1), stat1 = cpu_split(pids), cpu_times()
     busy1, steal1 = busy_and_steal(stat0["cpu" + PROXY_CPU], stat1["cpu" + PROXY_CPU])
     _, steal0 = busy_and_steal(stat0["cpu" + LOAD_CPU], stat1["cpu" + LOAD_CPU])
