@@ -13,7 +13,8 @@ gets a warm-up and a grpcio call through it (the answer and grpc-status 0 checke
 rotating each rep. The figure: calls per proxy CPU-second (h2load's succeeded calls over the
 utime+stime delta of the proxy's process tree); medians over reps; the ratio is against nginx
 in the same run. The upstream's Python handlers bound the calls per second (both proxies idle
-part of the time); the per-CPU-second figure is the one that carries.
+part of the time); the per-CPU-second figure is the one that carries. ``--profile``: py-spy of
+Tollway's worker under h2load 10x10 after the runs.
 Prints a markdown table on stdout, progress on stderr.
 """
 
@@ -33,7 +34,7 @@ sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(ROOT))
 
 import grpc  # noqa: E402
-from http2 import H2LOAD, Run, measure  # noqa: E402
+from http2 import H2LOAD, Run, measure, profile  # noqa: E402
 from proxy import (  # noqa: E402
     LOAD_CPU,
     NGINX,
@@ -116,6 +117,7 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=8)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--loads", default="4x16,20x1", help="CLIENTSxSTREAMS, comma-separated")
+    ap.add_argument("--profile", action="store_true", help="py-spy of Tollway's worker after")
     args = ap.parse_args()
     loads = args.loads.split(",")
     procs = Processes()
@@ -147,6 +149,9 @@ def main() -> None:
                     runs.append(run)
             order.reverse()
         print(report(runs, loads, list(targets)))
+        if args.profile:
+            pid, port = targets["tollway"]
+            print("\n" + profile(pid, f"http://127.0.0.1:{port}{PATH}", args.duration, extra))
     finally:
         procs.stop_all()
 

@@ -128,13 +128,13 @@ def measure(
                max(steal0, steal1))  # fmt: skip
 
 
-def profile(pid: int, url: str, seconds: float) -> str:
+def profile(pid: int, url: str, seconds: float, extra: tuple[str, ...] = ()) -> str:
     """py-spy record of the worker while h2load (10 clients x 10 streams) loads it."""
     spy = Path(sys.executable).with_name("py-spy")
     if not spy.exists():
         return "(--profile needs py-spy: .venv/bin/pip install py-spy)"
     worker = [p for p in process_tree(pid) if p != pid][-1]
-    argv = pinned(LOAD_CPU, H2LOAD, "-t1", "-c10", "-m10", "-D", f"{seconds + 2:g}", url)
+    argv = pinned(LOAD_CPU, H2LOAD, "-t1", "-c10", "-m10", "-D", f"{seconds + 2:g}", *extra, url)
     load = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
     out = Path(tempfile.mkdtemp(prefix="tollway-h2-profile-")) / "raw.txt"
     time.sleep(1)
