@@ -14,18 +14,22 @@ rotating each rep. The figure: calls per proxy CPU-second (h2load's succeeded ca
 utime+stime delta of the proxy's process tree); medians over reps; the ratio is against nginx
 in the same run. The upstream's Python handlers bound the calls per second (both proxies idle
 part of the time); the per-CPU-second figure is the one that carries. ``--profile``: py-spy of
-Tollway's worker under h2load 10x10 after the runs.
+Tollway's worker under h2load 10x10 after the runs; ``--against REV``: Tollway at git revision
+REV too, in the rotation (before/after in one run).
 Prints a markdown table on stdout, progress on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
@@ -95,8 +99,10 @@ def start_nginx_grpc(procs: Processes, workdir: Path, port: int, upstream: int) 
     return proc.pid
 
 
-def start_tollway_grpc(procs: Processes, workdir: Path, port: int, upstream: int) -> int:
-    home = workdir / "tollway"
+def start_tollway_grpc(
+    procs: Processes, workdir: Path, port: int, upstream: int, name: str = "tollway"
+) -> int:
+    home = workdir / name
     (home / "conf").mkdir(parents=True)
     status, metrics = free_ports(2)
     config = home / "conf" / "config.yaml"
@@ -104,12 +110,36 @@ def start_tollway_grpc(procs: Processes, workdir: Path, port: int, upstream: int
                                             metrics_port=metrics))  # fmt: skip
     (home / "conf" / "apisix.yaml").write_text(GRPC_ROUTES.format(path=PATH, port=upstream))
     exe = Path(sys.executable).with_name("tollway")
-    log = workdir / "logs" / "tollway.out"
+    log = workdir / "logs" / f"{name}.out"
     argv = pinned(PROXY_CPU, str(exe), "start", "-c", str(config), "--workers", "1")
-    proc = procs.start("tollway", argv, log)
+    proc = procs.start(name, argv, log)
     wait_ready(f"http://127.0.0.1:{status}/status/ready", proc, log)
     grpc_check(port)
     return proc.pid
+
+
+def export_src(rev: str, workdir: Path) -> Path:
+    """src/ of git revision ``rev`` of this checkout, exported under ``workdir``."""
+    out = workdir / f"src-{rev}"
+    out.mkdir()
+    tar = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "src"], capture_output=True,
+                         check=True).stdout  # fmt: skip
+    subprocess.run(["tar", "-x", "-C", str(out)], input=tar, check=True)
+    return out / "src"
+
+
+@contextlib.contextmanager
+def python_path(path: Path) -> Iterator[None]:
+    """PYTHONPATH for the processes started meanwhile."""
+    before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = str(path)
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = before
 
 
 def main() -> None:
@@ -118,6 +148,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--loads", default="4x16,20x1", help="CLIENTSxSTREAMS, comma-separated")
     ap.add_argument("--profile", action="store_true", help="py-spy of Tollway's worker after")
+    ap.add_argument("--against", metavar="REV", help="also Tollway at git revision REV")
     args = ap.parse_args()
     loads = args.loads.split(",")
     procs = Processes()
@@ -133,6 +164,12 @@ def main() -> None:
             "nginx": (start_nginx_grpc(procs, workdir, ngx_port, up), ngx_port),
             "tollway": (start_tollway_grpc(procs, workdir, tw_port, up), tw_port),
         }
+        if args.against:
+            old = export_src(args.against, workdir)
+            port = free_ports(1)[0]
+            with python_path(old):
+                pid = start_tollway_grpc(procs, workdir, port, up, f"tollway-{args.against}")
+            targets[f"tollway@{args.against}"] = (pid, port)
         extra = ("-d", str(body), "-H", "content-type: application/grpc", "-H", "te: trailers")
         for pid, port in targets.values():  # warm-up (and upstream connections opened)
             measure("warm-up", pid, f"http://127.0.0.1:{port}{PATH}", "4x16", 2, -1, extra)
