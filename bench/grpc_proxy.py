@@ -1,91 +1,222 @@
-"""gRPC proxying benchmark (run on demand, not a test): unary calls from h2load over h2c, to a
-grpcio server directly and through Tollway (1 worker, one route, ``scheme: grpc``).
+"""gRPC proxying benchmark (run on demand, not a test): unary calls per proxy CPU-second, Tollway
+against nginx ``grpc_pass``, both to the same grpcio upstream, in the same run.
 
-    .venv/bin/python bench/grpc_proxy.py [--requests 6000] [--clients 4] [--streams 16] [--reps 3]
+    .venv/bin/python bench/grpc_proxy.py [--duration 8] [--reps 3] [--loads 4x16,20x1]
 
-The upstream is the tests' Echo service (grpcio, in a process of its own); its Python handlers
-bound the direct figure, so the ratio says little. What counts is Tollway's worker CPU per call
-(utime+stime of the worker over the calls h2load completed): the gateway's own cost, both
-HTTP/2 sides (the ``h2`` library) included. Runs alternate direct / gateway; medians of ``--reps``.
-Prints a markdown table on stdout.
+The method of bench/http2.py: CPU 0 runs h2load and the upstream (the tests' Echo service,
+grpcio with Python handlers, in a process of its own), CPU 1 the proxy under test: nginx 1.22
+(``listen ... http2``, ``grpc_pass`` with upstream keepalive 64, bench/nginx/nginx_grpc.conf)
+or Tollway (1 worker, one route, ``scheme: grpc``). h2load sends unary calls over h2c
+(``-d`` a framed message, ``content-type: application/grpc``, ``te: trailers``). Each target
+gets a warm-up and a grpcio call through it (the answer and grpc-status 0 checked), then
+``taskset -c 0 h2load -t1 -cC -mM -D S`` runs interleaved: rep -> load -> target, the order
+rotating each rep. The figure: calls per proxy CPU-second (h2load's succeeded calls over the
+utime+stime delta of the proxy's process tree); medians over reps; the ratio is against nginx
+in the same run. The upstream's Python handlers bound the calls per second (both proxies idle
+part of the time); the per-CPU-second figure is the one that carries. ``--profile``: py-spy of
+Tollway's worker under h2load 10x10 after the runs; ``--against REV``: Tollway at git revision
+REV too, in the rotation (before/after in one run).
+Prints a markdown table on stdout, progress on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
-import re
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(ROOT))
 
-from tests.support.gateway import Gateway  # noqa: E402
-from tests.support.grpc_server import GrpcServerProcess, Msg, frame  # noqa: E402
+import grpc  # noqa: E402
+from http2 import H2LOAD, Run, measure, profile  # noqa: E402
+from proxy import (  # noqa: E402
+    LOAD_CPU,
+    NGINX,
+    PROXY_CPU,
+    TOLLWAY_CONFIG,
+    BenchError,
+    Processes,
+    free_ports,
+    pinned,
+    render,
+    wait_ready,
+)
+from tests.support.grpc_echo import echo_pb2_grpc  # noqa: E402
+from tests.support.grpc_server import Msg, frame  # noqa: E402
 
 PATH = "/tollway.test.Echo/Unary"
+GRPC_ROUTES = """\
+routes:
+  - id: g
+    uri: {path}
+    upstream: {{scheme: grpc, nodes: {{"127.0.0.1:{port}": 1}}}}
+#END
+"""
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def grpc_check(port: int, timeout: float = 20) -> None:
+    """One unary call through ``port`` answers the upstream's echo with grpc-status 0."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+                reply = echo_pb2_grpc.EchoStub(ch).Unary(Msg(text="hi"), timeout=5)
+            if reply.text.endswith("hi"):
+                return
+            raise BenchError(f"port {port}: unexpected answer {reply!r}")
+        except grpc.RpcError as e:
+            if time.monotonic() > deadline:
+                raise BenchError(f"port {port}: no gRPC answer: {e}") from None
+            time.sleep(0.2)
 
 
-def h2load(port: int, body: Path, args: argparse.Namespace) -> tuple[float, int]:
-    """(requests per second, succeeded calls)."""
-    out = subprocess.run(
-        ["h2load", "-n", str(args.requests), "-c", str(args.clients), "-m", str(args.streams),
-         "-t", "1", "-d", str(body), "-H", "content-type: application/grpc",
-         "-H", "te: trailers", f"http://127.0.0.1:{port}{PATH}"],
-        capture_output=True, text=True, timeout=300, check=True,
-    ).stdout  # fmt: skip
-    rps = re.search(r"finished in [\d.]+s, ([\d.]+) req/s", out)
-    ok = re.search(r"(\d+) succeeded", out)
-    if rps is None or ok is None:
-        raise RuntimeError(out)
-    return float(rps.group(1)), int(ok.group(1))
+def start_upstream(procs: Processes, workdir: Path, port: int) -> int:
+    argv = pinned(LOAD_CPU, sys.executable, "-m", "tests.support.grpc_server", "bench",
+                  str(port))  # fmt: skip
+    proc = procs.start("grpcio", argv, workdir / "logs" / "grpcio.out")
+    grpc_check(port)
+    return proc.pid
+
+
+def start_nginx_grpc(procs: Processes, workdir: Path, port: int, upstream: int) -> int:
+    conf = workdir / "conf" / "nginx_grpc.conf"
+    conf.write_text(render("nginx_grpc.conf", workdir, name="nginx_grpc", port=port,
+                           upstream_port=upstream))  # fmt: skip
+    log = workdir / "logs" / "nginx_grpc.out"
+    argv = pinned(PROXY_CPU, NGINX, "-p", f"{workdir}/", "-e", str(log), "-c", str(conf))
+    proc = procs.start("nginx_grpc", argv, log)
+    grpc_check(port)
+    return proc.pid
+
+
+def start_tollway_grpc(
+    procs: Processes, workdir: Path, port: int, upstream: int, name: str = "tollway"
+) -> int:
+    home = workdir / name
+    (home / "conf").mkdir(parents=True)
+    status, metrics = free_ports(2)
+    config = home / "conf" / "config.yaml"
+    config.write_text(TOLLWAY_CONFIG.format(port=port, status_port=status, home=home,
+                                            metrics_port=metrics))  # fmt: skip
+    (home / "conf" / "apisix.yaml").write_text(GRPC_ROUTES.format(path=PATH, port=upstream))
+    exe = Path(sys.executable).with_name("tollway")
+    log = workdir / "logs" / f"{name}.out"
+    argv = pinned(PROXY_CPU, str(exe), "start", "-c", str(config), "--workers", "1")
+    proc = procs.start(name, argv, log)
+    wait_ready(f"http://127.0.0.1:{status}/status/ready", proc, log)
+    grpc_check(port)
+    return proc.pid
+
+
+def export_src(rev: str, workdir: Path) -> Path:
+    """src/ of git revision ``rev`` of this checkout, exported under ``workdir``."""
+    out = workdir / f"src-{rev}"
+    out.mkdir()
+    tar = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "src"], capture_output=True,
+                         check=True).stdout  # fmt: skip
+    subprocess.run(["tar", "-x", "-C", str(out)], input=tar, check=True)
+    return out / "src"
+
+
+@contextlib.contextmanager
+def python_path(path: Path) -> Iterator[None]:
+    """PYTHONPATH for the processes started meanwhile."""
+    before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = str(path)
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = before
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--requests", type=int, default=6000)
-    ap.add_argument("--clients", type=int, default=4)
-    ap.add_argument("--streams", type=int, default=16)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--duration", type=float, default=8)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--loads", default="4x16,20x1", help="CLIENTSxSTREAMS, comma-separated")
+    ap.add_argument("--profile", action="store_true", help="py-spy of Tollway's worker after")
+    ap.add_argument("--against", metavar="REV", help="also Tollway at git revision REV")
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="tollway-grpc-bench-"))
-    body = work / "req.bin"
-    body.write_bytes(frame(Msg(text="hello")))
-    server = GrpcServerProcess("bench").start()
-    yaml = (
-        f"routes:\n  - id: g\n    uri: {PATH}\n"
-        f'    upstream: {{scheme: grpc, nodes: {{"127.0.0.1:{server.port}": 1}}}}\n#END\n'
-    )
-    direct: list[float] = []
-    proxied: list[float] = []
-    cpu_us: list[float] = []
+    loads = args.loads.split(",")
+    procs = Processes()
+    workdir = Path(tempfile.mkdtemp(prefix="tollway-grpc-bench-"))
     try:
-        with Gateway(work / "gw", apisix_yaml=yaml, workers=1) as g:
-            worker = g.worker_pids()[0]
-            h2load(g.port, body, args)  # warm-up: connections, caches
-            for _ in range(args.reps):
-                direct.append(h2load(server.port, body, args)[0])
-                before = cpu_seconds(worker)
-                rps, ok = h2load(g.port, body, args)
-                cpu_us.append((cpu_seconds(worker) - before) / ok * 1e6)
-                proxied.append(rps)
+        for sub in ("conf", "logs", "run"):
+            (workdir / sub).mkdir()
+        body = workdir / "req.bin"
+        body.write_bytes(frame(Msg(text="hello")))
+        up, ngx_port, tw_port = free_ports(3)
+        start_upstream(procs, workdir, up)
+        targets = {
+            "nginx": (start_nginx_grpc(procs, workdir, ngx_port, up), ngx_port),
+            "tollway": (start_tollway_grpc(procs, workdir, tw_port, up), tw_port),
+        }
+        if args.against:
+            old = export_src(args.against, workdir)
+            port = free_ports(1)[0]
+            with python_path(old):
+                pid = start_tollway_grpc(procs, workdir, port, up, f"tollway-{args.against}")
+            targets[f"tollway@{args.against}"] = (pid, port)
+        extra = ("-d", str(body), "-H", "content-type: application/grpc", "-H", "te: trailers")
+        for pid, port in targets.values():  # warm-up (and upstream connections opened)
+            measure("warm-up", pid, f"http://127.0.0.1:{port}{PATH}", "4x16", 2, -1, extra)
+        runs: list[Run] = []
+        order = list(targets)
+        for rep in range(args.reps):
+            for load in loads:
+                for name in order:
+                    pid, port = targets[name]
+                    url = f"http://127.0.0.1:{port}{PATH}"
+                    run = measure(name, pid, url, load, args.duration, rep, extra)
+                    print(f"rep {rep} {load} {name}: {run.per_cpu_s:,.0f} calls/CPU-s, "
+                          f"{run.rps:,.0f} calls/s", file=sys.stderr)  # fmt: skip
+                    runs.append(run)
+            order.reverse()
+        print(report(runs, loads, list(targets)))
+        if args.profile:
+            pid, port = targets["tollway"]
+            print("\n" + profile(pid, f"http://127.0.0.1:{port}{PATH}", args.duration, extra))
     finally:
-        server.kill()
-    print("| target | calls/s (median) | worker CPU per call |")
-    print("|---|---|---|")
-    print(f"| grpcio directly | {statistics.median(direct):.0f} | |")
-    cpu = statistics.median(cpu_us)
-    print(f"| through Tollway | {statistics.median(proxied):.0f} | {cpu:.0f} µs |")
+        procs.stop_all()
+
+
+def report(runs: list[Run], loads: list[str], names: list[str]) -> str:
+    rows = [
+        "| h2load load (clients x streams) | target | calls per proxy CPU-s (median; runs) "
+        "| calls/s (median) | ÷ nginx (calls/CPU-s) | failed | max steal |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for load in loads:
+        base = statistics.median(r.per_cpu_s for r in runs if r.load == load and
+                                 r.target == "nginx")  # fmt: skip
+        for name in names:
+            mine = [r for r in runs if r.load == load and r.target == name]
+            cps = statistics.median(r.per_cpu_s for r in mine)
+            each = ", ".join(f"{r.per_cpu_s:,.0f}" for r in mine)
+            rows.append(
+                f"| {load} | {name} | {cps:,.0f} ({each}) | "
+                f"{statistics.median(r.rps for r in mine):,.0f} | {cps / base:.2f} | "
+                f"{sum(r.failed for r in mine)} | {max(r.steal for r in mine):.1%} |"
+            )
+    return "\n".join(rows)
 
 
 if __name__ == "__main__":
-    main()
+    assert H2LOAD
+    try:
+        main()
+    except (BenchError, subprocess.SubprocessError) as e:
+        sys.exit(f"bench/grpc_proxy.py: {e}")

@@ -12,12 +12,14 @@ rotating each rep. The figure: requests per proxy CPU-second (h2load's succeeded
 the utime+stime delta of the proxy's process tree); medians over reps; the ratio is against
 nginx in the same run. ``--profile`` prints where Tollway's worker spends its CPU under load
 (py-spy, when installed); ``--lib`` measures only the h2 library's part of a request, in
-memory. Prints a markdown table on stdout, progress on stderr.
+memory; ``--against REV`` adds Tollway at git revision REV (its src/) to the rotation, for
+a before/after in one run. Prints a markdown table on stdout, progress on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import statistics
@@ -48,6 +50,7 @@ from proxy import (
     start_tollway,
 )
 
+ROOT = Path(__file__).resolve().parent.parent
 H2LOAD = shutil.which("h2load") or "/usr/bin/h2load"
 TARGET_RATIO = 0.40  # issue #14: HTTP/2 requests per proxy CPU-second, against nginx
 
@@ -95,9 +98,12 @@ def start_nginx_h2(procs: Processes, workdir: Path, port: int, upstream: int) ->
     return proc.pid
 
 
-def h2load(url: str, clients: int, streams: int, seconds: float) -> tuple[int, int, float]:
+def h2load(
+    url: str, clients: int, streams: int, seconds: float, extra: tuple[str, ...] = ()
+) -> tuple[int, int, float]:
+    """(succeeded, failed, req/s); ``extra``: more h2load options (bench/grpc_proxy.py's)."""
     argv = pinned(LOAD_CPU, H2LOAD, "-t1", f"-c{clients}", f"-m{streams}", "-D", f"{seconds:g}",
-                  url)  # fmt: skip
+                  *extra, url)  # fmt: skip
     out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, check=False)
     m = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed",
                   out.stdout)  # fmt: skip
@@ -111,11 +117,13 @@ def h2load(url: str, clients: int, streams: int, seconds: float) -> tuple[int, i
     return int(m.group(1)), int(m.group(2)), float(rps.group(1))
 
 
-def measure(name: str, pid: int, url: str, load: str, seconds: float, rep: int) -> Run:
+def measure(
+    name: str, pid: int, url: str, load: str, seconds: float, rep: int, extra: tuple[str, ...] = ()
+) -> Run:
     clients, streams = (int(x) for x in load.split("x"))
     pids = process_tree(pid)
     stat0, (u0, s0) = cpu_times(), cpu_split(pids)
-    ok, failed, rps = h2load(url, clients, streams, seconds)
+    ok, failed, rps = h2load(url, clients, streams, seconds, extra)
     (u1, s1), stat1 = cpu_split(pids), cpu_times()
     busy1, steal1 = busy_and_steal(stat0["cpu" + PROXY_CPU], stat1["cpu" + PROXY_CPU])
     _, steal0 = busy_and_steal(stat0["cpu" + LOAD_CPU], stat1["cpu" + LOAD_CPU])
@@ -123,13 +131,13 @@ def measure(name: str, pid: int, url: str, load: str, seconds: float, rep: int) 
                max(steal0, steal1))  # fmt: skip
 
 
-def profile(pid: int, url: str, seconds: float) -> str:
+def profile(pid: int, url: str, seconds: float, extra: tuple[str, ...] = ()) -> str:
     """py-spy record of the worker while h2load (10 clients x 10 streams) loads it."""
     spy = Path(sys.executable).with_name("py-spy")
     if not spy.exists():
         return "(--profile needs py-spy: .venv/bin/pip install py-spy)"
     worker = [p for p in process_tree(pid) if p != pid][-1]
-    argv = pinned(LOAD_CPU, H2LOAD, "-t1", "-c10", "-m10", "-D", f"{seconds + 2:g}", url)
+    argv = pinned(LOAD_CPU, H2LOAD, "-t1", "-c10", "-m10", "-D", f"{seconds + 2:g}", *extra, url)
     load = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
     out = Path(tempfile.mkdtemp(prefix="tollway-h2-profile-")) / "raw.txt"
     time.sleep(1)
@@ -222,6 +230,7 @@ def main() -> None:
     ap.add_argument("--loads", default="10x10,50x1", help="CLIENTSxSTREAMS, comma-separated")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--lib", action="store_true", help="only the h2 library's cost per request")
+    ap.add_argument("--against", metavar="REV", help="also Tollway at git revision REV")
     args = ap.parse_args()
     if args.lib:
         print(f"h2 library alone: {library_cost():.1f} µs per request (best of 3 x 6000)")
@@ -242,6 +251,8 @@ def main() -> None:
             ),
         }
         h2_ready(tw_port)
+        if args.against:
+            targets[f"tollway@{args.against}"] = start_at(procs, workdir, args.against, up)
         for _pid, port in targets.values():  # warm-up (and pools filled)
             h2load(f"http://127.0.0.1:{port}{PATH}", 10, 10, 2)
         runs: list[Run] = []
@@ -256,7 +267,7 @@ def main() -> None:
                           f"{run.rps:,.0f} req/s", file=sys.stderr)  # fmt: skip
                     runs.append(run)
             order.reverse()
-        print(report(runs, loads))
+        print(report(runs, loads, list(targets)))
         if args.profile:
             pid, port = targets["tollway"]
             print("\n" + profile(pid, f"http://127.0.0.1:{port}{PATH}", args.duration))
@@ -265,7 +276,28 @@ def main() -> None:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def report(runs: list[Run], loads: list[str]) -> str:
+def start_at(procs: Processes, workdir: Path, rev: str, upstream: int) -> tuple[int, int]:
+    """Tollway of git revision ``rev`` (its src/, exported from this checkout), as "tollway"."""
+    src = workdir / f"src-{rev}"
+    src.mkdir()
+    tar = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "src"], capture_output=True,
+                         check=True).stdout  # fmt: skip
+    subprocess.run(["tar", "-x", "-C", str(src)], input=tar, check=True)
+    port, status = free_ports(2)
+    env = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = str(src / "src")
+    try:
+        pid = start_tollway(procs, workdir, f"tollway-{rev}", port, status, [upstream], "").pid
+    finally:
+        if env is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = env
+    h2_ready(port)
+    return pid, port
+
+
+def report(runs: list[Run], loads: list[str], names: list[str]) -> str:
     rows = [
         "| h2load load (clients x streams) | target | req per proxy CPU-s (median; runs) "
         "| req/s (median) | ÷ nginx (req/CPU-s) | failed | max steal |",
@@ -274,7 +306,7 @@ def report(runs: list[Run], loads: list[str]) -> str:
     for load in loads:
         base = statistics.median(r.per_cpu_s for r in runs if r.load == load and
                                  r.target == "nginx")  # fmt: skip
-        for name in ("nginx", "tollway"):
+        for name in names:
             mine = [r for r in runs if r.load == load and r.target == name]
             cps = statistics.median(r.per_cpu_s for r in mine)
             each = ", ".join(f"{r.per_cpu_s:,.0f}" for r in mine)

@@ -19,7 +19,7 @@ from h2.errors import ErrorCodes
 
 from tests.e2e.test_tls_listener import self_signed
 from tests.support.gateway import Gateway, send_raw, wait_until
-from tests.support.h2client import H2Client
+from tests.support.h2client import Answer, H2Client
 from tests.support.upstream import Upstream
 
 ROUTES = """
@@ -363,5 +363,27 @@ def test_malformed_request_resets_only_its_stream(gw: Gateway) -> None:
         a, b = c.wait(bad, upper)
         assert a.reset == ErrorCodes.PROTOCOL_ERROR and b.reset == ErrorCodes.PROTOCOL_ERROR
         assert c.get("/echo").status == 200  # same connection, still served
+    finally:
+        c.close()
+
+
+def test_connect_answered_405_on_its_stream(gw: Gateway) -> None:
+    """RFC 9113 8.5: CONNECT (:authority only) is well-formed; the gateway is no forward proxy
+    and answers 405 as on HTTP/1.1 (nginx too), on that stream alone. Without END_STREAM (a
+    tunnel's first bytes would follow) the stream is also reset with NO_ERROR (8.1)."""
+    c = H2Client(gw.port)
+    try:
+        head = [(b":method", b"CONNECT"), (b":authority", b"example.test:443")]
+        ended = c.conn.get_next_available_stream_id()
+        c.conn.send_headers(ended, head, end_stream=True)
+        tunnel = c.conn.get_next_available_stream_id()
+        c.conn.send_headers(tunnel, head)
+        c.answers[ended] = Answer()
+        c.answers[tunnel] = Answer()
+        c.flush()
+        a, b = c.wait(ended, tunnel)
+        assert a.status == 405 and b"405 Not Allowed" in a.body and a.reset is None
+        assert b.status == 405 and b.reset in (None, ErrorCodes.NO_ERROR)
+        assert c.get("/echo").status == 200  # the connection goes on
     finally:
         c.close()

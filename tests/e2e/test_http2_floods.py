@@ -108,19 +108,52 @@ def test_empty_data_frames(gw: Gateway) -> None:
     attacked(gw, attack, ErrorCodes.ENHANCE_YOUR_CALM)
 
 
-def test_too_many_concurrent_streams(gw: Gateway) -> None:
-    """More streams at once than SETTINGS_MAX_CONCURRENT_STREAMS (128) allows."""
+def test_streams_past_the_limit_are_refused(gw: Gateway) -> None:
+    """RFC 9113 5.1.2: a stream past SETTINGS_MAX_CONCURRENT_STREAMS (128) is refused with
+    REFUSED_STREAM (safe to retry, 8.7); the streams within the limit and the connection go on."""
+    c = H2Client(gw.port)
+    try:
+        sids = [c.send_request(f"/slow/300?{i}") for i in range(150)]  # before our SETTINGS
+        answers = c.wait(*sids, timeout=30)
+        refused = [s for s, a in zip(sids, answers, strict=True) if a.reset is not None]
+        assert refused == sids[128:]
+        assert all(c.answers[s].reset == ErrorCodes.REFUSED_STREAM for s in refused)
+        assert all(a.status == 200 for a in answers[:128])
+        assert c.get("/more").status == 200  # the same connection
+        assert not c.closed and c.goaway is None
+    finally:
+        c.close()
+
+
+def test_refused_streams_flood(gw: Gateway) -> None:
+    """Streams opened past the limit over and over: each cost a header block's decoding, so
+    each counts as a reset (CVE-2023-44487's budget)."""
 
     def attack(c: H2Client) -> None:
-        for _ in range(200):  # sent before reading the gateway's SETTINGS
+        for _ in range(128 + 300):
             c.send_request("/slow/2000")
 
-    attacked(gw, attack, ErrorCodes.PROTOCOL_ERROR)
+    attacked(gw, attack, ErrorCodes.ENHANCE_YOUR_CALM)
 
 
 def test_oversized_header_list(gw: Gateway) -> None:
+    """Within 4x the header limit: 431 on its stream (RFC 9113 10.5.1), the connection kept.
+    One 4 KB field repeated: HPACK sends it once, then as an index of one byte."""
+    c = H2Client(gw.port)
+    try:
+        a = c.get("/", headers=[("x-big", "v" * 4000)] * 12)  # 48 KB decoded, limit 32 KB
+        assert a.status == 431 and b"431 Request Header Fields Too Large" in a.body
+        assert c.get("/echo").status == 200
+    finally:
+        c.close()
+
+
+def test_hpack_bomb(gw: Gateway) -> None:
+    """A header block inflating past 4x the limit (one-byte indexes of a 4 KB field): not
+    decoded further, the connection ends (ENHANCE_YOUR_CALM)."""
+
     def attack(c: H2Client) -> None:
-        c.send_request("/", headers=[(f"x-big-{i}", "v" * 4000) for i in range(16)])
+        c.send_request("/", headers=[("x-big", "v" * 4000)] * 40)
 
     attacked(gw, attack, ErrorCodes.ENHANCE_YOUR_CALM)
 

@@ -15,8 +15,10 @@ at most that plus its window (64 KB), and the streams of a connection together B
 The connection starts from ``server.HttpProtocol``: after an ALPN ``h2`` handshake, or when a
 plain connection opens with the preface (h2c with prior knowledge). Defences: the flood budgets
 of ``Budget`` (rapid reset CVE-2023-44487, SETTINGS/PING/PRIORITY/empty DATA floods), h2's
-bounds (concurrent streams, header list size, CONTINUATION backlog) and our own bound on an
-unfinished header block (CVE-2024-27316). Protocol errors: GOAWAY and close.
+bounds (header list size past HEADER_LIST_SLACK times the limit, CONTINUATION backlog) and our
+own bound on an unfinished header block (CVE-2024-27316). Protocol errors: GOAWAY and close.
+A stream past the concurrent-stream limit is refused (REFUSED_STREAM), a header list over the
+limit answered 431 and CONNECT 405, each on its stream alone.
 """
 
 from __future__ import annotations
@@ -31,10 +33,17 @@ from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.exceptions import H2Error, ProtocolError
 from h2.settings import SettingCodes, Settings
-from hyperframe.frame import GoAwayFrame
+from hyperframe.frame import Frame, GoAwayFrame, HeadersFrame
 
+from tollway.httprules.status import error_page
 from tollway.proxy.h1_names import method_of
-from tollway.proxy.h2_fields import MalformedRequest, request_of
+from tollway.proxy.h2_fields import (
+    MalformedRequest,
+    Refused,
+    request_of,
+    response_fields,
+    split_lines,
+)
 from tollway.proxy.h2_guard import Budget, header_block_size
 from tollway.proxy.h2_stream import BODY_BUDGET, H2Stream
 
@@ -60,6 +69,10 @@ class Origin(Protocol):
 log = logging.getLogger("tollway.proxy")
 
 MAX_STREAMS = 128  # SETTINGS_MAX_CONCURRENT_STREAMS (nginx's http2_max_concurrent_streams)
+# A header list up to this many times the limit is decoded and answered 431 on its stream; a
+# larger one ends the connection (ENHANCE_YOUR_CALM): an HPACK bomb is not inflated further.
+HEADER_LIST_SLACK = 4
+SWEEP_AT = 16  # h2's table of streams is swept of closed ones at this size (_ServerState)
 STREAM_WINDOW = 65535  # initial stream window: bytes a client may send before we take them
 # Connection window: every stream may fill its own window without blocking the others.
 CONN_WINDOW = MAX_STREAMS * STREAM_WINDOW
@@ -76,6 +89,52 @@ _CONFIG = H2Configuration(
     normalize_outbound_headers=False,
     split_outbound_cookies=False,
 )
+
+
+class StreamRefused(ev.Event):
+    """A stream opened past SETTINGS_MAX_CONCURRENT_STREAMS, refused (``_ServerState``)."""
+
+    def __init__(self, stream_id: int) -> None:
+        self.stream_id = stream_id
+
+
+class _ServerState(H2Connection):
+    """h2's state machine, except for a stream opened past SETTINGS_MAX_CONCURRENT_STREAMS: h2
+    ends the connection (TooManyStreamsError), where RFC 9113 5.1.2 allows a stream error and
+    REFUSED_STREAM tells the client it may retry it (8.7), as nginx does. Its header block is
+    still decoded (the HPACK table is the connection's, RFC 7541 2.3.2), then the stream is
+    reset and only ``StreamRefused`` reported."""
+
+    _over_limit = False
+
+    @property
+    def open_inbound_streams(self) -> int:
+        """For h2's limit check only: an upper bound (the streams h2 holds, open or closed and
+        not yet swept) while they are fewer than SWEEP_AT and the limit, else the exact count.
+        h2 counts by scanning all its streams for every new one (1.5 µs with 10); the scan,
+        which also sweeps the closed ones out, now runs once per SWEEP_AT new streams when few
+        are open."""
+        if self._over_limit:
+            return 0
+        n = len(self.streams)
+        if n < SWEEP_AT and n < self.local_settings.max_concurrent_streams:
+            return n  # (under the limit: the check passes, as with the exact count)
+        return super().open_inbound_streams
+
+    def _receive_headers_frame(self, frame: HeadersFrame) -> tuple[list[Frame], list[ev.Event]]:
+        sid = frame.stream_id
+        if sid in self.streams or (
+            self.open_inbound_streams < self.local_settings.max_concurrent_streams
+        ):
+            return super()._receive_headers_frame(frame)
+        self._over_limit = True
+        try:
+            frames, events = super()._receive_headers_frame(frame)
+        finally:
+            self._over_limit = False
+        self.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
+        kept = [e for e in events if getattr(e, "stream_id", None) != sid]
+        return frames, [*kept, StreamRefused(sid)]
 
 
 class H2Protocol(asyncio.Protocol):
@@ -102,7 +161,8 @@ class H2Protocol(asyncio.Protocol):
         self.held = 0  # request body bytes the exchanges hold (h2_stream.BODY_BUDGET)
         self.starved = False  # some stream's window waits for that budget
         self._dirty = False
-        conn = self.conn = H2Connection(_CONFIG)
+        conn: H2Connection = _ServerState(_CONFIG)
+        self.conn = conn
         # Set before the preface: h2 sends these in its first SETTINGS and enforces them at once
         # (Settings.update would only queue them until the client's ACK).
         conn.local_settings = Settings(
@@ -113,7 +173,7 @@ class H2Protocol(asyncio.Protocol):
                 SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
             },
         )
-        conn.decoder.max_header_list_size = state.max_header_size
+        conn.decoder.max_header_list_size = HEADER_LIST_SLACK * state.max_header_size
         conn.initiate_connection()
         conn.increment_flow_control_window(CONN_WINDOW - 65535)
         self.max_header_size = state.max_header_size
@@ -212,10 +272,14 @@ class H2Protocol(asyncio.Protocol):
             return
         self.last_stream = max(self.last_stream, sid)
         try:
-            req = request_of(event.headers)
+            req = request_of(event.headers, self.max_header_size)
         except MalformedRequest as e:
             log.debug("h2 stream %d malformed: %s", sid, e)
             self.conn.reset_stream(sid, ErrorCodes.PROTOCOL_ERROR)
+            return
+        except Refused as e:
+            log.debug("h2 stream %d refused (%d): %s", sid, e.status, e)
+            self._answer(sid, e.status, event.stream_ended is not None)
             return
         method = method_of(req.method)
         stream = H2Stream(self, sid)
@@ -225,6 +289,27 @@ class H2Protocol(asyncio.Protocol):
         if req.expect_continue and not event.stream_ended:
             self.conn.send_headers(sid, [(b":status", b"100")])
         stream.start(method, req, event.stream_ended is not None)
+
+    def _answer(self, sid: int, status: int, ended: bool) -> None:
+        """The gateway's page with ``status`` on stream ``sid``, as on HTTP/1.1 (the page goes
+        only within the client's window: else the head alone ends the stream)."""
+        conn = self.conn
+        page = error_page(status)
+        state = self.state
+        fields = response_fields(split_lines(state.server_header + state.date_line()))
+        head = [(b":status", b"%d" % status), *fields, (b"content-type", b"text/html"),
+                (b"content-length", b"%d" % len(page))]  # fmt: skip
+        fits = len(page) <= min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
+        conn.send_headers(sid, head if fits else head[:-1], end_stream=not fits)
+        if fits:
+            conn.send_data(sid, page, end_stream=True)
+        if not ended:  # RFC 9113 8.1: answered before the body; the client may stop sending it
+            conn.reset_stream(sid, ErrorCodes.NO_ERROR)
+
+    def _on_refused(self, event: StreamRefused) -> None:
+        # A refused stream cost a header block's decoding: counted as a reset (rapid reset).
+        if not self.budget.spend_reset(self.state.loop.time()):
+            self.fail(ErrorCodes.ENHANCE_YOUR_CALM)
 
     def _on_data(self, event: ev.DataReceived) -> None:
         sid = event.stream_id
@@ -385,4 +470,5 @@ _HANDLERS: dict[type, Any] = {
     ev.PriorityUpdated: H2Protocol._on_control,
     ev.UnknownFrameReceived: H2Protocol._on_control,
     ev.ConnectionTerminated: H2Protocol._on_terminated,
+    StreamRefused: H2Protocol._on_refused,
 }

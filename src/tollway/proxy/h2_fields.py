@@ -24,6 +24,14 @@ class MalformedRequest(ValueError):
     """A request RFC 9113 8.1.1 calls malformed: a stream error (PROTOCOL_ERROR)."""
 
 
+class Refused(Exception):
+    """A well-formed request answered at once with ``status`` on its stream (405, 431)."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
 class H2Request(NamedTuple):
     method: bytes
     path: bytes
@@ -38,14 +46,18 @@ def starts_h2c(data: bytes) -> bool:
     return data.startswith(PREFACE_LINE)
 
 
-def request_of(headers: list[tuple[bytes, bytes]]) -> H2Request:
+def request_of(headers: list[tuple[bytes, bytes]], limit: int = 1 << 31) -> H2Request:
     """Pseudo-header fields to method, path and Host; cookie crumbs joined with "; " (RFC 9113
     8.2.3: the HTTP/1.1 upstream expects one Cookie field).
 
     The checks of RFC 9113 8.2-8.3 are made here, in one pass, instead of by h2 (its validation,
     a chain of generators, cost a tenth of a request): lowercase names, pseudo-fields known,
     once and first, no connection-specific field, ``te`` only ``trailers``, and no CR, LF or
-    NUL anywhere (they would split the HTTP/1.1 head sent upstream)."""
+    NUL anywhere (they would split the HTTP/1.1 head sent upstream).
+
+    ``Refused``: a header list over ``limit`` (its RFC 7541 4.1 size, what
+    SETTINGS_MAX_HEADER_LIST_SIZE bounds: RFC 9113 10.5.1 lets a server answer 431), and CONNECT
+    (405, as on HTTP/1.1)."""
     pseudo: dict[bytes, bytes] = {}
     fields: list[tuple[bytes, bytes]] = []
     cookies: list[bytes] = []
@@ -53,7 +65,9 @@ def request_of(headers: list[tuple[bytes, bytes]]) -> H2Request:
     length: int | None = None
     expect = False
     regular = False
+    size = 32 * len(headers)
     for name, value in headers:
+        size += len(name) + len(value)
         if name[:1] == b":":
             if regular or name not in _PSEUDO or name in pseudo:
                 raise MalformedRequest(f"{name!r} unknown, repeated or after a regular field")
@@ -82,20 +96,39 @@ def request_of(headers: list[tuple[bytes, bytes]]) -> H2Request:
             else:
                 raise MalformedRequest(f"connection-specific field {name!r}")
         fields.append((name, value))
+    if size > limit:
+        raise Refused(431, f"header list of {size} bytes")
+    method, path, host = _target(pseudo, host)
+    fields.insert(0, (b"host", host))
+    if cookies:
+        fields.append((b"cookie", b"; ".join(cookies)))
+    _check_bytes(fields, headers)
+    return H2Request(method, path, host, fields, length, expect)
+
+
+def _target(pseudo: dict[bytes, bytes], host: bytes) -> tuple[bytes, bytes, bytes]:
+    """Method, path and host of the request; ``host``: its Host field (or empty)."""
     method, path = pseudo.get(b":method", b""), pseudo.get(b":path", b"")
-    if not method or method == b"CONNECT":
-        raise MalformedRequest("no :method, or CONNECT (not supported)")
+    if method == b"CONNECT":
+        _check_connect(pseudo)
+    if not method:
+        raise MalformedRequest("no :method")
     if not path or b":scheme" not in pseudo:
         raise MalformedRequest("no :path or :scheme")
     # RFC 9113 8.3.1: :authority, else Host; one of them names the target's host.
     host = pseudo.get(b":authority") or host
     if not host:
         raise MalformedRequest("no :authority or host")
-    fields.insert(0, (b"host", host))
-    if cookies:
-        fields.append((b"cookie", b"; ".join(cookies)))
-    _check_bytes(fields, headers)
-    return H2Request(method, path, host, fields, length, expect)
+    return method, path, host
+
+
+def _check_connect(pseudo: dict[bytes, bytes]) -> None:
+    """RFC 9113 8.5: a CONNECT request has :authority and neither :scheme nor :path (extended
+    CONNECT, RFC 8441, is not offered: a :protocol is an unknown pseudo-field). A well-formed
+    one is refused with 405, as on HTTP/1.1 and by nginx (a forward-proxy tunnel)."""
+    if b":scheme" in pseudo or b":path" in pseudo or not pseudo.get(b":authority"):
+        raise MalformedRequest("CONNECT with :scheme or :path, or without :authority")
+    raise Refused(405, "CONNECT")
 
 
 _PSEUDO = frozenset({b":method", b":path", b":scheme", b":authority"})

@@ -39,6 +39,17 @@ STREAM_WINDOW = 1 << 20
 CONNECTION_WINDOW = 16 << 20
 
 
+# The request's HEADERS are built by httprules.grpc.request_fields: pseudo-fields first and
+# complete, lowercase names, no connection-specific field, ``te: trailers`` only. h2's outbound
+# validation (a chain of generators) re-checks exactly that and cost about a third of sending a
+# request head (bench/grpc_proxy.py, RESULTS.md); normalisation stays on: it marks
+# authorization and short cookies never-indexed (RFC 7541 7.1.3) on a connection shared by
+# many clients. Inbound validation stays too: the upstream's fields go on to clients.
+_CONFIG = h2.config.H2Configuration(
+    client_side=True, header_encoding=None, validate_outbound_headers=False
+)
+
+
 class _ClientState(h2.connection.H2Connection):
     """h2's state machine, except after a GOAWAY: h2 closes the whole connection when one
     arrives (python-hyper/h2#1181), where RFC 9113 6.8 lets the streams up to the peer's last
@@ -191,8 +202,7 @@ class H2Connection(asyncio.Protocol):
         self.pool = pool
         self.key = key
         self.limits = limits
-        config = h2.config.H2Configuration(client_side=True, header_encoding=None)
-        self.h2 = _ClientState(config=config)
+        self.h2 = _ClientState(config=_CONFIG)
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, H2Stream] = {}
         self.opened = 0  # streams opened on this connection (keepalive_pool.requests)

@@ -7,6 +7,7 @@ import pytest
 from tollway.proxy.h2_fields import (
     PREFACE,
     MalformedRequest,
+    Refused,
     pairs_fields,
     request_of,
     response_fields,
@@ -51,7 +52,18 @@ def test_host_when_no_authority_and_authority_over_host() -> None:
     [
         [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/")],  # no :authority, Host
         [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"a")],  # no :path
-        [(b":method", b"CONNECT"), (b":authority", b"a:443")],  # CONNECT: not offered
+        # RFC 9113 8.5: CONNECT has no :scheme nor :path, and an :authority
+        [(b":method", b"CONNECT"), (b":scheme", b"http"), (b":authority", b"a:443")],
+        [(b":method", b"CONNECT"), (b":path", b"/"), (b":authority", b"a:443")],
+        [(b":method", b"CONNECT")],
+        # extended CONNECT (RFC 8441) is not offered: :protocol is unknown
+        [
+            (b":method", b"CONNECT"),
+            (b":protocol", b"websocket"),
+            (b":scheme", b"http"),
+            (b":path", b"/"),
+            (b":authority", b"a"),
+        ],
         [
             (b":method", b"POST"),
             (b":path", b"/"),
@@ -70,6 +82,23 @@ def test_host_when_no_authority_and_authority_over_host() -> None:
 def test_malformed_requests(headers: list[tuple[bytes, bytes]]) -> None:
     with pytest.raises(MalformedRequest):
         request_of(headers)
+
+
+def test_connect_is_refused_with_405() -> None:
+    with pytest.raises(Refused) as e:
+        request_of([(b":method", b"CONNECT"), (b":authority", b"a.test:443")])
+    assert e.value.status == 405
+
+
+def test_header_list_over_the_limit_is_refused_with_431() -> None:
+    """The limit is on the RFC 7541 4.1 size: name + value + 32 per field."""
+    head = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b":authority", b"a"),
+            (b"x-big", b"v" * 100)]  # fmt: skip
+    size = sum(len(n) + len(v) + 32 for n, v in head)
+    assert request_of(head, size).method == b"GET"
+    with pytest.raises(Refused) as e:
+        request_of(head, size - 1)
+    assert e.value.status == 431
 
 
 def test_expect_is_answered_here_not_forwarded() -> None:
