@@ -1,10 +1,11 @@
 """The state of one exchange (one request and its response on a client connection).
 
 ``ExchangeBase`` declares every attribute once (with its slot); the parts of an exchange are
-mixins over it, each in its own module: ``phases`` (match, plugins, pick), ``attempt`` (upstream
-attempts and retries, the request sent upstream), ``response`` (the upstream's answer streamed to
-the client), and ``pipeline.Exchange`` (the client body, answering locally, the log phase), which
-joins them. The methods one part calls on another are declared here for the type checker.
+mixins over it, each in its own module: ``phases`` (match, plugins, pick), ``response`` (the
+upstream's answer streamed to the client), and ``pipeline.Exchange`` (the client body, answering
+locally, the log phase), which joins them. The methods one part calls on another are declared
+here for the type checker. An upstream attempt is not a part: it is an object the exchange holds
+(``held``: ``attempt.Http1Attempt``, ``grpc_attempt.GrpcAttempt``), run by ``driver``.
 """
 
 from __future__ import annotations
@@ -14,19 +15,26 @@ from collections import deque
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
 
-from tollway.balancer import PickContext, Server
 from tollway.plugins.kit import RequestContext
 from tollway.plugins.registry import Chain
 from tollway.proxy.contracts import ClientConnection
 from tollway.runtime.compiled import CompiledRoute, CompiledUpstream
-from tollway.upstream.pool import ResponseHead, UpstreamConnection
+from tollway.upstream.pool import ResponseHead
 
 _NO_TOKENS: frozenset[bytes] = frozenset()
 
 
 class HeldAttempt(Protocol):
-    """An upstream attempt the exchange holds (``ExchangeBase.held``: an object with its own
-    state, gRPC's ``grpc_attempt.GrpcAttempt``), told about read timeouts and the client."""
+    """The upstream attempt the exchange holds (``ExchangeBase.held``: an object with its own
+    state), told about the end of the answer, read timeouts and the client."""
+
+    def upstream_done(self) -> None:
+        """The response side finished the answer (``on_upstream_complete``)."""
+        ...
+
+    def upstream_failed(self, exc: BaseException | None) -> None:
+        """The upstream connection failed (``on_upstream_error``)."""
+        ...
 
     def on_read_timeout(self) -> None: ...
     def client_gone(self) -> None: ...
@@ -37,11 +45,8 @@ class HeldAttempt(Protocol):
 class ExchangeBase:
     __slots__ = (
         "_body_waiter",
-        "_done",
-        "_fast",
         "_finished",
         "_out",
-        "_send_timeout",
         "body",
         "body_bytes",
         "body_chunked",
@@ -51,7 +56,6 @@ class ExchangeBase:
         "chain",
         "client_addr",
         "client_closed",
-        "conn",
         "connection_tokens",
         "content_length",
         "ctx",
@@ -132,20 +136,16 @@ class ExchangeBase:
         self.resp_fields: tuple[int, list[tuple[bytes, bytes]]] | None = None
         # The upstream's trailers (lowercase names), set before on_upstream_complete().
         self.resp_trailers: list[tuple[bytes, bytes]] | None = None
-        self.conn: UpstreamConnection | None = None
-        self._done: asyncio.Future[None] | None = None
         self._out: list[bytes] = []
-        self._fast: tuple[Server, PickContext | None, float] | None = None
         self._finished = False
         self.upstream: CompiledUpstream | None = None
         self.reading = False  # waiting on the upstream: the sweep enforces read_timeout
         self.last_activity = 0.0
         self.read_timeout = 60.0
-        self._send_timeout = 60.0
         self.client_closed = False
         self.upstream_statuses: list[str] | None = None
         self.task: asyncio.Task[None] | None = None
-        self.held: HeldAttempt | None = None
+        self.held: HeldAttempt | None = None  # the upstream attempt under way
 
     if TYPE_CHECKING:  # defined by the parts (see the module docstring)
 
@@ -163,38 +163,9 @@ class ExchangeBase:
         def _body_filter(
             self, chain: Chain, ctx: RequestContext, data: bytes, eof: bool
         ) -> bytes: ...
-        def _fast_attempt(self) -> bool: ...
-        def _pick_context(self, up: CompiledUpstream) -> PickContext | None: ...
-        @staticmethod
-        def _next_server(up: CompiledUpstream, pick: PickContext | None) -> Server | None: ...
-        def _succeeded(
-            self,
-            up: CompiledUpstream,
-            server: Server,
-            pick: PickContext | None,
-            started: float,
-            statuses: list[str],
-        ) -> None: ...
-        def _failed(
-            self,
-            up: CompiledUpstream,
-            server: Server,
-            pick: PickContext | None,
-            f: Any,
-            statuses: list[str],
-        ) -> None: ...
-        def _fast_done(self) -> None: ...
-        def _fast_failed(self, failure: Any) -> None: ...
         # the upstream connection's ResponseSink (response.Responding)
         def on_upstream_headers(self, status: int, conn: ResponseHead) -> None: ...
         def on_upstream_body(self, data: bytes) -> None: ...
         def on_upstream_complete(self) -> None: ...
         def on_upstream_error(self, exc: BaseException | None) -> None: ...
         def flush(self) -> None: ...
-        async def proxy(
-            self,
-            route: CompiledRoute,
-            up: CompiledUpstream,
-            first: Any = None,
-            started: float = 0.0,
-        ) -> None: ...

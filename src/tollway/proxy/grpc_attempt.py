@@ -29,7 +29,8 @@ from tollway.httprules.grpc import (
     status_for,
 )
 from tollway.httprules.upstream_head import host_field
-from tollway.proxy.retry import RETRY, Attempted, Budget, deadline_of, decide
+from tollway.proxy.driver import drive, pick_context
+from tollway.proxy.retry import Attempted, deadline_of
 from tollway.runtime.compiled import DEFAULT_TIMEOUTS, CompiledRoute, CompiledUpstream, Timeouts
 from tollway.upstream.h2conn import H2Connection, H2Stream, StreamFailed
 
@@ -86,53 +87,50 @@ async def proxy_grpc(
     up: CompiledUpstream,
     first: tuple[Server, PickContext | None, object] | None,
 ) -> None:
-    """Attempts with retries (only while nothing was sent upstream), then the answer."""
+    """Attempts with retries (only while nothing was sent upstream: ``driver.drive``), then
+    the answer."""
     ctx = ex.ctx
     assert ctx is not None
     timeouts = route.timeouts or up.timeouts or DEFAULT_TIMEOUTS
     ex.read_timeout = timeouts.read
     started = time.monotonic()
     call_timeout = parse_timeout(ctx.headers.get("grpc-timeout"))
-    call_deadline = started + call_timeout if call_timeout is not None else 0.0
-    pick = first[1] if first is not None else ex._pick_context(up)
-    server: Server | None = first[0] if first is not None else None
+    call = GrpcCall(ex, up, timeouts, started + call_timeout if call_timeout is not None else 0.0)
     retry_deadline = deadline_of(started, up.retry_timeout)
-    statuses: list[str] = []
-    tries = 0
-    while True:
-        if server is None:
-            server = ex._next_server(up, pick)
-            if server is None:
-                _give_up(ex, GrpcFailure(502, "no healthy upstream node", sent=False), statuses)
-                return
-        attempt = GrpcAttempt(ex, up, server, timeouts, call_deadline)
-        ctx.upstream_addr = server.addr
-        if statuses:
-            ex.upstream_statuses = statuses
-        ex.held = attempt
-        at = time.monotonic()
-        try:
-            failure = await attempt.run()
-        finally:
-            ex.held = None
-        if failure is None:
-            ex._succeeded(up, server, pick, at, statuses)
-            return
-        ex._failed(up, server, pick, failure, statuses)
+    if first is None:
+        await drive(call, pick_context(ex, up), retry_deadline)
+    else:
+        await drive(call, first[1], retry_deadline, first[0])
+
+
+class GrpcCall:
+    """The call as each attempt sends it (the driver's ``Call``)."""
+
+    __slots__ = ("call_deadline", "ex", "last", "timeouts", "up")
+
+    def __init__(
+        self, ex: ExchangeBase, up: CompiledUpstream, timeouts: Timeouts, call_deadline: float
+    ) -> None:
+        self.ex = ex
+        self.up = up
+        self.timeouts = timeouts
+        self.call_deadline = call_deadline  # the client's grpc-timeout (0: none)
+        self.last: GrpcAttempt | None = None
+
+    def attempt(self, server: Server, pick: PickContext | None) -> GrpcAttempt:
+        self.last = GrpcAttempt(self.ex, self.up, server, self.timeouts, self.call_deadline)
+        return self.last
+
+    def resendable(self) -> bool:
         # A request body streamed from the client cannot be sent again (not kept).
-        resend = ex.proto.state.retry_non_idempotent
-        budget = Budget(tries, up.retries, retry_deadline, ex.method, resend, not attempt.consumed)
-        verdict = decide(failure.attempted(), budget, time.monotonic(), ex.response_started)
-        if verdict != RETRY or ex.client_closed:
-            _give_up(ex, failure, statuses, verdict)
-            return
-        tries += 1
-        server = None
+        return self.last is None or not self.last.consumed
+
+    def give_up(self, status: int, statuses: list[str]) -> None:
+        _give_up(self.ex, status, statuses)
 
 
-def _give_up(ex: ExchangeBase, f: GrpcFailure, statuses: list[str], status: int = 0) -> None:
+def _give_up(ex: ExchangeBase, status: int, statuses: list[str]) -> None:
     """Answer a failed call: a gRPC client reads a gRPC status, others an HTTP error page."""
-    status = status or f.status
     if ex.ctx is not None and statuses:
         ex.ctx.upstream_status = ", ".join(statuses)
     if ex.client_closed:
@@ -375,6 +373,15 @@ class GrpcAttempt:
 
     # -- held by the exchange: what it tells the attempt ---------------------------------
 
+    def upstream_done(self) -> None:
+        """The response side finished the answer (from ``on_end``)."""
+        d = self._done
+        if d is not None and not d.done():
+            d.set_result(None)
+
+    def upstream_failed(self, exc: BaseException | None) -> None:
+        self._fail(GrpcFailure(502, str(exc), sent=True, retryable=not self.ex.response_started))
+
     def on_read_timeout(self) -> None:
         self._fail(
             GrpcFailure(504, "read timeout", sent=True, retryable=not self.ex.response_started)
@@ -412,9 +419,7 @@ class GrpcAttempt:
     def on_data(self, data: bytes) -> None:
         ex = self.ex
         ex.on_upstream_body(data)
-        ex.flush()
-        if ex.proto.write_paused and self.stream is not None:
-            self.stream.pause_reading()  # the client reads slowly: hold the upstream's window
+        ex.flush()  # (a client that reads slowly pauses the stream: ``pause``)
 
     def on_trailers(self, headers: list[tuple[bytes, bytes]]) -> None:
         self.trailers = [(k, v) for k, v in headers if k[:1] != b":"]

@@ -19,6 +19,7 @@ from tollway.httprules.status import PLAIN_TEXT, ROUTE_NOT_FOUND, default_page, 
 from tollway.httprules.target import host_name, origin_form, routed_path
 from tollway.plugins.kit import RequestContext, wire_value
 from tollway.plugins.registry import Chain, ChainEntry
+from tollway.proxy.attempt import forward, proxy
 from tollway.proxy.base import ExchangeBase
 from tollway.runtime.compiled import CompiledRoute, Runtime
 
@@ -177,8 +178,7 @@ class Phases(ExchangeBase):
         route = ctx.route
         if self.response_started or self.upstream is None or route is None:
             return
-        if not self._fast_attempt():
-            self._spawn(self.proxy(route, self.upstream))
+        forward(self)
 
     async def _awaiting(
         self,
@@ -203,7 +203,7 @@ class Phases(ExchangeBase):
                 return
         if self.response_started or self.upstream is None or self.route is None:
             return
-        await self.proxy(self.route, self.upstream)
+        await proxy(self, self.route, self.upstream)
 
     async def _run_entries(self, entries: tuple[ChainEntry, ...], ctx: RequestContext) -> bool:
         """Run one phase's entries, awaiting what needs it. True: a plugin ended the request."""

@@ -17,7 +17,7 @@ from typing import Any, cast
 from tollway.httprules.response_head import without_bodies
 from tollway.httprules.status import error_page, status_line
 from tollway.plugins.kit import RequestContext
-from tollway.proxy.attempt import Forwarding, UpstreamFailure
+from tollway.proxy.attempt import forward
 from tollway.proxy.contracts import StreamSink
 from tollway.proxy.flow import BODY_HIGH_WATER
 from tollway.proxy.h2_fields import pairs_fields
@@ -25,12 +25,12 @@ from tollway.proxy.phases import _NO_STEPS, Phases
 from tollway.proxy.response import Responding
 from tollway.proxy.state import ServerState
 
-__all__ = ["Exchange", "ServerState", "UpstreamFailure"]
+__all__ = ["Exchange", "ServerState"]
 
 log = logging.getLogger("tollway.proxy")
 
 
-class Exchange(Phases, Forwarding, Responding):
+class Exchange(Phases, Responding):
     __slots__ = ()
 
     # -- body from the client (parser callbacks) ----------------------------------------
@@ -133,15 +133,13 @@ class Exchange(Phases, Forwarding, Responding):
         try:
             steps = self._prepare()
             if steps is _NO_STEPS:  # no request-phase plugin: straight to the upstream
-                up = self.upstream
-                if not self.response_started and up is not None and not self._fast_attempt():
-                    assert self.ctx is not None and self.ctx.route is not None
-                    self._spawn(self.proxy(self.ctx.route, up))
+                if not self.response_started and self.upstream is not None:
+                    forward(self)
             elif steps is not None:
                 self._drive(steps)
         except Exception:
             self._crashed()
-        if self.task is None and self._fast is None:
+        if self.task is None and self.held is None:
             self._finish()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -178,31 +176,22 @@ class Exchange(Phases, Forwarding, Responding):
     def client_gone(self) -> None:
         self.client_closed = True
         self._wake_body()
+        held = self.held
+        if held is not None:
+            held.client_gone()
+
+    def on_read_timeout(self) -> None:
+        """The sweep: the upstream sent nothing for the read timeout."""
         if self.held is not None:
-            self.held.client_gone()
-        conn = self.conn
-        if conn is not None:
-            self.conn = None
-            conn.close()
-        if self._fast is not None:
-            self._fast = None
-            self.reading = False
-            self._finish()
-        d = self._done
-        if d is not None and not d.done():
-            d.set_exception(ConnectionResetError("client closed the connection"))
+            self.held.on_read_timeout()
 
     def client_paused(self) -> None:
         if self.held is not None:
             self.held.pause()
-        if self.conn is not None:
-            self.conn.pause_reading()
 
     def client_resumed(self) -> None:
         if self.held is not None:
             self.held.resume()
-        if self.conn is not None:
-            self.conn.resume_reading()
 
     def write(self, data: bytes) -> None:
         """Write to the client now (after any deferred write: see ServerState.send)."""

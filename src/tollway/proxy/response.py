@@ -16,7 +16,6 @@ from tollway.httprules.status import STATUS_LINES, status_line
 from tollway.plugins.kit import RequestContext
 from tollway.plugins.kit_head import ResponseHead
 from tollway.plugins.registry import Chain
-from tollway.proxy.attempt import UpstreamFailure
 from tollway.proxy.base import ExchangeBase
 from tollway.proxy.contracts import ClientConnection, StreamSink
 from tollway.proxy.h2_fields import pairs_fields, response_fields, split_lines
@@ -181,8 +180,8 @@ class Responding(ExchangeBase):
             return
         self.write(out[0] if len(out) == 1 else b"".join(out))
         out.clear()
-        if self.proto.write_paused and self.conn is not None:
-            self.conn.pause_reading()
+        if self.proto.write_paused and self.held is not None:
+            self.held.pause()  # the client reads slowly: so does the upstream connection
 
     def on_upstream_complete(self) -> None:
         chain = self.chain
@@ -228,12 +227,9 @@ class Responding(ExchangeBase):
             if out:
                 self.write(out[0] if len(out) == 1 else b"".join(out))
                 out.clear()
-        if self._fast is not None:
-            self._fast_done()
-            return
-        d = self._done
-        if d is not None and not d.done():
-            d.set_result(None)
+        held = self.held
+        if held is not None:
+            held.upstream_done()
 
     def _last_chunk(self) -> bytes:
         """The chunked body's end, with the upstream's trailers as trailer fields (RFC 9112
@@ -245,13 +241,9 @@ class Responding(ExchangeBase):
 
     def on_upstream_error(self, exc: BaseException | None) -> None:
         self.flush()
-        if self._fast is not None:
-            self._fast_failed(UpstreamFailure(502, not self.response_started, f"upstream: {exc}"))
-            return
-        d = self._done
-        if d is not None and not d.done():
-            err = exc if isinstance(exc, OSError) else ConnectionResetError(str(exc))
-            d.set_exception(err)
+        held = self.held
+        if held is not None:
+            held.upstream_failed(exc)
 
     def _start_tunnel(self, conn: UpstreamConnection, lines: list[bytes]) -> None:
         out = [status_line(101), self.proto.state.server_header, *lines]
@@ -269,9 +261,9 @@ class Responding(ExchangeBase):
         self.last_activity = self.proto.state.loop.time()
 
     def tunnel_closed(self) -> None:
-        d = self._done
-        if d is not None and not d.done():
-            d.set_result(None)
+        held = self.held
+        if held is not None:
+            held.upstream_done()
 
 
 def _without_named(conn: UpstreamHead, connection: bytes, lines: list[bytes]) -> list[bytes]:
