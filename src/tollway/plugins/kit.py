@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl
 
 import msgspec
 
-from tollway.plugins.kit_head import ResponseHead
+from tollway.plugins.kit_head import HeaderGroup, ResponseHead
 
 Exit = tuple[int, Any] | tuple[int, Any, dict[str, str]] | None
 # rewrite/access/before_proxy may be coroutines (e.g. limit-req delays a request).
@@ -571,6 +571,17 @@ class RequestContext:
             head = self.resp_head = ResponseHead()
         head.set_all(headers, wire_value)
 
+    def set_response_group(self, group: HeaderGroup, values: tuple[str, ...]) -> None:
+        """``set_response_header`` for each of ``group``'s names with the value at its place:
+        the names were checked once (a ``HeaderGroup`` is built with the plugin's conf)."""
+        head = self.resp_head
+        if head is None:
+            head = self.resp_head = ResponseHead()
+        joined = "".join(values)
+        if not (joined.isprintable() and joined.isascii()):
+            values = tuple(wire_value(v) for v in values)
+        head.set_group(group, values)
+
     def get_upstream_trailer(self, name: str) -> str | None:
         """A trailer field of the upstream's response (gRPC's ``grpc-status``), or None. Known
         from the last body_filter call (``eof``) on; a plugin that needs it before it answers
@@ -587,6 +598,15 @@ class RequestContext:
         if head is None:
             head = self.resp_head = ResponseHead()
         head.add(name, wire_value(value))
+
+
+def var_getter(name: str) -> Callable[[RequestContext], Any]:
+    """``ctx.var(name)`` as a function found once (a plugin's conf names the variable): the
+    built-in variables' own getters skip the lookup per request."""
+    getter = _VARS.get(name)
+    if getter is not None:
+        return getter
+    return lambda c: c.var(name)
 
 
 def _request_line(c: RequestContext) -> str:
