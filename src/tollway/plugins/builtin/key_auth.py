@@ -42,7 +42,7 @@ class KeyAuth(Plugin):
 
     def rewrite(self, conf: Conf, ctx: RequestContext) -> Exit:
         from_header = True
-        key = ctx.get_header(conf.header)
+        key = ctx.headers.get(conf.header.lower())
         if key is None:
             key = ctx.args.get(conf.query)
             from_header = False
