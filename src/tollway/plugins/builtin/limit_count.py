@@ -100,14 +100,14 @@ class Quota(Mapping[str, str]):
     """The quota headers of one request: its values and the (compiled) names they go under;
     read as a name -> value map."""
 
-    __slots__ = ("group", "values")
+    __slots__ = ("group", "texts")
 
     def __init__(self, group: HeaderGroup, values: tuple[str, str, str]) -> None:
         self.group = group
-        self.values = values
+        self.texts = values
 
     def __getitem__(self, name: str) -> str:
-        for n, v in zip(self.group.names, self.values, strict=True):
+        for n, v in zip(self.group.names, self.texts, strict=True):
             if n == name:
                 return v
         raise KeyError(name)
@@ -116,7 +116,7 @@ class Quota(Mapping[str, str]):
         return iter(self.group.names)
 
     def __len__(self) -> int:
-        return len(self.values)
+        return len(self.texts)
 
 
 class Compiled:
@@ -357,7 +357,7 @@ class LimitCount(Plugin):
         state = ctx.plugin_state
         headers = state.get(self.name) if state else None
         if type(headers) is Quota:  # the fixed window's
-            ctx.set_response_group(headers.group, headers.values)
+            ctx.set_response_group(headers.group, headers.texts)
         elif headers:
             ctx.set_response_headers(headers)
 
