@@ -24,9 +24,9 @@ from tollway.plugins.builtin.interpolate import compile_template
 from tollway.plugins.builtin.limit_count_redis import close_redis_counters, redis_counter
 from tollway.plugins.builtin.limit_redis import RedisFields, check_redis
 from tollway.plugins.builtin.limit_scope import CountingTemplate, counter_scope, request_key
-from tollway.plugins.builtin.limit_windows import count_step, sliding_local, whole
+from tollway.plugins.builtin.limit_windows import count_step, sliding_local
 from tollway.plugins.kit import Exit, HeaderGroup, PerConf, Plugin, RequestContext, var_getter
-from tollway.plugins.kit_counters import RedisUnavailable, shared_table
+from tollway.plugins.kit_counters import RedisUnavailable, SharedTable, shared_table
 
 log = logging.getLogger("tollway.plugins")
 
@@ -130,6 +130,7 @@ class Compiled:
         "quota",
         "rules",
         "scopes",
+        "table",
         "window_tpl",
     )
 
@@ -147,8 +148,9 @@ class Compiled:
         self.count_text = str(conf.count)
         self.key_var = var_getter(conf.key) if conf.key_type == "var" else None
         # The quota headers' names, for the plugin_metadata they were built from.
-        self.meta: MetadataConf | None = None
+        self.meta: MetadataConf | None = DEFAULT_HEADERS
         self.quota = QUOTA_HEADERS
+        self.table: SharedTable | None = None  # opened at the first request (in the worker)
         # (consumer, route) -> the counters' scope: a pure function of the three objects
         self.scopes: dict[tuple[Any, Any], str] = {}
         self.key_tpl = CountingTemplate(conf.key) if conf.key_type == "var_combination" else None
@@ -254,12 +256,19 @@ class LimitCount(Plugin):
             if prefix is None:
                 prefix = comp.scope(owner, counter_scope(ctx, self.name, conf, _decode))
         # resty.limit.count: incr(key, 1, 0, window); the window starts at the key's first use
-        used, ttl = shared_table("plugin-limit-count").incr(f"{prefix}:{key}", 1.0, fixed[1])
+        table = comp.table
+        if table is None:
+            table = comp.table = shared_table("plugin-limit-count")
+        used, ttl = table.incr(f"{prefix}:{key}", 1.0, fixed[1])
         remaining = int(fixed[0] - used)
         if not conf.show_limit_quota_header:
             return self._rejected(conf, {}) if remaining < 0 else None
-        group = comp.quota_headers(self.metadata_for(ctx) or DEFAULT_HEADERS)
-        values = (comp.count_text, str(remaining) if remaining > 0 else "0", str(whole(ttl)))
+        h = self.metadata_for(ctx) or DEFAULT_HEADERS
+        group = comp.quota if h is comp.meta else comp.quota_headers(h)
+        reset = int(ttl)  # whole(ttl), inlined: seconds rounded up
+        if ttl - reset > 1e-6:
+            reset += 1
+        values = (comp.count_text, str(remaining) if remaining > 0 else "0", str(reset))
         if remaining < 0:
             return self._rejected(conf, dict(zip(group.names, values, strict=True)))
         # header_filter sets them (the group's names were checked when it was built)
