@@ -51,7 +51,8 @@ class KeyAuth(Plugin):
         else:
             consumer = ctx.find_consumer(self.name, key)
             if consumer is not None:
-                self._hide(conf, ctx, header=from_header, query=not from_header)
+                if conf.hide_credentials:
+                    self._hide(conf, ctx, header=from_header, query=not from_header)
                 ctx.attach_consumer(consumer)
                 return None
             err = "Invalid API key in request"
