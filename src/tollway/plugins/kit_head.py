@@ -28,13 +28,22 @@ class HeaderGroup:
     headers): the names are lowercased and checked once, here; a response gives only the
     values (``ResponseHead.set_group``)."""
 
-    __slots__ = ("lnames", "names", "plain")
+    __slots__ = ("lnames", "lwire", "names", "plain")
 
     def __init__(self, names: tuple[str, ...]) -> None:
         self.names = names
         self.lnames = frozenset(n.lower() for n in names)
+        # as the upstream's lines hold them (a name beyond latin-1 matches no line)
+        self.lwire = frozenset(_latin1(n) for n in self.lnames) - {b""}
         # Distinct names other than Content-Length: set by appending, when the head lacks them.
         self.plain = len(self.lnames) == len(names) and _CL not in self.lnames
+
+
+def _latin1(name: str) -> bytes:
+    try:
+        return name.encode("latin-1")
+    except UnicodeEncodeError:
+        return b""
 
 
 class ResponseHead:
@@ -129,10 +138,12 @@ class ResponseHead:
         output): appended in one step when the head has none of them yet (the usual case)."""
         if self._pairs is None and group.plain:
             names = self._names
-            if names is None:
-                names = self._line_names()
+            if names is not None:
+                absent = group.lnames.isdisjoint(names)
+            else:  # the raw names, lowercased in C: nothing decoded
+                absent = group.lwire.isdisjoint(map(bytes.lower, self._lines[0::4]))
             added = self._added_names
-            if group.lnames.isdisjoint(names) and group.lnames.isdisjoint(added):
+            if absent and group.lnames.isdisjoint(added):
                 self._added += zip(group.names, values, strict=True)
                 added |= group.lnames
                 return

@@ -124,3 +124,9 @@ def test_attaching_a_consumer_sets_its_headers_and_drops_the_clients() -> None:
     ctx = make_ctx("/")
     ctx.attach_consumer(Consumer("anna", None, {}))
     assert ctx.up_header_ops == [("X-Consumer-Username", "anna", False)]  # nothing to remove
+
+
+def test_a_group_matches_the_upstreams_names_whatever_their_case() -> None:
+    h = ResponseHead(pairs_to_lines([(b"x-Q-lImit", b"7"), (b"Server", b"nginx")]), None)
+    h.set_group(HeaderGroup(("X-Q-Limit", "X-Q-\u0101")), ("10", "1"))
+    assert h.pairs() == [("Server", "nginx"), ("X-Q-Limit", "10"), ("X-Q-\u0101", "1")]
