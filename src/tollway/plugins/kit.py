@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl
 
 import msgspec
 
-from tollway.plugins.kit_head import ResponseHead
+from tollway.plugins.kit_head import HeaderGroup, ResponseHead
 
 Exit = tuple[int, Any] | tuple[int, Any, dict[str, str]] | None
 # rewrite/access/before_proxy may be coroutines (e.g. limit-req delays a request).
@@ -164,6 +164,7 @@ class Consumer:
         "auth_conf",
         "credential_id",
         "group_id",
+        "header_edits",
         "labels",
         "plugins",
         "username",
@@ -187,6 +188,21 @@ class Consumer:
         self.group_id = group_id
         self.labels = labels
         self.version = version
+        # attach_consumer's upstream header edits, made at its first request (a consumer is
+        # rebuilt when it changes): (name, lowercase name, clean value or None to remove)
+        self.header_edits: tuple[tuple[str, str, str | None], ...] | None = None
+
+
+def _consumer_header_edits(c: Consumer) -> tuple[tuple[str, str, str | None], ...]:
+    custom_id = c.labels.get("custom_id") if c.labels else None
+    return tuple(
+        (name, name.lower(), wire_value(value) if value is not None else None)
+        for name, value in (
+            ("X-Consumer-Username", c.username),
+            ("X-Credential-Identifier", c.credential_id),
+            ("X-Consumer-Custom-Id", custom_id),
+        )
+    )
 
 
 class RouteIdentity(Protocol):
@@ -478,10 +494,22 @@ class RequestContext:
         self.consumer_name = consumer.username
         # APISIX consumer.attach_consumer: the upstream learns who called; a header the client
         # sent under these names is replaced or removed, never passed on.
-        labels = consumer.labels
-        self.set_request_header("X-Consumer-Username", consumer.username)
-        self.set_request_header("X-Credential-Identifier", consumer.credential_id)
-        self.set_request_header("X-Consumer-Custom-Id", labels.get("custom_id") if labels else None)
+        # (set_request_header for each, with names and values made once per consumer)
+        edits = consumer.header_edits
+        if edits is None:
+            edits = consumer.header_edits = _consumer_header_edits(consumer)
+        h = self.headers
+        ops = self.up_header_ops
+        for name, lname, value in edits:
+            if value is not None:
+                h[lname] = value
+            elif lname in h:
+                del h[lname]
+            else:
+                continue  # nothing to remove (the usual case): no edit at all
+            if ops is None:
+                ops = self.up_header_ops = []
+            ops.append((name, value, False))
 
     # -- choosing another upstream (traffic-split) -------------------------------------
 
@@ -571,6 +599,17 @@ class RequestContext:
             head = self.resp_head = ResponseHead()
         head.set_all(headers, wire_value)
 
+    def set_response_group(self, group: HeaderGroup, values: tuple[str, ...]) -> None:
+        """``set_response_header`` for each of ``group``'s names with the value at its place:
+        the names were checked once (a ``HeaderGroup`` is built with the plugin's conf)."""
+        head = self.resp_head
+        if head is None:
+            head = self.resp_head = ResponseHead()
+        joined = "".join(values)
+        if not (joined.isprintable() and joined.isascii()):
+            values = tuple(wire_value(v) for v in values)
+        head.set_group(group, values)
+
     def get_upstream_trailer(self, name: str) -> str | None:
         """A trailer field of the upstream's response (gRPC's ``grpc-status``), or None. Known
         from the last body_filter call (``eof``) on; a plugin that needs it before it answers
@@ -587,6 +626,15 @@ class RequestContext:
         if head is None:
             head = self.resp_head = ResponseHead()
         head.add(name, wire_value(value))
+
+
+def var_getter(name: str) -> Callable[[RequestContext], Any]:
+    """``ctx.var(name)`` as a function found once (a plugin's conf names the variable): the
+    built-in variables' own getters skip the lookup per request."""
+    getter = _VARS.get(name)
+    if getter is not None:
+        return getter
+    return lambda c: c.var(name)
 
 
 def _request_line(c: RequestContext) -> str:

@@ -23,6 +23,29 @@ from collections.abc import Callable, Mapping
 _CL = "content-length"
 
 
+class HeaderGroup:
+    """Response headers a plugin sets together on many responses (limit-count's quota
+    headers): the names are lowercased and checked once, here; a response gives only the
+    values (``ResponseHead.set_group``)."""
+
+    __slots__ = ("lnames", "lwire", "names", "plain")
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self.names = names
+        self.lnames = frozenset(n.lower() for n in names)
+        # as the upstream's lines hold them (a name beyond latin-1 matches no line)
+        self.lwire = frozenset(_latin1(n) for n in self.lnames) - {b""}
+        # Distinct names other than Content-Length: set by appending, when the head lacks them.
+        self.plain = len(self.lnames) == len(names) and _CL not in self.lnames
+
+
+def _latin1(name: str) -> bytes:
+    try:
+        return name.encode("latin-1")
+    except UnicodeEncodeError:
+        return b""
+
+
 class ResponseHead:
     __slots__ = ("_added", "_added_names", "_length", "_lines", "_names", "_pairs")
 
@@ -109,6 +132,23 @@ class ResponseHead:
                 return
         for name, value in headers.items():
             self.set(name, clean(value) if value is not None else None)
+
+    def set_group(self, group: HeaderGroup, values: tuple[str, ...]) -> None:
+        """``set`` for each of the group's names with its value (clean ones: ``wire_value``'s
+        output): appended in one step when the head has none of them yet (the usual case)."""
+        if self._pairs is None and group.plain:
+            names = self._names
+            if names is not None:
+                absent = group.lnames.isdisjoint(names)
+            else:  # the raw names, lowercased in C: nothing decoded
+                absent = group.lwire.isdisjoint(map(bytes.lower, self._lines[0::4]))
+            added = self._added_names
+            if absent and group.lnames.isdisjoint(added):
+                self._added += zip(group.names, values, strict=True)
+                added |= group.lnames
+                return
+        for name, value in zip(group.names, values, strict=True):
+            self.set(name, value)
 
     def pairs(self) -> list[tuple[str, str]]:
         """The whole head as text pairs (decoded once; edits through the list are kept)."""

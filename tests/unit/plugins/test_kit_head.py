@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from tests.unit.plugins.ctx import make_ctx
 from tollway.httprules.response_head import pairs_to_lines
-from tollway.plugins.kit import wire_value
-from tollway.plugins.kit_head import ResponseHead
+from tollway.plugins.kit import Consumer, wire_value
+from tollway.plugins.kit_head import HeaderGroup, ResponseHead
 
 UPSTREAM = pairs_to_lines([(b"Server", b"nginx"), (b"X-A", b"1"), (b"x-a", b"2")])
 
@@ -82,3 +82,51 @@ def test_context_methods_and_the_pairs_view() -> None:
         [b"A", b": ", b"b", b"\r\n"],
         None,
     )
+
+
+def test_a_header_group_is_appended_or_replaces_what_the_upstream_sent() -> None:
+    group = HeaderGroup(("X-Q-Limit", "X-A"))
+    h = head()
+    h.set_group(HeaderGroup(("X-Q-Limit", "X-Q-Left")), ("10", "9"))  # none in the head
+    assert h._pairs is None
+    assert b"".join(h.wire()[0]).endswith(b"X-Q-Limit: 10\r\nX-Q-Left: 9\r\n")
+    h = head()
+    h.set_group(group, ("10", "3"))  # X-A is the upstream's: replaced, both of its lines
+    tail = [("X-Q-Limit", "10"), ("X-A", "3")]
+    assert h.pairs() == [("Server", "nginx"), ("Content-Length", "12"), *tail]
+    assert not HeaderGroup(("Content-Length", "X-B")).plain
+
+
+def test_a_group_value_is_made_safe_by_the_context() -> None:
+    ctx = make_ctx("/")
+    ctx.set_response_group(HeaderGroup(("X-Q",)), ("1\r\nX-Evil: 1",))
+    assert ctx.get_response_header("x-q") == "1  X-Evil: 1"
+
+
+def test_attaching_a_consumer_sets_its_headers_and_drops_the_clients() -> None:
+    """APISIX consumer.attach_consumer: the upstream learns who called; what the client sent
+    under these names never passes (the edits are made once per consumer, applied per request)."""
+    jack = Consumer("jack", None, {}, labels={"custom_id": "c\r\n1"}, credential_id=None)
+    for _ in range(2):  # the second request reuses the consumer's edits
+        ctx = make_ctx(
+            "/", headers={"X-Credential-Identifier": "forged", "X-Consumer-Username": "x"}
+        )
+        ctx.attach_consumer(jack)
+        assert ctx.consumer_name == "jack"
+        assert ctx.headers["x-consumer-username"] == "jack"
+        assert ctx.headers["x-consumer-custom-id"] == "c  1"
+        assert "x-credential-identifier" not in ctx.headers
+        assert ctx.up_header_ops == [
+            ("X-Consumer-Username", "jack", False),
+            ("X-Credential-Identifier", None, False),
+            ("X-Consumer-Custom-Id", "c  1", False),
+        ]
+    ctx = make_ctx("/")
+    ctx.attach_consumer(Consumer("anna", None, {}))
+    assert ctx.up_header_ops == [("X-Consumer-Username", "anna", False)]  # nothing to remove
+
+
+def test_a_group_matches_the_upstreams_names_whatever_their_case() -> None:
+    h = ResponseHead(pairs_to_lines([(b"x-Q-lImit", b"7"), (b"Server", b"nginx")]), None)
+    h.set_group(HeaderGroup(("X-Q-Limit", "X-Q-\u0101")), ("10", "1"))
+    assert h.pairs() == [("Server", "nginx"), ("X-Q-Limit", "10"), ("X-Q-\u0101", "1")]

@@ -42,7 +42,7 @@ class KeyAuth(Plugin):
 
     def rewrite(self, conf: Conf, ctx: RequestContext) -> Exit:
         from_header = True
-        key = ctx.get_header(conf.header)
+        key = ctx.headers.get(conf.header.lower())
         if key is None:
             key = ctx.args.get(conf.query)
             from_header = False
@@ -51,7 +51,8 @@ class KeyAuth(Plugin):
         else:
             consumer = ctx.find_consumer(self.name, key)
             if consumer is not None:
-                self._hide(conf, ctx, header=from_header, query=not from_header)
+                if conf.hide_credentials:
+                    self._hide(conf, ctx, header=from_header, query=not from_header)
                 ctx.attach_consumer(consumer)
                 return None
             err = "Invalid API key in request"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Iterator, Mapping
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -23,9 +24,9 @@ from tollway.plugins.builtin.interpolate import compile_template
 from tollway.plugins.builtin.limit_count_redis import close_redis_counters, redis_counter
 from tollway.plugins.builtin.limit_redis import RedisFields, check_redis
 from tollway.plugins.builtin.limit_scope import CountingTemplate, counter_scope, request_key
-from tollway.plugins.builtin.limit_windows import count_step, sliding_local, whole
-from tollway.plugins.kit import Exit, PerConf, Plugin, RequestContext
-from tollway.plugins.kit_counters import RedisUnavailable, shared_table
+from tollway.plugins.builtin.limit_windows import count_step, sliding_local
+from tollway.plugins.kit import Exit, HeaderGroup, PerConf, Plugin, RequestContext, var_getter
+from tollway.plugins.kit_counters import RedisUnavailable, SharedTable, shared_table
 
 log = logging.getLogger("tollway.plugins")
 
@@ -83,6 +84,9 @@ class MetadataConf(msgspec.Struct):
 
 
 DEFAULT_HEADERS = MetadataConf()
+QUOTA_HEADERS = HeaderGroup(
+    (DEFAULT_HEADERS.limit_header, DEFAULT_HEADERS.remaining_header, DEFAULT_HEADERS.reset_header)
+)
 
 
 class Window(msgspec.Struct, frozen=True):
@@ -92,8 +96,43 @@ class Window(msgspec.Struct, frozen=True):
     headers: MetadataConf
 
 
+class Quota(Mapping[str, str]):
+    """The quota headers of one request: its values and the (compiled) names they go under;
+    read as a name -> value map."""
+
+    __slots__ = ("group", "texts")
+
+    def __init__(self, group: HeaderGroup, values: tuple[str, str, str]) -> None:
+        self.group = group
+        self.texts = values
+
+    def __getitem__(self, name: str) -> str:
+        for n, v in zip(self.group.names, self.texts, strict=True):
+            if n == name:
+                return v
+        raise KeyError(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.group.names)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
 class Compiled:
-    __slots__ = ("count_text", "count_tpl", "fixed", "key_tpl", "rules", "scopes", "window_tpl")
+    __slots__ = (
+        "count_text",
+        "count_tpl",
+        "fixed",
+        "key_tpl",
+        "key_var",
+        "meta",
+        "quota",
+        "rules",
+        "scopes",
+        "table",
+        "window_tpl",
+    )
 
     def __init__(self, conf: Conf) -> None:
         # The common conf (one fixed window, numbers, not $vars): its count and window are
@@ -107,6 +146,11 @@ class Compiled:
         ):
             self.fixed = (conf.count, conf.time_window)
         self.count_text = str(conf.count)
+        self.key_var = var_getter(conf.key) if conf.key_type == "var" else None
+        # The quota headers' names, for the plugin_metadata they were built from.
+        self.meta: MetadataConf | None = DEFAULT_HEADERS
+        self.quota = QUOTA_HEADERS
+        self.table: SharedTable | None = None  # opened at the first request (in the worker)
         # (consumer, route) -> the counters' scope: a pure function of the three objects
         self.scopes: dict[tuple[Any, Any], str] = {}
         self.key_tpl = CountingTemplate(conf.key) if conf.key_type == "var_combination" else None
@@ -123,6 +167,12 @@ class Compiled:
             )
             for rule in conf.rules or ()
         ]
+
+    def quota_headers(self, h: MetadataConf) -> HeaderGroup:
+        if h is not self.meta:
+            self.quota = HeaderGroup((h.limit_header, h.remaining_header, h.reset_header))
+            self.meta = h
+        return self.quota
 
     def scope(self, owner: tuple[Any, Any], scope: str) -> str:
         if len(self.scopes) >= 256:
@@ -193,8 +243,9 @@ class LimitCount(Plugin):
         if fixed is None:
             return self._access_windows(conf, ctx)
         # The common conf in few steps: this runs on every request of a limited route.
-        if conf.key_type == "var":
-            value = ctx.var(conf.key)
+        get = comp.key_var
+        if get is not None:
+            value = get(ctx)
             key = ctx.remote_addr if value is None else str(value)
         else:
             key = request_key(ctx, conf.key, conf.key_type, comp.key_tpl)
@@ -205,24 +256,27 @@ class LimitCount(Plugin):
             if prefix is None:
                 prefix = comp.scope(owner, counter_scope(ctx, self.name, conf, _decode))
         # resty.limit.count: incr(key, 1, 0, window); the window starts at the key's first use
-        used, ttl = shared_table("plugin-limit-count").incr(f"{prefix}:{key}", 1.0, fixed[1])
+        table = comp.table
+        if table is None:
+            table = comp.table = shared_table("plugin-limit-count")
+        used, ttl = table.incr(f"{prefix}:{key}", 1.0, fixed[1])
         remaining = int(fixed[0] - used)
-        headers: dict[str, str] | None = None
-        if conf.show_limit_quota_header:
-            h = self.metadata_for(ctx) or DEFAULT_HEADERS
-            headers = {
-                h.limit_header: comp.count_text,
-                h.remaining_header: str(remaining) if remaining > 0 else "0",
-                h.reset_header: str(whole(ttl)),
-            }
+        if not conf.show_limit_quota_header:
+            return self._rejected(conf, {}) if remaining < 0 else None
+        h = self.metadata_for(ctx) or DEFAULT_HEADERS
+        group = comp.quota if h is comp.meta else comp.quota_headers(h)
+        reset = int(ttl)  # whole(ttl), inlined: seconds rounded up
+        if ttl - reset > 1e-6:
+            reset += 1
+        values = (comp.count_text, str(remaining) if remaining > 0 else "0", str(reset))
         if remaining < 0:
-            return self._rejected(conf, headers or {})
-        if headers is not None:
-            state = ctx.plugin_state
-            if state is None:
-                ctx.plugin_state = {self.name: headers}
-            else:
-                state[self.name] = headers
+            return self._rejected(conf, dict(zip(group.names, values, strict=True)))
+        # header_filter sets them (the group's names were checked when it was built)
+        state = ctx.plugin_state
+        if state is None:
+            ctx.plugin_state = {self.name: Quota(group, values)}
+        else:
+            state[self.name] = Quota(group, values)
         return None
 
     def _access_windows(self, conf: Conf, ctx: RequestContext) -> Exit:
@@ -311,7 +365,9 @@ class LimitCount(Plugin):
         # APISIX sets the quota headers in access (ngx.header); they reach the response here.
         state = ctx.plugin_state
         headers = state.get(self.name) if state else None
-        if headers:
+        if type(headers) is Quota:  # the fixed window's
+            ctx.set_response_group(headers.group, headers.texts)
+        elif headers:
             ctx.set_response_headers(headers)
 
     async def aclose(self) -> None:

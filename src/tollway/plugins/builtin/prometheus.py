@@ -33,6 +33,7 @@ from tollway.plugins.kit import Plugin, RequestContext
 log = logging.getLogger("tollway.plugins")
 
 ENV_DIR = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's name for the directory
+_SEEN_MAX = 10_000
 FLUSH_INTERVAL = 1.0  # seconds; scrapes are seconds apart, so a second of delay is invisible
 # APISIX 3.x (apisix/plugins/prometheus/exporter.lua): 1 ms to 60 s.
 DEFAULT_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000, 60000)
@@ -226,6 +227,7 @@ class Recorder:
         self.le = (*(floatToGoString(b) for b in self.bounds), "+Inf")
         self.interval = interval
         self.series: dict[tuple[Any, ...], _Series] = {}
+        self.seen: dict[tuple[Any, ...], _Series] = {}  # record's memo of series
         self.groups: dict[tuple[str, ...], _Group] = {}
         self.scheduled = False
         self._files: tuple[Any, Any] | None = None
@@ -236,10 +238,22 @@ class Recorder:
 
     def record(self, ctx: RequestContext, prefer_name: bool) -> None:
         now = _now()
-        key = status_key(ctx, prefer_name)
-        s = self.series.get(key)
+        # What the labels are made of, as the request has them: the series is found with one
+        # probe; its label tuple is made (status_key) once per series.
+        hosts = ctx.route_hosts
+        seen = (
+            ctx.resp_status,
+            ctx.route_id,
+            ctx.matched_uri,
+            ctx.service_id,
+            ctx.consumer_name,
+            ctx.upstream_addr,
+            (hosts, ctx.host) if hosts else None,
+            ctx.route_name if prefer_name else None,
+        )
+        s = self.seen.get(seen)
         if s is None:
-            s = self._add(key)
+            s = self._series(ctx, prefer_name, seen)
         s.count += 1
         g = s.group
         bounds = self.bounds
@@ -259,6 +273,16 @@ class Recorder:
         g.egress += ctx.bytes_sent
         if not self.scheduled:
             self._schedule()
+
+    def _series(self, ctx: RequestContext, prefer_name: bool, seen: tuple[Any, ...]) -> _Series:
+        key = status_key(ctx, prefer_name)
+        s = self.series.get(key)
+        if s is None:
+            s = self._add(key)
+        if len(self.seen) >= _SEEN_MAX:  # hosts and routes come and go: forget, not grow
+            self.seen.clear()
+        self.seen[seen] = s
+        return s
 
     def _add(self, key: tuple[Any, ...]) -> _Series:
         code, route, _, _, service, consumer, node = key

@@ -214,3 +214,30 @@ def test_dead_workers_totals_are_folded_into_the_archive(tmp_path: Path) -> None
     assert Scrape(tmp_path).value("apisix_http_status_total", code="200") == 7
     export.close()
     assert not tmp_path.exists()
+
+
+def test_a_request_is_counted_in_the_series_of_its_own_labels(tmp_path: Path) -> None:
+    """record finds a series by what the labels are made of (memoised): requests that differ
+    in any label input land in different series, equal ones in the same."""
+    rec = Recorder(str(tmp_path))
+    hosts = ("*.foo.com", "bar.com")
+    for ctx in (
+        routed(hosts=hosts, host="a.foo.com"),
+        routed(hosts=hosts, host="b.foo.com"),  # the same pattern: the same series
+        routed(hosts=hosts, host="bar.com"),
+        routed(status=404),
+        routed(consumer="jack"),
+        routed(upstream="127.0.0.1:1981"),  # another port, the same node label
+        routed(name="r1"),
+    ):
+        rec.record(ctx, False)
+    rec.record(routed(name="r1"), True)
+    rec.flush()
+    m = Scrape(tmp_path)
+    assert m.value("apisix_http_status_total", matched_host="*.foo.com") == 2
+    assert m.value("apisix_http_status_total", matched_host="bar.com") == 1
+    assert m.value("apisix_http_status_total", code="404") == 1
+    assert m.value("apisix_http_status_total", consumer="jack") == 1
+    assert m.value("apisix_http_status_total", route="r1") == 1
+    plain = {"code": "200", "route": "1", "matched_host": "", "consumer": ""}
+    assert m.value("apisix_http_status_total", node="127.0.0.1", **plain) == 2
