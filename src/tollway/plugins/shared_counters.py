@@ -4,7 +4,7 @@ Each named table is a fixed-size open-addressing hash table in a file mapping (t
 host has one) that every worker of the instance maps; a lock shared by the instance's workers
 serialises the read-modify-write of a record, so an update is atomic across workers.
 
-The lock is a named POSIX semaphore (``/dev/shm/sem.<the file's name>.<hash of its path>``, the
+The lock is a named POSIX semaphore (``/dev/shm/sem.tollway-<hash of the file's path>``, the
 one CPython's multiprocessing locks are made of): taking and giving it back is an atomic
 instruction each in the common, uncontended case, where two ``flock`` calls are two system calls
 (2-4 us in the request path on a VM). A semaphore is not released when its holder dies, as a
@@ -62,8 +62,6 @@ _SLOT = struct.Struct("<16sddd")
 _SLOT_SIZE = _SLOT.size
 _EMPTY = bytes(16)
 _NAME = re.compile(r"^tollway-(\d+)-(\d+)-(\d+)-[\w.-]+\.shm$")
-_SEM_NAME = re.compile(r"^sem\.tollway-(\d+)-(\d+)-(\d+)-[\w.-]+\.[0-9a-f]{12}$")
-_SEM_DIR = "/dev/shm"
 _OWNER = struct.Struct("<q")  # the lock holder's pid, in the header
 _OWNER_AT = 32
 _SEMAPHORE = 1  # _multiprocessing.SemLock's kind for a plain semaphore
@@ -260,12 +258,8 @@ _GONE = (0.0, 0.0, 0.0)
 
 
 def semaphore_name(path: str) -> str:
-    """The named semaphore that locks the table at ``path``: the file's name (so an instance's
-    semaphores are known by the supervisor's pid, as its files are: ``_remove_stale``) and a
-    hash of its directory (two directories may hold the same name)."""
-    stem = os.path.basename(path).removesuffix(".shm")[:160]
-    where = blake2b(os.path.abspath(path).encode(), digest_size=6).hexdigest()
-    return f"/{stem}.{where}"
+    """The named semaphore that locks the table at ``path`` (names are short and flat)."""
+    return "/tollway-" + blake2b(os.path.abspath(path).encode(), digest_size=12).hexdigest()
 
 
 def _semaphore(path: str) -> Any:
@@ -367,24 +361,15 @@ def _start_time(pid: int) -> int:
 
 
 def _remove_stale(directory: str) -> None:
+    uid = str(os.getuid())
     for entry in os.listdir(directory):
-        if _stale(_NAME.match(entry)):
-            remove_table(os.path.join(directory, entry))
-    # Semaphores whose table file went first (removed by hand, or by a Tollway that predates
-    # them): glibc keeps named semaphores in /dev/shm as ``sem.<name>``.
-    with contextlib.suppress(OSError):
-        for entry in os.listdir(_SEM_DIR):
-            if _stale(_SEM_NAME.match(entry)):
-                with contextlib.suppress(OSError):
-                    _multiprocessing.sem_unlink("/" + entry[4:])
-
-
-def _stale(m: re.Match[str] | None) -> bool:
-    """A table's (or its semaphore's) name, of a supervisor of this user that is gone."""
-    if m is None or m.group(1) != str(os.getuid()):
-        return False
-    pid, started = int(m.group(2)), int(m.group(3))
-    return not (_alive(pid) and (started == 0 or _start_time(pid) in (0, started)))
+        m = _NAME.match(entry)
+        if m is None or m.group(1) != uid:
+            continue
+        pid, started = int(m.group(2)), int(m.group(3))
+        if _alive(pid) and (started == 0 or _start_time(pid) in (0, started)):
+            continue
+        remove_table(os.path.join(directory, entry))
 
 
 def _alive(pid: int) -> bool:

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import _multiprocessing
 import multiprocessing
 import os
 import signal
@@ -193,19 +192,3 @@ def test_the_lock_is_shared_by_every_opener_of_a_table(table_path: str) -> None:
     a._sem.release()
     a.close()
     b.close()
-
-
-def test_a_dead_instances_semaphore_goes_even_without_its_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("TOLLWAY_SHARED_DIR", str(tmp_path))
-    monkeypatch.setattr(shared_counters, "_TABLES", {})
-    dead = shared_counters.semaphore_name(
-        str(tmp_path / f"tollway-{os.getuid()}-999999999-1-plugin-z.shm")
-    )
-    _multiprocessing.SemLock(1, 1, 1, dead, False)  # its table file is already gone
-    assert os.path.exists("/dev/shm/sem." + dead[1:])
-    t = shared_counters.table("plugin-z")  # opening a table sweeps what dead instances left
-    assert not os.path.exists("/dev/shm/sem." + dead[1:])
-    t.close()
-    shared_counters.remove_instance_files(os.getppid())
