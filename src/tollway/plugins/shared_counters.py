@@ -1,17 +1,8 @@
 """Instance-wide counters shared by every worker process (APISIX's ``lua_shared_dict``).
 
 Each named table is a fixed-size open-addressing hash table in a file mapping (tmpfs when the
-host has one) that every worker of the instance maps; a lock shared by the instance's workers
-serialises the read-modify-write of a record, so an update is atomic across workers.
-
-The lock is a named POSIX semaphore (``/dev/shm/sem.tollway-<hash of the file's path>``, the
-one CPython's multiprocessing locks are made of): taking and giving it back is an atomic
-instruction each in the common, uncontended case, where two ``flock`` calls are two system calls
-(2-4 us in the request path on a VM). A semaphore is not released when its holder dies, as a
-``flock`` is, so the holder writes its pid into the file's header while it holds it; a worker
-that has waited ``_STALE_WAIT`` seconds (the lock is held for microseconds) takes it over when
-that pid is gone (or was never written: the holder died between taking it and writing its
-pid). A host without named semaphores falls back to ``flock``.
+host has one) that every worker of the instance maps; one ``flock`` on the file serialises the
+read-modify-write of a record, so an update is atomic across workers.
 
 Invariants: a key lives within ``PROBE`` slots of its home slot; a slot is never emptied, only
 expired, so a lookup may stop at the first never-used slot; when a key's whole probe window is
@@ -29,7 +20,6 @@ instance that died are removed by the next one that opens a table in the same di
 
 from __future__ import annotations
 
-import _multiprocessing
 import contextlib
 import fcntl
 import logging
@@ -41,7 +31,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from hashlib import blake2b
-from typing import Any, TypeVar
+from typing import TypeVar
 
 log = logging.getLogger("tollway.plugins")
 
@@ -62,17 +52,13 @@ _SLOT = struct.Struct("<16sddd")
 _SLOT_SIZE = _SLOT.size
 _EMPTY = bytes(16)
 _NAME = re.compile(r"^tollway-(\d+)-(\d+)-(\d+)-[\w.-]+\.shm$")
-_OWNER = struct.Struct("<q")  # the lock holder's pid, in the header
-_OWNER_AT = 32
-_SEMAPHORE = 1  # _multiprocessing.SemLock's kind for a plain semaphore
-_STALE_WAIT = 0.5  # seconds before the lock's holder is checked for life
 
 
 class SharedTable:
     """One named table. ``update`` is the operation: a read-modify-write under the lock
     (``incr`` is the counting one, in one call)."""
 
-    __slots__ = ("_clock", "_digests", "_fd", "_mask", "_mm", "_pid", "_sem", "path", "slots")
+    __slots__ = ("_clock", "_digests", "_fd", "_mask", "_mm", "path", "slots")
 
     def __init__(
         self,
@@ -90,8 +76,6 @@ class SharedTable:
         # same keys (client addresses, consumers) come back again and again.
         self._digests: dict[str, tuple[bytes, int]] = {}
         size = _HEADER + slots * _SLOT_SIZE
-        self._sem: Any = None  # the instance-wide lock (a named semaphore), None: flock
-        self._pid = os.getpid()
         if path is None:  # process-local (tests, or no writable directory)
             self._fd = -1
             self._mm = mmap.mmap(-1, size)
@@ -106,7 +90,6 @@ class SharedTable:
                     os.pwrite(fd, _MAGIC + struct.pack("<Q", slots), 0)
                 elif os.pread(fd, len(_MAGIC) + 8, 0) != _MAGIC + struct.pack("<Q", slots):
                     raise OSError(f"{path}: not a shared table of {slots} slots")
-                self._sem = _semaphore(path)  # created by the first opener, under the flock
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
             self._mm = mmap.mmap(fd, size)
@@ -116,7 +99,6 @@ class SharedTable:
         self._fd = fd
 
     def close(self) -> None:
-        self._sem = None
         self._mm.close()
         if self._fd >= 0:
             os.close(self._fd)
@@ -131,17 +113,14 @@ class SharedTable:
         hit = self._digests.get(key)
         if hit is None:
             hit = self._digest(key)
-        sem = self._sem
-        if sem is not None:
-            if not sem.acquire(True, _STALE_WAIT):
-                self._take_over(sem)
-            _OWNER.pack_into(self._mm, _OWNER_AT, self._pid)
-        elif self._fd >= 0:
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        fd = self._fd
+        if fd >= 0:
+            fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             return self._update(hit[0], hit[1], self._clock(), step, p, q)
         finally:
-            self._unlock(sem)
+            if fd >= 0:
+                fcntl.flock(fd, fcntl.LOCK_UN)
 
     def incr(self, key: str, value: float, ttl: float) -> tuple[float, float]:
         """Add ``value`` to the key's count (a new or expired key starts from 0 and lives
@@ -153,60 +132,24 @@ class SharedTable:
         hit = self._digests.get(key)
         if hit is None:
             hit = self._digest(key)
-        mm = self._mm
-        sem = self._sem
-        if sem is not None:
-            if not sem.acquire(True, _STALE_WAIT):
-                self._take_over(sem)
-            _OWNER.pack_into(mm, _OWNER_AT, self._pid)
-        elif self._fd >= 0:
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        fd = self._fd
+        if fd >= 0:
+            fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             now = self._clock()
             off = _HEADER + hit[1] * _SLOT_SIZE
-            d, expire, a, _ = _SLOT.unpack_from(mm, off)
+            d, expire, a, _ = _SLOT.unpack_from(self._mm, off)
             if d != hit[0]:  # not in its home slot: the general probe
                 return self._update(hit[0], hit[1], now, _incr_step, value, ttl)
             if expire > now:
                 a += value
             else:
                 expire, a = now + ttl, value
-            _SLOT.pack_into(mm, off, d, expire, a, 0.0)
+            _SLOT.pack_into(self._mm, off, d, expire, a, 0.0)
             return a, expire - now
         finally:
-            if sem is not None:
-                _OWNER.pack_into(mm, _OWNER_AT, 0)
-                sem.release()
-            elif self._fd >= 0:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
-
-    def _unlock(self, sem: Any) -> None:
-        if sem is not None:
-            _OWNER.pack_into(self._mm, _OWNER_AT, 0)
-            sem.release()
-        elif self._fd >= 0:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-
-    def _take_over(self, sem: Any) -> None:
-        """The lock was not free for ``_STALE_WAIT`` seconds: wait on while its holder lives;
-        once it is gone, the lock is ours (the semaphore stays taken, our release gives it
-        back). A pid of 0 twice in a row is a holder that died before writing its pid."""
-        unknown = 0
-        while True:
-            holder = _OWNER.unpack_from(self._mm, _OWNER_AT)[0]
-            if holder == 0:
-                unknown += 1
-                if unknown >= 2:
-                    break
-            elif holder == self._pid or not _alive(holder):
-                break
-            else:
-                unknown = 0
-            if sem.acquire(True, _STALE_WAIT):
-                return
-        log.warning(
-            "shared table %s: its lock's holder (pid %d) is gone; taking it", self.path, holder
-        )
+            if fd >= 0:
+                fcntl.flock(fd, fcntl.LOCK_UN)
 
     def _digest(self, key: str) -> tuple[bytes, int]:
         digest = blake2b(key.encode("utf-8", "surrogateescape"), digest_size=16).digest()
@@ -255,33 +198,6 @@ class SharedTable:
 
 
 _GONE = (0.0, 0.0, 0.0)
-
-
-def semaphore_name(path: str) -> str:
-    """The named semaphore that locks the table at ``path`` (names are short and flat)."""
-    return "/tollway-" + blake2b(os.path.abspath(path).encode(), digest_size=12).hexdigest()
-
-
-def _semaphore(path: str) -> Any:
-    """The table's lock, opened or created (called under the file's flock, so one process
-    creates it); None when the host has no named semaphores (then ``flock`` locks)."""
-    name = semaphore_name(path)
-    try:
-        try:
-            return _multiprocessing.SemLock._rebuild(0, _SEMAPHORE, 1, name)
-        except FileNotFoundError:
-            return _multiprocessing.SemLock(_SEMAPHORE, 1, 1, name, False)
-    except OSError as e:
-        log.debug("shared table %s: no named semaphore (%s); flock locks it", path, e)
-        return None
-
-
-def remove_table(path: str) -> None:
-    """Delete a table's file and its lock (when no process of its instance uses them)."""
-    with contextlib.suppress(OSError):
-        os.unlink(path)
-    with contextlib.suppress(OSError):
-        _multiprocessing.sem_unlink(semaphore_name(path))
 
 
 def _incr_step(
@@ -341,7 +257,8 @@ def remove_instance_files(supervisor_pid: int | None = None) -> None:
     prefix = f"tollway-{os.getuid()}-{pid}-{_start_time(pid)}-"
     for entry in os.listdir(directory):
         if entry.startswith(prefix) and entry.endswith(".shm"):
-            remove_table(os.path.join(directory, entry))
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(directory, entry))
 
 
 def instance_id() -> str:
@@ -369,7 +286,8 @@ def _remove_stale(directory: str) -> None:
         pid, started = int(m.group(2)), int(m.group(3))
         if _alive(pid) and (started == 0 or _start_time(pid) in (0, started)):
             continue
-        remove_table(os.path.join(directory, entry))
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(directory, entry))
 
 
 def _alive(pid: int) -> bool:
