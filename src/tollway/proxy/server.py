@@ -396,9 +396,13 @@ class HttpProtocol(Upgrading, asyncio.Protocol):
         if self.active is not ex:
             return
         self.active = None
-        if not keep_alive or self.closing or self.state.shutting_down:
+        if not keep_alive or self.closing:
             self.close()
             return
+        # Stopping, but this answer did not say "Connection: close" (its exchange began before
+        # the stop): the client may reuse the connection at once, so it is idle like any other
+        # and the graceful stop's sweep closes it after its grace; a request arriving meanwhile
+        # is answered with "Connection: close". Closing here reset that request.
         if self.pipeline:
             nxt = self.pipeline.popleft()
             self.resume_reading()
@@ -442,9 +446,26 @@ class HttpProtocol(Upgrading, asyncio.Protocol):
         if self.active is None and self.parsing is None and not self.pipeline:
             if min_idle and self.state.loop.time() - self.idle_since < min_idle:
                 return False
+            if self._unread():
+                return False  # a request arrived that the loop has not read yet: answer it
             self.close()
             return True
         return False
+
+    def _unread(self) -> bool:
+        """Whether the socket holds bytes not read yet. After the worker was starved of CPU,
+        the loop runs its timers (the graceful stop's sweep) before it reads: a connection
+        that looks idle may already carry the client's next request, and closing it then
+        resets that request (seen as "connection reset" by clients during a reload)."""
+        t = self.transport
+        sock = t.get_extra_info("socket") if t is not None else None
+        if sock is None:
+            return False
+        try:
+            with socket.fromfd(sock.fileno(), socket.AF_INET, socket.SOCK_STREAM) as peek:
+                return bool(peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+        except OSError:  # BlockingIOError: nothing to read; anything else: let it close
+            return False
 
     def _arm_timer(self, seconds: float) -> None:
         self.deadline = self.state.loop.time() + seconds if seconds > 0 else 0.0
