@@ -31,7 +31,7 @@ import h2.exceptions
 import h2.settings
 import hyperframe.frame
 
-from tollway.upstream.pool import PoolLimits
+from tollway.upstream.pool import PoolLimits, open_connection
 
 # Our receive windows: a stream may have this much unread before the upstream must wait; the
 # connection's is larger so that one paused stream does not stall the others.
@@ -523,16 +523,9 @@ class H2Pool:
         timeout: float,
         limits: PoolLimits,
     ) -> H2Connection:
-        loop = asyncio.get_running_loop()
-        addr = host[1:-1] if host.startswith("[") else host
-        async with asyncio.timeout(timeout):
-            transport, proto = await loop.create_connection(
-                lambda: H2Connection(self, key, limits),
-                addr,
-                port,
-                ssl=ssl_ctx,
-                server_hostname=server_hostname if ssl_ctx is not None else None,
-            )
+        transport, proto = await open_connection(
+            lambda: H2Connection(self, key, limits), host, port, ssl_ctx, server_hostname, timeout
+        )
         if ssl_ctx is not None:
             sslobj = transport.get_extra_info("ssl_object")
             if sslobj is None or sslobj.selected_alpn_protocol() != "h2":

@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from collections.abc import Hashable
-from typing import Protocol
+from collections.abc import Callable, Hashable
+from typing import Protocol, TypeVar
 
 import httptools
 
@@ -317,16 +317,9 @@ class Pool:
         server_hostname: str | None,
         timeout: float,
     ) -> UpstreamConnection:
-        loop = asyncio.get_running_loop()
-        addr = host[1:-1] if host.startswith("[") else host
-        async with asyncio.timeout(timeout):
-            _, proto = await loop.create_connection(
-                lambda: UpstreamConnection(self, key),
-                addr,
-                port,
-                ssl=ssl_ctx,
-                server_hostname=server_hostname if ssl_ctx is not None else None,
-            )
+        _, proto = await open_connection(
+            lambda: UpstreamConnection(self, key), host, port, ssl_ctx, server_hostname, timeout
+        )
         return proto
 
     def release(self, conn: UpstreamConnection, limits: PoolLimits) -> None:
@@ -388,3 +381,29 @@ class Pool:
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
+
+
+P = TypeVar("P", bound=asyncio.BaseProtocol)
+
+
+async def open_connection(
+    factory: Callable[[], P],
+    host: str,
+    port: int,
+    ssl_ctx: ssl.SSLContext | None,
+    server_hostname: str | None,
+    timeout: float,
+) -> tuple[asyncio.Transport, P]:
+    """A connection to an upstream node (HTTP/1.1 or HTTP/2): an IPv6 node is written in
+    brackets; SNI only with TLS; the connect timeout covers the TLS handshake too."""
+    loop = asyncio.get_running_loop()
+    addr = host[1:-1] if host.startswith("[") else host
+    async with asyncio.timeout(timeout):
+        transport, proto = await loop.create_connection(
+            factory,
+            addr,
+            port,
+            ssl=ssl_ctx,
+            server_hostname=server_hostname if ssl_ctx is not None else None,
+        )
+    return transport, proto
