@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,7 +37,7 @@ sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(ROOT))
 
 import grpc  # noqa: E402
-from http2 import H2LOAD, Run, measure, profile  # noqa: E402
+from http2 import H2LOAD, Run, measure, profile, report  # noqa: E402
 from proxy import (  # noqa: E402
     LOAD_CPU,
     NGINX,
@@ -185,33 +184,12 @@ def main() -> None:
                           f"{run.rps:,.0f} calls/s", file=sys.stderr)  # fmt: skip
                     runs.append(run)
             order.reverse()
-        print(report(runs, loads, list(targets)))
+        print(report(runs, loads, list(targets), "calls"))
         if args.profile:
             pid, port = targets["tollway"]
             print("\n" + profile(pid, f"http://127.0.0.1:{port}{PATH}", args.duration, extra))
     finally:
         procs.stop_all()
-
-
-def report(runs: list[Run], loads: list[str], names: list[str]) -> str:
-    rows = [
-        "| h2load load (clients x streams) | target | calls per proxy CPU-s (median; runs) "
-        "| calls/s (median) | ÷ nginx (calls/CPU-s) | failed | max steal |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for load in loads:
-        base = statistics.median(r.per_cpu_s for r in runs if r.load == load and
-                                 r.target == "nginx")  # fmt: skip
-        for name in names:
-            mine = [r for r in runs if r.load == load and r.target == name]
-            cps = statistics.median(r.per_cpu_s for r in mine)
-            each = ", ".join(f"{r.per_cpu_s:,.0f}" for r in mine)
-            rows.append(
-                f"| {load} | {name} | {cps:,.0f} ({each}) | "
-                f"{statistics.median(r.rps for r in mine):,.0f} | {cps / base:.2f} | "
-                f"{sum(r.failed for r in mine)} | {max(r.steal for r in mine):.1%} |"
-            )
-    return "\n".join(rows)
 
 
 if __name__ == "__main__":

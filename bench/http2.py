@@ -297,10 +297,11 @@ def start_at(procs: Processes, workdir: Path, rev: str, upstream: int) -> tuple[
     return pid, port
 
 
-def report(runs: list[Run], loads: list[str], names: list[str]) -> str:
+def report(runs: list[Run], loads: list[str], names: list[str], unit: str = "req") -> str:
+    """The runs' table (also bench/grpc_proxy.py's, with ``unit`` "calls")."""
     rows = [
-        "| h2load load (clients x streams) | target | req per proxy CPU-s (median; runs) "
-        "| req/s (median) | ÷ nginx (req/CPU-s) | failed | max steal |",
+        f"| h2load load (clients x streams) | target | {unit} per proxy CPU-s (median; runs) "
+        f"| {unit}/s (median) | ÷ nginx ({unit}/CPU-s) | failed | max steal |",
         "|---|---|---|---|---|---|---|",
     ]
     for load in loads:
