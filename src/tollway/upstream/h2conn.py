@@ -31,7 +31,7 @@ import h2.exceptions
 import h2.settings
 import hyperframe.frame
 
-from tollway.upstream.pool import PoolLimits, open_connection
+from tollway.upstream.pool import PoolLimits, WritePaused, open_connection
 
 # Our receive windows: a stream may have this much unread before the upstream must wait; the
 # connection's is larger so that one paused stream does not stall the others.
@@ -181,13 +181,10 @@ class H2Stream:
             sink.on_failed(exc)
 
 
-class H2Connection(asyncio.Protocol):
+class H2Connection(WritePaused):
     __slots__ = (
-        "_drain",
         "_flush_soon",
         "_idle_timer",
-        "_paused",
-        "closed",
         "goaway",
         "h2",
         "key",
@@ -207,10 +204,8 @@ class H2Connection(asyncio.Protocol):
         self.streams: dict[int, H2Stream] = {}
         self.opened = 0  # streams opened on this connection (keepalive_pool.requests)
         self.goaway = False
-        self.closed = False
-        self._paused = False
+        super().__init__()
         self._flush_soon = False
-        self._drain: asyncio.Future[None] | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol ---------------------------------------------------------------
@@ -249,20 +244,9 @@ class H2Connection(asyncio.Protocol):
         self.closed = True
         self.pool.forget(self)
         self._cancel_idle()
-        d = self._drain
-        if d is not None and not d.done():
-            d.set_result(None)
+        self._wake_drain()
         reason = f"upstream connection lost: {exc}" if exc else "upstream closed the connection"
         self._fail_all(StreamFailed(reason))
-
-    def pause_writing(self) -> None:
-        self._paused = True
-
-    def resume_writing(self) -> None:
-        self._paused = False
-        d = self._drain
-        if d is not None and not d.done():
-            d.set_result(None)
 
     # -- events -------------------------------------------------------------------------
 
@@ -417,19 +401,6 @@ class H2Connection(asyncio.Protocol):
         t = self.transport
         if data and t is not None and not t.is_closing():
             t.write(data)
-
-    @property
-    def write_paused(self) -> bool:
-        return self._paused
-
-    async def drain(self) -> None:
-        if not self._paused or self.closed:
-            return
-        self._drain = asyncio.get_running_loop().create_future()
-        try:
-            await self._drain
-        finally:
-            self._drain = None
 
     def close(self) -> None:
         if self.closed:

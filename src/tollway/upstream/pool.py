@@ -60,13 +60,48 @@ class ResponseSink(Protocol):
     def flush(self) -> None: ...
 
 
-class UpstreamConnection(asyncio.Protocol):
+class WritePaused(asyncio.Protocol):
+    """The write side of an upstream connection (HTTP/1.1 here, HTTP/2 in ``h2conn``): the
+    transport says when its buffer is full (``pause_writing``); a sender awaits ``drain``,
+    woken when it empties or the connection is lost (``_wake_drain``)."""
+
+    __slots__ = ("_drain", "_paused", "closed")
+
+    def __init__(self) -> None:
+        self.closed = False
+        self._paused = False
+        self._drain: asyncio.Future[None] | None = None
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        self._wake_drain()
+
+    def _wake_drain(self) -> None:
+        d = self._drain
+        if d is not None and not d.done():
+            d.set_result(None)
+
+    @property
+    def write_paused(self) -> bool:
+        return self._paused
+
+    async def drain(self) -> None:
+        if not self._paused or self.closed:
+            return
+        self._drain = asyncio.get_running_loop().create_future()
+        try:
+            await self._drain
+        finally:
+            self._drain = None
+
+
+class UpstreamConnection(WritePaused):
     __slots__ = (
-        "_drain",
         "_parser",
-        "_paused",
         "bytes_received",
-        "closed",
         "connection",
         "content_length",
         "head_request",
@@ -97,11 +132,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.requests = 0
         self.idle_since = 0.0
         self.idle_timeout = 60.0  # the pool's idle_timeout, set when released to it
-        self.closed = False
+        super().__init__()
         self.keep_alive = True
-        self._paused = False
         self.reading_paused = False  # a slow client paused us (see Pool.release)
-        self._drain: asyncio.Future[None] | None = None
         self.bytes_received = 0
         self.head_request = False
         self.status = 0
@@ -143,8 +176,7 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.pool.forget(self)
-        if self._drain is not None and not self._drain.done():
-            self._drain.set_result(None)
+        self._wake_drain()
         sink = self.sink
         if sink is not None:
             self.sink = None
@@ -154,15 +186,6 @@ class UpstreamConnection(asyncio.Protocol):
                 sink.on_upstream_error(
                     exc or ConnectionResetError("upstream closed the connection")
                 )
-
-    def pause_writing(self) -> None:
-        self._paused = True
-
-    def resume_writing(self) -> None:
-        self._paused = False
-        d = self._drain
-        if d is not None and not d.done():
-            d.set_result(None)
 
     # -- httptools callbacks ------------------------------------------------------------
 
@@ -248,18 +271,6 @@ class UpstreamConnection(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         assert self.transport is not None
         self.transport.write(data)
-
-    async def drain(self) -> None:
-        if not self._paused or self.closed:
-            return
-        loop = asyncio.get_running_loop()
-        self._drain = loop.create_future()
-        await self._drain
-        self._drain = None
-
-    @property
-    def write_paused(self) -> bool:
-        return self._paused
 
     def pause_reading(self) -> None:
         if self.transport is not None and not self.closed:
