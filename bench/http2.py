@@ -175,8 +175,10 @@ def summarize_profile(path: Path, top: int = 25) -> str:
             "|---|---|---|"]  # fmt: skip
     for name, n in sorted(incl.items(), key=lambda kv: -kv[1])[:top]:
         rows.append(f"| `{name}` | {100 * own.get(name, 0) / total:.1f} | {100 * n / total:.1f} |")
-    lib = sum(n for name, n in own.items() if re.search(r"\((h2|hpack|hyperframe)/", name))
-    rows.append(f"\nself time in h2 + hpack + hyperframe: {100 * lib / total:.1f}%")
+    lib = sum(n for name, n in own.items() if re.search(r"\((j?h2|hpack|hyperframe)/", name))
+    rows.append(
+        f"\nself time in the HTTP/2 library (jh2, its compiled HPACK): {100 * lib / total:.1f}%"
+    )
     return "\n".join(rows)
 
 
@@ -184,8 +186,8 @@ def library_cost(requests: int = 6000, rounds: int = 3) -> float:
     """µs per request spent in the h2 library alone, as the gateway uses it (its validation
     off): receive a request's HEADERS (h2load's fields), send HEADERS + DATA with END_STREAM.
     In memory, no sockets, no Tollway code: the floor of an h2-based frame layer."""
-    from h2.config import H2Configuration
-    from h2.connection import H2Connection
+    from jh2.config import H2Configuration
+    from jh2.connection import H2Connection
 
     server = H2Connection(
         H2Configuration(client_side=False, header_encoding=None, validate_inbound_headers=False,

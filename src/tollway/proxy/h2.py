@@ -27,13 +27,13 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any, Protocol
 
-import h2.events as ev
-from h2.config import H2Configuration
-from h2.connection import H2Connection
-from h2.errors import ErrorCodes
-from h2.exceptions import H2Error, ProtocolError
-from h2.settings import SettingCodes, Settings
-from hyperframe.frame import Frame, GoAwayFrame, HeadersFrame
+import jh2.events as ev
+from jh2.config import H2Configuration
+from jh2.connection import H2Connection
+from jh2.errors import ErrorCodes
+from jh2.exceptions import H2Error, ProtocolError
+from jh2.hyperframe.frame import Frame, GoAwayFrame, HeadersFrame
+from jh2.settings import SettingCodes, Settings
 
 from tollway.httprules.status import error_page
 from tollway.proxy.h1_names import method_of

@@ -14,15 +14,15 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING, Any, Protocol
 
-from h2.errors import ErrorCodes
-from h2.exceptions import H2Error
+from jh2.errors import ErrorCodes
+from jh2.exceptions import H2Error
 
 from tollway.proxy.flow import BODY_HIGH_WATER
 from tollway.proxy.h2_fields import H2Request
 from tollway.proxy.pipeline import Exchange
 
 if TYPE_CHECKING:
-    from h2.connection import H2Connection
+    from jh2.connection import H2Connection
 
     from tollway.proxy.contracts import HeadCache
     from tollway.proxy.state import ServerState

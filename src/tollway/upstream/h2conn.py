@@ -23,13 +23,13 @@ import ssl
 from collections.abc import Hashable
 from typing import Protocol
 
-import h2.config
-import h2.connection
-import h2.errors
-import h2.events
-import h2.exceptions
-import h2.settings
-import hyperframe.frame
+import jh2.config
+import jh2.connection
+import jh2.errors
+import jh2.events
+import jh2.exceptions
+import jh2.hyperframe.frame
+import jh2.settings
 
 from tollway.upstream.pool import PoolLimits, WritePaused, open_connection
 
@@ -45,22 +45,22 @@ CONNECTION_WINDOW = 16 << 20
 # request head (bench/grpc_proxy.py, RESULTS.md); normalisation stays on: it marks
 # authorization and short cookies never-indexed (RFC 7541 7.1.3) on a connection shared by
 # many clients. Inbound validation stays too: the upstream's fields go on to clients.
-_CONFIG = h2.config.H2Configuration(
+_CONFIG = jh2.config.H2Configuration(
     client_side=True, header_encoding=None, validate_outbound_headers=False
 )
 
 
-class _ClientState(h2.connection.H2Connection):
+class _ClientState(jh2.connection.H2Connection):
     """h2's state machine, except after a GOAWAY: h2 closes the whole connection when one
     arrives (python-hyper/h2#1181), where RFC 9113 6.8 lets the streams up to the peer's last
     stream id finish. The connection stays open for them; ``H2Connection.goaway`` keeps new
     streams off it."""
 
     def _receive_goaway_frame(
-        self, frame: hyperframe.frame.GoAwayFrame
-    ) -> tuple[list[hyperframe.frame.Frame], list[h2.events.Event]]:
+        self, frame: jh2.hyperframe.frame.GoAwayFrame
+    ) -> tuple[list[jh2.hyperframe.frame.Frame], list[jh2.events.Event]]:
         frames, events = super()._receive_goaway_frame(frame)
-        self.state_machine.state = h2.connection.ConnectionState.CLIENT_OPEN
+        self.state_machine.state = jh2.connection.ConnectionState.CLIENT_OPEN
         return frames, events
 
 
@@ -111,7 +111,7 @@ class H2Stream:
                 if end:
                     try:
                         conn.h2.end_stream(self.id)
-                    except h2.exceptions.ProtocolError as e:
+                    except jh2.exceptions.ProtocolError as e:
                         raise self.failed or StreamFailed(f"stream closed: {e}") from None
                     conn.flush()
                 return
@@ -127,7 +127,7 @@ class H2Stream:
             last = size == len(view)
             try:
                 conn.h2.send_data(self.id, bytes(view[:size]), end_stream=end and last)
-            except h2.exceptions.ProtocolError as e:  # the stream was reset meanwhile
+            except jh2.exceptions.ProtocolError as e:  # the stream was reset meanwhile
                 raise self.failed or StreamFailed(f"stream closed: {e}") from None
             conn.flush()
             if conn.write_paused:
@@ -155,7 +155,7 @@ class H2Stream:
     def cancel(self) -> None:
         """Abandon the stream (RST_STREAM CANCEL): the client went away or the deadline passed."""
         self.sink = None
-        self.conn.reset_stream(self, h2.errors.ErrorCodes.CANCEL)
+        self.conn.reset_stream(self, jh2.errors.ErrorCodes.CANCEL)
 
     def pause_reading(self) -> None:
         self.paused = True
@@ -217,11 +217,11 @@ class H2Connection(WritePaused):
             # APISIX's grpc_socket_keepalive on: a long call's dead peer is noticed by the OS
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         h = self.h2
-        h.local_settings = h2.settings.Settings(
+        h.local_settings = jh2.settings.Settings(
             client=True,
             initial_values={
-                h2.settings.SettingCodes.ENABLE_PUSH: 0,
-                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+                jh2.settings.SettingCodes.ENABLE_PUSH: 0,
+                jh2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
             },
         )
         h.initiate_connection()
@@ -231,7 +231,7 @@ class H2Connection(WritePaused):
     def data_received(self, data: bytes) -> None:
         try:
             events = self.h2.receive_data(data)
-        except h2.exceptions.ProtocolError as e:
+        except jh2.exceptions.ProtocolError as e:
             self.flush_now()  # h2 queued a GOAWAY
             self._fail_all(StreamFailed(f"upstream HTTP/2 protocol error: {e}"))
             self.close()
@@ -250,8 +250,8 @@ class H2Connection(WritePaused):
 
     # -- events -------------------------------------------------------------------------
 
-    def _dispatch(self, event: h2.events.Event) -> None:
-        if isinstance(event, h2.events.DataReceived):
+    def _dispatch(self, event: jh2.events.Event) -> None:
+        if isinstance(event, jh2.events.DataReceived):
             stream = self.streams.get(event.stream_id)
             if stream is None:
                 self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
@@ -259,26 +259,26 @@ class H2Connection(WritePaused):
             stream.received(event.flow_controlled_length)
             if stream.sink is not None and event.data:
                 stream.sink.on_data(event.data)
-        elif isinstance(event, h2.events.ResponseReceived):
+        elif isinstance(event, jh2.events.ResponseReceived):
             stream = self.streams.get(event.stream_id)
             if stream is not None and stream.sink is not None:
                 stream.sink.on_response(list(event.headers), event.stream_ended is not None)
-        elif isinstance(event, h2.events.TrailersReceived):
+        elif isinstance(event, jh2.events.TrailersReceived):
             stream = self.streams.get(event.stream_id)
             if stream is not None and stream.sink is not None:
                 stream.sink.on_trailers(list(event.headers))
-        elif isinstance(event, h2.events.StreamEnded):
+        elif isinstance(event, jh2.events.StreamEnded):
             self._ended(event.stream_id)
-        elif isinstance(event, h2.events.StreamReset):
-            refused = event.error_code == h2.errors.ErrorCodes.REFUSED_STREAM
+        elif isinstance(event, jh2.events.StreamReset):
+            refused = event.error_code == jh2.errors.ErrorCodes.REFUSED_STREAM
             code = getattr(event.error_code, "name", event.error_code)
             self._close_stream(
                 event.stream_id,
                 StreamFailed(f"upstream reset the stream: {code}", processed=not refused),
             )
-        elif isinstance(event, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
+        elif isinstance(event, jh2.events.WindowUpdated | jh2.events.RemoteSettingsChanged):
             self._windows_changed(getattr(event, "stream_id", 0))
-        elif isinstance(event, h2.events.ConnectionTerminated):
+        elif isinstance(event, jh2.events.ConnectionTerminated):
             self._on_goaway(event.last_stream_id or 0, event.error_code)
 
     def _ended(self, stream_id: int) -> None:
@@ -291,8 +291,8 @@ class H2Connection(WritePaused):
             # The response is complete before the request body (a server answering early):
             # the rest of the request is not wanted (RFC 9113 8.1).
             try:
-                self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.NO_ERROR)
-            except h2.exceptions.StreamClosedError:
+                self.h2.reset_stream(stream_id, jh2.errors.ErrorCodes.NO_ERROR)
+            except jh2.exceptions.StreamClosedError:
                 pass
         self._forget_stream(stream_id)
         stream.failed = StreamFailed("the response is complete", processed=True)
@@ -359,7 +359,7 @@ class H2Connection(WritePaused):
         try:
             stream_id = self.h2.get_next_available_stream_id()
             self.h2.send_headers(stream_id, headers, end_stream=end)
-        except h2.exceptions.ProtocolError as e:
+        except jh2.exceptions.ProtocolError as e:
             # (a field h2 refuses, or a connection that closed meanwhile): nothing was sent
             raise StreamFailed(f"cannot open a stream: {e}", processed=False) from None
         stream = H2Stream(self, stream_id, sink)
@@ -368,12 +368,12 @@ class H2Connection(WritePaused):
         self.flush()
         return stream
 
-    def reset_stream(self, stream: H2Stream, code: h2.errors.ErrorCodes) -> None:
+    def reset_stream(self, stream: H2Stream, code: jh2.errors.ErrorCodes) -> None:
         if self.streams.get(stream.id) is not stream:
             return
         try:
             self.h2.reset_stream(stream.id, code)
-        except h2.exceptions.StreamClosedError:
+        except jh2.exceptions.StreamClosedError:
             pass
         self.flush()
         self._forget_stream(stream.id)
@@ -384,7 +384,7 @@ class H2Connection(WritePaused):
             return
         try:
             self.h2.acknowledge_received_data(n, stream_id)
-        except h2.exceptions.StreamClosedError:
+        except jh2.exceptions.StreamClosedError:
             return
         self.flush()
 
@@ -411,7 +411,7 @@ class H2Connection(WritePaused):
         try:
             self.h2.close_connection()
             self.flush_now()
-        except h2.exceptions.ProtocolError:
+        except jh2.exceptions.ProtocolError:
             pass
         if self.transport is not None:
             self.transport.close()

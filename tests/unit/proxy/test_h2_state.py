@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import h2.events as ev
-from h2.config import H2Configuration
-from h2.connection import H2Connection
-from h2.errors import ErrorCodes
-from h2.settings import SettingCodes, Settings
+import jh2.events as ev
+from jh2.config import H2Configuration
+from jh2.connection import H2Connection
+from jh2.errors import ErrorCodes
+from jh2.settings import SettingCodes, Settings
 
 from tollway.proxy.h2 import _CONFIG, SWEEP_AT, StreamRefused, _ServerState
 

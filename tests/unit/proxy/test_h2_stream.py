@@ -6,10 +6,10 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-import h2.events as ev
-from h2.config import H2Configuration
-from h2.connection import H2Connection
-from h2.settings import SettingCodes
+import jh2.events as ev
+from jh2.config import H2Configuration
+from jh2.connection import H2Connection
+from jh2.settings import SettingCodes
 
 from tollway.proxy.h2_stream import BODY_BUDGET, H2Stream
 from tollway.proxy.pipeline import Exchange
