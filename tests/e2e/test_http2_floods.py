@@ -168,3 +168,20 @@ def test_concurrent_streams_within_the_limit(gw: Gateway) -> None:
         assert c.get("/more").status == 200
     finally:
         c.close()
+
+
+@pytest.mark.parametrize(
+    "block",
+    [b"\xff\xff\xff", b"\x3f\xe1\xff\xff\xff\xff\xff\xff\x0f", b"\xbf", b"\x00\x85\xff\xff"],
+    ids=["truncated-integer", "table-size-overflow", "index-past-table", "bad-huffman"],
+)
+def test_malformed_hpack_block(gw: Gateway, block: bytes) -> None:
+    """A header block HPACK cannot decode (RFC 7541: truncated integer, index past the table,
+    bad Huffman code...) is a connection error (RFC 9113 4.3; jh2 sends PROTOCOL_ERROR, as h2
+    did). jh2's compiled decoder panics on some of them (a BaseException, not an Exception,
+    which jh2 turns into its ProtocolError): the attacker's connection ends, not the worker."""
+
+    def attack(c: H2Client) -> None:
+        c.sock.sendall(HeadersFrame(1, data=block, flags=["END_HEADERS"]).serialize())
+
+    attacked(gw, attack, ErrorCodes.PROTOCOL_ERROR)
