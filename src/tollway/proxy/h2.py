@@ -1,6 +1,6 @@
 """HTTP/2 towards clients (RFC 9113): one connection, many streams, each carried by an exchange.
 
-``H2Protocol`` is the connection: the ``h2`` library's state machine (frames, HPACK, flow-control
+``H2Protocol`` is the connection: ``tollway.http2``'s state (frames, HPACK, flow-control
 windows, stream states), fed from the socket. Each request stream gets an ``H2Stream``, which is
 the ``ClientConnection`` of the exchange answering it, so routing, plugins, the upstream attempt
 and the log phase run exactly as on HTTP/1.1. The exchange hands the stream status + fields
@@ -14,11 +14,11 @@ at most that plus its window (64 KB), and the streams of a connection together B
 
 The connection starts from ``server.HttpProtocol``: after an ALPN ``h2`` handshake, or when a
 plain connection opens with the preface (h2c with prior knowledge). Defences: the flood budgets
-of ``Budget`` (rapid reset CVE-2023-44487, SETTINGS/PING/PRIORITY/empty DATA floods), h2's
-bounds (header list size past HEADER_LIST_SLACK times the limit, CONTINUATION backlog) and our
-own bound on an unfinished header block (CVE-2024-27316). Protocol errors: GOAWAY and close.
-A stream past the concurrent-stream limit is refused (REFUSED_STREAM), a header list over the
-limit answered 431 and CONNECT 405, each on its stream alone.
+of ``Budget`` (rapid reset CVE-2023-44487, SETTINGS/PING/PRIORITY/empty DATA floods), and
+the connection's bounds (header list size past HEADER_LIST_SLACK times the limit, an unfinished
+header block past the limit or 64 CONTINUATION frames: CVE-2024-27316). Protocol errors:
+GOAWAY and close. A stream past the concurrent-stream limit is refused (REFUSED_STREAM), a
+header list over the limit answered 431 and CONNECT 405, each on its stream alone.
 """
 
 from __future__ import annotations
@@ -27,14 +27,14 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any, Protocol
 
-import jh2.events as ev
-from jh2.config import H2Configuration
-from jh2.connection import H2Connection
-from jh2.errors import ErrorCodes
-from jh2.exceptions import H2Error, ProtocolError
-from jh2.hyperframe.frame import Frame, GoAwayFrame, HeadersFrame
-from jh2.settings import SettingCodes, Settings
-
+from tollway.http2 import events as ev
+from tollway.http2.connection import Connection, ProtocolError
+from tollway.http2.frames import (
+    INITIAL_WINDOW_SIZE,
+    MAX_CONCURRENT_STREAMS,
+    MAX_HEADER_LIST_SIZE,
+    ErrorCode,
+)
 from tollway.httprules.status import error_page
 from tollway.proxy.h1_names import method_of
 from tollway.proxy.h2_fields import (
@@ -44,7 +44,7 @@ from tollway.proxy.h2_fields import (
     response_fields,
     split_lines,
 )
-from tollway.proxy.h2_guard import Budget, header_block_size
+from tollway.proxy.h2_guard import Budget
 from tollway.proxy.h2_stream import BODY_BUDGET, H2Stream
 
 if TYPE_CHECKING:
@@ -72,69 +72,9 @@ MAX_STREAMS = 128  # SETTINGS_MAX_CONCURRENT_STREAMS (nginx's http2_max_concurre
 # A header list up to this many times the limit is decoded and answered 431 on its stream; a
 # larger one ends the connection (ENHANCE_YOUR_CALM): an HPACK bomb is not inflated further.
 HEADER_LIST_SLACK = 4
-SWEEP_AT = 16  # h2's table of streams is swept of closed ones at this size (_ServerState)
 STREAM_WINDOW = 65535  # initial stream window: bytes a client may send before we take them
 # Connection window: every stream may fill its own window without blocking the others.
 CONN_WINDOW = MAX_STREAMS * STREAM_WINDOW
-
-_CONFIG = H2Configuration(
-    client_side=False,
-    header_encoding=None,
-    # h2_fields.request_of checks the request's fields (RFC 9113 8.2-8.3) in one pass; h2's
-    # checks cost a tenth of a request (profiled). Our response fields are lowercase and free
-    # of connection-specific ones (h2_fields): checking them would be work for nothing too.
-    validate_inbound_headers=False,
-    normalize_inbound_headers=False,
-    validate_outbound_headers=False,
-    normalize_outbound_headers=False,
-    split_outbound_cookies=False,
-)
-
-
-class StreamRefused(ev.Event):
-    """A stream opened past SETTINGS_MAX_CONCURRENT_STREAMS, refused (``_ServerState``)."""
-
-    def __init__(self, stream_id: int) -> None:
-        self.stream_id = stream_id
-
-
-class _ServerState(H2Connection):
-    """h2's state machine, except for a stream opened past SETTINGS_MAX_CONCURRENT_STREAMS: h2
-    ends the connection (TooManyStreamsError), where RFC 9113 5.1.2 allows a stream error and
-    REFUSED_STREAM tells the client it may retry it (8.7), as nginx does. Its header block is
-    still decoded (the HPACK table is the connection's, RFC 7541 2.3.2), then the stream is
-    reset and only ``StreamRefused`` reported."""
-
-    _over_limit = False
-
-    @property
-    def open_inbound_streams(self) -> int:
-        """For h2's limit check only: an upper bound (the streams h2 holds, open or closed and
-        not yet swept) while they are fewer than SWEEP_AT and the limit, else the exact count.
-        h2 counts by scanning all its streams for every new one (1.5 µs with 10); the scan,
-        which also sweeps the closed ones out, now runs once per SWEEP_AT new streams when few
-        are open."""
-        if self._over_limit:
-            return 0
-        n = len(self.streams)
-        if n < SWEEP_AT and n < self.local_settings.max_concurrent_streams:
-            return n  # (under the limit: the check passes, as with the exact count)
-        return super().open_inbound_streams
-
-    def _receive_headers_frame(self, frame: HeadersFrame) -> tuple[list[Frame], list[ev.Event]]:
-        sid = frame.stream_id
-        if sid in self.streams or (
-            self.open_inbound_streams < self.local_settings.max_concurrent_streams
-        ):
-            return super()._receive_headers_frame(frame)
-        self._over_limit = True
-        try:
-            frames, events = super()._receive_headers_frame(frame)
-        finally:
-            self._over_limit = False
-        self.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
-        kept = [e for e in events if getattr(e, "stream_id", None) != sid]
-        return frames, [*kept, StreamRefused(sid)]
 
 
 class H2Protocol(asyncio.Protocol):
@@ -161,19 +101,19 @@ class H2Protocol(asyncio.Protocol):
         self.held = 0  # request body bytes the exchanges hold (h2_stream.BODY_BUDGET)
         self.starved = False  # some stream's window waits for that budget
         self._dirty = False
-        conn: H2Connection = _ServerState(_CONFIG)
-        self.conn = conn
-        # Set before the preface: h2 sends these in its first SETTINGS and enforces them at once
-        # (Settings.update would only queue them until the client's ACK).
-        conn.local_settings = Settings(
-            client=False,
-            initial_values={
-                SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
-                SettingCodes.MAX_HEADER_LIST_SIZE: state.max_header_size,
-                SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+        # Our SETTINGS, enforced at once (a client may only send less before its ACK)
+        conn = self.conn = Connection(
+            False,
+            {
+                MAX_CONCURRENT_STREAMS: MAX_STREAMS,
+                MAX_HEADER_LIST_SIZE: state.max_header_size,
+                INITIAL_WINDOW_SIZE: STREAM_WINDOW,
             },
         )
         conn.decoder.max_header_list_size = HEADER_LIST_SLACK * state.max_header_size
+        # CVE-2024-27316: a header block that never ends (CONTINUATION after CONTINUATION) is
+        # not buffered past the header limit (ENHANCE_YOUR_CALM)
+        conn.max_header_block = state.max_header_size
         conn.initiate_connection()
         conn.increment_flow_control_window(CONN_WINDOW - 65535)
         self.max_header_size = state.max_header_size
@@ -193,22 +133,18 @@ class H2Protocol(asyncio.Protocol):
                     handler(self, event)
                 if self.closing:
                     return
-            if header_block_size(self.conn) > self.max_header_size:
-                # CVE-2024-27316: a header block that never ends (CONTINUATION after
-                # CONTINUATION) is not buffered past the header limit.
-                self.fail(ErrorCodes.ENHANCE_YOUR_CALM)
-                return
         except ProtocolError as e:
-            # h2 queued GOAWAY with the error's code (PROTOCOL_ERROR, FRAME_SIZE_ERROR,
-            # ENHANCE_YOUR_CALM for an oversized header list...): send it and close.
+            # A connection error: its GOAWAY is queued (PROTOCOL_ERROR, FRAME_SIZE_ERROR,
+            # COMPRESSION_ERROR, ENHANCE_YOUR_CALM for an oversized header list...): send it
+            # and close.
             log.debug("h2 protocol error from %s: %s", self.remote_addr, e)
             self._abandon()
             return
         except Exception:
-            # A bug of ours or an h2 state we did not expect: this connection ends, the worker
+            # A bug of ours or a state we did not expect: this connection ends, the worker
             # and its other connections go on.
             log.debug("h2 connection from %s failed", self.remote_addr, exc_info=True)
-            self.fail(ErrorCodes.INTERNAL_ERROR)
+            self.fail(ErrorCode.INTERNAL_ERROR)
             return
         self.flush()
 
@@ -237,25 +173,22 @@ class H2Protocol(asyncio.Protocol):
     # -- frames out ---------------------------------------------------------------------
 
     def flush(self) -> None:
-        """Send what h2 has queued."""
+        """Send what the connection has queued."""
         self._dirty = False
         data = self.conn.data_to_send()
         if data and not self.transport.is_closing():
             self.transport.write(data)
 
     def flush_soon(self) -> None:
-        """Send what h2 has queued once this loop iteration is over: the frames of several
-        streams leave in one write."""
+        """Send what the connection has queued once this loop iteration is over: the frames
+        of several streams leave in one write."""
         if not self._dirty:
             self._dirty = True
             self.state.loop.call_soon(self.flush)
 
-    def fail(self, code: ErrorCodes) -> None:
+    def fail(self, code: ErrorCode) -> None:
         """A connection error (RFC 9113 5.4.1): GOAWAY with ``code``, then close."""
-        try:
-            self.conn.close_connection(code, last_stream_id=self.last_stream)
-        except H2Error:
-            pass
+        self.conn.close_connection(code, last_stream_id=self.last_stream)
         self._abandon()
 
     def _abandon(self) -> None:
@@ -268,27 +201,27 @@ class H2Protocol(asyncio.Protocol):
         sid = event.stream_id
         if self.goaway_at or self.state.shutting_down:
             # After GOAWAY (graceful stop, reload): refused, safe for the client to retry.
-            self.conn.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
+            self.conn.reset_stream(sid, ErrorCode.REFUSED_STREAM)
             return
         self.last_stream = max(self.last_stream, sid)
         try:
             req = request_of(event.headers, self.max_header_size)
         except MalformedRequest as e:
             log.debug("h2 stream %d malformed: %s", sid, e)
-            self.conn.reset_stream(sid, ErrorCodes.PROTOCOL_ERROR)
+            self.conn.reset_stream(sid, ErrorCode.PROTOCOL_ERROR)
             return
         except Refused as e:
             log.debug("h2 stream %d refused (%d): %s", sid, e.status, e)
-            self._answer(sid, e.status, event.stream_ended is not None)
+            self._answer(sid, e.status, event.ended)
             return
         method = method_of(req.method)
         stream = H2Stream(self, sid)
         self.streams[sid] = stream
         self.active = stream
         self.deadline = 0.0
-        if req.expect_continue and not event.stream_ended:
+        if req.expect_continue and not event.ended:
             self.conn.send_headers(sid, [(b":status", b"100")])
-        stream.start(method, req, event.stream_ended is not None)
+        stream.start(method, req, event.ended)
 
     def _answer(self, sid: int, status: int, ended: bool) -> None:
         """The gateway's page with ``status`` on stream ``sid``, as on HTTP/1.1 (the page goes
@@ -304,12 +237,12 @@ class H2Protocol(asyncio.Protocol):
         if fits:
             conn.send_data(sid, page, end_stream=True)
         if not ended:  # RFC 9113 8.1: answered before the body; the client may stop sending it
-            conn.reset_stream(sid, ErrorCodes.NO_ERROR)
+            conn.reset_stream(sid, ErrorCode.NO_ERROR)
 
-    def _on_refused(self, event: StreamRefused) -> None:
+    def _on_refused(self, event: ev.StreamRefused) -> None:
         # A refused stream cost a header block's decoding: counted as a reset (rapid reset).
         if not self.budget.spend_reset(self.state.loop.time()):
-            self.fail(ErrorCodes.ENHANCE_YOUR_CALM)
+            self.fail(ErrorCode.ENHANCE_YOUR_CALM)
 
     def _on_data(self, event: ev.DataReceived) -> None:
         sid = event.stream_id
@@ -317,10 +250,10 @@ class H2Protocol(asyncio.Protocol):
         size = event.flow_controlled_length
         if (
             not event.data
-            and not event.stream_ended
+            and not event.ended
             and not self.budget.spend_empty(self.state.loop.time())
         ):
-            self.fail(ErrorCodes.ENHANCE_YOUR_CALM)
+            self.fail(ErrorCode.ENHANCE_YOUR_CALM)
             return
         if stream is None:
             # A stream already answered or reset: its bytes still count against the
@@ -344,7 +277,7 @@ class H2Protocol(asyncio.Protocol):
         # CVE-2023-44487: every reset a client sends is counted, answered or not.
         if event.remote_reset and not self.budget.spend_reset(self.state.loop.time()):
             log.debug("h2 rapid reset from %s", self.remote_addr)
-            self.fail(ErrorCodes.ENHANCE_YOUR_CALM)
+            self.fail(ErrorCode.ENHANCE_YOUR_CALM)
 
     def _on_window(self, event: ev.WindowUpdated) -> None:
         if event.stream_id:
@@ -357,18 +290,18 @@ class H2Protocol(asyncio.Protocol):
 
     def _on_settings(self, event: ev.RemoteSettingsChanged) -> None:
         if not self.budget.spend_control(self.state.loop.time()):
-            self.fail(ErrorCodes.ENHANCE_YOUR_CALM)
+            self.fail(ErrorCode.ENHANCE_YOUR_CALM)
             return
-        if SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
+        if INITIAL_WINDOW_SIZE in event.changed:
             for stream in list(self.streams.values()):
                 stream.push()
 
     def _on_control(self, event: Any) -> None:
-        """PING (h2 answers it), PRIORITY, an unknown frame: cheap for the client, a write
+        """PING (answered already), PRIORITY, an unknown frame: cheap for the client, a write
         for us; past the budget the connection is closed."""
         if not self.budget.spend_control(self.state.loop.time()):
             log.debug("h2 control frame flood from %s", self.remote_addr)
-            self.fail(ErrorCodes.ENHANCE_YOUR_CALM)
+            self.fail(ErrorCode.ENHANCE_YOUR_CALM)
 
     def _on_terminated(self, event: ev.ConnectionTerminated) -> None:
         self._abandon()
@@ -401,13 +334,12 @@ class H2Protocol(asyncio.Protocol):
 
     def goaway(self) -> None:
         """Graceful GOAWAY (RFC 9113 6.8): streams up to ``last_stream`` finish, later ones are
-        refused. Written by hand: h2 stops the whole connection once it sends a GOAWAY."""
+        refused."""
         if self.goaway_at or self.closing:
             return
         self.goaway_at = self.state.loop.time()
+        self.conn.goaway(ErrorCode.NO_ERROR, self.last_stream)
         self.flush()
-        frame = GoAwayFrame(stream_id=0, last_stream_id=self.last_stream, error_code=0)
-        self.transport.write(frame.serialize())
 
     def reading_head(self) -> bool:
         return False
@@ -466,9 +398,7 @@ _HANDLERS: dict[type, Any] = {
     ev.StreamReset: H2Protocol._on_reset,
     ev.WindowUpdated: H2Protocol._on_window,
     ev.RemoteSettingsChanged: H2Protocol._on_settings,
-    ev.PingReceived: H2Protocol._on_control,
-    ev.PriorityUpdated: H2Protocol._on_control,
-    ev.UnknownFrameReceived: H2Protocol._on_control,
+    ev.ControlReceived: H2Protocol._on_control,
     ev.ConnectionTerminated: H2Protocol._on_terminated,
-    StreamRefused: H2Protocol._on_refused,
+    ev.StreamRefused: H2Protocol._on_refused,
 }

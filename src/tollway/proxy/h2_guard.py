@@ -8,13 +8,11 @@ GOAWAY ENHANCE_YOUR_CALM and is closed, as nginx and the h2o/Go fixes do:
 * SETTINGS / PING / PRIORITY / unknown frames (each SETTINGS and PING makes us write an ACK);
 * empty DATA frames without END_STREAM (zero-length frames, CVE-2019-9518).
 
-The unfinished header block is bounded separately (CVE-2024-27316, ``header_block_size``): h2
-joins at most 64 CONTINUATION frames, up to 1 MB with 16 KB frames; we stop at the header limit.
+The unfinished header block is bounded by the connection (CVE-2024-27316, ``tollway.http2``:
+``max_header_block`` bytes, at most 64 CONTINUATION frames).
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 WINDOW = 10.0  # seconds
 MAX_RESETS = 200  # client resets per window (a browser cancelling navigations stays far below)
@@ -50,11 +48,3 @@ class Budget:
         self._roll(now)
         self.empty += 1
         return self.empty <= MAX_EMPTY
-
-
-def header_block_size(conn: Any) -> int:
-    """Bytes of a header block h2 holds while waiting for its END_HEADERS (0 when none)."""
-    pending = getattr(conn.incoming_buffer, "_headers_buffer", None)
-    if not pending:
-        return 0
-    return sum(len(f.data) for f in pending)

@@ -14,16 +14,14 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING, Any, Protocol
 
-from jh2.errors import ErrorCodes
-from jh2.exceptions import H2Error
-
+from tollway.http2.connection import H2Error
+from tollway.http2.frames import ErrorCode
 from tollway.proxy.flow import BODY_HIGH_WATER
 from tollway.proxy.h2_fields import H2Request
 from tollway.proxy.pipeline import Exchange
 
 if TYPE_CHECKING:
-    from jh2.connection import H2Connection
-
+    from tollway.http2.connection import Connection
     from tollway.proxy.contracts import HeadCache
     from tollway.proxy.state import ServerState
     from tollway.runtime.certs import ClientCheck
@@ -32,7 +30,7 @@ if TYPE_CHECKING:
 class H2Protocol(Protocol):
     """What a stream uses of its connection (h2.H2Protocol)."""
 
-    conn: H2Connection
+    conn: Connection
     state: ServerState
     scheme: str
     remote_addr: str
@@ -226,7 +224,7 @@ class H2Stream:
             # RFC 9113 8.1: the answer is complete before the request's body; the client may
             # stop sending it (unless its end crossed our answer: the stream is closed then).
             try:
-                self.conn.reset_stream(self.sid, ErrorCodes.NO_ERROR)
+                self.conn.reset_stream(self.sid, ErrorCode.NO_ERROR)
             except H2Error:
                 pass
         ex = self.ex
@@ -255,12 +253,12 @@ class H2Stream:
         # (No ServerState.flush_writes here: an exchange on a stream never defers a write to it;
         # what is deferred are upstream requests, which keep their batching.)
         if not self.ended and (not self.pending or self.pending[-1] is not _END):
-            self._reset(ErrorCodes.INTERNAL_ERROR)
+            self._reset(ErrorCode.INTERNAL_ERROR)
         if self.ended:
             self.h2p.stream_done(self)
         self.h2p.flush_soon()
 
-    def _reset(self, code: ErrorCodes) -> None:
+    def _reset(self, code: ErrorCode) -> None:
         self.ended = True
         self.pending.clear()
         try:
@@ -269,7 +267,7 @@ class H2Stream:
             pass
 
     def _lost(self) -> None:
-        """h2 says the stream is closed (the client reset it meanwhile)."""
+        """The stream is closed at the protocol level (the client reset it meanwhile)."""
         self.ended = True
         self.pending.clear()
         self.h2p.stream_done(self)
@@ -287,5 +285,5 @@ class H2Stream:
 
     def close(self) -> None:
         if not self.ended:
-            self._reset(ErrorCodes.CANCEL)
+            self._reset(ErrorCode.CANCEL)
             self.h2p.flush_soon()

@@ -6,11 +6,12 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-import jh2.events as ev
-from jh2.config import H2Configuration
-from jh2.connection import H2Connection
-from jh2.settings import SettingCodes
+import h2.events as ev
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.settings import SettingCodes
 
+from tollway.http2.connection import Connection
 from tollway.proxy.h2_stream import BODY_BUDGET, H2Stream
 from tollway.proxy.pipeline import Exchange
 
@@ -19,7 +20,7 @@ class Carrier:
     """The connection side a stream uses (h2.H2Protocol), without sockets."""
 
     def __init__(self) -> None:
-        self.conn = H2Connection(H2Configuration(client_side=False, header_encoding=None))
+        self.conn = Connection(False, {})
         self.conn.initiate_connection()
         self.state: Any = SimpleNamespace(flush_writes=lambda: None, max_body_size=0)
         self.scheme = "http"

@@ -1,0 +1,598 @@
+"""An HTTP/2 connection's state (RFC 9113), either side: frames in -> events, calls -> frames out.
+
+Written for Tollway's two uses (clients towards the gateway, the gateway towards gRPC
+upstreams) instead of the ``h2`` state machine: h2's per-frame objects, event objects, state
+tables and header validation were over half of the worker's CPU on the HTTP/2 and gRPC paths
+(bench/RESULTS.md). HPACK is jh2's compiled codec. What it keeps of the protocol: the preface
+and the first SETTINGS (3.4), frame sizes (4.2), padding (6.1), CONTINUATION sequencing (6.10),
+stream ids and states (5.1: idle, open, half-closed, closed), SETTINGS and their ACK (6.5),
+PING (6.7), GOAWAY (6.8), both flow-control windows each way (5.2, 6.9), content-length
+against the DATA received (8.1.1), and the split between stream errors (RST_STREAM, the
+connection goes on) and connection errors (GOAWAY, ``ProtocolError`` raised: the owner closes).
+Frames on a stream closed here (answered, reset) are dropped, their DATA given back to the
+connection window (5.1 lets an endpoint ignore what was in flight). Server push is neither
+sent nor accepted (ENABLE_PUSH 0; PUSH_PROMISE is a PROTOCOL_ERROR).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NoReturn
+
+from jh2._hazmat import Decoder, Encoder, HPACKError, OversizedHeaderListError
+
+from tollway.http2 import events as ev
+from tollway.http2.frames import (
+    ACK,
+    CONTINUATION,
+    DATA,
+    ENABLE_PUSH,
+    END_HEADERS,
+    END_STREAM,
+    GOAWAY,
+    HEAD,
+    HEADER_TABLE_SIZE,
+    HEADERS,
+    INITIAL_WINDOW_SIZE,
+    MAX_CONCURRENT_STREAMS,
+    MAX_FRAME_SIZE,
+    MAX_FRAME_SIZE_LIMIT,
+    MAX_WINDOW,
+    MIN_FRAME_SIZE,
+    PING,
+    PREFACE,
+    PRIORITY,
+    PRIORITY_FLAG,
+    PUSH_PROMISE,
+    RST_STREAM,
+    SETTINGS,
+    WINDOW_UPDATE,
+    ErrorCode,
+    code_of,
+    frame,
+    header_frames,
+    parse_goaway,
+    parse_settings,
+    parse_u32,
+    rst_stream,
+    unpad,
+    window_update,
+)
+from tollway.http2.inbound import check_response
+
+MAX_CONTINUATIONS = 64  # CONTINUATION frames in one header block (empty ones cost nothing else)
+_SENSITIVE = frozenset({b"authorization", b"proxy-authorization"})
+
+
+class H2Error(Exception):
+    pass
+
+
+class ProtocolError(H2Error):
+    """A connection error (RFC 9113 5.4.1): GOAWAY with ``error_code`` is queued; close."""
+
+    def __init__(self, code: ErrorCode, reason: str) -> None:
+        super().__init__(f"{code.name}: {reason}")
+        self.error_code = code
+
+
+class StreamClosedError(ProtocolError):
+    """A call on a stream that is closed (or was never opened) here: nothing was queued."""
+
+    def __init__(self, sid: int) -> None:
+        super().__init__(ErrorCode.STREAM_CLOSED, f"stream {sid} is closed")
+
+
+class Stream:
+    __slots__ = ("length", "local_closed", "received", "recv_window", "remote_closed",
+                 "response", "send_window", "unacked")  # fmt: skip
+
+    def __init__(self, send_window: int, recv_window: int) -> None:
+        self.send_window = send_window  # what we may send (the peer's window)
+        self.recv_window = recv_window  # what the peer may send
+        self.unacked = 0  # bytes taken by the owner, not yet given back by WINDOW_UPDATE
+        self.local_closed = False  # END_STREAM sent
+        self.remote_closed = False  # END_STREAM received
+        self.response = False  # (client side) the final response head arrived
+        self.length = -1  # content-length of what the peer sends (-1: none)
+        self.received = 0  # DATA bytes received
+
+
+class Connection:
+    """One side of one connection. ``local``: the SETTINGS we send, enforced at once (the peer
+    may only send less than they allow before it acknowledges them)."""
+
+    def __init__(self, client_side: bool, local: dict[int, int]) -> None:
+        self.client_side = client_side
+        self.local = local
+        self.out: list[bytes] = []
+        self.buf = bytearray()
+        self.preface = not client_side  # (server) the client's preface is still to come
+        self.settings_seen = False  # the peer's first frame must be SETTINGS (3.4)
+        self.closed = False  # a GOAWAY of ours queued: nothing more is accepted
+        self.goaway_received = False
+        self.streams: dict[int, Stream] = {}
+        self.highest_inbound = 0  # (server) the highest stream id the client opened
+        self.next_sid = 1  # (client) the id of the next stream we open
+        self.max_concurrent = local.get(MAX_CONCURRENT_STREAMS, 1 << 31)
+        self.local_initial = local.get(INITIAL_WINDOW_SIZE, 65535)
+        self.max_inbound_frame_size = MIN_FRAME_SIZE
+        self.remote_max_concurrent = 1 << 31
+        self.remote_initial = 65535
+        self.max_outbound_frame_size = MIN_FRAME_SIZE
+        self.send_window = 65535  # the connection windows, each way (6.9.2)
+        self.recv_window = 65535
+        self.recv_max = 65535  # the connection window we keep open
+        self.unacked = 0
+        self.max_header_block = 1 << 20  # bytes of one header block, compressed (CVE-2024-27316)
+        self.encoder = Encoder()
+        self.decoder = Decoder()
+        self._block: list[bytes] | None = None  # a header block waiting for CONTINUATION
+        self._block_sid = 0
+        self._block_flags = 0
+        self._block_size = 0
+        self._block_frames = 0
+        self._handlers: dict[int, Any] = {
+            DATA: self._on_data, HEADERS: self._on_headers, PRIORITY: self._on_priority,
+            RST_STREAM: self._on_rst, SETTINGS: self._on_settings, PUSH_PROMISE: self._on_push,
+            PING: self._on_ping, GOAWAY: self._on_goaway, WINDOW_UPDATE: self._on_window,
+            CONTINUATION: self._on_continuation,
+        }  # fmt: skip
+
+    # -- set-up and what leaves ---------------------------------------------------------
+
+    def initiate_connection(self) -> None:
+        start = PREFACE if self.client_side else b""
+        payload = b"".join(
+            k.to_bytes(2, "big") + v.to_bytes(4, "big") for k, v in self.local.items()
+        )
+        self.out.append(start + frame(SETTINGS, 0, 0, payload))
+
+    def increment_flow_control_window(self, n: int) -> None:
+        """Open the connection's receive window by ``n`` (kept open from then on)."""
+        self.recv_window += n
+        self.recv_max += n
+        self.out.append(window_update(0, n))
+
+    def data_to_send(self) -> bytes:
+        out = self.out
+        if not out:
+            return b""
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        return data
+
+    def close_connection(self, code: int = 0, last_stream_id: int | None = None) -> None:
+        """GOAWAY (RFC 9113 6.8); nothing more is received or sent after it."""
+        if not self.closed:
+            self.goaway(code, last_stream_id)
+            self.closed = True
+
+    def goaway(self, code: int = 0, last_stream_id: int | None = None) -> None:
+        """GOAWAY without closing: streams up to ``last_stream_id`` go on (a graceful stop)."""
+        last = self.highest_inbound if last_stream_id is None else last_stream_id
+        self.out.append(frame(GOAWAY, 0, 0, last.to_bytes(4, "big") + code.to_bytes(4, "big")))
+
+    # -- streams: what we send ----------------------------------------------------------
+
+    def get_next_available_stream_id(self) -> int:
+        return self.next_sid
+
+    def send_headers(
+        self, sid: int, headers: list[tuple[bytes, bytes]], end_stream: bool = False
+    ) -> None:
+        stream = self.streams.get(sid)
+        if stream is None:
+            stream = self._open_outbound(sid)
+        elif stream.local_closed:
+            raise StreamClosedError(sid)
+        if self.client_side:
+            # RFC 7541 7.1.3: credentials never enter the (shared) dynamic table
+            triples = [
+                (k, v, k in _SENSITIVE or (k == b"cookie" and len(v) < 20)) for k, v in headers
+            ]
+        else:
+            triples = [(k, v, False) for k, v in headers]
+        block = self.encoder.encode(triples)
+        self.out.append(header_frames(sid, block, end_stream, self.max_outbound_frame_size))
+        if end_stream:
+            self._local_end(sid, stream)
+
+    def _open_outbound(self, sid: int) -> Stream:
+        if not self.client_side or sid != self.next_sid:
+            raise StreamClosedError(sid)
+        if self.closed or self.goaway_received:
+            raise ProtocolError(ErrorCode.PROTOCOL_ERROR, "the connection is going away")
+        self.next_sid += 2
+        stream = self.streams[sid] = Stream(self.remote_initial, self.local_initial)
+        return stream
+
+    def local_flow_control_window(self, sid: int) -> int:
+        """Bytes we may send on ``sid`` now (its window and the connection's)."""
+        stream = self.streams.get(sid)
+        if stream is None or stream.local_closed:
+            raise StreamClosedError(sid)
+        return min(self.send_window, stream.send_window)
+
+    def send_data(self, sid: int, data: bytes, end_stream: bool = False) -> None:
+        stream = self.streams.get(sid)
+        if stream is None or stream.local_closed:
+            raise StreamClosedError(sid)
+        n = len(data)
+        if n > self.send_window or n > stream.send_window or n > self.max_outbound_frame_size:
+            raise ProtocolError(ErrorCode.FLOW_CONTROL_ERROR, "DATA beyond the window")
+        self.send_window -= n
+        stream.send_window -= n
+        self.out.append(HEAD.pack(n << 8 | DATA, END_STREAM if end_stream else 0, sid))
+        self.out.append(data)
+        if end_stream:
+            self._local_end(sid, stream)
+
+    def end_stream(self, sid: int) -> None:
+        self.send_data(sid, b"", end_stream=True)
+
+    def reset_stream(self, sid: int, code: int = ErrorCode.CANCEL) -> None:
+        """RST_STREAM (a stream closed here already: nothing to send)."""
+        if self.streams.pop(sid, None) is not None:
+            self.out.append(rst_stream(sid, code))
+
+    def _local_end(self, sid: int, stream: Stream) -> None:
+        stream.local_closed = True
+        if stream.remote_closed:
+            del self.streams[sid]
+
+    def acknowledge_received_data(self, size: int, sid: int) -> None:
+        """The owner took ``size`` flow-controlled bytes of ``sid``: the windows open again,
+        by WINDOW_UPDATE once half a window was taken, or at once when the window is shut
+        (h2's rule: few frames, and a full window never waits)."""
+        self.unacked += size
+        n = self.unacked
+        if n >= self.recv_max // 2 or (self.recv_window <= 0 and n > 1024):
+            self.recv_window += n
+            self.unacked = 0
+            self.out.append(window_update(0, n))
+        stream = self.streams.get(sid)
+        if stream is None or stream.remote_closed:
+            return
+        stream.unacked += size
+        n = stream.unacked
+        if n >= self.local_initial // 2 or (stream.recv_window <= 0 and n > 1024):
+            stream.recv_window += n
+            stream.unacked = 0
+            self.out.append(window_update(sid, n))
+
+    # -- frames in ----------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> list[ev.Event]:
+        """The events of the frames complete in what arrived so far. A connection error raises
+        ``ProtocolError`` (its GOAWAY queued); a stream error only resets its stream."""
+        if self.closed:
+            return []
+        buf = self.buf
+        buf += data
+        if self.preface and not self._take_preface():
+            return []
+        events: list[ev.Event] = []
+        pos, size = 0, len(buf)
+        try:
+            while size - pos >= 9:
+                word, flags, sid = HEAD.unpack_from(buf, pos)
+                length = word >> 8
+                if length > self.max_inbound_frame_size:
+                    self._fail(ErrorCode.FRAME_SIZE_ERROR, f"frame of {length} bytes")
+                end = pos + 9 + length
+                if end > size:
+                    break
+                payload = bytes(buf[pos + 9 : end])
+                pos = end
+                self._frame(word & 0xFF, flags, sid & MAX_WINDOW, payload, events)
+        finally:
+            del buf[:pos]
+        return events
+
+    def _take_preface(self) -> bool:
+        buf = self.buf
+        if len(buf) < len(PREFACE):
+            if not PREFACE.startswith(buf):
+                self._fail(ErrorCode.PROTOCOL_ERROR, "no connection preface")
+            return False
+        if buf[: len(PREFACE)] != PREFACE:
+            self._fail(ErrorCode.PROTOCOL_ERROR, "no connection preface")
+        del buf[: len(PREFACE)]
+        self.preface = False
+        return True
+
+    def _fail(self, code: ErrorCode, reason: str) -> NoReturn:
+        """A connection error: GOAWAY queued, ``ProtocolError`` raised."""
+        if not self.closed:
+            self.close_connection(code)
+        raise ProtocolError(code, reason)
+
+    def _frame(self, ftype: int, flags: int, sid: int, payload: bytes, out: list[ev.Event]) -> None:
+        if self._block is not None and ftype != CONTINUATION:
+            self._fail(ErrorCode.PROTOCOL_ERROR, "a frame inside a header block")
+        if not self.settings_seen:
+            if ftype != SETTINGS or flags & ACK:
+                self._fail(ErrorCode.PROTOCOL_ERROR, "the first frame is not SETTINGS")
+            self.settings_seen = True
+        handler = self._handlers.get(ftype)
+        if handler is None:
+            out.append(ev.ControlReceived(ftype))  # unknown type: ignored (5.5)
+        else:
+            handler(flags, sid, payload, out)
+
+    def _idle(self, sid: int) -> bool:
+        """``sid`` names a stream the peer may not use yet (5.1: idle)."""
+        if self.client_side:
+            return sid % 2 == 0 or sid >= self.next_sid
+        return sid % 2 == 0 or sid > self.highest_inbound
+
+    def _stream_error(self, sid: int, code: ErrorCode, out: list[ev.Event]) -> None:
+        """RFC 9113 5.4.2: RST_STREAM, the stream is over, the connection goes on."""
+        self.streams.pop(sid, None)
+        self.out.append(rst_stream(sid, code))
+        out.append(ev.StreamReset(sid, code, False))
+
+    # -- DATA ---------------------------------------------------------------------------
+
+    def _on_data(self, flags: int, sid: int, payload: bytes, out: list[ev.Event]) -> None:
+        size = len(payload)
+        self.recv_window -= size
+        if self.recv_window < 0:
+            self._fail(ErrorCode.FLOW_CONTROL_ERROR, "DATA beyond the connection window")
+        data = unpad(flags, payload)
+        if data is None or not sid:
+            self._fail(ErrorCode.PROTOCOL_ERROR, "bad DATA frame")
+        stream = self.streams.get(sid)
+        if stream is None or stream.remote_closed or (self.client_side and not stream.response):
+            self._stray_data(sid, stream, size, out)
+            return
+        stream.recv_window -= size
+        if stream.recv_window < 0:
+            self._fail(ErrorCode.FLOW_CONTROL_ERROR, "DATA beyond the stream window")
+        stream.received += len(data)
+        if 0 <= stream.length < stream.received:
+            self.acknowledge_received_data(size, 0)
+            self._stream_error(sid, ErrorCode.PROTOCOL_ERROR, out)  # 8.1.1: malformed
+            return
+        ended = bool(flags & END_STREAM)
+        out.append(ev.DataReceived(sid, data, size, ended))
+        if ended:
+            self._remote_end(sid, stream, out)
+
+    def _stray_data(self, sid: int, stream: Stream | None, size: int, out: list[ev.Event]) -> None:
+        """DATA on a stream that cannot take it: idle (a connection error), closed here
+        (dropped), half-closed by the peer (STREAM_CLOSED), or before the response head
+        (PROTOCOL_ERROR). Its bytes go back to the connection window."""
+        if stream is None and self._idle(sid):
+            self._fail(ErrorCode.PROTOCOL_ERROR, f"DATA on idle stream {sid}")
+        if size:
+            self.acknowledge_received_data(size, 0)
+        if stream is not None:
+            code = ErrorCode.STREAM_CLOSED if stream.remote_closed else ErrorCode.PROTOCOL_ERROR
+            self._stream_error(sid, code, out)
+
+    def _remote_end(self, sid: int, stream: Stream, out: list[ev.Event]) -> None:
+        if 0 <= stream.length != stream.received:
+            self._stream_error(sid, ErrorCode.PROTOCOL_ERROR, out)  # 8.1.1: malformed
+            return
+        stream.remote_closed = True
+        if stream.local_closed:
+            del self.streams[sid]
+        out.append(ev.StreamEnded(sid))
+
+    # -- header blocks ------------------------------------------------------------------
+
+    def _on_headers(self, flags: int, sid: int, payload: bytes, out: list[ev.Event]) -> None:
+        block = unpad(flags, payload)
+        if block is None or not sid:
+            self._fail(ErrorCode.PROTOCOL_ERROR, "bad HEADERS frame")
+        if flags & PRIORITY_FLAG:
+            if len(block) < 5:
+                self._fail(ErrorCode.FRAME_SIZE_ERROR, "HEADERS too short for its priority")
+            if parse_u32(block[:4]) & MAX_WINDOW == sid:
+                flags |= 0x100  # depends on itself: a stream error once decoded (5.3.1)
+            block = block[5:]
+        if flags & END_HEADERS:
+            self._header_block(sid, flags, block, out)
+            return
+        self._block, self._block_sid, self._block_flags = [block], sid, flags
+        self._block_size, self._block_frames = len(block), 0
+        self._check_block()
+
+    def _on_continuation(self, flags: int, sid: int, payload: bytes, out: list[ev.Event]) -> None:
+        block = self._block
+        if block is None or sid != self._block_sid:
+            self._fail(ErrorCode.PROTOCOL_ERROR, "CONTINUATION without its HEADERS")
+        block.append(payload)
+        self._block_size += len(payload)
+        self._block_frames += 1
+        self._check_block()
+        if flags & END_HEADERS:
+            self._block = None
+            self._header_block(sid, self._block_flags, b"".join(block), out)
+
+    def _check_block(self) -> None:
+        # CVE-2024-27316: a header block that never ends is not buffered without bound
+        if self._block_size > self.max_header_block or self._block_frames > MAX_CONTINUATIONS:
+            self._fail(ErrorCode.ENHANCE_YOUR_CALM, "header block too large")
+
+    def _decode(self, block: bytes) -> list[tuple[bytes, bytes]]:
+        try:
+            return [(h[0], h[1]) for h in self.decoder.decode(block, raw=True)]
+        except OversizedHeaderListError:
+            self._fail(ErrorCode.ENHANCE_YOUR_CALM, "header list too large (HPACK bomb)")
+        except HPACKError:
+            self._fail(ErrorCode.COMPRESSION_ERROR, "undecodable header block")
+        except BaseException as e:
+            # The compiled decoder panics on some malformed blocks (pyo3's PanicException, a
+            # BaseException): a hostile peer ends its connection, not the worker.
+            if isinstance(e, Exception) or type(e).__name__ == "PanicException":
+                self._fail(ErrorCode.COMPRESSION_ERROR, "undecodable header block")
+            raise
+
+    def _header_block(self, sid: int, flags: int, block: bytes, out: list[ev.Event]) -> None:
+        headers = self._decode(block)  # always: the HPACK table is the connection's (4.3)
+        ended = bool(flags & END_STREAM)
+        stream = self.streams.get(sid)
+        if stream is None:
+            if self._idle(sid) and not self.client_side:
+                self._open_inbound(sid, headers, flags, out)
+            elif self._idle(sid):
+                self._fail(ErrorCode.PROTOCOL_ERROR, f"HEADERS on idle stream {sid}")
+            return  # a stream closed here: dropped
+        if flags & 0x100:
+            self._stream_error(sid, ErrorCode.PROTOCOL_ERROR, out)
+        elif stream.remote_closed:
+            self._stream_error(sid, ErrorCode.STREAM_CLOSED, out)
+        elif self.client_side and not stream.response:
+            self._response(sid, stream, headers, ended, out)
+        elif not ended or (self.client_side and check_response(headers, True)):
+            self._stream_error(sid, ErrorCode.PROTOCOL_ERROR, out)  # 8.1: trailers end it
+        else:
+            out.append(ev.TrailersReceived(sid, headers))
+            self._remote_end(sid, stream, out)
+
+    def _open_inbound(self, sid: int, headers: list[tuple[bytes, bytes]], flags: int,
+                      out: list[ev.Event]) -> None:  # fmt: skip
+        """(server) A request opens a stream: refused past our concurrency limit (5.1.2)."""
+        self.highest_inbound = sid
+        if flags & 0x100:
+            self.out.append(rst_stream(sid, ErrorCode.PROTOCOL_ERROR))
+            return
+        if len(self.streams) >= self.max_concurrent:
+            self.out.append(rst_stream(sid, ErrorCode.REFUSED_STREAM))
+            out.append(ev.StreamRefused(sid))
+            return
+        stream = self.streams[sid] = Stream(self.remote_initial, self.local_initial)
+        for name, value in headers:
+            if name == b"content-length" and value.isdigit():
+                stream.length = int(value)  # (h2_fields rejects a bad or second one)
+        ended = bool(flags & END_STREAM)
+        out.append(ev.RequestReceived(sid, headers, ended))
+        if ended:
+            self._remote_end(sid, stream, out)
+
+    def _response(self, sid: int, stream: Stream, headers: list[tuple[bytes, bytes]],
+                  ended: bool, out: list[ev.Event]) -> None:  # fmt: skip
+        """(client) A response head: 1xx ones are dropped (8.1), the final one reported."""
+        bad = check_response(headers, False)
+        if bad:
+            self._stream_error(sid, ErrorCode.PROTOCOL_ERROR, out)
+            return
+        if headers[0][1][:1] == b"1":
+            if ended:
+                self._stream_error(sid, ErrorCode.PROTOCOL_ERROR, out)
+            return
+        stream.response = True
+        for name, value in headers:
+            if name == b"content-length" and value.isdigit():
+                stream.length = int(value)
+        out.append(ev.ResponseReceived(sid, headers, ended))
+        if ended:
+            self._remote_end(sid, stream, out)
+
+    def _on_push(self, flags: int, sid: int, payload: bytes, out: list[ev.Event]) -> None:
+        self._fail(ErrorCode.PROTOCOL_ERROR, "PUSH_PROMISE (push is disabled)")
+
+    # -- the other frames ---------------------------------------------------------------
+
+    def _on_rst(self, flags: int, sid: int, payload: bytes, out: list[ev.Event]) -> None:
+        if len(payload) != 4:
+            self._fail(ErrorCode.FRAME_SIZE_ERROR, "RST_STREAM of a wrong size")
+        if not sid or self._idle(sid):
+            self._fail(ErrorCode.PROTOCOL_ERROR, f"RST_STREAM on idle stream {sid}")
+        self.streams.pop(sid, None)
+        # (reported for a stream closed here too: every reset counts for the rapid-reset budget)
+        out.append(ev.StreamReset(sid, code_of(parse_u32(payload)), True))
+
+    def _on_window(self, flags: int, sid: int, payload: bytes, out: list[ev.Event]) -> None:
+        if len(payload) != 4:
+            self._fail(ErrorCode.FRAME_SIZE_ERROR, "WINDOW_UPDATE of a wrong size")
+        inc = parse_u32(payload) & MAX_WINDOW
+        if not sid:
+            if not inc:
+                self._fail(ErrorCode.PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
+            self.send_window += inc
+            if self.send_window > MAX_WINDOW:
+                self._fail(ErrorCode.FLOW_CONTROL_ERROR, "connection window past 2^31-1")
+            out.append(ev.WindowUpdated(0, inc))
+            return
+        stream = self.streams.get(sid)
+        if stream is None:
+            if self._idle(sid):
+                self._fail(ErrorCode.PROTOCOL_ERROR, f"WINDOW_UPDATE on idle stream {sid}")
+            return
+        stream.send_window += inc
+        if not inc:
+            self._stream_error(sid, ErrorCode.PROTOCOL_ERROR, out)
+        elif stream.send_window > MAX_WINDOW:
+            self._stream_error(sid, ErrorCode.FLOW_CONTROL_ERROR, out)
+        else:
+            out.append(ev.WindowUpdated(sid, inc))
+
+    def _on_settings(self, flags: int, sid: int, payload: bytes, out: list[ev.Event]) -> None:
+        if sid:
+            self._fail(ErrorCode.PROTOCOL_ERROR, "SETTINGS on a stream")
+        if flags & ACK:
+            if payload:
+                self._fail(ErrorCode.FRAME_SIZE_ERROR, "SETTINGS ACK with a payload")
+            return
+        if len(payload) % 6:
+            self._fail(ErrorCode.FRAME_SIZE_ERROR, "SETTINGS of a wrong size")
+        changed: dict[int, int] = {}
+        for ident, value in parse_settings(payload):
+            self._setting(ident, value)
+            changed[ident] = value
+        self.out.append(frame(SETTINGS, ACK, 0))
+        out.append(ev.RemoteSettingsChanged(changed))
+
+    def _setting(self, ident: int, value: int) -> None:
+        if ident == INITIAL_WINDOW_SIZE:
+            if value > MAX_WINDOW:
+                self._fail(ErrorCode.FLOW_CONTROL_ERROR, "INITIAL_WINDOW_SIZE past 2^31-1")
+            delta, self.remote_initial = value - self.remote_initial, value
+            for stream in self.streams.values():  # 6.9.2: every stream's window moves
+                stream.send_window += delta
+                if stream.send_window > MAX_WINDOW:
+                    self._fail(ErrorCode.FLOW_CONTROL_ERROR, "a stream window past 2^31-1")
+        elif ident == MAX_FRAME_SIZE:
+            if not MIN_FRAME_SIZE <= value <= MAX_FRAME_SIZE_LIMIT:
+                self._fail(ErrorCode.PROTOCOL_ERROR, "MAX_FRAME_SIZE out of range")
+            self.max_outbound_frame_size = value
+        elif ident == ENABLE_PUSH:
+            if value > 1 or (value and self.client_side):
+                self._fail(ErrorCode.PROTOCOL_ERROR, "ENABLE_PUSH other than 0 or 1")
+        elif ident == HEADER_TABLE_SIZE:
+            self.encoder.header_table_size = value
+        elif ident == MAX_CONCURRENT_STREAMS:
+            self.remote_max_concurrent = value
+
+    def _on_ping(self, flags: int, sid: int, payload: bytes, out: list[ev.Event]) -> None:
+        if len(payload) != 8:
+            self._fail(ErrorCode.FRAME_SIZE_ERROR, "PING of a wrong size")
+        if sid:
+            self._fail(ErrorCode.PROTOCOL_ERROR, "PING on a stream")
+        if not flags & ACK:
+            self.out.append(frame(PING, ACK, 0, payload))
+            out.append(ev.ControlReceived(PING))
+
+    def _on_priority(self, flags: int, sid: int, payload: bytes, out: list[ev.Event]) -> None:
+        if not sid:
+            self._fail(ErrorCode.PROTOCOL_ERROR, "PRIORITY on stream 0")
+        # 6.3 and 5.3.1: a wrong size or a stream depending on itself are stream errors (on a
+        # stream open here; PRIORITY may name idle and closed streams, ignored then)
+        if sid in self.streams:
+            if len(payload) != 5:
+                self._stream_error(sid, ErrorCode.FRAME_SIZE_ERROR, out)
+            elif parse_u32(payload[:4]) & MAX_WINDOW == sid:
+                self._stream_error(sid, ErrorCode.PROTOCOL_ERROR, out)
+        out.append(ev.ControlReceived(PRIORITY))
+
+    def _on_goaway(self, flags: int, sid: int, payload: bytes, out: list[ev.Event]) -> None:
+        if sid:
+            self._fail(ErrorCode.PROTOCOL_ERROR, "GOAWAY on a stream")
+        if len(payload) < 8:
+            self._fail(ErrorCode.FRAME_SIZE_ERROR, "GOAWAY too short")
+        last, code = parse_goaway(payload)
+        self.goaway_received = True
+        out.append(ev.ConnectionTerminated(code_of(code), last))
