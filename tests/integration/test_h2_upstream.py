@@ -382,7 +382,7 @@ def test_the_peers_max_concurrent_streams_opens_another_connection() -> None:
         with GrpcServer("m", options=[("grpc.max_concurrent_streams", 2)]) as s:
             pool = H2Pool()
             conn = await connect(pool, s)
-            await until(lambda: conn.h2.remote_settings.max_concurrent_streams == 2)
+            await until(lambda: conn.h2.remote_max_concurrent == 2)
             calls = []
             for _ in range(2):
                 call = Call()

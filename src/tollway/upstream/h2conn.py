@@ -1,18 +1,18 @@
 """The upstream HTTP/2 client (gRPC upstreams: ``scheme: grpc`` over cleartext with prior
 knowledge, RFC 9113 3.3; ``grpcs`` over TLS with ALPN ``h2``, RFC 9113 3.2).
 
-The protocol state machine is the ``h2`` library's; this is the asyncio glue: one Protocol per
-connection carrying many streams, each stream handing its events to a ``StreamSink`` (one
-upstream attempt). Flow control both ways: the request body waits for window (``send_data``),
-and a stream whose reader is paused (a slow client) stops acknowledging what it received, so
-the upstream stops sending on that stream (RFC 9113 5.2). A connection error fails the streams
-on that connection only; GOAWAY (RFC 9113 6.8) stops new streams on the connection, lets the
-streams the peer accepted finish and fails the others as never processed (a retry may send
-them elsewhere). ``H2Pool`` keeps connections per key (scheme, host, port, TLS parameters),
-opens another one when every open one is at the peer's SETTINGS_MAX_CONCURRENT_STREAMS or at
-the pool's per-connection request limit, and closes a connection idle for ``idle_timeout``
-(sockets have SO_KEEPALIVE, as APISIX's ``grpc_socket_keepalive on``; no HTTP/2 PINGs are sent).
-What h2 queues is written once per event-loop turn, so a request's frames leave in one write.
+The protocol state is ``tollway.http2``'s (the layer both sides share); this is the asyncio
+glue: one Protocol per connection carrying many streams, each stream handing its events to a
+``StreamSink`` (one upstream attempt). Flow control both ways: the request body waits for window
+(``send_data``), and a stream whose reader is paused (a slow client) stops acknowledging what it
+received, so the upstream stops sending on that stream (RFC 9113 5.2). A connection error fails
+the streams on that connection only; GOAWAY (RFC 9113 6.8) stops new streams on the connection,
+lets the streams the peer accepted finish and fails the others as never processed (a retry may
+send them elsewhere). ``H2Pool`` keeps connections per key (scheme, host, port, TLS parameters),
+opens another one when every open one is at the peer's SETTINGS_MAX_CONCURRENT_STREAMS or at the
+pool's per-connection request limit, and closes a connection idle for ``idle_timeout`` (sockets
+have SO_KEEPALIVE, as APISIX's ``grpc_socket_keepalive on``; no HTTP/2 PINGs are sent). What the
+connection queues is written once per event-loop turn, so a request's frames leave in one write.
 """
 
 from __future__ import annotations
@@ -23,45 +23,15 @@ import ssl
 from collections.abc import Hashable
 from typing import Protocol
 
-import jh2.config
-import jh2.connection
-import jh2.errors
-import jh2.events
-import jh2.exceptions
-import jh2.hyperframe.frame
-import jh2.settings
-
+from tollway.http2 import events as ev
+from tollway.http2.connection import Connection, ProtocolError
+from tollway.http2.frames import ENABLE_PUSH, INITIAL_WINDOW_SIZE, ErrorCode
 from tollway.upstream.pool import PoolLimits, WritePaused, open_connection
 
 # Our receive windows: a stream may have this much unread before the upstream must wait; the
 # connection's is larger so that one paused stream does not stall the others.
 STREAM_WINDOW = 1 << 20
 CONNECTION_WINDOW = 16 << 20
-
-
-# The request's HEADERS are built by httprules.grpc.request_fields: pseudo-fields first and
-# complete, lowercase names, no connection-specific field, ``te: trailers`` only. h2's outbound
-# validation (a chain of generators) re-checks exactly that and cost about a third of sending a
-# request head (bench/grpc_proxy.py, RESULTS.md); normalisation stays on: it marks
-# authorization and short cookies never-indexed (RFC 7541 7.1.3) on a connection shared by
-# many clients. Inbound validation stays too: the upstream's fields go on to clients.
-_CONFIG = jh2.config.H2Configuration(
-    client_side=True, header_encoding=None, validate_outbound_headers=False
-)
-
-
-class _ClientState(jh2.connection.H2Connection):
-    """h2's state machine, except after a GOAWAY: h2 closes the whole connection when one
-    arrives (python-hyper/h2#1181), where RFC 9113 6.8 lets the streams up to the peer's last
-    stream id finish. The connection stays open for them; ``H2Connection.goaway`` keeps new
-    streams off it."""
-
-    def _receive_goaway_frame(
-        self, frame: jh2.hyperframe.frame.GoAwayFrame
-    ) -> tuple[list[jh2.hyperframe.frame.Frame], list[jh2.events.Event]]:
-        frames, events = super()._receive_goaway_frame(frame)
-        self.state_machine.state = jh2.connection.ConnectionState.CLIENT_OPEN
-        return frames, events
 
 
 class StreamFailed(ConnectionError):
@@ -111,7 +81,7 @@ class H2Stream:
                 if end:
                     try:
                         conn.h2.end_stream(self.id)
-                    except jh2.exceptions.ProtocolError as e:
+                    except ProtocolError as e:
                         raise self.failed or StreamFailed(f"stream closed: {e}") from None
                     conn.flush()
                 return
@@ -127,7 +97,7 @@ class H2Stream:
             last = size == len(view)
             try:
                 conn.h2.send_data(self.id, bytes(view[:size]), end_stream=end and last)
-            except jh2.exceptions.ProtocolError as e:  # the stream was reset meanwhile
+            except ProtocolError as e:  # the stream was reset meanwhile
                 raise self.failed or StreamFailed(f"stream closed: {e}") from None
             conn.flush()
             if conn.write_paused:
@@ -155,7 +125,7 @@ class H2Stream:
     def cancel(self) -> None:
         """Abandon the stream (RST_STREAM CANCEL): the client went away or the deadline passed."""
         self.sink = None
-        self.conn.reset_stream(self, jh2.errors.ErrorCodes.CANCEL)
+        self.conn.reset_stream(self, ErrorCode.CANCEL)
 
     def pause_reading(self) -> None:
         self.paused = True
@@ -199,7 +169,8 @@ class H2Connection(WritePaused):
         self.pool = pool
         self.key = key
         self.limits = limits
-        self.h2 = _ClientState(config=_CONFIG)
+        # Our SETTINGS: no push (RFC 9113 8.4), a larger stream window
+        self.h2 = Connection(True, {ENABLE_PUSH: 0, INITIAL_WINDOW_SIZE: STREAM_WINDOW})
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, H2Stream] = {}
         self.opened = 0  # streams opened on this connection (keepalive_pool.requests)
@@ -217,13 +188,6 @@ class H2Connection(WritePaused):
             # APISIX's grpc_socket_keepalive on: a long call's dead peer is noticed by the OS
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         h = self.h2
-        h.local_settings = jh2.settings.Settings(
-            client=True,
-            initial_values={
-                jh2.settings.SettingCodes.ENABLE_PUSH: 0,
-                jh2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
-            },
-        )
         h.initiate_connection()
         h.increment_flow_control_window(CONNECTION_WINDOW - 65535)
         self.flush()
@@ -231,8 +195,8 @@ class H2Connection(WritePaused):
     def data_received(self, data: bytes) -> None:
         try:
             events = self.h2.receive_data(data)
-        except jh2.exceptions.ProtocolError as e:
-            self.flush_now()  # h2 queued a GOAWAY
+        except ProtocolError as e:
+            self.flush_now()  # (its GOAWAY is queued)
             self._fail_all(StreamFailed(f"upstream HTTP/2 protocol error: {e}"))
             self.close()
             return
@@ -250,50 +214,51 @@ class H2Connection(WritePaused):
 
     # -- events -------------------------------------------------------------------------
 
-    def _dispatch(self, event: jh2.events.Event) -> None:
-        if isinstance(event, jh2.events.DataReceived):
-            stream = self.streams.get(event.stream_id)
-            if stream is None:
-                self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-                return
-            stream.received(event.flow_controlled_length)
-            if stream.sink is not None and event.data:
-                stream.sink.on_data(event.data)
-        elif isinstance(event, jh2.events.ResponseReceived):
+    def _dispatch(self, event: ev.Event) -> None:
+        if isinstance(event, ev.DataReceived):
+            self._data(event)
+        elif isinstance(event, ev.ResponseReceived):
             stream = self.streams.get(event.stream_id)
             if stream is not None and stream.sink is not None:
-                stream.sink.on_response(list(event.headers), event.stream_ended is not None)
-        elif isinstance(event, jh2.events.TrailersReceived):
+                stream.sink.on_response(event.headers, event.ended)
+        elif isinstance(event, ev.TrailersReceived):
             stream = self.streams.get(event.stream_id)
             if stream is not None and stream.sink is not None:
-                stream.sink.on_trailers(list(event.headers))
-        elif isinstance(event, jh2.events.StreamEnded):
+                stream.sink.on_trailers(event.headers)
+        elif isinstance(event, ev.StreamEnded):
             self._ended(event.stream_id)
-        elif isinstance(event, jh2.events.StreamReset):
-            refused = event.error_code == jh2.errors.ErrorCodes.REFUSED_STREAM
+        elif isinstance(event, ev.StreamReset):
+            refused = event.error_code == ErrorCode.REFUSED_STREAM
             code = getattr(event.error_code, "name", event.error_code)
             self._close_stream(
                 event.stream_id,
                 StreamFailed(f"upstream reset the stream: {code}", processed=not refused),
             )
-        elif isinstance(event, jh2.events.WindowUpdated | jh2.events.RemoteSettingsChanged):
-            self._windows_changed(getattr(event, "stream_id", 0))
-        elif isinstance(event, jh2.events.ConnectionTerminated):
-            self._on_goaway(event.last_stream_id or 0, event.error_code)
+        elif isinstance(event, ev.WindowUpdated):
+            self._windows_changed(event.stream_id)
+        elif isinstance(event, ev.RemoteSettingsChanged):
+            self._windows_changed(0)
+        elif isinstance(event, ev.ConnectionTerminated):
+            self._on_goaway(event.last_stream_id, event.error_code)
+
+    def _data(self, event: ev.DataReceived) -> None:
+        stream = self.streams.get(event.stream_id)
+        if stream is None:
+            self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            return
+        stream.received(event.flow_controlled_length)
+        if stream.sink is not None and event.data:
+            stream.sink.on_data(event.data)
 
     def _ended(self, stream_id: int) -> None:
         stream = self.streams.get(stream_id)
         if stream is None:
             return
         stream.remote_ended = True
-        s = self.h2.streams.get(stream_id)
-        if s is not None and not s.closed:
+        if stream_id in self.h2.streams:
             # The response is complete before the request body (a server answering early):
             # the rest of the request is not wanted (RFC 9113 8.1).
-            try:
-                self.h2.reset_stream(stream_id, jh2.errors.ErrorCodes.NO_ERROR)
-            except jh2.exceptions.StreamClosedError:
-                pass
+            self.h2.reset_stream(stream_id, ErrorCode.NO_ERROR)
         self._forget_stream(stream_id)
         stream.failed = StreamFailed("the response is complete", processed=True)
         stream.window_opened()
@@ -348,7 +313,7 @@ class H2Connection(WritePaused):
             not self.closed
             and not self.goaway
             and self.opened < self.limits.requests
-            and len(self.streams) < self.h2.remote_settings.max_concurrent_streams
+            and len(self.streams) < self.h2.remote_max_concurrent
         )
 
     def open_stream(
@@ -359,7 +324,7 @@ class H2Connection(WritePaused):
         try:
             stream_id = self.h2.get_next_available_stream_id()
             self.h2.send_headers(stream_id, headers, end_stream=end)
-        except jh2.exceptions.ProtocolError as e:
+        except ProtocolError as e:
             # (a field h2 refuses, or a connection that closed meanwhile): nothing was sent
             raise StreamFailed(f"cannot open a stream: {e}", processed=False) from None
         stream = H2Stream(self, stream_id, sink)
@@ -368,13 +333,10 @@ class H2Connection(WritePaused):
         self.flush()
         return stream
 
-    def reset_stream(self, stream: H2Stream, code: jh2.errors.ErrorCodes) -> None:
+    def reset_stream(self, stream: H2Stream, code: ErrorCode) -> None:
         if self.streams.get(stream.id) is not stream:
             return
-        try:
-            self.h2.reset_stream(stream.id, code)
-        except jh2.exceptions.StreamClosedError:
-            pass
+        self.h2.reset_stream(stream.id, code)
         self.flush()
         self._forget_stream(stream.id)
         stream.fail(StreamFailed("stream cancelled"))
@@ -382,15 +344,13 @@ class H2Connection(WritePaused):
     def acknowledge(self, stream_id: int, n: int) -> None:
         if self.closed:
             return
-        try:
-            self.h2.acknowledge_received_data(n, stream_id)
-        except jh2.exceptions.StreamClosedError:
-            return
+        self.h2.acknowledge_received_data(n, stream_id)
         self.flush()
 
     def flush(self) -> None:
-        """Write what h2 has queued, once this turn of the event loop is over: a request's
-        HEADERS and DATA frames (and the acknowledgements of one read) leave in one write."""
+        """Write what the connection has queued, once this turn of the event loop is over: a
+        request's HEADERS and DATA frames (and the acknowledgements of one read) leave in one
+        write."""
         if not self._flush_soon:
             self._flush_soon = True
             asyncio.get_running_loop().call_soon(self.flush_now)
@@ -411,7 +371,7 @@ class H2Connection(WritePaused):
         try:
             self.h2.close_connection()
             self.flush_now()
-        except jh2.exceptions.ProtocolError:
+        except ProtocolError:
             pass
         if self.transport is not None:
             self.transport.close()
