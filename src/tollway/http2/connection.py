@@ -10,7 +10,8 @@ PING (6.7), GOAWAY (6.8), both flow-control windows each way (5.2, 6.9), content
 against the DATA received (8.1.1), and the split between stream errors (RST_STREAM, the
 connection goes on) and connection errors (GOAWAY, ``ProtocolError`` raised: the owner closes).
 Frames on a stream closed here (answered, reset) are dropped, their DATA given back to the
-connection window (5.1 lets an endpoint ignore what was in flight). Server push is neither
+connection window (5.1 lets an endpoint ignore what was in flight); no record of closed ids is
+kept beyond the few ranges of ids a client jumped over (5.1.1). Server push is neither
 sent nor accepted (ENABLE_PUSH 0; PUSH_PROMISE is a PROTOCOL_ERROR).
 """
 
@@ -60,6 +61,9 @@ from tollway.http2.frames import (
 from tollway.http2.inbound import check_response
 
 MAX_CONTINUATIONS = 64  # CONTINUATION frames in one header block (empty ones cost nothing else)
+# Ranges of stream ids a client jumped over that are remembered (clients open ids in order: a
+# client jumping over more is told apart less strictly, its frames there dropped)
+MAX_SKIPPED = 16
 _SENSITIVE = frozenset({b"authorization", b"proxy-authorization"})
 
 
@@ -131,6 +135,7 @@ class Connection:
         self._block_flags = 0
         self._block_size = 0
         self._block_frames = 0
+        self._skipped: list[tuple[int, int]] = []  # (server) ids a client jumped over
         self._handlers: dict[int, Any] = {
             DATA: self._on_data, HEADERS: self._on_headers, PRIORITY: self._on_priority,
             RST_STREAM: self._on_rst, SETTINGS: self._on_settings, PUSH_PROMISE: self._on_push,
@@ -435,10 +440,12 @@ class Connection:
         ended = bool(flags & END_STREAM)
         stream = self.streams.get(sid)
         if stream is None:
-            if self._idle(sid) and not self.client_side:
+            if not self.client_side and sid % 2 and sid > self.highest_inbound:
                 self._open_inbound(sid, headers, flags, out)
-            elif self._idle(sid):
-                self._fail(ErrorCode.PROTOCOL_ERROR, f"HEADERS on idle stream {sid}")
+            elif self._idle(sid) or self._skipped_id(sid):
+                # an even id from a client, a stream a server may not open, or one the client
+                # skipped (5.1.1: closed implicitly, never opened: an unexpected id)
+                self._fail(ErrorCode.PROTOCOL_ERROR, f"HEADERS on unexpected stream {sid}")
             return  # a stream closed here: dropped
         if flags & 0x100:
             self._stream_error(sid, ErrorCode.PROTOCOL_ERROR, out)
@@ -455,6 +462,8 @@ class Connection:
     def _open_inbound(self, sid: int, headers: list[tuple[bytes, bytes]], flags: int,
                       out: list[ev.Event]) -> None:  # fmt: skip
         """(server) A request opens a stream: refused past our concurrency limit (5.1.2)."""
+        if sid > self.highest_inbound + 2 and len(self._skipped) < MAX_SKIPPED:
+            self._skipped.append((self.highest_inbound, sid))  # ids between: never opened
         self.highest_inbound = sid
         if flags & 0x100:
             self.out.append(rst_stream(sid, ErrorCode.PROTOCOL_ERROR))
@@ -471,6 +480,9 @@ class Connection:
         out.append(ev.RequestReceived(sid, headers, ended))
         if ended:
             self._remote_end(sid, stream, out)
+
+    def _skipped_id(self, sid: int) -> bool:
+        return any(low < sid < high for low, high in self._skipped)
 
     def _response(self, sid: int, stream: Stream, headers: list[tuple[bytes, bytes]],
                   ended: bool, out: list[ev.Event]) -> None:  # fmt: skip

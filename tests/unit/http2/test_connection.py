@@ -1,0 +1,435 @@
+"""tollway.http2: the frame codec and a connection's state, in memory, frame by frame (RFC 9113).
+
+Each test feeds raw frames (built with ``frames.frame``, header blocks encoded by an HPACK
+encoder of its own) and reads back the events and the frames the connection queued.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import h2.config
+import h2.connection
+import h2.events
+import pytest
+from jh2._hazmat import Encoder
+
+from tollway.http2 import events as ev
+from tollway.http2.connection import Connection, ProtocolError, StreamClosedError
+from tollway.http2.frames import (
+    ACK,
+    CONTINUATION,
+    DATA,
+    END_HEADERS,
+    END_STREAM,
+    GOAWAY,
+    HEADERS,
+    INITIAL_WINDOW_SIZE,
+    MAX_CONCURRENT_STREAMS,
+    PADDED,
+    PING,
+    PREFACE,
+    PUSH_PROMISE,
+    RST_STREAM,
+    SETTINGS,
+    WINDOW_UPDATE,
+    ErrorCode,
+    code_of,
+    frame,
+    header_frames,
+    unpad,
+)
+
+REQ = [(b":method", b"POST"), (b":path", b"/"), (b":scheme", b"http"), (b":authority", b"a")]
+RESP = [(b":status", b"200"), (b"content-type", b"text/plain")]
+
+
+def block(fields: list[tuple[bytes, bytes]], enc: Encoder | None = None) -> bytes:
+    return (enc or Encoder()).encode([(k, v, False) for k, v in fields])
+
+
+def read(data: bytes) -> list[tuple[int, int, int, bytes]]:
+    """The frames in ``data``: (type, flags, stream id, payload)."""
+    out = []
+    while data:
+        word, flags, sid = struct.unpack(">IBI", data[:9])
+        n = word >> 8
+        out.append((word & 0xFF, flags, sid, data[9 : 9 + n]))
+        data = data[9 + n :]
+    return out
+
+
+def server() -> Connection:
+    """A server (4 concurrent streams) that took the preface and the client's SETTINGS."""
+    c = Connection(False, {MAX_CONCURRENT_STREAMS: 4})
+    c.initiate_connection()
+    (settings,) = c.receive_data(PREFACE + frame(SETTINGS, 0, 0))
+    assert isinstance(settings, ev.RemoteSettingsChanged) and settings.changed == {}
+    c.data_to_send()
+    return c
+
+
+def open_request(c: Connection, sid: int = 1, end: bool = False) -> list[ev.Event]:
+    flags = END_HEADERS | (END_STREAM if end else 0)
+    return c.receive_data(frame(HEADERS, flags, sid, block(REQ)))
+
+
+def connection_error(c: Connection, data: bytes, code: ErrorCode) -> None:
+    with pytest.raises(ProtocolError) as e:
+        c.receive_data(data)
+    assert e.value.error_code == code
+    goaway = [f for f in read(c.data_to_send()) if f[0] == GOAWAY]
+    assert len(goaway) == 1 and struct.unpack(">II", goaway[0][3])[1] == code
+    assert c.receive_data(frame(PING, 0, 0, b"12345678")) == []  # closed: nothing more
+
+
+# -- the codec ---------------------------------------------------------------------------
+
+
+def test_header_block_split_into_continuation_frames() -> None:
+    data = header_frames(3, b"x" * 40, True, 16)
+    frames = read(data)
+    assert [(t, f, s, len(p)) for t, f, s, p in frames] == [
+        (HEADERS, END_STREAM, 3, 16), (CONTINUATION, 0, 3, 16), (CONTINUATION, END_HEADERS, 3, 8),
+    ]  # fmt: skip
+    assert read(header_frames(3, b"ab", False, 16)) == [(HEADERS, END_HEADERS, 3, b"ab")]
+
+
+def test_unpad() -> None:
+    assert unpad(0, b"\x05abc") == b"\x05abc"
+    assert unpad(PADDED, b"\x02abc\x00\x00") == b"abc"
+    assert unpad(PADDED, b"\x00") == b""
+    assert unpad(PADDED, b"\x03abc") == b""  # (the Pad Length octet is not padding)
+    assert unpad(PADDED, b"\x04abc") is None  # padding as long as the payload
+    assert unpad(PADDED, b"") is None
+
+
+def test_unknown_error_codes_stay_ints() -> None:
+    assert code_of(8) is ErrorCode.CANCEL
+    assert code_of(0x1234) == 0x1234
+
+
+# -- frames in: sizes, padding, unknown types ----------------------------------------------
+
+
+def test_frames_split_anywhere_give_the_same_events() -> None:
+    whole = server()
+    data = frame(HEADERS, END_HEADERS, 1, block(REQ)) + frame(DATA, END_STREAM, 1, b"hello")
+    expected = [type(e) for e in whole.receive_data(data)]
+    assert expected == [ev.RequestReceived, ev.DataReceived, ev.StreamEnded]
+    c = server()
+    got: list[ev.Event] = []
+    for i in range(len(data)):  # one byte at a time: truncated frames wait for the rest
+        got += c.receive_data(data[i : i + 1])
+    assert [type(e) for e in got] == expected
+    assert got[1].data == b"hello"  # type: ignore[attr-defined]
+
+
+def test_preface_byte_by_byte_and_a_wrong_one() -> None:
+    c = Connection(False, {})
+    for b in PREFACE + frame(SETTINGS, 0, 0):
+        c.receive_data(bytes([b]))
+    assert c.settings_seen
+    connection_error(Connection(False, {}), b"GET / HTTP/1.1\r\n", ErrorCode.PROTOCOL_ERROR)
+
+
+def test_first_frame_must_be_settings() -> None:
+    c = Connection(False, {})
+    connection_error(c, PREFACE + frame(PING, 0, 0, b"12345678"), ErrorCode.PROTOCOL_ERROR)
+
+
+def test_oversized_frame_is_a_connection_error() -> None:
+    c = server()
+    head = struct.pack(">IBI", (16385 << 8) | DATA, 0, 1)
+    connection_error(c, head, ErrorCode.FRAME_SIZE_ERROR)  # refused on its header alone
+
+
+def test_padded_data_and_headers() -> None:
+    c = server()
+    pad = frame(HEADERS, END_HEADERS | PADDED, 1, b"\x03" + block(REQ) + b"\x00" * 3)
+    assert isinstance(c.receive_data(pad)[0], ev.RequestReceived)
+    (data,) = c.receive_data(frame(DATA, PADDED, 1, b"\x04abc\x00\x00\x00\x00"))
+    assert isinstance(data, ev.DataReceived)
+    assert data.data == b"abc" and data.flow_controlled_length == 8  # padding is flow-controlled
+    connection_error(c, frame(DATA, PADDED, 1, b"\x09abc"), ErrorCode.PROTOCOL_ERROR)
+
+
+def test_unknown_frame_types_are_ignored() -> None:
+    c = server()
+    events = c.receive_data(frame(0x42, 0xFF, 1, b"whatever") + frame(0xFA, 0, 0, b""))
+    assert [type(e) for e in events] == [ev.ControlReceived, ev.ControlReceived]
+    assert isinstance(open_request(c)[0], ev.RequestReceived)  # the connection goes on
+
+
+# -- header blocks ---------------------------------------------------------------------------
+
+
+def test_continuation_sequencing() -> None:
+    c = server()
+    b = block([*REQ, (b"x-long", b"v" * 100)])
+    events = c.receive_data(
+        frame(HEADERS, 0, 1, b[:10]) + frame(CONTINUATION, 0, 1, b[10:50])
+        + frame(CONTINUATION, END_HEADERS, 1, b[50:])
+    )  # fmt: skip
+    assert isinstance(events[0], ev.RequestReceived)
+    assert (b"x-long", b"v" * 100) in events[0].headers
+    interleaved = frame(HEADERS, 0, 3, b[:10]) + frame(PING, 0, 0, b"12345678")
+    connection_error(server(), interleaved, ErrorCode.PROTOCOL_ERROR)
+    alone = frame(CONTINUATION, END_HEADERS, 1, b)
+    connection_error(server(), alone, ErrorCode.PROTOCOL_ERROR)
+    other = frame(HEADERS, 0, 1, b[:10]) + frame(CONTINUATION, END_HEADERS, 3, b[10:])
+    connection_error(server(), other, ErrorCode.PROTOCOL_ERROR)
+
+
+def test_unfinished_header_blocks_are_bounded() -> None:
+    """CVE-2024-27316: bytes past ``max_header_block``, or more than 64 CONTINUATION frames."""
+    c = server()
+    c.max_header_block = 1000
+    big = frame(HEADERS, 0, 1, b"\x00" * 600) + frame(CONTINUATION, 0, 1, b"\x00" * 600)
+    connection_error(c, big, ErrorCode.ENHANCE_YOUR_CALM)
+    empty = frame(HEADERS, 0, 1, b"") + frame(CONTINUATION, 0, 1, b"") * 65
+    connection_error(server(), empty, ErrorCode.ENHANCE_YOUR_CALM)
+
+
+@pytest.mark.parametrize("bad", [b"\xff\xff\xff", b"\xbf", b"\x00\x85\xff\xff"])
+def test_undecodable_header_block_is_a_compression_error(bad: bytes) -> None:
+    connection_error(server(), frame(HEADERS, END_HEADERS, 1, bad), ErrorCode.COMPRESSION_ERROR)
+
+
+def test_hpack_bomb_is_enhance_your_calm() -> None:
+    c = server()
+    c.decoder.max_header_list_size = 1000
+    fields = [*REQ, *[(b"x-big", b"v" * 400)] * 10]
+    connection_error(c, frame(HEADERS, END_HEADERS, 1, block(fields)), ErrorCode.ENHANCE_YOUR_CALM)
+
+
+def test_header_blocks_on_closed_streams_are_still_decoded() -> None:
+    """The HPACK table is the connection's: a block on a stream reset here is decoded and
+    dropped, and the next block (indexing into the same table) decodes right."""
+    c = server()
+    enc = Encoder()
+    c.receive_data(frame(HEADERS, END_HEADERS, 1, block([*REQ, (b"x-a", b"1")], enc)))
+    c.reset_stream(1, ErrorCode.CANCEL)
+    late = frame(HEADERS, END_HEADERS | END_STREAM, 1, block([(b"x-trailer", b"t")], enc))
+    assert c.receive_data(late) == []
+    (req,) = c.receive_data(frame(HEADERS, END_HEADERS | END_STREAM, 3, block([*REQ, (b"x-a", b"1")], enc)))[:1]  # fmt: skip
+    assert isinstance(req, ev.RequestReceived) and (b"x-a", b"1") in req.headers
+
+
+# -- stream states -----------------------------------------------------------------------------
+
+
+def test_stream_ids_and_states() -> None:
+    connection_error(server(), frame(HEADERS, END_HEADERS, 2, block(REQ)), ErrorCode.PROTOCOL_ERROR)
+    connection_error(server(), frame(DATA, 0, 5, b"x"), ErrorCode.PROTOCOL_ERROR)  # idle
+    c = server()
+    open_request(c, 5)  # 1 and 3 are closed, never opened (5.1.1): an unexpected id
+    connection_error(c, frame(HEADERS, END_HEADERS, 3, block(REQ)), ErrorCode.PROTOCOL_ERROR)
+
+
+def test_data_after_end_stream_is_a_stream_error() -> None:
+    c = server()
+    open_request(c, 1, end=True)
+    open_request(c, 3)
+    c.data_to_send()
+    (reset,) = c.receive_data(frame(DATA, 0, 1, b"late"))
+    assert isinstance(reset, ev.StreamReset) and reset.error_code == ErrorCode.STREAM_CLOSED
+    assert not reset.remote_reset
+    assert [(t, s) for t, _, s, _ in read(c.data_to_send())] == [(RST_STREAM, 1)]
+    assert isinstance(c.receive_data(frame(DATA, END_STREAM, 3, b"ok"))[0], ev.DataReceived)
+
+
+def test_trailers_must_end_the_stream() -> None:
+    c = server()
+    open_request(c, 1)
+    (t, end) = c.receive_data(frame(HEADERS, END_HEADERS | END_STREAM, 1, block([(b"x-t", b"1")])))
+    assert isinstance(t, ev.TrailersReceived) and isinstance(end, ev.StreamEnded)
+    open_request(c, 3)
+    (reset,) = c.receive_data(frame(HEADERS, END_HEADERS, 3, block([(b"x-t", b"1")])))
+    assert isinstance(reset, ev.StreamReset) and reset.error_code == ErrorCode.PROTOCOL_ERROR
+
+
+def test_content_length_against_the_data() -> None:
+    """RFC 9113 8.1.1: more or fewer DATA bytes than content-length: malformed, a stream error."""
+    c = server()
+    head = block([*REQ, (b"content-length", b"3")])
+    c.receive_data(frame(HEADERS, END_HEADERS, 1, head))
+    (reset,) = c.receive_data(frame(DATA, 0, 1, b"four"))
+    assert isinstance(reset, ev.StreamReset) and reset.error_code == ErrorCode.PROTOCOL_ERROR
+    c.receive_data(frame(HEADERS, END_HEADERS, 3, head))
+    events = c.receive_data(frame(DATA, END_STREAM, 3, b"ab"))
+    assert [type(e) for e in events] == [ev.DataReceived, ev.StreamReset]
+
+
+def test_streams_past_the_limit_are_refused() -> None:
+    c = server()
+    for sid in (1, 3, 5, 7):
+        open_request(c, sid)
+    (refused,) = open_request(c, 9)
+    assert isinstance(refused, ev.StreamRefused)
+    assert read(c.data_to_send()) == [(RST_STREAM, 0, 9, b"\x00\x00\x00\x07")]
+
+
+def test_a_client_reset_is_reported_even_on_a_closed_stream() -> None:
+    """(Every reset counts for the rapid-reset budget.)"""
+    c = server()
+    open_request(c, 1)
+    c.reset_stream(1, ErrorCode.CANCEL)
+    (reset,) = c.receive_data(frame(RST_STREAM, 0, 1, b"\x00\x00\x00\x08"))
+    assert isinstance(reset, ev.StreamReset) and reset.remote_reset
+    connection_error(c, frame(RST_STREAM, 0, 7, b"\x00\x00\x00\x08"), ErrorCode.PROTOCOL_ERROR)
+
+
+# -- SETTINGS, PING, flow control -------------------------------------------------------------
+
+
+def test_settings_are_acknowledged_and_checked() -> None:
+    c = server()
+    (changed,) = c.receive_data(frame(SETTINGS, 0, 0, struct.pack(">HI", 3, 7)))
+    assert isinstance(changed, ev.RemoteSettingsChanged) and changed.changed == {3: 7}
+    assert read(c.data_to_send()) == [(SETTINGS, ACK, 0, b"")]
+    assert c.remote_max_concurrent == 7
+    big = frame(SETTINGS, 0, 0, struct.pack(">HI", INITIAL_WINDOW_SIZE, 1 << 31))
+    connection_error(server(), big, ErrorCode.FLOW_CONTROL_ERROR)
+    connection_error(server(), frame(SETTINGS, 0, 0, b"\x00" * 5), ErrorCode.FRAME_SIZE_ERROR)
+    connection_error(server(), frame(SETTINGS, ACK, 0, b"\x00" * 6), ErrorCode.FRAME_SIZE_ERROR)
+    small = frame(SETTINGS, 0, 0, struct.pack(">HI", 5, 100))  # MAX_FRAME_SIZE < 16384
+    connection_error(server(), small, ErrorCode.PROTOCOL_ERROR)
+
+
+def test_ping_is_answered() -> None:
+    c = server()
+    assert [type(e) for e in c.receive_data(frame(PING, 0, 0, b"abcdefgh"))] == [ev.ControlReceived]
+    assert read(c.data_to_send()) == [(PING, ACK, 0, b"abcdefgh")]
+    assert c.receive_data(frame(PING, ACK, 0, b"abcdefgh")) == []
+    connection_error(c, frame(PING, 0, 0, b"short"), ErrorCode.FRAME_SIZE_ERROR)
+
+
+def test_initial_window_change_moves_open_streams_windows() -> None:
+    c = server()
+    open_request(c, 1)
+    assert c.local_flow_control_window(1) == 65535
+    c.receive_data(frame(SETTINGS, 0, 0, struct.pack(">HI", INITIAL_WINDOW_SIZE, 100)))
+    assert c.local_flow_control_window(1) == 100
+    with pytest.raises(ProtocolError):
+        c.send_data(1, b"x" * 101)  # beyond the stream's window: nothing queued
+    c.send_data(1, b"x" * 100)
+    assert c.local_flow_control_window(1) == 0
+    (up,) = c.receive_data(frame(WINDOW_UPDATE, 0, 1, struct.pack(">I", 50)))
+    assert isinstance(up, ev.WindowUpdated) and up.delta == 50
+    assert c.local_flow_control_window(1) == 50
+
+
+def test_window_update_errors() -> None:
+    c = server()
+    open_request(c, 1)
+    (reset,) = c.receive_data(frame(WINDOW_UPDATE, 0, 1, b"\x00\x00\x00\x00"))
+    assert isinstance(reset, ev.StreamReset) and reset.error_code == ErrorCode.PROTOCOL_ERROR
+    open_request(c, 3)
+    (over,) = c.receive_data(frame(WINDOW_UPDATE, 0, 3, struct.pack(">I", (1 << 31) - 1)))
+    assert isinstance(over, ev.StreamReset) and over.error_code == ErrorCode.FLOW_CONTROL_ERROR
+    zero = frame(WINDOW_UPDATE, 0, 0, b"\x00\x00\x00\x00")
+    connection_error(c, zero, ErrorCode.PROTOCOL_ERROR)
+    c2 = server()
+    past = frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", (1 << 31) - 1))
+    connection_error(c2, past, ErrorCode.FLOW_CONTROL_ERROR)
+
+
+def test_data_past_the_windows_is_a_flow_control_error() -> None:
+    c = server()
+    open_request(c, 1)
+    chunk = frame(DATA, 0, 1, b"x" * 16384)
+    c.receive_data(chunk * 3)  # 49152 of the 65535
+    connection_error(c, chunk, ErrorCode.FLOW_CONTROL_ERROR)
+
+
+def test_acknowledged_data_reopens_the_windows() -> None:
+    """WINDOW_UPDATE once half a window was taken (few frames), for the stream and the
+    connection; DATA of a stream closed here goes back to the connection window at once."""
+    c = server()
+    open_request(c, 1)
+    c.receive_data(frame(DATA, 0, 1, b"x" * 16384))
+    c.acknowledge_received_data(16384, 1)
+    assert c.data_to_send() == b""  # a quarter of the window: not yet
+    c.receive_data(frame(DATA, 0, 1, b"x" * 16384))
+    c.acknowledge_received_data(16384, 1)
+    sent = read(c.data_to_send())
+    assert sorted((s, struct.unpack(">I", p)[0]) for t, _, s, p in sent) == [(0, 32768), (1, 32768)]
+    c.reset_stream(1, ErrorCode.CANCEL)
+    c.data_to_send()
+    assert c.receive_data(frame(DATA, 0, 1, b"x" * 16384)) == []
+    c.receive_data(frame(DATA, 0, 1, b"x" * 16384))
+    updates = [struct.unpack(">I", p)[0] for t, _, s, p in read(c.data_to_send()) if s == 0]
+    assert sum(updates) == 32768  # (no WINDOW_UPDATE for the closed stream itself)
+
+
+def test_sending_on_a_closed_stream_raises() -> None:
+    c = server()
+    open_request(c, 1, end=True)
+    c.send_headers(1, RESP, end_stream=True)
+    assert not c.streams  # closed both ways: forgotten
+    with pytest.raises(StreamClosedError):
+        c.send_data(1, b"x")
+    c.reset_stream(1, ErrorCode.CANCEL)  # nothing to reset: nothing sent
+    assert [t for t, *_ in read(c.data_to_send())] == [HEADERS]
+
+
+# -- the client side, against h2 as the server --------------------------------------------------
+
+
+def client_pair() -> tuple[Connection, h2.connection.H2Connection]:
+    c = Connection(True, {2: 0, INITIAL_WINDOW_SIZE: 1 << 20})
+    s = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=False, header_encoding=None)
+    )
+    c.initiate_connection()
+    s.initiate_connection()
+    s.receive_data(c.data_to_send())
+    c.receive_data(s.data_to_send())
+    s.receive_data(c.data_to_send())
+    return c, s
+
+
+def test_client_request_response_and_trailers() -> None:
+    c, s = client_pair()
+    sid = c.get_next_available_stream_id()
+    c.send_headers(sid, [(b":method", b"POST"), (b":path", b"/x"), (b":scheme", b"http"),
+                         (b":authority", b"a"), (b"authorization", b"secret")])  # fmt: skip
+    c.send_data(sid, b"body", end_stream=True)
+    got = s.receive_data(c.data_to_send())
+    req = next(e for e in got if isinstance(e, h2.events.RequestReceived))
+    assert (b"authorization", b"secret") in [(k, v) for k, v in req.headers]
+    assert [type(e) for e in got if isinstance(e, h2.events.DataReceived)]
+    s.send_headers(sid, [(b":status", b"100")])
+    s.send_headers(sid, [(b":status", b"200"), (b"grpc-encoding", b"identity")])
+    s.send_data(sid, b"reply")
+    s.send_headers(sid, [(b"grpc-status", b"0")], end_stream=True)
+    events = c.receive_data(s.data_to_send())
+    assert [type(e) for e in events] == [ev.ResponseReceived, ev.DataReceived,
+                                         ev.TrailersReceived, ev.StreamEnded]  # fmt: skip
+    assert events[0].headers == [(b":status", b"200"), (b"grpc-encoding", b"identity")]  # type: ignore[attr-defined]
+    assert not c.streams
+
+
+def test_client_rejects_a_malformed_response_head() -> None:
+    c, s = client_pair()
+    c.send_headers(1, REQ, end_stream=True)
+    s.receive_data(c.data_to_send())
+    s.send_headers(1, [(b":status", b"200"), (b"x-bad", b"a\r\nb")])
+    (reset,) = c.receive_data(s.data_to_send())
+    assert isinstance(reset, ev.StreamReset) and reset.error_code == ErrorCode.PROTOCOL_ERROR
+
+
+def test_client_goaway_and_push_promise() -> None:
+    c, s = client_pair()
+    c.send_headers(1, REQ, end_stream=True)
+    s.receive_data(c.data_to_send())
+    s.close_connection(error_code=0, last_stream_id=1)
+    (gone,) = c.receive_data(s.data_to_send())
+    assert isinstance(gone, ev.ConnectionTerminated) and gone.last_stream_id == 1
+    with pytest.raises(ProtocolError):
+        c.send_headers(3, REQ)  # no new streams after GOAWAY
+    c2, _ = client_pair()
+    c2.send_headers(1, REQ, end_stream=True)
+    push = frame(PUSH_PROMISE, END_HEADERS, 1, b"\x00\x00\x00\x02" + block(REQ))
+    connection_error(c2, push, ErrorCode.PROTOCOL_ERROR)
