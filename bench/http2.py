@@ -11,9 +11,9 @@ one route, apisix.enable_http2 on by default). Each target gets a warm-up, then
 rotating each rep. The figure: requests per proxy CPU-second (h2load's succeeded requests over
 the utime+stime delta of the proxy's process tree); medians over reps; the ratio is against
 nginx in the same run. ``--profile`` prints where Tollway's worker spends its CPU under load
-(py-spy, when installed); ``--lib`` measures only the h2 library's part of a request, in
-memory; ``--against REV`` adds Tollway at git revision REV (its src/) to the rotation, for
-a before/after in one run. Prints a markdown table on stdout, progress on stderr.
+(py-spy, when installed); ``--lib`` measures only the HTTP/2 layer's part of a request
+(tollway.http2), in memory; ``--against REV`` adds Tollway at git revision REV (its src/) to
+the rotation, for a before/after in one run. Prints a markdown table on stdout, progress on stderr.
 """
 
 from __future__ import annotations
@@ -176,24 +176,24 @@ def summarize_profile(path: Path, top: int = 25) -> str:
     for name, n in sorted(incl.items(), key=lambda kv: -kv[1])[:top]:
         rows.append(f"| `{name}` | {100 * own.get(name, 0) / total:.1f} | {100 * n / total:.1f} |")
     lib = sum(n for name, n in own.items() if re.search(r"\((j?h2|hpack|hyperframe)/", name))
-    rows.append(
-        f"\nself time in the HTTP/2 library (jh2, its compiled HPACK): {100 * lib / total:.1f}%"
-    )
+    layer = sum(n for name, n in own.items() if "(tollway/http2/" in name)
+    rows.append(f"\nself time in h2/jh2/hpack/hyperframe: {100 * lib / total:.1f}%")
+    rows.append(f"self time in tollway/http2 (the HTTP/2 layer): {100 * layer / total:.1f}%")
     return "\n".join(rows)
 
 
 def library_cost(requests: int = 6000, rounds: int = 3) -> float:
-    """µs per request spent in the h2 library alone, as the gateway uses it (its validation
-    off): receive a request's HEADERS (h2load's fields), send HEADERS + DATA with END_STREAM.
-    In memory, no sockets, no Tollway code: the floor of an h2-based frame layer."""
-    from jh2.config import H2Configuration
-    from jh2.connection import H2Connection
+    """µs per request spent in the HTTP/2 layer alone (``tollway.http2.Connection``, server
+    side, as the gateway runs it): receive a request's HEADERS (h2load's fields), send HEADERS +
+    DATA with END_STREAM. In memory, no sockets, no other Tollway code. The request frames come
+    from the ``h2`` library as the client (not measured)."""
+    from h2.config import H2Configuration
+    from h2.connection import H2Connection
 
-    server = H2Connection(
-        H2Configuration(client_side=False, header_encoding=None, validate_inbound_headers=False,
-                        normalize_inbound_headers=False, validate_outbound_headers=False,
-                        normalize_outbound_headers=False, split_outbound_cookies=False)
-    )  # fmt: skip
+    from tollway.http2.connection import Connection
+    from tollway.http2.frames import INITIAL_WINDOW_SIZE, MAX_CONCURRENT_STREAMS
+
+    server = Connection(False, {MAX_CONCURRENT_STREAMS: 128, INITIAL_WINDOW_SIZE: 65535})
     client = H2Connection(H2Configuration(client_side=True, header_encoding=None))
     server.initiate_connection()
     client.initiate_connection()
@@ -231,11 +231,11 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--loads", default="10x10,50x1", help="CLIENTSxSTREAMS, comma-separated")
     ap.add_argument("--profile", action="store_true")
-    ap.add_argument("--lib", action="store_true", help="only the h2 library's cost per request")
+    ap.add_argument("--lib", action="store_true", help="only the HTTP/2 layer's cost per request")
     ap.add_argument("--against", metavar="REV", help="also Tollway at git revision REV")
     args = ap.parse_args()
     if args.lib:
-        print(f"h2 library alone: {library_cost():.1f} µs per request (best of 3 x 6000)")
+        print(f"HTTP/2 layer alone: {library_cost():.1f} µs per request (best of 3 x 6000)")
         return
     loads = args.loads.split(",")
     procs = Processes()
