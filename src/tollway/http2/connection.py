@@ -109,7 +109,7 @@ class Connection:
         self.client_side = client_side
         self.local = local
         self.out: list[bytes] = []
-        self.buf = bytearray()
+        self.buf = b""  # the start of a frame still incomplete
         self.preface = not client_side  # (server) the client's preface is still to come
         self.settings_seen = False  # the peer's first frame must be SETTINGS (3.4)
         self.closed = False  # a GOAWAY of ours queued: nothing more is accepted
@@ -272,10 +272,12 @@ class Connection:
         ``ProtocolError`` (its GOAWAY queued); a stream error only resets its stream."""
         if self.closed:
             return []
-        buf = self.buf
-        buf += data
-        if self.preface and not self._take_preface():
-            return []
+        # (bytes, not a bytearray: a read that holds whole frames, the common case, is sliced
+        # once per frame and never copied whole)
+        buf = self.buf + bytes(data) if self.buf else bytes(data)
+        self.buf = b""
+        if self.preface:
+            buf = self._take_preface(buf)
         events: list[ev.Event] = []
         pos, size = 0, len(buf)
         try:
@@ -287,24 +289,27 @@ class Connection:
                 end = pos + 9 + length
                 if end > size:
                     break
-                payload = bytes(buf[pos + 9 : end])
+                payload = buf[pos + 9 : end]
                 pos = end
                 self._frame(word & 0xFF, flags, sid & MAX_WINDOW, payload, events)
         finally:
-            del buf[:pos]
+            if pos < size and not self.closed:
+                self.buf = buf[pos:]  # an incomplete frame waits for the rest
         return events
 
-    def _take_preface(self) -> bool:
-        buf = self.buf
-        if len(buf) < len(PREFACE):
+    def _take_preface(self, buf: bytes) -> bytes:
+        """What follows the client's connection preface (all of ``buf`` waits while the
+        preface is incomplete)."""
+        n = len(PREFACE)
+        if len(buf) < n:
             if not PREFACE.startswith(buf):
                 self._fail(ErrorCode.PROTOCOL_ERROR, "no connection preface")
-            return False
-        if buf[: len(PREFACE)] != PREFACE:
+            self.buf = buf
+            return b""
+        if buf[:n] != PREFACE:
             self._fail(ErrorCode.PROTOCOL_ERROR, "no connection preface")
-        del buf[: len(PREFACE)]
         self.preface = False
-        return True
+        return buf[n:]
 
     def _fail(self, code: ErrorCode, reason: str) -> NoReturn:
         """A connection error: GOAWAY queued, ``ProtocolError`` raised."""
