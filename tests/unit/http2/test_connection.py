@@ -12,6 +12,8 @@ import h2.config
 import h2.connection
 import h2.events
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from jh2._hazmat import Encoder
 
 from tollway.http2 import events as ev
@@ -433,3 +435,34 @@ def test_client_goaway_and_push_promise() -> None:
     c2.send_headers(1, REQ, end_stream=True)
     push = frame(PUSH_PROMISE, END_HEADERS, 1, b"\x00\x00\x00\x02" + block(REQ))
     connection_error(c2, push, ErrorCode.PROTOCOL_ERROR)
+
+
+# -- hostile input ---------------------------------------------------------------------------
+
+_FRAME = st.tuples(
+    st.integers(0, 12),  # the types, and a few unknown ones
+    st.integers(0, 255),
+    st.sampled_from([0, 1, 2, 3, 5, 0x7FFFFFFF]),
+    st.one_of(st.binary(max_size=40), st.builds(lambda: block(REQ))),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_FRAME, max_size=12), st.booleans())
+def test_any_frames_end_in_events_or_a_connection_error(
+    frames: list[tuple[int, int, int, bytes]], client: bool
+) -> None:
+    """Whatever a peer sends, the connection reports events or raises ProtocolError (its
+    GOAWAY queued): never another exception, which would be a bug of ours."""
+    c = Connection(client, {MAX_CONCURRENT_STREAMS: 4})
+    c.initiate_connection()
+    if client:
+        c.send_headers(1, REQ)
+        c.send_headers(3, REQ, end_stream=True)
+    c.data_to_send()
+    data = b"" if client else PREFACE
+    data += frame(SETTINGS, 0, 0) + b"".join(frame(t, f, s, p) for t, f, s, p in frames)
+    try:
+        c.receive_data(data)
+    except ProtocolError:
+        assert c.closed and GOAWAY in [t for t, *_ in read(c.data_to_send())]
