@@ -170,8 +170,8 @@ class CompiledRoute:
         "chain",
         "enable_websocket",
         "error",
+        "hosts",
         "id",
-        "key",
         "name",
         "own_chain",
         "plugins",
@@ -179,13 +179,17 @@ class CompiledRoute:
         "timeouts",
         "upstream",
         "upstream_id",
+        "uri",
         "versions",
     )
 
     def __init__(self) -> None:
         self.id = ""
-        self.key = ""
         self.name: str | None = None
+        # What a request reads of the route's match conditions (``ctx.matched_uri``, its first
+        # uri; ``ctx.route_hosts``): the router keeps no RouteSpec (issue #17).
+        self.uri: str | None = None
+        self.hosts: tuple[str, ...] | None = None
         self.service_id: str | None = None
         self.own_chain: Chain = EMPTY_CHAIN  # the route's own plugins (with service/config)
         self.chain: Chain = EMPTY_CHAIN  # the same, with the global rules' response phases
@@ -197,6 +201,11 @@ class CompiledRoute:
         self.error: int = 0  # a status to answer with (missing service / plugin config)
         # (route, service, plugin config) versions, or the route's alone without the others
         self.versions: tuple[int, int, int] | int = 0
+
+    @property
+    def key(self) -> str:
+        """Its APISIX key, ``/apisix/routes/<id>`` (derived: one string less per route)."""
+        return "/apisix/routes/" + self.id
 
     def evolve(self, **changes: Any) -> CompiledRoute:
         """A copy with ``changes``: a published route is never modified (requests hold it)."""

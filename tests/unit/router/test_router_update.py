@@ -13,7 +13,7 @@ from tollway.router import RouterBuilder, RouteSpec, build_router
 
 def win(router: Any, path: str, **kw: Any) -> str | None:
     m = router.match(Req(path, **kw))
-    return None if m is None else m.spec.id
+    return None if m is None else m.id
 
 
 @pytest.mark.parametrize("kind", ["radixtree_uri", "radixtree_host_uri"])
@@ -23,7 +23,7 @@ def test_upsert_of_existing_id_keeps_its_position(kind: str) -> None:
     router.update([RouteSpec("a", ("/x",), payload=2)], [])
     assert win(router, "/x") == "a"
     m = router.match(Req("/x"))
-    assert m is not None and m.spec.payload == 2
+    assert m is not None and m.payload == 2
 
 
 def test_new_id_is_appended_and_a_readded_id_goes_last() -> None:
@@ -84,7 +84,7 @@ def test_duplicate_ids_in_a_build_keep_the_first_place_and_the_last_value() -> N
         ],
     )
     m = router.match(Req("/x"))
-    assert m is not None and m.spec.id == "a" and m.spec.payload == 3 and len(router) == 2
+    assert m is not None and m.id == "a" and m.payload == 3 and len(router) == 2
 
 
 def test_builder_refuses_use_after_finish() -> None:
