@@ -37,6 +37,12 @@ KINDS = frozenset({"radixtree_host_uri", "radixtree_uri", "radixtree_uri_with_pa
 _HOST_MEMO_SIZE = 8192
 
 
+def _lowered(host: str) -> str:
+    """``host`` lowercased, the same string when it already is (the spec's, not a copy)."""
+    low = host.lower()
+    return host if low == host else low
+
+
 def _unique(items: Sequence[str]) -> Sequence[str]:
     return items if len(items) < 2 else list(dict.fromkeys(items))
 
@@ -60,7 +66,7 @@ def _compile_route(spec: RouteSpec, with_params: bool) -> _Compiled:
         expr = compile_expr(spec.vars)
         if not expr.rule:
             expr = None  # [] matches everything
-    hosts = tuple(_unique([h.lower() for h in spec.hosts])) if spec.hosts else None
+    hosts = tuple(_unique([_lowered(h) for h in spec.hosts])) if spec.hosts else None
     patterns = []
     for uri in _unique(spec.uris):
         if not isinstance(uri, str) or not uri:

@@ -14,7 +14,6 @@ import itertools
 import logging
 import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from types import MappingProxyType
 from typing import Any
 
 import msgspec
@@ -30,7 +29,14 @@ from tollway.router import Router, RouterBuilder, RouteSpec, build_router
 from tollway.router.engine import gc_paused
 from tollway.router.spec import DISABLED
 from tollway.runtime.certs import CertTable, build_cert_table
-from tollway.runtime.compiled import CompiledRoute, CompiledUpstream, Runtime, Timeouts
+from tollway.runtime.compiled import (
+    NO_PLUGINS,
+    CompiledRoute,
+    CompiledUpstream,
+    FullRoute,
+    Runtime,
+    Timeouts,
+)
 from tollway.runtime.consumers import build_consumer_index
 from tollway.settings import LoadedSettings
 from tollway.upstream.pool import PoolLimits
@@ -40,9 +46,6 @@ log = logging.getLogger("tollway.runtime")
 
 # Beyond this many changed items in one full load, rebuild the router instead of patching it.
 INCREMENTAL_LIMIT = 500
-
-# The merged plugin confs of a route without plugins: one shared, read-only mapping.
-_NO_PLUGINS: Mapping[str, Any] = MappingProxyType({})
 
 # Inline upstream types whose compiled form routes may share: their picker keeps no state keyed
 # by the upstream (least_conn and ewma count in-flight requests per upstream key).
@@ -55,6 +58,12 @@ def _inline_conf(route: Route) -> Upstream | msgspec.Raw | None:
     if isinstance(conf, msgspec.Raw) and (not conf or bytes(conf) == b"null"):
         return None
     return conf
+
+
+def _lowered(host: str) -> str:
+    """``host`` lowercased, the same string when it already is (one copy kept, not two)."""
+    low = host.lower()
+    return host if low == host else low
 
 
 def _shareable(conf: Upstream) -> bool:
@@ -497,7 +506,7 @@ class Compiler:
             self._parents[rid] = (sid, pid)
 
     def _route(self, store: Store, rid: str, route: Route, version: int) -> RouteSpec:
-        cr = CompiledRoute()
+        cr = FullRoute()
         cr.id = rid
         cr.name = route.name
         plugins: dict[str, Any] = {}
@@ -523,7 +532,7 @@ class Compiler:
                 merged = dict(service.plugins or {})
                 merged.update(plugins)
                 plugins = merged
-        cr.plugins = plugins or _NO_PLUGINS
+        cr.plugins = plugins or NO_PLUGINS
         cr.own_chain = self.chain(plugins)
         cr.chain = cr.own_chain.under(self.runtime_global)
         cr.timeouts = Timeouts.of(route.timeout) if route.timeout is not None else None
@@ -551,7 +560,7 @@ class Compiler:
             hosts = service.hosts
         uris = [route.uri] if route.uri is not None else route.uris or []
         cr.uri = uris[0] if uris else None
-        cr.hosts = tuple(h.lower() for h in hosts) if hosts else None
+        cr.hosts = tuple(_lowered(h) for h in hosts) if hosts else None
         return RouteSpec(
             id=rid,
             uris=tuple(uris),
@@ -565,5 +574,5 @@ class Compiler:
             )
             or None,
             vars=route.vars or None,
-            payload=cr,
+            payload=cr.compact(),
         )
