@@ -118,6 +118,7 @@ class Entry:
         "stored",
     )
 
+    full = False  # a FullEntry: the conditions below may be set
     # The rarer conditions, slots of FullEntry: see _try for how each is checked.
     ips: IpMatcher | None = None
     hosts: HostCondition | None = None
@@ -165,6 +166,8 @@ class FullEntry(Entry):
     """An entry with a condition beyond the path and methods, a regex capture, or a host table."""
 
     __slots__ = ("capture", "expr", "host", "hosts", "ips", "param_vars", "table")
+
+    full = True
 
     def __init__(
         self,
@@ -216,6 +219,9 @@ def _try(e: Entry, req: RequestView, path: str) -> Match | None:
     methods = e.methods
     if methods is not None and req.method not in methods:
         return None
+    if not e.full:  # one class attribute read instead of the four rare conditions
+        rest = e.rest_name
+        return Match(e.id, e.payload, None if rest is None else {rest: path[e.rest_start :]})
     ips = e.ips
     if ips is not None and not ips.match(req.remote_addr):
         return None
