@@ -207,13 +207,25 @@ class CompiledRoute:
 
     def compact(self) -> CompiledRoute:
         """This route in the smallest class that holds it (itself, or a CompiledRoute copy)."""
-        if type(self) is CompiledRoute or any(
-            getattr(self, name) is not getattr(CompiledRoute, name) for name in _RARE
+        if (
+            type(self) is CompiledRoute
+            or self.service_id is not None
+            or self.own_chain is not EMPTY_CHAIN
+            or self.plugins is not NO_PLUGINS
+            or self.timeouts is not None
+            or self.enable_websocket
+            or self.error
         ):
             return self
         new = CompiledRoute.__new__(CompiledRoute)
-        for name in CompiledRoute.__slots__:
-            setattr(new, name, getattr(self, name))
+        new.chain = self.chain
+        new.hosts = self.hosts
+        new.id = self.id
+        new.name = self.name
+        new.upstream = self.upstream
+        new.upstream_id = self.upstream_id
+        new.uri = self.uri
+        new.versions = self.versions
         return new
 
     def evolve(self, **changes: Any) -> CompiledRoute:
@@ -224,6 +236,7 @@ class CompiledRoute:
         return new.compact()
 
 
+# The rare fields (their defaults are CompiledRoute's class attributes; ``compact`` checks each).
 _RARE = ("enable_websocket", "error", "own_chain", "plugins", "service_id", "timeouts")
 _FIELDS = CompiledRoute.__slots__ + _RARE
 
