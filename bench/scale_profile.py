@@ -1,6 +1,6 @@
 """Where a worker's bytes and a load's seconds go, in one process (issue #17; run on demand).
 
-    .venv/bin/python bench/scale_profile.py [--routes 100000] [--trace]
+    .venv/bin/python bench/scale_profile.py [--routes 100000] [--trace] [--changes 400]
 
 Builds bench/router_churn.py's N routes as the supervisor has them, then runs a full load's
 steps as the processes do and times each: supervisor validation (``Store`` with the item
@@ -8,6 +8,9 @@ checker), the IPC ``Load`` (rows, encode, decode), the on-disk snapshot (write, 
 worker's lean ``Store`` and its ``Compiler`` (router included), and the heap trim. Then the
 worker side's resident memory per route (RSS after minus before, over N). ``--trace``:
 tracemalloc's top allocations by file:line that are still alive, per route (slow: ~10x).
+``--changes K``: then K times one route changed as a worker applies it (``Store.apply`` +
+``Compiler.apply``, the loaded config frozen for the collector as after a load): ms p50 / p99 /
+max, the data-plane side of bench/scale.py's change latency without its processes and polling.
 bench/scale.py measures the real processes; this shows what to cut.
 """
 
@@ -59,6 +62,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--routes", type=int, default=100_000)
     ap.add_argument("--trace", action="store_true")
+    ap.add_argument("--changes", type=int, default=0)
     args = ap.parse_args()
     n = args.routes
     routes = RouteSet(n, 9999, with_params=False)
@@ -113,6 +117,29 @@ def main() -> None:
         print("| bytes/route | objects/route | where |\n|---|---|---|")
         for s in top[:20]:
             print(f"| {s.size / n:,.0f} | {s.count / n:.2f} | {s.traceback[0]} |")
+        tracemalloc.stop()
+    if args.changes:
+        print(one_route_changes(store, compiler, routes, args.changes))
+
+
+def one_route_changes(store: Store, compiler: Compiler, routes: RouteSet, count: int) -> str:
+    """``count`` changes of one route each (a new uri), applied as a worker does; ms."""
+    took = []
+    rev = store.revision
+    for j in range(count):
+        rev += 1
+        i = (j * 7919) % routes.count
+        value = json.dumps(routes.value(i, change=j + 1)).encode()
+        t = time.perf_counter()
+        store.apply(rev, [KeyValue(routes.key(i), value, rev, rev)])
+        compiler.apply(store, store.last_changes)
+        took.append((time.perf_counter() - t) * 1e3)
+    took.sort()
+    p99 = took[min(len(took) - 1, int(len(took) * 0.99))]
+    return (
+        f"\none route changed, {count} times: ms p50 {took[len(took) // 2]:.3f}, "
+        f"p99 {p99:.3f}, max {took[-1]:.3f}"
+    )
 
 
 if __name__ == "__main__":

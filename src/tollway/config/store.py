@@ -45,17 +45,71 @@ RowIn = tuple[str, bytes | memoryview | None, int, int]
 _MAX_REMEMBERED = 65536
 
 
-@dataclass(slots=True)
 class Item:
+    """An accepted item: a :class:`FullItem`, or a lean store's route (:class:`LeanRouteItem`)."""
+
+    __slots__ = ("id", "mod_revision", "raw", "settled")
+
     kind: str
     id: str
-    key: str
     obj: Any  # the typed object; None for a lean store's routes (``Store.decoded``)
     value: dict[str, Any] | None  # the decoded JSON; None in a lean store (but plugin_metadata)
     raw: bytes  # the value; once ``settled``, a digest of it
     mod_revision: int
     create_revision: int  # 0 in a lean store
-    settled: bool = False
+    settled: bool
+
+    @property
+    def key(self) -> str:
+        raise NotImplementedError
+
+
+class FullItem(Item):
+    __slots__ = ("create_revision", "key", "kind", "obj", "value")
+
+    def __init__(
+        self,
+        kind: str,
+        item_id: str,
+        key: str,
+        obj: Any,
+        value: dict[str, Any] | None,
+        raw: bytes,
+        mod_revision: int,
+        create_revision: int,
+    ) -> None:
+        self.kind = kind
+        self.id = item_id
+        self.key = key  # type: ignore[misc]  # the slot stands for Item's property
+        self.obj = obj
+        self.value = value
+        self.raw = raw
+        self.mod_revision = mod_revision
+        self.create_revision = create_revision
+        self.settled = False
+
+
+class LeanRouteItem(Item):
+    """A lean store's route (issue #17: 100k of them): its id, bytes or digest, mod revision;
+    its key is derived (the store's routes directory and its id), the rest is constant."""
+
+    __slots__ = ("dir",)
+
+    kind = "routes"
+    obj = None
+    value = None
+    create_revision = 0
+
+    def __init__(self, routes_dir: str, item_id: str, raw: bytes, mod: int, settled: bool) -> None:
+        self.dir = routes_dir  # one string per store: "<prefix>/routes/"
+        self.id = item_id
+        self.raw = raw
+        self.mod_revision = mod
+        self.settled = settled
+
+    @property
+    def key(self) -> str:
+        return self.dir + self.id
 
 
 @dataclass(slots=True)
@@ -82,6 +136,7 @@ class Store:
         self.prefix = prefix.rstrip("/")
         self.checker = checker
         self.lean = lean
+        self._routes_dir = self.prefix + "/routes/"
         # A lean store's last full load, while the Compiler compiles it: routes keep only a
         # digest from the start and are decoded from their row (route id -> row index).
         self._source: Sequence[RowIn] | None = None
@@ -140,9 +195,11 @@ class Store:
             item.settled = False
 
     def release(self) -> None:
-        """The Compiler is done with the last full load: drop its rows (and their buffer)."""
+        """The Compiler is done with the last full load: drop its rows (and their buffer) and
+        its list of changes (after a first load, a tuple per item: ~70 bytes per route)."""
         self._source = None
         self._spans = {}
+        self.last_changes = []
 
     def _decode_lean(self, kind: str, item_id: str, kv: RowIn, at: int | None) -> Item | None:
         """A lean store's Item: the supervisor validated it (and rejected the bad ones), so
@@ -154,9 +211,9 @@ class Store:
             return None
         if kind in _RAW_KINDS:
             if at is None:
-                return Item(kind, item_id, key, None, None, bytes(raw), mod, 0)
+                return LeanRouteItem(self._routes_dir, item_id, bytes(raw), mod, False)
             self._spans[item_id] = at
-            return Item(kind, item_id, key, None, None, _digest(raw), mod, 0, settled=True)
+            return LeanRouteItem(self._routes_dir, item_id, _digest(raw), mod, True)
         raw = bytes(raw)
         obj: Any = None
         value: dict[str, Any] | None = None
@@ -169,7 +226,7 @@ class Store:
         except (ValueError, ConfigError) as e:
             self._reject(kv, str(e))
             return None
-        return Item(kind, item_id, key, obj, value, raw, mod, 0)
+        return FullItem(kind, item_id, key, obj, value, raw, mod, 0)
 
     def _decode(self, kind: str, item_id: str, kv: RowIn, at: int | None = None) -> Item | None:
         """The accepted Item, or None. Never raises: whatever bytes the key and value hold, a
@@ -195,7 +252,7 @@ class Store:
             self._reject(kv, f"internal error: {type(e).__name__}: {e}", error=e)
             return None
         self._rejected.pop(key, None)
-        return Item(kind, item_id, key, obj, value, raw, mod, create)
+        return FullItem(kind, item_id, key, obj, value, raw, mod, create)
 
     def _reject(self, kv: RowIn, reason: str, error: Exception | None = None) -> None:
         key, value, mod, _ = kv
@@ -337,7 +394,9 @@ class Store:
 
 
 def _digest(raw: bytes | memoryview) -> bytes:
-    return hashlib.blake2b(raw, digest_size=16).digest()
+    # 8 bytes: a 41-byte object instead of 49 per route; a full reload compares each route's
+    # new bytes with its own digest only, so 2**-64 is the odds of missing one change.
+    return hashlib.blake2b(raw, digest_size=8).digest()
 
 
 def _moved(old: dict[str, Item], new: dict[str, Item]) -> bool:

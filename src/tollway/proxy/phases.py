@@ -73,14 +73,14 @@ class Phases(ExchangeBase):
         if match is None:
             self.chain = gchain  # the global rules' response phases still apply to the 404
             return self._not_found_steps(gchain)
-        route: CompiledRoute = match.spec.payload
+        route: CompiledRoute = match.payload
         ctx.route = route
         ctx.route_id = route.id
         ctx.route_name = route.name
         ctx.service_id = route.service_id
         ctx.matched_params = match.params
-        ctx.matched_uri = match.spec.uris[0] if match.spec.uris else None
-        ctx.route_hosts = match.spec.hosts
+        ctx.matched_uri = route.uri
+        ctx.route_hosts = route.hosts
         if route.error:
             self.respond_error(route.error)
             return None

@@ -21,14 +21,13 @@ import gc
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from tollway.expr import Expr, IpMatcher, compile_expr
 from tollway.router.pattern import UriPattern, parse_uri
 from tollway.router.prefix_tree import PrefixTree
 from tollway.router.spec import Match, RequestView, RouteSpec
-from tollway.router.table import Entry, HostCondition, UriTable
+from tollway.router.table import Entry, FullEntry, HostCondition, UriTable, make_entry
 
 __all__ = ["KINDS", "Router", "RouterBuilder", "build_router", "compile_check"]
 
@@ -36,6 +35,12 @@ log = logging.getLogger("tollway.router")
 
 KINDS = frozenset({"radixtree_host_uri", "radixtree_uri", "radixtree_uri_with_parameter"})
 _HOST_MEMO_SIZE = 8192
+
+
+def _lowered(host: str) -> str:
+    """``host`` lowercased, the same string when it already is (the spec's, not a copy)."""
+    low = host.lower()
+    return host if low == host else low
 
 
 def _unique(items: Sequence[str]) -> Sequence[str]:
@@ -61,7 +66,7 @@ def _compile_route(spec: RouteSpec, with_params: bool) -> _Compiled:
         expr = compile_expr(spec.vars)
         if not expr.rule:
             expr = None  # [] matches everything
-    hosts = tuple(_unique([h.lower() for h in spec.hosts])) if spec.hosts else None
+    hosts = tuple(_unique([_lowered(h) for h in spec.hosts])) if spec.hosts else None
     patterns = []
     for uri in _unique(spec.uris):
         if not isinstance(uri, str) or not uri:
@@ -88,7 +93,7 @@ class Router:
         "_next_seq",
         "_placed",
         "_plain",
-        "_seqs",
+        "_seqless",
         "_strip_tail",
         "_wild_hosts",
         "_with_params",
@@ -107,15 +112,32 @@ class Router:
         self._wild_hosts: PrefixTree[UriTable] = PrefixTree()  # key: reversed suffix
         # host -> its tables in match order; valid while the set of host tables is unchanged.
         self._host_memo: dict[str, tuple[UriTable, ...]] = {}
-        self._seqs: dict[str, int] = {}  # route id -> insertion sequence (kept on upsert)
-        self._placed: dict[str, Entry | list[Entry]] = {}  # route id -> its entries
+        # route id -> its entries (one Entry for most routes, not a list), whose ``route_seq``
+        # is the route's insertion sequence (kept on upsert). One dict per route id, not two.
+        self._placed: dict[str, Entry | list[Entry]] = {}
+        # A route placed without any uri (no entry to hold them): its sequence and payload.
+        self._seqless: dict[str, tuple[int, Any]] = {}
         self._next_seq = 0
 
     def __len__(self) -> int:
-        return len(self._seqs)
+        return len(self._placed)
 
     def __contains__(self, route_id: object) -> bool:
-        return route_id in self._seqs
+        return route_id in self._placed
+
+    def __iter__(self) -> Iterator[str]:
+        """The ids of the routes placed, in insertion order."""
+        return iter(self._placed)
+
+    def payload(self, route_id: str) -> Any:
+        """What the route's spec carried (None for an unknown id)."""
+        placed = self._placed.get(route_id)
+        if isinstance(placed, Entry):
+            return placed.payload
+        if placed:
+            return placed[0].payload
+        seqless = self._seqless.get(route_id)
+        return None if seqless is None else seqless[1]
 
     # ------------------------------------------------------------------ matching
 
@@ -152,9 +174,10 @@ class Router:
         """Apply deletes, then upserts, in place. A bad upsert is logged and leaves its route as
         it was; an upserted id that is already present keeps its insertion position."""
         for route_id in deletes:
-            if route_id in self._seqs:
-                del self._seqs[route_id]
-                self._unplace(self._placed.pop(route_id))
+            placed = self._placed.pop(route_id, None)
+            if placed is not None:
+                self._seqless.pop(route_id, None)
+                self._unplace(placed)
         for spec in upserts:
             self._upsert(spec)
 
@@ -164,10 +187,10 @@ class Router:
         placed = self._placed.get(route_id)
         if placed is None:
             return
-        entries = placed if isinstance(placed, list) else [placed]
-        spec = replace(entries[0].spec, payload=payload)
-        for entry in entries:
-            entry.spec = spec
+        for entry in placed if isinstance(placed, list) else [placed]:
+            entry.payload = payload
+        if route_id in self._seqless:
+            self._seqless[route_id] = (self._seqless[route_id][0], payload)
 
     def _upsert(self, spec: RouteSpec) -> bool:
         try:
@@ -175,14 +198,24 @@ class Router:
         except ValueError as e:  # ExprError is a ValueError
             log.error("route %s skipped: %s", spec.id, e)
             return False
-        seq = self._seqs.get(spec.id)
-        if seq is None:
-            seq = self._seqs[spec.id] = self._next_seq
+        old = self._placed.get(spec.id)
+        if old is None:
+            seq = self._next_seq
             self._next_seq += 1
         else:
-            self._unplace(self._placed[spec.id])
-        self._placed[spec.id] = self._place(spec, seq, compiled)
+            seq = self._seq_of(spec.id, old)
+            self._unplace(old)
+        placed = self._placed[spec.id] = self._place(spec, seq, compiled)
+        if isinstance(placed, list) and not placed:
+            self._seqless[spec.id] = (seq, spec.payload)
+        else:
+            self._seqless.pop(spec.id, None)
         return True
+
+    def _seq_of(self, route_id: str, placed: Entry | list[Entry]) -> int:
+        if isinstance(placed, Entry):
+            return placed.route_seq
+        return placed[0].route_seq if placed else self._seqless[route_id][0]
 
     def _place(self, spec: RouteSpec, seq: int, compiled: _Compiled) -> Entry | list[Entry]:
         methods, ips, expr, hosts, patterns = compiled
@@ -193,20 +226,23 @@ class Router:
                 tables = [(self._host_table(h), h) for h in hosts]
             else:
                 condition = HostCondition(hosts)
-        entries = []
+        conditions = (methods, ips, condition, expr)
+        entries: list[Entry] = []
         for index, pattern in enumerate(patterns):
             for table, host in tables:
-                entry = Entry(spec, pattern, seq, index, (methods, ips, condition, expr))
-                entry.host = host
+                if host is None:
+                    entry = make_entry(spec, pattern, seq, index, conditions)
+                else:
+                    full = FullEntry(spec, pattern, seq, index, conditions)
+                    full.table, full.host = table, host
+                    entry = full
                 table.add(entry)
                 entries.append(entry)
         return entries[0] if len(entries) == 1 else entries  # one object per plain route
 
     def _unplace(self, placed: Entry | list[Entry]) -> None:
         for entry in placed if isinstance(placed, list) else [placed]:
-            table = entry.table
-            if table is None:
-                continue
+            table = self._plain if entry.table is None else entry.table
             table.remove(entry)
             if entry.host is not None and not len(table):
                 self._drop_host_table(entry.host, table)

@@ -24,7 +24,7 @@ from tollway.router.pattern import Capture, UriPattern
 from tollway.router.prefix_tree import PrefixTree
 from tollway.router.spec import Match, RequestView, RouteSpec
 
-__all__ = ["Entry", "HostCondition", "UriTable"]
+__all__ = ["Entry", "FullEntry", "HostCondition", "UriTable", "make_entry"]
 
 _URI_PARAM = "uri_param_"
 
@@ -97,28 +97,77 @@ class _ParamVars:
 
 
 class Entry:
-    """One (route, uri) pair placed in one table, with the route's compiled conditions."""
+    """One (route, uri) pair placed in one table: what deciding a match by the path alone needs.
+
+    Memory (issue #17): a route of the common kind (no remote_addrs, vars, hosts as a condition,
+    regex capture, host table) is one of these, with 11 slots; the rarer conditions are class
+    attributes here (None: no such condition) and slots of :class:`FullEntry`. A lookup of either
+    costs the same (a class attribute is found where a slot would be)."""
 
     __slots__ = (
         "bare",
-        "capture",
-        "expr",
-        "host",
-        "hosts",
-        "index",
-        "ips",
+        "id",
         "is_prefix",
         "length",
         "methods",
-        "param_vars",
+        "payload",
         "priority",
         "rest_name",
         "rest_start",
         "seq",
-        "spec",
         "stored",
-        "table",
     )
+
+    full = False  # a FullEntry: the conditions below may be set
+    # The rarer conditions, slots of FullEntry: see _try for how each is checked.
+    ips: IpMatcher | None = None
+    hosts: HostCondition | None = None
+    expr: Expr | None = None
+    param_vars = False
+    capture: Capture | None = None
+    # radixtree_host_uri: the host of the table the entry is in (None: the host-less table)
+    table: UriTable | None = None
+    host: str | None = None
+
+    def __init__(
+        self,
+        spec: RouteSpec,
+        pattern: UriPattern,
+        seq: int,
+        index: int,
+        methods: frozenset[str] | None,
+    ) -> None:
+        self.id = spec.id
+        self.payload = spec.payload
+        self.methods = methods
+        self.priority = spec.priority
+        self.length = len(pattern.path_org)
+        # The route's insertion sequence and this uri's index among its uris, in one int: the
+        # last two keys of the order (a route has far fewer than 2**16 uris).
+        self.seq = (seq << 16) | index
+        self.stored = pattern.stored
+        self.is_prefix = pattern.is_prefix
+        capture: Capture | None = pattern.capture
+        # "/a/*" needs no regex: the capture is what follows the stored prefix.
+        self.rest_name = capture.rest_name if capture is not None else None
+        self.rest_start = capture.start if capture is not None else 0
+        self.bare = self.methods is None and (capture is None or self.rest_name is not None)
+
+    def order(self) -> tuple[int, int, int]:
+        return (-self.priority, -self.length, self.seq)
+
+    @property
+    def route_seq(self) -> int:
+        """The route's insertion sequence (kept while the route exists)."""
+        return self.seq >> 16
+
+
+class FullEntry(Entry):
+    """An entry with a condition beyond the path and methods, a regex capture, or a host table."""
+
+    __slots__ = ("capture", "expr", "host", "hosts", "ips", "param_vars", "table")
+
+    full = True
 
     def __init__(
         self,
@@ -128,35 +177,40 @@ class Entry:
         index: int,
         conditions: Conditions,
     ) -> None:
-        self.spec = spec
-        self.methods, self.ips, self.hosts, self.expr = conditions
+        super().__init__(spec, pattern, seq, index, conditions[0])
+        _, self.ips, self.hosts, self.expr = conditions
         self.param_vars = self.expr is not None and any(
             n.startswith(_URI_PARAM) for n in self.expr.var_names
         )
-        self.priority = spec.priority
-        self.length = len(pattern.path_org)
-        self.seq = seq
-        self.index = index
-        self.stored = pattern.stored
-        self.is_prefix = pattern.is_prefix
-        capture: Capture | None = pattern.capture
-        # "/a/*" needs no regex: the capture is what follows the stored prefix.
-        self.rest_name = capture.rest_name if capture is not None else None
-        self.rest_start = capture.start if capture is not None else 0
-        self.capture = capture if self.rest_name is None else None
+        capture = pattern.capture
+        self.capture = capture if capture is not None and self.rest_name is None else None
+        self.table = None
+        self.host = None
         # No condition beyond the path and no regex: the match is decided by the table lookup.
         self.bare = (
-            self.methods is None
+            self.bare
             and self.ips is None
             and self.hosts is None
             and self.expr is None
             and self.capture is None
         )
-        self.table: UriTable | None = None  # where it is placed, for removal
-        self.host: str | None = None  # the host of that table in radixtree_host_uri
 
-    def order(self) -> tuple[int, int, int, int]:
-        return (-self.priority, -self.length, self.seq, self.index)
+
+def make_entry(
+    spec: RouteSpec, pattern: UriPattern, seq: int, index: int, conditions: Conditions
+) -> Entry:
+    """The smallest entry that holds these conditions (one placed in a host table: see
+    ``Router._place``, which makes a FullEntry for it)."""
+    methods, ips, hosts, expr = conditions
+    capture = pattern.capture
+    if (
+        ips is None
+        and hosts is None
+        and expr is None
+        and (capture is None or capture.rest_name is not None)
+    ):
+        return Entry(spec, pattern, seq, index, methods)
+    return FullEntry(spec, pattern, seq, index, conditions)
 
 
 def _try(e: Entry, req: RequestView, path: str) -> Match | None:
@@ -165,6 +219,9 @@ def _try(e: Entry, req: RequestView, path: str) -> Match | None:
     methods = e.methods
     if methods is not None and req.method not in methods:
         return None
+    if not e.full:  # one class attribute read instead of the four rare conditions
+        rest = e.rest_name
+        return Match(e.id, e.payload, None if rest is None else {rest: path[e.rest_start :]})
     ips = e.ips
     if ips is not None and not ips.match(req.remote_addr):
         return None
@@ -183,7 +240,7 @@ def _try(e: Entry, req: RequestView, path: str) -> Match | None:
         var = _ParamVars(req.var, params) if e.param_vars else req.var
         if not expr.eval(var):
             return None
-    return Match(e.spec, params)
+    return Match(e.id, e.payload, params)
 
 
 def _scan(bucket: Entry | list[Entry], req: RequestView, path: str) -> Match | None:
@@ -242,7 +299,6 @@ class UriTable:
     def add(self, entry: Entry) -> None:
         stored = entry.stored
         self._size += 1
-        entry.table = self
         if not entry.is_prefix:
             self._exact[stored] = _with(self._exact.get(stored), entry)
         elif stored.endswith("/"):
@@ -309,7 +365,9 @@ class UriTable:
             if isinstance(bucket, Entry) and bucket.bare:
                 rest = bucket.rest_name
                 return Match(
-                    bucket.spec, None if rest is None else {rest: path[bucket.rest_start :]}
+                    bucket.id,
+                    bucket.payload,
+                    None if rest is None else {rest: path[bucket.rest_start :]},
                 )
             return _scan(bucket, req, path)
         if self._other is not None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from typing import Any, Protocol
 
 import msgspec
@@ -163,47 +164,96 @@ def _ssl_context(conf: Upstream) -> ssl.SSLContext:
     return ctx
 
 
-class CompiledRoute:
-    """A route merged with its service and plugin config: what a matched request uses."""
+# The merged plugin confs of a route without plugins: one shared, read-only mapping.
+NO_PLUGINS: Mapping[str, Any] = MappingProxyType({})
 
-    __slots__ = (
-        "chain",
-        "enable_websocket",
-        "error",
-        "id",
-        "key",
-        "name",
-        "own_chain",
-        "plugins",
-        "service_id",
-        "timeouts",
-        "upstream",
-        "upstream_id",
-        "versions",
-    )
+
+class CompiledRoute:
+    """A route merged with its service and plugin config: what a matched request uses.
+
+    Memory (issue #17): most routes have no plugins, service, timeouts, websocket or error to
+    answer; they are this class, with 8 slots, whose other fields are the class attributes
+    below. A route with any of those is a :class:`FullRoute` (every field a slot). The Compiler
+    fills a ``FullRoute`` and keeps its ``compact()`` form.
+    """
+
+    __slots__ = ("chain", "hosts", "id", "name", "upstream", "upstream_id", "uri", "versions")
+
+    # The rare fields (slots of FullRoute); see FullRoute.__init__.
+    service_id: str | None = None
+    own_chain: Chain = EMPTY_CHAIN
+    plugins: Mapping[str, Any] = NO_PLUGINS
+    timeouts: Timeouts | None = None
+    enable_websocket: bool = False
+    error: int = 0
 
     def __init__(self) -> None:
         self.id = ""
-        self.key = ""
         self.name: str | None = None
-        self.service_id: str | None = None
-        self.own_chain: Chain = EMPTY_CHAIN  # the route's own plugins (with service/config)
-        self.chain: Chain = EMPTY_CHAIN  # the same, with the global rules' response phases
-        self.plugins: Mapping[str, Any] = {}  # merged raw confs (for consumer merges)
+        # What a request reads of the route's match conditions (``ctx.matched_uri``, its first
+        # uri; ``ctx.route_hosts``): the router keeps no RouteSpec (issue #17).
+        self.uri: str | None = None
+        self.hosts: tuple[str, ...] | None = None
+        self.chain: Chain = EMPTY_CHAIN  # own_chain with the global rules' response phases
         self.upstream: CompiledUpstream | None = None
         self.upstream_id: str | None = None
-        self.timeouts: Timeouts | None = None
-        self.enable_websocket = False
-        self.error: int = 0  # a status to answer with (missing service / plugin config)
         # (route, service, plugin config) versions, or the route's alone without the others
         self.versions: tuple[int, int, int] | int = 0
 
+    @property
+    def key(self) -> str:
+        """Its APISIX key, ``/apisix/routes/<id>`` (derived: one string less per route)."""
+        return "/apisix/routes/" + self.id
+
+    def compact(self) -> CompiledRoute:
+        """This route in the smallest class that holds it (itself, or a CompiledRoute copy)."""
+        if (
+            type(self) is CompiledRoute
+            or self.service_id is not None
+            or self.own_chain is not EMPTY_CHAIN
+            or self.plugins is not NO_PLUGINS
+            or self.timeouts is not None
+            or self.enable_websocket
+            or self.error
+        ):
+            return self
+        new = CompiledRoute.__new__(CompiledRoute)
+        new.chain = self.chain
+        new.hosts = self.hosts
+        new.id = self.id
+        new.name = self.name
+        new.upstream = self.upstream
+        new.upstream_id = self.upstream_id
+        new.uri = self.uri
+        new.versions = self.versions
+        return new
+
     def evolve(self, **changes: Any) -> CompiledRoute:
         """A copy with ``changes``: a published route is never modified (requests hold it)."""
-        new = CompiledRoute()
-        for name in CompiledRoute.__slots__:
+        new = FullRoute()
+        for name in _FIELDS:
             setattr(new, name, changes.get(name, getattr(self, name)))
-        return new
+        return new.compact()
+
+
+# The rare fields (their defaults are CompiledRoute's class attributes; ``compact`` checks each).
+_RARE = ("enable_websocket", "error", "own_chain", "plugins", "service_id", "timeouts")
+_FIELDS = CompiledRoute.__slots__ + _RARE
+
+
+class FullRoute(CompiledRoute):
+    """A compiled route with every field a slot."""
+
+    __slots__ = _RARE
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.service_id = None
+        self.own_chain = EMPTY_CHAIN  # the route's own plugins (with service/config)
+        self.plugins = NO_PLUGINS  # merged raw confs (for consumer merges)
+        self.timeouts = None
+        self.enable_websocket = False
+        self.error = 0  # a status to answer with (missing service / plugin config)
 
 
 class Builder(Protocol):

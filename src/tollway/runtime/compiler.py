@@ -13,8 +13,7 @@ import asyncio
 import itertools
 import logging
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
-from types import MappingProxyType
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -26,11 +25,18 @@ from tollway.errors import ConfigError
 from tollway.model import Route, Service, Upstream, decode_item
 from tollway.plugins.registry import EMPTY_CHAIN, Chain, Registry
 from tollway.protos import CompiledProto, compile_proto
-from tollway.router import RouterBuilder, RouteSpec, build_router
+from tollway.router import Router, RouterBuilder, RouteSpec, build_router
 from tollway.router.engine import gc_paused
 from tollway.router.spec import DISABLED
 from tollway.runtime.certs import CertTable, build_cert_table
-from tollway.runtime.compiled import CompiledRoute, CompiledUpstream, Runtime, Timeouts
+from tollway.runtime.compiled import (
+    NO_PLUGINS,
+    CompiledRoute,
+    CompiledUpstream,
+    FullRoute,
+    Runtime,
+    Timeouts,
+)
 from tollway.runtime.consumers import build_consumer_index
 from tollway.settings import LoadedSettings
 from tollway.upstream.pool import PoolLimits
@@ -40,9 +46,6 @@ log = logging.getLogger("tollway.runtime")
 
 # Beyond this many changed items in one full load, rebuild the router instead of patching it.
 INCREMENTAL_LIMIT = 500
-
-# The merged plugin confs of a route without plugins: one shared, read-only mapping.
-_NO_PLUGINS: Mapping[str, Any] = MappingProxyType({})
 
 # Inline upstream types whose compiled form routes may share: their picker keeps no state keyed
 # by the upstream (least_conn and ewma count in-flight requests per upstream key).
@@ -57,8 +60,35 @@ def _inline_conf(route: Route) -> Upstream | msgspec.Raw | None:
     return conf
 
 
+def _lowered(host: str) -> str:
+    """``host`` lowercased, the same string when it already is (one copy kept, not two)."""
+    low = host.lower()
+    return host if low == host else low
+
+
 def _shareable(conf: Upstream) -> bool:
     return conf.checks is None and conf.type in _SHAREABLE_TYPES
+
+
+class _Routes(Mapping[str, CompiledRoute]):
+    """The router's payloads by route id, as a read-only mapping."""
+
+    __slots__ = ("_router",)
+
+    def __init__(self, router: Router) -> None:
+        self._router = router
+
+    def __getitem__(self, route_id: str) -> CompiledRoute:
+        found: CompiledRoute | None = self._router.payload(route_id)
+        if found is None:
+            raise KeyError(route_id)
+        return found
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._router)
+
+    def __len__(self) -> int:
+        return len(self._router)
 
 
 class Compiler:
@@ -83,9 +113,6 @@ class Compiler:
         self.servlet_uri = settings.conf.apisix.normalize_uri_like_servlet
         up = settings.conf.nginx_config.http.upstream
         self.keepalive = PoolLimits(up.keepalive, up.keepalive_timeout, up.keepalive_requests)
-        # Every compiled route by id, disabled and erroneous ones included (the router holds
-        # the matchable ones): the Compiler's bookkeeping, never read by a request.
-        self.routes: dict[str, CompiledRoute] = {}
         # The routes that use a service / plugin config, by its id: a change to one recompiles
         # those routes without reading every route.
         self._service_users: dict[str, dict[str, None]] = {}
@@ -110,6 +137,13 @@ class Compiler:
         # proto id -> (its content, compiled): a proto is compiled once per content
         self._protos: dict[str, tuple[str, CompiledProto]] = {}
 
+    @property
+    def routes(self) -> Mapping[str, CompiledRoute]:
+        """Every compiled route by id: read from the router, which holds each as its entries'
+        payload (the Compiler's bookkeeping, never read by a request; no dict of its own, which
+        at 100k routes cost ~40 bytes per route)."""
+        return _Routes(self.runtime.router)
+
     # -- full build -----------------------------------------------------------------------
 
     async def rebuild(self, store: Store) -> Runtime:
@@ -119,7 +153,6 @@ class Compiler:
         }
         self.runtime_global = self._global_chain(store)
         builder = RouterBuilder(self.kind, delete_uri_tail_slash=self.tail_slash)
-        routes: dict[str, CompiledRoute] = {}
         self._service_users, self._pconf_users, self._parents = {}, {}, {}
         # Nothing else changes the store while this awaits (the worker applies one message at
         # a time), so one iterator walks it in chunks.
@@ -131,11 +164,7 @@ class Compiler:
             with gc_paused():
                 specs = []
                 for rid, item in chunk:
-                    compiled = self._route_item(store, rid, item)
-                    if compiled is None:
-                        continue
-                    cr, spec = compiled
-                    routes[rid] = cr
+                    spec = self._route_item(store, rid, item)
                     if spec is not None:
                         specs.append(spec)
                 builder.add_many(specs)
@@ -151,7 +180,6 @@ class Compiler:
             revision=store.revision,
             plugin_metadata=self._plugin_metadata(store, None, {}),
         )
-        self.routes = routes
         self.runtime = rt
         return rt
 
@@ -270,15 +298,9 @@ class Compiler:
         deletes: list[str] = []
         for rid in route_ids:
             it = store["routes"].get(rid)
-            compiled = None if it is None else self._route_item(store, rid, it)
-            if compiled is None:
-                self._set_parents(rid, None, None)
-                self.routes.pop(rid, None)
-                deletes.append(rid)
-                continue
-            cr, spec = compiled
-            self.routes[rid] = cr
+            spec = None if it is None else self._route_item(store, rid, it)
             if spec is None:
+                self._set_parents(rid, None, None)
                 deletes.append(rid)
             else:
                 upserts.append(spec)
@@ -292,9 +314,7 @@ class Compiler:
         for rid, cr in list(self.routes.items()):
             if rid in skip:
                 continue
-            new = cr.evolve(chain=cr.own_chain.under(self.runtime_global))
-            self.routes[rid] = new
-            router.repoint(rid, new)
+            router.repoint(rid, cr.evolve(chain=cr.own_chain.under(self.runtime_global)))
 
     # -- pieces ---------------------------------------------------------------------------
 
@@ -383,9 +403,7 @@ class Compiler:
                         inline.key, inline.version, inline.conf
                     )
                     n += 1
-                new = cr.evolve(upstream=fresh)
-                self.routes[rid] = new
-                rt.router.repoint(rid, new)
+                rt.router.repoint(rid, cr.evolve(upstream=fresh))
         # inline upstreams chosen by plugins were compiled with the old answers
         self.runtime = rt.evolve(upstreams=upstreams, inline_upstreams={})
         return n
@@ -444,11 +462,10 @@ class Compiler:
             ", ".join(refusal.invalid),
         )
 
-    def _route_item(
-        self, store: Store, rid: str, item: Item
-    ) -> tuple[CompiledRoute, RouteSpec | None] | None:
-        """Compile one route of the store (a lean store's routes are decoded here, and the
-        decoded object is dropped once compiled); None if it does not decode."""
+    def _route_item(self, store: Store, rid: str, item: Item) -> RouteSpec | None:
+        """Compile one route of the store: its spec for the router, the compiled route its
+        payload (a lean store's routes are decoded here, and the decoded object is dropped once
+        compiled); None if it does not decode."""
         try:
             route: Route = store.decoded(item)
         except ConfigError as e:  # the supervisor validated it: a version skew, say
@@ -458,10 +475,8 @@ class Compiler:
         sid = None if route.service_id is None else str(route.service_id)
         pid = None if route.plugin_config_id is None else str(route.plugin_config_id)
         self._set_parents(rid, sid, pid)
-        # The etcd key under the default prefix is the route's APISIX key: one string, not two.
-        key = item.key if store.prefix == "/apisix" else f"/apisix/routes/{rid}"
         try:
-            compiled = self._route(store, rid, route, item.mod_revision, key)
+            compiled = self._route(store, rid, route, item.mod_revision)
         except ConfigError as e:  # its inline upstream, decoded here in a lean store
             log.error("route %s skipped: %s", rid, e)
             self._set_parents(rid, None, None)
@@ -490,12 +505,9 @@ class Compiler:
         if sid is not None or pid is not None:
             self._parents[rid] = (sid, pid)
 
-    def _route(
-        self, store: Store, rid: str, route: Route, version: int, key: str
-    ) -> tuple[CompiledRoute, RouteSpec | None]:
-        cr = CompiledRoute()
+    def _route(self, store: Store, rid: str, route: Route, version: int) -> RouteSpec:
+        cr = FullRoute()
         cr.id = rid
-        cr.key = key
         cr.name = route.name
         plugins: dict[str, Any] = {}
         service: Service | None = None
@@ -520,7 +532,7 @@ class Compiler:
                 merged = dict(service.plugins or {})
                 merged.update(plugins)
                 plugins = merged
-        cr.plugins = plugins or _NO_PLUGINS
+        cr.plugins = plugins or NO_PLUGINS
         cr.own_chain = self.chain(plugins)
         cr.chain = cr.own_chain.under(self.runtime_global)
         cr.timeouts = Timeouts.of(route.timeout) if route.timeout is not None else None
@@ -546,19 +558,21 @@ class Compiler:
         hosts = route.host_list()
         if hosts is None and service is not None:
             hosts = service.hosts
-        spec = RouteSpec(
+        uris = [route.uri] if route.uri is not None else route.uris or []
+        cr.uri = uris[0] if uris else None
+        cr.hosts = tuple(_lowered(h) for h in hosts) if hosts else None
+        return RouteSpec(
             id=rid,
-            uris=tuple([route.uri] if route.uri is not None else route.uris or []),
+            uris=tuple(uris),
             priority=route.priority,
             # A disabled route stays in the router, matching nothing, so that enabling it again
             # gives it back its place among equal priorities (APISIX keeps it in its values).
             methods=DISABLED if route.status == 0 else self._method_set(route.methods),
-            hosts=tuple(h.lower() for h in hosts) if hosts else None,
+            hosts=cr.hosts,
             remote_addrs=tuple(
                 [route.remote_addr] if route.remote_addr else route.remote_addrs or []
             )
             or None,
             vars=route.vars or None,
-            payload=cr,
+            payload=cr.compact(),
         )
-        return cr, spec

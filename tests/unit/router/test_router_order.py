@@ -16,7 +16,7 @@ def spec(id: str, *uris: str, **kw: Any) -> RouteSpec:
 
 def winner(kind: str, specs: list[RouteSpec], path: str, **req: Any) -> str | None:
     m = build_router(kind, specs).match(Req(path, **req))
-    return None if m is None else m.spec.id
+    return None if m is None else m.id
 
 
 ALL_KINDS = sorted(KINDS)
@@ -156,9 +156,9 @@ def test_a_route_with_several_uris(kind: str) -> None:
 def test_delete_uri_tail_slash(kind: str) -> None:
     router = build_router(kind, [spec("e", "/a/b"), spec("root", "/")], delete_uri_tail_slash=True)
     m = router.match(Req("/a/b/"))
-    assert m is not None and m.spec.id == "e"
+    assert m is not None and m.id == "e"
     m = router.match(Req("/"))
-    assert m is not None and m.spec.id == "root"  # "/" is kept
+    assert m is not None and m.id == "root"  # "/" is kept
     plain = build_router(kind, [spec("e", "/a/b")])
     assert plain.match(Req("/a/b/")) is None
 
@@ -311,7 +311,7 @@ def test_host_uri_priority_applies_within_one_host_table() -> None:
 def test_payload_is_returned() -> None:
     router = build_router("radixtree_uri", [RouteSpec("1", ("/a",), payload={"upstream": 1})])
     m = router.match(Req("/a"))
-    assert m is not None and m.spec.payload == {"upstream": 1} and m.params is None
+    assert m is not None and m.payload == {"upstream": 1} and m.params is None
 
 
 @pytest.mark.parametrize("kind", ALL_KINDS)

@@ -94,7 +94,7 @@ def test_param_prefix_is_text_before_first_colon() -> None:
 def test_param_routes_order_by_stored_prefix() -> None:
     uris = ["/user/:id", "/user/me/:tab", "/user/me"]
     paths = ["/user/1", "/user/me", "/user/me/x"]
-    hits = {p: (m.spec.id if (m := match(P, uris, p)) else None) for p in paths}
+    hits = {p: (m.id if (m := match(P, uris, p)) else None) for p in paths}
     assert hits == {"/user/1": "0", "/user/me": "2", "/user/me/x": "1"}
 
 
@@ -105,9 +105,9 @@ def test_uri_param_is_visible_to_vars_of_the_candidate_route() -> None:
     ]
     router = build_router(P, specs)
     hit = router.match(Req("/user/0"))
-    assert hit is not None and hit.spec.id == "admin" and hit.params == {"id": "0"}
+    assert hit is not None and hit.id == "admin" and hit.params == {"id": "0"}
     hit = router.match(Req("/user/5"))
-    assert hit is not None and hit.spec.id == "user"
+    assert hit is not None and hit.id == "user"
 
 
 def test_uri_param_of_a_route_without_params_is_none() -> None:
@@ -129,7 +129,7 @@ def test_a_bad_spec_is_skipped_and_the_rest_still_route() -> None:
     specs = [RouteSpec("bad", ("/a",), vars=["x", "==", "y"]), RouteSpec("good", ("/a",))]
     router = build_router("radixtree_uri", specs)
     m = router.match(Req("/a"))
-    assert m is not None and m.spec.id == "good" and len(router) == 1
+    assert m is not None and m.id == "good" and len(router) == 1
 
 
 def test_many_star_segments_match_in_linear_time() -> None:

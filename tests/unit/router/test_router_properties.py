@@ -60,7 +60,7 @@ def specs_st(draw: st.DrawFn, distinct_priorities: bool = False) -> list[RouteSp
 
 def answer(router: Router, req: Req) -> tuple[str, dict[str, str] | None] | None:
     m = router.match(req)
-    return None if m is None else (m.spec.id, m.params)
+    return None if m is None else (m.id, m.params)
 
 
 # --------------------------------------------------------------------------- an oracle

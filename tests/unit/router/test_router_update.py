@@ -9,11 +9,12 @@ import pytest
 from tests.support.router import Req
 
 from tollway.router import RouterBuilder, RouteSpec, build_router
+from tollway.router.table import Entry, FullEntry
 
 
 def win(router: Any, path: str, **kw: Any) -> str | None:
     m = router.match(Req(path, **kw))
-    return None if m is None else m.spec.id
+    return None if m is None else m.id
 
 
 @pytest.mark.parametrize("kind", ["radixtree_uri", "radixtree_host_uri"])
@@ -23,7 +24,7 @@ def test_upsert_of_existing_id_keeps_its_position(kind: str) -> None:
     router.update([RouteSpec("a", ("/x",), payload=2)], [])
     assert win(router, "/x") == "a"
     m = router.match(Req("/x"))
-    assert m is not None and m.spec.payload == 2
+    assert m is not None and m.payload == 2
 
 
 def test_new_id_is_appended_and_a_readded_id_goes_last() -> None:
@@ -84,7 +85,7 @@ def test_duplicate_ids_in_a_build_keep_the_first_place_and_the_last_value() -> N
         ],
     )
     m = router.match(Req("/x"))
-    assert m is not None and m.spec.id == "a" and m.spec.payload == 3 and len(router) == 2
+    assert m is not None and m.id == "a" and m.payload == 3 and len(router) == 2
 
 
 def test_builder_refuses_use_after_finish() -> None:
@@ -128,3 +129,48 @@ def test_build_restores_the_garbage_collector_state() -> None:
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_entries_are_compact_for_plain_routes_and_full_for_conditions() -> None:
+    router = build_router(
+        "radixtree_uri",
+        [
+            RouteSpec("exact", ("/a",), methods=frozenset({"GET"})),
+            RouteSpec("rest", ("/b/*",)),
+            RouteSpec("host", ("/c",), hosts=("c.com",)),
+            RouteSpec("param", ("/d/*/e",)),
+            RouteSpec("ip", ("/f",), remote_addrs=("10.0.0.0/8",)),
+        ],
+    )
+    kinds = {rid: type(router._placed[rid]) for rid in router}
+    assert kinds == {
+        "exact": Entry,
+        "rest": Entry,
+        "host": FullEntry,
+        "param": FullEntry,
+        "ip": FullEntry,
+    }
+    assert win(router, "/a", method="POST") is None and win(router, "/a") == "exact"
+    m = router.match(Req("/b/x/y"))
+    assert m is not None and m.id == "rest" and m.params == {":ext": "x/y"}
+    assert win(router, "/c", host="d.com") is None and win(router, "/c", host="c.com") == "host"
+    assert win(router, "/f", remote_addr="11.0.0.1") is None
+    assert win(router, "/f", remote_addr="10.1.2.3") == "ip"
+    # A plain route that gains a condition becomes a FullEntry in place, and back
+    router.update([RouteSpec("exact", ("/a",), vars=[["arg_k", "==", "v"]])], [])
+    assert type(router._placed["exact"]) is FullEntry and win(router, "/a") is None
+    router.update([RouteSpec("exact", ("/a",))], [])
+    assert type(router._placed["exact"]) is Entry and win(router, "/a", method="POST") == "exact"
+
+
+def test_a_route_without_uris_keeps_its_place_until_deleted() -> None:
+    router = build_router("radixtree_uri", [RouteSpec("a", (), payload=1), RouteSpec("b", ("/x",))])
+    assert "a" in router and len(router) == 2 and router.payload("a") == 1
+    router.update([RouteSpec("a", ("/x",), payload=2)], [])
+    m = router.match(Req("/x"))
+    assert m is not None and m.id == "a" and m.payload == 2  # its first place, before b
+    router.update([RouteSpec("a", ())], ["a"])  # deleted, then a new route: it goes last
+    router.update([RouteSpec("a", ("/x",))], [])
+    assert win(router, "/x") == "b"
+    router.repoint("b", 9)
+    assert router.payload("b") == 9 and router.payload("nope") is None

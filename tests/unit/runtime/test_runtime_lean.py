@@ -4,13 +4,16 @@ service and plugin-config changes that recompile only the routes using them."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
 from tollway.config.source import KeyValue
-from tollway.config.store import Store
+from tollway.config.store import LeanRouteItem, Store
 from tollway.plugins.registry import load_registry
+from tollway.runtime.compiled import NO_PLUGINS, CompiledRoute, FullRoute
 from tollway.runtime.compiler import Compiler
 from tollway.settings import default_settings
 
@@ -158,3 +161,89 @@ def test_one_route_change_at_scale_recompiles_that_route_only() -> None:
     assert comp.routes["7"].upstream is before["8"].upstream  # still the one shared upstream
     assert comp.runtime.router.match(Req("/moved/x")) is not None
     assert comp.runtime.router.match(Req("/r/7/x")) is None
+
+
+def test_plain_routes_are_compact_and_the_others_keep_every_field() -> None:
+    store, comp = loaded(
+        {
+            "services/s": {"upstream": UP},
+            "routes/1": {"uri": "/a", "name": "a", "hosts": ["A.example.com"], "upstream": UP},
+            "routes/2": {"uri": "/b", "plugins": {"proxy-rewrite": {"uri": "/x"}}, "upstream": UP},
+            "routes/3": {"uri": "/c", "service_id": "s"},
+            "routes/4": {"uri": "/d", "enable_websocket": True, "upstream": UP},
+            "routes/5": {
+                "uri": "/e",
+                "timeout": {"connect": 1, "send": 1, "read": 1},
+                "upstream": UP,
+            },
+        }
+    )
+    r = comp.routes
+    assert type(r["1"]) is CompiledRoute  # 8 slots: no plugin, service, timeout, websocket
+    assert (r["1"].id, r["1"].name, r["1"].uri, r["1"].hosts) == (
+        "1",
+        "a",
+        "/a",
+        ("a.example.com",),
+    )
+    assert r["1"].key == "/apisix/routes/1" and r["1"].error == 0 and r["1"].timeouts is None
+    assert all(type(r[i]) is FullRoute for i in "2345")
+    assert "proxy-rewrite" in r["2"].plugins and r["3"].service_id == "s"
+    assert r["4"].enable_websocket and r["5"].timeouts is not None
+    # evolve keeps every field, and a route that gains plugins becomes a FullRoute
+    moved = r["1"].evolve(plugins={"x": {}})
+    assert type(moved) is FullRoute and moved.plugins == {"x": {}} and moved.hosts == r["1"].hosts
+    assert type(moved.evolve(plugins=NO_PLUGINS)) is CompiledRoute
+    # the router holds each as its payload; the Compiler has no dict of its own
+    assert set(r) == {"1", "2", "3", "4", "5"} and len(r) == 5
+    apply(store, comp, 2, {"routes/2": None})
+    assert "2" not in comp.routes and len(comp.routes) == 4
+
+
+def test_a_lean_store_keeps_a_small_item_per_route_and_drops_the_load_s_changes() -> None:
+    store = Store("/custom", lean=True)
+    value = json.dumps({"uri": "/a", "upstream": UP}).encode()
+    store.load_rows(5, [("/custom/routes/1", value, 5, 0)])
+    item = store["routes"].get("1")
+    assert isinstance(item, LeanRouteItem) and item.key == "/custom/routes/1"
+    assert item.kind == "routes" and item.obj is None and item.create_revision == 0
+    assert item.settled and len(item.raw) == 8  # a digest, not the bytes
+    assert store.last_changes == [("routes", "1", "/custom/routes/1")]
+    store.release()
+    assert store.last_changes == []
+    # the same bytes again: nothing changed; other bytes: a change
+    store.load_rows(6, [("/custom/routes/1", value, 5, 0)])
+    assert store.last_changes == [] and store["routes"].get("1") is item
+    store.load_rows(7, [("/custom/routes/1", value.replace(b"/a", b"/b"), 7, 0)])
+    assert store.last_changes == [("routes", "1", "/custom/routes/1")]
+
+
+def test_the_compiled_form_stays_under_its_memory_budget() -> None:
+    """Bytes kept per route by the worker's Store, Compiler and router (tracemalloc, the load's
+    buffer released), 3,000 routes like bench/router_churn.py's: 838 since the compact forms,
+    1,261 before them (RouteSpec kept, Compiler.routes, a 9-field Item per route...)."""
+    n = 3000
+    rows = []
+    for i in range(n):
+        k = i % 10
+        route: dict[str, Any] = {"uri": f"/svc{i}/v1/items", "upstream": UP}
+        if 4 <= k < 7:
+            route["uri"] = f"/p{i}/api/*"
+        elif k >= 7:
+            route.update(uri=f"/h{i}/*", host=f"h{i}.example.com")
+        rows.append((f"/apisix/routes/{i}", json.dumps(route).encode(), 100_000 + i, 0))
+    comp = Compiler(default_settings(Path("/tmp/conf")), load_registry())
+    asyncio.run(comp.rebuild(Store(lean=True)))  # the first build's one-off allocations
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        store = Store(lean=True)
+        store.load_rows(n, rows)
+        asyncio.run(comp.rebuild(store))
+        store.release()
+        gc.collect()
+        per_route = (tracemalloc.get_traced_memory()[0] - before) / n
+    finally:
+        tracemalloc.stop()
+    assert 300 < per_route < 950, per_route

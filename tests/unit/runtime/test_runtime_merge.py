@@ -104,9 +104,9 @@ def test_service_hosts_apply_when_the_route_has_none() -> None:
             return None
 
     m = comp.runtime.router.match(Req("svc.example.com"))
-    assert m is not None and m.spec.id == "1"
+    assert m is not None and m.id == "1"
     m = comp.runtime.router.match(Req("route.example.com"))
-    assert m is not None and m.spec.id == "2"
+    assert m is not None and m.id == "2"
     # An incremental change to the service reaches its routes.
     store.apply(
         2,

@@ -59,7 +59,7 @@ def test_upstream_and_plugin_config_changes_leave_the_held_runtime_alone() -> No
     held = comp.runtime
     match = held.router.match(Req("/a"))
     assert match is not None
-    route = match.spec.payload
+    route = match.payload
     for rev, (key, value) in enumerate(
         [
             ("upstreams/u", UP_B),
@@ -81,14 +81,14 @@ def test_upstream_and_plugin_config_changes_leave_the_held_runtime_alone() -> No
     # what a new request gets
     assert new.upstreams["u"].servers[0].host == "10.0.0.2"
     now = new.router.match(Req("/a"))
-    assert now is not None and now.spec.payload is not route
-    assert confs(now.spec.payload.chain)["proxy-rewrite"].uri == "/new"
-    assert "response-rewrite" in confs(now.spec.payload.chain)
+    assert now is not None and now.payload is not route
+    assert confs(now.payload.chain)["proxy-rewrite"].uri == "/new"
+    assert "response-rewrite" in confs(now.payload.chain)
     # route 2 was not touched: its compiled route was re-chained for the new global rule, its
     # upstream is shared with the previous runtime (structural sharing)
     b = new.router.match(Req("/b"))
-    assert b is not None and b.spec.payload.upstream is comp.routes["2"].upstream
-    assert "response-rewrite" in confs(b.spec.payload.chain)
+    assert b is not None and b.payload.upstream is comp.routes["2"].upstream
+    assert "response-rewrite" in confs(b.payload.chain)
 
 
 def test_unrelated_changes_share_unchanged_parts() -> None:
