@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import sys
 import tempfile
+import time
+from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -48,16 +51,52 @@ def run(
                 for name, tree in trees.items():
                     os.environ["PYTHONPATH"] = str(tree)
                     home = root / f"tollway-{name}"
+                    log = home / "logs" / "error.log"
+                    offset = log.stat().st_size if log.exists() else 0
+                    t0 = time.time()
                     got = start(procs, home, f"tollway-{name}", etcd.endpoint, routes, workers)
                     procs.stop(f"tollway-{name}")
                     out.setdefault((name, source), []).append(got.last_route_s)
                     progress(
                         f"  {count} routes, {workers} w, {source}, round {r + 1}, {name}: "
-                        f"{got.last_route_s:.2f}s ({got.steps})"
+                        f"{got.last_route_s:.2f}s ({got.steps})\n    {timeline(log, offset, t0)}"
                     )
         return out
     finally:
         procs.stop_all()
+
+
+# Log lines that mark a start-up's steps, and what to call them.
+_MARKS = (
+    ("tollway started", "workers spawned"),
+    ("etcd: loaded", "etcd read"),
+    ("SERVING THE LAST-KNOWN-GOOD SNAPSHOT", "snapshot read"),
+    ("validated in", "validated+sent"),
+    ("serving", "worker serving"),
+)
+_STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
+
+
+def timeline(log: Path, offset: int, t0: float) -> str:
+    """Seconds from the spawn of ``tollway start`` to each step's log line (bench/scale.py
+    starts Tollway at log level info)."""
+    try:
+        with log.open("rb") as f:
+            f.seek(offset)
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return ""
+    seen: list[str] = []
+    for line in lines:
+        m = _STAMP.match(line)
+        if m is None:
+            continue
+        for needle, name in _MARKS:
+            if needle in line:
+                when = datetime.strptime(m[1], "%Y-%m-%d %H:%M:%S,%f").timestamp() - t0
+                seen.append(f"{name} +{when:.2f}s")
+                break
+    return ", ".join(seen)
 
 
 def main() -> None:

@@ -170,7 +170,7 @@ class Supervisor:
         self._quick_exits = 0  # workers in a row that exited soon after their start
         self.runners: list[Any] = []
         self.started = time.time()
-        # The Prometheus export (tollway.metrics), made in start_services; None when disabled.
+        # The Prometheus export (tollway.metrics), made in start_metrics; None when disabled.
         self.metrics: MetricsExport | None = None
         # Health checks and DNS, once per instance (tollway.upstream).
         self.upstreams = UpstreamMonitor(
@@ -477,7 +477,16 @@ class Supervisor:
             return 1
         self.write_pid()
         self.source = self.make_source()
+        # Start-up order (issue #17): the workers first (a new interpreter importing Tollway
+        # takes ~0.3 s), then the config source, then the other HTTP services: the workers'
+        # start overlaps the etcd read and its validation (which holds this loop: a worker
+        # spawned after it would start that much later), and neither waits for the servers.
         try:
+            await self.start_metrics()  # before any worker starts recording
+            if self.settings.serves_proxy:
+                for _ in range(self.settings.workers):
+                    await self.spawn_worker(self.generation)
+            self.tasks.append(loop.create_task(self.source.run(self.agent)))
             await self.start_services()
         except (SettingsError, OSError) as e:
             # An Admin API on a public address without a safe key, or a status/admin port that
@@ -486,10 +495,6 @@ class Supervisor:
             print(f"error: {e}", file=sys.stderr)
             await self.shutdown()
             return 1
-        self.tasks.append(loop.create_task(self.source.run(self.agent)))
-        if self.settings.serves_proxy:
-            for _ in range(self.settings.workers):
-                await self.spawn_worker(self.generation)
         log.info(
             "tollway started: %d workers, listening on %s, config from %s",
             self.settings.workers,
@@ -509,14 +514,16 @@ class Supervisor:
         await self.shutdown()
         return 0
 
-    async def start_services(self) -> None:
-        # -- prometheus export (tollway.metrics): before any worker starts recording --
+    async def start_metrics(self) -> None:
+        """The Prometheus export (tollway.metrics): its directory, which workers record into,
+        and its server."""
         self.metrics = MetricsExport.for_instance(self)
         if self.metrics is not None:
             runner = await self.metrics.start_server(self)
             if runner is not None:
                 self.runners.append(runner)
-        # -- end prometheus export --
+
+    async def start_services(self) -> None:
         from tollway.status import start_status_server
 
         runner = await start_status_server(self)

@@ -15,7 +15,7 @@ import pytest
 
 from tests.support.etcd import EtcdServer, arun, etcd, shared_etcd  # noqa: F401
 from tollway.config import etcd_grpc
-from tollway.config.etcd import KV, EtcdClient, EtcdTLS
+from tollway.config.etcd import KV, EtcdClient, EtcdTLS, MakeItem
 
 COUNT = 60
 BULK = 20  # keys after the first page from which the rest is read over gRPC
@@ -30,13 +30,15 @@ class _Spy(EtcdClient):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.grpc_results: list[list[KV] | None] = []
+        self.grpc_results: list[list[Any] | None] = []
 
-    async def _range_grpc(self, start: bytes, end: bytes, revision: int) -> list[KV] | None:
+    async def _range_grpc(
+        self, start: bytes, end: bytes, revision: int, make: MakeItem[Any]
+    ) -> list[Any] | None:
         if self.write_key is not None:
             self.wrote_at, _ = await self.put(self.write_key, b"late")
             self.write_key = None
-        got = await super()._range_grpc(start, end, revision)
+        got = await super()._range_grpc(start, end, revision, make)
         self.grpc_results.append(got)
         return got
 
@@ -75,6 +77,12 @@ def test_bulk_read_over_grpc_equals_the_gateway_read(shared_etcd: EtcdServer) ->
                 assert plain[0] == client.wrote_at  # now it sees the late write...
                 at_rev = [kv for kv in plain[1] if kv.mod_revision <= rev]
                 _same_read((rev, kvs), (rev, at_rev))  # ...and nothing else differs
+                # What a config load takes: the same, as (key, value, mod, create) rows.
+                rows = await client.range_rows("/g1/", page_size=10, bulk_min=BULK)
+                assert client.grpc_results[-1] is not None
+                assert rows[1] == [
+                    (kv.key, kv.value, kv.mod_revision, kv.create_revision) for kv in plain[1]
+                ]
             finally:
                 await gateway.aclose()
         finally:

@@ -15,9 +15,9 @@ import logging
 import os
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import msgspec
@@ -207,10 +207,24 @@ _watch_dec = msgspec.json.Decoder(_WatchLineMsg, strict=False)
 _encode = msgspec.json.Encoder().encode  # bytes values are encoded as base64 strings
 
 
-def _grpc_kv(
+# What a range makes of each key-value: (key, value, create_revision, mod_revision, version,
+# lease) -> an item of the answer.
+T = TypeVar("T")
+MakeItem = Callable[[bytes, bytes, int, int, int, int], T]
+# A config row: (key, value, mod_revision, create_revision), as ``tollway.config.store`` loads.
+Row = tuple[str, bytes, int, int]
+
+
+def _make_kv(
     key: bytes, value: bytes, create_revision: int, mod_revision: int, version: int, lease: int
 ) -> KV:
     return KV(_key_str(key), value, create_revision, mod_revision, version, lease)
+
+
+def _make_row(
+    key: bytes, value: bytes, create_revision: int, mod_revision: int, version: int, lease: int
+) -> Row:
+    return (_key_str(key), value, mod_revision, create_revision)
 
 
 def _key_bytes(key: str) -> bytes:
@@ -529,10 +543,23 @@ class EtcdClient:
         the first page, so writes made during the read do not leak in (etcd.md §7). When the
         first page says ``bulk_min`` keys or more follow, the rest is read over gRPC if it can
         be (``_range_grpc``), else over the gateway as the first page was."""
+        return await self._range_prefix(prefix, _make_kv, page_size, bulk_min)
+
+    async def range_rows(
+        self, prefix: str, *, page_size: int = 1000, bulk_min: int = GRPC_BULK_MIN
+    ) -> tuple[int, list[Row]]:
+        """``range_all`` as ``(key, value, mod_revision, create_revision)`` rows, what a full
+        config load takes: one tuple per key, not a KV and then a KeyValue (100k keys: ~0.5 s
+        less, issue #17)."""
+        return await self._range_prefix(prefix, _make_row, page_size, bulk_min)
+
+    async def _range_prefix(
+        self, prefix: str, make: MakeItem[T], page_size: int, bulk_min: int
+    ) -> tuple[int, list[T]]:
         start = _key_bytes(prefix)
         end = prefix_range_end(start)
         revision = 0
-        out: list[KV] = []
+        out: list[T] = []
         while True:
             body: dict[str, Any] = {"key": start, "range_end": end, "limit": str(page_size)}
             if revision:
@@ -541,17 +568,22 @@ class EtcdClient:
             first = not revision
             if first:
                 revision = msg.header.revision
-            out.extend(m.to_kv() for m in msg.kvs)
+            out.extend(
+                make(m.key, m.value, m.create_revision, m.mod_revision, m.version, m.lease)
+                for m in msg.kvs
+            )
             if not msg.more or not msg.kvs:
                 return revision, out
             start = msg.kvs[-1].key + b"\x00"
             if first and msg.count - len(msg.kvs) >= bulk_min:
-                rest = await self._range_grpc(start, end, revision)
+                rest = await self._range_grpc(start, end, revision, make)
                 if rest is not None:
                     out.extend(rest)
                     return revision, out
 
-    async def _range_grpc(self, start: bytes, end: bytes, revision: int) -> list[KV] | None:
+    async def _range_grpc(
+        self, start: bytes, end: bytes, revision: int, make: MakeItem[T]
+    ) -> list[T] | None:
         """``[start, end)`` at ``revision`` through etcd's gRPC API on the endpoint that just
         answered (``tollway.config.etcd_grpc``: ~10x less work for etcd than its gateway), in a
         thread. None when that cannot be used (TLS that does not verify its peer, which gRPC
@@ -574,7 +606,7 @@ class EtcdClient:
                 headers.get("Authorization"),
                 (start, end, revision),
                 self.timeout,
-                _grpc_kv,
+                make,
             )
         except Exception as e:  # every failure means: read over the gateway
             log.info("etcd: gRPC range at %s failed (%s); reading over the gateway", endpoint, e)

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
+T = TypeVar("T")
 _F = descriptor_pb2.FieldDescriptorProto
 _FIELDS: dict[str, list[tuple[str, int, int, str]]] = {
     "ResponseHeader": [("revision", 3, _F.TYPE_INT64, "")],
@@ -96,14 +97,14 @@ def range_rest(
     token: str | None,
     span: tuple[bytes, bytes, int],
     timeout: float,
-    row: Callable[[bytes, bytes, int, int, int, int], Any],
-) -> list[Any]:
+    make: Callable[[bytes, bytes, int, int, int, int], T],
+) -> list[T]:
     """Every key in ``[start, end)`` at ``revision`` (``span``), in key order, each made into
-    ``row(key, value, create_revision, mod_revision, version, lease)``. Raises grpc.RpcError
+    ``make(key, value, create_revision, mod_revision, version, lease)``. Raises grpc.RpcError
     (or OSError for a TLS file) on any failure: the caller reads over the gateway instead."""
     start, end, revision = span
     metadata = [("token", token)] if token else None
-    out: list[Any] = []
+    out: list[T] = []
     with channel(endpoint, tls) as ch:
         call = ch.unary_unary(
             "/etcdserverpb.KV/Range",
@@ -114,7 +115,7 @@ def range_rest(
             req = _MSG["RangeRequest"](key=start, range_end=end, limit=PAGE, revision=revision)
             resp = call(req, timeout=timeout, metadata=metadata)
             out.extend(
-                row(kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.version, kv.lease)
+                make(kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.version, kv.lease)
                 for kv in resp.kvs
             )
             if not resp.more or not resp.kvs:
