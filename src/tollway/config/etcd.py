@@ -598,7 +598,7 @@ class EtcdClient:
             headers = await self._auth_headers(self._get_session(), endpoint)
             from tollway.config import etcd_grpc
 
-            return await asyncio.get_running_loop().run_in_executor(
+            rest = await asyncio.get_running_loop().run_in_executor(
                 None,
                 etcd_grpc.range_rest,
                 endpoint,
@@ -608,6 +608,8 @@ class EtcdClient:
                 self.timeout,
                 make,
             )
+            log.info("etcd: read %d keys over gRPC from %s", len(rest), endpoint)
+            return rest
         except Exception as e:  # every failure means: read over the gateway
             log.info("etcd: gRPC range at %s failed (%s); reading over the gateway", endpoint, e)
             return None
