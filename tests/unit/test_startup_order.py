@@ -17,7 +17,7 @@ import pytest
 
 from tollway.config.source import ConfigSink, ConfigSource
 from tollway.settings import load_settings
-from tollway.supervisor import Supervisor
+from tollway.supervisor import Supervisor, WorkerHandle
 
 
 class RecordingSource(ConfigSource):
@@ -90,3 +90,34 @@ def test_plugins_import_no_redis_jwt_or_ca_store_until_used() -> None:
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 0, proc.stderr
+
+
+def test_first_snapshot_waits_for_ready_workers(tmp_path: Path) -> None:
+    """Encoding a large snapshot competes with the workers' first compile: the first write
+    waits until they are ready (the previous snapshot stays on disk meanwhile)."""
+    conf = tmp_path / "conf" / "config.yaml"
+    conf.parent.mkdir()
+    conf.write_text(
+        "deployment:\n  role: traditional\n  role_traditional:\n    config_provider: etcd\n"
+        "  etcd:\n    host: ['http://127.0.0.1:1']\n"
+    )
+    sup = Supervisor(load_settings(conf, warn=False))
+    worker = WorkerHandle(0, None, None)  # type: ignore[arg-type]
+    sup.workers.append(worker)
+
+    async def go() -> None:
+        sup.store.load_rows(7, [("/apisix/routes/1", b'{"uri": "/a", "upstream_id": "1"}', 7, 7)])
+        sup.snapshot_dirty()
+        await asyncio.sleep(0.8)  # past the usual 0.2 s delay: not written, the worker starts
+        assert not sup.snapshot_path.exists()
+        worker.ready = True
+        deadline = asyncio.get_running_loop().time() + 10
+        while not sup.snapshot_path.exists():
+            assert asyncio.get_running_loop().time() < deadline, "never written"
+            await asyncio.sleep(0.05)
+
+    asyncio.run(go())
+    from tollway.config.snapshot import read_snapshot_rows
+
+    snap = read_snapshot_rows(sup.snapshot_path)
+    assert snap is not None and snap[0] == 7 and snap[1][0][0] == "/apisix/routes/1"
