@@ -54,6 +54,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("tollway.supervisor")
 
 SNAPSHOT_INTERVAL = 2.0  # seconds between two writes of the last-known-good snapshot
+# After the start, the first snapshot waits for the workers to be ready, at most this long.
+SNAPSHOT_START_WAIT = 60.0
 # A worker that exits within this many seconds of its start counts as a crash loop: its restarts
 # back off (0.1 s doubling up to RESPAWN_MAX_DELAY) instead of burning a core on respawns.
 CRASH_LOOP_LIFETIME = 10.0
@@ -85,7 +87,13 @@ class Agent:
             revision, [(kv.key, kv.value, kv.mod_revision, kv.create_revision) for kv in kvs]
         )
 
-    def load_rows(self, revision: int, kvs: list[tuple[str, bytes | None, int, int]]) -> None:
+    def load_rows(
+        self,
+        revision: int,
+        kvs: list[tuple[str, bytes | None, int, int]],
+        *,
+        from_snapshot: bool = False,
+    ) -> None:
         first = not self.loaded.is_set()
         t0 = time.perf_counter()
         self.store.load_rows(revision, kvs)
@@ -109,10 +117,11 @@ class Agent:
             (time.perf_counter() - t1) * 1e3,
         )
         self.sup.upstreams_changed(None)
-        self.sup.snapshot_dirty()
+        if not from_snapshot:  # what was just read from disk need not be written back
+            self.sup.snapshot_dirty()
 
     def load_snapshot(self, revision: int, rows: list[tuple[str, bytes | None, int, int]]) -> None:
-        self.load_rows(revision, rows)
+        self.load_rows(revision, rows, from_snapshot=True)
         self.from_snapshot = True
 
     def apply(self, revision: int, changes: list[KeyValue]) -> None:
@@ -170,7 +179,8 @@ class Supervisor:
         self._quick_exits = 0  # workers in a row that exited soon after their start
         self.runners: list[Any] = []
         self.started = time.time()
-        # The Prometheus export (tollway.metrics), made in start_services; None when disabled.
+        self.started_mono = time.monotonic()
+        # The Prometheus export (tollway.metrics), made in start_metrics; None when disabled.
         self.metrics: MetricsExport | None = None
         # Health checks and DNS, once per instance (tollway.upstream).
         self.upstreams = UpstreamMonitor(
@@ -382,6 +392,12 @@ class Supervisor:
         asyncio.get_running_loop().call_later(delay, self._write_snapshot)
 
     def _write_snapshot(self) -> None:
+        if not self.all_ready() and time.monotonic() - self.started_mono < SNAPSHOT_START_WAIT:
+            # Starting: encoding 100k rows (~1 s of CPU) would compete with the workers'
+            # first compile, which is what start-up waits for (issue #17). Until they are
+            # ready, the snapshot on disk is the previous one, as it is between two writes.
+            asyncio.get_running_loop().call_later(0.25, self._write_snapshot)
+            return
         self._snapshot_pending = False
         self._last_snapshot = time.monotonic()
         from tollway.config.snapshot import write_snapshot_rows
@@ -477,7 +493,16 @@ class Supervisor:
             return 1
         self.write_pid()
         self.source = self.make_source()
+        # Start-up order (issue #17): the workers first (a new interpreter importing Tollway
+        # takes ~0.3 s), then the config source, then the other HTTP services: the workers'
+        # start overlaps the etcd read and its validation (which holds this loop: a worker
+        # spawned after it would start that much later), and neither waits for the servers.
         try:
+            await self.start_metrics()  # before any worker starts recording
+            if self.settings.serves_proxy:
+                for _ in range(self.settings.workers):
+                    await self.spawn_worker(self.generation)
+            self.tasks.append(loop.create_task(self.source.run(self.agent)))
             await self.start_services()
         except (SettingsError, OSError) as e:
             # An Admin API on a public address without a safe key, or a status/admin port that
@@ -486,10 +511,6 @@ class Supervisor:
             print(f"error: {e}", file=sys.stderr)
             await self.shutdown()
             return 1
-        self.tasks.append(loop.create_task(self.source.run(self.agent)))
-        if self.settings.serves_proxy:
-            for _ in range(self.settings.workers):
-                await self.spawn_worker(self.generation)
         log.info(
             "tollway started: %d workers, listening on %s, config from %s",
             self.settings.workers,
@@ -509,14 +530,16 @@ class Supervisor:
         await self.shutdown()
         return 0
 
-    async def start_services(self) -> None:
-        # -- prometheus export (tollway.metrics): before any worker starts recording --
+    async def start_metrics(self) -> None:
+        """The Prometheus export (tollway.metrics): its directory, which workers record into,
+        and its server."""
         self.metrics = MetricsExport.for_instance(self)
         if self.metrics is not None:
             runner = await self.metrics.start_server(self)
             if runner is not None:
                 self.runners.append(runner)
-        # -- end prometheus export --
+
+    async def start_services(self) -> None:
         from tollway.status import start_status_server
 
         runner = await start_status_server(self)

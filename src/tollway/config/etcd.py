@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import os
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import msgspec
 
 from tollway.errors import EtcdCompacted, EtcdError, EtcdUnavailable
+
+log = logging.getLogger("tollway.config")
 
 __all__ = [
     "KV",
@@ -39,6 +42,9 @@ _DEADLINE_EXCEEDED = 4
 _OUT_OF_RANGE = 11
 _UNAVAILABLE = 14
 _FAILED_PRECONDITION = 9
+# A range with this many keys or more after its first page reads them over gRPC (issue #17):
+# below it, importing grpcio (~0.15 s) costs more than the gateway's JSON does.
+GRPC_BULK_MIN = 5000
 
 
 # -- public value types ---------------------------------------------------------------------
@@ -201,6 +207,26 @@ _watch_dec = msgspec.json.Decoder(_WatchLineMsg, strict=False)
 _encode = msgspec.json.Encoder().encode  # bytes values are encoded as base64 strings
 
 
+# What a range makes of each key-value: (key, value, create_revision, mod_revision, version,
+# lease) -> an item of the answer.
+T = TypeVar("T")
+MakeItem = Callable[[bytes, bytes, int, int, int, int], T]
+# A config row: (key, value, mod_revision, create_revision), as ``tollway.config.store`` loads.
+Row = tuple[str, bytes, int, int]
+
+
+def _make_kv(
+    key: bytes, value: bytes, create_revision: int, mod_revision: int, version: int, lease: int
+) -> KV:
+    return KV(_key_str(key), value, create_revision, mod_revision, version, lease)
+
+
+def _make_row(
+    key: bytes, value: bytes, create_revision: int, mod_revision: int, version: int, lease: int
+) -> Row:
+    return (_key_str(key), value, mod_revision, create_revision)
+
+
 def _key_bytes(key: str) -> bytes:
     return key.encode("utf-8", "surrogateescape")
 
@@ -317,6 +343,7 @@ class EtcdClient:
         self.fail_timeout = fail_timeout
         self._user = user
         self._password = password or ""
+        self._tls = tls
         self._ssl: ssl.SSLContext | bool = tls.context() if tls is not None else True
         self._current = 0
         self._failed_at: dict[str, float] = {}
@@ -509,24 +536,83 @@ class EtcdClient:
         res = await self.range(key)
         return res.kvs[0] if res.kvs else None
 
-    async def range_all(self, prefix: str, *, page_size: int = 1000) -> tuple[int, list[KV]]:
+    async def range_all(
+        self, prefix: str, *, page_size: int = 1000, bulk_min: int = GRPC_BULK_MIN
+    ) -> tuple[int, list[KV]]:
         """Every key under ``prefix`` in key order, paginated; all pages read at the revision of
-        the first page, so writes made during the read do not leak in (etcd.md §7)."""
+        the first page, so writes made during the read do not leak in (etcd.md §7). When the
+        first page says ``bulk_min`` keys or more follow, the rest is read over gRPC if it can
+        be (``_range_grpc``), else over the gateway as the first page was."""
+        return await self._range_prefix(prefix, _make_kv, page_size, bulk_min)
+
+    async def range_rows(
+        self, prefix: str, *, page_size: int = 1000, bulk_min: int = GRPC_BULK_MIN
+    ) -> tuple[int, list[Row]]:
+        """``range_all`` as ``(key, value, mod_revision, create_revision)`` rows, what a full
+        config load takes: one tuple per key, not a KV and then a KeyValue (100k keys: ~0.5 s
+        less, issue #17)."""
+        return await self._range_prefix(prefix, _make_row, page_size, bulk_min)
+
+    async def _range_prefix(
+        self, prefix: str, make: MakeItem[T], page_size: int, bulk_min: int
+    ) -> tuple[int, list[T]]:
         start = _key_bytes(prefix)
         end = prefix_range_end(start)
         revision = 0
-        out: list[KV] = []
+        out: list[T] = []
         while True:
             body: dict[str, Any] = {"key": start, "range_end": end, "limit": str(page_size)}
             if revision:
                 body["revision"] = str(revision)
             msg: _RangeMsg = _decode(_range_dec, await self._call("/v3/kv/range", body), "range")
-            if not revision:
+            first = not revision
+            if first:
                 revision = msg.header.revision
-            out.extend(m.to_kv() for m in msg.kvs)
+            out.extend(
+                make(m.key, m.value, m.create_revision, m.mod_revision, m.version, m.lease)
+                for m in msg.kvs
+            )
             if not msg.more or not msg.kvs:
                 return revision, out
             start = msg.kvs[-1].key + b"\x00"
+            if first and msg.count - len(msg.kvs) >= bulk_min:
+                rest = await self._range_grpc(start, end, revision, make)
+                if rest is not None:
+                    out.extend(rest)
+                    return revision, out
+
+    async def _range_grpc(
+        self, start: bytes, end: bytes, revision: int, make: MakeItem[T]
+    ) -> list[T] | None:
+        """``[start, end)`` at ``revision`` through etcd's gRPC API on the endpoint that just
+        answered (``tollway.config.etcd_grpc``: ~10x less work for etcd than its gateway), in a
+        thread. None when that cannot be used (TLS that does not verify its peer, which gRPC
+        cannot express; gRPC not reachable there, say a gateway-only proxy; any error): the
+        caller reads on over the gateway, at the same revision."""
+        if self._tls is not None and (
+            not self._tls.verify or (self._tls.cert and not self._tls.key)
+        ):
+            return None
+        endpoint = self.endpoint
+        try:
+            headers = await self._auth_headers(self._get_session(), endpoint)
+            from tollway.config import etcd_grpc
+
+            rest = await asyncio.get_running_loop().run_in_executor(
+                None,
+                etcd_grpc.range_rest,
+                endpoint,
+                self._tls,
+                headers.get("Authorization"),
+                (start, end, revision),
+                self.timeout,
+                make,
+            )
+            log.info("etcd: read %d keys over gRPC from %s", len(rest), endpoint)
+            return rest
+        except Exception as e:  # every failure means: read over the gateway
+            log.info("etcd: gRPC range at %s failed (%s); reading over the gateway", endpoint, e)
+            return None
 
     async def put(
         self, key: str, value: bytes, *, lease: int | None = None, prev_kv: bool = False

@@ -132,20 +132,24 @@ class EtcdSource(ConfigSource):
     async def _full_load(self, sink: ConfigSink) -> None:
         for attempt in range(self.compacted_retries):
             try:
-                revision, kvs = await self.client.range_all(self.watched_prefix)
+                revision, rows = await self.client.range_rows(self.watched_prefix)
                 break
             except EtcdCompacted:  # compacted between two pages: read again at a new revision
                 if attempt + 1 == self.compacted_retries:
                     raise
-        items = [KeyValue(kv.key, kv.value, kv.mod_revision, kv.create_revision) for kv in kvs]
-        sink.load(revision, items)
+        # The supervisor's Agent takes rows as they are (no object per key: issue #17).
+        load_rows = getattr(sink, "load_rows", None)
+        if load_rows is not None:
+            load_rows(revision, rows)
+        else:
+            sink.load(revision, [KeyValue(*row) for row in rows])
         if self.loaded:
             self.reloads += 1
         self.loaded = True
         self.revision = revision
         self.etcd_revision = revision
         # Not rate-limited: full loads are rare (start-up, compaction, a wiped etcd).
-        log.info("etcd: loaded %d keys at revision %d", len(items), revision)
+        log.info("etcd: loaded %d keys at revision %d", len(rows), revision)
         self._mark_connected()
 
     async def _watch(self, sink: ConfigSink) -> bool:

@@ -16,6 +16,7 @@ the sending task, off the request path; each logger says only how a batch is sen
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import socket
 import ssl
@@ -391,9 +392,15 @@ def resolve_vars(template: str, var: Callable[[str], Any]) -> str:
 
 # -- sockets (tcp-logger, udp-logger, syslog) ------------------------------------------------
 
-_NO_VERIFY = ssl.create_default_context()
-_NO_VERIFY.check_hostname = False
-_NO_VERIFY.verify_mode = ssl.CERT_NONE
+
+@functools.cache
+def _no_verify() -> ssl.SSLContext:
+    """The loggers' TLS context (APISIX's loggers do not verify). Made on first use: making
+    it loads the system's CA store (~80 ms), a cost at every process start otherwise."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
 
 
 async def send_tcp(host: str, port: int, data: bytes, timeout: float, tls: bool) -> None:
@@ -401,7 +408,7 @@ async def send_tcp(host: str, port: int, data: bytes, timeout: float, tls: bool)
     async with asyncio.timeout(timeout):
         try:
             _, writer = await asyncio.open_connection(
-                host, port, ssl=_NO_VERIFY if tls else None, server_hostname=host if tls else None
+                host, port, ssl=_no_verify() if tls else None, server_hostname=host if tls else None
             )
         except OSError as e:
             raise ConnectionError(f"failed to connect to TCP server: {where} err: {e}") from None

@@ -21,20 +21,12 @@ from dataclasses import dataclass
 from hashlib import sha1
 from typing import Any, Protocol, TypeVar
 
-from redis import exceptions as rx
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
-from redis.backoff import NoBackoff
-
 from tollway.errors import TollwayError
 
 log = logging.getLogger("tollway.plugins")
 
 T = TypeVar("T")
 
-_NO_RETRY = Retry(NoBackoff(), 0)
 _WARN_EVERY = 10.0  # seconds between two "Redis unavailable" warnings for one target
 
 
@@ -159,12 +151,23 @@ class Script:
 class RedisClient:
     """A target's client in this worker."""
 
-    __slots__ = ("_last_warning", "_redis", "target")
+    __slots__ = ("_failures", "_last_warning", "_no_script", "_redis", "target")
 
     def __init__(self, target: Target) -> None:
+        # redis-py is imported with the first client: importing it costs every process ~90 ms
+        # at start, and most configs use no Redis.
+        from redis import exceptions as rx
+
         self.target = target
         self._redis: Any = _connect(target)
         self._last_warning = 0.0
+        self._no_script: type[Exception] = rx.NoScriptError
+        self._failures: tuple[type[BaseException], ...] = (
+            rx.RedisError,
+            rx.RedisClusterException,
+            OSError,
+            TimeoutError,
+        )
 
     async def eval(self, script: Script, key: str, *args: Any) -> Any:
         """Run ``script`` on one key (a single key is slot-safe on a cluster)."""
@@ -173,7 +176,7 @@ class RedisClient:
     async def _eval(self, script: Script, key: str, args: Sequence[Any]) -> Any:
         try:
             return await self._redis.evalsha(script.sha, 1, key, *args)
-        except rx.NoScriptError:
+        except self._no_script:
             return await self._redis.eval(script.text, 1, key, *args)
 
     async def get(self, key: str) -> bytes | None:
@@ -188,7 +191,7 @@ class RedisClient:
             # asyncio.timeout, not wait_for: no task per call (Python 3.11's wait_for makes one)
             async with asyncio.timeout(self.target.deadline):
                 return await call
-        except (rx.RedisError, rx.RedisClusterException, OSError, TimeoutError) as e:
+        except self._failures as e:
             self._warn(e)
             raise RedisUnavailable(f"{type(e).__name__}: {e}") from None
 
@@ -205,10 +208,16 @@ class RedisClient:
 
 def _connect(t: Target) -> Any:
     """The redis-py client for a target; it connects lazily, on the first command."""
+    from redis.asyncio import BlockingConnectionPool, Redis
+    from redis.asyncio.cluster import ClusterNode, RedisCluster
+    from redis.asyncio.retry import Retry
+    from redis.asyncio.sentinel import Sentinel
+    from redis.backoff import NoBackoff
+
     common: dict[str, Any] = {
         "socket_timeout": t.read_timeout,
         "socket_connect_timeout": t.connect_timeout,
-        "retry": _NO_RETRY,
+        "retry": Retry(NoBackoff(), 0),
     }
     if t.policy == "redis-cluster":
         return RedisCluster(

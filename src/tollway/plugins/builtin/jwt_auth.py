@@ -20,7 +20,6 @@ from collections.abc import Callable
 from typing import Annotated, Literal
 
 import msgspec
-from jwt.algorithms import get_default_algorithms
 from msgspec import Meta
 
 from tollway.plugins.builtin.auth_consumer import (
@@ -74,6 +73,10 @@ class ConsumerConf(msgspec.Struct):
                 raise ValueError("base64_secret required but the secret is not in base64 format")
         elif not self.public_key:
             raise ValueError("missing valid public key")
+        else:
+            # PyJWT (and cryptography under it, ~60 ms) is imported when a public-key consumer
+            # is decoded (config time), not at every process start, nor on a request.
+            import jwt.algorithms  # noqa: F401
 
 
 def _b64(text: str) -> bytes | None:
@@ -136,6 +139,8 @@ def _build_verifier(conf: ConsumerConf) -> Verifier:
             return hmac.compare_digest(hmac.new(key, msg, digest).digest(), sig)
 
         return check_hmac
+    from jwt.algorithms import get_default_algorithms  # imported when the conf was decoded
+
     alg = get_default_algorithms()[conf.algorithm]
     try:
         public = alg.prepare_key(conf.public_key or "")
