@@ -48,6 +48,7 @@ from tollway.proxy.h2_guard import Budget, header_block_size
 from tollway.proxy.h2_stream import BODY_BUDGET, H2Stream
 
 if TYPE_CHECKING:
+    from tollway.proxy.contracts import HeadCache
     from tollway.proxy.state import ServerState
     from tollway.runtime.certs import ClientCheck
 
@@ -161,6 +162,8 @@ class H2Protocol(asyncio.Protocol):
         self.held = 0  # request body bytes the exchanges hold (h2_stream.BODY_BUDGET)
         self.starved = False  # some stream's window waits for that budget
         self._dirty = False
+        self.host_cache: tuple[bytes, str] | None = None  # the streams' (H2Stream.host_cache)
+        self.head_cache: HeadCache | None = None
         conn: H2Connection = _ServerState(_CONFIG)
         self.conn = conn
         # Set before the preface: h2 sends these in its first SETTINGS and enforces them at once
