@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import gc
 import json
 import os
 import pstats
@@ -110,7 +111,8 @@ class Harness:
         self.upeer = _h2(False) if grpc else None
         self.up_conn: Any = None
         self.h2p: Any = None
-        self.spent = 0.0  # seconds inside the timed windows
+        self.requests: list[bytes] = []  # made ahead (prepare)
+        self.answers: list[bytes] = []
         self.calls = 0
         self.prof: cProfile.Profile | None = None
 
@@ -212,39 +214,71 @@ class Harness:
         p.send_headers(sid, [(b"grpc-status", b"0"), (b"grpc-message", b"")], end_stream=True)
         return p.data_to_send()
 
-    async def _timed(self, feed: Callable[[bytes], None], data: bytes, out: Transport) -> None:
-        """Tollway's part: ``feed(data)``, then the loop's turns until it wrote to ``out``."""
-        prof = self.prof
-        t0 = time.process_time()
-        if prof is not None:
-            prof.enable()
-        feed(data)
-        while not out.out:
+    async def check(self) -> None:
+        """One call through with both peers reading what Tollway sent: the client gets its
+        answer whole (HEADERS, the message, END_STREAM)."""
+        self.h2p.data_received(self._request())
+        await self._turns(lambda: bool(self.ut.out))
+        self.up_conn.data_received(self._answer(self.ut.take()))
+        await self._turns(lambda: bool(self.ct.out))
+        for _ in range(3):
             await asyncio.sleep(0)
-        if prof is not None:
-            prof.disable()
-        self.spent += time.process_time() - t0
-
-    async def call(self) -> None:
-        req = self._request()
-        await self._timed(self.h2p.data_received, req, self.ut)
-        answer = self._answer(self.ut.take())
-        await self._timed(self.up_conn.data_received, answer, self.ct)
-        t0 = time.process_time()
-        for _ in range(3):  # what stays queued (an acknowledgement) leaves
-            await asyncio.sleep(0)
-        self.spent += time.process_time() - t0
         events = self.client.receive_data(self.ct.take())
-        if self.grpc:
-            self.upeer.receive_data(self.ut.take())  # type: ignore[union-attr]
         assert any(isinstance(e, h2.events.StreamEnded) for e in events), events
-        self.calls += 1
+        if self.upeer is not None:
+            self.upeer.receive_data(self.ut.take())
+            # (the answers made ahead come from requests of another client: a fresh table)
+            self.upeer.decoder = type(self.upeer.decoder)()
+
+    def prepare(self, n: int) -> None:
+        """The peers' bytes for ``n`` more calls, made ahead: a timed round runs Tollway (and
+        the event loop) only."""
+        c = self.client
+        other = _h2(True)  # the requests the upstream peer answers ahead of time
+        other.data_to_send()
+        sid = self.up_conn.h2.highest_outbound_stream_id if self.grpc else 0
+        for _ in range(n):
+            self.requests.append(self._request())
+            c.streams.clear()  # (the client's own state is not needed: no stream limit)
+            if not self.grpc:
+                self.answers.append(RESPONSE)
+                continue
+            sid += 2
+            other.send_headers(sid, [(b":method", b"POST"), (b":scheme", b"http"),
+                                     (b":path", GRPC_PATH), (b":authority", b"u")],
+                               end_stream=True)  # fmt: skip
+            other.streams.clear()
+            self.answers.append(self._answer(other.data_to_send()))
 
     async def round(self, n: int) -> float:
-        self.spent = 0.0
-        for _ in range(n):
-            await self.call()
-        return self.spent / n * 1e6
+        """µs of CPU per call over ``n`` calls (the first ``n`` of those prepared)."""
+        feed_client, feed_up = self.h2p.data_received, self.up_conn.data_received
+        to_up, to_client = self.ut.out, self.ct.out
+        requests, answers = self.requests[:n], self.answers[:n]
+        del self.requests[:n], self.answers[:n]
+        prof = self.prof
+        if prof is not None:
+            prof.enable()
+        t0 = time.process_time()
+        for request, answer in zip(requests, answers, strict=True):
+            feed_client(request)
+            while not to_up:
+                await asyncio.sleep(0)
+            to_up.clear()
+            feed_up(answer)
+            while not to_client:
+                await asyncio.sleep(0)
+            for _ in range(3):  # what stays queued (an acknowledgement) leaves
+                await asyncio.sleep(0)
+            to_client.clear()
+            to_up.clear()
+        spent = time.process_time() - t0
+        if prof is not None:
+            prof.disable()
+        self.calls += n
+        assert self.h2p.state.requests == self.calls + 1, "a call did not finish"
+        assert not self.h2p.streams and not getattr(self.up_conn, "streams", None)
+        return spent / n * 1e6
 
 
 LIB = ("/h2/", "/hpack/", "/hyperframe/", "/jh2/")
@@ -290,9 +324,19 @@ def split(prof: cProfile.Profile, per: dict[str, float] | None = None) -> tuple[
     return totals["lib"], totals["lib"] + totals["own"]
 
 
+def worker_gc() -> None:
+    """The worker's collector settings (tollway.worker.main): without them a young-generation
+    collection every 700 allocations lands on whatever line allocates (py-spy shows it)."""
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
+
+
 async def run(args: argparse.Namespace) -> None:
     h = Harness(args.grpc, args.access_log)
     await h.setup()
+    await h.check()
+    h.prepare(500 + args.calls)
+    worker_gc()
     await h.round(500)  # warm
     times = sorted([await h.round(args.calls // args.rounds) for _ in range(args.rounds)])
     best, median = times[0], times[len(times) // 2]
@@ -303,6 +347,9 @@ async def run(args: argparse.Namespace) -> None:
 async def run_profiled(args: argparse.Namespace) -> None:
     h = Harness(args.grpc, args.access_log)
     await h.setup()
+    await h.check()
+    h.prepare(500 + args.calls + args.calls // 4)
+    worker_gc()
     await h.round(500)
     times = sorted([await h.round(args.calls // args.rounds) for _ in range(args.rounds)])
     h.prof = prof = cProfile.Profile()
@@ -322,6 +369,60 @@ async def run_profiled(args: argparse.Namespace) -> None:
             print(f"{100 * sec / own:5.1f}%  {best * (1 - share) * sec / own:5.1f} us  {name}")
     else:
         pstats.Stats(prof).sort_stats("tottime").print_stats(args.top)
+
+
+def spy(argv: list[str], rate: int = 1000) -> None:
+    """This benchmark again under py-spy (sampling: no profiler overhead skewing the split),
+    its samples of the timed rounds split into the h2 library's, Tollway's own and the rest
+    (the harness's loop turns, and the event loop's C code running Tollway's callbacks and
+    tasks): each sample goes to the innermost frame that is one of them."""
+    exe = Path(sys.executable).with_name("py-spy")
+    out = Path(tempfile.mkdtemp(prefix="tollway-h2spy-")) / "raw.txt"
+    cmd = [str(exe), "record", "-r", str(rate), "--format", "raw", "--full-filenames", "-o",
+           str(out), "--", sys.executable, str(Path(__file__).resolve()), *argv]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    result = next(x for x in res.stdout.splitlines() if "us/call" in x)
+    print(result)
+    counts = {"lib": 0, "own": 0, "harness": 0}
+    per: dict[str, int] = {}
+    for line in out.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        frames = stack.split(";")
+        kind, name = _sample(frames)
+        if kind is None:
+            continue
+        counts[kind] += int(n)
+        if kind == "own":
+            per[name] = per.get(name, 0) + int(n)
+    total = sum(counts.values())
+    best = float(result.split()[0])
+    print(f"py-spy at {rate} Hz, {total} samples of the timed work: "
+          + ", ".join(f"{k} {100 * v / total:.1f}% ({best * v / total:.1f} us/call)"
+                      for k, v in counts.items()))  # fmt: skip
+    for name, n in sorted(per.items(), key=lambda kv: -kv[1])[:25]:
+        print(f"{100 * n / total:5.1f}%  {best * n / total:5.1f} us  {name}")
+
+
+def _sample(frames: list[str]) -> tuple[str | None, str]:
+    """(the kind of a sample, its innermost own frame); None: not the timed work."""
+    joined = ";".join(frames)
+    if "Runner.run" not in joined:
+        return None, ""  # start-up, shut-down
+    if any(f"Harness.{n} " in joined for n in ("setup", "check", "prepare")):
+        return None, ""  # the peers' work, made ahead
+    for f in reversed(frames):
+        if _lib(f):
+            return "lib", ""
+        if "/tollway/" in f:
+            name = f.rpartition("/src/")[2].rpartition(":")[0]
+            return "own", f"{f.partition(' ')[0]} ({name})"
+        if "h2hotpath.py" in f:
+            return "harness", ""
+    return "harness", ""  # the event loop itself
+
+
+def _lib(frame: str) -> bool:
+    return any(p in frame for p in LIB)
 
 
 def against(rev: str, passthrough: list[str]) -> None:
@@ -344,6 +445,9 @@ def against(rev: str, passthrough: list[str]) -> None:
 
 
 def main() -> None:
+    if "--spy" in sys.argv:
+        spy([a for a in sys.argv[1:] if a != "--spy"])
+        return
     if "--against" in sys.argv:
         i = sys.argv.index("--against")
         against(sys.argv[i + 1], sys.argv[1:i] + sys.argv[i + 2 :])
@@ -359,6 +463,7 @@ def main() -> None:
     ap.add_argument("--own", action="store_true", help="the profile without the h2 library")
     ap.add_argument("--access-log", action="store_true", help="the access log on (its default)")
     ap.add_argument("--against", metavar="REV", help="A/B against a git revision")
+    ap.add_argument("--spy", action="store_true", help="the split from py-spy's samples")
     args = ap.parse_args()
     uvloop.run(run_profiled(args) if args.profile else run(args))
 
