@@ -188,6 +188,9 @@ class H2Protocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
+        # What the events queue leaves in one write at the end (``flush`` below, or the
+        # failure's): no flush is scheduled meanwhile (``flush_soon`` sees one pending).
+        self._dirty = True
         try:
             events = self.conn.receive_data(data)
             for event in events:

@@ -257,9 +257,14 @@ class H2Connection(WritePaused):
             self._fail_all(StreamFailed(f"upstream HTTP/2 protocol error: {e}"))
             self.close()
             return
-        for event in events:
-            self._dispatch(event)
-        self.flush_now()
+        # What the events queue (acknowledgements, a reset) leaves in the write below: no
+        # flush is scheduled meanwhile (``flush`` sees one pending).
+        self._flush_soon = True
+        try:
+            for event in events:
+                self._dispatch(event)
+        finally:
+            self.flush_now()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
