@@ -46,10 +46,12 @@ def test_default_format_line_is_the_exchange_s_values() -> None:
     log = AccessLog("/nonexistent/access.log", HttpConf().access_log_format)
     text = line(log, exchange())
     stamp = time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime(1_700_000_000))
-    assert text.startswith(f'10.0.0.7 - - [{stamp}] example.com:9080 "GET /a/b?x=1 HTTP/2.0" 200 12 ')
-    assert text.endswith(
-        ' "-" "curl/8.0" 127.0.0.1:1980 200 - "http://example.com/a/b?x=1"\n'
-    ), text
+    assert text.startswith(
+        f'10.0.0.7 - - [{stamp}] example.com:9080 "GET /a/b?x=1 HTTP/2.0" 200 12 '
+    )
+    assert text.endswith(' "-" "curl/8.0" 127.0.0.1:1980 200 - "http://example.com/a/b?x=1"\n'), (
+        text
+    )
 
 
 @pytest.mark.usefixtures("loop_running")

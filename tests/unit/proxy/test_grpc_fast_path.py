@@ -216,7 +216,7 @@ def test_reset_after_the_answer_began_ends_with_unavailable(
 ) -> None:
     async def test(gw: Gateway) -> None:
         await gw.call()
-        sid = [e for e in gw.to_upstream() if isinstance(e, h2.events.RequestReceived)][0]
+        sid = next(e for e in gw.to_upstream() if isinstance(e, h2.events.RequestReceived))
         gw.answer(sid.stream_id, trailers=False)
         gw.upstream.reset_stream(sid.stream_id, h2.errors.ErrorCodes.INTERNAL_ERROR)
         gw.conn.data_received(gw.upstream.data_to_send())
@@ -234,7 +234,7 @@ def test_a_body_still_arriving_goes_to_the_driver(monkeypatch: pytest.MonkeyPatc
         sid = await gw.call(end=False)
         assert gw.spawned == 1
         events = gw.to_upstream()  # the head and the first message stream upstream
-        up_sid = [e for e in events if isinstance(e, h2.events.RequestReceived)][0].stream_id
+        up_sid = next(e for e in events if isinstance(e, h2.events.RequestReceived)).stream_id
         gw.client.end_stream(sid)
         gw.h2p.data_received(gw.client.data_to_send())
         await gw.turns()
