@@ -49,6 +49,7 @@ from tollway.proxy.h2_stream import BODY_BUDGET, H2Stream
 
 if TYPE_CHECKING:
     from tollway.proxy.contracts import HeadCache
+    from tollway.proxy.pipeline import Exchange
     from tollway.proxy.state import ServerState
     from tollway.runtime.certs import ClientCheck
 
@@ -162,6 +163,7 @@ class H2Protocol(asyncio.Protocol):
         self.held = 0  # request body bytes the exchanges hold (h2_stream.BODY_BUDGET)
         self.starved = False  # some stream's window waits for that budget
         self._dirty = False
+        self.waiting: list[Exchange] = []  # exchanges started once this read is handled
         self.host_cache: tuple[bytes, str] | None = None  # the streams' (H2Stream.host_cache)
         self.head_cache: HeadCache | None = None
         conn: H2Connection = _ServerState(_CONFIG)
@@ -193,12 +195,15 @@ class H2Protocol(asyncio.Protocol):
         self._dirty = True
         try:
             events = self.conn.receive_data(data)
-            for event in events:
-                handler = _HANDLERS.get(type(event))
-                if handler is not None:
-                    handler(self, event)
-                if self.closing:
-                    return
+            try:
+                for event in events:
+                    handler = _HANDLERS.get(type(event))
+                    if handler is not None:
+                        handler(self, event)
+                    if self.closing:
+                        return
+            finally:
+                self._start_waiting()
             if header_block_size(self.conn) > self.max_header_size:
                 # CVE-2024-27316: a header block that never ends (CONTINUATION after
                 # CONTINUATION) is not buffered past the header limit.
@@ -239,6 +244,17 @@ class H2Protocol(asyncio.Protocol):
         self.write_paused = False
         for stream in list(self.streams.values()):
             stream.update_paused()
+
+    def start_after_read(self, ex: Exchange) -> None:
+        """Start ``ex`` once the events of this read are handled (``H2Stream.start``)."""
+        self.waiting.append(ex)
+
+    def _start_waiting(self) -> None:
+        waiting = self.waiting
+        if waiting:
+            self.waiting = []
+            for ex in waiting:
+                ex.start()
 
     # -- frames out ---------------------------------------------------------------------
 

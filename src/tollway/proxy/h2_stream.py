@@ -48,6 +48,7 @@ class H2Protocol(Protocol):
     head_cache: HeadCache | None
 
     def ack(self, size: int, sid: int) -> None: ...
+    def start_after_read(self, ex: Exchange) -> None: ...
     def release(self) -> None: ...
     def flush_soon(self) -> None: ...
     def stream_done(self, stream: H2Stream) -> None: ...
@@ -122,7 +123,7 @@ class H2Stream:
                 ex.body_chunked = True  # to an HTTP/1.1 upstream: chunked (nginx does too)
             # Started once the frames of this read are handled: a body that came with the head
             # (a unary gRPC call's) is then whole, and the exchange needs no task for it.
-            state.loop.call_soon(ex.start)
+            self.h2p.start_after_read(ex)
             return
         ex.body_complete = True
         self.request_done = True
