@@ -1,20 +1,21 @@
 """HTTP/2 hot-path microbenchmark (run on demand, not a test): Tollway's own cost of one unary
 gRPC call (``--grpc``) or one HTTP/2 request to an HTTP/1.1 upstream (``--h2``), in memory.
 
-    .venv/bin/python bench/h2hotpath.py --grpc [--calls 20000] [--profile]
+    .venv/bin/python bench/h2hotpath.py --grpc [--calls 20000] [--spy | --profile --own]
     .venv/bin/python bench/h2hotpath.py --h2 --against main      # A/B, interleaved
 
 One client connection (the real ``HttpProtocol``, switched to ``H2Protocol`` by the h2c
 preface) and one upstream connection (gRPC: the real ``upstream.h2conn.H2Connection`` in the
 HTTP/2 pool; HTTP/1.1: a pooled ``UpstreamConnection``), both on in-memory transports, on a
-running uvloop. The peers are ``h2`` connections of their own (an h2load-like client sending
-HEADERS + one framed message with END_STREAM, or a GET; a grpcio-like server answering HEADERS,
-DATA, trailers): their work is outside the timed windows. Timed: everything Tollway runs for a
-call (feeding its two protocols, and the event loop's turns until its writes have left: the
-task, the deferred flushes), per call, best of ``--rounds`` rounds. ``--profile``: a cProfile
-of the timed windows only, split into self time in the h2 library (h2, hpack, hyperframe) and
-the rest ("own": Tollway, asyncio's glue, the harness's loop turns), scaled to the unprofiled
-µs per call. ``--against REV``: REV's src/ (git archive) and this tree, 4 interleaved pairs.
+running uvloop with the worker's GC settings. The peers' bytes (an h2load-like client: HEADERS
++ one framed message with END_STREAM, or a GET; a grpcio-like server: HEADERS, DATA, trailers)
+are made ahead (after one call checked end to end), so a timed round runs only Tollway and the
+event loop: CPU µs per call, best of ``--rounds`` rounds. ``--spy``: the same under py-spy, its
+samples split into the h2 library's (h2, hpack, hyperframe), Tollway's own and the loop's
+(see ``spy``). ``--profile``: a cProfile of the rounds, split the same way (the standard
+library's and builtins' time charged to their callers; cProfile's overhead weighs on the
+call-heavy library more). ``--access-log``: with the default access log on. ``--against
+REV``: REV's src/ (git archive) and this tree, 4 interleaved pairs.
 """
 
 from __future__ import annotations
