@@ -634,6 +634,17 @@ def var_getter(name: str) -> Callable[[RequestContext], Any]:
     getter = _VARS.get(name)
     if getter is not None:
         return getter
+    if name.startswith("http_"):  # as ``RequestContext.var`` reads it, the names found once
+        key = name[5:]
+        dashed = key.replace("_", "-")
+        if dashed == key:
+            return lambda c: c.headers.get(key)
+
+        def either(c: RequestContext) -> str | None:
+            found = c.headers.get(dashed)
+            return found if found is not None else c.headers.get(key)
+
+        return either
     return lambda c: c.var(name)
 
 

@@ -1,4 +1,5 @@
-"""The access log: nginx-style format compiled once; lines buffered and written off the loop."""
+"""The access log: nginx-style format compiled once (each variable to its getter: a line costs
+only the values it shows); lines buffered and written off the loop."""
 
 from __future__ import annotations
 
@@ -8,9 +9,29 @@ import os
 import re
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+from tollway.plugins.kit import var_getter
+
+if TYPE_CHECKING:
+    from tollway.plugins.kit import RequestContext
 
 _TOKEN = re.compile(r"\$([A-Za-z0-9_]+)")
+
+
+class Logged(Protocol):
+    """What a line is made of: the exchange (``pipeline.Exchange``) and its context."""
+
+    status: int
+    resp_bytes: int
+    method: str
+    http_version: str
+
+    @property
+    def ctx(self) -> RequestContext | None: ...
+
+
+Getter = Callable[[Logged], Any]
 
 
 class AccessLog:
@@ -19,7 +40,7 @@ class AccessLog:
 
     def __init__(self, path: str, fmt: str, escape: str = "default") -> None:
         self.path = path
-        self._parts = self._compile(fmt)
+        self._pieces, self._tail = compile_format(fmt)
         self._json = escape == "json"
         self._buf: list[bytes] = []
         self._size = 0
@@ -27,31 +48,19 @@ class AccessLog:
         self._fd: int | None = None
         self._writing: asyncio.Future[Any] | None = None
 
-    @staticmethod
-    def _compile(fmt: str) -> list[str | tuple[str]]:
-        parts: list[str | tuple[str]] = []
-        pos = 0
-        for m in _TOKEN.finditer(fmt):
-            parts.append(fmt[pos : m.start()])
-            parts.append((m.group(1),))
-            pos = m.end()
-        parts.append(fmt[pos:])
-        return [p for p in parts if p != ""]
-
-    def log(self, var: Callable[[str], Any]) -> None:
+    def log(self, ex: Logged) -> None:
+        """One line for the exchange ``ex`` (its ``ctx`` set)."""
         out: list[str] = []
-        json_escape = self._json
-        for p in self._parts:
-            if isinstance(p, tuple):
-                v = var(p[0])
-                if json_escape:
-                    # nginx escape=json: the value as the inside of a JSON string, "" if unset
-                    out.append("" if v is None else json_string(str(v)))
-                else:
-                    out.append("-" if v is None or v == "" else str(v))
-            else:
-                out.append(p)
-        out.append("\n")
+        if self._json:
+            for text, get in self._pieces:
+                v = get(ex)
+                # nginx escape=json: the value as the inside of a JSON string, "" if unset
+                out += (text, "" if v is None else json_string(str(v)))
+        else:
+            for text, get in self._pieces:
+                v = get(ex)
+                out += (text, "-" if v is None or v == "" else str(v))
+        out.append(self._tail)
         line = "".join(out).encode("utf-8", "replace")
         self._buf.append(line)
         self._size += len(line)
@@ -100,5 +109,55 @@ def json_string(value: str) -> str:
     return json.dumps(value, ensure_ascii=False)[1:-1]
 
 
+def compile_format(fmt: str) -> tuple[list[tuple[str, Getter]], str]:
+    """A format as (the text before a variable, its getter) pairs and the text after the last:
+    found once, so a line costs only its values."""
+    pieces: list[tuple[str, Getter]] = []
+    pos = 0
+    for m in _TOKEN.finditer(fmt):
+        pieces.append((fmt[pos : m.start()], getter(m.group(1))))
+        pos = m.end()
+    return pieces, fmt[pos:] + "\n"
+
+
+def getter(name: str) -> Getter:
+    """The value of ``$name`` for an exchange: the exchange's own (status, bytes sent, times),
+    else the request's variable (``RequestContext.var``)."""
+    own = _OWN.get(name)
+    if own is not None:
+        return own
+    get = var_getter(name)
+    return lambda ex: get(ex.ctx)  # type: ignore[arg-type]
+
+
+def _ctx(ex: Logged) -> RequestContext:
+    ctx = ex.ctx
+    assert ctx is not None
+    return ctx
+
+
+_local: list[Any] = [None, ""]  # (the second, its $time_local): formatted once a second
+
+
 def time_local(now: float | None = None) -> str:
-    return time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime(now))
+    if now is None:
+        return time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime())
+    second = int(now)
+    if _local[0] != second:
+        _local[1] = time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime(second))
+        _local[0] = second
+    text: str = _local[1]
+    return text
+
+
+_OWN: dict[str, Getter] = {
+    "status": lambda ex: ex.status,
+    "body_bytes_sent": lambda ex: ex.resp_bytes,
+    "request_time": lambda ex: f"{time.time() - _ctx(ex).start_time:.3f}",
+    "time_local": lambda ex: time_local(_ctx(ex).start_time),
+    "request": lambda ex: f"{ex.method} {_ctx(ex).request_uri} HTTP/{ex.http_version}",
+    "remote_user": lambda ex: None,
+    "upstream_scheme": lambda ex: "http",
+    "upstream_host": lambda ex: _ctx(ex).up_host or _ctx(ex).host,
+    "upstream_response_time": lambda ex: None,
+}

@@ -20,7 +20,7 @@ import time
 from typing import TYPE_CHECKING
 
 from tollway.proxy.driver import drive, failed, next_server, pick_context, succeeded
-from tollway.proxy.grpc_attempt import GRPC_SCHEMES, proxy_grpc
+from tollway.proxy.grpc_attempt import GRPC_SCHEMES, forward_grpc, proxy_grpc
 from tollway.proxy.request_head import request_head
 from tollway.proxy.retry import Attempted, deadline_of, may_resend, over
 from tollway.runtime.compiled import DEFAULT_TIMEOUTS, CompiledRoute, CompiledUpstream, Timeouts
@@ -58,7 +58,10 @@ def forward(ex: ExchangeBase) -> None:
     assert up is not None and ctx is not None
     route = ctx.route
     assert route is not None
-    if ctx.up_body is not None:  # a body to send: the coroutine path
+    if up.scheme in GRPC_SCHEMES:  # HTTP/2 upstream streams: their own fast path
+        forward_grpc(ex, route, up)
+        return
+    if ctx.up_body is not None or ex.has_body:  # a body to send: the coroutine path
         ex._spawn(proxy(ex, route, up))
         return
     pick: PickContext | None

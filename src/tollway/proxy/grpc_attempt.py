@@ -8,7 +8,8 @@ response streams back (client-streaming and bidi calls). The upstream's trailers
 a trailers-only answer is passed as headers. A failure before anything was sent may be retried
 (``proxy.retry``); a gRPC client gets a failure as a gRPC status it can read (UNAVAILABLE,
 DEADLINE_EXCEEDED), with HTTP status 200 (trailers-only) or, once the response has started,
-in the trailers.
+in the trailers. The common unary call takes a fast path with no task (``forward_grpc``), as
+HTTP/1.1 requests do (``attempt.forward``).
 """
 
 from __future__ import annotations
@@ -18,18 +19,10 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from tollway.httprules.fields import RESPONSE_DROP
-from tollway.httprules.grpc import (
-    SKIP_GRPC,
-    error_fields,
-    is_grpc,
-    message_value,
-    parse_timeout,
-    request_fields,
-    status_for,
-)
+from tollway.httprules.grpc import SKIP_GRPC, parse_timeout, request_fields
 from tollway.httprules.upstream_head import host_field
-from tollway.proxy.driver import drive, pick_context
+from tollway.proxy.driver import drive, next_server, pick_context, succeeded
+from tollway.proxy.grpc_answer import H2Head, give_up
 from tollway.proxy.retry import Attempted, deadline_of
 from tollway.runtime.compiled import DEFAULT_TIMEOUTS, CompiledRoute, CompiledUpstream, Timeouts
 from tollway.upstream.h2conn import H2Connection, H2Stream, StreamFailed
@@ -58,49 +51,81 @@ class GrpcFailure(Exception):
         return Attempted(self.status, self.retryable, self.sent)
 
 
-class H2Head:
-    """The upstream's response head as the response side reads it (``ResponseHead`` of
-    ``upstream.pool``): end-to-end fields as flat ``name, ": ", value, CRLF`` pieces."""
-
-    __slots__ = ("connection", "content_length", "lines")
-
-    def __init__(self, headers: list[tuple[bytes, bytes]]) -> None:
-        self.connection: bytes | None = None  # HTTP/2 has none (RFC 9113 8.2.2)
-        self.lines: list[bytes] = []
-        self.content_length: bytes | None = None
-        for k, v in headers:
-            if k[:1] == b":" or k in RESPONSE_DROP:
-                continue
-            if k == b"content-length":
-                self.content_length = v
-            else:
-                self.lines += (k, b": ", v, b"\r\n")
-
-    def header_pairs(self) -> list[tuple[bytes, bytes]]:
-        lines = self.lines
-        return list(zip(lines[0::4], lines[2::4], strict=True))
-
-
 async def proxy_grpc(
     ex: ExchangeBase,
     route: CompiledRoute,
     up: CompiledUpstream,
     first: tuple[Server, PickContext | None, object] | None,
+    started: float = 0.0,
 ) -> None:
     """Attempts with retries (only while nothing was sent upstream: ``driver.drive``), then
-    the answer."""
+    the answer. ``first``: a server already picked, and how an attempt on it failed (the fast
+    path's, ``forward_grpc``; None: not attempted); ``started``: when that attempt began (the
+    call's deadline and the retry_timeout count from there)."""
     ctx = ex.ctx
     assert ctx is not None
     timeouts = route.timeouts or up.timeouts or DEFAULT_TIMEOUTS
     ex.read_timeout = timeouts.read
-    started = time.monotonic()
-    call_timeout = parse_timeout(ctx.headers.get("grpc-timeout"))
+    started = started or time.monotonic()
+    call_timeout = parse_timeout(grpc_timeout(ex))
     call = GrpcCall(ex, up, timeouts, started + call_timeout if call_timeout is not None else 0.0)
     retry_deadline = deadline_of(started, up.retry_timeout)
     if first is None:
         await drive(call, pick_context(ex, up), retry_deadline)
     else:
-        await drive(call, first[1], retry_deadline, first[0])
+        failure = first[2] if isinstance(first[2], GrpcFailure) else None
+        await drive(call, first[1], retry_deadline, first[0], failure)
+
+
+def forward_grpc(ex: ExchangeBase, route: CompiledRoute, up: CompiledUpstream) -> None:
+    """The fast path: a stream on an open pooled HTTP/2 connection with room for it, the
+    request's body whole (a unary call's: it came with the head), no task: the attempt ends
+    in the stream's callbacks, and a failure hands over to the driver (``proxy_grpc``) with
+    the failure, as a first attempt of its would. Else the driver runs in a task."""
+    ctx = ex.ctx
+    assert ctx is not None
+    if ex.client_closed or ex.reject_status or (ex.has_body and not ex.body_complete):
+        ex._spawn(proxy_grpc(ex, route, up, None))
+        return
+    pick = None if up.single is not None else pick_context(ex, up)
+    server = next_server(up, pick)
+    if server is None:
+        ex._spawn(proxy_grpc(ex, route, up, None))  # (the driver answers: no node left)
+        return
+    state = ex.proto.state
+    conn = state.h2pool.get_available((up.pool_key, server.host, server.port))
+    if conn is None:  # a connection to open: the driver connects, within its timeouts
+        ex._spawn(proxy_grpc(ex, route, up, (server, pick, None)))
+        return
+    timeouts = route.timeouts or up.timeouts or DEFAULT_TIMEOUTS
+    ex.read_timeout = timeouts.read
+    ctx.upstream_addr = server.addr
+    started = time.monotonic()
+    call_timeout = parse_timeout(grpc_timeout(ex))
+    deadline = started + call_timeout if call_timeout is not None else 0.0
+    attempt = GrpcAttempt(ex, up, server, timeouts, deadline, pick, started)
+    ex.held = attempt
+    failure = attempt.start(conn, _node_name(up, server))
+    if failure is not None:
+        attempt.failed_fast(failure)
+
+
+def grpc_timeout(ex: ExchangeBase) -> bytes | None:
+    """The client's ``grpc-timeout`` field, read from its header list (no header map made:
+    HTTP/2 names are lowercase, RFC 9113 8.2.1; an HTTP/1.1 client's are compared so)."""
+    h2 = ex.proto.http2
+    found = None
+    for k, v in ex.raw_headers:
+        if (k if h2 else k.lower()) == b"grpc-timeout":
+            if found is not None:
+                return None  # repeated: malformed (joined with ", ", it parses as none)
+            found = v
+    return found
+
+
+def _node_name(up: CompiledUpstream, server: Server) -> str:
+    """The name of ``server`` for ``:authority`` and SNI (a domain node resolved to an IP)."""
+    return up.node_hosts.get(server.addr, server.host) if up.node_hosts else server.host
 
 
 class GrpcCall:
@@ -126,68 +151,24 @@ class GrpcCall:
         return self.last is None or not self.last.consumed
 
     def give_up(self, status: int, statuses: list[str]) -> None:
-        _give_up(self.ex, status, statuses)
-
-
-def _give_up(ex: ExchangeBase, status: int, statuses: list[str]) -> None:
-    """Answer a failed call: a gRPC client reads a gRPC status, others an HTTP error page."""
-    if ex.ctx is not None and statuses:
-        ex.ctx.upstream_status = ", ".join(statuses)
-    if ex.client_closed:
-        return
-    ctx = ex.ctx
-    grpc_client = ctx is not None and is_grpc(ctx.headers.get("content-type"))
-    # (the cause stays in the debug log: node addresses are not the client's business)
-    reason = "upstream timed out" if status == 504 else "upstream unavailable"
-    if not ex.response_started:
-        if ex.reject_status:
-            ex.respond_error(ex.reject_status)  # the client's body was bad
-        elif grpc_client:
-            ex.upstream_statuses = statuses or None
-            _grpc_error(ex, status_for(status), reason)
-        else:
-            ex.upstream_statuses = statuses or None
-            ex.respond_error(status)
-        return
-    if grpc_client and not ex._finished:
-        # The response began: the call ends with the failure's status in its trailers.
-        trailers = [
-            (b"grpc-status", b"%d" % status_for(status)),
-            (b"grpc-message", message_value(reason)),
-        ]
-        ex.resp_trailers = trailers
-        if ctx is not None:
-            ctx.upstream_trailers = trailers
-        ex.on_upstream_complete()
-    else:
-        ex.keep_alive = False  # the client sees the answer cut short
-
-
-def _grpc_error(ex: ExchangeBase, code: int, reason: str) -> None:
-    """A gRPC status as the whole answer: trailers-only (HTTP status 200, the status in the
-    headers) to an HTTP/1.1 client (gRPC-Web reads it so); an HTTP/2 client's stream sends its
-    head at once, so there the status ends the stream in trailers (a response with no message)."""
-    fields = error_fields(code, reason)
-    if not ex.proto.http2:
-        ex.respond(200, b"", fields)
-        return
-    ex.resp_trailers = fields[1:]
-    if ex.ctx is not None:
-        ex.ctx.upstream_trailers = ex.resp_trailers
-    ex.on_upstream_headers(200, H2Head(fields[:1]))
-    ex.on_upstream_complete()
+        give_up(self.ex, status, statuses)
 
 
 class GrpcAttempt:
-    """One attempt: a stream on a pooled HTTP/2 connection to ``server`` (a ``StreamSink``)."""
+    """One attempt: a stream on a pooled HTTP/2 connection to ``server`` (a ``StreamSink``).
+    Run by the driver (``run``: it awaits ``_done``), or the fast path's (``forward_grpc``:
+    ``started`` set, no ``_done``; it ends in the stream's callbacks, ``_settled``)."""
 
     __slots__ = (
         "_deadline",
         "_done",
+        "_sender",
         "call_deadline",
         "consumed",
         "ex",
+        "pick",
         "server",
+        "started",
         "stream",
         "timeouts",
         "trailers",
@@ -201,57 +182,65 @@ class GrpcAttempt:
         server: Server,
         timeouts: Timeouts,
         call_deadline: float,
+        pick: PickContext | None = None,
+        started: float = 0.0,
     ) -> None:
         self.ex = ex
         self.up = up
         self.server = server
         self.timeouts = timeouts
         self.call_deadline = call_deadline
+        self.pick = pick
+        self.started = started  # the fast path's attempt (0: the driver's)
         self.stream: H2Stream | None = None
         self.trailers: list[tuple[bytes, bytes]] | None = None
         self.consumed = False  # request body bytes were taken from the client
         self._done: asyncio.Future[None] | None = None
         self._deadline: asyncio.TimerHandle | None = None
+        self._sender: asyncio.Task[None] | None = None
 
     async def run(self) -> GrpcFailure | None:
-        ex, server = self.ex, self.server
-        name = (
-            self.up.node_hosts.get(server.addr, server.host) if self.up.node_hosts else server.host
-        )
+        name = _node_name(self.up, self.server)
         conn = await self._connect(name)
         if isinstance(conn, GrpcFailure):
             return conn
-        loop = ex.proto.state.loop
-        self._done = loop.create_future()
-        body, streams = self._body()
+        self._done = self.ex.proto.state.loop.create_future()
         try:
-            self.stream = stream = conn.open_stream(
-                self._head(name, server.port, self._remaining()),
-                self,
-                end=body is None and not streams,
-            )
-        except StreamFailed as e:
-            return GrpcFailure(502, str(e), sent=False)
-        ex.reading = True
-        ex.last_activity = loop.time()
-        remaining = self._remaining()
-        if remaining is not None:
-            self._deadline = loop.call_later(remaining, self._deadline_passed)
-        sender = None
-        if body is not None and len(body) <= conn.h2.local_flow_control_window(stream.id):
-            # Within the window nothing waits: sent here, the head and the body leave in one
-            # write (H2Connection.flush).
-            await self._send(stream, body)
-        elif body is not None or streams:
-            sender = loop.create_task(self._send(stream, body))
-        try:
+            failure = self.start(conn, name)
+            if failure is not None:
+                return failure
             await self._done
         except StreamFailed as e:
             return self._failure(e)
         except GrpcFailure as f:
             return f
         finally:
-            self._end(sender)
+            self._end()
+        return None
+
+    def start(self, conn: H2Connection, name: str) -> GrpcFailure | None:
+        """Open the stream and send the head, and the body: at once when it is whole and
+        within the windows (the head and the body then leave in one write: H2Connection.flush),
+        else from a task."""
+        ex = self.ex
+        loop = ex.proto.state.loop
+        body, streams = self._body()
+        try:
+            self.stream = stream = conn.open_stream(
+                self._head(name, self.server.port, self._remaining()),
+                self,
+                end=body is None and not streams,
+            )
+            sent = body is not None and stream.send_now(body, True)
+        except StreamFailed as e:
+            return GrpcFailure(502, str(e), sent=self.stream is not None)
+        ex.reading = True
+        ex.last_activity = loop.time()
+        remaining = self._remaining()
+        if remaining is not None:
+            self._deadline = loop.call_later(remaining, self._deadline_passed)
+        if (body is not None and not sent) or streams:
+            self._sender = loop.create_task(self._send(stream, body))
         return None
 
     async def _connect(self, name: str) -> H2Connection | GrpcFailure:
@@ -292,19 +281,53 @@ class GrpcAttempt:
             return None, False
         if ex.body_complete and not ex.reject_status:
             ex.proto.resume_reading()
-            return b"".join(ex.body or ()), False
+            body = ex.body
+            if body and len(body) == 1:
+                return body[0], False
+            return b"".join(body or ()), False
         return None, True
 
-    def _end(self, sender: asyncio.Task[None] | None) -> None:
+    def _end(self) -> None:
         self.ex.reading = False
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
+        sender = self._sender
         if sender is not None and not sender.done():
             sender.cancel()
         stream = self.stream
         if stream is not None and stream.failed is None and not stream.remote_ended:
             stream.cancel()
+
+    # -- the fast path's end -----------------------------------------------------------
+
+    def _settled(self) -> None:
+        """The fast path's attempt got its answer: reported as the driver reports one
+        (``driver.succeeded``), and the exchange is done."""
+        ex = self.ex
+        if ex.held is not self:
+            return
+        ex.held = None
+        self._end()
+        if self.pick is None and self.up.passive is None:  # one node, no passive checks
+            assert ex.ctx is not None
+            ex.ctx.upstream_response_time = time.monotonic() - self.started
+        else:
+            succeeded(ex, self.up, self.server, self.pick, self.started, None)
+        ex._finish()
+
+    def failed_fast(self, failure: GrpcFailure) -> None:
+        """The fast path's attempt failed: the driver takes over with the failure (its
+        bookkeeping, a retry, the answer), in a task."""
+        ex = self.ex
+        if ex.held is not self:
+            return
+        ex.held = None
+        self._end()
+        route = ex.route
+        assert route is not None
+        first = (self.server, self.pick, failure)
+        ex._spawn(proxy_grpc(ex, route, self.up, first, self.started))
 
     def _remaining(self) -> float | None:
         if not self.call_deadline:
@@ -363,9 +386,20 @@ class GrpcAttempt:
             pass  # the stream's own failure reached on_failed (or the response is complete)
 
     def _fail(self, f: GrpcFailure) -> None:
+        if self.started:
+            self.failed_fast(f)
+            return
         d = self._done
         if d is not None and not d.done():
             d.set_exception(f)
+
+    def _succeed(self) -> None:
+        if self.started:
+            self._settled()
+            return
+        d = self._done
+        if d is not None and not d.done():
+            d.set_result(None)
 
     def _deadline_passed(self) -> None:
         self._deadline = None
@@ -375,9 +409,7 @@ class GrpcAttempt:
 
     def upstream_done(self) -> None:
         """The response side finished the answer (from ``on_end``)."""
-        d = self._done
-        if d is not None and not d.done():
-            d.set_result(None)
+        self._succeed()
 
     def upstream_failed(self, exc: BaseException | None) -> None:
         self._fail(GrpcFailure(502, str(exc), sent=True, retryable=not self.ex.response_started))
@@ -431,11 +463,12 @@ class GrpcAttempt:
             if ex.ctx is not None:
                 ex.ctx.upstream_trailers = self.trailers
             ex.on_upstream_complete()
-        d = self._done
-        if d is not None and not d.done():
-            d.set_result(None)
+        self._succeed()
 
     def on_failed(self, exc: StreamFailed) -> None:
+        if self.started:
+            self.failed_fast(self._failure(exc))
+            return
         d = self._done
         if d is not None and not d.done():
             d.set_exception(exc)

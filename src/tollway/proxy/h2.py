@@ -48,6 +48,8 @@ from tollway.proxy.h2_guard import Budget
 from tollway.proxy.h2_stream import BODY_BUDGET, H2Stream
 
 if TYPE_CHECKING:
+    from tollway.proxy.contracts import HeadCache
+    from tollway.proxy.pipeline import Exchange
     from tollway.proxy.state import ServerState
     from tollway.runtime.certs import ClientCheck
 
@@ -101,6 +103,9 @@ class H2Protocol(asyncio.Protocol):
         self.held = 0  # request body bytes the exchanges hold (h2_stream.BODY_BUDGET)
         self.starved = False  # some stream's window waits for that budget
         self._dirty = False
+        self.waiting: list[Exchange] = []  # exchanges started once this read is handled
+        self.host_cache: tuple[bytes, str] | None = None  # the streams' (H2Stream.host_cache)
+        self.head_cache: HeadCache | None = None
         # Our SETTINGS, enforced at once (a client may only send less before its ACK)
         conn = self.conn = Connection(
             False,
@@ -125,14 +130,20 @@ class H2Protocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
+        # What the events queue leaves in one write at the end (``flush`` below, or the
+        # failure's): no flush is scheduled meanwhile (``flush_soon`` sees one pending).
+        self._dirty = True
         try:
             events = self.conn.receive_data(data)
-            for event in events:
-                handler = _HANDLERS.get(type(event))
-                if handler is not None:
-                    handler(self, event)
-                if self.closing:
-                    return
+            try:
+                for event in events:
+                    handler = _HANDLERS.get(type(event))
+                    if handler is not None:
+                        handler(self, event)
+                    if self.closing:
+                        return
+            finally:
+                self._start_waiting()
         except ProtocolError as e:
             # A connection error: its GOAWAY is queued (PROTOCOL_ERROR, FRAME_SIZE_ERROR,
             # COMPRESSION_ERROR, ENHANCE_YOUR_CALM for an oversized header list...): send it
@@ -169,6 +180,17 @@ class H2Protocol(asyncio.Protocol):
         self.write_paused = False
         for stream in list(self.streams.values()):
             stream.update_paused()
+
+    def start_after_read(self, ex: Exchange) -> None:
+        """Start ``ex`` once the events of this read are handled (``H2Stream.start``)."""
+        self.waiting.append(ex)
+
+    def _start_waiting(self) -> None:
+        waiting = self.waiting
+        if waiting:
+            self.waiting = []
+            for ex in waiting:
+                ex.start()
 
     # -- frames out ---------------------------------------------------------------------
 

@@ -162,7 +162,12 @@ def response_fields(lines: list[bytes]) -> list[tuple[bytes, bytes]]:
 
 def pairs_fields(pairs: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """Header pairs (a local answer, trailers) as HTTP/2 fields."""
-    return [(k.lower(), v) for k, v in pairs if k.lower() not in CONNECTION_SPECIFIC]
+    out: list[tuple[bytes, bytes]] = []
+    for k, v in pairs:
+        name = k.lower()
+        if name not in CONNECTION_SPECIFIC:
+            out.append((name, v))
+    return out
 
 
 def split_lines(block: bytes) -> list[bytes]:

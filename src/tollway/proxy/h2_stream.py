@@ -42,8 +42,11 @@ class H2Protocol(Protocol):
     write_paused: bool
     held: int  # request body bytes the exchanges of the connection hold (BODY_BUDGET)
     starved: bool  # a stream's window waits for the connection's budget
+    host_cache: tuple[bytes, str] | None  # (the streams' caches: see H2Stream)
+    head_cache: HeadCache | None
 
     def ack(self, size: int, sid: int) -> None: ...
+    def start_after_read(self, ex: Exchange) -> None: ...
     def release(self) -> None: ...
     def flush_soon(self) -> None: ...
     def stream_done(self, stream: H2Stream) -> None: ...
@@ -59,6 +62,16 @@ _END = object()  # in ``pending``: END_STREAM (or the trailers) once the data be
 
 class H2Stream:
     http2 = True
+    # The state every stream starts with (class defaults: set on the instance once changed).
+    tunnel: Any = None
+    ex: Exchange | None = None
+    blocked = False  # waiting for a WINDOW_UPDATE
+    ended = False  # END_STREAM (or RST_STREAM) sent
+    reading_paused = False
+    unacked = 0  # body bytes received while paused: the window opens on resume
+    held = 0  # body bytes fed to the exchange since it last took them all
+    trailers: list[tuple[bytes, bytes]] | None = None
+    request_done = False
 
     def __init__(self, h2p: H2Protocol, sid: int) -> None:
         self.h2p = h2p
@@ -72,18 +85,26 @@ class H2Stream:
         self.trust_real_ip = h2p.trust_real_ip
         self.client_cert = h2p.client_cert
         self.write_paused = h2p.write_paused
-        self.host_cache: tuple[bytes, str] | None = None
-        self.head_cache: HeadCache | None = None
-        self.tunnel: Any = None
-        self.ex: Exchange | None = None
         self.pending: deque[Any] = deque()  # body bytes (and _END) beyond the windows
-        self.blocked = False  # waiting for a WINDOW_UPDATE
-        self.ended = False  # END_STREAM (or RST_STREAM) sent
-        self.reading_paused = False
-        self.unacked = 0  # body bytes received while paused: the window opens on resume
-        self.held = 0  # body bytes fed to the exchange since it last took them all
-        self.trailers: list[tuple[bytes, bytes]] | None = None
-        self.request_done = False
+
+    # The exchange's per-connection caches (Exchange._make_context, request_head) are the
+    # connection's: its streams carry the same Host and fields request after request.
+
+    @property
+    def host_cache(self) -> tuple[bytes, str] | None:
+        return self.h2p.host_cache
+
+    @host_cache.setter
+    def host_cache(self, value: tuple[bytes, str] | None) -> None:
+        self.h2p.host_cache = value
+
+    @property
+    def head_cache(self) -> HeadCache | None:
+        return self.h2p.head_cache
+
+    @head_cache.setter
+    def head_cache(self, value: HeadCache | None) -> None:
+        self.h2p.head_cache = value
 
     def start(self, method: str, req: H2Request, ended: bool) -> None:
         state = self.state
@@ -98,9 +119,12 @@ class H2Stream:
                     ex.reject_status = 413
             else:
                 ex.body_chunked = True  # to an HTTP/1.1 upstream: chunked (nginx does too)
-        else:
-            ex.body_complete = True
-            self.request_done = True
+            # Started once the frames of this read are handled: a body that came with the head
+            # (a unary gRPC call's) is then whole, and the exchange needs no task for it.
+            self.h2p.start_after_read(ex)
+            return
+        ex.body_complete = True
+        self.request_done = True
         ex.start()
 
     # -- request body -------------------------------------------------------------------

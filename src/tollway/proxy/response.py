@@ -40,21 +40,23 @@ class Responding(ExchangeBase):
         assert ctx is not None
         self.status = status
         ctx.resp_status = status
-        lines = conn.lines
-        content_length = conn.content_length
-        connection = conn.connection
+        chain = self.chain
+        fields = conn.fields
+        if fields is not None and self.proto.http2 and not (chain and chain.header_filter):
+            self._h2_pass(ctx, status, fields, conn.content_length)
+            return
+        lines, content_length, connection = conn.lines, conn.content_length, conn.connection
         if connection is not None and connection.lower() not in PLAIN_CONNECTION:
             lines = _without_named(conn, connection, lines)
         if status == 101 and self.websocket and isinstance(conn, UpstreamConnection):
             self._start_tunnel(conn, lines)
             return
-        chain = self.chain
         if chain is not None and chain.header_filter:
             status, lines, content_length = self._filtered_head(chain, ctx, lines, content_length)
         if ctx.upstream_status is None:
             ctx.upstream_status = str(status)
         if self.proto.http2:
-            self._h2_head(status, lines, content_length)
+            self._h2_head(status, response_fields(lines), content_length)
             return
         state = self.proto.state
         out = [STATUS_LINES.get(status) or status_line(status), state.server_header]
@@ -107,10 +109,25 @@ class Responding(ExchangeBase):
             self.buffered_resp = []
         return status, lines, length
 
-    def _h2_head(self, status: int, lines: list[bytes], length: bytes | None) -> None:
-        """The head as HTTP/2 fields, to the stream (held while a buffered body is read)."""
+    def _h2_pass(
+        self,
+        ctx: RequestContext,
+        status: int,
+        fields: list[tuple[bytes, bytes]],
+        length: bytes | None,
+    ) -> None:
+        """An HTTP/2 upstream's head to an HTTP/2 client, no plugin editing it: its fields
+        as they are (no round trip through HTTP/1.1 lines)."""
+        if ctx.upstream_status is None:
+            ctx.upstream_status = str(status)
+        self._h2_head(status, fields, length)
+
+    def _h2_head(
+        self, status: int, fields: list[tuple[bytes, bytes]], length: bytes | None
+    ) -> None:
+        """The head as HTTP/2 fields (``fields``: the upstream's, extended here), to the
+        stream (held while a buffered body is read)."""
         state = self.proto.state
-        fields = response_fields(lines)
         fields.append((b"server", state.server_header[8:-2]))
         if status >= 500 or state.show_upstream_status:
             extra = upstream_status_field(self.upstream_statuses, status)

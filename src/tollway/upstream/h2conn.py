@@ -107,6 +107,25 @@ class H2Stream:
                 return
             view = view[size:]
 
+    def send_now(self, data: bytes, end: bool) -> bool:
+        """Send ``data`` whole at once when the peer's windows take it all (False: nothing was
+        sent, ``send_data`` waits for room). The fast path's request body (proxy.grpc_attempt)."""
+        conn = self.conn
+        h = conn.h2
+        n = len(data)
+        if self.failed is not None or n > h.local_flow_control_window(self.id):
+            return False
+        size = h.max_outbound_frame_size
+        try:
+            for i in range(0, n, size):
+                h.send_data(self.id, data[i : i + size], end_stream=end and i + size >= n)
+            if not n and end:
+                h.end_stream(self.id)
+        except ProtocolError as e:  # the stream was reset meanwhile
+            raise self.failed or StreamFailed(f"stream closed: {e}") from None
+        conn.flush()
+        return True
+
     async def end(self) -> None:
         await self.send_data(b"", end=True)
 
@@ -154,6 +173,7 @@ class H2Stream:
 class H2Connection(WritePaused):
     __slots__ = (
         "_flush_soon",
+        "_idle_since",
         "_idle_timer",
         "goaway",
         "h2",
@@ -178,6 +198,7 @@ class H2Connection(WritePaused):
         super().__init__()
         self._flush_soon = False
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._idle_since = 0.0
 
     # -- asyncio.Protocol ---------------------------------------------------------------
 
@@ -200,9 +221,14 @@ class H2Connection(WritePaused):
             self._fail_all(StreamFailed(f"upstream HTTP/2 protocol error: {e}"))
             self.close()
             return
-        for event in events:
-            self._dispatch(event)
-        self.flush_now()
+        # What the events queue (acknowledgements, a reset) leaves in the write below: no
+        # flush is scheduled meanwhile (``flush`` sees one pending).
+        self._flush_soon = True
+        try:
+            for event in events:
+                self._dispatch(event)
+        finally:
+            self.flush_now()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -320,7 +346,6 @@ class H2Connection(WritePaused):
         self, headers: list[tuple[bytes, bytes]], sink: StreamSink, end: bool = False
     ) -> H2Stream:
         """Send a request head on a new stream (the caller checked ``available``)."""
-        self._cancel_idle()
         try:
             stream_id = self.h2.get_next_available_stream_id()
             self.h2.send_headers(stream_id, headers, end_stream=end)
@@ -379,9 +404,12 @@ class H2Connection(WritePaused):
     # -- idle ---------------------------------------------------------------------------
 
     def _arm_idle(self) -> None:
-        self._cancel_idle()
+        """Idle from now: one timer per idle period, not one per stream (a timer armed and
+        cancelled per call cost ~3 us, measured); it looks again when it fires."""
         loop = asyncio.get_running_loop()
-        self._idle_timer = loop.call_later(self.limits.idle_timeout, self._idle_expired)
+        self._idle_since = loop.time()
+        if self._idle_timer is None:
+            self._idle_timer = loop.call_later(self.limits.idle_timeout, self._idle_expired)
 
     def _cancel_idle(self) -> None:
         if self._idle_timer is not None:
@@ -390,8 +418,14 @@ class H2Connection(WritePaused):
 
     def _idle_expired(self) -> None:
         self._idle_timer = None
-        if not self.streams:
-            self.close()  # keepalive_pool.idle_timeout, as for HTTP/1.1 connections
+        if self.streams or self.closed:
+            return  # busy: armed again when its last stream ends
+        loop = asyncio.get_running_loop()
+        left = self._idle_since + self.limits.idle_timeout - loop.time()
+        if left > 0:  # streams came and went meanwhile: idle for less than the timeout
+            self._idle_timer = loop.call_later(left, self._idle_expired)
+            return
+        self.close()  # keepalive_pool.idle_timeout, as for HTTP/1.1 connections
 
 
 class H2Pool:
@@ -415,9 +449,9 @@ class H2Pool:
         """A connection with room for one more stream: an open one, the one being opened for
         this key, or a new one."""
         while True:
-            for conn in self._conns.get(key, ()):
-                if conn.available:
-                    return conn
+            found = self.get_available(key)
+            if found is not None:
+                return found
             pending = self._connecting.get(key)
             if pending is None:
                 break
@@ -443,6 +477,13 @@ class H2Pool:
         if not fut.done():
             fut.set_result(conn)
         return conn
+
+    def get_available(self, key: Hashable) -> H2Connection | None:
+        """An open connection with room for one more stream now (None: none has)."""
+        for conn in self._conns.get(key, ()):
+            if conn.available:
+                return conn
+        return None
 
     async def _connect(
         self,

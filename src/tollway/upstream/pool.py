@@ -42,9 +42,18 @@ class ResponseHead(Protocol):
     """A response head as the response side reads it: an ``UpstreamConnection`` (HTTP/1.1)
     or an HTTP/2 stream's head."""
 
-    lines: list[bytes]
-    content_length: bytes | None
-    connection: bytes | None
+    @property
+    def lines(self) -> list[bytes]: ...
+    @property
+    def content_length(self) -> bytes | None: ...
+    @property
+    def connection(self) -> bytes | None: ...
+    @property
+    def fields(self) -> list[tuple[bytes, bytes]] | None:
+        """An HTTP/2 upstream's end-to-end fields as HTTP/2 pairs (lowercase, none
+        connection-specific: RFC 9113 8.2), which an HTTP/2 client's stream sends as they are;
+        None for an HTTP/1.1 head."""
+        ...
 
     def header_pairs(self) -> list[tuple[bytes, bytes]]: ...
 
@@ -118,6 +127,7 @@ class UpstreamConnection(WritePaused):
         "transport",
         "upgraded",
     )
+    fields: list[tuple[bytes, bytes]] | None = None  # (an HTTP/1.1 head: ``lines`` only)
 
     def __init__(self, pool: Pool, key: Hashable) -> None:
         self.pool = pool
