@@ -1,8 +1,10 @@
 """Instance-wide counters shared by every worker process (APISIX's ``lua_shared_dict``).
 
 Each named table is a fixed-size open-addressing hash table in a file mapping (tmpfs when the
-host has one) that every worker of the instance maps; one ``flock`` on the file serialises the
-read-modify-write of a record, so an update is atomic across workers.
+host has one) that every worker of the instance maps; one lock per table serialises the
+read-modify-write of a record, so an update is atomic across workers: a robust process-shared
+mutex in the table's header (``shared_lock``: no system call, released by the kernel when its
+holder dies), or ``flock`` on the file where there is no such mutex.
 
 Invariants: a key lives within ``PROBE`` slots of its home slot; a slot is never emptied, only
 expired, so a lookup may stop at the first never-used slot; when a key's whole probe window is
@@ -33,6 +35,8 @@ from collections.abc import Callable
 from hashlib import blake2b
 from typing import TypeVar
 
+from tollway.plugins.shared_lock import MUTEX_SIZE, TableLock, mutex_available
+
 log = logging.getLogger("tollway.plugins")
 
 T = TypeVar("T")
@@ -42,12 +46,16 @@ Record = tuple[float, float, float]  # (expire, a, b)
 # result); p and q are the caller's parameters (a limit and a window...), passed through so that
 # a step is a plain module-level function, not a closure built per request.
 Step = Callable[[Record | None, float, float, float], tuple[Record | None, T]]
+# Where a key lives: (its digest, its home slot).
+Slot = tuple[bytes, int]
 
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 DEFAULT_SLOTS = 1 << 16  # 2.5 MiB per table; APISIX's plugin dicts are 10 MiB
 PROBE = 32
 _MAGIC = b"TWSHM%03d" % LAYOUT_VERSION
-_HEADER = 64
+# The header: magic, slot count, the lock's kind (1 mutex, 0 flock), the mutex at _MUTEX_AT.
+_HEADER = 64 + MUTEX_SIZE
+_MUTEX_AT = 64
 _SLOT = struct.Struct("<16sddd")
 _SLOT_SIZE = _SLOT.size
 _EMPTY = bytes(16)
@@ -58,14 +66,28 @@ class SharedTable:
     """One named table. ``update`` is the operation: a read-modify-write under the lock
     (``incr`` is the counting one, in one call)."""
 
-    __slots__ = ("_clock", "_digests", "_fd", "_mask", "_mm", "path", "slots")
+    __slots__ = (
+        "_acquire",
+        "_clock",
+        "_digests",
+        "_fd",
+        "_lock",
+        "_mask",
+        "_mm",
+        "_release",
+        "path",
+        "slots",
+    )
 
     def __init__(
         self,
         path: str | None,
         slots: int = DEFAULT_SLOTS,
         clock: Callable[[], float] = time.monotonic,
+        mutex: bool = True,
     ) -> None:
+        """``mutex``: a new table file locks with the robust mutex when the host has one (else,
+        and with False, with ``flock``); an existing file with the lock its header records."""
         if slots & (slots - 1) or slots < PROBE:
             raise ValueError("slots must be a power of two >= PROBE")
         self.path = path
@@ -74,8 +96,10 @@ class SharedTable:
         self._clock = clock
         # key -> (digest, home slot): hashing costs more than the rest of an update, and the
         # same keys (client addresses, consumers) come back again and again.
-        self._digests: dict[str, tuple[bytes, int]] = {}
+        self._digests: dict[str, Slot] = {}
         size = _HEADER + slots * _SLOT_SIZE
+        self._lock: TableLock | None = None
+        self._acquire = self._release = _unlocked
         if path is None:  # process-local (tests, or no writable directory)
             self._fd = -1
             self._mm = mmap.mmap(-1, size)
@@ -85,20 +109,46 @@ class SharedTable:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
-                if os.fstat(fd).st_size < size:
-                    os.ftruncate(fd, size)  # zero-filled (sparse): every slot never used
-                    os.pwrite(fd, _MAGIC + struct.pack("<Q", slots), 0)
-                elif os.pread(fd, len(_MAGIC) + 8, 0) != _MAGIC + struct.pack("<Q", slots):
-                    raise OSError(f"{path}: not a shared table of {slots} slots")
+                self._mm = self._map(fd, path, size, mutex and mutex_available())
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
-            self._mm = mmap.mmap(fd, size)
         except BaseException:
             os.close(fd)
             raise
         self._fd = fd
 
+    def _map(self, fd: int, path: str, size: int, mutex: bool) -> mmap.mmap:
+        """Map the file (``flock`` held): a new one gets its header, an existing one must
+        have this layout; either way the table takes the lock the header names."""
+        ident = _MAGIC + struct.pack("<Q", self.slots)
+        new = os.fstat(fd).st_size < size
+        if new:
+            os.ftruncate(fd, size)  # zero-filled (sparse): every slot never used
+        elif os.pread(fd, len(ident), 0) != ident:
+            raise OSError(f"{path}: not a shared table of {self.slots} slots")
+        mm = mmap.mmap(fd, size)
+        try:
+            kind = (1 if mutex else 0) if new else mm[len(ident)]
+            lock = TableLock(kind, mm, _MUTEX_AT, fd, init=new)
+        except BaseException:
+            mm.close()
+            raise
+        if new:  # the header last: a table with a header has its lock ready
+            mm[: len(ident) + 1] = ident + bytes([kind])
+        self._lock = lock
+        self._acquire, self._release = lock.acquire, lock.release
+        return mm
+
+    @property
+    def lock_kind(self) -> str:
+        """The lock the table takes: "mutex", "flock", or "none" (a process-local table)."""
+        lock = self._lock
+        return "none" if lock is None else ("mutex" if lock.kind else "flock")
+
     def close(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
         self._mm.close()
         if self._fd >= 0:
             os.close(self._fd)
@@ -113,28 +163,29 @@ class SharedTable:
         hit = self._digests.get(key)
         if hit is None:
             hit = self._digest(key)
-        fd = self._fd
-        if fd >= 0:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        self._acquire()
         try:
             return self._update(hit[0], hit[1], self._clock(), step, p, q)
         finally:
-            if fd >= 0:
-                fcntl.flock(fd, fcntl.LOCK_UN)
+            self._release()
 
     def incr(self, key: str, value: float, ttl: float) -> tuple[float, float]:
         """Add ``value`` to the key's count (a new or expired key starts from 0 and lives
         ``ttl`` seconds: nginx's ``shared_dict:incr(key, value, 0, ttl)``, which
-        resty.limit.count uses); returns (the new count, seconds until the key expires).
-
-        ``update`` with a step would do the same; this is the one operation of the hot path
-        (limit-count), done in one call when the key sits in its home slot."""
+        resty.limit.count uses); returns (the new count, seconds until the key expires)."""
         hit = self._digests.get(key)
-        if hit is None:
-            hit = self._digest(key)
-        fd = self._fd
-        if fd >= 0:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        return self.incr_at(hit if hit is not None else self._digest(key), value, ttl)
+
+    def locate(self, key: str) -> Slot:
+        """The key's handle for ``incr_at``: a caller that sees the same keys again and again
+        (limit-count's client addresses) keeps it instead of hashing the key per update."""
+        hit = self._digests.get(key)
+        return hit if hit is not None else self._digest(key)
+
+    def incr_at(self, hit: Slot, value: float, ttl: float) -> tuple[float, float]:
+        """``incr`` of the key ``hit`` was located for: the one operation of limit-count's
+        request path, done in one call when the key sits in its home slot (the usual case)."""
+        self._acquire()
         try:
             now = self._clock()
             off = _HEADER + hit[1] * _SLOT_SIZE
@@ -148,10 +199,9 @@ class SharedTable:
             _SLOT.pack_into(self._mm, off, d, expire, a, 0.0)
             return a, expire - now
         finally:
-            if fd >= 0:
-                fcntl.flock(fd, fcntl.LOCK_UN)
+            self._release()
 
-    def _digest(self, key: str) -> tuple[bytes, int]:
+    def _digest(self, key: str) -> Slot:
         digest = blake2b(key.encode("utf-8", "surrogateescape"), digest_size=16).digest()
         hit = (digest, int.from_bytes(digest[:8], "little") & self._mask)
         if len(self._digests) >= _DIGEST_CACHE:
@@ -198,6 +248,10 @@ class SharedTable:
 
 
 _GONE = (0.0, 0.0, 0.0)
+
+
+def _unlocked() -> None:
+    """A process-local table's lock: nothing to take."""
 
 
 def _incr_step(
