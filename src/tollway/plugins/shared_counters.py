@@ -1,10 +1,8 @@
 """Instance-wide counters shared by every worker process (APISIX's ``lua_shared_dict``).
 
 Each named table is a fixed-size open-addressing hash table in a file mapping (tmpfs when the
-host has one) that every worker of the instance maps; one lock per table serialises the
-read-modify-write of a record, so an update is atomic across workers: a robust process-shared
-mutex in the table's header (``shared_lock``: no system call, released by the kernel when its
-holder dies), or ``flock`` on the file where there is no such mutex.
+host has one) that every worker of the instance maps; one ``flock`` on the file serialises the
+read-modify-write of a record, so an update is atomic across workers.
 
 Invariants: a key lives within ``PROBE`` slots of its home slot; a slot is never emptied, only
 expired, so a lookup may stop at the first never-used slot; when a key's whole probe window is
@@ -35,8 +33,6 @@ from collections.abc import Callable
 from hashlib import blake2b
 from typing import TypeVar
 
-from tollway.plugins.shared_lock import MUTEX_SIZE, TableLock, mutex_available
-
 log = logging.getLogger("tollway.plugins")
 
 T = TypeVar("T")
@@ -49,13 +45,11 @@ Step = Callable[[Record | None, float, float, float], tuple[Record | None, T]]
 # Where a key lives: (its digest, its home slot).
 Slot = tuple[bytes, int]
 
-LAYOUT_VERSION = 2
+LAYOUT_VERSION = 1
 DEFAULT_SLOTS = 1 << 16  # 2.5 MiB per table; APISIX's plugin dicts are 10 MiB
 PROBE = 32
 _MAGIC = b"TWSHM%03d" % LAYOUT_VERSION
-# The header: magic, slot count, the lock's kind (1 mutex, 0 flock), the mutex at _MUTEX_AT.
-_HEADER = 64 + MUTEX_SIZE
-_MUTEX_AT = 64
+_HEADER = 64
 _SLOT = struct.Struct("<16sddd")
 _SLOT_SIZE = _SLOT.size
 _EMPTY = bytes(16)
@@ -66,28 +60,14 @@ class SharedTable:
     """One named table. ``update`` is the operation: a read-modify-write under the lock
     (``incr`` is the counting one, in one call)."""
 
-    __slots__ = (
-        "_acquire",
-        "_clock",
-        "_digests",
-        "_fd",
-        "_lock",
-        "_mask",
-        "_mm",
-        "_release",
-        "path",
-        "slots",
-    )
+    __slots__ = ("_clock", "_digests", "_fd", "_mask", "_mm", "path", "slots")
 
     def __init__(
         self,
         path: str | None,
         slots: int = DEFAULT_SLOTS,
         clock: Callable[[], float] = time.monotonic,
-        mutex: bool = True,
     ) -> None:
-        """``mutex``: a new table file locks with the robust mutex when the host has one (else,
-        and with False, with ``flock``); an existing file with the lock its header records."""
         if slots & (slots - 1) or slots < PROBE:
             raise ValueError("slots must be a power of two >= PROBE")
         self.path = path
@@ -98,8 +78,6 @@ class SharedTable:
         # same keys (client addresses, consumers) come back again and again.
         self._digests: dict[str, Slot] = {}
         size = _HEADER + slots * _SLOT_SIZE
-        self._lock: TableLock | None = None
-        self._acquire = self._release = _unlocked
         if path is None:  # process-local (tests, or no writable directory)
             self._fd = -1
             self._mm = mmap.mmap(-1, size)
@@ -109,46 +87,20 @@ class SharedTable:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
-                self._mm = self._map(fd, path, size, mutex and mutex_available())
+                if os.fstat(fd).st_size < size:
+                    os.ftruncate(fd, size)  # zero-filled (sparse): every slot never used
+                    os.pwrite(fd, _MAGIC + struct.pack("<Q", slots), 0)
+                elif os.pread(fd, len(_MAGIC) + 8, 0) != _MAGIC + struct.pack("<Q", slots):
+                    raise OSError(f"{path}: not a shared table of {slots} slots")
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
+            self._mm = mmap.mmap(fd, size)
         except BaseException:
             os.close(fd)
             raise
         self._fd = fd
 
-    def _map(self, fd: int, path: str, size: int, mutex: bool) -> mmap.mmap:
-        """Map the file (``flock`` held): a new one gets its header, an existing one must
-        have this layout; either way the table takes the lock the header names."""
-        ident = _MAGIC + struct.pack("<Q", self.slots)
-        new = os.fstat(fd).st_size < size
-        if new:
-            os.ftruncate(fd, size)  # zero-filled (sparse): every slot never used
-        elif os.pread(fd, len(ident), 0) != ident:
-            raise OSError(f"{path}: not a shared table of {self.slots} slots")
-        mm = mmap.mmap(fd, size)
-        try:
-            kind = (1 if mutex else 0) if new else mm[len(ident)]
-            lock = TableLock(kind, mm, _MUTEX_AT, fd, init=new)
-        except BaseException:
-            mm.close()
-            raise
-        if new:  # the header last: a table with a header has its lock ready
-            mm[: len(ident) + 1] = ident + bytes([kind])
-        self._lock = lock
-        self._acquire, self._release = lock.acquire, lock.release
-        return mm
-
-    @property
-    def lock_kind(self) -> str:
-        """The lock the table takes: "mutex", "flock", or "none" (a process-local table)."""
-        lock = self._lock
-        return "none" if lock is None else ("mutex" if lock.kind else "flock")
-
     def close(self) -> None:
-        if self._lock is not None:
-            self._lock.close()
-            self._lock = None
         self._mm.close()
         if self._fd >= 0:
             os.close(self._fd)
@@ -163,11 +115,14 @@ class SharedTable:
         hit = self._digests.get(key)
         if hit is None:
             hit = self._digest(key)
-        self._acquire()
+        fd = self._fd
+        if fd >= 0:
+            fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             return self._update(hit[0], hit[1], self._clock(), step, p, q)
         finally:
-            self._release()
+            if fd >= 0:
+                fcntl.flock(fd, fcntl.LOCK_UN)
 
     def incr(self, key: str, value: float, ttl: float) -> tuple[float, float]:
         """Add ``value`` to the key's count (a new or expired key starts from 0 and lives
@@ -185,7 +140,9 @@ class SharedTable:
     def incr_at(self, hit: Slot, value: float, ttl: float) -> tuple[float, float]:
         """``incr`` of the key ``hit`` was located for: the one operation of limit-count's
         request path, done in one call when the key sits in its home slot (the usual case)."""
-        self._acquire()
+        fd = self._fd
+        if fd >= 0:
+            fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             now = self._clock()
             off = _HEADER + hit[1] * _SLOT_SIZE
@@ -199,7 +156,8 @@ class SharedTable:
             _SLOT.pack_into(self._mm, off, d, expire, a, 0.0)
             return a, expire - now
         finally:
-            self._release()
+            if fd >= 0:
+                fcntl.flock(fd, fcntl.LOCK_UN)
 
     def _digest(self, key: str) -> Slot:
         digest = blake2b(key.encode("utf-8", "surrogateescape"), digest_size=16).digest()
@@ -248,10 +206,6 @@ class SharedTable:
 
 
 _GONE = (0.0, 0.0, 0.0)
-
-
-def _unlocked() -> None:
-    """A process-local table's lock: nothing to take."""
 
 
 def _incr_step(
