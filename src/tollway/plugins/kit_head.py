@@ -171,13 +171,11 @@ class ResponseHead:
         for name, value in zip(group.names, values, strict=True):
             self.set(name, value)
 
-    def set_group_wire(
-        self, group: HeaderGroup, pieces: tuple[bytes, ...], values: tuple[str, ...]
-    ) -> None:
+    def set_group_wire(self, group: HeaderGroup, pieces: tuple[bytes, ...]) -> bool:
         """``set_group`` with the lines already encoded (``pieces``: the flat ``name, ": ",
-        value, CRLF`` pieces of the group's names, in order, with ``values``): kept as they are
-        when the head has none of the names and nothing else was added (the usual case), so
-        ``wire`` only appends them."""
+        value, CRLF`` pieces of the group's names, in order): kept as they are when the head
+        has none of the names and nothing else was added (the usual case), so ``wire`` only
+        appends them. False when not: the caller then uses ``set_group``."""
         if self._pairs is None and self._wire is None and not self._added:
             names = self._names
             if names is not None:
@@ -186,8 +184,8 @@ class ResponseHead:
                 absent = group.lwire.isdisjoint(map(bytes.lower, self._lines[0::4]))
             if absent:
                 self._wire = pieces
-                return
-        self.set_group(group, values)
+                return True
+        return False
 
     def _unwire(self) -> None:
         """The encoded group as added text pairs, for the edits and reads other than ``wire``

@@ -351,6 +351,8 @@ class LimitCount(Plugin):
         # Only the Redis policies need a coroutine; the local one stays on the synchronous path.
         if phase == "access" and conf.policy != "local":
             return self.access_redis
+        if phase == "header_filter" and not conf.show_limit_quota_header:
+            return None  # no quota headers to set: the response head is not filtered for it
         if phase == "access":
             comp = _compiled(conf)
             if comp.fixed is not None:
@@ -454,10 +456,10 @@ class LimitCount(Plugin):
         if type(headers) is Quota:  # the fixed window's
             head = ctx.resp_head
             names = headers.group.wire_names
-            if head is not None and names is not None:
-                head.set_group_wire(headers.group, headers.wire(names), headers.texts)
-            else:
+            if head is None or names is None:
                 ctx.set_response_group(headers.group, headers.texts)
+            elif not head.set_group_wire(headers.group, headers.wire(names)):
+                head.set_group(headers.group, headers.texts)
         elif headers:
             ctx.set_response_headers(headers)
 
