@@ -145,7 +145,6 @@ class Quota(Mapping[str, str]):
 
 class Compiled:
     __slots__ = (
-        "conf",
         "count_text",
         "count_tpl",
         "fixed",
@@ -155,6 +154,7 @@ class Compiled:
         "limit_wire",
         "meta",
         "plugin",
+        "prefix",
         "quota",
         "rules",
         "scoped",
@@ -175,7 +175,6 @@ class Compiled:
             and isinstance(conf.time_window, int)
         ):
             self.fixed = (conf.count, conf.time_window)
-        self.conf = conf
         self.count_text = str(conf.count)
         self.limit_wire = self.count_text.encode()
         self.key_var = var_getter(conf.key) if conf.key_type == "var" else None
@@ -189,6 +188,7 @@ class Compiled:
         # key value -> table slot (a keep-alive client's address is the same str object
         # request after request: its hash is cached, no key string is built per request).
         self.last_owner: tuple[Any, Any] = (None, None)
+        self.prefix = ""  # that scope
         self.scoped: dict[str, Slot] | None = None
         self.slots: dict[str, dict[str, Slot]] = {}  # scope -> its key value -> table slot
         self.plugin: LimitCount | None = None  # set by phase_method
@@ -240,7 +240,7 @@ class Compiled:
         table = self.table
         assert table is not None  # opened with ``scoped``
         if hit is None:
-            hit = self._locate(conf, ctx, key)
+            hit = self._locate(key)
         # resty.limit.count: incr(key, 1, 0, window); the window starts at the key's first use
         used, ttl = table.incr_at(hit, 1.0, fixed[1])
         remaining = int(fixed[0] - used)
@@ -281,16 +281,15 @@ class Compiled:
                 self.slots.clear()
             scoped = self.slots[prefix] = {}
         self.last_owner = owner
+        self.prefix = prefix
         self.scoped = scoped
         return scoped
 
-    def _locate(self, conf: Conf, ctx: RequestContext, key: str) -> Slot:
+    def _locate(self, key: str) -> Slot:
+        """The table slot of ``key`` in the current scope, kept for its next request."""
         scoped = self.scoped
         assert scoped is not None and self.table is not None
-        prefix = conf.group
-        if prefix is None:
-            prefix = self.scopes[self.last_owner]
-        hit = self.table.locate(f"{prefix}:{key}")
+        hit = self.table.locate(f"{self.prefix}:{key}")
         if len(scoped) >= 10_000:
             scoped.clear()
         scoped[key] = hit
