@@ -252,7 +252,9 @@ class Compiled:
         src = ctx.upstream_source  # LimitCount.metadata_for, inlined
         assert self.plugin is not None
         h = self.plugin.metadata if src is None else src.plugin_metadata.get("limit-count")
-        group = self.quota if h is self.meta else self.quota_headers(h or DEFAULT_HEADERS)
+        if h is None:
+            h = DEFAULT_HEADERS
+        group = self.quota if h is self.meta else self.quota_headers(h)
         quota = Quota(group, self.limit_wire, remaining if remaining > 0 else 0, reset)
         if remaining < 0:
             return LimitCount._rejected(conf, dict(quota))
