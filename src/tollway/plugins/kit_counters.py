@@ -16,7 +16,7 @@ from tollway.plugins.redis_client import (
     target_of,
 )
 from tollway.plugins.redis_client import client as redis_client
-from tollway.plugins.shared_counters import Record, SharedTable
+from tollway.plugins.shared_counters import Record, SharedTable, Slot
 from tollway.plugins.shared_counters import table as shared_table
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "RedisUnavailable",
     "Script",
     "SharedTable",
+    "Slot",
     "Target",
     "aclose_all",
     "redis_client",

@@ -28,7 +28,7 @@ class HeaderGroup:
     headers): the names are lowercased and checked once, here; a response gives only the
     values (``ResponseHead.set_group``)."""
 
-    __slots__ = ("lnames", "lwire", "names", "plain")
+    __slots__ = ("lnames", "lwire", "names", "plain", "wire_names")
 
     def __init__(self, names: tuple[str, ...]) -> None:
         self.names = names
@@ -37,6 +37,14 @@ class HeaderGroup:
         self.lwire = frozenset(_latin1(n) for n in self.lnames) - {b""}
         # Distinct names other than Content-Length: set by appending, when the head lacks them.
         self.plain = len(self.lnames) == len(names) and _CL not in self.lnames
+        # The names as a head's pieces hold them, when every one can go out as it is: then a
+        # response may give its lines already encoded (``ResponseHead.set_group_wire``).
+        wire = tuple(_latin1(n) for n in names)
+        ok = self.plain and all(n and set(n) <= _TOKEN for n in wire)
+        self.wire_names = wire if ok else None
+
+
+_TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
 def _latin1(name: str) -> bytes:
@@ -47,7 +55,7 @@ def _latin1(name: str) -> bytes:
 
 
 class ResponseHead:
-    __slots__ = ("_added", "_added_names", "_length", "_lines", "_names", "_pairs")
+    __slots__ = ("_added", "_added_names", "_length", "_lines", "_names", "_pairs", "_wire")
 
     def __init__(
         self,
@@ -62,9 +70,14 @@ class ResponseHead:
         self._names: frozenset[str] | None = None  # the lines' names, lowercase (on demand)
         # The whole head as text, once decoded (None until then): then the only truth.
         self._pairs = pairs
+        # A group's lines given already encoded (set_group_wire), while nothing else was
+        # added; any other edit or read decodes them into ``_added`` first (``_unwire``).
+        self._wire: tuple[bytes, ...] | None = None
 
     def get(self, lname: str) -> str | None:
         """The first value of the header ``lname`` (lowercase), or None."""
+        if self._wire is not None:
+            self._unwire()
         pairs = self._pairs
         if pairs is not None:
             for k, v in pairs:
@@ -83,6 +96,8 @@ class ResponseHead:
         return None
 
     def add(self, name: str, value: str) -> None:
+        if self._wire is not None:
+            self._unwire()
         if self._pairs is not None:
             self._pairs.append((name, value))
         elif name.lower() == _CL:
@@ -93,6 +108,8 @@ class ResponseHead:
 
     def set(self, name: str, value: str | None) -> None:
         """Replace every ``name`` header by one with ``value``; remove them with None."""
+        if self._wire is not None:
+            self._unwire()
         lname = name.lower()
         if self._pairs is None and lname != _CL and not self._has(lname):
             # Not among the upstream's lines: an edit of the added ones only.
@@ -113,6 +130,8 @@ class ResponseHead:
     def set_all(self, headers: Mapping[str, str | None], clean: Callable[[str], str]) -> None:
         """``set`` for each item; ``clean`` makes a value safe (the kit's ``wire_value``). In
         one pass when none of the names is in the head yet (the usual case)."""
+        if self._wire is not None:
+            self._unwire()
         if self._pairs is None:
             names = self._names
             if names is None:
@@ -136,6 +155,8 @@ class ResponseHead:
     def set_group(self, group: HeaderGroup, values: tuple[str, ...]) -> None:
         """``set`` for each of the group's names with its value (clean ones: ``wire_value``'s
         output): appended in one step when the head has none of them yet (the usual case)."""
+        if self._wire is not None:
+            self._unwire()
         if self._pairs is None and group.plain:
             names = self._names
             if names is not None:
@@ -150,8 +171,38 @@ class ResponseHead:
         for name, value in zip(group.names, values, strict=True):
             self.set(name, value)
 
+    def set_group_wire(self, group: HeaderGroup, pieces: tuple[bytes, ...]) -> bool:
+        """``set_group`` with the lines already encoded (``pieces``: the flat ``name, ": ",
+        value, CRLF`` pieces of the group's names, in order): kept as they are when the head
+        has none of the names and nothing else was added (the usual case), so ``wire`` only
+        appends them. False when not: the caller then uses ``set_group``."""
+        if self._pairs is None and self._wire is None and not self._added:
+            names = self._names
+            if names is not None:
+                absent = group.lnames.isdisjoint(names)
+            else:  # the raw names, lowercased in C: nothing decoded
+                absent = group.lwire.isdisjoint(map(bytes.lower, self._lines[0::4]))
+            if absent:
+                self._wire = pieces
+                return True
+        return False
+
+    def _unwire(self) -> None:
+        """The encoded group as added text pairs, for the edits and reads other than ``wire``
+        (``_added`` was empty when it was kept)."""
+        pieces = self._wire or ()
+        self._wire = None
+        added = [
+            (pieces[i].decode("latin-1"), pieces[i + 2].decode("latin-1"))
+            for i in range(0, len(pieces), 4)
+        ]
+        self._added = added + self._added
+        self._added_names.update(n.lower() for n, _ in added)
+
     def pairs(self) -> list[tuple[str, str]]:
         """The whole head as text pairs (decoded once; edits through the list are kept)."""
+        if self._wire is not None:
+            self._unwire()
         pairs = self._pairs
         if pairs is None:
             lines = self._lines
@@ -173,6 +224,8 @@ class ResponseHead:
         pairs = self._pairs
         if pairs is None:
             lines = self._lines
+            if self._wire is not None:  # nothing else was added
+                return [*lines, *self._wire], self._length
             if self._added:
                 lines = lines.copy()
                 for name, value in self._added:

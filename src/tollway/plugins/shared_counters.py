@@ -42,6 +42,8 @@ Record = tuple[float, float, float]  # (expire, a, b)
 # result); p and q are the caller's parameters (a limit and a window...), passed through so that
 # a step is a plain module-level function, not a closure built per request.
 Step = Callable[[Record | None, float, float, float], tuple[Record | None, T]]
+# Where a key lives: (its digest, its home slot).
+Slot = tuple[bytes, int]
 
 LAYOUT_VERSION = 1
 DEFAULT_SLOTS = 1 << 16  # 2.5 MiB per table; APISIX's plugin dicts are 10 MiB
@@ -74,7 +76,7 @@ class SharedTable:
         self._clock = clock
         # key -> (digest, home slot): hashing costs more than the rest of an update, and the
         # same keys (client addresses, consumers) come back again and again.
-        self._digests: dict[str, tuple[bytes, int]] = {}
+        self._digests: dict[str, Slot] = {}
         size = _HEADER + slots * _SLOT_SIZE
         if path is None:  # process-local (tests, or no writable directory)
             self._fd = -1
@@ -125,13 +127,19 @@ class SharedTable:
     def incr(self, key: str, value: float, ttl: float) -> tuple[float, float]:
         """Add ``value`` to the key's count (a new or expired key starts from 0 and lives
         ``ttl`` seconds: nginx's ``shared_dict:incr(key, value, 0, ttl)``, which
-        resty.limit.count uses); returns (the new count, seconds until the key expires).
-
-        ``update`` with a step would do the same; this is the one operation of the hot path
-        (limit-count), done in one call when the key sits in its home slot."""
+        resty.limit.count uses); returns (the new count, seconds until the key expires)."""
         hit = self._digests.get(key)
-        if hit is None:
-            hit = self._digest(key)
+        return self.incr_at(hit if hit is not None else self._digest(key), value, ttl)
+
+    def locate(self, key: str) -> Slot:
+        """The key's handle for ``incr_at``: a caller that sees the same keys again and again
+        (limit-count's client addresses) keeps it instead of hashing the key per update."""
+        hit = self._digests.get(key)
+        return hit if hit is not None else self._digest(key)
+
+    def incr_at(self, hit: Slot, value: float, ttl: float) -> tuple[float, float]:
+        """``incr`` of the key ``hit`` was located for: the one operation of limit-count's
+        request path, done in one call when the key sits in its home slot (the usual case)."""
         fd = self._fd
         if fd >= 0:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -151,7 +159,7 @@ class SharedTable:
             if fd >= 0:
                 fcntl.flock(fd, fcntl.LOCK_UN)
 
-    def _digest(self, key: str) -> tuple[bytes, int]:
+    def _digest(self, key: str) -> Slot:
         digest = blake2b(key.encode("utf-8", "surrogateescape"), digest_size=16).digest()
         hit = (digest, int.from_bytes(digest[:8], "little") & self._mask)
         if len(self._digests) >= _DIGEST_CACHE:

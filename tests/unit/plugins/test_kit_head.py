@@ -130,3 +130,60 @@ def test_a_group_matches_the_upstreams_names_whatever_their_case() -> None:
     h = ResponseHead(pairs_to_lines([(b"x-Q-lImit", b"7"), (b"Server", b"nginx")]), None)
     h.set_group(HeaderGroup(("X-Q-Limit", "X-Q-\u0101")), ("10", "1"))
     assert h.pairs() == [("Server", "nginx"), ("X-Q-Limit", "10"), ("X-Q-\u0101", "1")]
+
+
+QUOTA = HeaderGroup(("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"))
+QUOTA_LINES = (
+    *(b"X-RateLimit-Limit", b": ", b"10", b"\r\n"),
+    *(b"X-RateLimit-Remaining", b": ", b"9", b"\r\n"),
+    *(b"X-RateLimit-Reset", b": ", b"60", b"\r\n"),
+)
+
+
+def test_an_encoded_group_goes_out_as_it_was_given() -> None:
+    assert QUOTA.wire_names == (
+        b"X-RateLimit-Limit",
+        b"X-RateLimit-Remaining",
+        b"X-RateLimit-Reset",
+    )
+    h = head()
+    assert h.set_group_wire(QUOTA, QUOTA_LINES)
+    lines, length = h.wire()
+    assert lines == [*UPSTREAM, *QUOTA_LINES] and length == b"12"
+    assert h._lines == UPSTREAM  # the upstream's pieces are not changed in place
+
+
+def test_an_encoded_group_is_refused_when_the_head_has_one_of_its_names() -> None:
+    h = ResponseHead(pairs_to_lines([(b"x-ratelimit-reset", b"1")]), None)
+    assert not h.set_group_wire(QUOTA, QUOTA_LINES)  # the caller then sets them one by one
+    h2 = head()
+    h2.add("Vary", "Origin")  # something was added before: keep one list of additions
+    assert not h2.set_group_wire(QUOTA, QUOTA_LINES)
+    h3 = head()
+    assert h3.set_group_wire(QUOTA, QUOTA_LINES)
+    assert not h3.set_group_wire(QUOTA, QUOTA_LINES)  # a second group: through set_group
+
+
+def test_later_plugins_see_and_edit_an_encoded_group() -> None:
+    h = head()
+    assert h.set_group_wire(QUOTA, QUOTA_LINES)
+    assert h.get("x-ratelimit-remaining") == "9"  # read as text (decoded once)
+    h.set("X-RateLimit-Remaining", None)  # response-rewrite removes one
+    h.add("Vary", "Origin")
+    lines, _ = h.wire()
+    assert b"".join(lines[len(UPSTREAM) :]) == (
+        b"X-RateLimit-Limit: 10\r\nX-RateLimit-Reset: 60\r\nVary: Origin\r\n"
+    )
+    h = head()
+    h.set_group_wire(QUOTA, QUOTA_LINES)
+    assert h.pairs()[-3:] == [
+        ("X-RateLimit-Limit", "10"),
+        ("X-RateLimit-Remaining", "9"),
+        ("X-RateLimit-Reset", "60"),
+    ]
+
+
+def test_a_group_with_a_name_that_cannot_be_sent_as_is_has_no_encoded_form() -> None:
+    assert HeaderGroup(("X-Ä", "B", "C")).wire_names is None
+    assert HeaderGroup(("A", "A", "B")).wire_names is None  # not distinct: set semantics
+    assert HeaderGroup(("Bad Name", "B", "C")).wire_names is None

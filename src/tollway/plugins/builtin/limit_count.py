@@ -26,7 +26,7 @@ from tollway.plugins.builtin.limit_redis import RedisFields, check_redis
 from tollway.plugins.builtin.limit_scope import CountingTemplate, counter_scope, request_key
 from tollway.plugins.builtin.limit_windows import count_step, sliding_local
 from tollway.plugins.kit import Exit, HeaderGroup, PerConf, Plugin, RequestContext, var_getter
-from tollway.plugins.kit_counters import RedisUnavailable, SharedTable, shared_table
+from tollway.plugins.kit_counters import RedisUnavailable, SharedTable, Slot, shared_table
 
 log = logging.getLogger("tollway.plugins")
 
@@ -97,14 +97,38 @@ class Window(msgspec.Struct, frozen=True):
 
 
 class Quota(Mapping[str, str]):
-    """The quota headers of one request: its values and the (compiled) names they go under;
-    read as a name -> value map."""
+    """The quota headers of one request of a fixed window: the (compiled) names they go
+    under, the limit as text, what remains and the seconds to the reset; read as a name ->
+    value map. The response writes them from pre-encoded pieces (``wire``)."""
 
-    __slots__ = ("group", "texts")
+    __slots__ = ("group", "limit", "remaining", "reset")
 
-    def __init__(self, group: HeaderGroup, values: tuple[str, str, str]) -> None:
+    def __init__(self, group: HeaderGroup, limit: bytes, remaining: int, reset: int) -> None:
         self.group = group
-        self.texts = values
+        self.limit = limit
+        self.remaining = remaining
+        self.reset = reset
+
+    @property
+    def texts(self) -> tuple[str, str, str]:
+        return (self.limit.decode(), str(self.remaining), str(self.reset))
+
+    def wire(self, names: tuple[bytes, ...]) -> tuple[bytes, ...]:
+        """The three header lines as a head's flat pieces (``names``: the group's, encoded)."""
+        return (
+            names[0],
+            b": ",
+            self.limit,
+            b"\r\n",
+            names[1],
+            b": ",
+            b"%d" % self.remaining,
+            b"\r\n",
+            names[2],
+            b": ",
+            b"%d" % self.reset,
+            b"\r\n",
+        )
 
     def __getitem__(self, name: str) -> str:
         for n, v in zip(self.group.names, self.texts, strict=True):
@@ -126,10 +150,16 @@ class Compiled:
         "fixed",
         "key_tpl",
         "key_var",
+        "last_owner",
+        "limit_wire",
         "meta",
+        "plugin",
+        "prefix",
         "quota",
         "rules",
+        "scoped",
         "scopes",
+        "slots",
         "table",
         "window_tpl",
     )
@@ -146,6 +176,7 @@ class Compiled:
         ):
             self.fixed = (conf.count, conf.time_window)
         self.count_text = str(conf.count)
+        self.limit_wire = self.count_text.encode()
         self.key_var = var_getter(conf.key) if conf.key_type == "var" else None
         # The quota headers' names, for the plugin_metadata they were built from.
         self.meta: MetadataConf | None = DEFAULT_HEADERS
@@ -153,6 +184,14 @@ class Compiled:
         self.table: SharedTable | None = None  # opened at the first request (in the worker)
         # (consumer, route) -> the counters' scope: a pure function of the three objects
         self.scopes: dict[tuple[Any, Any], str] = {}
+        # The fixed window's request path: the last (consumer, route) seen, and its scope's
+        # key value -> table slot (a keep-alive client's address is the same str object
+        # request after request: its hash is cached, no key string is built per request).
+        self.last_owner: tuple[Any, Any] = (None, None)
+        self.prefix = ""  # that scope
+        self.scoped: dict[str, Slot] | None = None
+        self.slots: dict[str, dict[str, Slot]] = {}  # scope -> its key value -> table slot
+        self.plugin: LimitCount | None = None  # set by phase_method
         self.key_tpl = CountingTemplate(conf.key) if conf.key_type == "var_combination" else None
         self.count_tpl = compile_template(conf.count) if isinstance(conf.count, str) else None
         self.window_tpl = (
@@ -179,6 +218,84 @@ class Compiled:
             self.scopes.clear()
         self.scopes[owner] = scope
         return scope
+
+    def access(self, conf: Conf, ctx: RequestContext) -> Exit:
+        """The fixed window of the local policy (count and window are numbers): what runs on
+        every request of a limited route, a bound method the chain calls for this conf."""
+        fixed = self.fixed
+        assert fixed is not None
+        get = self.key_var
+        if get is not None:
+            value = get(ctx)
+            key = ctx.remote_addr if value is None else value
+            if type(key) is not str:
+                key = str(key)
+        else:
+            key = request_key(ctx, conf.key, conf.key_type, self.key_tpl)
+        scoped = self.scoped
+        owner = self.last_owner
+        if scoped is None or owner[0] is not ctx.consumer or owner[1] is not ctx.route:
+            scoped = self._scoped(conf, ctx)
+        hit = scoped.get(key)
+        table = self.table
+        assert table is not None  # opened with ``scoped``
+        if hit is None:
+            hit = self._locate(key)
+        # resty.limit.count: incr(key, 1, 0, window); the window starts at the key's first use
+        used, ttl = table.incr_at(hit, 1.0, fixed[1])
+        remaining = int(fixed[0] - used)
+        if not conf.show_limit_quota_header:
+            return LimitCount._rejected(conf, {}) if remaining < 0 else None
+        reset = int(ttl)  # whole(ttl), inlined: seconds rounded up
+        if ttl - reset > 1e-6:
+            reset += 1
+        src = ctx.upstream_source  # LimitCount.metadata_for, inlined
+        assert self.plugin is not None
+        h = self.plugin.metadata if src is None else src.plugin_metadata.get("limit-count")
+        if h is None:
+            h = DEFAULT_HEADERS
+        group = self.quota if h is self.meta else self.quota_headers(h)
+        quota = Quota(group, self.limit_wire, remaining if remaining > 0 else 0, reset)
+        if remaining < 0:
+            return LimitCount._rejected(conf, dict(quota))
+        # header_filter sets them (the group's names were checked when it was built)
+        state = ctx.plugin_state
+        if state is None:
+            ctx.plugin_state = {"limit-count": quota}
+        else:
+            state["limit-count"] = quota
+        return None
+
+    def _scoped(self, conf: Conf, ctx: RequestContext) -> dict[str, Slot]:
+        """The key -> slot map of the request's counter scope (found once per consumer and
+        route, then kept while they repeat)."""
+        owner = (ctx.consumer, ctx.route)
+        prefix = conf.group
+        if prefix is None:
+            prefix = self.scopes.get(owner)
+            if prefix is None:
+                prefix = self.scope(owner, counter_scope(ctx, "limit-count", conf, _decode))
+        if self.table is None:
+            self.table = shared_table("plugin-limit-count")
+        scoped = self.slots.get(prefix)
+        if scoped is None:
+            if len(self.slots) >= 256:
+                self.slots.clear()
+            scoped = self.slots[prefix] = {}
+        self.last_owner = owner
+        self.prefix = prefix
+        self.scoped = scoped
+        return scoped
+
+    def _locate(self, key: str) -> Slot:
+        """The table slot of ``key`` in the current scope, kept for its next request."""
+        scoped = self.scoped
+        assert scoped is not None and self.table is not None
+        hit = self.table.locate(f"{self.prefix}:{key}")
+        if len(scoped) >= 10_000:
+            scoped.clear()
+        scoped[key] = hit
+        return hit
 
 
 _compiled = PerConf(Compiled)
@@ -235,49 +352,21 @@ class LimitCount(Plugin):
         # Only the Redis policies need a coroutine; the local one stays on the synchronous path.
         if phase == "access" and conf.policy != "local":
             return self.access_redis
+        if phase == "header_filter" and not conf.show_limit_quota_header:
+            return None  # no quota headers to set: the response head is not filtered for it
+        if phase == "access":
+            comp = _compiled(conf)
+            if comp.fixed is not None:
+                comp.plugin = self
+                return comp.access
         return getattr(self, phase)
 
     def access(self, conf: Conf, ctx: RequestContext) -> Exit:
         comp = _compiled(conf)
-        fixed = comp.fixed
-        if fixed is None:
+        if comp.fixed is None:
             return self._access_windows(conf, ctx)
-        # The common conf in few steps: this runs on every request of a limited route.
-        get = comp.key_var
-        if get is not None:
-            value = get(ctx)
-            key = ctx.remote_addr if value is None else str(value)
-        else:
-            key = request_key(ctx, conf.key, conf.key_type, comp.key_tpl)
-        prefix = conf.group
-        if prefix is None:
-            owner = (ctx.consumer, ctx.route)
-            prefix = comp.scopes.get(owner)
-            if prefix is None:
-                prefix = comp.scope(owner, counter_scope(ctx, self.name, conf, _decode))
-        # resty.limit.count: incr(key, 1, 0, window); the window starts at the key's first use
-        table = comp.table
-        if table is None:
-            table = comp.table = shared_table("plugin-limit-count")
-        used, ttl = table.incr(f"{prefix}:{key}", 1.0, fixed[1])
-        remaining = int(fixed[0] - used)
-        if not conf.show_limit_quota_header:
-            return self._rejected(conf, {}) if remaining < 0 else None
-        h = self.metadata_for(ctx) or DEFAULT_HEADERS
-        group = comp.quota if h is comp.meta else comp.quota_headers(h)
-        reset = int(ttl)  # whole(ttl), inlined: seconds rounded up
-        if ttl - reset > 1e-6:
-            reset += 1
-        values = (comp.count_text, str(remaining) if remaining > 0 else "0", str(reset))
-        if remaining < 0:
-            return self._rejected(conf, dict(zip(group.names, values, strict=True)))
-        # header_filter sets them (the group's names were checked when it was built)
-        state = ctx.plugin_state
-        if state is None:
-            ctx.plugin_state = {self.name: Quota(group, values)}
-        else:
-            state[self.name] = Quota(group, values)
-        return None
+        comp.plugin = self
+        return comp.access(conf, ctx)
 
     def _access_windows(self, conf: Conf, ctx: RequestContext) -> Exit:
         """Rules, sliding windows, ``$var`` numbers: the windows are resolved per request."""
@@ -366,7 +455,12 @@ class LimitCount(Plugin):
         state = ctx.plugin_state
         headers = state.get(self.name) if state else None
         if type(headers) is Quota:  # the fixed window's
-            ctx.set_response_group(headers.group, headers.texts)
+            head = ctx.resp_head
+            names = headers.group.wire_names
+            if head is None or names is None:
+                ctx.set_response_group(headers.group, headers.texts)
+            elif not head.set_group_wire(headers.group, headers.wire(names)):
+                head.set_group(headers.group, headers.texts)
         elif headers:
             ctx.set_response_headers(headers)
 

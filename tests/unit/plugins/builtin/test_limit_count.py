@@ -215,3 +215,27 @@ def test_an_equal_global_rule_conf_counts_apart_from_the_routes() -> None:
     ctx.route = route
     assert counter_scope(ctx, "limit-count", route_conf, conf_of).startswith("/apisix/routes/r1:")
     assert counter_scope(ctx, "limit-count", global_conf, conf_of).startswith("global:")
+
+
+def test_the_compiled_access_counts_per_scope_and_key(clock: Clock) -> None:
+    # What the chain calls for a fixed local window: it keeps the last scope and the keys'
+    # table slots, so a change of route or client must still count apart.
+    plugin = LimitCount()
+    raw = {"count": 1, "time_window": 10}
+    conf = conf_of(raw)
+    access = plugin.phase_method("access", conf)
+    r1, r2 = Route({"limit-count": raw}), Route({"limit-count": raw})
+    r2.key = "/apisix/routes/r2"
+
+    def request(route: Route, addr: str = "127.0.0.1") -> Any:
+        ctx = make_ctx(remote_addr=addr)
+        ctx.route = route
+        return access(conf, ctx)
+
+    assert request(r1) is None
+    assert request(r2) is None  # another route: its own counter
+    assert request(r1)[0] == 503
+    assert request(r1, "10.0.0.2") is None  # another client
+    assert request(r2)[0] == 503
+    clock.now += 10
+    assert request(r1) is None and request(r2) is None  # the windows restart
