@@ -21,7 +21,7 @@ from tollway.proxy.attempt import forward
 from tollway.proxy.contracts import StreamSink
 from tollway.proxy.flow import BODY_HIGH_WATER
 from tollway.proxy.h2_fields import pairs_fields
-from tollway.proxy.phases import _NO_STEPS, Phases
+from tollway.proxy.phases import FORWARD, PHASES, Phases
 from tollway.proxy.response import Responding
 from tollway.proxy.state import ServerState
 
@@ -131,12 +131,11 @@ class Exchange(Phases, Responding):
             self._spawn(self.handle())
             return
         try:
-            steps = self._prepare()
-            if steps is _NO_STEPS:  # no request-phase plugin: straight to the upstream
-                if not self.response_started and self.upstream is not None:
-                    forward(self)
-            elif steps is not None:
-                self._drive(steps)
+            todo = self._prepare()
+            if todo == FORWARD:  # no request-phase plugin: straight to the upstream
+                forward(self)
+            elif todo == PHASES:
+                self._drive()
         except Exception:
             self._crashed()
         if self.task is None and self.held is None:
@@ -276,7 +275,7 @@ class Exchange(Phases, Responding):
             ctx.bytes_sent = self.resp_bytes
             for e in chain.log:
                 try:
-                    e.plugin.log(e.conf, ctx)
+                    e.fn(e.conf, ctx)
                 except Exception:
                     log.debug("plugin %s log failed", e.plugin.name, exc_info=True)
         al = self.proto.state.access_log

@@ -42,7 +42,7 @@ class KeyAuth(Plugin):
 
     def rewrite(self, conf: Conf, ctx: RequestContext) -> Exit:
         from_header = True
-        key = ctx.headers.get(conf.header.lower())
+        key = ctx.get_header(conf.header)  # (the other fields stay undecoded)
         if key is None:
             key = ctx.args.get(conf.query)
             from_header = False
