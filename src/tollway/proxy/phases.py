@@ -118,6 +118,8 @@ class Phases(ExchangeBase):
             # APISIX: "failed to fetch consumer group config by id" -> 503
             self.respond_error(503)
             return None
+        if group is None and not consumer.plugins:
+            return route.chain, ()  # nothing to merge (APISIX keeps the route's conf)
         hit = runtime.consumer_phases(route, consumer)
         self.chain = hit[0]
         return hit
