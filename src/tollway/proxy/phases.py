@@ -173,7 +173,12 @@ class Phases(ExchangeBase):
                 return
         if chain.main and not self._run_now(chain.main, _MAIN, ctx):
             return
-        if not self._upstream_or_404(ctx):
+        route = ctx.route
+        if route is None:  # a global rule's plugins ran for the 404 (``_upstream_or_404``)
+            self.respond(404, ROUTE_NOT_FOUND, [(b"Content-Type", PLAIN_TEXT)])
+            return
+        runtime: Runtime = ctx.upstream_source  # type: ignore[assignment]
+        if not self._choose_upstream(runtime, route):
             return
         if chain.before_proxy and not self._run_now(chain.before_proxy, _BEFORE, ctx):
             return
