@@ -164,7 +164,12 @@ class Phases(ExchangeBase):
         assert ctx is not None and chain is not None
         if chain.pre and not self._run_now(chain.pre, _PRE, ctx):
             return
-        if ctx.consumer is not None and ctx.route is not None:
+        consumer = ctx.consumer
+        if (
+            consumer is not None
+            and ctx.route is not None
+            and (consumer.plugins or consumer.group_id is not None)
+        ):  # (a consumer with neither keeps the route's chain: ``_with_consumer``)
             merged = self._with_consumer(ctx)
             if merged is None:
                 return

@@ -49,7 +49,8 @@ class KeyAuth(Plugin):
         if key is None:
             err = "Missing API key in request"
         else:
-            consumer = ctx.find_consumer(self.name, key)
+            index = ctx.consumers  # (ctx.find_consumer, one call less: every request)
+            consumer = index.find(self.name, key) if index is not None else None
             if consumer is not None:
                 if conf.hide_credentials:
                     self._hide(conf, ctx, header=from_header, query=not from_header)
