@@ -168,8 +168,21 @@ class Exchange(Phases, Responding):
         state.exchanges.discard(self)
         state.requests += 1
         chain = self.chain
-        if state.access_log is not None or (chain is not None and chain.log):
-            self.log_phase()
+        ctx = self.ctx
+        if ctx is not None:
+            if chain is not None and chain.log:
+                # The log phase (no call in between: every request of most routes runs it).
+                # What log plugins measure (prometheus: status, bandwidth).
+                ctx.resp_status = self.status
+                ctx.request_body_bytes = self.body_bytes
+                ctx.bytes_sent = self.resp_bytes
+                for e in chain.log:
+                    try:
+                        e.fn(e.conf, ctx)
+                    except Exception:
+                        log.debug("plugin %s log failed", e.plugin.name, exc_info=True)
+            if state.access_log is not None:
+                self._write_access_log(ctx)
         self.proto.exchange_done(self, self.keep_alive and self.body_complete)
 
     def client_gone(self) -> None:
@@ -261,23 +274,9 @@ class Exchange(Phases, Responding):
         if body:
             sink.end_response(None, body)
 
-    # -- log phase ----------------------------------------------------------------------
+    # -- access log (the log phase runs in _finish) -------------------------------------
 
-    def log_phase(self) -> None:
-        ctx = self.ctx
-        if ctx is None:
-            return
-        chain = self.chain
-        if chain is not None and chain.log:
-            # What log plugins measure (prometheus: status, bandwidth).
-            ctx.resp_status = self.status
-            ctx.request_body_bytes = self.body_bytes
-            ctx.bytes_sent = self.resp_bytes
-            for e in chain.log:
-                try:
-                    e.fn(e.conf, ctx)
-                except Exception:
-                    log.debug("plugin %s log failed", e.plugin.name, exc_info=True)
+    def _write_access_log(self, ctx: RequestContext) -> None:
         al = self.proto.state.access_log
         if al is not None:
             ctx.resp_status = self.status
