@@ -863,7 +863,9 @@ def profile(procs: Processes, target: Target, args: argparse.Namespace) -> str:
         str(out),
     ]
     wrk = procs.start(
-        "wrk-profile", wrk_argv(target.url, conns, args.duration + 2), out.with_suffix(".wrk")
+        "wrk-profile",
+        wrk_argv(target.url, conns, args.duration + 2, target.header),
+        out.with_suffix(".wrk"),
     )
     time.sleep(1)
     procs.capture(record, timeout=args.duration + 60)
@@ -954,6 +956,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="add limit-count rows: policy local, redis, redis with sync_interval (a redis-server)",
     )
     p.add_argument("--profile", metavar="OUT", help="then py-spy a Tollway worker into OUT")
+    p.add_argument(
+        "--profile-target",
+        choices=("tollway", "plugins", "realistic"),
+        default="tollway",
+        help="the Tollway target --profile samples (tollway: no plugins)",
+    )
     p.add_argument("--json", metavar="OUT", help="write every run as JSON to OUT")
     p.add_argument("--keep", action="store_true", help="keep the work dir (configs, logs)")
     args = p.parse_args(argv)
@@ -1002,7 +1010,8 @@ def bench(procs: Processes, workdir: Path, args: argparse.Namespace) -> None:
         )
     print(report(runs, targets, args, load_before), flush=True)
     if args.profile:
-        print(profile(procs, next(t for t in targets if t.key == "tollway"), args), flush=True)
+        chosen = next(t for t in targets if t.key == args.profile_target)
+        print(profile(procs, chosen, args), flush=True)
 
 
 def _interrupt(signum: int, frame: object) -> None:

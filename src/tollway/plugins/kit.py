@@ -189,20 +189,42 @@ class Consumer:
         self.labels = labels
         self.version = version
         # attach_consumer's upstream header edits, made at its first request (a consumer is
-        # rebuilt when it changes): (name, lowercase name, clean value or None to remove)
-        self.header_edits: tuple[tuple[str, str, str | None], ...] | None = None
+        # rebuilt when it changes)
+        self.header_edits: ConsumerHeaders | None = None
 
 
-def _consumer_header_edits(c: Consumer) -> tuple[tuple[str, str, str | None], ...]:
-    custom_id = c.labels.get("custom_id") if c.labels else None
-    return tuple(
-        (name, name.lower(), wire_value(value) if value is not None else None)
-        for name, value in (
-            ("X-Consumer-Username", c.username),
-            ("X-Credential-Identifier", c.credential_id),
-            ("X-Consumer-Custom-Id", custom_id),
+class ConsumerHeaders:
+    """The upstream header edits of one consumer (APISIX consumer.attach_consumer), made once:
+    ``edits``: (name, lowercase name, clean value or None to remove); ``sets``: the edit list
+    of a request that sent none of the names to remove (the usual case); ``drops``: those
+    names, lowercase, as the client's fields hold them."""
+
+    __slots__ = ("drops", "edits", "sets")
+
+    def __init__(self, c: Consumer) -> None:
+        custom_id = c.labels.get("custom_id") if c.labels else None
+        self.edits = tuple(
+            (name, name.lower(), wire_value(value) if value is not None else None)
+            for name, value in (
+                ("X-Consumer-Username", c.username),
+                ("X-Credential-Identifier", c.credential_id),
+                ("X-Consumer-Custom-Id", custom_id),
+            )
         )
-    )
+        self.sets: list[tuple[str, str | None, bool]] = [
+            (name, value, False) for name, _, value in self.edits if value is not None
+        ]
+        self.drops = frozenset(ln.encode() for _, ln, value in self.edits if value is None)
+
+
+def _apply(h: dict[str, str], lname: str, value: str | None, append: bool) -> None:
+    """One upstream header edit on the header map (``RequestContext._header_op``'s rules)."""
+    if value is None:
+        h.pop(lname, None)
+    elif append and lname in h:
+        h[lname] = f"{h[lname]}, {value}"
+    else:
+        h[lname] = value
 
 
 class RouteIdentity(Protocol):
@@ -377,7 +399,9 @@ class RequestContext:
 
     @property
     def headers(self) -> dict[str, str]:
-        """Request headers, lowercase names; repeated headers joined with ', '."""
+        """Request headers, lowercase names; repeated headers joined with ', '. With the
+        upstream edits plugins made (``up_header_ops``): decoded on first use, the edits made
+        before it applied in their order (``attach_consumer`` records them without it)."""
         h = self._headers
         if h is None:
             h = {}
@@ -385,6 +409,8 @@ class RequestContext:
                 name = k.decode("latin-1").lower()
                 val = v.decode("latin-1")
                 h[name] = f"{h[name]}, {val}" if name in h else val
+            for name, value, append in self.up_header_ops or ():
+                _apply(h, name.lower(), value, append)
             self._headers = h
         return h
 
@@ -398,7 +424,19 @@ class RequestContext:
         return n + self.request_body_bytes
 
     def get_header(self, name: str) -> str | None:
-        return self.headers.get(name.lower())
+        """One request header (``headers``' value), found in the client's fields without
+        decoding the others while no plugin asked for them all or edited one."""
+        lname = name.lower()
+        if self._headers is not None or self.up_header_ops is not None or not lname.isascii():
+            return self.headers.get(lname)
+        wanted = lname.encode()
+        n = len(wanted)
+        found: str | None = None
+        for k, v in self.raw_headers:
+            if len(k) == n and k.lower() == wanted:
+                val = v.decode("latin-1")
+                found = val if found is None else f"{found}, {val}"
+        return found
 
     @property
     def args(self) -> dict[str, str]:
@@ -495,12 +533,23 @@ class RequestContext:
         # APISIX consumer.attach_consumer: the upstream learns who called; a header the client
         # sent under these names is replaced or removed, never passed on.
         # (set_request_header for each, with names and values made once per consumer)
-        edits = consumer.header_edits
-        if edits is None:
-            edits = consumer.header_edits = _consumer_header_edits(consumer)
+        plan = consumer.header_edits
+        if plan is None:
+            plan = consumer.header_edits = ConsumerHeaders(consumer)
+        if self._headers is None and self.up_header_ops is None:
+            # Nothing decoded or edited yet (the usual case): unless the client sent a name to
+            # remove, the edits are the consumer's own list, and ``headers`` applies them if a
+            # plugin asks for the map.
+            drops = plan.drops
+            for k, _ in self.raw_headers if drops else ():
+                if k.lower() in drops:
+                    break
+            else:
+                self.up_header_ops = plan.sets.copy()
+                return
         h = self.headers
         ops = self.up_header_ops
-        for name, lname, value in edits:
+        for name, lname, value in plan.edits:
             if value is not None:
                 h[lname] = value
             elif lname in h:
@@ -561,12 +610,7 @@ class RequestContext:
         if self.up_header_ops is None:
             self.up_header_ops = []
         self.up_header_ops.append((name, value, append))  # name as the plugin spelled it
-        if value is None:
-            h.pop(lname, None)
-        elif append and lname in h:
-            h[lname] = f"{h[lname]}, {value}"
-        else:
-            h[lname] = value
+        _apply(h, lname, value, append)
 
     # -- response (header_filter) -------------------------------------------------------
 

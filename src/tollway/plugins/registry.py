@@ -92,12 +92,32 @@ class Chain:
     # Set when the chain names plugins the gateway cannot run: its only request-phase entry
     # then answers 503 (fail closed), decided here, once, not per request.
     refusal: Refusal | None = None
+    # The global rules' chain this one runs under (``under``): their rewrite and access
+    # entries run first (APISIX runs a global rule's phase before the route's).
+    outer: Chain | None = None
+    # What the request phases run, in order, decided here once: the rewrite entries (the
+    # global rules' first), then (once a consumer is known) the access entries (the global
+    # rules' first); ``requests`` is False when a request has no request-phase entry at all.
+    pre: tuple[ChainEntry, ...] = field(init=False, default=())
+    main: tuple[ChainEntry, ...] = field(init=False, default=())
+    requests: bool = field(init=False, default=False)
+
+    def __post_init__(self) -> None:
+        outer = self.outer
+        pre = outer.rewrite + self.rewrite if outer is not None else self.rewrite
+        main = outer.access + self.access if outer is not None else self.access
+        object.__setattr__(self, "pre", pre)
+        object.__setattr__(self, "main", main)
+        object.__setattr__(self, "requests", bool(pre or main or self.before_proxy))
 
     def under(self, outer: Chain) -> Chain:
-        """This chain with ``outer``'s (the global rules') response phases run first, as APISIX
-        runs global rules before route plugins in header_filter, body_filter and log. A
-        ``prefer_route`` plugin the route configures too runs once, with the route's conf."""
-        if not (outer.header_filter or outer.body_filter or outer.log):
+        """This chain with ``outer``'s (the global rules') phases run first, as APISIX runs
+        global rules before route plugins: their rewrite and access entries (``pre``,
+        ``main``), header_filter, body_filter and log. A ``prefer_route`` plugin the route
+        configures too runs once in the response phases, with the route's conf."""
+        if not (
+            outer.rewrite or outer.access or outer.header_filter or outer.body_filter or outer.log
+        ):
             return self
 
         def keep(entries: tuple[ChainEntry, ...]) -> tuple[ChainEntry, ...]:
@@ -113,6 +133,7 @@ class Chain:
             body_filter=keep(outer.body_filter) + self.body_filter,
             log=keep(outer.log) + self.log,
             buffers_body=self.buffers_body or outer.buffers_body,
+            outer=outer,
         )
 
 

@@ -1,16 +1,18 @@
 """The phases of an exchange: read the runtime once, match, run the plugins in APISIX's order,
 choose the upstream.
 
-The phases are steps (entry lists) one driver runs: ``_drive`` calls the plugins while they
-answer at once and hands over to a task (``_awaiting``) at the first one that returns an
-awaitable, so a request whose plugins do not wait costs no task.
+A route's chain is compiled to what its request phases run (``Chain.pre``: the global rules'
+and the route's rewrite entries; ``Chain.main``: their access entries; ``before_proxy``), so a
+request walks three tuples, with the consumer's merge between the first two. ``_drive`` calls
+the plugins while they answer at once and hands over to a task (``_awaiting``) at the first one
+that returns an awaitable, from that very entry on, so a request whose plugins do not wait
+costs no task.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import msgspec
@@ -26,7 +28,11 @@ from tollway.runtime.compiled import CompiledRoute, Runtime
 log = logging.getLogger("tollway.proxy")
 
 _json = msgspec.json.Encoder()
-_NO_STEPS: Iterator[tuple[ChainEntry, ...]] = iter(())
+
+# What ``_prepare`` leaves to do.
+ANSWERED, FORWARD, PHASES = 0, 1, 2
+# The request-phase stages, in order; a task resumes after the entries left in one of them.
+_PRE, _ADDED, _MAIN, _BEFORE = 0, 1, 2, 3
 
 
 def _names(headers: dict[str, Any] | None, lname: str) -> bool:
@@ -40,21 +46,25 @@ class Phases(ExchangeBase):
 
     async def handle(self) -> None:
         """The whole pipeline as a coroutine (requests with a body, async plugins...)."""
-        steps = self._prepare()
-        if steps is not None:
-            await self._awaiting(steps)
+        todo = self._prepare()
+        if todo == PHASES:
+            assert self.chain is not None
+            await self._awaiting(_PRE, self.chain.pre)
+        elif todo == FORWARD:
+            await self._awaiting(_BEFORE, ())
 
-    def _prepare(self) -> Iterator[tuple[ChainEntry, ...]] | None:
-        """Parse, match, pick the chains. None if the request was already answered."""
+    def _prepare(self) -> int:
+        """Parse, match, pick the chain (``self.chain``): ANSWERED (the request was answered),
+        FORWARD (no request-phase plugin: the upstream is chosen) or PHASES (to run)."""
         if self.reject_status:
             self.keep_alive = False
             self.respond_error(self.reject_status)
-            return None
+            return ANSWERED
         ctx = self._make_context()
         if ctx is None:
             self.keep_alive = False
             self.respond_error(400)
-            return None
+            return ANSWERED
         self.ctx = ctx
         mtls = self.proto.client_cert
         if mtls is not None and not mtls[1]:
@@ -62,17 +72,19 @@ class Phases(ExchangeBase):
             if skip is None or not skip.search(ctx.path):
                 # APISIX verify_https_client: no client certificate -> 400
                 self.respond_error(400)
-                return None
+                return ANSWERED
         runtime = self.proto.state.compiler.runtime
         ctx.consumers = runtime.consumers
         ctx.upstream_source = runtime  # plugins choose upstreams of this runtime too
         if self.has_body:
             ctx.body_reader = self._plugin_body
         match = runtime.router.match(ctx)
-        gchain = runtime.global_chain
         if match is None:
-            self.chain = gchain  # the global rules' response phases still apply to the 404
-            return self._not_found_steps(gchain)
+            chain = self.chain = runtime.global_chain  # its response phases apply to the 404
+            if chain.requests:  # APISIX runs the global rules' rewrite and access first
+                return PHASES
+            self.respond(404, ROUTE_NOT_FOUND, [(b"Content-Type", PLAIN_TEXT)])
+            return ANSWERED
         route: CompiledRoute = match.payload
         ctx.route = route
         ctx.route_id = route.id
@@ -83,56 +95,34 @@ class Phases(ExchangeBase):
         ctx.route_hosts = route.hosts
         if route.error:
             self.respond_error(route.error)
-            return None
+            return ANSWERED
         chain = self.chain = route.chain
-        if not (
-            gchain.rewrite or gchain.access or chain.rewrite or chain.access or chain.before_proxy
-        ):
-            # No request-phase plugin at all (the common case): no steps to drive.
-            self._choose_upstream(runtime, route)
-            return _NO_STEPS
-        return self._steps(runtime, route, gchain)
+        if chain.requests:
+            return PHASES
+        # No request-phase plugin at all (the common case): nothing to drive.
+        return FORWARD if self._choose_upstream(runtime, route) else ANSWERED
 
-    def _not_found_steps(self, gchain: Chain) -> Iterator[tuple[ChainEntry, ...]]:
-        # APISIX runs the global rules' rewrite and access phases before its 404.
-        if gchain.rewrite:
-            yield gchain.rewrite
-        if gchain.access:
-            yield gchain.access
-        self.respond(404, ROUTE_NOT_FOUND, [(b"Content-Type", PLAIN_TEXT)])
-
-    def _steps(
-        self, runtime: Runtime, route: CompiledRoute, gchain: Chain
-    ) -> Iterator[tuple[ChainEntry, ...]]:
-        """The plugin phases in APISIX's order, as entry lists for a driver to run (sync or
-        async); a driver stops at the first entry list whose plugin answers. Ends with the
-        upstream chosen in ``self.upstream`` (or the request answered)."""
-        ctx = self.ctx
-        assert ctx is not None
-        chain = route.chain
-        if gchain.rewrite:
-            yield gchain.rewrite
-        if chain.rewrite:
-            yield chain.rewrite
-        if ctx.consumer is not None:
-            group = ctx.consumer.group_id
-            if group is not None and group not in runtime.consumers.groups:
-                # APISIX: "failed to fetch consumer group config by id" -> 503
-                self.respond_error(503)
-                return
-            # An auth plugin identified a consumer: its group's and its own plugins now apply,
-            # and the ones it adds run their rewrite phase (APISIX rewrite_in_consumer).
-            merged, added = runtime.consumer_phases(route, ctx.consumer)
-            if merged is not chain:
-                self.chain = chain = merged
-                if added:
-                    yield added
-        if gchain.access:
-            yield gchain.access
-        if chain.access:
-            yield chain.access
-        if self._choose_upstream(runtime, route) and chain.before_proxy:
-            yield chain.before_proxy
+    def _with_consumer(self, ctx: RequestContext) -> tuple[Chain, tuple[ChainEntry, ...]] | None:
+        """An auth plugin identified a consumer: its group's and its own plugins now apply.
+        ``self.chain`` becomes the merged chain (built once per route and consumer; the
+        route's own when the consumer brings no plugin), returned with the rewrite entries the
+        merge adds, which run now (APISIX rewrite_in_consumer); None: the request was
+        answered."""
+        consumer = ctx.consumer
+        route = ctx.route
+        assert consumer is not None and route is not None
+        # (the pipeline set it to the request's Runtime: ``_prepare``)
+        runtime: Runtime = ctx.upstream_source  # type: ignore[assignment]
+        group = consumer.group_id
+        if group is not None and group not in runtime.consumers.groups:
+            # APISIX: "failed to fetch consumer group config by id" -> 503
+            self.respond_error(503)
+            return None
+        if group is None and not consumer.plugins:
+            return route.chain, ()  # nothing to merge (APISIX keeps the route's conf)
+        hit = runtime.consumer_phases(route, consumer)
+        self.chain = hit[0]
+        return hit
 
     def _choose_upstream(self, runtime: Runtime, route: CompiledRoute) -> bool:
         """Sets ``self.upstream``, or answers 502/503 as APISIX does and returns False."""
@@ -156,57 +146,108 @@ class Phases(ExchangeBase):
         self.upstream = upstream
         return True
 
-    def _drive(self, steps: Iterator[tuple[ChainEntry, ...]]) -> None:
-        """The phase driver: plain calls while the plugins answer at once; at the first one
-        that returns an awaitable (an async plugin, or one that must wait this time: the kit's
-        ``PhaseResult``), the rest runs in a task (``_awaiting``), from that very entry on."""
-        ctx = self.ctx
-        assert ctx is not None
-        for entries in steps:
-            for e in entries:
-                if e.filter is not None and not e.filter.eval(ctx.var):
-                    continue
-                res = e.fn(e.conf, ctx)
-                if res is None:
-                    continue
-                if type(res) is not tuple:  # an awaitable: wait for it, then go on
-                    rest = entries[entries.index(e) + 1 :]
-                    self._spawn(self._awaiting(steps, (res, e, rest)))
-                    return
-                self.plugin_exit(res, e)
-                return
+    def _upstream_or_404(self, ctx: RequestContext) -> bool:
+        """After rewrite and access: the upstream is chosen (True), or the request was
+        answered (a route-less request gets its 404 now)."""
         route = ctx.route
-        if self.response_started or self.upstream is None or route is None:
+        if route is None:
+            self.respond(404, ROUTE_NOT_FOUND, [(b"Content-Type", PLAIN_TEXT)])
+            return False
+        runtime: Runtime = ctx.upstream_source  # type: ignore[assignment]
+        return self._choose_upstream(runtime, route)
+
+    def _drive(self) -> None:
+        """The request phases as plain calls while the plugins answer at once (most routes),
+        then the upstream; ``_run_now`` hands the rest over to a task at the first awaitable."""
+        ctx = self.ctx
+        chain = self.chain
+        assert ctx is not None and chain is not None
+        if chain.pre and not self._run_now(chain.pre, _PRE, ctx):
             return
-        forward(self)
+        consumer = ctx.consumer
+        if (
+            consumer is not None
+            and ctx.route is not None
+            and (consumer.plugins or consumer.group_id is not None)
+        ):  # (a consumer with neither keeps the route's chain: ``_with_consumer``)
+            merged = self._with_consumer(ctx)
+            if merged is None:
+                return
+            chain, added = merged
+            if added and not self._run_now(added, _ADDED, ctx):
+                return
+        if chain.main and not self._run_now(chain.main, _MAIN, ctx):
+            return
+        route = ctx.route
+        if route is None:  # a global rule's plugins ran for the 404 (``_upstream_or_404``)
+            self.respond(404, ROUTE_NOT_FOUND, [(b"Content-Type", PLAIN_TEXT)])
+            return
+        runtime: Runtime = ctx.upstream_source  # type: ignore[assignment]
+        if not self._choose_upstream(runtime, route):
+            return
+        if chain.before_proxy and not self._run_now(chain.before_proxy, _BEFORE, ctx):
+            return
+        if not self.response_started and self.upstream is not None:
+            forward(self)
+
+    def _run_now(self, entries: tuple[ChainEntry, ...], stage: int, ctx: RequestContext) -> bool:
+        """One stage's entries as plain calls. False: a plugin answered, or returned an
+        awaitable (an async plugin, or one that must wait this time: the kit's
+        ``PhaseResult``), and a task now runs the rest, from the entry after it on."""
+        for e in entries:
+            flt = e.filter
+            if flt is not None and not flt.eval(ctx.var):
+                continue
+            res = e.fn(e.conf, ctx)
+            if res is None:
+                continue
+            if type(res) is tuple:
+                self.plugin_exit(res, e)
+            else:
+                rest = entries[entries.index(e) + 1 :]
+                self._spawn(self._awaiting(stage, rest, res, e))
+            return False
+        return True
 
     async def _awaiting(
         self,
-        steps: Iterator[tuple[ChainEntry, ...]],
-        pending: tuple[Any, ChainEntry, tuple[ChainEntry, ...]] | None = None,
+        stage: int,
+        rest: tuple[ChainEntry, ...],
+        awaitable: Any = None,
+        entry: ChainEntry | None = None,
     ) -> None:
-        """The driver's second half, in a task: what ``_drive`` left (``pending``: the
-        awaitable it met, its entry, the entries after it in that phase), then the remaining
-        steps, awaiting whatever a plugin returns to wait on; then the upstream."""
+        """The driver's second half, in a task: the ``awaitable`` the sync driver met (from
+        ``entry``), the entries left in ``stage`` (``rest``), the stages after it, awaiting
+        whatever a plugin returns to wait on; then the upstream."""
         ctx = self.ctx
         assert ctx is not None
-        if pending is not None:
-            awaitable, entry, rest = pending
+        if awaitable is not None:
             res = await awaitable
             if res is not None:
+                assert entry is not None
                 self.plugin_exit(res, entry)
                 return
-            if await self._run_entries(rest, ctx):
+        if not await self._run_entries(rest, ctx):
+            return
+        if stage == _PRE and ctx.consumer is not None and ctx.route is not None:
+            merged = self._with_consumer(ctx)
+            if merged is None or not await self._run_entries(merged[1], ctx):
                 return
-        for entries in steps:
-            if await self._run_entries(entries, ctx):
+        chain = self.chain
+        assert chain is not None
+        if stage < _MAIN and not await self._run_entries(chain.main, ctx):
+            return
+        if stage < _BEFORE:
+            if not self._upstream_or_404(ctx):
+                return
+            if not await self._run_entries(chain.before_proxy, ctx):
                 return
         if self.response_started or self.upstream is None or self.route is None:
             return
         await proxy(self, self.route, self.upstream)
 
     async def _run_entries(self, entries: tuple[ChainEntry, ...], ctx: RequestContext) -> bool:
-        """Run one phase's entries, awaiting what needs it. True: a plugin ended the request."""
+        """Run one stage's entries, awaiting what needs it. False: a plugin ended the request."""
         for e in entries:
             if e.filter is not None and not e.filter.eval(ctx.var):
                 continue
@@ -215,8 +256,8 @@ class Phases(ExchangeBase):
                 res = await res
             if res is not None:
                 self.plugin_exit(res, e)
-                return True
-        return False
+                return False
+        return True
 
     @property
     def route(self) -> CompiledRoute | None:
@@ -308,7 +349,7 @@ class Phases(ExchangeBase):
             if e.filter is not None and not e.filter.eval(ctx.var):
                 continue
             try:
-                e.plugin.header_filter(e.conf, ctx)
+                e.fn(e.conf, ctx)
             except Exception:
                 log.debug("plugin %s header_filter failed", e.plugin.name, exc_info=True)
 
@@ -317,7 +358,7 @@ class Phases(ExchangeBase):
             if e.filter is not None and not e.filter.eval(ctx.var):
                 continue
             try:
-                data = e.plugin.body_filter(e.conf, ctx, data, eof)
+                data = e.fn(e.conf, ctx, data, eof)
             except Exception:
                 log.debug("plugin %s body_filter failed", e.plugin.name, exc_info=True)
         return data

@@ -15,11 +15,12 @@ from typing import Any, cast
 
 from tollway.httprules.response_head import without_bodies
 from tollway.httprules.status import error_page, status_line
+from tollway.plugins.kit import RequestContext
 from tollway.proxy.attempt import forward
 from tollway.proxy.contracts import StreamSink
 from tollway.proxy.flow import BODY_HIGH_WATER
 from tollway.proxy.h2_fields import pairs_fields
-from tollway.proxy.phases import _NO_STEPS, Phases
+from tollway.proxy.phases import FORWARD, PHASES, Phases
 from tollway.proxy.response import Responding
 from tollway.proxy.state import ServerState
 
@@ -130,12 +131,11 @@ class Exchange(Phases, Responding):
             self._spawn(self.handle())
             return
         try:
-            steps = self._prepare()
-            if steps is _NO_STEPS:  # no request-phase plugin: straight to the upstream
-                if not self.response_started and self.upstream is not None:
-                    forward(self)
-            elif steps is not None:
-                self._drive(steps)
+            todo = self._prepare()
+            if todo == FORWARD:  # no request-phase plugin: straight to the upstream
+                forward(self)
+            elif todo == PHASES:
+                self._drive()
         except Exception:
             self._crashed()
         if self.task is None and self.held is None:
@@ -168,8 +168,21 @@ class Exchange(Phases, Responding):
         state.exchanges.discard(self)
         state.requests += 1
         chain = self.chain
-        if state.access_log is not None or (chain is not None and chain.log):
-            self.log_phase()
+        ctx = self.ctx
+        if ctx is not None:
+            if chain is not None and chain.log:
+                # The log phase (no call in between: every request of most routes runs it).
+                # What log plugins measure (prometheus: status, bandwidth).
+                ctx.resp_status = self.status
+                ctx.request_body_bytes = self.body_bytes
+                ctx.bytes_sent = self.resp_bytes
+                for e in chain.log:
+                    try:
+                        e.fn(e.conf, ctx)
+                    except Exception:
+                        log.debug("plugin %s log failed", e.plugin.name, exc_info=True)
+            if state.access_log is not None:
+                self._write_access_log(ctx)
         self.proto.exchange_done(self, self.keep_alive and self.body_complete)
 
     def client_gone(self) -> None:
@@ -261,23 +274,9 @@ class Exchange(Phases, Responding):
         if body:
             sink.end_response(None, body)
 
-    # -- log phase ----------------------------------------------------------------------
+    # -- access log (the log phase runs in _finish) -------------------------------------
 
-    def log_phase(self) -> None:
-        ctx = self.ctx
-        if ctx is None:
-            return
-        chain = self.chain
-        if chain is not None and chain.log:
-            # What log plugins measure (prometheus: status, bandwidth).
-            ctx.resp_status = self.status
-            ctx.request_body_bytes = self.body_bytes
-            ctx.bytes_sent = self.resp_bytes
-            for e in chain.log:
-                try:
-                    e.plugin.log(e.conf, ctx)
-                except Exception:
-                    log.debug("plugin %s log failed", e.plugin.name, exc_info=True)
+    def _write_access_log(self, ctx: RequestContext) -> None:
         al = self.proto.state.access_log
         if al is not None:
             ctx.resp_status = self.status

@@ -50,6 +50,10 @@ class PrometheusConf(msgspec.Struct):
     prefer_name: bool = False
 
 
+_BY_ID = PrometheusConf()
+_BY_NAME = PrometheusConf(prefer_name=True)
+
+
 class ExportAddr(msgspec.Struct):
     ip: str = "127.0.0.1"
     port: Annotated[int, Meta(ge=1, le=65535)] = 9091
@@ -237,6 +241,12 @@ class Recorder:
     # -- the request path ---------------------------------------------------------------
 
     def record(self, ctx: RequestContext, prefer_name: bool) -> None:
+        """Count a finished request (``log``, for a conf with ``prefer_name`` or not)."""
+        self.log(_BY_NAME if prefer_name else _BY_ID, ctx)
+
+    def log(self, conf: PrometheusConf, ctx: RequestContext) -> None:
+        """The plugin's log phase itself (``Prometheus.phase_method``: one call a request)."""
+        prefer_name = conf.prefer_name
         now = _now()
         # What the labels are made of, as the request has them: the series is found with one
         # probe; its label tuple is made (status_key) once per series.
@@ -444,7 +454,14 @@ class Prometheus(Plugin):
     def log(self, conf: PrometheusConf, ctx: RequestContext) -> None:
         rec = self.recorder
         if rec is not None:
-            rec.record(ctx, conf.prefer_name)
+            rec.log(conf, ctx)
+
+    def phase_method(self, phase: str, conf: PrometheusConf) -> Any:
+        # The recorder counts the request itself (it is made once, at ``init``): no call
+        # in between on every request.
+        if phase == "log" and self.recorder is not None:
+            return self.recorder.log
+        return getattr(self, phase)
 
     async def aclose(self) -> None:
         if self.recorder is not None:
