@@ -34,7 +34,7 @@ from tollway.ipc import (
     read_message,
 )
 from tollway.logs import setup_logging
-from tollway.memory import settle_after_load
+from tollway.memory import collector_off_for_load, settle_after_load
 from tollway.plugins.builtin.prometheus import server_stats
 from tollway.plugins.registry import load_registry
 from tollway.proxy.accesslog import AccessLog
@@ -182,12 +182,13 @@ class Worker:
         t0 = time.perf_counter()
         if isinstance(msg, Load):
             first = not self.servers
-            self.store.load_rows(msg.rev, msg.rows())
-            t1 = time.perf_counter()
-            try:
-                await self.compiler.load(self.store, first=first)
-            finally:
-                self.store.release()  # the message's buffer of values goes with it
+            with collector_off_for_load():
+                self.store.load_rows(msg.rev, msg.rows())
+                t1 = time.perf_counter()
+                try:
+                    await self.compiler.load(self.store, first=first)
+                finally:
+                    self.store.release()  # the message's buffer of values goes with it
             # Start-up at scale is measured step by step (bench/scale.py reads this line).
             log.info(
                 "worker %d: loaded %d items at revision %d: store %.0f ms, compile %.0f ms",

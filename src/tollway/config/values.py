@@ -62,11 +62,12 @@ def is_placeholder(raw: bytes) -> bool:
 
 def decode_value(raw: bytes) -> dict[str, Any]:
     """The JSON object in ``raw``. Raises ValueError saying what is wrong with it."""
-    if not raw.strip():
-        raise ValueError("empty value")
     try:
         value = _decoder.decode(raw)
     except msgspec.DecodeError:
+        # Only then is it worth a copy of the bytes (strip) to tell an empty value apart.
+        if not raw.strip():
+            raise ValueError("empty value") from None
         # msgspec also refuses bytes that are not UTF-8 and lone surrogate escapes ("\ud800"),
         # which could never be encoded again.
         raise ValueError("invalid JSON") from None

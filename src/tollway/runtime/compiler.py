@@ -66,6 +66,18 @@ def _lowered(host: str) -> str:
     return host if low == host else low
 
 
+def _has_rare_fields(route: Route) -> bool:
+    """Whether ``route`` compiles to a ``FullRoute`` (see ``CompiledRoute``): it has plugins,
+    a plugin config, a service, timeouts or websocket on."""
+    return bool(
+        route.plugins
+        or route.plugin_config_id is not None
+        or route.service_id is not None
+        or route.timeout is not None
+        or route.enable_websocket
+    )
+
+
 def _shareable(conf: Upstream) -> bool:
     return conf.checks is None and conf.type in _SHAREABLE_TYPES
 
@@ -505,10 +517,12 @@ class Compiler:
         if sid is not None or pid is not None:
             self._parents[rid] = (sid, pid)
 
-    def _route(self, store: Store, rid: str, route: Route, version: int) -> RouteSpec:
-        cr = FullRoute()
-        cr.id = rid
-        cr.name = route.name
+    def _rare_fields(
+        self, store: Store, route: Route, cr: FullRoute
+    ) -> tuple[Service | None, int, int]:
+        """Fill ``cr``'s rare fields (plugins merged with its plugin config's and service's,
+        chains, timeouts, websocket, an error to answer); returns its service and the service's
+        and plugin config's versions."""
         plugins: dict[str, Any] = {}
         service: Service | None = None
         svc_version = 0
@@ -540,6 +554,21 @@ class Compiler:
         if ws is None and service is not None:
             ws = service.enable_websocket
         cr.enable_websocket = bool(ws)
+        return service, svc_version, pc_version
+
+    def _route(self, store: Store, rid: str, route: Route, version: int) -> RouteSpec:
+        # Most routes have none of the rare fields: built as the compact class straight away,
+        # not as a FullRoute copied into one (at 100k routes, ~1 us less per route and worker).
+        cr: CompiledRoute = FullRoute() if _has_rare_fields(route) else CompiledRoute()
+        cr.id = rid
+        cr.name = route.name
+        service: Service | None = None
+        svc_version = 0
+        pc_version = 0
+        if isinstance(cr, FullRoute):
+            service, svc_version, pc_version = self._rare_fields(store, route, cr)
+        else:
+            cr.chain = EMPTY_CHAIN.under(self.runtime_global)
         # upstream_id wins over an inline upstream; the route's choice wins over the service's.
         if route.upstream_id is not None:
             cr.upstream_id = str(route.upstream_id)
