@@ -103,6 +103,8 @@ class Responding(ExchangeBase):
         if chain is None or not chain.header_filter:
             assert early is not None  # only those: appended, no ResponseHead (the usual case)
             lines, length = early_lines(early, lines, length)
+            if chain is not None and chain.buffers_body:
+                self.buffered_resp = []
             return ctx.resp_status, lines, length
         # A lazily decoded view (kit_head): plugins that only add headers leave the upstream's
         # lines as they are.
