@@ -70,32 +70,24 @@ class EarlyHeaders(Protocol):
 
     def wire(self, names: tuple[bytes, ...]) -> tuple[bytes, ...]: ...
 
-    def line(self) -> bytes | None:
-        """The group's header lines as one ``Name: value\r\n...`` block (None: not
-        encodable as they are, ``HeaderGroup.wire_names``)."""
-
 
 def early_lines(
-    early: Sequence[EarlyHeaders], lines: list[bytes], length: bytes | None, block: bool
+    early: Sequence[EarlyHeaders], lines: list[bytes], length: bytes | None
 ) -> tuple[list[bytes], bytes | None]:
     """The upstream's head pieces with the access-time headers (no header_filter plugin):
-    one plugin's lines appended encoded when the upstream sent none of their names (the
-    usual case, nothing decoded; ``block``: as one piece, for a writer that only joins the
-    pieces, else as flat ``name, ": ", value, CRLF`` pieces); else set semantics (APISIX: the
-    plugin's value replaces the upstream's) through a ``ResponseHead``."""
-    if len(early) == 1:
-        e = early[0]
+    their encoded lines appended when the upstream sent none of their names (the usual
+    case, nothing decoded); else set semantics (APISIX: the plugin's value replaces the
+    upstream's) through a ``ResponseHead``."""
+    out = lines
+    for e in early:
         group = e.group
         names = group.wire_names
-        if names is not None and group.lwire.isdisjoint(map(bytes.lower, lines[0::4])):
-            if block:
-                line = e.line()
-                if line is not None:
-                    return [*lines, line], length
-            return [*lines, *e.wire(names)], length
-    head = ResponseHead(lines, length)
-    apply_early(head, early)
-    return head.wire()
+        if names is None or not group.lwire.isdisjoint(map(bytes.lower, out[0::4])):
+            head = ResponseHead(lines, length)
+            apply_early(head, early)
+            return head.wire()
+        out = [*out, *e.wire(names)]
+    return out, length
 
 
 def apply_early(head: ResponseHead, early: Sequence[EarlyHeaders]) -> None:

@@ -102,7 +102,7 @@ class Responding(ExchangeBase):
         early = ctx.resp_early
         if chain is None or not chain.header_filter:
             assert early is not None  # only those: appended, no ResponseHead (the usual case)
-            lines, length = early_lines(early, lines, length, not self.proto.http2)
+            lines, length = early_lines(early, lines, length)
             if chain is not None and chain.buffers_body:
                 self.buffered_resp = []
             return ctx.resp_status, lines, length

@@ -208,32 +208,24 @@ class _Early:
             out += (n, b": ", v.encode(), b"\r\n")
         return out
 
-    def line(self) -> bytes | None:
-        names = self.group.wire_names
-        return b"".join(self.wire(names)) if names is not None else None
-
 
 PAIR = HeaderGroup(("X-L", "X-R"))
 
 
 def test_early_headers_appended_to_the_upstreams_lines() -> None:
-    early = [_Early(PAIR, ("10", "9"))]
-    lines, length = early_lines(early, list(UPSTREAM), b"12", False)
+    lines, length = early_lines([_Early(PAIR, ("10", "9"))], list(UPSTREAM), b"12")
     assert lines == [*UPSTREAM, b"X-L", b": ", b"10", b"\r\n", b"X-R", b": ", b"9", b"\r\n"]
     assert length == b"12"
-    # for the HTTP/1.1 writer, which only joins the pieces: one block
-    lines, _ = early_lines(early, list(UPSTREAM), b"12", True)
-    assert lines == [*UPSTREAM, b"X-L: 10\r\nX-R: 9\r\n"]
 
 
 def test_early_headers_replace_the_upstreams_of_that_name() -> None:
     upstream = pairs_to_lines([(b"x-r", b"upstream"), (b"X-A", b"1")])
-    lines, _ = early_lines([_Early(PAIR, ("10", "9"))], upstream, None, True)
+    lines, _ = early_lines([_Early(PAIR, ("10", "9"))], upstream, None)
     h = ResponseHead(lines)
     assert h.pairs() == [("X-A", "1"), ("X-L", "10"), ("X-R", "9")]
     # a second group naming one of the first's: the later value wins (set semantics)
     second = _Early(HeaderGroup(("X-R",)), ("8",))
-    lines, _ = early_lines([_Early(PAIR, ("10", "9")), second], list(UPSTREAM), None, True)
+    lines, _ = early_lines([_Early(PAIR, ("10", "9")), second], list(UPSTREAM), None)
     assert [v for k, v in ResponseHead(lines).pairs() if k == "X-R"] == ["8"]
 
 

@@ -130,20 +130,6 @@ class Quota(Mapping[str, str]):
             b"\r\n",
         )
 
-    def line(self) -> bytes | None:
-        """The three header lines as one block (one formatting step: the usual answer)."""
-        names = self.group.wire_names
-        if names is None:
-            return None
-        return b"%s: %s\r\n%s: %d\r\n%s: %d\r\n" % (
-            names[0],
-            self.limit,
-            names[1],
-            self.remaining,
-            names[2],
-            self.reset,
-        )
-
     def __getitem__(self, name: str) -> str:
         for n, v in zip(self.group.names, self.texts, strict=True):
             if n == name:
