@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from tests.support.gateway import Gateway, StartGateway, wait_until
+from tests.support.gateway import Gateway, StartGateway, free_port, wait_until
 from tests.support.upstream import Upstream
 
 CONFIG = """
@@ -54,13 +54,30 @@ routes:
     plugins:
       limit-count: {count: 20, time_window: 60, key_type: constant, key: all}
     upstream: {nodes: {"%(up)s": 1}}
+  - id: upstream-quota
+    uri: /with-headers
+    plugins:
+      limit-count: {count: 100, time_window: 60}
+    upstream: {nodes: {"%(up)s": 1}}
+  - id: rewritten-quota
+    uri: /rewritten-quota
+    plugins:
+      limit-count: {count: 100, time_window: 60}
+      response-rewrite: {headers: {set: {X-RateLimit-Limit: "rewritten"}}}
+    upstream: {nodes: {"%(up)s": 1}}
+  - id: down
+    uri: /down
+    plugins:
+      limit-count: {count: 100, time_window: 60}
+    upstream: {nodes: {"%(down)s": 1}}
 #END
 """
 
 
 @pytest.fixture(scope="module")
 def gw(standalone_gateway: StartGateway, upstream: Upstream) -> Gateway:
-    g = standalone_gateway(CONFIG % {"up": upstream.addr}, workers=2)
+    down = f"127.0.0.1:{free_port()}"  # nothing listens there
+    g = standalone_gateway(CONFIG % {"up": upstream.addr, "down": down}, workers=2)
     wait_until(lambda: len(g.worker_pids()) == 2)
     return g
 
@@ -200,3 +217,36 @@ def test_redis_policy_without_redis_answers_500(gw: Gateway) -> None:
     r = requests.get(gw.url("/redis"))
     assert r.status_code == 500
     assert r.json() == {"error_msg": "failed to limit count"}
+
+
+def _get(gw: Gateway, path: str) -> http.client.HTTPResponse:
+    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
+    conn.request("GET", path)
+    res = conn.getresponse()
+    res.read()
+    conn.close()
+    return res
+
+
+def test_quota_headers_replace_the_upstreams(gw: Gateway) -> None:
+    # APISIX sets them in access (core.response.set_header): the upstream's value of the same
+    # name is replaced, its other headers kept.
+    res = _get(gw, "/with-headers?X-RateLimit-Limit=999&X-Other=kept")
+    assert res.status == 200
+    assert res.headers.get_all("X-RateLimit-Limit") == ["100"]
+    assert res.headers.get_all("X-RateLimit-Remaining") == ["99"]
+    assert res.headers["X-Other"] == "kept"
+
+
+def test_quota_headers_seen_and_edited_by_a_later_header_filter(gw: Gateway) -> None:
+    res = _get(gw, "/rewritten-quota")
+    assert res.status == 200
+    assert res.headers.get_all("X-RateLimit-Limit") == ["rewritten"]
+    assert res.headers["X-RateLimit-Remaining"] == "99"
+
+
+def test_quota_headers_on_a_local_answer(gw: Gateway) -> None:
+    res = _get(gw, "/down")  # the gateway's own 502
+    assert res.status == 502
+    assert res.headers.get_all("X-RateLimit-Limit") == ["100"]
+    assert res.headers["X-RateLimit-Remaining"] == "99"

@@ -16,6 +16,7 @@ class Upstream:
     """Answers every request with JSON describing it, unless told otherwise by the path:
 
     - ``/status/<code>``: that status;
+    - ``/with-headers?Name=value...``: those response headers;
     - ``/hang``: never answers (until the server stops);
     - ``/chunked``: a chunked body in 3 parts;
     - ``/big/<n>``: n bytes;
@@ -79,6 +80,8 @@ class Upstream:
             return ws
         if parts[0] == "status" and len(parts) > 1:
             return web.json_response(info, status=int(parts[1]))
+        if parts[0] == "with-headers":  # each query parameter a response header
+            return web.json_response(info, headers=dict(request.query))
         if parts[0] == "hang":
             await asyncio.sleep(3600)
         if parts[0] == "slow" and len(parts) > 1:

@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl
 
 import msgspec
 
-from tollway.plugins.kit_head import HeaderGroup, ResponseHead
+from tollway.plugins.kit_head import EarlyHeaders, HeaderGroup, ResponseHead
 
 Exit = tuple[int, Any] | tuple[int, Any, dict[str, str]] | None
 # rewrite/access/before_proxy may be coroutines (e.g. limit-req delays a request).
@@ -297,6 +297,7 @@ class RequestContext:
         "request_body_bytes",
         "request_uri",
         "resp_body_replaced",
+        "resp_early",
         "resp_head",
         "resp_status",
         "route",
@@ -383,6 +384,8 @@ class RequestContext:
         self.resp_status = 0
         # The head header_filter plugins edit (the proxy sets it; ``resp_headers`` as text).
         self.resp_head: ResponseHead | None = None
+        # Response headers set in access (``set_early_headers``): the answer's head gets them.
+        self.resp_early: list[EarlyHeaders] | None = None
         self.resp_body_replaced: bytes | None = None
         self.upstream_addr: str | None = None
         self.upstream_status: str | None = None
@@ -653,6 +656,17 @@ class RequestContext:
         if not (joined.isprintable() and joined.isascii()):
             values = tuple(wire_value(v) for v in values)
         head.set_group(group, values)
+
+    def set_early_headers(self, headers: EarlyHeaders) -> None:
+        """Response headers known in access (APISIX ``core.response.set_header`` there): set
+        on the answer whatever it is, the upstream's or a local one, replacing the
+        upstream's headers of those names. The response writes them while it writes its head,
+        with no header_filter phase; header_filter plugins see them as set already."""
+        early = self.resp_early
+        if early is None:
+            self.resp_early = [headers]
+        else:
+            early.append(headers)
 
     def get_upstream_trailer(self, name: str) -> str | None:
         """A trailer field of the upstream's response (gRPC's ``grpc-status``), or None. Known

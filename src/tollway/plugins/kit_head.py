@@ -18,7 +18,8 @@ no CR/LF), so ``wire`` encodes them as latin-1 without checking.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
 
 _CL = "content-length"
 
@@ -52,6 +53,65 @@ def _latin1(name: str) -> bytes:
         return name.encode("latin-1")
     except UnicodeEncodeError:
         return b""
+
+
+class EarlyHeaders(Protocol):
+    """Response headers a plugin knows in access (limit-count's quota headers; APISIX sets
+    them there with ``core.response.set_header``): a group's values, set on whatever answer
+    the request gets (``RequestContext.set_early_headers``). ``texts`` are clean values
+    (``wire_value``'s output); ``wire`` gives the flat pieces of the group's lines from its
+    encoded names (``HeaderGroup.wire_names``)."""
+
+    @property
+    def group(self) -> HeaderGroup: ...
+
+    @property
+    def texts(self) -> tuple[str, ...]: ...
+
+    def wire(self, names: tuple[bytes, ...]) -> tuple[bytes, ...]: ...
+
+
+def early_lines(
+    early: Sequence[EarlyHeaders], lines: list[bytes], length: bytes | None
+) -> tuple[list[bytes], bytes | None]:
+    """The upstream's head pieces with the access-time headers (no header_filter plugin):
+    their encoded lines appended when the upstream sent none of their names (the usual
+    case, nothing decoded); else set semantics (APISIX: the plugin's value replaces the
+    upstream's) through a ``ResponseHead``."""
+    out = lines
+    for e in early:
+        group = e.group
+        names = group.wire_names
+        if names is None or not group.lwire.isdisjoint(map(bytes.lower, out[0::4])):
+            head = ResponseHead(lines, length)
+            apply_early(head, early)
+            return head.wire()
+        out = [*out, *e.wire(names)]
+    return out, length
+
+
+def apply_early(head: ResponseHead, early: Sequence[EarlyHeaders]) -> None:
+    """Set the access-time headers on a head header_filter plugins will see (encoded lines
+    kept as they are until a plugin reads or edits the head)."""
+    for e in early:
+        group = e.group
+        names = group.wire_names
+        if names is None or not head.set_group_wire(group, e.wire(names)):
+            head.set_group(group, e.texts)
+
+
+def early_pairs(
+    early: Sequence[EarlyHeaders], headers: list[tuple[bytes, bytes]]
+) -> list[tuple[bytes, bytes]]:
+    """A local answer's (name, value) pairs with the access-time headers set on them."""
+    for e in early:
+        group = e.group
+        headers = [(k, v) for k, v in headers if k.lower() not in group.lwire]
+        headers += [
+            (n.encode("latin-1", "replace"), v.encode("latin-1"))
+            for n, v in zip(group.names, e.texts, strict=True)
+        ]
+    return headers
 
 
 class ResponseHead:

@@ -16,6 +16,7 @@ from typing import Any, cast
 from tollway.httprules.response_head import without_bodies
 from tollway.httprules.status import error_page, status_line
 from tollway.plugins.kit import RequestContext
+from tollway.plugins.kit_head import apply_early, early_pairs
 from tollway.proxy.attempt import forward
 from tollway.proxy.contracts import StreamSink
 from tollway.proxy.flow import BODY_HIGH_WATER
@@ -230,6 +231,8 @@ class Exchange(Phases, Responding):
         if ctx is not None and chain is not None and chain.header_filter:
             ctx.resp_status = status
             ctx.resp_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers]
+            if ctx.resp_early is not None and ctx.resp_head is not None:
+                apply_early(ctx.resp_head, ctx.resp_early)  # set in access
             self._header_filter(chain, ctx)
             status = ctx.resp_status
             headers = [
@@ -237,6 +240,8 @@ class Exchange(Phases, Responding):
             ]
             if chain.body_filter:
                 body = self._body_filter(chain, ctx, body, True)
+        elif ctx is not None and ctx.resp_early is not None:
+            headers = early_pairs(ctx.resp_early, headers)  # set in access
         self.status = status
         self.response_started = True
         send_body = b"" if without_bodies(self.method, status) else body

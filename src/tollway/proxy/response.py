@@ -14,7 +14,7 @@ from tollway.httprules.fields import PLAIN_CONNECTION, connection_tokens
 from tollway.httprules.response_head import pairs_to_lines, upstream_status_field
 from tollway.httprules.status import STATUS_LINES, status_line
 from tollway.plugins.kit import RequestContext
-from tollway.plugins.kit_head import ResponseHead
+from tollway.plugins.kit_head import ResponseHead, apply_early, early_lines
 from tollway.plugins.registry import Chain
 from tollway.proxy.base import ExchangeBase
 from tollway.proxy.contracts import ClientConnection, StreamSink
@@ -42,7 +42,8 @@ class Responding(ExchangeBase):
         ctx.resp_status = status
         chain = self.chain
         fields = conn.fields
-        if fields is not None and self.proto.http2 and not (chain and chain.header_filter):
+        plain = ctx.resp_early is None and not (chain and chain.header_filter)
+        if fields is not None and self.proto.http2 and plain:
             self._h2_pass(ctx, status, fields, conn.content_length)
             return
         lines, content_length, connection = conn.lines, conn.content_length, conn.connection
@@ -51,7 +52,7 @@ class Responding(ExchangeBase):
         if status == 101 and self.websocket and isinstance(conn, UpstreamConnection):
             self._start_tunnel(conn, lines)
             return
-        if chain is not None and chain.header_filter:
+        if not plain:  # header_filter plugins, or headers set in access
             status, lines, content_length = self._filtered_head(chain, ctx, lines, content_length)
         if ctx.upstream_status is None:
             ctx.upstream_status = str(status)
@@ -59,8 +60,7 @@ class Responding(ExchangeBase):
             self._h2_head(status, response_fields(lines), content_length)
             return
         state = self.proto.state
-        out = [STATUS_LINES.get(status) or status_line(status), state.server_header]
-        out += lines
+        out = [STATUS_LINES.get(status) or status_line(status), state.server_header, *lines]
         if status >= 500 or state.show_upstream_status:
             out.append(upstream_status_field(self.upstream_statuses, status))
         # httprules.response_head.without_bodies, inlined: this runs for every proxied answer
@@ -95,12 +95,22 @@ class Responding(ExchangeBase):
             self._out = out
 
     def _filtered_head(
-        self, chain: Chain, ctx: RequestContext, lines: list[bytes], length: bytes | None
+        self, chain: Chain | None, ctx: RequestContext, lines: list[bytes], length: bytes | None
     ) -> tuple[int, list[bytes], bytes | None]:
-        """The header_filter plugins see and edit the head: (status, lines, Content-Length)."""
+        """The header_filter plugins see and edit the head: (status, lines, Content-Length),
+        with the headers plugins set in access (``ctx.resp_early``) set first."""
+        early = ctx.resp_early
+        if chain is None or not chain.header_filter:
+            assert early is not None  # only those: appended, no ResponseHead (the usual case)
+            lines, length = early_lines(early, lines, length)
+            if chain is not None and chain.buffers_body:
+                self.buffered_resp = []
+            return ctx.resp_status, lines, length
         # A lazily decoded view (kit_head): plugins that only add headers leave the upstream's
         # lines as they are.
-        ctx.resp_head = ResponseHead(lines, length)
+        head = ctx.resp_head = ResponseHead(lines, length)
+        if early is not None:  # set in access: header_filter plugins see them
+            apply_early(head, early)
         for e in chain.header_filter:  # (Phases._header_filter, inlined: every answer)
             if e.filter is not None and not e.filter.eval(ctx.var):
                 continue

@@ -258,7 +258,13 @@ class Compiled:
         quota = Quota(group, self.limit_wire, remaining if remaining > 0 else 0, reset)
         if remaining < 0:
             return LimitCount._rejected(conf, dict(quota))
-        # header_filter sets them (the group's names were checked when it was built)
+        # Set in access, as APISIX does: the answer's head writes them (encoded once), with
+        # no header_filter phase for them (the group's names were checked when it was built).
+        early = ctx.resp_early
+        if early is None:
+            ctx.resp_early = [quota]
+        else:
+            early.append(quota)
         state = ctx.plugin_state
         if state is None:
             ctx.plugin_state = {"limit-count": quota}
@@ -352,8 +358,13 @@ class LimitCount(Plugin):
         # Only the Redis policies need a coroutine; the local one stays on the synchronous path.
         if phase == "access" and conf.policy != "local":
             return self.access_redis
-        if phase == "header_filter" and not conf.show_limit_quota_header:
-            return None  # no quota headers to set: the response head is not filtered for it
+        if phase == "header_filter" and (
+            not conf.show_limit_quota_header
+            or (conf.policy == "local" and _compiled(conf).fixed is not None)
+        ):
+            # no quota headers to set, or set in access (ctx.set_early_headers): the
+            # response head is not filtered for them
+            return None
         if phase == "access":
             comp = _compiled(conf)
             if comp.fixed is not None:
