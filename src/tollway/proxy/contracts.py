@@ -47,6 +47,7 @@ class ClientConnection(Protocol):
     def transport(self) -> asyncio.Transport | None:
         """Where the exchange writes (read only: the connection sets it)."""
         ...
+
     # An HTTP/2 stream (h2_stream.H2Stream): the exchange hands the head and the end over as
     # fields (StreamSink) and writes only body bytes; HTTP/1.1 frames what the exchange wrote.
     http2: bool
