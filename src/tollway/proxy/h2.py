@@ -206,10 +206,11 @@ class H2Protocol(asyncio.Protocol):
 
     def flush_soon(self) -> None:
         """Send what the connection has queued once this loop iteration is over: the frames
-        of several streams leave in one write."""
+        of several streams leave in one write (with the worker's other deferred writes)."""
         if not self._dirty:
             self._dirty = True
-            self.state.loop.call_soon(self.flush)
+            state = self.state
+            state.writes.flush_later(self, state.loop)
 
     def fail(self, code: ErrorCode) -> None:
         """A connection error (RFC 9113 5.4.1): GOAWAY with ``code``, then close."""
