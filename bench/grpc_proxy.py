@@ -187,7 +187,9 @@ def main() -> None:
         print(report(runs, loads, list(targets), "calls"))
         if args.profile:
             pid, port = targets["tollway"]
-            print("\n" + profile(pid, f"http://127.0.0.1:{port}{PATH}", args.duration, extra))
+            # (under the last load of --loads)
+            url = f"http://127.0.0.1:{port}{PATH}"
+            print("\n" + profile(pid, url, args.duration, extra, loads[-1]))
     finally:
         procs.stop_all()
 

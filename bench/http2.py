@@ -131,13 +131,17 @@ def measure(
                max(steal0, steal1))  # fmt: skip
 
 
-def profile(pid: int, url: str, seconds: float, extra: tuple[str, ...] = ()) -> str:
-    """py-spy record of the worker while h2load (10 clients x 10 streams) loads it."""
+def profile(
+    pid: int, url: str, seconds: float, extra: tuple[str, ...] = (), load: str = "10x10"
+) -> str:
+    """py-spy record of the worker while h2load loads it (``load``: CLIENTSxSTREAMS)."""
     spy = Path(sys.executable).with_name("py-spy")
     if not spy.exists():
         return "(--profile needs py-spy: .venv/bin/pip install py-spy)"
     worker = [p for p in process_tree(pid) if p != pid][-1]
-    argv = pinned(LOAD_CPU, H2LOAD, "-t1", "-c10", "-m10", "-D", f"{seconds + 2:g}", *extra, url)
+    clients, streams = load.split("x")
+    argv = pinned(LOAD_CPU, H2LOAD, "-t1", f"-c{clients}", f"-m{streams}", "-D",
+                  f"{seconds + 2:g}", *extra, url)  # fmt: skip
     load = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
     out = Path(tempfile.mkdtemp(prefix="tollway-h2-profile-")) / "raw.txt"
     time.sleep(1)
@@ -272,7 +276,9 @@ def main() -> None:
         print(report(runs, loads, list(targets)))
         if args.profile:
             pid, port = targets["tollway"]
-            print("\n" + profile(pid, f"http://127.0.0.1:{port}{PATH}", args.duration))
+            # (under the last load of --loads)
+            url = f"http://127.0.0.1:{port}{PATH}"
+            print("\n" + profile(pid, url, args.duration, load=loads[-1]))
     finally:
         procs.stop_all()
         shutil.rmtree(workdir, ignore_errors=True)

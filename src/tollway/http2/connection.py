@@ -65,6 +65,17 @@ MAX_CONTINUATIONS = 64  # CONTINUATION frames in one header block (empty ones co
 # client jumping over more is told apart less strictly, its frames there dropped)
 MAX_SKIPPED = 16
 _SENSITIVE = frozenset({b"authorization", b"proxy-authorization"})
+# RFC 7541 6.1: an indexed header field changes neither side's dynamic table, and one octet
+# 0x81-0xFE is one such field (index 1-126; 0xFF starts a longer index, 0x80 is invalid). A
+# block of only these decodes to what it did last time when no other block came between (the
+# table is unchanged), and a list that encoded to one encodes to it again (the encoder is
+# deterministic and its table unchanged). Clients repeat their requests' fields, and answers
+# repeat theirs within a second (date): HPACK was a tenth of an HTTP/2 request's CPU.
+_INDEXED = bytes(range(0x81, 0xFF))
+
+
+def _indexed_only(block: bytes) -> bool:
+    return not block.translate(None, _INDEXED)
 
 
 class H2Error(Exception):
@@ -130,6 +141,10 @@ class Connection:
         self.max_header_block = 1 << 20  # bytes of one header block, compressed (CVE-2024-27316)
         self.encoder = Encoder()
         self.decoder = Decoder()
+        # The last header block decoded and the last list encoded, while they are indexed
+        # fields only (``_indexed_only``): the same block or list again needs no HPACK work.
+        self._last_in: tuple[bytes, list[tuple[bytes, bytes]]] | None = None
+        self._last_out: tuple[list[tuple[bytes, bytes]], bytes] | None = None
         self._block: list[bytes] | None = None  # a header block waiting for CONTINUATION
         self._block_sid = 0
         self._block_flags = 0
@@ -190,6 +205,15 @@ class Connection:
             stream = self._open_outbound(sid)
         elif stream.local_closed:
             raise StreamClosedError(sid)
+        block = self._encode(headers)
+        self.out.append(header_frames(sid, block, end_stream, self.max_outbound_frame_size))
+        if end_stream:
+            self._local_end(sid, stream)
+
+    def _encode(self, headers: list[tuple[bytes, bytes]]) -> bytes:
+        last = self._last_out
+        if last is not None and last[0] == headers:
+            return last[1]  # (see _indexed_only: the encoder's table is as it was then)
         if self.client_side:
             # RFC 7541 7.1.3: credentials never enter the (shared) dynamic table
             triples = [
@@ -198,9 +222,8 @@ class Connection:
         else:
             triples = [(k, v, False) for k, v in headers]
         block = self.encoder.encode(triples)
-        self.out.append(header_frames(sid, block, end_stream, self.max_outbound_frame_size))
-        if end_stream:
-            self._local_end(sid, stream)
+        self._last_out = (list(headers), block) if _indexed_only(block) else None
+        return block
 
     def _open_outbound(self, sid: int) -> Stream:
         if not self.client_side or sid != self.next_sid:
@@ -427,8 +450,11 @@ class Connection:
             self._fail(ErrorCode.ENHANCE_YOUR_CALM, "header block too large")
 
     def _decode(self, block: bytes) -> list[tuple[bytes, bytes]]:
+        last = self._last_in
+        if last is not None and last[0] == block:
+            return last[1][:]  # (see _indexed_only; a copy: the owner may extend its list)
         try:
-            return [(h[0], h[1]) for h in self.decoder.decode(block, raw=True)]
+            headers = [(h[0], h[1]) for h in self.decoder.decode(block, raw=True)]
         except OversizedHeaderListError:
             self._fail(ErrorCode.ENHANCE_YOUR_CALM, "header list too large (HPACK bomb)")
         except HPACKError:
@@ -439,6 +465,8 @@ class Connection:
             if isinstance(e, Exception) or type(e).__name__ == "PanicException":
                 self._fail(ErrorCode.COMPRESSION_ERROR, "undecodable header block")
             raise
+        self._last_in = (block, headers[:]) if _indexed_only(block) else None
+        return headers
 
     def _header_block(self, sid: int, flags: int, block: bytes, out: list[ev.Event]) -> None:
         headers = self._decode(block)  # always: the HPACK table is the connection's (4.3)
@@ -581,6 +609,7 @@ class Connection:
                 self._fail(ErrorCode.PROTOCOL_ERROR, "ENABLE_PUSH other than 0 or 1")
         elif ident == HEADER_TABLE_SIZE:
             self.encoder.header_table_size = value
+            self._last_out = None  # the next block starts with a table size update
         elif ident == MAX_CONCURRENT_STREAMS:
             self.remote_max_concurrent = value
 

@@ -29,7 +29,6 @@ class ClientConnection(Protocol):
     """What an exchange uses of the connection that carries it."""
 
     state: ServerState
-    transport: asyncio.Transport | None
     scheme: str
     remote_addr: str
     remote_port: int
@@ -43,6 +42,12 @@ class ClientConnection(Protocol):
     host_cache: tuple[bytes, str] | None
     head_cache: HeadCache | None
     tunnel: Any  # the upgraded upstream connection, once a WebSocket is established
+
+    @property
+    def transport(self) -> asyncio.Transport | None:
+        """Where the exchange writes (read only: the connection sets it)."""
+        ...
+
     # An HTTP/2 stream (h2_stream.H2Stream): the exchange hands the head and the end over as
     # fields (StreamSink) and writes only body bytes; HTTP/1.1 frames what the exchange wrote.
     http2: bool

@@ -42,13 +42,18 @@ class Writes:
     the flush would cost an extra loop iteration: the write goes out at once. Writes to one
     transport stay in order: whoever writes to a transport directly, or closes it, calls
     ``flush`` first.
+
+    An HTTP/2 client connection's frames leave the same way (``flush_later``): what its streams
+    queued in this iteration, in one write with the others, for one scheduled call per
+    iteration instead of one per connection.
     """
 
-    __slots__ = ("_in_flight", "_outgoing", "loop")
+    __slots__ = ("_in_flight", "_later", "_outgoing", "loop")
 
     def __init__(self, in_flight: Sized) -> None:
         self._in_flight = in_flight  # the exchanges in progress (one: nothing to batch)
         self._outgoing: list[tuple[asyncio.Transport, bytes]] = []
+        self._later: list[_Flushable] = []
         self.loop: asyncio.AbstractEventLoop | None = None
 
     def send(self, transport: asyncio.Transport, data: bytes) -> None:
@@ -57,20 +62,39 @@ class Writes:
             if len(self._in_flight) < 2 or self.loop is None:
                 transport.write(data)
                 return
-            self.loop.call_soon(self.flush)
+            if not self._later:  # (else the flush is scheduled already)
+                self.loop.call_soon(self.flush)
         out.append((transport, data))
+
+    def flush_later(self, conn: _Flushable, loop: asyncio.AbstractEventLoop) -> None:
+        """``conn.flush()`` once this event-loop iteration is over, with the deferred writes."""
+        later = self._later
+        if not later and not self._outgoing:
+            loop.call_soon(self.flush)
+        later.append(conn)
 
     def flush(self) -> None:
         out = self._outgoing
-        if not out:
-            return
-        self._outgoing = []
-        for transport, data in out:
-            if not transport.is_closing():
+        if out:
+            self._outgoing = []
+            for transport, data in out:
+                if not transport.is_closing():
+                    try:
+                        transport.write(data)
+                    except Exception:  # a transport that broke meanwhile: its protocol sees it
+                        log.debug("deferred write failed", exc_info=True)
+        later = self._later
+        if later:
+            self._later = []
+            for conn in later:
                 try:
-                    transport.write(data)
-                except Exception:  # a transport that broke meanwhile: its protocol sees it
-                    log.debug("deferred write failed", exc_info=True)
+                    conn.flush()
+                except Exception:
+                    log.debug("deferred flush failed", exc_info=True)
+
+
+class _Flushable(Protocol):
+    def flush(self) -> None: ...
 
 
 class _Pausable(Protocol):

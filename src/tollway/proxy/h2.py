@@ -38,6 +38,7 @@ from tollway.http2.frames import (
 from tollway.httprules.status import error_page
 from tollway.proxy.h1_names import method_of
 from tollway.proxy.h2_fields import (
+    H2Request,
     MalformedRequest,
     Refused,
     request_of,
@@ -106,6 +107,8 @@ class H2Protocol(asyncio.Protocol):
         self.waiting: list[Exchange] = []  # exchanges started once this read is handled
         self.host_cache: tuple[bytes, str] | None = None  # the streams' (H2Stream.host_cache)
         self.head_cache: HeadCache | None = None
+        # The last well-formed request's header list and what request_of made of it
+        self.last_request: tuple[list[tuple[bytes, bytes]], H2Request] | None = None
         # Our SETTINGS, enforced at once (a client may only send less before its ACK)
         conn = self.conn = Connection(
             False,
@@ -203,10 +206,11 @@ class H2Protocol(asyncio.Protocol):
 
     def flush_soon(self) -> None:
         """Send what the connection has queued once this loop iteration is over: the frames
-        of several streams leave in one write."""
+        of several streams leave in one write (with the worker's other deferred writes)."""
         if not self._dirty:
             self._dirty = True
-            self.state.loop.call_soon(self.flush)
+            state = self.state
+            state.writes.flush_later(self, state.loop)
 
     def fail(self, code: ErrorCode) -> None:
         """A connection error (RFC 9113 5.4.1): GOAWAY with ``code``, then close."""
@@ -226,16 +230,25 @@ class H2Protocol(asyncio.Protocol):
             self.conn.reset_stream(sid, ErrorCode.REFUSED_STREAM)
             return
         self.last_stream = max(self.last_stream, sid)
-        try:
-            req = request_of(event.headers, self.max_header_size)
-        except MalformedRequest as e:
-            log.debug("h2 stream %d malformed: %s", sid, e)
-            self.conn.reset_stream(sid, ErrorCode.PROTOCOL_ERROR)
-            return
-        except Refused as e:
-            log.debug("h2 stream %d refused (%d): %s", sid, e.status, e)
-            self._answer(sid, e.status, event.ended)
-            return
+        headers = event.headers
+        last = self.last_request
+        if last is not None and last[0] == headers:
+            # A client sends the same header list request after request (its HPACK block
+            # indexes them): its checks and fields are those of the last one (read only: no
+            # exchange edits ``raw_headers``; request_head's cache then compares one list).
+            req = last[1]
+        else:
+            try:
+                req = request_of(headers, self.max_header_size)
+            except MalformedRequest as e:
+                log.debug("h2 stream %d malformed: %s", sid, e)
+                self.conn.reset_stream(sid, ErrorCode.PROTOCOL_ERROR)
+                return
+            except Refused as e:
+                log.debug("h2 stream %d refused (%d): %s", sid, e.status, e)
+                self._answer(sid, e.status, event.ended)
+                return
+            self.last_request = (headers, req)
         method = method_of(req.method)
         stream = H2Stream(self, sid)
         self.streams[sid] = stream

@@ -78,7 +78,6 @@ class H2Stream:
         self.conn = h2p.conn
         self.sid = sid
         self.state = h2p.state
-        self.transport: Any = self  # the exchange's writes are this stream's DATA frames
         self.scheme = h2p.scheme
         self.remote_addr, self.remote_port = h2p.remote_addr, h2p.remote_port
         self.server_addr, self.server_port = h2p.server_addr, h2p.server_port
@@ -86,6 +85,12 @@ class H2Stream:
         self.client_cert = h2p.client_cert
         self.write_paused = h2p.write_paused
         self.pending: deque[Any] = deque()  # body bytes (and _END) beyond the windows
+
+    @property
+    def transport(self) -> Any:
+        """The exchange's writes are this stream's DATA frames. (A property, not an attribute
+        holding the stream itself: that reference cycle left every stream to the collector.)"""
+        return self
 
     # The exchange's per-connection caches (Exchange._make_context, request_head) are the
     # connection's: its streams carry the same Host and fields request after request.
@@ -190,6 +195,19 @@ class H2Stream:
         last HEADERS frame with trailers, else on the last DATA frame."""
         if self.ended:
             return
+        if not trailers and not self.pending:
+            # The common end (a whole answer read at once): its last bytes with END_STREAM in
+            # one DATA frame when the windows take them, without the queue.
+            conn = self.conn
+            try:
+                room = min(conn.local_flow_control_window(self.sid), conn.max_outbound_frame_size)
+                if len(last) <= room:
+                    self._send_end(last)
+                    self.h2p.flush_soon()
+                    return
+            except H2Error:
+                self._lost()
+                return
         self.trailers = trailers
         if last:
             self.pending.append(last)
@@ -276,6 +294,9 @@ class H2Stream:
         client went away): the stream is reset, so the client sees it is cut short."""
         # (No ServerState.flush_writes here: an exchange on a stream never defers a write to it;
         # what is deferred are upstream requests, which keep their batching.)
+        # The exchange is over: the stream lets go of it (no exchange <-> stream cycle left to
+        # the collector; what is still to send needs only the stream).
+        self.ex = None
         if not self.ended and (not self.pending or self.pending[-1] is not _END):
             self._reset(ErrorCode.INTERNAL_ERROR)
         if self.ended:

@@ -184,6 +184,9 @@ class Exchange(Phases, Responding):
                         log.debug("plugin %s log failed", e.plugin.name, exc_info=True)
             if state.access_log is not None:
                 self._write_access_log(ctx)
+            # The request is over: no exchange <-> context cycle (the reader is a bound method
+            # of this exchange) is left to the collector.
+            ctx.body_reader = None
         self.proto.exchange_done(self, self.keep_alive and self.body_complete)
 
     def client_gone(self) -> None:

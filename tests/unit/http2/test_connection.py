@@ -11,6 +11,7 @@ import struct
 import h2.config
 import h2.connection
 import h2.events
+import h2.settings
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -466,3 +467,54 @@ def test_any_frames_end_in_events_or_a_connection_error(
         c.receive_data(data)
     except ProtocolError:
         assert c.closed and GOAWAY in [t for t, *_ in read(c.data_to_send())]
+
+
+# -- HPACK: repeated blocks and lists (RFC 7541 6.1) ----------------------------------------
+
+
+def test_a_repeated_indexed_block_decodes_as_the_table_says_now() -> None:
+    """The same octets of indexed fields mean what the dynamic table holds when they arrive:
+    a block that inserted an entry in between shifts the indices (RFC 7541 2.3.3)."""
+    c = server()
+    enc = Encoder()
+    x_a, x_b = [(b"x-a", b"1")], [(b"x-b", b"2")]
+    blocks = [block(x_a, enc), b"\xbe", b"\xbe", block(x_b, enc), b"\xbe", b"\xbf\xbe"]
+    assert blocks[0][:1] == blocks[3][:1] == b"\x40"  # literals that insert (6.2.1)
+    got = []
+    for sid, data in zip(range(1, 12, 2), blocks, strict=True):
+        (req, _) = c.receive_data(frame(HEADERS, END_HEADERS | END_STREAM, sid, data))
+        assert isinstance(req, ev.RequestReceived)
+        got.append(req.headers)
+        c.streams.clear()
+    # index 62 is the newest entry: x-a, then x-b once it was inserted
+    assert got == [x_a, x_a, x_a, x_b, x_b, x_a + x_b]
+    got[2].append((b"x-c", b"3"))  # an owner's edit of its list reaches no later request
+    (req, _) = c.receive_data(frame(HEADERS, END_HEADERS | END_STREAM, 13, b"\xbf\xbe"))
+    assert req.headers == x_a + x_b  # type: ignore[attr-defined]
+
+
+def test_a_repeated_list_encodes_to_what_a_peer_decodes() -> None:
+    """The same response head again (same date, same length) is encoded once; a changed one,
+    or a table size the peer lowered, is encoded anew. A peer's decoder reads them all."""
+    c = Connection(False, {})
+    c.initiate_connection()
+    peer = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=True, header_encoding=None)
+    )
+    peer.initiate_connection()
+    c.receive_data(peer.data_to_send())
+    peer.receive_data(c.data_to_send())
+    x_n = [*RESP, (b"x-n", b"1")]
+    heads = [RESP, RESP, x_n, x_n, x_n]
+    sid = 1
+    for i, head in enumerate(heads):
+        if i == 4:
+            peer.update_settings({h2.settings.SettingCodes.HEADER_TABLE_SIZE: 0})
+        peer.send_headers(sid, REQ, end_stream=True)
+        c.receive_data(peer.data_to_send())
+        c.send_headers(sid, head, end_stream=True)
+        events = peer.receive_data(c.data_to_send())
+        c.receive_data(peer.data_to_send())
+        got = next(e for e in events if isinstance(e, h2.events.ResponseReceived))
+        assert [(k, v) for k, v in got.headers] == head
+        sid += 2

@@ -84,3 +84,28 @@ def test_one_request_in_flight_writes_at_once() -> None:
     state, loop, log, a, _ = make_state(in_flight=1)
     state.send(a, b"now")  # type: ignore[arg-type]
     assert log == [("a", b"now")] and loop.soon == []
+
+
+class Connection:
+    """An HTTP/2 client connection's side of flush_later (H2Protocol.flush writes its frames)."""
+
+    def __init__(self, transport: Transport, frames: bytes) -> None:
+        self.transport = transport
+        self.frames = frames
+
+    def flush(self) -> None:
+        self.transport.write(self.frames)
+
+
+def test_http2_connections_flush_with_the_deferred_writes_one_call_per_iteration() -> None:
+    state, loop, log, a, b = make_state(in_flight=3)
+    state.writes.flush_later(Connection(a, b"frames-a"), loop)  # type: ignore[arg-type]
+    state.send(b, b"upstream")  # type: ignore[arg-type]
+    state.writes.flush_later(Connection(b, b"frames-b"), loop)  # type: ignore[arg-type]
+    assert log == [] and len(loop.soon) == 1  # one scheduled call for all of them
+    loop.run_soon()
+    assert log == [("b", b"upstream"), ("a", b"frames-a"), ("b", b"frames-b")]
+    state.flush_writes()
+    assert len(log) == 3  # nothing is flushed twice
+    state.send(a, b"next")  # type: ignore[arg-type]
+    assert len(loop.soon) == 1  # the next iteration schedules its own
