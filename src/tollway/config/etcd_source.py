@@ -10,6 +10,7 @@ any request through the same client), then re-watch from the last applied revisi
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 import logging
 import random
@@ -20,7 +21,6 @@ from typing import Any
 from tollway.config.etcd import EtcdClient, Watch, WatchResponse
 from tollway.config.source import ConfigSink, ConfigSource, KeyValue
 from tollway.errors import EtcdCompacted, EtcdError, EtcdUnavailable
-from tollway.memory import collector_paused
 from tollway.ratelog import RateLimitedLog
 
 __all__ = ["EtcdSource", "backoff_delay"]
@@ -137,7 +137,9 @@ class EtcdSource(ConfigSource):
         # a row per key (100k: ~400k new objects, in a thread for gRPC), which young and full
         # collections walked again and again as they piled up; the snapshot's read is paused
         # alike. The Agent freezes what the load keeps before the collector is on again.
-        with collector_paused():
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
             for attempt in range(self.compacted_retries):
                 try:
                     revision, rows = await self.client.range_rows(self.watched_prefix)
@@ -152,6 +154,9 @@ class EtcdSource(ConfigSource):
                 load_rows(revision, rows)
             else:
                 sink.load(revision, [KeyValue(*row) for row in rows])
+        finally:
+            if was_enabled:
+                gc.enable()
         if self.loaded:
             self.reloads += 1
         self.loaded = True
