@@ -25,6 +25,20 @@ _loaded = False
 
 
 @contextmanager
+def collector_paused() -> Iterator[None]:
+    """The cyclic GC off meanwhile (and on again after, if it was on): for a full load's read
+    and validation in the supervisor, which build rows and items by the 100k (all long-lived or
+    freed by reference counting); collections there walked the growing heap again and again."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+@contextmanager
 def collector_off_for_load() -> Iterator[None]:
     """The cyclic GC off for a whole full load (store and compile, the event loop's turns
     between compile chunks included), and what it built frozen before the GC is on again.

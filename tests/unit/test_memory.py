@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tollway.memory import release_free_memory, settle_after_load
+from tollway.memory import collector_paused, release_free_memory, settle_after_load
 
 
 def rss_kib() -> int:
@@ -57,3 +57,18 @@ def test_a_later_load_collects_the_cycles_the_previous_config_left_frozen() -> N
         assert gc.get_freeze_count() > 0  # and what is alive is frozen again
     finally:
         gc.unfreeze()  # the rest of the test session collects as usual
+
+
+def test_collector_paused_restores_the_collector_as_it_was() -> None:
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), collector_paused():
+        assert not gc.isenabled()
+        raise RuntimeError("a failed read")
+    assert gc.isenabled()  # on again after an error too
+    gc.disable()
+    try:
+        with collector_paused():  # nested in a pause (a read around a load): stays off after
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
