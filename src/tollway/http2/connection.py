@@ -195,7 +195,9 @@ class Connection:
         self.decoder = Decoder()
         # The last header block decoded and the last list encoded, while they leave the tables
         # as they were (``_keeps_table``): the same block or list again needs no HPACK work.
-        self._last_in: tuple[bytes, list[tuple[bytes, bytes]]] | None = None
+        # (with the list's content-length, as ``_in_length`` gives it)
+        self._last_in: tuple[bytes, list[tuple[bytes, bytes]], int] | None = None
+        self._in_length = -1  # the content-length of the block decoded last (-1: none)
         self._last_out: tuple[list[tuple[bytes, bytes]], bytes] | None = None
         self._block: list[bytes] | None = None  # a header block waiting for CONTINUATION
         self._block_sid = 0
@@ -504,6 +506,7 @@ class Connection:
     def _decode(self, block: bytes) -> list[tuple[bytes, bytes]]:
         last = self._last_in
         if last is not None and last[0] == block:
+            self._in_length = last[2]
             return last[1][:]  # (see _keeps_table; a copy: the owner may extend its list)
         try:
             headers = [(h[0], h[1]) for h in self.decoder.decode(block, raw=True)]
@@ -517,7 +520,12 @@ class Connection:
             if isinstance(e, Exception) or type(e).__name__ == "PanicException":
                 self._fail(ErrorCode.COMPRESSION_ERROR, "undecodable header block")
             raise
-        self._last_in = (block, headers[:]) if _keeps_table(block) else None
+        length = -1
+        for name, value in headers:
+            if name == b"content-length" and value.isdigit():
+                length = int(value)  # (h2_fields rejects a bad or second one)
+        self._in_length = length
+        self._last_in = (block, headers[:], length) if _keeps_table(block) else None
         return headers
 
     def _header_block(self, sid: int, flags: int, block: bytes, out: list[ev.Event]) -> None:
@@ -558,9 +566,7 @@ class Connection:
             out.append(ev.StreamRefused(sid))
             return
         stream = self.streams[sid] = Stream(self.remote_initial, self.local_initial)
-        for name, value in headers:
-            if name == b"content-length" and value.isdigit():
-                stream.length = int(value)  # (h2_fields rejects a bad or second one)
+        stream.length = self._in_length  # (read in _decode, once per distinct block)
         ended = bool(flags & END_STREAM)
         out.append(ev.RequestReceived(sid, headers, ended))
         if ended:
@@ -581,9 +587,7 @@ class Connection:
                 self._stream_error(sid, ErrorCode.PROTOCOL_ERROR, out)
             return
         stream.response = True
-        for name, value in headers:
-            if name == b"content-length" and value.isdigit():
-                stream.length = int(value)
+        stream.length = self._in_length
         out.append(ev.ResponseReceived(sid, headers, ended))
         if ended:
             self._remote_end(sid, stream, out)
