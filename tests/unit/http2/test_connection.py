@@ -264,6 +264,25 @@ def test_content_length_against_the_data() -> None:
     assert [type(e) for e in events] == [ev.DataReceived, ev.StreamReset]
 
 
+def test_content_length_of_a_repeated_block() -> None:
+    """A block decoded once and then taken from the cache (literals without indexing) gives
+    each of its streams the content-length it holds."""
+    c = server()
+    # :method POST, :path / (not indexed), :scheme http, :authority a and content-length 3
+    # (static names 1 and 28, not indexed)
+    head = b"\x83\x04\x01/\x86\x01\x01a\x0f\x0d\x013"
+    for sid in (1, 3):
+        (req,) = c.receive_data(frame(HEADERS, END_HEADERS, sid, head))
+        assert isinstance(req, ev.RequestReceived)
+        assert (b"content-length", b"3") in req.headers
+        (reset,) = c.receive_data(frame(DATA, 0, sid, b"four"))
+        assert isinstance(reset, ev.StreamReset) and reset.error_code == ErrorCode.PROTOCOL_ERROR
+    assert c._last_in is not None  # (the second one came from the cache)
+    c.receive_data(frame(HEADERS, END_HEADERS, 5, head))
+    events = c.receive_data(frame(DATA, END_STREAM, 5, b"abc"))
+    assert [type(e) for e in events] == [ev.DataReceived, ev.StreamEnded]
+
+
 def test_streams_past_the_limit_are_refused() -> None:
     c = server()
     for sid in (1, 3, 5, 7):
