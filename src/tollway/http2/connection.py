@@ -74,8 +74,60 @@ _SENSITIVE = frozenset({b"authorization", b"proxy-authorization"})
 _INDEXED = bytes(range(0x81, 0xFF))
 
 
-def _indexed_only(block: bytes) -> bool:
-    return not block.translate(None, _INDEXED)
+def _keeps_table(block: bytes) -> bool:
+    """The block changes no dynamic table: indexed fields (RFC 7541 6.1), literals without
+    indexing or never indexed (6.2.2, 6.2.3), and no literal with incremental indexing (6.2.1)
+    nor table size update (6.3). Such a block decodes to the same list while no other block came
+    between. nghttp2 (h2load, curl) sends ``:path`` as a literal without indexing, so a client's
+    repeated request is not indexed fields only."""
+    if not block.translate(None, _INDEXED):
+        return True
+    i, n = 0, len(block)
+    while 0 <= i < n:
+        b = block[i]
+        if b & 0x80:
+            i = _skip_int(block, i, 0x7F)
+        elif b & 0xE0:
+            return False  # 01xxxxxx: added to the table; 001xxxxx: its size changes
+        else:
+            literal_name = not b & 0x0F  # (name index 0: the name is a string too)
+            i = _skip_int(block, i, 0x0F)
+            if literal_name:
+                i = _skip_str(block, i)
+            i = _skip_str(block, i)
+    return i == n
+
+
+def _skip_int(block: bytes, i: int, mask: int) -> int:
+    """Past the integer at ``i`` with a ``mask`` prefix (RFC 7541 5.1), -1 when cut short."""
+    i, value, n = i + 1, block[i] & mask, len(block)
+    if value < mask:
+        return i
+    while i < n:
+        i += 1
+        if not block[i - 1] & 0x80:
+            return i
+    return -1
+
+
+def _skip_str(block: bytes, i: int) -> int:
+    """Past the string literal at ``i`` (RFC 7541 5.2), -1 when cut short."""
+    n = len(block)
+    if not 0 <= i < n:
+        return -1
+    length, shift, j = block[i] & 0x7F, 0, i + 1
+    if length == 0x7F:
+        while True:
+            if j >= n:
+                return -1
+            octet = block[j]
+            j += 1
+            length += (octet & 0x7F) << shift
+            shift += 7
+            if not octet & 0x80:
+                break
+    j += length
+    return j if j <= n else -1
 
 
 class H2Error(Exception):
@@ -141,9 +193,11 @@ class Connection:
         self.max_header_block = 1 << 20  # bytes of one header block, compressed (CVE-2024-27316)
         self.encoder = Encoder()
         self.decoder = Decoder()
-        # The last header block decoded and the last list encoded, while they are indexed
-        # fields only (``_indexed_only``): the same block or list again needs no HPACK work.
-        self._last_in: tuple[bytes, list[tuple[bytes, bytes]]] | None = None
+        # The last header block decoded and the last list encoded, while they leave the tables
+        # as they were (``_keeps_table``): the same block or list again needs no HPACK work.
+        # (with the list's content-length, as ``_in_length`` gives it)
+        self._last_in: tuple[bytes, list[tuple[bytes, bytes]], int] | None = None
+        self._in_length = -1  # the content-length of the block decoded last (-1: none)
         self._last_out: tuple[list[tuple[bytes, bytes]], bytes] | None = None
         self._block: list[bytes] | None = None  # a header block waiting for CONTINUATION
         self._block_sid = 0
@@ -213,7 +267,7 @@ class Connection:
     def _encode(self, headers: list[tuple[bytes, bytes]]) -> bytes:
         last = self._last_out
         if last is not None and last[0] == headers:
-            return last[1]  # (see _indexed_only: the encoder's table is as it was then)
+            return last[1]  # (see _keeps_table: the encoder's table is as it was then)
         if self.client_side:
             # RFC 7541 7.1.3: credentials never enter the (shared) dynamic table
             triples = [
@@ -222,7 +276,7 @@ class Connection:
         else:
             triples = [(k, v, False) for k, v in headers]
         block = self.encoder.encode(triples)
-        self._last_out = (list(headers), block) if _indexed_only(block) else None
+        self._last_out = (list(headers), block) if _keeps_table(block) else None
         return block
 
     def _open_outbound(self, sid: int) -> Stream:
@@ -452,7 +506,8 @@ class Connection:
     def _decode(self, block: bytes) -> list[tuple[bytes, bytes]]:
         last = self._last_in
         if last is not None and last[0] == block:
-            return last[1][:]  # (see _indexed_only; a copy: the owner may extend its list)
+            self._in_length = last[2]
+            return last[1][:]  # (see _keeps_table; a copy: the owner may extend its list)
         try:
             headers = [(h[0], h[1]) for h in self.decoder.decode(block, raw=True)]
         except OversizedHeaderListError:
@@ -465,7 +520,12 @@ class Connection:
             if isinstance(e, Exception) or type(e).__name__ == "PanicException":
                 self._fail(ErrorCode.COMPRESSION_ERROR, "undecodable header block")
             raise
-        self._last_in = (block, headers[:]) if _indexed_only(block) else None
+        length = -1
+        for name, value in headers:
+            if name == b"content-length" and value.isdigit():
+                length = int(value)  # (h2_fields rejects a bad or second one)
+        self._in_length = length
+        self._last_in = (block, headers[:], length) if _keeps_table(block) else None
         return headers
 
     def _header_block(self, sid: int, flags: int, block: bytes, out: list[ev.Event]) -> None:
@@ -506,9 +566,7 @@ class Connection:
             out.append(ev.StreamRefused(sid))
             return
         stream = self.streams[sid] = Stream(self.remote_initial, self.local_initial)
-        for name, value in headers:
-            if name == b"content-length" and value.isdigit():
-                stream.length = int(value)  # (h2_fields rejects a bad or second one)
+        stream.length = self._in_length  # (read in _decode, once per distinct block)
         ended = bool(flags & END_STREAM)
         out.append(ev.RequestReceived(sid, headers, ended))
         if ended:
@@ -529,9 +587,7 @@ class Connection:
                 self._stream_error(sid, ErrorCode.PROTOCOL_ERROR, out)
             return
         stream.response = True
-        for name, value in headers:
-            if name == b"content-length" and value.isdigit():
-                stream.length = int(value)
+        stream.length = self._in_length
         out.append(ev.ResponseReceived(sid, headers, ended))
         if ended:
             self._remote_end(sid, stream, out)

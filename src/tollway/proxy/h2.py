@@ -355,7 +355,8 @@ class H2Protocol(asyncio.Protocol):
         if self.starved:
             self.release()
         if self.active is stream:
-            self.active = next(iter(self.streams.values()), None)
+            streams = self.streams
+            self.active = next(iter(streams.values())) if streams else None
         if not self.streams:
             if self.goaway_at or self.state.shutting_down:
                 self.flush()

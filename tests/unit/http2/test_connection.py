@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from jh2._hazmat import Encoder
 
 from tollway.http2 import events as ev
-from tollway.http2.connection import Connection, ProtocolError, StreamClosedError
+from tollway.http2.connection import Connection, ProtocolError, StreamClosedError, _keeps_table
 from tollway.http2.frames import (
     ACK,
     CONTINUATION,
@@ -264,6 +264,25 @@ def test_content_length_against_the_data() -> None:
     assert [type(e) for e in events] == [ev.DataReceived, ev.StreamReset]
 
 
+def test_content_length_of_a_repeated_block() -> None:
+    """A block decoded once and then taken from the cache (literals without indexing) gives
+    each of its streams the content-length it holds."""
+    c = server()
+    # :method POST, :path / (not indexed), :scheme http, :authority a and content-length 3
+    # (static names 1 and 28, not indexed)
+    head = b"\x83\x04\x01/\x86\x01\x01a\x0f\x0d\x013"
+    for sid in (1, 3):
+        (req,) = c.receive_data(frame(HEADERS, END_HEADERS, sid, head))
+        assert isinstance(req, ev.RequestReceived)
+        assert (b"content-length", b"3") in req.headers
+        (reset,) = c.receive_data(frame(DATA, 0, sid, b"four"))
+        assert isinstance(reset, ev.StreamReset) and reset.error_code == ErrorCode.PROTOCOL_ERROR
+    assert c._last_in is not None  # (the second one came from the cache)
+    c.receive_data(frame(HEADERS, END_HEADERS, 5, head))
+    events = c.receive_data(frame(DATA, END_STREAM, 5, b"abc"))
+    assert [type(e) for e in events] == [ev.DataReceived, ev.StreamEnded]
+
+
 def test_streams_past_the_limit_are_refused() -> None:
     c = server()
     for sid in (1, 3, 5, 7):
@@ -491,6 +510,45 @@ def test_a_repeated_indexed_block_decodes_as_the_table_says_now() -> None:
     got[2].append((b"x-c", b"3"))  # an owner's edit of its list reaches no later request
     (req, _) = c.receive_data(frame(HEADERS, END_HEADERS | END_STREAM, 13, b"\xbf\xbe"))
     assert req.headers == x_a + x_b  # type: ignore[attr-defined]
+
+
+def test_a_repeated_block_with_unindexed_literals_decodes_as_the_table_says_now() -> None:
+    """nghttp2 (h2load, curl) sends ``:path`` as a literal without indexing (RFC 7541 6.2.2):
+    such a block, and one with a never-indexed literal (6.2.3), leaves the table as it was, so
+    it is decoded once while it repeats; a block that inserts in between changes what it means."""
+    c = server()
+    enc = Encoder()
+    x_a, x_b = [(b"x-a", b"1")], [(b"x-b", b"2")]
+    path = b"\x04\x02/p"  # :path (static name 4), "/p", not indexed
+    secret = b"\x10\x03x-s\x01z"  # a new name, never indexed
+    again = b"\xbe" + path + secret
+    blocks = [block(x_a, enc), again, again, block(x_b, enc), again]
+    got, cached = [], []
+    for sid, data in zip(range(1, 10, 2), blocks, strict=True):
+        (req, _) = c.receive_data(frame(HEADERS, END_HEADERS | END_STREAM, sid, data))
+        assert isinstance(req, ev.RequestReceived)
+        got.append(req.headers)
+        cached.append(c._last_in is not None)
+        c.streams.clear()
+    rest = [(b":path", b"/p"), (b"x-s", b"z")]
+    assert got == [x_a, x_a + rest, x_a + rest, x_b, x_b + rest]
+    assert cached == [False, True, True, False, True]
+
+
+@pytest.mark.parametrize(
+    ("data", "keeps"),
+    [
+        (b"\x82\x04\x02/p", True),
+        (b"\x82\x00\x01a\x01b", True),  # literal name, without indexing
+        (b"\x82\x1f\x10\x01b", True),  # never indexed, name index 31 (a continued integer)
+        (b"\x82\x44\x02/p", False),  # incremental indexing (6.2.1)
+        (b"\x20\x82", False),  # table size update (6.3)
+        (b"\x82\x04\x05/p", False),  # cut short
+        (b"\x82\x04\x7f", False),  # cut short in a continued length
+    ],
+)
+def test_blocks_that_keep_the_table(data: bytes, keeps: bool) -> None:
+    assert _keeps_table(data) is keeps
 
 
 def test_a_repeated_list_encodes_to_what_a_peer_decodes() -> None:
