@@ -17,13 +17,12 @@ Kinds (apisix.md §2.1, §2.3):
 
 from __future__ import annotations
 
-import gc
 import logging
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from typing import Any, NamedTuple
 
 from tollway.expr import Expr, IpMatcher, compile_expr
+from tollway.memory import collector_paused
 from tollway.router.pattern import UriPattern, parse_uri
 from tollway.router.prefix_tree import PrefixTree
 from tollway.router.spec import Match, RequestView, RouteSpec
@@ -288,8 +287,8 @@ class RouterBuilder:
         self._router._upsert(spec)
 
     def add_many(self, specs: Iterable[RouteSpec]) -> None:
-        """``add`` each spec of one chunk with the cyclic GC paused (see :func:`gc_paused`)."""
-        with gc_paused():
+        """``add`` each spec of one chunk with the cyclic GC paused (memory.collector_paused)."""
+        with collector_paused():
             for spec in specs:
                 self.add(spec)
 
@@ -307,18 +306,3 @@ def build_router(
     builder = RouterBuilder(kind, delete_uri_tail_slash=delete_uri_tail_slash)
     builder.add_many(specs)
     return builder.finish()
-
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """Pause the cyclic GC while building: a build allocates only long-lived objects and frees no
-    cycles, yet every 700 allocations would start a collection that walks them all again (at 100k
-    routes with other big structures alive, that doubled the build time). Synchronous code only,
-    so nothing else runs while it is off; the previous state is restored."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()

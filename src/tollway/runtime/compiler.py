@@ -22,11 +22,11 @@ from tollway.balancer import BalancerState
 from tollway.config.store import Item, Store
 from tollway.crypto import KeyCipher
 from tollway.errors import ConfigError
+from tollway.memory import collector_paused
 from tollway.model import Route, Service, Upstream, decode_item
 from tollway.plugins.registry import EMPTY_CHAIN, Chain, Registry
 from tollway.protos import CompiledProto, compile_proto
 from tollway.router import Router, RouterBuilder, RouteSpec, build_router
-from tollway.router.engine import gc_paused
 from tollway.router.spec import DISABLED
 from tollway.runtime.certs import CertTable, build_cert_table
 from tollway.runtime.compiled import (
@@ -173,7 +173,7 @@ class Compiler:
             # The GC paused per chunk: compiling allocates only long-lived objects, and a
             # collection every few hundred of them walks the growing heap (at 100k routes,
             # a build twice as long).
-            with gc_paused():
+            with collector_paused():
                 specs = []
                 for rid, item in chunk:
                     spec = self._route_item(store, rid, item)
