@@ -7,25 +7,13 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tollway.config.etcd_source import EtcdSource
 from tollway.config.snapshot import write_snapshot_rows
-from tollway.settings import load_settings
 from tollway.supervisor import Supervisor
-
-
-@pytest.fixture
-def sup(tmp_path: Path) -> Supervisor:
-    conf = tmp_path / "config.yaml"
-    conf.write_text(
-        "deployment:\n  role: data_plane\n  role_data_plane:\n    config_provider: yaml\n"
-    )
-    (tmp_path / "apisix.yaml").write_text("routes: []\n#END\n")
-    return Supervisor(load_settings(conf, warn=False))
 
 
 def rows(n: int) -> list[tuple[str, bytes | None, int, int]]:

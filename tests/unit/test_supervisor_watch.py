@@ -5,14 +5,12 @@ a stub and the pipe an in-memory StreamReader."""
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
 
 from tollway.ipc import Ready, encode
-from tollway.settings import load_settings
 from tollway.supervisor import Supervisor, WorkerHandle
 
 
@@ -34,16 +32,6 @@ class StubProc:
 class StubWriter:
     def close(self) -> None:
         pass
-
-
-@pytest.fixture
-def sup(tmp_path: Path) -> Supervisor:
-    conf = tmp_path / "config.yaml"
-    conf.write_text(
-        "deployment:\n  role: data_plane\n  role_data_plane:\n    config_provider: yaml\n"
-    )
-    (tmp_path / "apisix.yaml").write_text("routes: []\n#END\n")
-    return Supervisor(load_settings(conf, warn=False))
 
 
 def handle(proc: StubProc) -> WorkerHandle:
