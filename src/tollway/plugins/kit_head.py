@@ -19,7 +19,6 @@ no CR/LF), so ``wire`` encodes them as latin-1 without checking.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Protocol
 
 _CL = "content-length"
 
@@ -27,9 +26,9 @@ _CL = "content-length"
 class HeaderGroup:
     """Response headers a plugin sets together on many responses (limit-count's quota
     headers): the names are lowercased and checked once, here; a response gives only the
-    values (``ResponseHead.set_group``)."""
+    values (``ResponseHead.set_group``, or its lines already encoded: ``EarlyHeaders``)."""
 
-    __slots__ = ("lnames", "lwire", "names", "plain", "wire_names")
+    __slots__ = ("_others", "line_names", "lnames", "lwire", "names", "plain", "wire_names")
 
     def __init__(self, names: tuple[str, ...]) -> None:
         self.names = names
@@ -43,8 +42,29 @@ class HeaderGroup:
         wire = tuple(_latin1(n) for n in names)
         ok = self.plain and all(n and set(n) <= _TOKEN for n in wire)
         self.wire_names = wire if ok else None
+        # The names an ``EarlyHeaders`` entry's pieces carry: the wire names, else placeholders
+        # (such a group's values are set from the pieces' values, by name, as text).
+        self.line_names = wire if ok else tuple(n.encode("latin-1", "replace") for n in names)
+        # Raw upstream header names (as sent, any case) seen to be none of the group's: a
+        # head whose names all came before is checked with one C-level ``issuperset``.
+        self._others: set[bytes] = set()
+
+    def absent_from(self, raw_names: list[bytes]) -> bool:
+        """None of ``raw_names`` (an upstream head's names, any case) is one of the group's."""
+        others = self._others
+        if others.issuperset(raw_names):
+            return True
+        lwire = self.lwire
+        for name in raw_names:
+            if name.lower() in lwire:
+                return False
+        if len(others) >= _OTHERS_MAX:  # bounded: upstreams with ever-new header names
+            others.clear()
+        others.update(raw_names)
+        return True
 
 
+_OTHERS_MAX = 1024
 _TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
@@ -55,20 +75,19 @@ def _latin1(name: str) -> bytes:
         return b""
 
 
-class EarlyHeaders(Protocol):
-    """Response headers a plugin knows in access (limit-count's quota headers; APISIX sets
-    them there with ``core.response.set_header``): a group's values, set on whatever answer
-    the request gets (``RequestContext.set_early_headers``). ``texts`` are clean values
-    (``wire_value``'s output); ``wire`` gives the flat pieces of the group's lines from its
-    encoded names (``HeaderGroup.wire_names``)."""
+EarlyHeaders = tuple[HeaderGroup, tuple[bytes, ...]]
+"""Response headers a plugin knows in access (limit-count's quota headers; APISIX sets them
+there with ``core.response.set_header``), set on whatever answer the request gets
+(``RequestContext.set_early_headers``): a group and its lines as a head's flat pieces,
+``name, b": ", value, b"\\r\\n"`` for each of the group's names in order, the names its
+``line_names``, the values clean (``wire_value``'s output) and latin-1 encoded. A plain tuple
+a plugin builds from pre-encoded parts: nothing else is allocated per request, and the
+common answer appends the pieces as they are."""
 
-    @property
-    def group(self) -> HeaderGroup: ...
 
-    @property
-    def texts(self) -> tuple[str, ...]: ...
-
-    def wire(self, names: tuple[bytes, ...]) -> tuple[bytes, ...]: ...
+def early_texts(pieces: tuple[bytes, ...]) -> tuple[str, ...]:
+    """The values of an ``EarlyHeaders`` entry's pieces as text (the group's order)."""
+    return tuple(v.decode("latin-1") for v in pieces[2::4])
 
 
 def early_lines(
@@ -79,37 +98,32 @@ def early_lines(
     case, nothing decoded); else set semantics (APISIX: the plugin's value replaces the
     upstream's) through a ``ResponseHead``."""
     out = lines
-    for e in early:
-        group = e.group
-        names = group.wire_names
-        if names is None or not group.lwire.isdisjoint(map(bytes.lower, out[0::4])):
+    for group, pieces in early:
+        if group.wire_names is None or not group.absent_from(out[0::4]):
             head = ResponseHead(lines, length)
             apply_early(head, early)
             return head.wire()
-        out = [*out, *e.wire(names)]
+        out = [*out, *pieces]
     return out, length
 
 
 def apply_early(head: ResponseHead, early: Sequence[EarlyHeaders]) -> None:
     """Set the access-time headers on a head header_filter plugins will see (encoded lines
     kept as they are until a plugin reads or edits the head)."""
-    for e in early:
-        group = e.group
-        names = group.wire_names
-        if names is None or not head.set_group_wire(group, e.wire(names)):
-            head.set_group(group, e.texts)
+    for group, pieces in early:
+        if group.wire_names is None or not head.set_group_wire(group, pieces):
+            head.set_group(group, early_texts(pieces))
 
 
 def early_pairs(
     early: Sequence[EarlyHeaders], headers: list[tuple[bytes, bytes]]
 ) -> list[tuple[bytes, bytes]]:
     """A local answer's (name, value) pairs with the access-time headers set on them."""
-    for e in early:
-        group = e.group
+    for group, pieces in early:
         headers = [(k, v) for k, v in headers if k.lower() not in group.lwire]
         headers += [
-            (n.encode("latin-1", "replace"), v.encode("latin-1"))
-            for n, v in zip(group.names, e.texts, strict=True)
+            (n.encode("latin-1", "replace"), v)
+            for n, v in zip(group.names, pieces[2::4], strict=True)
         ]
     return headers
 
@@ -221,8 +235,8 @@ class ResponseHead:
             names = self._names
             if names is not None:
                 absent = group.lnames.isdisjoint(names)
-            else:  # the raw names, lowercased in C: nothing decoded
-                absent = group.lwire.isdisjoint(map(bytes.lower, self._lines[0::4]))
+            else:  # the raw names: nothing decoded
+                absent = group.absent_from(self._lines[0::4])
             added = self._added_names
             if absent and group.lnames.isdisjoint(added):
                 self._added += zip(group.names, values, strict=True)
@@ -240,8 +254,8 @@ class ResponseHead:
             names = self._names
             if names is not None:
                 absent = group.lnames.isdisjoint(names)
-            else:  # the raw names, lowercased in C: nothing decoded
-                absent = group.lwire.isdisjoint(map(bytes.lower, self._lines[0::4]))
+            else:  # the raw names: nothing decoded
+                absent = group.absent_from(self._lines[0::4])
             if absent:
                 self._wire = pieces
                 return True

@@ -6,6 +6,7 @@ from tests.unit.plugins.ctx import make_ctx
 from tollway.httprules.response_head import pairs_to_lines
 from tollway.plugins.kit import Consumer, wire_value
 from tollway.plugins.kit_head import (
+    EarlyHeaders,
     HeaderGroup,
     ResponseHead,
     apply_early,
@@ -195,43 +196,37 @@ def test_a_group_with_a_name_that_cannot_be_sent_as_is_has_no_encoded_form() -> 
     assert HeaderGroup(("Bad Name", "B", "C")).wire_names is None
 
 
-class _Early:
-    """EarlyHeaders as limit-count's Quota gives them."""
-
-    def __init__(self, group: HeaderGroup, texts: tuple[str, ...]) -> None:
-        self.group = group
-        self.texts = texts
-
-    def wire(self, names: tuple[bytes, ...]) -> tuple[bytes, ...]:
-        out: tuple[bytes, ...] = ()
-        for n, v in zip(names, self.texts, strict=True):
-            out += (n, b": ", v.encode(), b"\r\n")
-        return out
+def _early(group: HeaderGroup, texts: tuple[str, ...]) -> EarlyHeaders:
+    """An EarlyHeaders entry as limit-count builds one: the group's lines as flat pieces."""
+    pieces: tuple[bytes, ...] = ()
+    for n, v in zip(group.line_names, texts, strict=True):
+        pieces += (n, b": ", v.encode("latin-1"), b"\r\n")
+    return group, pieces
 
 
 PAIR = HeaderGroup(("X-L", "X-R"))
 
 
 def test_early_headers_appended_to_the_upstreams_lines() -> None:
-    lines, length = early_lines([_Early(PAIR, ("10", "9"))], list(UPSTREAM), b"12")
+    lines, length = early_lines([_early(PAIR, ("10", "9"))], list(UPSTREAM), b"12")
     assert lines == [*UPSTREAM, b"X-L", b": ", b"10", b"\r\n", b"X-R", b": ", b"9", b"\r\n"]
     assert length == b"12"
 
 
 def test_early_headers_replace_the_upstreams_of_that_name() -> None:
     upstream = pairs_to_lines([(b"x-r", b"upstream"), (b"X-A", b"1")])
-    lines, _ = early_lines([_Early(PAIR, ("10", "9"))], upstream, None)
+    lines, _ = early_lines([_early(PAIR, ("10", "9"))], upstream, None)
     h = ResponseHead(lines)
     assert h.pairs() == [("X-A", "1"), ("X-L", "10"), ("X-R", "9")]
     # a second group naming one of the first's: the later value wins (set semantics)
-    second = _Early(HeaderGroup(("X-R",)), ("8",))
-    lines, _ = early_lines([_Early(PAIR, ("10", "9")), second], list(UPSTREAM), None)
+    second = _early(HeaderGroup(("X-R",)), ("8",))
+    lines, _ = early_lines([_early(PAIR, ("10", "9")), second], list(UPSTREAM), None)
     assert [v for k, v in ResponseHead(lines).pairs() if k == "X-R"] == ["8"]
 
 
 def test_early_headers_seen_by_header_filter_plugins() -> None:
     h = head()
-    apply_early(h, [_Early(PAIR, ("10", "9"))])
+    apply_early(h, [_early(PAIR, ("10", "9"))])
     assert h.get("x-r") == "9"
     h.set("X-L", "edited")
     lines, _ = h.wire()
@@ -240,5 +235,5 @@ def test_early_headers_seen_by_header_filter_plugins() -> None:
 
 def test_early_headers_on_a_local_answer() -> None:
     headers = [(b"Content-Type", b"text/html"), (b"x-l", b"old")]
-    out = early_pairs([_Early(PAIR, ("10", "9"))], headers)
+    out = early_pairs([_early(PAIR, ("10", "9"))], headers)
     assert out == [(b"Content-Type", b"text/html"), (b"X-L", b"10"), (b"X-R", b"9")]

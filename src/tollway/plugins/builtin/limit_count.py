@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterator, Mapping
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -27,6 +26,7 @@ from tollway.plugins.builtin.limit_scope import CountingTemplate, counter_scope,
 from tollway.plugins.builtin.limit_windows import count_step, sliding_local
 from tollway.plugins.kit import Exit, HeaderGroup, PerConf, Plugin, RequestContext, var_getter
 from tollway.plugins.kit_counters import RedisUnavailable, SharedTable, Slot, shared_table
+from tollway.plugins.kit_head import early_texts
 
 log = logging.getLogger("tollway.plugins")
 
@@ -84,9 +84,6 @@ class MetadataConf(msgspec.Struct):
 
 
 DEFAULT_HEADERS = MetadataConf()
-QUOTA_HEADERS = HeaderGroup(
-    (DEFAULT_HEADERS.limit_header, DEFAULT_HEADERS.remaining_header, DEFAULT_HEADERS.reset_header)
-)
 
 
 class Window(msgspec.Struct, frozen=True):
@@ -96,51 +93,31 @@ class Window(msgspec.Struct, frozen=True):
     headers: MetadataConf
 
 
-class Quota(Mapping[str, str]):
-    """The quota headers of one request of a fixed window: the (compiled) names they go
-    under, the limit as text, what remains and the seconds to the reset; read as a name ->
-    value map. The response writes them from pre-encoded pieces (``wire``)."""
+class QuotaLines:
+    """A fixed window's quota headers under one set of names (``plugin_metadata``): their
+    group and the constant parts of their lines, encoded once (the limit's line, the other
+    two names), so a request encodes only what remains and the seconds to the reset."""
 
-    __slots__ = ("group", "limit", "remaining", "reset")
+    __slots__ = ("group", "head", "limit_text", "meta", "reset_name")
 
-    def __init__(self, group: HeaderGroup, limit: bytes, remaining: int, reset: int) -> None:
-        self.group = group
-        self.limit = limit
-        self.remaining = remaining
-        self.reset = reset
-
-    @property
-    def texts(self) -> tuple[str, str, str]:
-        return (self.limit.decode(), str(self.remaining), str(self.reset))
-
-    def wire(self, names: tuple[bytes, ...]) -> tuple[bytes, ...]:
-        """The three header lines as a head's flat pieces (``names``: the group's, encoded)."""
-        return (
-            names[0],
-            b": ",
-            self.limit,
-            b"\r\n",
-            names[1],
-            b": ",
-            b"%d" % self.remaining,
-            b"\r\n",
-            names[2],
-            b": ",
-            b"%d" % self.reset,
-            b"\r\n",
+    def __init__(self, meta: MetadataConf, limit: str) -> None:
+        self.meta = meta
+        group = self.group = HeaderGroup(
+            (meta.limit_header, meta.remaining_header, meta.reset_header)
         )
+        names = group.line_names
+        self.limit_text = limit
+        self.head = (names[0], SEP, limit.encode(), CRLF, names[1], SEP)
+        self.reset_name = names[2]
 
-    def __getitem__(self, name: str) -> str:
-        for n, v in zip(self.group.names, self.texts, strict=True):
-            if n == name:
-                return v
-        raise KeyError(name)
+    def texts(self, remaining: int, reset: int) -> dict[str, str]:
+        """The three headers as a name -> value map (a rejection's answer)."""
+        values = (self.limit_text, str(remaining), str(reset))
+        return dict(zip(self.group.names, values, strict=True))
 
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.group.names)
 
-    def __len__(self) -> int:
-        return len(self.texts)
+SEP = b": "
+CRLF = b"\r\n"
 
 
 class Compiled:
@@ -151,11 +128,9 @@ class Compiled:
         "key_tpl",
         "key_var",
         "last_owner",
-        "limit_wire",
-        "meta",
+        "lines",
         "plugin",
         "prefix",
-        "quota",
         "rules",
         "scoped",
         "scopes",
@@ -176,11 +151,9 @@ class Compiled:
         ):
             self.fixed = (conf.count, conf.time_window)
         self.count_text = str(conf.count)
-        self.limit_wire = self.count_text.encode()
         self.key_var = var_getter(conf.key) if conf.key_type == "var" else None
-        # The quota headers' names, for the plugin_metadata they were built from.
-        self.meta: MetadataConf | None = DEFAULT_HEADERS
-        self.quota = QUOTA_HEADERS
+        # The quota headers' lines, for the plugin_metadata they were built from.
+        self.lines = QuotaLines(DEFAULT_HEADERS, self.count_text)
         self.table: SharedTable | None = None  # opened at the first request (in the worker)
         # (consumer, route) -> the counters' scope: a pure function of the three objects
         self.scopes: dict[tuple[Any, Any], str] = {}
@@ -207,11 +180,10 @@ class Compiled:
             for rule in conf.rules or ()
         ]
 
-    def quota_headers(self, h: MetadataConf) -> HeaderGroup:
-        if h is not self.meta:
-            self.quota = HeaderGroup((h.limit_header, h.remaining_header, h.reset_header))
-            self.meta = h
-        return self.quota
+    def quota_lines(self, h: MetadataConf) -> QuotaLines:
+        if h is not self.lines.meta:
+            self.lines = QuotaLines(h, self.count_text)
+        return self.lines
 
     def scope(self, owner: tuple[Any, Any], scope: str) -> str:
         if len(self.scopes) >= 256:
@@ -254,22 +226,21 @@ class Compiled:
         h = self.plugin.metadata if src is None else src.plugin_metadata.get("limit-count")
         if h is None:
             h = DEFAULT_HEADERS
-        group = self.quota if h is self.meta else self.quota_headers(h)
-        quota = Quota(group, self.limit_wire, remaining if remaining > 0 else 0, reset)
+        lines = self.lines
+        if h is not lines.meta:
+            lines = self.quota_lines(h)
         if remaining < 0:
-            return LimitCount._rejected(conf, dict(quota))
-        # Set in access, as APISIX does: the answer's head writes them (encoded once), with
-        # no header_filter phase for them (the group's names were checked when it was built).
+            return LimitCount._rejected(conf, lines.texts(0, reset))
+        # Set in access, as APISIX does: the answer's head writes them, with no header_filter
+        # phase for them. Only the two numbers are encoded here (kit_head.EarlyHeaders);
+        # a concatenation, not unpacking: one tuple built, not a list turned into one.
+        tail = (b"%d" % remaining, CRLF, lines.reset_name, SEP, b"%d" % reset, CRLF)
+        quota = (lines.group, lines.head + tail)
         early = ctx.resp_early
         if early is None:
             ctx.resp_early = [quota]
         else:
             early.append(quota)
-        state = ctx.plugin_state
-        if state is None:
-            ctx.plugin_state = {"limit-count": quota}
-        else:
-            state["limit-count"] = quota
         return None
 
     def _scoped(self, conf: Conf, ctx: RequestContext) -> dict[str, Slot]:
@@ -377,7 +348,15 @@ class LimitCount(Plugin):
         if comp.fixed is None:
             return self._access_windows(conf, ctx)
         comp.plugin = self
-        return comp.access(conf, ctx)
+        out = comp.access(conf, ctx)
+        if out is None and conf.show_limit_quota_header and ctx.resp_early:
+            # The quota as a name -> value map in plugin_state, as the other forms keep
+            # theirs, for a caller of this method. The request path calls ``comp.access``
+            # (``phase_method``) and nothing there reads it back: the head is written from
+            # ctx.resp_early.
+            group, pieces = ctx.resp_early[-1]
+            self._keep(ctx, dict(zip(group.names, early_texts(pieces), strict=True)))
+        return out
 
     def _access_windows(self, conf: Conf, ctx: RequestContext) -> Exit:
         """Rules, sliding windows, ``$var`` numbers: the windows are resolved per request."""
@@ -465,14 +444,7 @@ class LimitCount(Plugin):
         # APISIX sets the quota headers in access (ngx.header); they reach the response here.
         state = ctx.plugin_state
         headers = state.get(self.name) if state else None
-        if type(headers) is Quota:  # the fixed window's
-            head = ctx.resp_head
-            names = headers.group.wire_names
-            if head is None or names is None:
-                ctx.set_response_group(headers.group, headers.texts)
-            elif not head.set_group_wire(headers.group, headers.wire(names)):
-                head.set_group(headers.group, headers.texts)
-        elif headers:
+        if headers:
             ctx.set_response_headers(headers)
 
     async def aclose(self) -> None:
