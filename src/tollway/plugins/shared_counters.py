@@ -52,6 +52,8 @@ _MAGIC = b"TWSHM%03d" % LAYOUT_VERSION
 _HEADER = 64
 _SLOT = struct.Struct("<16sddd")
 _SLOT_SIZE = _SLOT.size
+_HEAD = struct.Struct("<16sdd")  # a slot's digest, expire and a
+_PAIR = struct.Struct("<dd")  # expire and a, after the digest
 _EMPTY = bytes(16)
 _NAME = re.compile(r"^tollway-(\d+)-(\d+)-(\d+)-[\w.-]+\.shm$")
 
@@ -146,14 +148,15 @@ class SharedTable:
         try:
             now = self._clock()
             off = _HEADER + hit[1] * _SLOT_SIZE
-            d, expire, a, _ = _SLOT.unpack_from(self._mm, off)
+            # the digest and the two fields incr uses (``b`` stays 0.0 in a counting record)
+            d, expire, a = _HEAD.unpack_from(self._mm, off)
             if d != hit[0]:  # not in its home slot: the general probe
                 return self._update(hit[0], hit[1], now, _incr_step, value, ttl)
             if expire > now:
                 a += value
             else:
                 expire, a = now + ttl, value
-            _SLOT.pack_into(self._mm, off, d, expire, a, 0.0)
+            _PAIR.pack_into(self._mm, off + 16, expire, a)
             return a, expire - now
         finally:
             if fd >= 0:
