@@ -98,7 +98,7 @@ class QuotaLines:
     group and the constant parts of their lines, encoded once (the limit's line, the other
     two names), so a request encodes only what remains and the seconds to the reset."""
 
-    __slots__ = ("group", "head", "limit_text", "meta", "reset_name")
+    __slots__ = ("group", "head", "limit_text", "meta", "reset_name", "resets")
 
     def __init__(self, meta: MetadataConf, limit: str) -> None:
         self.meta = meta
@@ -109,6 +109,15 @@ class QuotaLines:
         self.limit_text = limit
         self.head = (names[0], SEP, limit.encode(), CRLF, names[1], SEP)
         self.reset_name = names[2]
+        # seconds to the reset -> encoded: at most ``time_window`` values, each encoded once
+        self.resets: dict[int, bytes] = {}
+
+    def reset_text(self, reset: int) -> bytes:
+        resets = self.resets
+        if len(resets) >= 4096:  # a window of more than 4096 s: keep the most recent
+            resets.clear()
+        text = resets[reset] = b"%d" % reset
+        return text
 
     def texts(self, remaining: int, reset: int) -> dict[str, str]:
         """The three headers as a name -> value map (a rejection's answer)."""
@@ -234,7 +243,10 @@ class Compiled:
         # Set in access, as APISIX does: the answer's head writes them, with no header_filter
         # phase for them. Only the two numbers are encoded here (kit_head.EarlyHeaders);
         # a concatenation, not unpacking: one tuple built, not a list turned into one.
-        tail = (b"%d" % remaining, CRLF, lines.reset_name, SEP, b"%d" % reset, CRLF)
+        encoded = lines.resets.get(reset)
+        if encoded is None:
+            encoded = lines.reset_text(reset)
+        tail = (b"%d" % remaining, CRLF, lines.reset_name, SEP, encoded, CRLF)
         quota = (lines.group, lines.head + tail)
         early = ctx.resp_early
         if early is None:
