@@ -237,3 +237,33 @@ def test_early_headers_on_a_local_answer() -> None:
     headers = [(b"Content-Type", b"text/html"), (b"x-l", b"old")]
     out = early_pairs([_early(PAIR, ("10", "9"))], headers)
     assert out == [(b"Content-Type", b"text/html"), (b"X-L", b"10"), (b"X-R", b"9")]
+
+
+def test_a_groups_name_in_an_upstream_head_is_found_after_other_names_were_remembered() -> None:
+    group = HeaderGroup(("X-L", "X-R"))
+    names = [b"Server", b"Date"]
+    assert group.absent_from(names)
+    assert group.others >= set(names)  # remembered: the next such head is one C-level check
+    assert group.absent_from(names)
+    assert not group.absent_from([b"Server", b"x-r"])  # any case
+    assert not group.absent_from([b"X-L"])
+    assert b"x-r" not in group.others and b"X-L" not in group.others
+    # the upstream's header of the group's name is replaced, though other heads came before
+    lines, _ = early_lines([_early(group, ("10", "9"))], pairs_to_lines([(b"X-r", b"up")]), None)
+    assert ResponseHead(lines).pairs() == [("X-L", "10"), ("X-R", "9")]
+
+
+def test_the_names_remembered_are_bounded() -> None:
+    group = HeaderGroup(("X-L",))
+    for i in range(3000):
+        assert group.absent_from([b"X-%d" % i])
+    assert len(group.others) <= 1024
+    assert not group.absent_from([b"x-l"])
+
+
+def test_a_group_without_an_encoded_form_is_set_as_text_from_its_pieces() -> None:
+    group = HeaderGroup(("X-Ä", "X-B"))  # not latin-1 tokens: no wire names
+    assert group.wire_names is None
+    lines, _ = early_lines([_early(group, ("1", "2"))], list(UPSTREAM), None)
+    # set by the group's own names (as text), not the placeholders of the pieces
+    assert ResponseHead(lines).pairs()[-2:] == [("X-Ä", "1"), ("X-B", "2")]

@@ -239,3 +239,46 @@ def test_the_compiled_access_counts_per_scope_and_key(clock: Clock) -> None:
     assert request(r2)[0] == 503
     clock.now += 10
     assert request(r1) is None and request(r2) is None  # the windows restart
+
+
+def test_the_compiled_access_gives_the_quota_lines_the_head_appends(clock: Clock) -> None:
+    # The request path (phase_method) hands the response its three lines as a head's pieces
+    # (kit_head.EarlyHeaders): the constant parts encoded once, the numbers per request.
+    plugin = LimitCount()
+    raw = {"count": 3, "time_window": 10}
+    conf = conf_of(raw)
+    access = plugin.phase_method("access", conf)
+    route = Route({"limit-count": raw})
+
+    def lines() -> bytes:
+        ctx = make_ctx()
+        ctx.route = route
+        assert access(conf, ctx) is None
+        ((group, pieces),) = ctx.resp_early or []
+        assert group.wire_names == pieces[0::4]
+        return b"".join(pieces)
+
+    assert (
+        lines() == b"X-RateLimit-Limit: 3\r\nX-RateLimit-Remaining: 2\r\nX-RateLimit-Reset: 10\r\n"
+    )
+    clock.now += 2.5
+    assert lines().endswith(b"X-RateLimit-Remaining: 1\r\nX-RateLimit-Reset: 8\r\n")  # rounded up
+    assert lines().endswith(b"X-RateLimit-Remaining: 0\r\nX-RateLimit-Reset: 8\r\n")
+    ctx = make_ctx()
+    ctx.route = route
+    assert access(conf, ctx) == (
+        503,
+        None,
+        {"X-RateLimit-Limit": "3", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "8"},
+    )
+    assert ctx.resp_early is None  # a rejection carries them in its own answer
+    # plugin_metadata renames them: the lines follow
+    assert plugin.metadata_schema is not None
+    plugin.set_metadata(
+        msgspec.convert(
+            {"limit_header": "L", "remaining_header": "R", "reset_header": "T"},
+            plugin.metadata_schema,
+        )
+    )
+    clock.now += 10
+    assert lines() == b"L: 3\r\nR: 2\r\nT: 10\r\n"
