@@ -113,8 +113,9 @@ class QuotaLines:
         self.resets: dict[int, bytes] = {}
 
     def reset_text(self, reset: int) -> bytes:
+        """``reset`` encoded, kept for the next request with the same seconds to go."""
         resets = self.resets
-        if len(resets) >= 4096:  # a window of more than 4096 s: keep the most recent
+        if len(resets) >= 4096:  # a window of more than 4096 s: start over
             resets.clear()
         text = resets[reset] = b"%d" % reset
         return text
