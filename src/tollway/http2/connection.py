@@ -72,6 +72,9 @@ _SENSITIVE = frozenset({b"authorization", b"proxy-authorization"})
 # deterministic and its table unchanged). Clients repeat their requests' fields, and answers
 # repeat theirs within a second (date): HPACK was a tenth of an HTTP/2 request's CPU.
 _INDEXED = bytes(range(0x81, 0xFF))
+# Blocks (lists) kept per connection while the tables stay as they are: a response's head and
+# its trailers alternate (gRPC), so one remembered block would miss every time.
+KNOWN_BLOCKS = 4
 
 
 def _keeps_table(block: bytes) -> bool:
@@ -193,12 +196,13 @@ class Connection:
         self.max_header_block = 1 << 20  # bytes of one header block, compressed (CVE-2024-27316)
         self.encoder = Encoder()
         self.decoder = Decoder()
-        # The last header block decoded and the last list encoded, while they leave the tables
-        # as they were (``_keeps_table``): the same block or list again needs no HPACK work.
-        # (with the list's content-length, as ``_in_length`` gives it)
-        self._last_in: tuple[bytes, list[tuple[bytes, bytes]], int] | None = None
+        # The last few header blocks decoded and lists encoded that left the tables as they
+        # were (``_keeps_table``), forgotten when a block changes a table: the same block or
+        # list again needs no HPACK work. (Decoded: with the list's content-length, as
+        # ``_in_length`` gives it.)
+        self._known_in: dict[bytes, tuple[list[tuple[bytes, bytes]], int]] = {}
         self._in_length = -1  # the content-length of the block decoded last (-1: none)
-        self._last_out: tuple[list[tuple[bytes, bytes]], bytes] | None = None
+        self._known_out: list[tuple[list[tuple[bytes, bytes]], bytes]] = []
         self._block: list[bytes] | None = None  # a header block waiting for CONTINUATION
         self._block_sid = 0
         self._block_flags = 0
@@ -265,9 +269,10 @@ class Connection:
             self._local_end(sid, stream)
 
     def _encode(self, headers: list[tuple[bytes, bytes]]) -> bytes:
-        last = self._last_out
-        if last is not None and last[0] == headers:
-            return last[1]  # (see _keeps_table: the encoder's table is as it was then)
+        known = self._known_out
+        for listed, known_block in known:
+            if listed == headers:
+                return known_block  # (see _keeps_table: the encoder's table is as it was then)
         if self.client_side:
             # RFC 7541 7.1.3: credentials never enter the (shared) dynamic table
             triples = [
@@ -276,7 +281,10 @@ class Connection:
         else:
             triples = [(k, v, False) for k, v in headers]
         block = self.encoder.encode(triples)
-        self._last_out = (list(headers), block) if _keeps_table(block) else None
+        if not _keeps_table(block):
+            known.clear()
+        elif len(known) < KNOWN_BLOCKS:
+            known.append((list(headers), block))
         return block
 
     def _open_outbound(self, sid: int) -> Stream:
@@ -504,10 +512,10 @@ class Connection:
             self._fail(ErrorCode.ENHANCE_YOUR_CALM, "header block too large")
 
     def _decode(self, block: bytes) -> list[tuple[bytes, bytes]]:
-        last = self._last_in
-        if last is not None and last[0] == block:
-            self._in_length = last[2]
-            return last[1][:]  # (see _keeps_table; a copy: the owner may extend its list)
+        hit = self._known_in.get(block)
+        if hit is not None:
+            self._in_length = hit[1]
+            return hit[0][:]  # (see _keeps_table; a copy: the owner may extend its list)
         try:
             headers = [(h[0], h[1]) for h in self.decoder.decode(block, raw=True)]
         except OversizedHeaderListError:
@@ -525,7 +533,11 @@ class Connection:
             if name == b"content-length" and value.isdigit():
                 length = int(value)  # (h2_fields rejects a bad or second one)
         self._in_length = length
-        self._last_in = (block, headers[:], length) if _keeps_table(block) else None
+        known = self._known_in
+        if not _keeps_table(block):
+            known.clear()
+        elif len(known) < KNOWN_BLOCKS:
+            known[block] = (headers[:], length)
         return headers
 
     def _header_block(self, sid: int, flags: int, block: bytes, out: list[ev.Event]) -> None:
@@ -665,7 +677,7 @@ class Connection:
                 self._fail(ErrorCode.PROTOCOL_ERROR, "ENABLE_PUSH other than 0 or 1")
         elif ident == HEADER_TABLE_SIZE:
             self.encoder.header_table_size = value
-            self._last_out = None  # the next block starts with a table size update
+            self._known_out.clear()  # the next block starts with a table size update
         elif ident == MAX_CONCURRENT_STREAMS:
             self.remote_max_concurrent = value
 

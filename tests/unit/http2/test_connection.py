@@ -277,7 +277,7 @@ def test_content_length_of_a_repeated_block() -> None:
         assert (b"content-length", b"3") in req.headers
         (reset,) = c.receive_data(frame(DATA, 0, sid, b"four"))
         assert isinstance(reset, ev.StreamReset) and reset.error_code == ErrorCode.PROTOCOL_ERROR
-    assert c._last_in is not None  # (the second one came from the cache)
+    assert head in c._known_in  # (the second one came from the cache)
     c.receive_data(frame(HEADERS, END_HEADERS, 5, head))
     events = c.receive_data(frame(DATA, END_STREAM, 5, b"abc"))
     assert [type(e) for e in events] == [ev.DataReceived, ev.StreamEnded]
@@ -528,7 +528,7 @@ def test_a_repeated_block_with_unindexed_literals_decodes_as_the_table_says_now(
         (req, _) = c.receive_data(frame(HEADERS, END_HEADERS | END_STREAM, sid, data))
         assert isinstance(req, ev.RequestReceived)
         got.append(req.headers)
-        cached.append(c._last_in is not None)
+        cached.append(again in c._known_in)
         c.streams.clear()
     rest = [(b":path", b"/p"), (b"x-s", b"z")]
     assert got == [x_a, x_a + rest, x_a + rest, x_b, x_b + rest]
@@ -575,4 +575,57 @@ def test_a_repeated_list_encodes_to_what_a_peer_decodes() -> None:
         c.receive_data(peer.data_to_send())
         got = next(e for e in events if isinstance(e, h2.events.ResponseReceived))
         assert [(k, v) for k, v in got.headers] == head
+        sid += 2
+
+
+def test_alternating_blocks_decode_from_the_cache_until_one_inserts() -> None:
+    """A gRPC response's head and trailers alternate on an upstream connection: both blocks
+    are remembered while neither changes the table, and each decodes as the table says (a block
+    that inserts in between forgets them: the indices shift, RFC 7541 2.3.3)."""
+    c = server()
+    enc = Encoder()
+    x_a, x_b = [(b"x-a", b"1")], [(b"x-b", b"2")]
+    path = b"\x04\x02/p"  # :path, not indexed (the head); \xbe alone (the trailers)
+    head, trailers = b"\xbe" + path, b"\xbe"
+    blocks = [block(x_a, enc), head, trailers, head, trailers, block(x_b, enc), head, trailers]
+    got, cached = [], []
+    for sid, data in zip(range(1, 17, 2), blocks, strict=True):
+        (req, _) = c.receive_data(frame(HEADERS, END_HEADERS | END_STREAM, sid, data))
+        assert isinstance(req, ev.RequestReceived)
+        got.append(req.headers)
+        cached.append(sorted(c._known_in) == sorted({head, trailers}))
+        c.streams.clear()
+    p = [(b":path", b"/p")]
+    assert got == [x_a, x_a + p, x_a, x_a + p, x_a, x_b, x_b + p, x_b]
+    assert cached == [False, False, True, True, True, False, False, True]
+
+
+def test_alternating_lists_encode_to_what_a_peer_decodes() -> None:
+    """A gRPC answer's head and trailers alternate on a client connection: each list is
+    encoded once while neither changes the encoder's table (then taken as encoded), and a new
+    head (another date) is encoded anew. A peer's decoder reads them all."""
+    c = Connection(False, {})
+    c.initiate_connection()
+    peer = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=True, header_encoding=None)
+    )
+    peer.initiate_connection()
+    c.receive_data(peer.data_to_send())
+    peer.receive_data(c.data_to_send())
+    trailers = [(b"grpc-status", b"0")]
+    later = [*RESP, (b"date", b"Mon, 07 Dec 2026 22:00:01 GMT")]
+    sid = 1
+    for i, head in enumerate([RESP, RESP, RESP, later, later]):
+        peer.send_headers(sid, REQ, end_stream=True)
+        c.receive_data(peer.data_to_send())
+        c.send_headers(sid, head)
+        c.send_data(sid, b"\x00\x00\x00\x00\x00")
+        c.send_headers(sid, trailers, end_stream=True)
+        if i == 2:  # (by then both were encoded while the table stayed as it was)
+            assert [k for k, _ in c._known_out] == [RESP, trailers]
+        events = peer.receive_data(c.data_to_send())
+        c.receive_data(peer.data_to_send())
+        got = [e.headers for e in events if isinstance(e, h2.events.ResponseReceived)]
+        ends = [e.headers for e in events if isinstance(e, h2.events.TrailersReceived)]
+        assert [[(k, v) for k, v in h] for h in got + ends] == [head, trailers]
         sid += 2
