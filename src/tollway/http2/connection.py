@@ -101,6 +101,56 @@ def _keeps_table(block: bytes) -> bool:
     return i == n
 
 
+STATIC_ENTRIES = 61  # RFC 7541 Appendix A: indices 1-61; 62 on are the dynamic table's
+
+
+def _table_free(block: bytes) -> bool:
+    """The block refers to no dynamic-table entry (RFC 7541 2.3.3: indices 1-61 only, as
+    fields or names) and sets no table size but 0: what a peer that acknowledged our
+    SETTINGS_HEADER_TABLE_SIZE 0 sends (4.2), and a block that decodes to the same list
+    whatever the table holds."""
+    i, n = 0, len(block)
+    while 0 <= i < n:
+        b = block[i]
+        if b & 0x80:
+            index, i = _int(block, i, 0x7F)
+            if not 0 < index <= STATIC_ENTRIES:
+                return False
+            continue
+        if b & 0x40:
+            mask = 0x3F  # literal with incremental indexing (6.2.1)
+        elif b & 0x20:
+            size, i = _int(block, i, 0x1F)  # table size update (6.3)
+            if size:
+                return False
+            continue
+        else:
+            mask = 0x0F  # literal without indexing, never indexed (6.2.2, 6.2.3)
+        index, i = _int(block, i, mask)
+        if index > STATIC_ENTRIES:
+            return False
+        if not index:
+            i = _skip_str(block, i)
+        i = _skip_str(block, i)
+    return i == n
+
+
+def _int(block: bytes, i: int, mask: int) -> tuple[int, int]:
+    """The integer at ``i`` with a ``mask`` prefix (RFC 7541 5.1) and what follows it
+    (-1 when cut short)."""
+    value, i, shift, n = block[i] & mask, i + 1, 0, len(block)
+    if value < mask:
+        return value, i
+    while i < n:
+        octet = block[i]
+        i += 1
+        value += (octet & 0x7F) << shift
+        shift += 7
+        if not octet & 0x80:
+            return value, i
+    return value, -1
+
+
 def _skip_int(block: bytes, i: int, mask: int) -> int:
     """Past the integer at ``i`` with a ``mask`` prefix (RFC 7541 5.1), -1 when cut short."""
     i, value, n = i + 1, block[i] & mask, len(block)
@@ -203,6 +253,11 @@ class Connection:
         self._known_in: dict[bytes, tuple[list[tuple[bytes, bytes]], int]] = {}
         self._in_length = -1  # the content-length of the block decoded last (-1: none)
         self._known_out: list[tuple[list[tuple[bytes, bytes]], bytes]] = []
+        # We sent SETTINGS_HEADER_TABLE_SIZE 0 (as nginx's grpc_pass does towards upstreams)
+        # and the peer acknowledged it: from then on its blocks refer to no dynamic entry
+        # (RFC 7541 4.2), so each decodes to the same list whatever came before; one that does
+        # refer to one is a COMPRESSION_ERROR.
+        self._no_table = False
         self._block: list[bytes] | None = None  # a header block waiting for CONTINUATION
         self._block_sid = 0
         self._block_flags = 0
@@ -534,7 +589,15 @@ class Connection:
                 length = int(value)  # (h2_fields rejects a bad or second one)
         self._in_length = length
         known = self._known_in
-        if not _keeps_table(block):
+        if self._no_table:
+            # Every block is remembered (its inserts would be evicted at once: a size-0
+            # table), a few per second as a date changes: the oldest go past the bound.
+            if not _table_free(block):
+                self._fail(ErrorCode.COMPRESSION_ERROR, "a dynamic entry past a size-0 table")
+            if len(known) >= KNOWN_BLOCKS:
+                del known[next(iter(known))]
+            known[block] = (headers[:], length)
+        elif not _keeps_table(block):
             known.clear()
         elif len(known) < KNOWN_BLOCKS:
             known[block] = (headers[:], length)
@@ -649,6 +712,9 @@ class Connection:
         if flags & ACK:
             if payload:
                 self._fail(ErrorCode.FRAME_SIZE_ERROR, "SETTINGS ACK with a payload")
+            if self.local.get(HEADER_TABLE_SIZE) == 0 and not self._no_table:
+                self._no_table = True  # (our one SETTINGS frame is the first acknowledged)
+                self._known_in.clear()
             return
         if len(payload) % 6:
             self._fail(ErrorCode.FRAME_SIZE_ERROR, "SETTINGS of a wrong size")

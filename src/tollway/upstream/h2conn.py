@@ -25,7 +25,7 @@ from typing import Protocol
 
 from tollway.http2 import events as ev
 from tollway.http2.connection import Connection, ProtocolError
-from tollway.http2.frames import ENABLE_PUSH, INITIAL_WINDOW_SIZE, ErrorCode
+from tollway.http2.frames import ENABLE_PUSH, HEADER_TABLE_SIZE, INITIAL_WINDOW_SIZE, ErrorCode
 from tollway.upstream.pool import PoolLimits, WritePaused, open_connection
 
 # Our receive windows: a stream may have this much unread before the upstream must wait; the
@@ -203,8 +203,13 @@ class H2Connection(WritePaused):
         self.pool = pool
         self.key = key
         self.limits = limits
-        # Our SETTINGS: no push (RFC 9113 8.4), a larger stream window
-        self.h2 = Connection(True, {ENABLE_PUSH: 0, INITIAL_WINDOW_SIZE: STREAM_WINDOW})
+        # Our SETTINGS: no push (RFC 9113 8.4), a larger stream window, and no HPACK dynamic
+        # table for what the upstream sends (nginx's grpc_pass sends HEADER_TABLE_SIZE 0 too):
+        # its answers' heads and trailers are then decoded once while they repeat, even from
+        # an upstream that indexes a new date or server field in every answer (nginx does)
+        self.h2 = Connection(
+            True, {HEADER_TABLE_SIZE: 0, ENABLE_PUSH: 0, INITIAL_WINDOW_SIZE: STREAM_WINDOW}
+        )
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, H2Stream] = {}
         self.opened = 0  # streams opened on this connection (keepalive_pool.requests)

@@ -18,7 +18,13 @@ from hypothesis import strategies as st
 from jh2._hazmat import Encoder
 
 from tollway.http2 import events as ev
-from tollway.http2.connection import Connection, ProtocolError, StreamClosedError, _keeps_table
+from tollway.http2.connection import (
+    Connection,
+    ProtocolError,
+    StreamClosedError,
+    _keeps_table,
+    _table_free,
+)
 from tollway.http2.frames import (
     ACK,
     CONTINUATION,
@@ -26,6 +32,7 @@ from tollway.http2.frames import (
     END_HEADERS,
     END_STREAM,
     GOAWAY,
+    HEADER_TABLE_SIZE,
     HEADERS,
     INITIAL_WINDOW_SIZE,
     MAX_CONCURRENT_STREAMS,
@@ -629,3 +636,83 @@ def test_alternating_lists_encode_to_what_a_peer_decodes() -> None:
         ends = [e.headers for e in events if isinstance(e, h2.events.TrailersReceived)]
         assert [[(k, v) for k, v in h] for h in got + ends] == [head, trailers]
         sid += 2
+
+
+@pytest.mark.parametrize(
+    ("data", "free"),
+    [
+        (b"\x88\x82", True),  # static fields
+        (b"\x88\xbe", False),  # index 62: the dynamic table's
+        (b"\x76\x05nginx", True),  # incremental indexing, static name (server)
+        (b"\x7f\x00\x01a", False),  # incremental indexing, name index 63
+        (b"\x40\x01x\x01y", True),  # incremental indexing, new name
+        (b"\x0f\x0d\x013", True),  # without indexing, name index 28 (content-length)
+        (b"\x0f\x2f\x01a", False),  # without indexing, name index 62
+        (b"\x20\x88", True),  # table size update to 0
+        (b"\x3f\xe1\x1f\x88", False),  # table size update to 4096
+        (b"\x76\x05ngin", False),  # cut short
+    ],
+)
+def test_blocks_free_of_the_dynamic_table(data: bytes, free: bool) -> None:
+    assert _table_free(data) is free
+
+
+def nginx_head(date: bytes) -> bytes:
+    """An answer's head as nginx encodes it: server and date as literals with incremental
+    indexing in every answer (RFC 7541 6.2.1), content-type without indexing."""
+    return (b"\x88\x76\x05nginx\x61" + bytes([len(date)]) + date
+            + b"\x0f\x10\x10application/grpc")  # fmt: skip
+
+
+def test_a_size_0_table_decodes_each_block_once_after_the_ack() -> None:
+    """An upstream connection sends SETTINGS_HEADER_TABLE_SIZE 0 (as nginx's grpc_pass):
+    once the peer acknowledged it, every block decodes the same whatever came before, so an
+    answer's head that inserts (nginx's) and its trailers are decoded once while they repeat;
+    before the ACK the usual rule holds (an inserting block is not remembered)."""
+    c = Connection(True, {HEADER_TABLE_SIZE: 0})
+    c.initiate_connection()
+    assert (b"\x00\x01" + b"\x00" * 4) in read(c.data_to_send())[0][3]
+    c.receive_data(frame(SETTINGS, 0, 0))
+    trailers = b"\x40\x0bgrpc-status\x010"  # (a new name, inserted)
+    one, two = nginx_head(b"Mon, 07 Dec 2026 22:00:01 GMT"), nginx_head(b"later")
+    decoded = []
+    real = c.decoder
+
+    class Counting:
+        def decode(self, data: bytes, raw: bool) -> list[tuple[bytes, bytes]]:
+            decoded.append(data)
+            return list(real.decode(data, raw=raw))
+
+    c.decoder = Counting()  # type: ignore[assignment]
+    got = []
+    for i, head in enumerate([one, one, one, two, one, two]):
+        if i == 1:
+            c.receive_data(frame(SETTINGS, ACK, 0))
+        sid = c.get_next_available_stream_id()
+        c.send_headers(sid, REQ, end_stream=True)
+        events = c.receive_data(
+            frame(HEADERS, END_HEADERS, sid, head) + frame(HEADERS, END_HEADERS | 1, sid, trailers)
+        )
+        got.append([e.headers for e in events if hasattr(e, "headers")])  # type: ignore[attr-defined]
+    # before the ACK: both blocks; after: each block once (one, trailers, then two)
+    assert decoded == [one, trailers, one, trailers, two]
+    date = {b"date": b"Mon, 07 Dec 2026 22:00:01 GMT"}
+    for (head_fields, end), block_ in zip(got, [one, one, one, two, one, two], strict=True):
+        fields = dict(head_fields)
+        assert fields[b"server"] == b"nginx" and end == [(b"grpc-status", b"0")]
+        assert fields[b"date"] == (date[b"date"] if block_ is one else b"later")
+
+
+def test_a_dynamic_entry_after_a_size_0_table_is_a_compression_error() -> None:
+    """After the ACK, a peer that still refers to an entry it inserted (its table is 0 octets:
+    the entry was evicted at once) sends an undecodable block (RFC 7541 2.3.3)."""
+    c = Connection(True, {HEADER_TABLE_SIZE: 0})
+    c.initiate_connection()
+    c.receive_data(frame(SETTINGS, 0, 0) + frame(SETTINGS, ACK, 0))
+    c.data_to_send()
+    for sid in (1, 3):
+        c.send_headers(sid, REQ, end_stream=True)
+    (head, _) = c.receive_data(frame(HEADERS, END_HEADERS | 1, 1, b"\x88\x40\x01x\x01y"))
+    assert head.headers == [(b":status", b"200"), (b"x", b"y")]  # type: ignore[attr-defined]
+    data = frame(HEADERS, END_HEADERS | 1, 3, b"\x88\xbe")  # index 62: x: y
+    connection_error(c, data, ErrorCode.COMPRESSION_ERROR)
