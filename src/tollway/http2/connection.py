@@ -250,7 +250,10 @@ class Connection:
         # were (``_keeps_table``), forgotten when a block changes a table: the same block or
         # list again needs no HPACK work. (Decoded: with the list's content-length, as
         # ``_in_length`` gives it.)
-        self._known_in: dict[bytes, tuple[list[tuple[bytes, bytes]], int]] = {}
+        self._known_in: dict[bytes, tuple[list[tuple[bytes, bytes]], int, list[bool]]] = {}
+        # Whether the block decoded last passed check_response as a head, as trailers (shared
+        # with its entry in _known_in: a remembered block is checked once)
+        self._in_checks = [False, False]
         self._in_length = -1  # the content-length of the block decoded last (-1: none)
         self._known_out: list[tuple[list[tuple[bytes, bytes]], bytes]] = []
         # We sent SETTINGS_HEADER_TABLE_SIZE 0 (as nginx's grpc_pass does towards upstreams)
@@ -570,6 +573,7 @@ class Connection:
         hit = self._known_in.get(block)
         if hit is not None:
             self._in_length = hit[1]
+            self._in_checks = hit[2]
             return hit[0][:]  # (see _keeps_table; a copy: the owner may extend its list)
         try:
             headers = [(h[0], h[1]) for h in self.decoder.decode(block, raw=True)]
@@ -588,6 +592,7 @@ class Connection:
             if name == b"content-length" and value.isdigit():
                 length = int(value)  # (h2_fields rejects a bad or second one)
         self._in_length = length
+        checks = self._in_checks = [False, False]
         known = self._known_in
         if self._no_table:
             # Every block is remembered (its inserts would be evicted at once: a size-0
@@ -596,12 +601,23 @@ class Connection:
                 self._fail(ErrorCode.COMPRESSION_ERROR, "a dynamic entry past a size-0 table")
             if len(known) >= KNOWN_BLOCKS:
                 del known[next(iter(known))]
-            known[block] = (headers[:], length)
+            known[block] = (headers[:], length, checks)
         elif not _keeps_table(block):
             known.clear()
         elif len(known) < KNOWN_BLOCKS:
-            known[block] = (headers[:], length)
+            known[block] = (headers[:], length, checks)
         return headers
+
+    def _well_formed(self, headers: list[tuple[bytes, bytes]], trailers: bool) -> bool:
+        """``check_response`` of the block decoded last, once while it is remembered (it
+        decodes to the same list)."""
+        checks = self._in_checks
+        if checks[trailers]:
+            return True
+        if check_response(headers, trailers):
+            return False
+        checks[trailers] = True
+        return True
 
     def _header_block(self, sid: int, flags: int, block: bytes, out: list[ev.Event]) -> None:
         headers = self._decode(block)  # always: the HPACK table is the connection's (4.3)
@@ -621,7 +637,7 @@ class Connection:
             self._stream_error(sid, ErrorCode.STREAM_CLOSED, out)
         elif self.client_side and not stream.response:
             self._response(sid, stream, headers, ended, out)
-        elif not ended or (self.client_side and check_response(headers, True)):
+        elif not ended or (self.client_side and not self._well_formed(headers, True)):
             self._stream_error(sid, ErrorCode.PROTOCOL_ERROR, out)  # 8.1: trailers end it
         else:
             out.append(ev.TrailersReceived(sid, headers))
@@ -653,8 +669,7 @@ class Connection:
     def _response(self, sid: int, stream: Stream, headers: list[tuple[bytes, bytes]],
                   ended: bool, out: list[ev.Event]) -> None:  # fmt: skip
         """(client) A response head: 1xx ones are dropped (8.1), the final one reported."""
-        bad = check_response(headers, False)
-        if bad:
+        if not self._well_formed(headers, False):
             self._stream_error(sid, ErrorCode.PROTOCOL_ERROR, out)
             return
         if headers[0][1][:1] == b"1":

@@ -716,3 +716,29 @@ def test_a_dynamic_entry_after_a_size_0_table_is_a_compression_error() -> None:
     assert head.headers == [(b":status", b"200"), (b"x", b"y")]  # type: ignore[attr-defined]
     data = frame(HEADERS, END_HEADERS | 1, 3, b"\x88\xbe")  # index 62: x: y
     connection_error(c, data, ErrorCode.COMPRESSION_ERROR)
+
+
+def test_a_remembered_block_is_checked_once_as_a_head_and_once_as_trailers() -> None:
+    """A remembered block skips check_response the second time for the same use only: a head
+    (with ``:status``) that comes again as trailers is malformed there (RFC 9113 8.1), and a
+    malformed head is refused each time it comes."""
+    c = Connection(True, {HEADER_TABLE_SIZE: 0})
+    c.initiate_connection()
+    c.receive_data(frame(SETTINGS, 0, 0) + frame(SETTINGS, ACK, 0))
+    head = b"\x88\x0f\x10\x10application/grpc"  # :status 200, content-type
+    bad = b"\x88\x00\x03X-A\x011"  # an uppercase name (8.2.1)
+    trailers = b"\x00\x0bgrpc-status\x010"
+    kinds = []
+    for sid, blocks in ((1, [head, trailers]), (3, [head, head]), (5, [bad]), (7, [bad])):
+        c.send_headers(sid, REQ, end_stream=True)
+        data = frame(HEADERS, END_HEADERS, sid, blocks[0])
+        if len(blocks) == 2:
+            data += frame(HEADERS, END_HEADERS | END_STREAM, sid, blocks[1])
+        kinds.append([type(e).__name__ for e in c.receive_data(data)])
+    assert kinds == [
+        ["ResponseReceived", "TrailersReceived", "StreamEnded"],
+        ["ResponseReceived", "StreamReset"],
+        ["StreamReset"],
+        ["StreamReset"],
+    ]
+    assert len(c._known_in) == 3  # (each block was remembered)
