@@ -77,6 +77,25 @@ def test_unary_with_metadata_and_trailers(gw: Gateway) -> None:
     assert call.code() == grpc.StatusCode.OK
 
 
+def test_repeated_calls_each_send_their_own_fields(gw: Gateway) -> None:
+    """One channel repeats its header list call after call, and the gateway reuses the
+    upstream head it built from that list (grpc_attempt._Fields): each call still reaches the
+    upstream with its own metadata and method (a stale head echoes another call's metadata, or
+    runs the other method, whose answer does not decode as this one's)."""
+    s = stub(gw)
+    for md in ("a", "a", "b", "a", None, "a"):
+        for server_stream in (False, True, False):
+            metadata = (("x-echo", md),) if md else ()
+            if server_stream:
+                call = s.ServerStream(Msg(text="s", count=2), metadata=metadata)
+                assert [m.text for m in call] == ["s1:s0", "s1:s1"]
+            else:
+                reply, call = s.Unary.with_call(Msg(text="u"), metadata=metadata)
+                assert reply.text == "s1:u"
+            echoed = dict(call.initial_metadata()).get("x-echo")
+            assert (echoed, call.code()) == (md, grpc.StatusCode.OK)
+
+
 def test_server_streaming(gw: Gateway) -> None:
     replies = list(stub(gw).ServerStream(Msg(text="m", count=30), timeout=10))
     assert [r.text for r in replies] == [f"s1:m{i}" for i in range(30)]

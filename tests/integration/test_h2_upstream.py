@@ -102,6 +102,33 @@ def server() -> Any:
         yield s
 
 
+def test_sending_after_the_response_is_complete_fails_afresh_each_time(
+    server: GrpcServer,
+) -> None:
+    """A sender still going when the response completed (a client stream the upstream
+    answered early) gets StreamFailed: a new one each time, not the stream's stored failure
+    (one object shared by every completed stream, whose traceback would grow with each raise)."""
+
+    async def main() -> None:
+        pool = H2Pool()
+        conn = await connect(pool, server)
+        call = Call()
+        stream = conn.open_stream(head("/tollway.test.Echo/Unary"), call)
+        await stream.send_data(frame(Msg(text="hi")), end=True)
+        await call.done
+        raised = []
+        for _ in range(2):
+            with pytest.raises(StreamFailed) as e:
+                await stream.send_data(b"late")
+            raised.append(e.value)
+            assert not stream.send_now(b"late", True)
+        assert raised[0] is not raised[1] and raised[0] is not stream.failed
+        assert str(raised[0]) == "the response is complete" and raised[0].processed
+        assert stream.failed is not None and stream.failed.__traceback__ is None
+
+    run(main)
+
+
 def test_unary_with_metadata_both_ways(server: GrpcServer) -> None:
     async def main() -> None:
         pool = H2Pool()

@@ -72,6 +72,9 @@ _SENSITIVE = frozenset({b"authorization", b"proxy-authorization"})
 # deterministic and its table unchanged). Clients repeat their requests' fields, and answers
 # repeat theirs within a second (date): HPACK was a tenth of an HTTP/2 request's CPU.
 _INDEXED = bytes(range(0x81, 0xFF))
+# Blocks (lists) kept per connection while the tables stay as they are: a response's head and
+# its trailers alternate (gRPC), so one remembered block would miss every time.
+KNOWN_BLOCKS = 4
 
 
 def _keeps_table(block: bytes) -> bool:
@@ -96,6 +99,56 @@ def _keeps_table(block: bytes) -> bool:
                 i = _skip_str(block, i)
             i = _skip_str(block, i)
     return i == n
+
+
+STATIC_ENTRIES = 61  # RFC 7541 Appendix A: indices 1-61; 62 on are the dynamic table's
+
+
+def _table_free(block: bytes) -> bool:
+    """The block refers to no dynamic-table entry (RFC 7541 2.3.3: indices 1-61 only, as
+    fields or names) and sets no table size but 0: what a peer that acknowledged our
+    SETTINGS_HEADER_TABLE_SIZE 0 sends (4.2), and a block that decodes to the same list
+    whatever the table holds."""
+    i, n = 0, len(block)
+    while 0 <= i < n:
+        b = block[i]
+        if b & 0x80:
+            index, i = _int(block, i, 0x7F)
+            if not 0 < index <= STATIC_ENTRIES:
+                return False
+            continue
+        if b & 0x40:
+            mask = 0x3F  # literal with incremental indexing (6.2.1)
+        elif b & 0x20:
+            size, i = _int(block, i, 0x1F)  # table size update (6.3)
+            if size:
+                return False
+            continue
+        else:
+            mask = 0x0F  # literal without indexing, never indexed (6.2.2, 6.2.3)
+        index, i = _int(block, i, mask)
+        if index > STATIC_ENTRIES:
+            return False
+        if not index:
+            i = _skip_str(block, i)
+        i = _skip_str(block, i)
+    return i == n
+
+
+def _int(block: bytes, i: int, mask: int) -> tuple[int, int]:
+    """The integer at ``i`` with a ``mask`` prefix (RFC 7541 5.1) and what follows it
+    (-1 when cut short)."""
+    value, i, shift, n = block[i] & mask, i + 1, 0, len(block)
+    if value < mask:
+        return value, i
+    while i < n:
+        octet = block[i]
+        i += 1
+        value += (octet & 0x7F) << shift
+        shift += 7
+        if not octet & 0x80:
+            return value, i
+    return value, -1
 
 
 def _skip_int(block: bytes, i: int, mask: int) -> int:
@@ -193,12 +246,21 @@ class Connection:
         self.max_header_block = 1 << 20  # bytes of one header block, compressed (CVE-2024-27316)
         self.encoder = Encoder()
         self.decoder = Decoder()
-        # The last header block decoded and the last list encoded, while they leave the tables
-        # as they were (``_keeps_table``): the same block or list again needs no HPACK work.
-        # (with the list's content-length, as ``_in_length`` gives it)
-        self._last_in: tuple[bytes, list[tuple[bytes, bytes]], int] | None = None
+        # The last few header blocks decoded and lists encoded that left the tables as they
+        # were (``_keeps_table``), forgotten when a block changes a table: the same block or
+        # list again needs no HPACK work. (Decoded: with the list's content-length, as
+        # ``_in_length`` gives it.)
+        self._known_in: dict[bytes, tuple[list[tuple[bytes, bytes]], int, list[bool]]] = {}
+        # Whether the block decoded last passed check_response as a head, as trailers (shared
+        # with its entry in _known_in: a remembered block is checked once)
+        self._in_checks = [False, False]
         self._in_length = -1  # the content-length of the block decoded last (-1: none)
-        self._last_out: tuple[list[tuple[bytes, bytes]], bytes] | None = None
+        self._known_out: list[tuple[list[tuple[bytes, bytes]], bytes]] = []
+        # We sent SETTINGS_HEADER_TABLE_SIZE 0 (as nginx's grpc_pass does towards upstreams)
+        # and the peer acknowledged it: from then on its blocks refer to no dynamic entry
+        # (RFC 7541 4.2), so each decodes to the same list whatever came before; one that does
+        # refer to one is a COMPRESSION_ERROR.
+        self._no_table = False
         self._block: list[bytes] | None = None  # a header block waiting for CONTINUATION
         self._block_sid = 0
         self._block_flags = 0
@@ -265,9 +327,10 @@ class Connection:
             self._local_end(sid, stream)
 
     def _encode(self, headers: list[tuple[bytes, bytes]]) -> bytes:
-        last = self._last_out
-        if last is not None and last[0] == headers:
-            return last[1]  # (see _keeps_table: the encoder's table is as it was then)
+        known = self._known_out
+        for listed, known_block in known:
+            if listed == headers:
+                return known_block  # (see _keeps_table: the encoder's table is as it was then)
         if self.client_side:
             # RFC 7541 7.1.3: credentials never enter the (shared) dynamic table
             triples = [
@@ -276,7 +339,10 @@ class Connection:
         else:
             triples = [(k, v, False) for k, v in headers]
         block = self.encoder.encode(triples)
-        self._last_out = (list(headers), block) if _keeps_table(block) else None
+        if not _keeps_table(block):
+            known.clear()
+        elif len(known) < KNOWN_BLOCKS:
+            known.append((list(headers), block))
         return block
 
     def _open_outbound(self, sid: int) -> Stream:
@@ -504,10 +570,11 @@ class Connection:
             self._fail(ErrorCode.ENHANCE_YOUR_CALM, "header block too large")
 
     def _decode(self, block: bytes) -> list[tuple[bytes, bytes]]:
-        last = self._last_in
-        if last is not None and last[0] == block:
-            self._in_length = last[2]
-            return last[1][:]  # (see _keeps_table; a copy: the owner may extend its list)
+        hit = self._known_in.get(block)
+        if hit is not None:
+            self._in_length = hit[1]
+            self._in_checks = hit[2]
+            return hit[0][:]  # (see _keeps_table; a copy: the owner may extend its list)
         try:
             headers = [(h[0], h[1]) for h in self.decoder.decode(block, raw=True)]
         except OversizedHeaderListError:
@@ -525,8 +592,32 @@ class Connection:
             if name == b"content-length" and value.isdigit():
                 length = int(value)  # (h2_fields rejects a bad or second one)
         self._in_length = length
-        self._last_in = (block, headers[:], length) if _keeps_table(block) else None
+        checks = self._in_checks = [False, False]
+        known = self._known_in
+        if self._no_table:
+            # Every block is remembered (its inserts would be evicted at once: a size-0
+            # table), a few per second as a date changes: the oldest go past the bound.
+            if not _table_free(block):
+                self._fail(ErrorCode.COMPRESSION_ERROR, "a dynamic entry past a size-0 table")
+            if len(known) >= KNOWN_BLOCKS:
+                del known[next(iter(known))]
+            known[block] = (headers[:], length, checks)
+        elif not _keeps_table(block):
+            known.clear()
+        elif len(known) < KNOWN_BLOCKS:
+            known[block] = (headers[:], length, checks)
         return headers
+
+    def _well_formed(self, headers: list[tuple[bytes, bytes]], trailers: bool) -> bool:
+        """``check_response`` of the block decoded last, once while it is remembered (it
+        decodes to the same list)."""
+        checks = self._in_checks
+        if checks[trailers]:
+            return True
+        if check_response(headers, trailers):
+            return False
+        checks[trailers] = True
+        return True
 
     def _header_block(self, sid: int, flags: int, block: bytes, out: list[ev.Event]) -> None:
         headers = self._decode(block)  # always: the HPACK table is the connection's (4.3)
@@ -546,7 +637,7 @@ class Connection:
             self._stream_error(sid, ErrorCode.STREAM_CLOSED, out)
         elif self.client_side and not stream.response:
             self._response(sid, stream, headers, ended, out)
-        elif not ended or (self.client_side and check_response(headers, True)):
+        elif not ended or (self.client_side and not self._well_formed(headers, True)):
             self._stream_error(sid, ErrorCode.PROTOCOL_ERROR, out)  # 8.1: trailers end it
         else:
             out.append(ev.TrailersReceived(sid, headers))
@@ -578,8 +669,7 @@ class Connection:
     def _response(self, sid: int, stream: Stream, headers: list[tuple[bytes, bytes]],
                   ended: bool, out: list[ev.Event]) -> None:  # fmt: skip
         """(client) A response head: 1xx ones are dropped (8.1), the final one reported."""
-        bad = check_response(headers, False)
-        if bad:
+        if not self._well_formed(headers, False):
             self._stream_error(sid, ErrorCode.PROTOCOL_ERROR, out)
             return
         if headers[0][1][:1] == b"1":
@@ -637,6 +727,9 @@ class Connection:
         if flags & ACK:
             if payload:
                 self._fail(ErrorCode.FRAME_SIZE_ERROR, "SETTINGS ACK with a payload")
+            if self.local.get(HEADER_TABLE_SIZE) == 0 and not self._no_table:
+                self._no_table = True  # (our one SETTINGS frame is the first acknowledged)
+                self._known_in.clear()
             return
         if len(payload) % 6:
             self._fail(ErrorCode.FRAME_SIZE_ERROR, "SETTINGS of a wrong size")
@@ -665,7 +758,7 @@ class Connection:
                 self._fail(ErrorCode.PROTOCOL_ERROR, "ENABLE_PUSH other than 0 or 1")
         elif ident == HEADER_TABLE_SIZE:
             self.encoder.header_table_size = value
-            self._last_out = None  # the next block starts with a table size update
+            self._known_out.clear()  # the next block starts with a table size update
         elif ident == MAX_CONCURRENT_STREAMS:
             self.remote_max_concurrent = value
 

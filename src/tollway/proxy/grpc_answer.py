@@ -28,7 +28,8 @@ class H2Head:
         self._lines: list[bytes] | None = None
         fields: list[tuple[bytes, bytes]] = []
         for k, v in headers:
-            k = k.lower()  # (h2 refuses uppercase names: RFC 9113 8.2.1; a rule kept here)
+            # (names are lowercase: the HTTP/2 layer refuses others, RFC 9113 8.2.1, and the
+            # gateway's own fields are written so)
             if k[:1] == b":" or k in RESPONSE_DROP:
                 continue
             if k == b"content-length":

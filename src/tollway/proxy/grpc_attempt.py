@@ -35,6 +35,44 @@ log = logging.getLogger("tollway.proxy")
 
 GRPC_SCHEMES = frozenset({"grpc", "grpcs"})
 _STATUS_FIELDS = frozenset({b"grpc-status", b"grpc-message", b"grpc-status-details-bin"})
+# Client header lists remembered (``_Fields``): about one per HTTP/2 client connection.
+MAX_FIELDS = 64
+
+
+class _Fields:
+    """What the calls of one client header list share: an HTTP/2 client repeats its request's
+    header list call after call, and its connection hands each of those calls the same list
+    (``H2Protocol.last_request``; no exchange edits ``raw_headers``). Its ``grpc-timeout``
+    field, and the upstream head last built from it (for the same pseudo-fields, skipped
+    names, no header edits and no deadline), are then those of the last call: ~2 us a call."""
+
+    __slots__ = ("head", "pseudo", "raw", "skip", "timeout")
+
+    def __init__(self, raw: list[tuple[bytes, bytes]], timeout: bytes | None) -> None:
+        self.raw = raw  # (kept alive while remembered: its id is not reused meanwhile)
+        self.timeout = timeout
+        self.pseudo: tuple[bytes, bytes, bytes, bytes] | None = None  # (None: no head yet)
+        self.skip: frozenset[bytes] = SKIP_GRPC
+        self.head: list[tuple[bytes, bytes]] = []
+
+
+# id(raw_headers) -> its _Fields (one worker, one event loop: no lock)
+_known: dict[int, _Fields] = {}
+
+
+def _fields_of(ex: ExchangeBase) -> _Fields | None:
+    """The shared part of an HTTP/2 client's call (None for an HTTP/1.1 client: a list per
+    request, nothing shared)."""
+    if not ex.proto.http2:
+        return None
+    raw = ex.raw_headers
+    known = _known.get(id(raw))
+    if known is not None and known.raw is raw:
+        return known
+    if len(_known) >= MAX_FIELDS:
+        _known.clear()
+    known = _known[id(raw)] = _Fields(raw, grpc_timeout(ex))
+    return known
 
 
 class GrpcFailure(Exception):
@@ -101,7 +139,8 @@ def forward_grpc(ex: ExchangeBase, route: CompiledRoute, up: CompiledUpstream) -
     ex.read_timeout = timeouts.read
     ctx.upstream_addr = server.addr
     started = time.monotonic()
-    call_timeout = parse_timeout(grpc_timeout(ex))
+    fields = _fields_of(ex)
+    call_timeout = parse_timeout(grpc_timeout(ex) if fields is None else fields.timeout)
     deadline = started + call_timeout if call_timeout is not None else 0.0
     attempt = GrpcAttempt(ex, up, server, timeouts, deadline, pick, started)
     ex.held = attempt
@@ -360,7 +399,16 @@ class GrpcAttempt:
         skip = SKIP_GRPC | tokens if tokens else SKIP_GRPC
         method = (ctx.up_method or ex.method).encode("latin-1")
         pseudo = (method, scheme, path, authority)
-        return request_fields(pseudo, ex.raw_headers, skip, edits, timeout)
+        if edits is not None or timeout is not None:
+            return request_fields(pseudo, ex.raw_headers, skip, edits, timeout)
+        fields = _fields_of(ex)
+        if fields is None:
+            return request_fields(pseudo, ex.raw_headers, skip, None, None)
+        if fields.skip is not skip or fields.pseudo != pseudo:
+            # (the list is sent as it is, never edited: H2Connection.open_stream)
+            fields.head = request_fields(pseudo, fields.raw, skip, None, None)
+            fields.pseudo, fields.skip = pseudo, skip
+        return fields.head
 
     async def _send(self, stream: H2Stream, body: bytes | None) -> None:
         """The request body: ``body`` whole, else the client's as it arrives."""
@@ -433,11 +481,9 @@ class GrpcAttempt:
     # -- StreamSink: the upstream's answer, into the exchange's response side -----------
 
     def on_response(self, headers: list[tuple[bytes, bytes]], ended: bool) -> None:
-        status = 502
-        for k, v in headers:
-            if k == b":status":
-                status = int(v)
-                break
+        # (the HTTP/2 layer let through only a head with ``:status``, 3 digits, first:
+        # tollway.http2.inbound.check_response)
+        status = int(headers[0][1])
         ex = self.ex
         if ended and ex.proto.http2:
             # Trailers-only (one HEADERS with END_STREAM): an HTTP/2 client's stream sends its
@@ -454,7 +500,9 @@ class GrpcAttempt:
         ex.flush()  # (a client that reads slowly pauses the stream: ``pause``)
 
     def on_trailers(self, headers: list[tuple[bytes, bytes]]) -> None:
-        self.trailers = [(k, v) for k, v in headers if k[:1] != b":"]
+        # (trailers with a pseudo-field never get here: check_response refuses them, RFC 9113
+        # 8.1; the list is this stream's own)
+        self.trailers = headers
 
     def on_end(self) -> None:
         ex = self.ex

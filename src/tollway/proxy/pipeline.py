@@ -210,10 +210,14 @@ class Exchange(Phases, Responding):
             self.held.resume()
 
     def write(self, data: bytes) -> None:
-        """Write to the client now (after any deferred write: see ServerState.send)."""
+        """Write to the client now (after any deferred write: see ServerState.send). An HTTP/2
+        stream's write queues DATA frames on its connection, in order, and no deferred write
+        goes to a stream: nothing to flush first (flushing wrote every connection's frames
+        once per response, not once per loop iteration: a write per gRPC call)."""
         t = self.proto.transport
         if t is not None and not self.client_closed:
-            self.proto.state.flush_writes()
+            if not self.proto.http2:
+                self.proto.state.flush_writes()
             t.write(data)
 
     # -- answering locally --------------------------------------------------------------

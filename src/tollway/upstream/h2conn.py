@@ -25,7 +25,7 @@ from typing import Protocol
 
 from tollway.http2 import events as ev
 from tollway.http2.connection import Connection, ProtocolError
-from tollway.http2.frames import ENABLE_PUSH, INITIAL_WINDOW_SIZE, ErrorCode
+from tollway.http2.frames import ENABLE_PUSH, HEADER_TABLE_SIZE, INITIAL_WINDOW_SIZE, ErrorCode
 from tollway.upstream.pool import PoolLimits, WritePaused, open_connection
 
 # Our receive windows: a stream may have this much unread before the upstream must wait; the
@@ -42,6 +42,16 @@ class StreamFailed(ConnectionError):
     def __init__(self, reason: str, *, processed: bool = True) -> None:
         super().__init__(reason)
         self.processed = processed
+
+    def again(self) -> StreamFailed:
+        """A copy to raise: a stored failure may be shared (``_COMPLETE``), and raising one
+        object again and again would grow its traceback."""
+        return StreamFailed(str(self), processed=self.processed)
+
+
+# What a stream whose response is complete reports to a late sender: one object, not one per
+# stream (an exception made per call was 1% of a unary call's CPU), raised only as a copy.
+_COMPLETE = StreamFailed("the response is complete", processed=True)
 
 
 class StreamSink(Protocol):
@@ -76,13 +86,13 @@ class H2Stream:
         view = memoryview(data)
         while True:
             if self.failed is not None:
-                raise self.failed
+                raise self.failed.again()
             if not view:
                 if end:
                     try:
                         conn.h2.end_stream(self.id)
                     except ProtocolError as e:
-                        raise self.failed or StreamFailed(f"stream closed: {e}") from None
+                        raise self._closed(e) from None
                     conn.flush()
                 return
             size = min(
@@ -98,7 +108,7 @@ class H2Stream:
             try:
                 conn.h2.send_data(self.id, bytes(view[:size]), end_stream=end and last)
             except ProtocolError as e:  # the stream was reset meanwhile
-                raise self.failed or StreamFailed(f"stream closed: {e}") from None
+                raise self._closed(e) from None
             conn.flush()
             if conn.write_paused:
                 async with asyncio.timeout(timeout):
@@ -122,9 +132,13 @@ class H2Stream:
             if not n and end:
                 h.end_stream(self.id)
         except ProtocolError as e:  # the stream was reset meanwhile
-            raise self.failed or StreamFailed(f"stream closed: {e}") from None
+            raise self._closed(e) from None
         conn.flush()
         return True
+
+    def _closed(self, e: ProtocolError) -> StreamFailed:
+        """What a send on a stream that closed meanwhile raises."""
+        return self.failed.again() if self.failed else StreamFailed(f"stream closed: {e}")
 
     async def end(self) -> None:
         await self.send_data(b"", end=True)
@@ -189,8 +203,13 @@ class H2Connection(WritePaused):
         self.pool = pool
         self.key = key
         self.limits = limits
-        # Our SETTINGS: no push (RFC 9113 8.4), a larger stream window
-        self.h2 = Connection(True, {ENABLE_PUSH: 0, INITIAL_WINDOW_SIZE: STREAM_WINDOW})
+        # Our SETTINGS: no push (RFC 9113 8.4), a larger stream window, and no HPACK dynamic
+        # table for what the upstream sends (nginx's grpc_pass sends HEADER_TABLE_SIZE 0 too):
+        # its answers' heads and trailers are then decoded once while they repeat, even from
+        # an upstream that indexes a new date or server field in every answer (nginx does)
+        self.h2 = Connection(
+            True, {HEADER_TABLE_SIZE: 0, ENABLE_PUSH: 0, INITIAL_WINDOW_SIZE: STREAM_WINDOW}
+        )
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, H2Stream] = {}
         self.opened = 0  # streams opened on this connection (keepalive_pool.requests)
@@ -286,7 +305,7 @@ class H2Connection(WritePaused):
             # the rest of the request is not wanted (RFC 9113 8.1).
             self.h2.reset_stream(stream_id, ErrorCode.NO_ERROR)
         self._forget_stream(stream_id)
-        stream.failed = StreamFailed("the response is complete", processed=True)
+        stream.failed = _COMPLETE
         stream.window_opened()
         sink, stream.sink = stream.sink, None
         if sink is not None:

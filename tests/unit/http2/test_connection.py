@@ -18,7 +18,13 @@ from hypothesis import strategies as st
 from jh2._hazmat import Encoder
 
 from tollway.http2 import events as ev
-from tollway.http2.connection import Connection, ProtocolError, StreamClosedError, _keeps_table
+from tollway.http2.connection import (
+    Connection,
+    ProtocolError,
+    StreamClosedError,
+    _keeps_table,
+    _table_free,
+)
 from tollway.http2.frames import (
     ACK,
     CONTINUATION,
@@ -26,6 +32,7 @@ from tollway.http2.frames import (
     END_HEADERS,
     END_STREAM,
     GOAWAY,
+    HEADER_TABLE_SIZE,
     HEADERS,
     INITIAL_WINDOW_SIZE,
     MAX_CONCURRENT_STREAMS,
@@ -277,7 +284,7 @@ def test_content_length_of_a_repeated_block() -> None:
         assert (b"content-length", b"3") in req.headers
         (reset,) = c.receive_data(frame(DATA, 0, sid, b"four"))
         assert isinstance(reset, ev.StreamReset) and reset.error_code == ErrorCode.PROTOCOL_ERROR
-    assert c._last_in is not None  # (the second one came from the cache)
+    assert head in c._known_in  # (the second one came from the cache)
     c.receive_data(frame(HEADERS, END_HEADERS, 5, head))
     events = c.receive_data(frame(DATA, END_STREAM, 5, b"abc"))
     assert [type(e) for e in events] == [ev.DataReceived, ev.StreamEnded]
@@ -528,7 +535,7 @@ def test_a_repeated_block_with_unindexed_literals_decodes_as_the_table_says_now(
         (req, _) = c.receive_data(frame(HEADERS, END_HEADERS | END_STREAM, sid, data))
         assert isinstance(req, ev.RequestReceived)
         got.append(req.headers)
-        cached.append(c._last_in is not None)
+        cached.append(again in c._known_in)
         c.streams.clear()
     rest = [(b":path", b"/p"), (b"x-s", b"z")]
     assert got == [x_a, x_a + rest, x_a + rest, x_b, x_b + rest]
@@ -576,3 +583,162 @@ def test_a_repeated_list_encodes_to_what_a_peer_decodes() -> None:
         got = next(e for e in events if isinstance(e, h2.events.ResponseReceived))
         assert [(k, v) for k, v in got.headers] == head
         sid += 2
+
+
+def test_alternating_blocks_decode_from_the_cache_until_one_inserts() -> None:
+    """A gRPC response's head and trailers alternate on an upstream connection: both blocks
+    are remembered while neither changes the table, and each decodes as the table says (a block
+    that inserts in between forgets them: the indices shift, RFC 7541 2.3.3)."""
+    c = server()
+    enc = Encoder()
+    x_a, x_b = [(b"x-a", b"1")], [(b"x-b", b"2")]
+    path = b"\x04\x02/p"  # :path, not indexed (the head); \xbe alone (the trailers)
+    head, trailers = b"\xbe" + path, b"\xbe"
+    blocks = [block(x_a, enc), head, trailers, head, trailers, block(x_b, enc), head, trailers]
+    got, cached = [], []
+    for sid, data in zip(range(1, 17, 2), blocks, strict=True):
+        (req, _) = c.receive_data(frame(HEADERS, END_HEADERS | END_STREAM, sid, data))
+        assert isinstance(req, ev.RequestReceived)
+        got.append(req.headers)
+        cached.append(sorted(c._known_in) == sorted({head, trailers}))
+        c.streams.clear()
+    p = [(b":path", b"/p")]
+    assert got == [x_a, x_a + p, x_a, x_a + p, x_a, x_b, x_b + p, x_b]
+    assert cached == [False, False, True, True, True, False, False, True]
+
+
+def test_alternating_lists_encode_to_what_a_peer_decodes() -> None:
+    """A gRPC answer's head and trailers alternate on a client connection: each list is
+    encoded once while neither changes the encoder's table (then taken as encoded), and a new
+    head (another date) is encoded anew. A peer's decoder reads them all."""
+    c = Connection(False, {})
+    c.initiate_connection()
+    peer = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=True, header_encoding=None)
+    )
+    peer.initiate_connection()
+    c.receive_data(peer.data_to_send())
+    peer.receive_data(c.data_to_send())
+    trailers = [(b"grpc-status", b"0")]
+    later = [*RESP, (b"date", b"Mon, 07 Dec 2026 22:00:01 GMT")]
+    sid = 1
+    for i, head in enumerate([RESP, RESP, RESP, later, later]):
+        peer.send_headers(sid, REQ, end_stream=True)
+        c.receive_data(peer.data_to_send())
+        c.send_headers(sid, head)
+        c.send_data(sid, b"\x00\x00\x00\x00\x00")
+        c.send_headers(sid, trailers, end_stream=True)
+        if i == 2:  # (by then both were encoded while the table stayed as it was)
+            assert [k for k, _ in c._known_out] == [RESP, trailers]
+        events = peer.receive_data(c.data_to_send())
+        c.receive_data(peer.data_to_send())
+        got = [e.headers for e in events if isinstance(e, h2.events.ResponseReceived)]
+        ends = [e.headers for e in events if isinstance(e, h2.events.TrailersReceived)]
+        assert [[(k, v) for k, v in h] for h in got + ends] == [head, trailers]
+        sid += 2
+
+
+@pytest.mark.parametrize(
+    ("data", "free"),
+    [
+        (b"\x88\x82", True),  # static fields
+        (b"\x88\xbe", False),  # index 62: the dynamic table's
+        (b"\x76\x05nginx", True),  # incremental indexing, static name (server)
+        (b"\x7f\x00\x01a", False),  # incremental indexing, name index 63
+        (b"\x40\x01x\x01y", True),  # incremental indexing, new name
+        (b"\x0f\x0d\x013", True),  # without indexing, name index 28 (content-length)
+        (b"\x0f\x2f\x01a", False),  # without indexing, name index 62
+        (b"\x20\x88", True),  # table size update to 0
+        (b"\x3f\xe1\x1f\x88", False),  # table size update to 4096
+        (b"\x76\x05ngin", False),  # cut short
+    ],
+)
+def test_blocks_free_of_the_dynamic_table(data: bytes, free: bool) -> None:
+    assert _table_free(data) is free
+
+
+def nginx_head(date: bytes) -> bytes:
+    """An answer's head as nginx encodes it: server and date as literals with incremental
+    indexing in every answer (RFC 7541 6.2.1), content-type without indexing."""
+    return (b"\x88\x76\x05nginx\x61" + bytes([len(date)]) + date
+            + b"\x0f\x10\x10application/grpc")  # fmt: skip
+
+
+def test_a_size_0_table_decodes_each_block_once_after_the_ack() -> None:
+    """An upstream connection sends SETTINGS_HEADER_TABLE_SIZE 0 (as nginx's grpc_pass):
+    once the peer acknowledged it, every block decodes the same whatever came before, so an
+    answer's head that inserts (nginx's) and its trailers are decoded once while they repeat;
+    before the ACK the usual rule holds (an inserting block is not remembered)."""
+    c = Connection(True, {HEADER_TABLE_SIZE: 0})
+    c.initiate_connection()
+    assert (b"\x00\x01" + b"\x00" * 4) in read(c.data_to_send())[0][3]
+    c.receive_data(frame(SETTINGS, 0, 0))
+    trailers = b"\x40\x0bgrpc-status\x010"  # (a new name, inserted)
+    one, two = nginx_head(b"Mon, 07 Dec 2026 22:00:01 GMT"), nginx_head(b"later")
+    decoded = []
+    real = c.decoder
+
+    class Counting:
+        def decode(self, data: bytes, raw: bool) -> list[tuple[bytes, bytes]]:
+            decoded.append(data)
+            return list(real.decode(data, raw=raw))
+
+    c.decoder = Counting()  # type: ignore[assignment]
+    got = []
+    for i, head in enumerate([one, one, one, two, one, two]):
+        if i == 1:
+            c.receive_data(frame(SETTINGS, ACK, 0))
+        sid = c.get_next_available_stream_id()
+        c.send_headers(sid, REQ, end_stream=True)
+        events = c.receive_data(
+            frame(HEADERS, END_HEADERS, sid, head) + frame(HEADERS, END_HEADERS | 1, sid, trailers)
+        )
+        got.append([e.headers for e in events if hasattr(e, "headers")])  # type: ignore[attr-defined]
+    # before the ACK: both blocks; after: each block once (one, trailers, then two)
+    assert decoded == [one, trailers, one, trailers, two]
+    date = {b"date": b"Mon, 07 Dec 2026 22:00:01 GMT"}
+    for (head_fields, end), block_ in zip(got, [one, one, one, two, one, two], strict=True):
+        fields = dict(head_fields)
+        assert fields[b"server"] == b"nginx" and end == [(b"grpc-status", b"0")]
+        assert fields[b"date"] == (date[b"date"] if block_ is one else b"later")
+
+
+def test_a_dynamic_entry_after_a_size_0_table_is_a_compression_error() -> None:
+    """After the ACK, a peer that still refers to an entry it inserted (its table is 0 octets:
+    the entry was evicted at once) sends an undecodable block (RFC 7541 2.3.3)."""
+    c = Connection(True, {HEADER_TABLE_SIZE: 0})
+    c.initiate_connection()
+    c.receive_data(frame(SETTINGS, 0, 0) + frame(SETTINGS, ACK, 0))
+    c.data_to_send()
+    for sid in (1, 3):
+        c.send_headers(sid, REQ, end_stream=True)
+    (head, _) = c.receive_data(frame(HEADERS, END_HEADERS | 1, 1, b"\x88\x40\x01x\x01y"))
+    assert head.headers == [(b":status", b"200"), (b"x", b"y")]  # type: ignore[attr-defined]
+    data = frame(HEADERS, END_HEADERS | 1, 3, b"\x88\xbe")  # index 62: x: y
+    connection_error(c, data, ErrorCode.COMPRESSION_ERROR)
+
+
+def test_a_remembered_block_is_checked_once_as_a_head_and_once_as_trailers() -> None:
+    """A remembered block skips check_response the second time for the same use only: a head
+    (with ``:status``) that comes again as trailers is malformed there (RFC 9113 8.1), and a
+    malformed head is refused each time it comes."""
+    c = Connection(True, {HEADER_TABLE_SIZE: 0})
+    c.initiate_connection()
+    c.receive_data(frame(SETTINGS, 0, 0) + frame(SETTINGS, ACK, 0))
+    head = b"\x88\x0f\x10\x10application/grpc"  # :status 200, content-type
+    bad = b"\x88\x00\x03X-A\x011"  # an uppercase name (8.2.1)
+    trailers = b"\x00\x0bgrpc-status\x010"
+    kinds = []
+    for sid, blocks in ((1, [head, trailers]), (3, [head, head]), (5, [bad]), (7, [bad])):
+        c.send_headers(sid, REQ, end_stream=True)
+        data = frame(HEADERS, END_HEADERS, sid, blocks[0])
+        if len(blocks) == 2:
+            data += frame(HEADERS, END_HEADERS | END_STREAM, sid, blocks[1])
+        kinds.append([type(e).__name__ for e in c.receive_data(data)])
+    assert kinds == [
+        ["ResponseReceived", "TrailersReceived", "StreamEnded"],
+        ["ResponseReceived", "StreamReset"],
+        ["StreamReset"],
+        ["StreamReset"],
+    ]
+    assert len(c._known_in) == 3  # (each block was remembered)
