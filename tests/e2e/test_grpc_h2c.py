@@ -79,7 +79,7 @@ def test_unary_with_metadata_and_trailers(gw: Gateway) -> None:
 
 def test_repeated_calls_each_send_their_own_fields(gw: Gateway) -> None:
     """One channel repeats its header list call after call, and the gateway reuses the
-    upstream head it built from that list (grpc_attempt._Fields): each call still reaches the
+    upstream head it built from that list (grpc_fields.SharedFields): each call still reaches the
     upstream with its own metadata and method (a stale head echoes another call's metadata, or
     runs the other method, whose answer does not decode as this one's)."""
     s = stub(gw)

@@ -23,6 +23,7 @@ from tollway.httprules.grpc import SKIP_GRPC, parse_timeout, request_fields
 from tollway.httprules.upstream_head import host_field
 from tollway.proxy.driver import drive, next_server, pick_context, succeeded
 from tollway.proxy.grpc_answer import H2Head, give_up
+from tollway.proxy.grpc_fields import fields_of, grpc_timeout
 from tollway.proxy.retry import Attempted, deadline_of
 from tollway.runtime.compiled import DEFAULT_TIMEOUTS, CompiledRoute, CompiledUpstream, Timeouts
 from tollway.upstream.h2conn import H2Connection, H2Stream, StreamFailed
@@ -35,44 +36,6 @@ log = logging.getLogger("tollway.proxy")
 
 GRPC_SCHEMES = frozenset({"grpc", "grpcs"})
 _STATUS_FIELDS = frozenset({b"grpc-status", b"grpc-message", b"grpc-status-details-bin"})
-# Client header lists remembered (``_Fields``): about one per HTTP/2 client connection.
-MAX_FIELDS = 64
-
-
-class _Fields:
-    """What the calls of one client header list share: an HTTP/2 client repeats its request's
-    header list call after call, and its connection hands each of those calls the same list
-    (``H2Protocol.last_request``; no exchange edits ``raw_headers``). Its ``grpc-timeout``
-    field, and the upstream head last built from it (for the same pseudo-fields, skipped
-    names, no header edits and no deadline), are then those of the last call: ~2 us a call."""
-
-    __slots__ = ("head", "pseudo", "raw", "skip", "timeout")
-
-    def __init__(self, raw: list[tuple[bytes, bytes]], timeout: bytes | None) -> None:
-        self.raw = raw  # (kept alive while remembered: its id is not reused meanwhile)
-        self.timeout = timeout
-        self.pseudo: tuple[bytes, bytes, bytes, bytes] | None = None  # (None: no head yet)
-        self.skip: frozenset[bytes] = SKIP_GRPC
-        self.head: list[tuple[bytes, bytes]] = []
-
-
-# id(raw_headers) -> its _Fields (one worker, one event loop: no lock)
-_known: dict[int, _Fields] = {}
-
-
-def _fields_of(ex: ExchangeBase) -> _Fields | None:
-    """The shared part of an HTTP/2 client's call (None for an HTTP/1.1 client: a list per
-    request, nothing shared)."""
-    if not ex.proto.http2:
-        return None
-    raw = ex.raw_headers
-    known = _known.get(id(raw))
-    if known is not None and known.raw is raw:
-        return known
-    if len(_known) >= MAX_FIELDS:
-        _known.clear()
-    known = _known[id(raw)] = _Fields(raw, grpc_timeout(ex))
-    return known
 
 
 class GrpcFailure(Exception):
@@ -139,7 +102,7 @@ def forward_grpc(ex: ExchangeBase, route: CompiledRoute, up: CompiledUpstream) -
     ex.read_timeout = timeouts.read
     ctx.upstream_addr = server.addr
     started = time.monotonic()
-    fields = _fields_of(ex)
+    fields = fields_of(ex)
     call_timeout = parse_timeout(grpc_timeout(ex) if fields is None else fields.timeout)
     deadline = started + call_timeout if call_timeout is not None else 0.0
     attempt = GrpcAttempt(ex, up, server, timeouts, deadline, pick, started)
@@ -147,19 +110,6 @@ def forward_grpc(ex: ExchangeBase, route: CompiledRoute, up: CompiledUpstream) -
     failure = attempt.start(conn, _node_name(up, server))
     if failure is not None:
         attempt.failed_fast(failure)
-
-
-def grpc_timeout(ex: ExchangeBase) -> bytes | None:
-    """The client's ``grpc-timeout`` field, read from its header list (no header map made:
-    HTTP/2 names are lowercase, RFC 9113 8.2.1; an HTTP/1.1 client's are compared so)."""
-    h2 = ex.proto.http2
-    found = None
-    for k, v in ex.raw_headers:
-        if (k if h2 else k.lower()) == b"grpc-timeout":
-            if found is not None:
-                return None  # repeated: malformed (joined with ", ", it parses as none)
-            found = v
-    return found
 
 
 def _node_name(up: CompiledUpstream, server: Server) -> str:
@@ -401,7 +351,7 @@ class GrpcAttempt:
         pseudo = (method, scheme, path, authority)
         if edits is not None or timeout is not None:
             return request_fields(pseudo, ex.raw_headers, skip, edits, timeout)
-        fields = _fields_of(ex)
+        fields = fields_of(ex)
         if fields is None:
             return request_fields(pseudo, ex.raw_headers, skip, None, None)
         if fields.skip is not skip or fields.pseudo != pseudo:

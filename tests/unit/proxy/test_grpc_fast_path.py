@@ -22,7 +22,7 @@ from tollway.config.source import KeyValue
 from tollway.config.store import Store
 from tollway.plugins.registry import load_registry
 from tollway.proxy.grpc_answer import H2Head
-from tollway.proxy.grpc_attempt import grpc_timeout
+from tollway.proxy.grpc_fields import grpc_timeout
 from tollway.proxy.pipeline import Exchange
 from tollway.proxy.server import HttpProtocol
 from tollway.proxy.state import ServerState
