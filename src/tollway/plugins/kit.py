@@ -10,6 +10,8 @@ coroutines; the chain is compiled once per route version, so none of this is dec
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
+from itertools import chain
+from operator import itemgetter
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 from urllib.parse import parse_qsl
 
@@ -217,6 +219,9 @@ class ConsumerHeaders:
         self.drops = frozenset(ln.encode() for _, ln, value in self.edits if value is None)
 
 
+_name = itemgetter(0)  # a raw field's name
+
+
 def _apply(h: dict[str, str], lname: str, value: str | None, append: bool) -> None:
     """One upstream header edit on the header map (``RequestContext._header_op``'s rules)."""
     if value is None:
@@ -421,25 +426,38 @@ class RequestContext:
     def request_length(self) -> int:
         """nginx ``$request_length``: request line, headers and body, measured from the parsed
         request (the client's exact whitespace and line folding are not seen)."""
-        n = len(self.method) + len(self.request_uri) + 14  # "M U HTTP/1.1\r\n" + "\r\n"
-        for k, v in self.raw_headers:
-            n += len(k) + len(v) + 4  # "k: v\r\n"
-        return n + self.request_body_bytes
+        raw = self.raw_headers
+        # "M U HTTP/1.1\r\n" + "\r\n", then "k: v\r\n" per field (the lengths summed in C)
+        return (
+            len(self.method)
+            + len(self.request_uri)
+            + 14
+            + 4 * len(raw)
+            + sum(map(len, chain.from_iterable(raw)))
+            + self.request_body_bytes
+        )
 
     def get_header(self, name: str) -> str | None:
         """One request header (``headers``' value), found in the client's fields without
         decoding the others while no plugin asked for them all or edited one."""
         lname = name.lower()
-        if self._headers is not None or self.up_header_ops is not None or not lname.isascii():
+        return self.header_by(lname, lname.encode() if lname.isascii() else None)
+
+    def header_by(self, lname: str, wanted: bytes | None) -> str | None:
+        """``get_header`` for a name prepared once (a plugin's conf): ``lname`` lowercase, and
+        ``wanted`` its bytes (None when it is not ASCII: no client field can match it raw)."""
+        if wanted is None or self._headers is not None or self.up_header_ops is not None:
             return self.headers.get(lname)
-        wanted = lname.encode()
-        n = len(wanted)
-        found: str | None = None
-        for k, v in self.raw_headers:
-            if len(k) == n and k.lower() == wanted:
-                val = v.decode("latin-1")
-                found = val if found is None else f"{found}, {val}"
-        return found
+        raw = self.raw_headers
+        # The names lowercased and searched in C: the cost does not grow with the fields.
+        names = list(map(bytes.lower, map(_name, raw)))
+        n = names.count(wanted)
+        if n < 2:
+            return raw[names.index(wanted)][1].decode("latin-1") if n else None
+        # A repeated field: its values joined, in order (as ``headers``).
+        return ", ".join(
+            f[1].decode("latin-1") for k, f in zip(names, raw, strict=True) if k == wanted
+        )
 
     @property
     def args(self) -> dict[str, str]:
@@ -544,10 +562,7 @@ class RequestContext:
             # remove, the edits are the consumer's own list, and ``headers`` applies them if a
             # plugin asks for the map.
             drops = plan.drops
-            for k, _ in self.raw_headers if drops else ():
-                if k.lower() in drops:
-                    break
-            else:
+            if not drops or drops.isdisjoint(map(bytes.lower, map(_name, self.raw_headers))):
                 self.up_header_ops = plan.sets.copy()
                 return
         h = self.headers
