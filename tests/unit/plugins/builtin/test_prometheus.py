@@ -241,3 +241,50 @@ def test_a_request_is_counted_in_the_series_of_its_own_labels(tmp_path: Path) ->
     assert m.value("apisix_http_status_total", route="r1") == 1
     plain = {"code": "200", "route": "1", "matched_host": "", "consumer": ""}
     assert m.value("apisix_http_status_total", node="127.0.0.1", **plain) == 2
+
+
+def test_the_gateways_share_is_never_below_zero(tmp_path: Path) -> None:
+    """APISIX: request latency less upstream latency, 0 when the clocks make it negative."""
+    rec = Recorder(str(tmp_path))
+    rec.record(routed(start=time.time() - 0.005, upstream_time=0.050), False)
+    rec.flush()
+    own = {"type": "apisix", "route": "1", "node": "127.0.0.1"}
+    m = Scrape(tmp_path)
+    assert m.value("apisix_http_latency_bucket", le="1.0", **own) == 1
+    assert m.value("apisix_http_latency_sum", **own) == 0
+
+
+def test_answered_and_unanswered_requests_of_one_group(tmp_path: Path) -> None:
+    """Requests with and without an upstream answer in one group (same route and node): the
+    upstream histogram counts the answered ones; the gateway's own share is the request's
+    latency less the upstream's, or all of it when no upstream answered."""
+    rec = Recorder(str(tmp_path))
+    now = time.time()
+    rec.scheduled = True  # (a worker with its flush timer pending: no flush per request)
+    n = 30
+    for i in range(n):
+        up = None if i % 3 == 0 else 0.0015
+        ctx = routed(start=now - 0.030, upstream_time=up, status=200 if up else 502)
+        ctx.bytes_sent = 7
+        rec.record(ctx, False)
+    rec.flush()
+    m = Scrape(tmp_path)
+    local = len(range(0, n, 3))
+    req = {"type": "request", "route": "1", "node": "127.0.0.1"}
+    assert m.value("apisix_http_latency_count", **req) == n
+    assert m.value("apisix_http_latency_bucket", le="20.0", **req) == 0
+    up = {"type": "upstream", "route": "1", "node": "127.0.0.1"}
+    assert m.value("apisix_http_latency_count", **up) == n - local
+    assert m.value("apisix_http_latency_bucket", le="1.0", **up) == 0
+    assert m.value("apisix_http_latency_bucket", le="2.0", **up) == n - local
+    assert m.value("apisix_http_latency_sum", **up) == pytest.approx(1.5 * (n - local))
+    own = {"type": "apisix", "route": "1", "node": "127.0.0.1"}
+    assert m.value("apisix_http_latency_count", **own) == n
+    assert m.value("apisix_http_latency_bucket", le="20.0", **own) == 0
+    # own share: 30 ms (and the test's time) less the upstream's 1.5 when it answered
+    least = 28.5 * (n - local) + 30 * local
+    assert least <= m.value("apisix_http_latency_sum", **own) < least + 20 * n
+    assert m.value("apisix_http_status_total", code="502") == local
+    assert m.value("apisix_bandwidth_total", type="egress", node="127.0.0.1") == 7 * n
+    length = routed().request_length
+    assert m.value("apisix_bandwidth_total", type="ingress", node="127.0.0.1") == length * n
