@@ -62,8 +62,9 @@ class KeyAuth(Plugin):
             key = ctx.header_by(lname, wanted)  # (the other fields stay undecoded)
             if key is None:
                 return self._from_query(conf, ctx)
-            index = ctx.consumers
-            consumer = index.find(name, key) if index is not None else None
+            index = ctx.consumers  # (index.find, inline: a call less per request)
+            table = index.by_plugin.get(name) if index is not None else None
+            consumer = table.get(key) if table is not None else None
             if consumer is None:
                 return refuse(conf, ctx, "Invalid API key in request")
             if hide:

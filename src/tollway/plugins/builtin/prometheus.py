@@ -29,7 +29,7 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta
 
-from tollway.plugins.kit import Plugin, RequestContext
+from tollway.plugins.kit import Plugin, RequestContext, request_length
 
 log = logging.getLogger("tollway.plugins")
 
@@ -298,7 +298,7 @@ class Recorder:
                 latency = latency - up if latency > up else 0.0
                 g.apisix[bisect_left(bounds, latency)] += 1
                 g.apisix_sum += latency
-            g.ingress += ctx.request_length
+            g.ingress += request_length(ctx)
             g.egress += ctx.bytes_sent
             if not self.scheduled:
                 self._schedule()
