@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import logging
+import math
 import os
 from bisect import bisect_left
 from collections.abc import Callable
@@ -261,6 +262,8 @@ class Recorder:
         seen = self.seen
         add_series = self._series
         bounds = self.bounds
+        first = bounds[0]
+        floors = (-math.inf, *bounds)  # floors[i]: the bound below bucket i
 
         def log(conf: PrometheusConf, ctx: RequestContext) -> None:
             now = _now()
@@ -281,23 +284,24 @@ class Recorder:
             s.count += 1
             g = s.group
             latency = (now - ctx.start_time) * 1000.0
+            i = bisect_left(bounds, latency)
+            g.request[i] += 1
+            g.request_sum += latency
             up = ctx.upstream_response_time
             if up is None:  # no upstream answer: the gateway's own share is all of it
-                i = bisect_left(bounds, latency)
-                g.request[i] += 1
                 g.apisix[i] += 1
-                g.request_sum += latency
                 g.apisix_sum += latency
             else:
                 up *= 1000.0
-                g.request[bisect_left(bounds, latency)] += 1
-                g.request_sum += latency
-                g.upstream[bisect_left(bounds, up)] += 1
+                # The upstream's time is part of the request's: above the bucket below the
+                # request's, it is in the request's bucket (no search, the usual case).
+                g.upstream[i if floors[i] < up <= latency else bisect_left(bounds, up)] += 1
                 g.upstream_sum += up
-                # APISIX: the gateway's own share; clocks differ, so never below 0.
-                latency = latency - up if latency > up else 0.0
-                g.apisix[bisect_left(bounds, latency)] += 1
-                g.apisix_sum += latency
+                # APISIX: the gateway's own share; clocks differ, so never below 0. Mostly
+                # under the first bound (a millisecond by default): no search either.
+                own = latency - up if latency > up else 0.0
+                g.apisix[0 if own <= first else bisect_left(bounds, own)] += 1
+                g.apisix_sum += own
             g.ingress += request_length(ctx)
             g.egress += ctx.bytes_sent
             if not self.scheduled:

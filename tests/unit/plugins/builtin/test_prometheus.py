@@ -12,8 +12,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.unit.plugins.ctx import make_ctx
 from tollway.metrics import MetricsExport, render_text
+from tollway.plugins.builtin import prometheus
 from tollway.plugins.builtin.prometheus import (
     DEFAULT_BUCKETS,
+    PrometheusConf,
     Recorder,
     host_pattern,
     node_ip,
@@ -288,3 +290,36 @@ def test_answered_and_unanswered_requests_of_one_group(tmp_path: Path) -> None:
     assert m.value("apisix_bandwidth_total", type="egress", node="127.0.0.1") == 7 * n
     length = routed().request_length
     assert m.value("apisix_bandwidth_total", type="ingress", node="127.0.0.1") == length * n
+
+
+def test_buckets_are_those_of_a_search_whatever_the_latencies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The upstream's and the gateway's buckets are taken from the request's when they must be
+    the same (``Recorder.logger``): every one is what a search of the bounds gives, on the
+    bounds themselves, between them, an upstream slower than the request (clocks) and none."""
+    from bisect import bisect_left
+
+    rec = Recorder(str(tmp_path))
+    rec.scheduled = True
+    bounds = tuple(float(b) for b in DEFAULT_BUCKETS)
+    values = [0.0, 0.4, 1.0, 1.5, 2.0, 4.99, 5.0, 19.0, 20.0, 20.5, 999.0, 60000.0, 70000.0]
+    want: dict[str, list[int]] = {k: [0] * (len(bounds) + 1) for k in ("req", "up", "own")}
+    now = time.time()
+    monkeypatch.setattr(prometheus, "_now", lambda: now)
+    log = rec.logger(False)
+    for total in values:
+        for up in (None, *values):
+            ctx = routed(upstream_time=None if up is None else up / 1000.0)
+            ctx.start_time = now - total / 1000.0
+            log(PrometheusConf(), ctx)
+            latency = (now - ctx.start_time) * 1000.0  # as the recorder computed it
+            want["req"][bisect_left(bounds, latency)] += 1
+            if up is None:
+                want["own"][bisect_left(bounds, latency)] += 1
+            else:
+                u = ctx.upstream_response_time * 1000.0  # type: ignore[operator]
+                want["up"][bisect_left(bounds, u)] += 1
+                want["own"][bisect_left(bounds, latency - u if latency > u else 0.0)] += 1
+    (g,) = rec.groups.values()
+    assert (g.request, g.upstream, g.apisix) == (want["req"], want["up"], want["own"])
