@@ -42,6 +42,8 @@ class KeyAuth(Plugin):
     consumer_key_field = "key"
 
     def rewrite(self, conf: Conf, ctx: RequestContext) -> Exit:
+        """The phase as the chain runs it (the chain keeps the function ``phase_method`` makes
+        once per conf; a direct call makes it for this call)."""
         return self.phase_method("rewrite", conf)(conf, ctx)
 
     def phase_method(self, phase: str, conf: Conf) -> Any:
