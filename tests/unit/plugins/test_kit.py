@@ -117,3 +117,25 @@ def test_matching_api_compiles_expressions_and_regexes() -> None:
 def test_error_page_is_the_gateways_html() -> None:
     page = error_page(502)
     assert b"502" in page and b"<html>" in page
+
+
+def test_get_header_finds_one_field_without_decoding_the_others() -> None:
+    """``get_header`` (and ``header_by``, its form for a name prepared once) is ``headers``'
+    value: any case, repeated fields joined in order, the recorded edits applied."""
+    ctx = make_ctx("/", headers={"Host": "x", "ApiKey": "k1", "X-A": "1", "x-a": "2"})
+    ctx.raw_headers.append((b"X-A", b"3"))
+    assert ctx.get_header("apikey") == ctx.header_by("apikey", b"apikey") == "k1"
+    assert ctx.get_header("X-A") == "1, 2, 3"
+    assert ctx.get_header("x-missing") is None
+    assert ctx._headers is None  # nothing decoded on the way
+    assert ctx.get_header("X-A") == ctx.headers["x-a"]
+    ctx = make_ctx("/", headers={"apikey": "k1"})
+    ctx.attach_consumer(Consumer("jack", None, {}))
+    assert ctx.get_header("x-consumer-username") == "jack"  # an edit, seen through the map
+
+
+def test_request_length_sums_every_field() -> None:
+    ctx = make_ctx("/a", method="POST", headers={"Host": "x", "Content-Length": "3"})
+    ctx.raw_headers.append((b"X-Empty", b""))
+    # "POST /a HTTP/1.1\r\n" + "Host: x\r\n" + "Content-Length: 3\r\n" + "X-Empty: \r\n" + "\r\n"
+    assert ctx.request_length == 18 + 9 + 19 + 11 + 2

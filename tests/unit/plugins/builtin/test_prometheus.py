@@ -12,8 +12,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.unit.plugins.ctx import make_ctx
 from tollway.metrics import MetricsExport, render_text
+from tollway.plugins.builtin import prometheus
 from tollway.plugins.builtin.prometheus import (
     DEFAULT_BUCKETS,
+    PrometheusConf,
     Recorder,
     host_pattern,
     node_ip,
@@ -241,3 +243,83 @@ def test_a_request_is_counted_in_the_series_of_its_own_labels(tmp_path: Path) ->
     assert m.value("apisix_http_status_total", route="r1") == 1
     plain = {"code": "200", "route": "1", "matched_host": "", "consumer": ""}
     assert m.value("apisix_http_status_total", node="127.0.0.1", **plain) == 2
+
+
+def test_the_gateways_share_is_never_below_zero(tmp_path: Path) -> None:
+    """APISIX: request latency less upstream latency, 0 when the clocks make it negative."""
+    rec = Recorder(str(tmp_path))
+    rec.record(routed(start=time.time() - 0.005, upstream_time=0.050), False)
+    rec.flush()
+    own = {"type": "apisix", "route": "1", "node": "127.0.0.1"}
+    m = Scrape(tmp_path)
+    assert m.value("apisix_http_latency_bucket", le="1.0", **own) == 1
+    assert m.value("apisix_http_latency_sum", **own) == 0
+
+
+def test_answered_and_unanswered_requests_of_one_group(tmp_path: Path) -> None:
+    """Requests with and without an upstream answer in one group (same route and node): the
+    upstream histogram counts the answered ones; the gateway's own share is the request's
+    latency less the upstream's, or all of it when no upstream answered."""
+    rec = Recorder(str(tmp_path))
+    now = time.time()
+    rec.scheduled = True  # (a worker with its flush timer pending: no flush per request)
+    n = 30
+    for i in range(n):
+        up = None if i % 3 == 0 else 0.0015
+        ctx = routed(start=now - 0.030, upstream_time=up, status=200 if up else 502)
+        ctx.bytes_sent = 7
+        rec.record(ctx, False)
+    rec.flush()
+    m = Scrape(tmp_path)
+    local = len(range(0, n, 3))
+    req = {"type": "request", "route": "1", "node": "127.0.0.1"}
+    assert m.value("apisix_http_latency_count", **req) == n
+    assert m.value("apisix_http_latency_bucket", le="20.0", **req) == 0
+    up = {"type": "upstream", "route": "1", "node": "127.0.0.1"}
+    assert m.value("apisix_http_latency_count", **up) == n - local
+    assert m.value("apisix_http_latency_bucket", le="1.0", **up) == 0
+    assert m.value("apisix_http_latency_bucket", le="2.0", **up) == n - local
+    assert m.value("apisix_http_latency_sum", **up) == pytest.approx(1.5 * (n - local))
+    own = {"type": "apisix", "route": "1", "node": "127.0.0.1"}
+    assert m.value("apisix_http_latency_count", **own) == n
+    assert m.value("apisix_http_latency_bucket", le="20.0", **own) == 0
+    # own share: 30 ms (and the test's time) less the upstream's 1.5 when it answered
+    least = 28.5 * (n - local) + 30 * local
+    assert least <= m.value("apisix_http_latency_sum", **own) < least + 20 * n
+    assert m.value("apisix_http_status_total", code="502") == local
+    assert m.value("apisix_bandwidth_total", type="egress", node="127.0.0.1") == 7 * n
+    length = routed().request_length
+    assert m.value("apisix_bandwidth_total", type="ingress", node="127.0.0.1") == length * n
+
+
+def test_buckets_are_those_of_a_search_whatever_the_latencies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The upstream's and the gateway's buckets are taken from the request's when they must be
+    the same (``Recorder.logger``): every one is what a search of the bounds gives, on the
+    bounds themselves, between them, an upstream slower than the request (clocks) and none."""
+    from bisect import bisect_left
+
+    rec = Recorder(str(tmp_path))
+    rec.scheduled = True
+    bounds = tuple(float(b) for b in DEFAULT_BUCKETS)
+    values = [0.0, 0.4, 1.0, 1.5, 2.0, 4.99, 5.0, 19.0, 20.0, 20.5, 999.0, 60000.0, 70000.0]
+    want: dict[str, list[int]] = {k: [0] * (len(bounds) + 1) for k in ("req", "up", "own")}
+    now = time.time()
+    monkeypatch.setattr(prometheus, "_now", lambda: now)
+    log = rec.logger(False)
+    for total in values:
+        for up in (None, *values):
+            ctx = routed(upstream_time=None if up is None else up / 1000.0)
+            ctx.start_time = now - total / 1000.0
+            log(PrometheusConf(), ctx)
+            latency = (now - ctx.start_time) * 1000.0  # as the recorder computed it
+            want["req"][bisect_left(bounds, latency)] += 1
+            if up is None:
+                want["own"][bisect_left(bounds, latency)] += 1
+            else:
+                u = ctx.upstream_response_time * 1000.0  # type: ignore[operator]
+                want["up"][bisect_left(bounds, u)] += 1
+                want["own"][bisect_left(bounds, latency - u if latency > u else 0.0)] += 1
+    (g,) = rec.groups.values()
+    assert (g.request, g.upstream, g.apisix) == (want["req"], want["up"], want["own"])
