@@ -13,7 +13,8 @@ class Event:
 
 
 class RequestReceived(Event):
-    """A client's request head opened stream ``stream_id`` (server side)."""
+    """A client's request head opened stream ``stream_id`` (server side). ``ended``: it
+    carried END_STREAM, and no StreamEnded follows for it (one event per bodiless request)."""
 
     __slots__ = ("ended", "headers", "stream_id")
 

@@ -107,8 +107,8 @@ class H2Protocol(asyncio.Protocol):
         self.waiting: list[Exchange] = []  # exchanges started once this read is handled
         self.host_cache: tuple[bytes, str] | None = None  # the streams' (H2Stream.host_cache)
         self.head_cache: HeadCache | None = None
-        # The last well-formed request's header list and what request_of made of it
-        self.last_request: tuple[list[tuple[bytes, bytes]], H2Request] | None = None
+        # The last well-formed request's header list, what request_of made of it, its method
+        self.last_request: tuple[list[tuple[bytes, bytes]], H2Request, str] | None = None
         # Our SETTINGS, enforced at once (a client may only send less before its ACK)
         conn = self.conn = Connection(
             False,
@@ -236,7 +236,7 @@ class H2Protocol(asyncio.Protocol):
             # A client sends the same header list request after request (its HPACK block
             # indexes them): its checks and fields are those of the last one (read only: no
             # exchange edits ``raw_headers``; request_head's cache then compares one list).
-            req = last[1]
+            req, method = last[1], last[2]
         else:
             try:
                 req = request_of(headers, self.max_header_size)
@@ -248,8 +248,8 @@ class H2Protocol(asyncio.Protocol):
                 log.debug("h2 stream %d refused (%d): %s", sid, e.status, e)
                 self._answer(sid, e.status, event.ended)
                 return
-            self.last_request = (headers, req)
-        method = method_of(req.method)
+            method = method_of(req.method)
+            self.last_request = (headers, req, method)
         stream = H2Stream(self, sid)
         self.streams[sid] = stream
         self.active = stream

@@ -198,15 +198,14 @@ class H2Stream:
         if not trailers and not self.pending:
             # The common end (a whole answer read at once): its last bytes with END_STREAM in
             # one DATA frame when the windows take them, without the queue.
-            conn = self.conn
             try:
-                room = min(conn.local_flow_control_window(self.sid), conn.max_outbound_frame_size)
-                if len(last) <= room:
-                    self._send_end(last)
-                    self.h2p.flush_soon()
-                    return
+                sent = self.conn.send_last(self.sid, last)
             except H2Error:
                 self._lost()
+                return
+            if sent:
+                self._after_end()
+                self.h2p.flush_soon()
                 return
         self.trailers = trailers
         if last:
@@ -297,9 +296,11 @@ class H2Stream:
         # The exchange is over: the stream lets go of it (no exchange <-> stream cycle left to
         # the collector; what is still to send needs only the stream).
         self.ex = None
-        if not self.ended and (not self.pending or self.pending[-1] is not _END):
+        if self.ended:  # (its last frame was queued, and a flush with it)
+            self.h2p.stream_done(self)
+            return
+        if not self.pending or self.pending[-1] is not _END:
             self._reset(ErrorCode.INTERNAL_ERROR)
-        if self.ended:
             self.h2p.stream_done(self)
         self.h2p.flush_soon()
 
