@@ -39,6 +39,7 @@ from tollway.http2.frames import (
     MAX_FRAME_SIZE_LIMIT,
     MAX_WINDOW,
     MIN_FRAME_SIZE,
+    PADDED,
     PING,
     PREFACE,
     PRIORITY,
@@ -64,6 +65,7 @@ MAX_CONTINUATIONS = 64  # CONTINUATION frames in one header block (empty ones co
 # Ranges of stream ids a client jumped over that are remembered (clients open ids in order: a
 # client jumping over more is told apart less strictly, its frames there dropped)
 MAX_SKIPPED = 16
+_BLOCK_FLAGS = END_HEADERS | PADDED | PRIORITY_FLAG  # (a HEADERS frame's: see receive_data)
 _SENSITIVE = frozenset({b"authorization", b"proxy-authorization"})
 # RFC 7541 6.1: an indexed header field changes neither side's dynamic table, and one octet
 # 0x81-0xFE is one such field (index 1-126; 0xFF starts a longer index, 0x80 is invalid). A
@@ -391,7 +393,19 @@ class Connection:
                     break
                 payload = buf[pos + 9 : end]
                 pos = end
-                self._frame(word & 0xFF, flags, sid & MAX_WINDOW, payload, events)
+                sid &= MAX_WINDOW
+                if (
+                    word & 0xFF == HEADERS
+                    and flags & _BLOCK_FLAGS == END_HEADERS
+                    and sid
+                    and self._block is None
+                    and self.settings_seen
+                ):
+                    # A whole header block, no padding or priority (a client's request): what
+                    # _frame and _on_headers would check, checked
+                    self._header_block(sid, flags, payload, events)
+                else:
+                    self._frame(word & 0xFF, flags, sid, payload, events)
         finally:
             if pos < size and not self.closed:
                 self.buf = buf[pos:]  # an incomplete frame waits for the rest

@@ -350,19 +350,22 @@ class H2Protocol(asyncio.Protocol):
             self._forget(stream)
 
     def _forget(self, stream: H2Stream) -> None:
-        self.held -= stream.held
-        stream.held = 0
+        if stream.held:
+            self.held -= stream.held
+            stream.held = 0
         if self.starved:
             self.release()
+        streams = self.streams
         if self.active is stream:
-            streams = self.streams
             self.active = next(iter(streams.values())) if streams else None
-        if not self.streams:
-            if self.goaway_at or self.state.shutting_down:
+        if not streams:
+            state = self.state
+            if self.goaway_at or state.shutting_down:
                 self.flush()
                 self.close()
-            else:
-                self._idle()
+            else:  # (_idle, inlined: at 50 clients x 1 stream, once per request)
+                t = state.keepalive_timeout
+                self.deadline = state.loop.time() + t if t > 0 else 0.0
 
     def _idle(self) -> None:
         t = self.state.keepalive_timeout
