@@ -200,9 +200,10 @@ class H2Protocol(asyncio.Protocol):
     def flush(self) -> None:
         """Send what the connection has queued."""
         self._dirty = False
-        data = self.conn.data_to_send()
-        if data and not self.transport.is_closing():
-            self.transport.write(data)
+        if self.conn.out:  # (most reads queue nothing: a request starts an exchange)
+            data = self.conn.data_to_send()
+            if not self.transport.is_closing():
+                self.transport.write(data)
 
     def flush_soon(self) -> None:
         """Send what the connection has queued once this loop iteration is over: the frames
