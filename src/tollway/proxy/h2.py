@@ -140,13 +140,17 @@ class H2Protocol(asyncio.Protocol):
             events = self.conn.receive_data(data)
             try:
                 for event in events:
-                    handler = _HANDLERS.get(type(event))
-                    if handler is not None:
-                        handler(self, event)
+                    if type(event) is ev.RequestReceived:  # (the usual event: no lookup)
+                        self._on_request(event)
+                    else:
+                        handler = _HANDLERS.get(type(event))
+                        if handler is not None:
+                            handler(self, event)
                     if self.closing:
                         return
             finally:
-                self._start_waiting()
+                if self.waiting:
+                    self._start_waiting()
         except ProtocolError as e:
             # A connection error: its GOAWAY is queued (PROTOCOL_ERROR, FRAME_SIZE_ERROR,
             # COMPRESSION_ERROR, ENHANCE_YOUR_CALM for an oversized header list...): send it
@@ -230,7 +234,8 @@ class H2Protocol(asyncio.Protocol):
             # After GOAWAY (graceful stop, reload): refused, safe for the client to retry.
             self.conn.reset_stream(sid, ErrorCode.REFUSED_STREAM)
             return
-        self.last_stream = max(self.last_stream, sid)
+        if sid > self.last_stream:
+            self.last_stream = sid
         headers = event.headers
         last = self.last_request
         if last is not None and last[0] == headers:

@@ -129,14 +129,13 @@ class H2Stream:
         self.h2p.head_cache = value
 
     def start(self, method: str, req: H2Request, ended: bool) -> None:
-        state = self.state
         ex = self.ex = Exchange(self, method, req.path, req.fields, "2.0", True, req.host)
         if not ended:
             ex.has_body = True
             if req.content_length is not None:
                 ex.content_length = req.content_length
                 ex.has_body = req.content_length > 0 or not ended
-                limit = state.max_body_size
+                limit = self.state.max_body_size
                 if limit and req.content_length > limit:
                     ex.reject_status = 413
             else:
