@@ -52,7 +52,8 @@ class H2Protocol(Protocol):
     def stream_done(self, stream: H2Stream) -> None: ...
 
 
-_STATUS = {s: str(s).encode() for s in range(100, 600)}
+# the :status field per code, one tuple each (the encoder's cache compares them by identity)
+_STATUS = {s: (b":status", str(s).encode()) for s in range(100, 600)}
 # Request body bytes the exchanges of one connection may hold before no stream's window is
 # opened until some exchange takes what it holds: without it, 128 streams each holding
 # BODY_HIGH_WATER (as one HTTP/1.1 request may) would be 32 MB for one connection.
@@ -189,7 +190,7 @@ class H2Stream:
     def send_head(self, status: int, fields: list[tuple[bytes, bytes]], end: bool) -> None:
         if self.ended:
             return
-        head = [(b":status", _STATUS.get(status) or str(status).encode()), *fields]
+        head = [_STATUS.get(status) or (b":status", str(status).encode()), *fields]
         try:
             self.conn.send_headers(self.sid, head, end_stream=end)
         except H2Error:
