@@ -25,7 +25,8 @@ class RequestReceived(Event):
 
 
 class ResponseReceived(RequestReceived):
-    """The final response head of a stream (client side; 1xx heads are dropped)."""
+    """The final response head of a stream (client side; 1xx heads are dropped). ``ended``:
+    a StreamEnded follows it (unlike RequestReceived's)."""
 
     __slots__ = ()
 
