@@ -261,7 +261,11 @@ class Connection:
             stream = self._open_outbound(sid)
         elif stream.local_closed:
             raise StreamClosedError(sid)
-        block = self._encode(headers)
+        last = self._last_out
+        if last is not None and last[0] == headers:
+            block = last[1]  # (see _keeps_table: the encoder's table is as it was then)
+        else:
+            block = self._encode(headers)
         n = len(block)
         if n <= self.max_outbound_frame_size:  # one HEADERS frame (header_frames, inlined)
             flags = END_STREAM | END_HEADERS if end_stream else END_HEADERS
@@ -272,9 +276,7 @@ class Connection:
             self._local_end(sid, stream)
 
     def _encode(self, headers: list[tuple[bytes, bytes]]) -> bytes:
-        last = self._last_out
-        if last is not None and last[0] == headers:
-            return last[1]  # (see _keeps_table: the encoder's table is as it was then)
+        """The block for ``headers`` (``send_headers`` reuses the last one first)."""
         if self.client_side:
             # RFC 7541 7.1.3: credentials never enter the (shared) dynamic table
             triples = [
@@ -541,10 +543,7 @@ class Connection:
             self._fail(ErrorCode.ENHANCE_YOUR_CALM, "header block too large")
 
     def _decode(self, block: bytes) -> list[tuple[bytes, bytes]]:
-        last = self._last_in
-        if last is not None and last[0] == block:
-            self._in_length = last[2]
-            return last[1][:]  # (see _keeps_table; a copy: the owner may extend its list)
+        """The fields of ``block`` (``_header_block`` reuses the last ones first)."""
         try:
             headers = [(h[0], h[1]) for h in self.decoder.decode(block, raw=True)]
         except OversizedHeaderListError:
@@ -566,7 +565,15 @@ class Connection:
         return headers
 
     def _header_block(self, sid: int, flags: int, block: bytes, out: list[ev.Event]) -> None:
-        headers = self._decode(block)  # always: the HPACK table is the connection's (4.3)
+        # Decoded always: the HPACK table is the connection's (4.3); the same block as last
+        # time, while it left the table as it was, means the same fields (see _keeps_table;
+        # a copy: the owner may extend its list).
+        last = self._last_in
+        if last is not None and last[0] == block:
+            self._in_length = last[2]
+            headers = last[1][:]
+        else:
+            headers = self._decode(block)
         ended = bool(flags & END_STREAM)
         stream = self.streams.get(sid)
         if stream is None:
