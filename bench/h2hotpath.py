@@ -15,7 +15,15 @@ samples split into the h2 library's (h2, hpack, hyperframe), Tollway's own and t
 (see ``spy``). ``--profile``: a cProfile of the rounds, split the same way (the standard
 library's and builtins' time charged to their callers; cProfile's overhead weighs on the
 call-heavy library more). ``--access-log``: with the default access log on. ``--against
-REV``: REV's src/ (git archive) and this tree, 4 interleaved pairs.
+REV``: REV's src/ (git archive) and this tree, 4 interleaved pairs. ``--direct`` (with
+``--h2``): no event-loop turns per call (they are most of the harness's own time), the worker's
+deferred writes flushed after each read as bench/hotpath.py does for HTTP/1.1: the two figures
+compare. Instructions per request, unaffected by the machine's load::
+
+    for n in 1000 3000; do valgrind --tool=callgrind --callgrind-out-file=/dev/null \\
+      .venv/bin/python bench/h2hotpath.py --h2 --direct --ahead 4000 --calls $n --rounds 1; done
+    # (the difference of the two "Collected" counts) / 2000: the calls made ahead (--ahead)
+    # and the set-up are the same in both runs
 """
 
 from __future__ import annotations
@@ -103,9 +111,10 @@ def _h2(client: bool) -> h2.connection.H2Connection:
 class Harness:
     """The gateway's two sides and their peers; ``call()`` runs one request through."""
 
-    def __init__(self, grpc: bool, access_log: bool = False) -> None:
+    def __init__(self, grpc: bool, access_log: bool = False, direct: bool = False) -> None:
         self.grpc = grpc
         self.access_log = access_log
+        self.direct = direct
         self.client = _h2(True)
         self.ct = Transport(("127.0.0.1", 50000), ("127.0.0.1", 9080))
         self.ut = Transport(("127.0.0.1", UP_PORT), ("127.0.0.1", 40000))
@@ -122,7 +131,9 @@ class Harness:
         upstream = {
             "type": "roundrobin",
             "nodes": {f"127.0.0.1:{UP_PORT}": 1},
-            "keepalive_pool": {"size": 320, "idle_timeout": 60, "requests": 2**31},
+            # (idle for an hour: under callgrind the calls made ahead take minutes, and a pooled
+            # connection swept meanwhile would send the request to a task)
+            "keepalive_pool": {"size": 320, "idle_timeout": 3600, "requests": 2**31},
         }
         route: dict[str, Any] = {"uri": "/api/v1/svc500/*", "upstream": upstream}
         if self.grpc:
@@ -253,6 +264,8 @@ class Harness:
 
     async def round(self, n: int) -> float:
         """µs of CPU per call over ``n`` calls (the first ``n`` of those prepared)."""
+        if self.direct:
+            return await self.round_direct(n)
         feed_client, feed_up = self.h2p.data_received, self.up_conn.data_received
         to_up, to_client = self.ut.out, self.ct.out
         requests, answers = self.requests[:n], self.answers[:n]
@@ -279,6 +292,39 @@ class Harness:
         self.calls += n
         assert self.h2p.state.requests == self.calls + 1, "a call did not finish"
         assert not self.h2p.streams and not getattr(self.up_conn, "streams", None)
+        return spent / n * 1e6
+
+    async def round_direct(self, n: int) -> float:
+        """``round`` without turning the event loop per call (``--direct``, as bench/hotpath.py
+        runs HTTP/1.1): the request's read, the worker's deferred writes (``flush_writes``), the
+        answer's read, the writes again. Only for a call that needs no task (``--h2``: the
+        exchange's callback path); the flushes it scheduled run between rounds (no-ops)."""
+        feed_client, feed_up = self.h2p.data_received, self.up_conn.data_received
+        flush = self.h2p.state.flush_writes
+        to_up, to_client = self.ut.out, self.ct.out
+        requests, answers = self.requests[:n], self.answers[:n]
+        del self.requests[:n], self.answers[:n]
+        prof = self.prof
+        if prof is not None:
+            prof.enable()
+        t0 = time.process_time()
+        for request, answer in zip(requests, answers, strict=True):
+            feed_client(request)
+            flush()
+            if not to_up:
+                raise AssertionError("the request went to a task: --direct cannot time it")
+            to_up.clear()
+            feed_up(answer)
+            flush()
+            to_client.clear()
+        spent = time.process_time() - t0
+        if prof is not None:
+            prof.disable()
+        for _ in range(3):
+            await asyncio.sleep(0)
+        self.calls += n
+        assert self.h2p.state.requests == self.calls + 1, "a call did not finish"
+        assert not self.h2p.streams
         return spent / n * 1e6
 
 
@@ -333,10 +379,10 @@ def worker_gc() -> None:
 
 
 async def run(args: argparse.Namespace) -> None:
-    h = Harness(args.grpc, args.access_log)
+    h = Harness(args.grpc, args.access_log, args.direct)
     await h.setup()
     await h.check()
-    h.prepare(500 + args.calls)
+    h.prepare(max(args.ahead, 500 + args.calls))
     worker_gc()
     await h.round(500)  # warm
     times = sorted([await h.round(args.calls // args.rounds) for _ in range(args.rounds)])
@@ -346,7 +392,7 @@ async def run(args: argparse.Namespace) -> None:
 
 
 async def run_profiled(args: argparse.Namespace) -> None:
-    h = Harness(args.grpc, args.access_log)
+    h = Harness(args.grpc, args.access_log, args.direct)
     await h.setup()
     await h.check()
     h.prepare(500 + args.calls + args.calls // 4)
@@ -463,9 +509,15 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=30)
     ap.add_argument("--own", action="store_true", help="the profile without the h2 library")
     ap.add_argument("--access-log", action="store_true", help="the access log on (its default)")
+    ap.add_argument("--ahead", type=int, default=0,
+                    help="calls made ahead (default: as many as the rounds take)")  # fmt: skip
+    ap.add_argument("--direct", action="store_true",
+                    help="(--h2) no event-loop turn per call: as bench/hotpath.py")  # fmt: skip
     ap.add_argument("--against", metavar="REV", help="A/B against a git revision")
     ap.add_argument("--spy", action="store_true", help="the split from py-spy's samples")
     args = ap.parse_args()
+    if args.direct and args.grpc:
+        ap.error("--direct is for --h2 (a gRPC call's upstream answer needs loop turns)")
     uvloop.run(run_profiled(args) if args.profile else run(args))
 
 

@@ -39,6 +39,7 @@ from tollway.http2.frames import (
     MAX_FRAME_SIZE_LIMIT,
     MAX_WINDOW,
     MIN_FRAME_SIZE,
+    PADDED,
     PING,
     PREFACE,
     PRIORITY,
@@ -64,6 +65,7 @@ MAX_CONTINUATIONS = 64  # CONTINUATION frames in one header block (empty ones co
 # Ranges of stream ids a client jumped over that are remembered (clients open ids in order: a
 # client jumping over more is told apart less strictly, its frames there dropped)
 MAX_SKIPPED = 16
+_BLOCK_FLAGS = END_HEADERS | PADDED | PRIORITY_FLAG  # (a HEADERS frame's: see receive_data)
 _SENSITIVE = frozenset({b"authorization", b"proxy-authorization"})
 # RFC 7541 6.1: an indexed header field changes neither side's dynamic table, and one octet
 # 0x81-0xFE is one such field (index 1-126; 0xFF starts a longer index, 0x80 is invalid). A
@@ -321,8 +323,13 @@ class Connection:
             stream = self._open_outbound(sid)
         elif stream.local_closed:
             raise StreamClosedError(sid)
-        block = self._encode(headers)
-        self.out.append(header_frames(sid, block, end_stream, self.max_outbound_frame_size))
+        block = self._encode(headers)  # (a remembered block first: _known_out)
+        n = len(block)
+        if n <= self.max_outbound_frame_size:  # one HEADERS frame (header_frames, inlined)
+            flags = END_STREAM | END_HEADERS if end_stream else END_HEADERS
+            self.out += (HEAD.pack(n << 8 | HEADERS, flags, sid), block)
+        else:
+            self.out.append(header_frames(sid, block, end_stream, self.max_outbound_frame_size))
         if end_stream:
             self._local_end(sid, stream)
 
@@ -374,6 +381,24 @@ class Connection:
         self.out.append(data)
         if end_stream:
             self._local_end(sid, stream)
+
+    def send_last(self, sid: int, data: bytes) -> bool:
+        """``data`` as the stream's last DATA frame (END_STREAM) when the windows and the frame
+        size take it all (the usual end of an answer: one call); False, nothing sent, when not.
+        """
+        stream = self.streams.get(sid)
+        if stream is None or stream.local_closed:
+            raise StreamClosedError(sid)
+        n = len(data)
+        if n > self.send_window or n > stream.send_window or n > self.max_outbound_frame_size:
+            return False
+        self.send_window -= n
+        stream.send_window -= n
+        self.out += (HEAD.pack(n << 8 | DATA, END_STREAM, sid), data)
+        stream.local_closed = True
+        if stream.remote_closed:
+            del self.streams[sid]
+        return True
 
     def end_stream(self, sid: int) -> None:
         self.send_data(sid, b"", end_stream=True)
@@ -434,7 +459,19 @@ class Connection:
                     break
                 payload = buf[pos + 9 : end]
                 pos = end
-                self._frame(word & 0xFF, flags, sid & MAX_WINDOW, payload, events)
+                sid &= MAX_WINDOW
+                if (
+                    word & 0xFF == HEADERS
+                    and flags & _BLOCK_FLAGS == END_HEADERS
+                    and sid
+                    and self._block is None
+                    and self.settings_seen
+                ):
+                    # A whole header block, no padding or priority (a client's request): what
+                    # _frame and _on_headers would check, checked
+                    self._header_block(sid, flags, payload, events)
+                else:
+                    self._frame(word & 0xFF, flags, sid, payload, events)
         finally:
             if pos < size and not self.closed:
                 self.buf = buf[pos:]  # an incomplete frame waits for the rest
@@ -656,12 +693,23 @@ class Connection:
             self.out.append(rst_stream(sid, ErrorCode.REFUSED_STREAM))
             out.append(ev.StreamRefused(sid))
             return
-        stream = self.streams[sid] = Stream(self.remote_initial, self.local_initial)
-        stream.length = self._in_length  # (read in _decode, once per distinct block)
-        ended = bool(flags & END_STREAM)
-        out.append(ev.RequestReceived(sid, headers, ended))
-        if ended:
-            self._remote_end(sid, stream, out)
+        length = self._in_length  # (read in _decode, once per distinct block)
+        stream = Stream(self.remote_initial, self.local_initial)
+        if flags & END_STREAM:
+            # A request without a body (most of them): one event says it opened and ended (no
+            # StreamEnded follows). A content-length other than 0 with no DATA is malformed
+            # (8.1.1): a stream error, and no request is reported.
+            if length > 0:
+                self.out.append(rst_stream(sid, ErrorCode.PROTOCOL_ERROR))
+                out.append(ev.StreamReset(sid, ErrorCode.PROTOCOL_ERROR, False))
+                return
+            stream.remote_closed = True
+            self.streams[sid] = stream
+            out.append(ev.RequestReceived(sid, headers, True))
+            return
+        stream.length = length
+        self.streams[sid] = stream
+        out.append(ev.RequestReceived(sid, headers, False))
 
     def _skipped_id(self, sid: int) -> bool:
         return any(low < sid < high for low, high in self._skipped)

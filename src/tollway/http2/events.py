@@ -13,7 +13,8 @@ class Event:
 
 
 class RequestReceived(Event):
-    """A client's request head opened stream ``stream_id`` (server side)."""
+    """A client's request head opened stream ``stream_id`` (server side). ``ended``: it
+    carried END_STREAM, and no StreamEnded follows for it (one event per bodiless request)."""
 
     __slots__ = ("ended", "headers", "stream_id")
 
@@ -24,7 +25,8 @@ class RequestReceived(Event):
 
 
 class ResponseReceived(RequestReceived):
-    """The final response head of a stream (client side; 1xx heads are dropped)."""
+    """The final response head of a stream (client side; 1xx heads are dropped). ``ended``:
+    a StreamEnded follows it (unlike RequestReceived's)."""
 
     __slots__ = ()
 

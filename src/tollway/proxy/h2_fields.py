@@ -155,9 +155,25 @@ _H2_NAMES: dict[bytes, bytes] = {}
 _H2_NAMES_MAX = 512  # past it, further names are converted each time (no unbounded growth)
 
 
+# The last head converted (a copy of its pieces) and its fields: an upstream repeats its head
+# answer after answer (the Date changes once a second), so most answers cost one list compare.
+_last: tuple[list[bytes], list[tuple[bytes, bytes]]] = ([], [])
+
+
 def response_fields(lines: list[bytes]) -> list[tuple[bytes, bytes]]:
     """The flat ``name, ": ", value, CRLF`` pieces of a response head as HTTP/2 fields:
-    lowercase names, no connection-specific field (RFC 9113 8.2.2)."""
+    lowercase names, no connection-specific field (RFC 9113 8.2.2). A new list each call (the
+    caller extends it)."""
+    global _last
+    last = _last
+    if last[0] == lines:
+        return last[1][:]
+    out = _convert(lines)
+    _last = (lines[:], out[:])
+    return out
+
+
+def _convert(lines: list[bytes]) -> list[tuple[bytes, bytes]]:
     out: list[tuple[bytes, bytes]] = []
     names = _H2_NAMES
     for i in range(0, len(lines), 4):

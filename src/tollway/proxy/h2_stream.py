@@ -52,26 +52,25 @@ class H2Protocol(Protocol):
     def stream_done(self, stream: H2Stream) -> None: ...
 
 
-_STATUS = {s: str(s).encode() for s in range(100, 600)}
+# the :status field per code, one tuple each (the encoder's cache compares them by identity)
+_STATUS = {s: (b":status", str(s).encode()) for s in range(100, 600)}
 # Request body bytes the exchanges of one connection may hold before no stream's window is
 # opened until some exchange takes what it holds: without it, 128 streams each holding
 # BODY_HIGH_WATER (as one HTTP/1.1 request may) would be 32 MB for one connection.
 BODY_BUDGET = 8 * BODY_HIGH_WATER
 _END = object()  # in ``pending``: END_STREAM (or the trailers) once the data before it left
+# ``pending`` of a stream that never queued (most: an answer that fits the windows leaves at
+# once). Nothing is ever appended to it (``H2Stream._queue``); its maxlen of 0 would drop it.
+_NO_QUEUE: deque[Any] = deque(maxlen=0)
 
 
 class H2Stream:
     http2 = True
-    # The state every stream starts with (class defaults: set on the instance once changed).
-    tunnel: Any = None
-    ex: Exchange | None = None
-    blocked = False  # waiting for a WINDOW_UPDATE
-    ended = False  # END_STREAM (or RST_STREAM) sent
-    reading_paused = False
-    unacked = 0  # body bytes received while paused: the window opens on resume
-    held = 0  # body bytes fed to the exchange since it last took them all
-    trailers: list[tuple[bytes, bytes]] | None = None
-    request_done = False
+    # (slots: a stream is made per request, and its two dozen fields are set faster so)
+    __slots__ = ("blocked", "client_cert", "conn", "ended", "ex", "h2p", "held", "pending",
+                 "reading_paused", "remote_addr", "remote_port", "request_done", "scheme",
+                 "server_addr", "server_port", "sid", "state", "trailers", "trust_real_ip",
+                 "tunnel", "unacked", "write_paused")  # fmt: skip
 
     def __init__(self, h2p: H2Protocol, sid: int) -> None:
         self.h2p = h2p
@@ -79,12 +78,31 @@ class H2Stream:
         self.sid = sid
         self.state = h2p.state
         self.scheme = h2p.scheme
-        self.remote_addr, self.remote_port = h2p.remote_addr, h2p.remote_port
-        self.server_addr, self.server_port = h2p.server_addr, h2p.server_port
+        self.remote_addr = h2p.remote_addr
+        self.remote_port = h2p.remote_port
+        self.server_addr = h2p.server_addr
+        self.server_port = h2p.server_port
         self.trust_real_ip = h2p.trust_real_ip
         self.client_cert = h2p.client_cert
         self.write_paused = h2p.write_paused
-        self.pending: deque[Any] = deque()  # body bytes (and _END) beyond the windows
+        # body bytes (and _END) beyond the windows: a queue of its own once there are some
+        self.pending: deque[Any] = _NO_QUEUE
+        self.tunnel: Any = None
+        self.ex: Exchange | None = None
+        self.blocked = False  # waiting for a WINDOW_UPDATE
+        self.ended = False  # END_STREAM (or RST_STREAM) sent
+        self.reading_paused = False
+        self.unacked = 0  # body bytes received while paused: the window opens on resume
+        self.held = 0  # body bytes fed to the exchange since it last took them all
+        self.trailers: list[tuple[bytes, bytes]] | None = None
+        self.request_done = False
+
+    def _queue(self) -> deque[Any]:
+        """``pending``, a queue of this stream's own (the shared empty one takes nothing)."""
+        pending = self.pending
+        if pending is _NO_QUEUE:
+            pending = self.pending = deque()
+        return pending
 
     @property
     def transport(self) -> Any:
@@ -112,14 +130,13 @@ class H2Stream:
         self.h2p.head_cache = value
 
     def start(self, method: str, req: H2Request, ended: bool) -> None:
-        state = self.state
         ex = self.ex = Exchange(self, method, req.path, req.fields, "2.0", True, req.host)
         if not ended:
             ex.has_body = True
             if req.content_length is not None:
                 ex.content_length = req.content_length
                 ex.has_body = req.content_length > 0 or not ended
-                limit = state.max_body_size
+                limit = self.state.max_body_size
                 if limit and req.content_length > limit:
                     ex.reject_status = 413
             else:
@@ -173,7 +190,7 @@ class H2Stream:
     def send_head(self, status: int, fields: list[tuple[bytes, bytes]], end: bool) -> None:
         if self.ended:
             return
-        head = [(b":status", _STATUS.get(status) or str(status).encode()), *fields]
+        head = [_STATUS.get(status) or (b":status", str(status).encode()), *fields]
         try:
             self.conn.send_headers(self.sid, head, end_stream=end)
         except H2Error:
@@ -187,7 +204,7 @@ class H2Stream:
         """Body bytes: DATA frames as far as the windows allow, the rest when they open."""
         if self.ended or not data:
             return
-        self.pending.append(data)
+        self._queue().append(data)
         self.push()
 
     def end_response(self, trailers: list[tuple[bytes, bytes]] | None, last: bytes = b"") -> None:
@@ -198,20 +215,20 @@ class H2Stream:
         if not trailers and not self.pending:
             # The common end (a whole answer read at once): its last bytes with END_STREAM in
             # one DATA frame when the windows take them, without the queue.
-            conn = self.conn
             try:
-                room = min(conn.local_flow_control_window(self.sid), conn.max_outbound_frame_size)
-                if len(last) <= room:
-                    self._send_end(last)
-                    self.h2p.flush_soon()
-                    return
+                sent = self.conn.send_last(self.sid, last)
             except H2Error:
                 self._lost()
                 return
+            if sent:
+                self._after_end()
+                self.h2p.flush_soon()
+                return
         self.trailers = trailers
+        pending = self._queue()
         if last:
-            self.pending.append(last)
-        self.pending.append(_END)
+            pending.append(last)
+        pending.append(_END)
         self.push()
 
     def is_closing(self) -> bool:
@@ -297,9 +314,11 @@ class H2Stream:
         # The exchange is over: the stream lets go of it (no exchange <-> stream cycle left to
         # the collector; what is still to send needs only the stream).
         self.ex = None
-        if not self.ended and (not self.pending or self.pending[-1] is not _END):
+        if self.ended:  # (its last frame was queued, and a flush with it)
+            self.h2p.stream_done(self)
+            return
+        if not self.pending or self.pending[-1] is not _END:
             self._reset(ErrorCode.INTERNAL_ERROR)
-        if self.ended:
             self.h2p.stream_done(self)
         self.h2p.flush_soon()
 

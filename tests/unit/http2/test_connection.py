@@ -508,14 +508,14 @@ def test_a_repeated_indexed_block_decodes_as_the_table_says_now() -> None:
     assert blocks[0][:1] == blocks[3][:1] == b"\x40"  # literals that insert (6.2.1)
     got = []
     for sid, data in zip(range(1, 12, 2), blocks, strict=True):
-        (req, _) = c.receive_data(frame(HEADERS, END_HEADERS | END_STREAM, sid, data))
+        (req,) = c.receive_data(frame(HEADERS, END_HEADERS | END_STREAM, sid, data))
         assert isinstance(req, ev.RequestReceived)
         got.append(req.headers)
         c.streams.clear()
     # index 62 is the newest entry: x-a, then x-b once it was inserted
     assert got == [x_a, x_a, x_a, x_b, x_b, x_a + x_b]
     got[2].append((b"x-c", b"3"))  # an owner's edit of its list reaches no later request
-    (req, _) = c.receive_data(frame(HEADERS, END_HEADERS | END_STREAM, 13, b"\xbf\xbe"))
+    (req,) = c.receive_data(frame(HEADERS, END_HEADERS | END_STREAM, 13, b"\xbf\xbe"))
     assert req.headers == x_a + x_b  # type: ignore[attr-defined]
 
 
@@ -532,7 +532,7 @@ def test_a_repeated_block_with_unindexed_literals_decodes_as_the_table_says_now(
     blocks = [block(x_a, enc), again, again, block(x_b, enc), again]
     got, cached = [], []
     for sid, data in zip(range(1, 10, 2), blocks, strict=True):
-        (req, _) = c.receive_data(frame(HEADERS, END_HEADERS | END_STREAM, sid, data))
+        (req,) = c.receive_data(frame(HEADERS, END_HEADERS | END_STREAM, sid, data))
         assert isinstance(req, ev.RequestReceived)
         got.append(req.headers)
         cached.append(again in c._known_in)
@@ -597,7 +597,7 @@ def test_alternating_blocks_decode_from_the_cache_until_one_inserts() -> None:
     blocks = [block(x_a, enc), head, trailers, head, trailers, block(x_b, enc), head, trailers]
     got, cached = [], []
     for sid, data in zip(range(1, 17, 2), blocks, strict=True):
-        (req, _) = c.receive_data(frame(HEADERS, END_HEADERS | END_STREAM, sid, data))
+        (req,) = c.receive_data(frame(HEADERS, END_HEADERS | END_STREAM, sid, data))
         assert isinstance(req, ev.RequestReceived)
         got.append(req.headers)
         cached.append(sorted(c._known_in) == sorted({head, trailers}))
@@ -742,3 +742,53 @@ def test_a_remembered_block_is_checked_once_as_a_head_and_once_as_trailers() -> 
         ["StreamReset"],
     ]
     assert len(c._known_in) == 3  # (each block was remembered)
+
+
+# -- a request without a body, an answer's last frame ----------------------------------------
+
+
+def test_a_request_ended_on_its_headers_is_one_event() -> None:
+    """HEADERS with END_STREAM: RequestReceived(ended) and no StreamEnded after it (the owner
+    takes the end from the event); the stream is half-closed (the peer may send nothing more)."""
+    c = server()
+    (req,) = open_request(c, 1, end=True)
+    assert isinstance(req, ev.RequestReceived) and req.ended and req.stream_id == 1
+    assert c.streams[1].remote_closed
+    (reset,) = c.receive_data(frame(DATA, 0, 1, b"late"))  # 5.1: half-closed (remote)
+    assert isinstance(reset, ev.StreamReset) and reset.error_code == ErrorCode.STREAM_CLOSED
+
+
+def test_a_bodiless_request_declaring_a_length_is_reset_not_reported() -> None:
+    """content-length 5 and END_STREAM on the HEADERS: malformed (RFC 9113 8.1.1), a stream
+    error; the request is not reported (no exchange starts for it). content-length 0 is fine."""
+    c = server()
+    events = c.receive_data(
+        frame(HEADERS, END_HEADERS | END_STREAM, 1, block([*REQ, (b"content-length", b"5")]))
+    )
+    assert [type(e) for e in events] == [ev.StreamReset]
+    assert events[0].error_code == ErrorCode.PROTOCOL_ERROR  # type: ignore[attr-defined]
+    assert read(c.data_to_send()) == [(RST_STREAM, 0, 1, struct.pack(">I", 1))]
+    assert 1 not in c.streams
+    (req,) = c.receive_data(
+        frame(HEADERS, END_HEADERS | END_STREAM, 3, block([*REQ, (b"content-length", b"0")]))
+    )
+    assert isinstance(req, ev.RequestReceived) and req.ended
+
+
+def test_send_last_takes_the_windows_or_sends_nothing() -> None:
+    """send_last: the last DATA frame with END_STREAM when both windows and the frame size take
+    it (the stream closes); else False and nothing queued (the caller queues it)."""
+    c = server()
+    open_request(c, 1, end=True)
+    open_request(c, 3, end=True)
+    c.streams[3].send_window = 3
+    assert not c.send_last(3, b"abcd")
+    assert c.data_to_send() == b"" and c.send_window == 65535
+    assert c.send_last(1, b"abcd")
+    assert read(c.data_to_send()) == [(DATA, END_STREAM, 1, b"abcd")]
+    assert 1 not in c.streams and c.send_window == 65535 - 4
+    with pytest.raises(StreamClosedError):
+        c.send_last(1, b"")
+    big = b"x" * (c.max_outbound_frame_size + 1)
+    c.streams[3].send_window = len(big)
+    assert not c.send_last(3, big)  # (past the frame size: split by the caller's queue)

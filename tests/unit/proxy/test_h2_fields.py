@@ -120,6 +120,20 @@ def test_response_fields_lowercase_without_connection_specific() -> None:
     ]
 
 
+def test_response_fields_of_a_repeated_head_are_a_new_list_each_time() -> None:
+    """The last head's fields are kept (an upstream repeats its head): each call still gets its
+    own list (the caller extends it), and a caller's list edited in place after the call (an
+    upstream connection reusing it) is converted again, not taken for the kept one."""
+    lines = split_lines(b"Content-Type: text/plain\r\nX-A: 1\r\n")
+    first = response_fields(lines)
+    first.append((b"server", b"x"))
+    again = response_fields(list(lines))
+    assert again == [(b"content-type", b"text/plain"), (b"x-a", b"1")] and again is not first
+    lines[6] = b"2"  # X-A's value, in the same list
+    assert response_fields(lines) == [(b"content-type", b"text/plain"), (b"x-a", b"2")]
+    assert response_fields(split_lines(b"Connection: close\r\n")) == []
+
+
 def test_budget_per_interval() -> None:
     b = Budget(0.0)
     assert all(b.spend_control(1.0) for _ in range(MAX_CONTROL))
