@@ -65,8 +65,11 @@ def forward(ex: ExchangeBase) -> None:
         ex._spawn(proxy(ex, route, up))
         return
     pick: PickContext | None
-    if up.single is not None:
+    fast = up.single_fast
+    if fast is not None:  # one node: its pool key and Host name are compiled
         pick, server = None, up.single
+        assert server is not None
+        key, name = fast
     else:
         pick = pick_context(ex, up)
         picked = next_server(up, pick)
@@ -74,15 +77,16 @@ def forward(ex: ExchangeBase) -> None:
             ex._spawn(proxy(ex, route, up))
             return
         server = picked
+        key = (up.pool_key, server.host, server.port)
+        name = up.node_hosts.get(server.addr, server.host) if up.node_hosts else server.host
     state = ex.proto.state
-    conn = state.pool.get_idle((up.pool_key, server.host, server.port))
+    conn = state.pool.get_idle(key)
     if conn is None:
         # A new connection is needed: the coroutine path connects (with its timeout).
         ex._spawn(proxy(ex, route, up, (server, pick, None)))
         return
     ex.read_timeout = (route.timeouts or up.timeouts or DEFAULT_TIMEOUTS).read
     ctx.upstream_addr = server.addr
-    name = up.node_hosts.get(server.addr, server.host) if up.node_hosts else server.host
     ex.last_activity = state.loop.time()  # (uvloop's clock: cached, millisecond steps)
     # The upstream time is measured precisely: it must nest inside the request's time.
     ex.held = Http1Attempt(ex, up, server, pick, None, conn, time.monotonic())

@@ -73,6 +73,7 @@ class CompiledUpstream:
         "scheme",
         "servers",
         "single",
+        "single_fast",
         "ssl_ctx",
         "timeouts",
         "upstream_host",
@@ -137,6 +138,17 @@ class CompiledUpstream:
         self.ssl_ctx = _ssl_context(conf) if conf.scheme in ("https", "grpcs") else None
         tls = conf.tls
         self.pool_key = (conf.scheme, tls.client_cert if tls else None, tls.verify if tls else None)
+        # What the fast path (proxy.attempt.forward) needs of a single node, built once: its
+        # pool key and the name its Host and SNI use (the domain of a resolved node).
+        single = self.single
+        self.single_fast: tuple[tuple[object, str, int], str] | None = (
+            (
+                (self.pool_key, single.host, single.port),
+                self.node_hosts.get(single.addr, single.host) if self.node_hosts else single.host,
+            )
+            if single is not None
+            else None
+        )
 
 
 def _ssl_context(conf: Upstream) -> ssl.SSLContext:
