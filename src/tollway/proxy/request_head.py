@@ -20,7 +20,6 @@ from tollway.plugins.kit import RequestContext
 from tollway.proxy.base import ExchangeBase
 from tollway.runtime.compiled import CompiledUpstream
 
-
 # The request line's start for the usual methods (an encode and a concatenation less each).
 _STARTS = {m: m.encode() + b" " for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH")}
 

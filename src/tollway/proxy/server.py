@@ -54,6 +54,9 @@ class HttpProtocol(Upgrading, asyncio.Protocol):
     http2 = False  # an exchange's connection is HTTP/1.x (contracts.ClientConnection)
 
     def __init__(self, state: ServerState, scheme: str = "http") -> None:
+        # (an instance attribute, not only the class's: read for every answer, and CPython
+        # 3.11 specializes only reads of the instance's own attributes)
+        self.http2 = False
         self.state = state
         self.scheme = scheme
         self.transport: asyncio.Transport | None = None
