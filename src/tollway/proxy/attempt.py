@@ -206,12 +206,13 @@ class Http1Attempt:
         ex.held = None
         ex.reading = False
         conn = self.conn
+        now = time.monotonic()  # (one clock read for the pool and the response time)
         if conn is not None:
             self.conn = None
-            ex.proto.state.pool.release(conn, up.limits)
+            ex.proto.state.pool.release(conn, up.limits, now)
         if self.pick is None and up.passive is None:  # one node, no passive checks: the time
             assert ex.ctx is not None
-            ex.ctx.upstream_response_time = time.monotonic() - self.started
+            ex.ctx.upstream_response_time = now - self.started
         else:
             succeeded(ex, up, self.server, self.pick, self.started, None)
         ex._finish()

@@ -345,10 +345,11 @@ class Pool:
         )
         return proto
 
-    def release(self, conn: UpstreamConnection, limits: PoolLimits) -> None:
+    def release(self, conn: UpstreamConnection, limits: PoolLimits, now: float = 0.0) -> None:
         """Keep ``conn`` for reuse when its response was read to the end. One with request
         bytes still unsent is closed; one a slow client had paused is read again (its
-        response is complete: whatever arrives now is unasked for and closes it)."""
+        response is complete: whatever arrives now is unasked for and closes it). ``now``:
+        ``time.monotonic()`` when the caller has just read it."""
         if (
             conn.closed
             or not conn.keep_alive
@@ -368,7 +369,7 @@ class Pool:
             return
         conn.sink = None
         conn.idle_timeout = limits.idle_timeout
-        conn.idle_since = time.monotonic()
+        conn.idle_since = now or time.monotonic()
         stack.append(conn)
         if self._sweeper is None:
             loop = asyncio.get_running_loop()
