@@ -63,10 +63,7 @@ class Responding(ExchangeBase):
             self._h2_head(status, response_fields(lines), content_length)
             return
         state = self.proto.state
-        head = state.status_heads.get(status)  # the status line and the Server line
-        if head is None:
-            head = status_line(status) + state.server_header
-        out = [head, *lines]
+        out = [state.status_heads.get(status) or state.status_head(status), *lines]
         if status >= 500 or state.show_upstream_status:
             out.append(upstream_status_field(self.upstream_statuses, status))
         # httprules.response_head.without_bodies, inlined: this runs for every proxied answer
