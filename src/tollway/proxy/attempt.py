@@ -66,6 +66,8 @@ def forward(ex: ExchangeBase) -> None:
         return
     pick: PickContext | None
     fast = up.single_fast
+    if fast is None and up.single is not None:
+        fast = up.fast_single()  # (once per upstream version)
     if fast is not None:  # one node: its pool key and Host name are compiled
         pick, server = None, up.single
         assert server is not None
