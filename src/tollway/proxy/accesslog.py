@@ -40,7 +40,7 @@ class AccessLog:
 
     def __init__(self, path: str, fmt: str, escape: str = "default") -> None:
         self.path = path
-        self._pieces, self._tail = compile_format(fmt)
+        self._pieces, self._tail = compile_line(fmt, escape)
         self._json = escape == "json"
         self._buf: list[bytes] = []
         self._size = 0
@@ -51,15 +51,20 @@ class AccessLog:
     def log(self, ex: Logged) -> None:
         """One line for the exchange ``ex`` (its ``ctx`` set)."""
         out: list[str] = []
+        ctx = ex.ctx
         if self._json:
-            for text, get in self._pieces:
-                v = get(ex)
+            for text, get, of_ctx in self._pieces:
+                v = get(ctx) if of_ctx else get(ex)
                 # nginx escape=json: the value as the inside of a JSON string, "" if unset
                 out += (text, "" if v is None else json_string(str(v)))
         else:
-            for text, get in self._pieces:
-                v = get(ex)
-                out += (text, "-" if v is None or v == "" else str(v))
+            for text, get, of_ctx in self._pieces:
+                v = get(ctx) if of_ctx else get(ex)
+                if v is None or v == "":
+                    v = "-"
+                elif type(v) is not str:
+                    v = str(v)
+                out += (text, v)
         out.append(self._tail)
         line = "".join(out).encode("utf-8", "replace")
         self._buf.append(line)
@@ -109,15 +114,42 @@ def json_string(value: str) -> str:
     return json.dumps(value, ensure_ascii=False)[1:-1]
 
 
-def compile_format(fmt: str) -> tuple[list[tuple[str, Getter]], str]:
-    """A format as (the text before a variable, its getter) pairs and the text after the last:
-    found once, so a line costs only its values."""
-    pieces: list[tuple[str, Getter]] = []
+Piece = tuple[str, Callable[[Any], Any], bool]
+
+
+def compile_line(fmt: str, escape: str | None = None) -> tuple[list[Piece], str]:
+    """A format as (the text before a variable, its getter, whether the getter reads the
+    request's context rather than the exchange) and the text after the last: found once, so a
+    line costs only its values, each one call (no wrapper that fetches the context first).
+    With ``escape`` ("default" or "json"), the variables whose value never changes are written
+    into the text, as that escape writes them."""
+    pieces: list[Piece] = []
     pos = 0
+    text = ""
     for m in _TOKEN.finditer(fmt):
-        pieces.append((fmt[pos : m.start()], getter(m.group(1))))
+        name = m.group(1)
+        text += fmt[pos : m.start()]
         pos = m.end()
-    return pieces, fmt[pos:] + "\n"
+        if escape is not None and name in _CONSTANT:
+            v = _CONSTANT[name]
+            if escape == "json":
+                text += "" if v is None else json_string(v)
+            else:
+                text += v or "-"
+            continue
+        own = _OWN.get(name)
+        if own is not None:
+            pieces.append((text, own, False))
+        else:
+            pieces.append((text, _OWN_CTX.get(name) or var_getter(name), True))
+        text = ""
+    return pieces, text + fmt[pos:] + "\n"
+
+
+def compile_format(fmt: str) -> tuple[list[tuple[str, Getter]], str]:
+    """``compile_line``'s pieces as (text, the value's getter for an exchange) pairs."""
+    pieces, tail = compile_line(fmt)
+    return [(text, _of_ex(get) if of_ctx else get) for text, get, of_ctx in pieces], tail
 
 
 def getter(name: str) -> Getter:
@@ -126,8 +158,11 @@ def getter(name: str) -> Getter:
     own = _OWN.get(name)
     if own is not None:
         return own
-    get = var_getter(name)
-    return lambda ex: get(ex.ctx)  # type: ignore[arg-type]
+    return _of_ex(_OWN_CTX.get(name) or var_getter(name))
+
+
+def _of_ex(get: Callable[[RequestContext], Any]) -> Getter:
+    return lambda ex: get(_ctx(ex))
 
 
 def _ctx(ex: Logged) -> RequestContext:
@@ -150,14 +185,23 @@ def time_local(now: float | None = None) -> str:
     return text
 
 
+# The variables the access log takes from the exchange, and those it reads from the context
+# in its own way (not ``RequestContext.var``'s).
 _OWN: dict[str, Getter] = {
     "status": lambda ex: ex.status,
     "body_bytes_sent": lambda ex: ex.resp_bytes,
-    "request_time": lambda ex: f"{time.time() - _ctx(ex).start_time:.3f}",
-    "time_local": lambda ex: time_local(_ctx(ex).start_time),
     "request": lambda ex: f"{ex.method} {_ctx(ex).request_uri} HTTP/{ex.http_version}",
     "remote_user": lambda ex: None,
     "upstream_scheme": lambda ex: "http",
-    "upstream_host": lambda ex: _ctx(ex).up_host or _ctx(ex).host,
     "upstream_response_time": lambda ex: None,
+}
+_CONSTANT: dict[str, str | None] = {  # (their _OWN getters' values)
+    "remote_user": None,
+    "upstream_scheme": "http",
+    "upstream_response_time": None,
+}
+_OWN_CTX: dict[str, Callable[[RequestContext], Any]] = {
+    "request_time": lambda c: f"{time.time() - c.start_time:.3f}",
+    "time_local": lambda c: time_local(c.start_time),
+    "upstream_host": lambda c: c.up_host or c.host,
 }

@@ -65,8 +65,13 @@ def forward(ex: ExchangeBase) -> None:
         ex._spawn(proxy(ex, route, up))
         return
     pick: PickContext | None
-    if up.single is not None:
+    fast = up.single_fast
+    if fast is None and up.single is not None:
+        fast = up.fast_single()  # (once per upstream version)
+    if fast is not None:  # one node: its pool key and Host name are compiled
         pick, server = None, up.single
+        assert server is not None
+        key, name = fast
     else:
         pick = pick_context(ex, up)
         picked = next_server(up, pick)
@@ -74,15 +79,16 @@ def forward(ex: ExchangeBase) -> None:
             ex._spawn(proxy(ex, route, up))
             return
         server = picked
+        key = (up.pool_key, server.host, server.port)
+        name = up.node_hosts.get(server.addr, server.host) if up.node_hosts else server.host
     state = ex.proto.state
-    conn = state.pool.get_idle((up.pool_key, server.host, server.port))
+    conn = state.pool.get_idle(key)
     if conn is None:
         # A new connection is needed: the coroutine path connects (with its timeout).
         ex._spawn(proxy(ex, route, up, (server, pick, None)))
         return
     ex.read_timeout = (route.timeouts or up.timeouts or DEFAULT_TIMEOUTS).read
     ctx.upstream_addr = server.addr
-    name = up.node_hosts.get(server.addr, server.host) if up.node_hosts else server.host
     ex.last_activity = state.loop.time()  # (uvloop's clock: cached, millisecond steps)
     # The upstream time is measured precisely: it must nest inside the request's time.
     ex.held = Http1Attempt(ex, up, server, pick, None, conn, time.monotonic())
@@ -202,12 +208,13 @@ class Http1Attempt:
         ex.held = None
         ex.reading = False
         conn = self.conn
+        now = time.monotonic()  # (one clock read for the pool and the response time)
         if conn is not None:
             self.conn = None
-            ex.proto.state.pool.release(conn, up.limits)
+            ex.proto.state.pool.release(conn, up.limits, now)
         if self.pick is None and up.passive is None:  # one node, no passive checks: the time
             assert ex.ctx is not None
-            ex.ctx.upstream_response_time = time.monotonic() - self.started
+            ex.ctx.upstream_response_time = now - self.started
         else:
             succeeded(ex, up, self.server, self.pick, self.started, None)
         ex._finish()

@@ -23,6 +23,7 @@ from tollway.plugins.kit import RequestContext, wire_value
 from tollway.plugins.registry import Chain, ChainEntry
 from tollway.proxy.attempt import forward, proxy
 from tollway.proxy.base import ExchangeBase
+from tollway.regex import Regex
 from tollway.runtime.compiled import CompiledRoute, Runtime
 
 log = logging.getLogger("tollway.proxy")
@@ -67,12 +68,8 @@ class Phases(ExchangeBase):
             return ANSWERED
         self.ctx = ctx
         mtls = self.proto.client_cert
-        if mtls is not None and not mtls[1]:
-            skip = mtls[0].skip
-            if skip is None or not skip.search(ctx.path):
-                # APISIX verify_https_client: no client certificate -> 400
-                self.respond_error(400)
-                return ANSWERED
+        if mtls is not None and not mtls[1] and self._no_client_cert(mtls[0].skip, ctx):
+            return ANSWERED
         runtime = self.proto.state.compiler.runtime
         ctx.consumers = runtime.consumers
         ctx.upstream_source = runtime  # plugins choose upstreams of this runtime too
@@ -99,8 +96,21 @@ class Phases(ExchangeBase):
         chain = self.chain = route.chain
         if chain.requests:
             return PHASES
-        # No request-phase plugin at all (the common case): nothing to drive.
+        # No request-phase plugin at all (the common case): nothing to drive. The route's own
+        # upstream, with nodes, for a request that is no upgrade: ``_choose_upstream``, inlined.
+        upstream = route.upstream
+        if upstream is not None and upstream.servers and not self.upgrade:
+            self.upstream = upstream
+            return FORWARD
         return FORWARD if self._choose_upstream(runtime, route) else ANSWERED
+
+    def _no_client_cert(self, skip: Regex | None, ctx: RequestContext) -> bool:
+        """mTLS without a client certificate: answered 400 (True) unless the path is one the
+        route's ``skip_mtls_uri_regex`` lets through (APISIX verify_https_client)."""
+        if skip is None or not skip.search(ctx.path):
+            self.respond_error(400)
+            return True
+        return False
 
     def _with_consumer(self, ctx: RequestContext) -> tuple[Chain, tuple[ChainEntry, ...]] | None:
         """An auth plugin identified a consumer: its group's and its own plugins now apply.

@@ -20,6 +20,9 @@ from tollway.plugins.kit import RequestContext
 from tollway.proxy.base import ExchangeBase
 from tollway.runtime.compiled import CompiledUpstream
 
+# The request line's start for the usual methods (an encode and a concatenation less each).
+_STARTS = {m: m.encode() + b" " for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH")}
+
 
 def request_head(
     ex: ExchangeBase, up: CompiledUpstream, host: str, port: int, body: bytes | None
@@ -43,6 +46,9 @@ def request_head(
     )
     method = ctx.up_method or ex.method
     target = target_bytes(ctx.up_uri) if ctx.up_uri is not None else ex.target
+    start = _STARTS.get(method)
+    if start is None:
+        start = method.encode("latin-1") + b" "
     if plain:
         cached = proto.head_cache
         if (
@@ -52,7 +58,7 @@ def request_head(
             and cached[2] == ctx.host
             and cached[3] == ops
         ):
-            return method.encode("latin-1") + b" " + target + cached[4]
+            return start + target + cached[4]
     host_hdr = host_field(
         ctx.up_host, up.pass_host, up.upstream_host, up.scheme, host, port, ex.host_raw
     )
@@ -60,7 +66,7 @@ def request_head(
     if plain:
         # (a copy of the edits: the cache outlives this request)
         proto.head_cache = (ex.raw_headers, ex.host_raw, ctx.host, ops and list(ops), rest)
-    return method.encode("latin-1") + b" " + target + rest
+    return start + target + rest
 
 
 def _header_block(ex: ExchangeBase, ctx: RequestContext, method: str, body: bytes | None) -> bytes:

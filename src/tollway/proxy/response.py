@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tollway.proxy")
 
+# Statuses whose answers have no body (RFC 9110 6.4.1; httprules.response_head.without_bodies).
+_BODYLESS = frozenset((204, 304, *range(100, 200)))
+
 
 class Responding(ExchangeBase):
     __slots__ = ()
@@ -60,11 +63,11 @@ class Responding(ExchangeBase):
             self._h2_head(status, response_fields(lines), content_length)
             return
         state = self.proto.state
-        out = [STATUS_LINES.get(status) or status_line(status), state.server_header, *lines]
+        out = [state.status_heads.get(status) or state.status_head(status), *lines]
         if status >= 500 or state.show_upstream_status:
             out.append(upstream_status_field(self.upstream_statuses, status))
         # httprules.response_head.without_bodies, inlined: this runs for every proxied answer
-        no_body = self.method == "HEAD" or status in (204, 304) or 100 <= status < 200
+        no_body = status in _BODYLESS or self.method == "HEAD"
         self.resp_no_body = no_body
         if self.buffered_resp is not None:
             pass  # framed when the whole body is known
@@ -84,7 +87,7 @@ class Responding(ExchangeBase):
         self.response_started = True
         if self.buffered_resp is not None:
             # without its status line: body_filter may still set the status (on_upstream_complete)
-            self.buffered_resp.append(b"".join(out[1:]))
+            self.buffered_resp.append(state.server_header + b"".join(out[1:]))
             return
         out.append(b"\r\n")
         # Buffered: the head usually leaves in one write with the first body bytes (flush()),

@@ -54,6 +54,9 @@ class HttpProtocol(Upgrading, asyncio.Protocol):
     http2 = False  # an exchange's connection is HTTP/1.x (contracts.ClientConnection)
 
     def __init__(self, state: ServerState, scheme: str = "http") -> None:
+        # (an instance attribute, not only the class's: read for every answer, and CPython
+        # 3.11 specializes only reads of the instance's own attributes)
+        self.http2 = False
         self.state = state
         self.scheme = scheme
         self.transport: asyncio.Transport | None = None
@@ -238,6 +241,7 @@ class HttpProtocol(Upgrading, asyncio.Protocol):
         self._expect = False
         self._connection = b""
         self._real_ip = b""
+        self._noted = False  # a field of a kind other than Host was seen (see on_header)
 
     def reading_head(self) -> bool:
         """Part of a request head has arrived, not all of it."""
@@ -265,7 +269,9 @@ class HttpProtocol(Upgrading, asyncio.Protocol):
                 raise ParseLimit(400)  # RFC 9112 3.2: more than one Host field is invalid
             self._hosts = 1
             self._host = value
-        elif kind == _CONTENT_LENGTH:
+            return
+        self._noted = True  # one of the fields below: on_headers_complete reads them
+        if kind == _CONTENT_LENGTH:
             self._cl_count += 1
             if self._cl_count > 1 or not value.strip().isdigit():
                 raise ParseLimit(400)
@@ -307,14 +313,7 @@ class HttpProtocol(Upgrading, asyncio.Protocol):
         if not self._host and version == "1.1":
             raise ParseLimit(400)  # RFC 9112 3.2: an HTTP/1.1 request must carry Host (nginx)
         ex = Exchange(self, method, self._url, headers, version, keep_alive, self._host)
-        if (
-            self._cl_count
-            or self._te
-            or self._expect
-            or self._upgrade
-            or self._connection
-            or self._real_ip
-        ):
+        if self._noted:  # Content-Length, Transfer-Encoding, Expect, Upgrade, Connection...
             self._noted_fields(ex, headers)
         else:  # no body, nothing noted (most GETs)
             ex.body_complete = True
@@ -358,7 +357,7 @@ class HttpProtocol(Upgrading, asyncio.Protocol):
                 ex.client_addr = self.state.real_ip.client(self._real_ip)
             self._real_ip = b""
         self._cl_count = 0
-        self._te = self._expect = False
+        self._te = self._expect = self._noted = False
         self._upgrade = self._connection = b""
 
     def on_body(self, body: bytes) -> None:

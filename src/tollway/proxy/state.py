@@ -8,7 +8,7 @@ import time
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Any, Protocol
 
-from tollway.httprules.status import SERVER_HEADER
+from tollway.httprules.status import SERVER_HEADER, STATUS_LINES, status_line
 from tollway.proxy.flow import Writes
 from tollway.proxy.realip import RealIp
 from tollway.runtime.compiler import Compiler
@@ -81,6 +81,8 @@ class ServerState:
         self.server_header = (
             b"Server: " + (SERVER_HEADER if server_tokens else b"Tollway") + b"\r\n"
         )
+        # A proxied answer's status line and Server line, one piece per status (status 200...)
+        self.status_heads = {code: line + self.server_header for code, line in STATUS_LINES.items()}
         self.show_upstream_status = show_upstream_status
         self.retry_non_idempotent = retry_non_idempotent
         self.real_ip = real_ip
@@ -120,6 +122,10 @@ class ServerState:
             "accepted": self.accepted,
             "handled": self.accepted,
         }
+
+    def status_head(self, status: int) -> bytes:
+        """The status line and the Server line of a proxied answer with an unusual status."""
+        return status_line(status) + self.server_header
 
     def date_line(self) -> bytes:
         """``Date: ...\r\n`` for answers the gateway makes (RFC 9110 6.6.1), formatted once a

@@ -73,6 +73,7 @@ class CompiledUpstream:
         "scheme",
         "servers",
         "single",
+        "single_fast",
         "ssl_ctx",
         "timeouts",
         "upstream_host",
@@ -137,6 +138,19 @@ class CompiledUpstream:
         self.ssl_ctx = _ssl_context(conf) if conf.scheme in ("https", "grpcs") else None
         tls = conf.tls
         self.pool_key = (conf.scheme, tls.client_cert if tls else None, tls.verify if tls else None)
+        # What the fast path (proxy.attempt.forward) needs of a single node, built at its first
+        # request (``fast_single``; not for upstreams that serve none: issue #17's memory).
+        self.single_fast: tuple[tuple[object, str, int], str] | None = None
+
+    def fast_single(self) -> tuple[tuple[object, str, int], str] | None:
+        """A single node's pool key and the name its Host and SNI use (the domain of a resolved
+        node), kept in ``single_fast``; None with more than one node."""
+        single = self.single
+        if single is None:
+            return None
+        name = self.node_hosts.get(single.addr, single.host) if self.node_hosts else single.host
+        fast = self.single_fast = ((self.pool_key, single.host, single.port), name)
+        return fast
 
 
 def _ssl_context(conf: Upstream) -> ssl.SSLContext:

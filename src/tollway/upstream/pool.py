@@ -113,6 +113,7 @@ class UpstreamConnection(WritePaused):
         "bytes_received",
         "connection",
         "content_length",
+        "fields",
         "head_request",
         "idle_since",
         "idle_timeout",
@@ -127,7 +128,6 @@ class UpstreamConnection(WritePaused):
         "transport",
         "upgraded",
     )
-    fields: list[tuple[bytes, bytes]] | None = None  # (an HTTP/1.1 head: ``lines`` only)
 
     def __init__(self, pool: Pool, key: Hashable) -> None:
         self.pool = pool
@@ -138,6 +138,8 @@ class UpstreamConnection(WritePaused):
         self.lines: list[bytes] = []
         self.content_length: bytes | None = None
         self.connection: bytes | None = None
+        # (an HTTP/1.1 head: ``lines`` only; a slot, not a class attribute: read per answer)
+        self.fields: list[tuple[bytes, bytes]] | None = None
         self.sink: ResponseSink | None = None
         self.requests = 0
         self.idle_since = 0.0
@@ -343,16 +345,17 @@ class Pool:
         )
         return proto
 
-    def release(self, conn: UpstreamConnection, limits: PoolLimits) -> None:
+    def release(self, conn: UpstreamConnection, limits: PoolLimits, now: float = 0.0) -> None:
         """Keep ``conn`` for reuse when its response was read to the end. One with request
         bytes still unsent is closed; one a slow client had paused is read again (its
-        response is complete: whatever arrives now is unasked for and closes it)."""
+        response is complete: whatever arrives now is unasked for and closes it). ``now``:
+        ``time.monotonic()`` when the caller has just read it."""
         if (
             conn.closed
             or not conn.keep_alive
             or conn.upgraded
             or conn.requests >= limits.requests
-            or conn.write_paused
+            or conn._paused  # (write_paused, without a property call per request)
         ):
             conn.close()
             return
@@ -366,7 +369,7 @@ class Pool:
             return
         conn.sink = None
         conn.idle_timeout = limits.idle_timeout
-        conn.idle_since = time.monotonic()
+        conn.idle_since = now or time.monotonic()
         stack.append(conn)
         if self._sweeper is None:
             loop = asyncio.get_running_loop()
