@@ -162,7 +162,14 @@ def compile_writer(fmt: str, escape: str = "default") -> Callable[[Logged], byte
     parts.append("_tail")
     if any(_is_header(name) for _, name in pairs):
         body.insert(1, "h = c.headers")  # decoded once (``RequestContext.headers``), for all
-    body.append(f'return _join(({", ".join(parts)},)).encode("utf-8", "replace")')
+    # Strict UTF-8 (the encoder's fast path) unless a value holds a lone surrogate.
+    body += [
+        f"line = _join(({', '.join(parts)},))",
+        "try:",
+        "    return line.encode()",
+        "except UnicodeEncodeError:",
+        '    return line.encode("utf-8", "replace")',
+    ]
     src = "def line(ex):\n" + "".join(f"    {stmt}\n" for stmt in body)
     exec(compile(src, "<access log format>", "exec"), consts)  # (the source: see the docstring)
     made: Callable[[Logged], bytes] = consts["line"]
@@ -243,17 +250,19 @@ def _ctx(ex: Logged) -> RequestContext:
     return ctx
 
 
-_local: list[Any] = [None, ""]  # (the second, its $time_local): formatted once a second
+# The second $time_local was last formatted for, the next one, and its text: formatted once a
+# second, the check two float comparisons (no ``int()`` call per line).
+_local: list[Any] = [0.0, 0.0, ""]
 
 
 def time_local(now: float | None = None) -> str:
     if now is None:
         return time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime())
-    second = int(now)
-    if _local[0] != second:
-        _local[1] = time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime(second))
-        _local[0] = second
-    text: str = _local[1]
+    if not _local[0] <= now < _local[1]:
+        second = int(now)
+        _local[2] = time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime(second))
+        _local[0], _local[1] = float(second), float(second + 1)
+    text: str = _local[2]
     return text
 
 
@@ -286,7 +295,7 @@ _INLINE: dict[str, tuple[str, str]] = {
     "request": ('f"{ex.method} {c.request_uri} HTTP/{ex.http_version}"', _OPT),
     "request_time": ('f"{_now() - c.start_time:.3f}"', _OPT),
     "time_local": (
-        "_local[1] if _local[0] == int(c.start_time) else _time_local(c.start_time)",
+        "_local[2] if _local[0] <= c.start_time < _local[1] else _time_local(c.start_time)",
         _OPT,
     ),
     "upstream_host": ("c.up_host or c.host", _OPT),

@@ -180,3 +180,11 @@ def test_default_format_line_bytes() -> None:
             '"http://r/" "curl/8.0" 127.0.0.1:1980 200 - "http://example.com/a/b?x=1"\n'
         ).encode()
     )
+
+
+def test_a_lone_surrogate_is_replaced_not_raised() -> None:
+    """A value Python cannot encode strictly (a lone surrogate) is written as "?", as the
+    encoder's "replace" does: one bad value never loses the line."""
+    ex = exchange()
+    ex.ctx.request_uri = "/a\udcff"
+    assert compile_writer("$request_uri $status")(ex) == b"/a? 200\n"
