@@ -160,8 +160,10 @@ def compile_writer(fmt: str, escape: str = "default") -> Callable[[Logged], byte
         parts.append(f"v{i}")
     consts["_tail"] = tail
     parts.append("_tail")
-    if any(_is_header(name) for _, name in pairs):
-        body.insert(1, "h = c.headers")  # decoded once (``RequestContext.headers``), for all
+    wanted = frozenset(n for _, name in pairs if _is_header(name) for n in _header_names(name))
+    if wanted:
+        consts["_wanted"] = frozenset(n.encode() for n in wanted)
+        body[1:1] = _HEADERS
     # Strict UTF-8 (the encoder's fast path) unless a value holds a lone surrogate.
     body += [
         f"line = _join(({', '.join(parts)},))",
@@ -198,6 +200,29 @@ def _value_source(i: int, name: str, consts: dict[str, Any]) -> tuple[str, str]:
 
 def _is_header(name: str) -> bool:
     return name.startswith("http_") and name not in _INLINE
+
+
+def _header_names(name: str) -> tuple[str, ...]:
+    key = name[5:]
+    return (key, key.replace("_", "-"))
+
+
+# ``h``: the request's headers as ``RequestContext.headers`` has them, but while no one decoded
+# them all and no plugin edited them (``header_by``'s test), only the fields the format names,
+# found in one pass over the client's fields (no property call, no other field decoded).
+_HEADERS = [
+    "h = c._headers",
+    "if h is None and c.up_header_ops is None:",
+    "    h = {}",
+    "    for k, val in c.raw_headers:",
+    "        k = k.lower()",
+    "        if k in _wanted:",
+    '            k = k.decode("latin-1")',
+    '            val = val.decode("latin-1")',
+    '            h[k] = f"{h[k]}, {val}" if k in h else val',
+    "elif h is None:",
+    "    h = c.headers",
+]
 
 
 # The kinds of a value, for the statements that write it: an int, a str or None, anything.

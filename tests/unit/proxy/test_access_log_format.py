@@ -143,11 +143,14 @@ def fixed_clock(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.usefixtures("fixed_clock")
 @pytest.mark.parametrize("escape", ["default", "json"])
 @pytest.mark.parametrize("fmt", [HttpConf().access_log_format, EVERY, "plain", "$status%s{}\\"])
-@pytest.mark.parametrize("edited", [False, True])
-def test_writer_writes_what_the_getters_give(fmt: str, escape: str, edited: bool) -> None:
+@pytest.mark.parametrize("headers", ["raw", "decoded", "edited"])
+def test_writer_writes_what_the_getters_give(fmt: str, escape: str, headers: str) -> None:
     ex = exchange(x_quote=ODD, x_empty="", cookie="a=1")
     ex.ctx.raw_headers.append((b"x_only", "caf\xe9".encode("latin-1")))
-    if edited:  # a plugin's upstream header edits: $http_* shows them (RequestContext.headers)
+    ex.ctx.raw_headers.append((b"X-QUOTE", b"again"))  # repeated, any case: joined with ", "
+    if headers == "decoded":  # a plugin read them all first: the log reads that dict
+        assert ex.ctx.headers["x-quote"].endswith(", again")
+    if headers == "edited":  # a plugin's upstream header edits: $http_* shows them
         ex.ctx.up_header_ops = [("User-Agent", "edited", False), ("X-Quote", None, False)]
         ex.ctx.up_uri, ex.ctx.up_host = "/rewritten", "up.example"
     assert compile_writer(fmt, escape)(ex) == reference(fmt, escape, ex)
