@@ -1,5 +1,6 @@
-"""The access log: nginx-style format compiled once (each variable to its getter: a line costs
-only the values it shows); lines buffered and written off the loop."""
+"""The access log: nginx-style format compiled once, to one generated function of the exchange
+(``compile_writer``: a line costs only the values it shows, read inline); lines buffered and
+written off the loop."""
 
 from __future__ import annotations
 
