@@ -3,6 +3,7 @@
     .venv/bin/python bench/hotpath.py [--requests 200000] [--plugins] [--profile]
     .venv/bin/python bench/hotpath.py --vars-regex | --uri-blocker   # user regexes on the route
     .venv/bin/python bench/hotpath.py --against HEAD~1     # A/B: that commit vs the working tree
+    .venv/bin/python bench/hotpath.py --access-log default  # with the access log (json: escape)
 
 One client connection (``HttpProtocol``) and one pooled upstream connection (``UpstreamConnection``)
 with in-memory transports: each iteration feeds wrk's request to the client side and nginx's answer
@@ -476,6 +477,11 @@ async def main() -> None:
     ap.add_argument(
         "--worker-gc", action="store_true", help="the worker's gc.freeze() and thresholds"
     )
+    ap.add_argument(
+        "--access-log",
+        choices=["default", "json"],
+        help="the default access log format on, with this escape (lines written to /dev/null)",
+    )
     ap.add_argument("--against", metavar="REF", help="A/B against a git revision")
     ap.add_argument("--show", action="store_true", help="print one request and one answer")
     args = ap.parse_args()
@@ -498,6 +504,12 @@ async def main() -> None:
         args.observe,
         with_plugins=args.plugin,
     )
+    if args.access_log:  # on by default in the gateway (HttpConf.enable_access_log)
+        from tollway.proxy.accesslog import AccessLog
+        from tollway.settings import HttpConf
+
+        log = AccessLog(os.devnull, HttpConf().access_log_format, args.access_log)
+        proto.state.access_log = log
     if args.worker_gc:  # as tollway.worker.main
         import gc
 

@@ -3,6 +3,7 @@ log_format makes of the exchange, plain or escape=json."""
 
 from __future__ import annotations
 
+import json
 import time
 from types import SimpleNamespace
 from typing import Any
@@ -10,7 +11,16 @@ from typing import Any
 import pytest
 
 from tollway.plugins.kit import RequestContext, var_getter
-from tollway.proxy.accesslog import AccessLog, compile_format, time_local
+from tollway.proxy.accesslog import (
+    _INLINE,
+    _OWN,
+    _OWN_CTX,
+    AccessLog,
+    compile_format,
+    compile_line,
+    compile_writer,
+    time_local,
+)
 from tollway.settings import HttpConf
 
 
@@ -83,3 +93,101 @@ def test_http_variables_read_dashes_then_underscores() -> None:
 def test_time_local_is_formatted_once_a_second_and_stays_right() -> None:
     for now in (1_700_000_000.1, 1_700_000_000.9, 1_700_000_001.0, 1_600_000_000.5):
         assert time_local(now) == time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime(now))
+
+
+# -- the generated writer (compile_writer) against the getters, byte for byte ---------------
+
+
+def reference(fmt: str, escape: str, ex: Any) -> bytes:
+    """The line as the getters give it (the loop ``AccessLog.log`` ran before the writer was
+    generated): each value fetched by its getter, then escaped."""
+    pieces, tail = compile_line(fmt, escape)
+    out: list[str] = []
+    for text, get, of_ctx in pieces:
+        v = get(ex.ctx) if of_ctx else get(ex)
+        if escape == "json":
+            out += (text, "" if v is None else json.dumps(str(v), ensure_ascii=False)[1:-1])
+        else:
+            out += (text, "-" if v is None or v == "" else str(v))
+    return ("".join(out) + tail).encode("utf-8", "replace")
+
+
+EVERY = " ".join(
+    f"${name}"
+    for name in [
+        *_INLINE,
+        *_OWN,
+        *_OWN_CTX,
+        "http_user_agent",
+        "http_x_quote",
+        "http_x_only",
+        "http_missing",
+        "http_x_empty",
+        "request_length",
+        "server_port",
+        "cookie_a",
+        "arg_x",
+        "nosuchvar",
+        "content_type",
+    ]
+)
+ODD = 'say "hi"\\\r\n\t\x01 caf\xe9 \u00ff end'  # quotes, backslash, controls, non-ASCII
+
+
+@pytest.fixture
+def fixed_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``$request_time`` reads the clock: the same instant for the writer and the getters."""
+    monkeypatch.setattr("time.time", lambda: 1_700_000_002.5)
+
+
+@pytest.mark.usefixtures("fixed_clock")
+@pytest.mark.parametrize("escape", ["default", "json"])
+@pytest.mark.parametrize("fmt", [HttpConf().access_log_format, EVERY, "plain", "$status%s{}\\"])
+@pytest.mark.parametrize("headers", ["raw", "decoded", "edited"])
+def test_writer_writes_what_the_getters_give(fmt: str, escape: str, headers: str) -> None:
+    ex = exchange(x_quote=ODD, x_empty="", cookie="a=1")
+    ex.ctx.raw_headers.append((b"x_only", "caf\xe9".encode("latin-1")))
+    ex.ctx.raw_headers.append((b"X-QUOTE", b"again"))  # repeated, any case: joined with ", "
+    if headers == "decoded":  # a plugin read them all first: the log reads that dict
+        assert ex.ctx.headers["x-quote"].endswith(", again")
+    if headers == "edited":  # a plugin's upstream header edits: $http_* shows them
+        ex.ctx.up_header_ops = [("User-Agent", "edited", False), ("X-Quote", None, False)]
+        ex.ctx.up_uri, ex.ctx.up_host = "/rewritten", "up.example"
+    assert compile_writer(fmt, escape)(ex) == reference(fmt, escape, ex)
+
+
+@pytest.mark.usefixtures("fixed_clock")
+def test_writer_handles_unset_and_odd_values_in_both_escapes() -> None:
+    """Unset and empty values are "-" (default) or "" (json); default writes a value as it is,
+    json escapes quotes, backslashes and control characters. A header's bytes are its latin-1
+    characters, written as UTF-8 (so the client's 0xE9 byte is C3 A9 in the file)."""
+    ex = exchange()
+    ex.ctx.raw_headers.append((b"x-quote", b'say "hi"\\\r\t\x01 caf\xe9'))
+    ex.ctx.upstream_addr = ex.ctx.upstream_status = None
+    ex.ctx.remote_addr = ""
+    fmt = "$remote_addr|$upstream_addr|$upstream_status|$http_x_quote|$http_referer|$nosuch|$status"
+    assert compile_writer(fmt)(ex) == b'-|-|-|say "hi"\\\r\t\x01 caf\xc3\xa9|-|-|200\n'
+    assert compile_writer(fmt, "json")(ex) == (
+        b'|||say \\"hi\\"\\\\\\r\\t\\u0001 caf\xc3\xa9|||200\n'
+    )
+
+
+@pytest.mark.usefixtures("fixed_clock")
+def test_default_format_line_bytes() -> None:
+    ex = exchange(referer="http://r/")
+    stamp = time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime(1_700_000_000))
+    assert (
+        compile_writer(HttpConf().access_log_format)(ex)
+        == (
+            f'10.0.0.7 - - [{stamp}] example.com:9080 "GET /a/b?x=1 HTTP/2.0" 200 12 2.250 '
+            '"http://r/" "curl/8.0" 127.0.0.1:1980 200 - "http://example.com/a/b?x=1"\n'
+        ).encode()
+    )
+
+
+def test_a_lone_surrogate_is_replaced_not_raised() -> None:
+    """A value Python cannot encode strictly (a lone surrogate) is written as "?", as the
+    encoder's "replace" does: one bad value never loses the line."""
+    ex = exchange()
+    ex.ctx.request_uri = "/a\udcff"
+    assert compile_writer("$request_uri $status")(ex) == b"/a? 200\n"
