@@ -19,6 +19,7 @@ from tollway.proxy.accesslog import (
     compile_format,
     compile_line,
     compile_writer,
+    escape_default,
     time_local,
 )
 from tollway.settings import HttpConf
@@ -108,8 +109,12 @@ def reference(fmt: str, escape: str, ex: Any) -> bytes:
         if escape == "json":
             out += (text, "" if v is None else json.dumps(str(v), ensure_ascii=False)[1:-1])
         else:
-            out += (text, "-" if v is None or v == "" else str(v))
-    return ("".join(out) + tail).encode("utf-8", "replace")
+            out += (text, "-" if v is None or v == "" else escape_default(str(v)))
+    line = "".join(out) + tail
+    try:
+        return line.encode("latin-1")  # (the client's bytes, as nginx writes them)
+    except UnicodeEncodeError:
+        return line.encode("utf-8", "replace")
 
 
 EVERY = " ".join(
@@ -158,18 +163,18 @@ def test_writer_writes_what_the_getters_give(fmt: str, escape: str, headers: str
 
 @pytest.mark.usefixtures("fixed_clock")
 def test_writer_handles_unset_and_odd_values_in_both_escapes() -> None:
-    """Unset and empty values are "-" (default) or "" (json); default writes a value as it is,
-    json escapes quotes, backslashes and control characters. A header's bytes are its latin-1
-    characters, written as UTF-8 (so the client's 0xE9 byte is C3 A9 in the file)."""
+    """Unset and empty values are "-" (default) or "" (json). As nginx's log module: default
+    writes ", \\ and bytes outside 0x20-0x7E as \\xHH; json escapes quotes, backslashes and
+    control characters; both write the client's other bytes as it sent them (0xE9 stays E9)."""
     ex = exchange()
     ex.ctx.raw_headers.append((b"x-quote", b'say "hi"\\\r\t\x01 caf\xe9'))
     ex.ctx.upstream_addr = ex.ctx.upstream_status = None
     ex.ctx.remote_addr = ""
     fmt = "$remote_addr|$upstream_addr|$upstream_status|$http_x_quote|$http_referer|$nosuch|$status"
-    assert compile_writer(fmt)(ex) == b'-|-|-|say "hi"\\\r\t\x01 caf\xc3\xa9|-|-|200\n'
-    assert compile_writer(fmt, "json")(ex) == (
-        b'|||say \\"hi\\"\\\\\\r\\t\\u0001 caf\xc3\xa9|||200\n'
+    assert compile_writer(fmt)(ex) == (
+        b"-|-|-|say \\x22hi\\x22\\x5C\\x0D\\x09\\x01 caf\\xE9|-|-|200\n"
     )
+    assert compile_writer(fmt, "json")(ex) == (b'|||say \\"hi\\"\\\\\\r\\t\\u0001 caf\xe9|||200\n')
 
 
 @pytest.mark.usefixtures("fixed_clock")
@@ -191,3 +196,24 @@ def test_a_lone_surrogate_is_replaced_not_raised() -> None:
     ex = exchange()
     ex.ctx.request_uri = "/a\udcff"
     assert compile_writer("$request_uri $status")(ex) == b"/a? 200\n"
+
+
+@pytest.mark.parametrize("escape", ["default", "json"])
+def test_upstream_response_time_is_the_attempts(escape: str) -> None:
+    """$upstream_response_time is the answering attempt's seconds (nginx's, 3 decimals), "-"
+    (or "" in json) before any attempt answered: not a constant of the format."""
+    ex = exchange()
+    ex.ctx.upstream_response_time = 0.01234
+    assert compile_writer("$upstream_response_time|$status", escape)(ex) == b"0.012|200\n"
+    ex.ctx.upstream_response_time = None
+    unset = b"-" if escape == "default" else b""
+    assert compile_writer("$upstream_response_time|$status", escape)(ex) == unset + b"|200\n"
+
+
+def test_default_escape_writes_what_nginx_writes() -> None:
+    """A value with a quote, a backslash, a control byte, DEL and a non-ASCII byte: each as
+    \\xHH, while the format's own quotes stay as they are."""
+    ex = exchange()
+    ex.ctx.raw_headers.append((b"x-v", b'a"b\\c\x1bd\x7fe\xfff'))
+    line = compile_writer('"$http_x_v" "$http_x_missing"')(ex)
+    assert line == b'"a\\x22b\\x5Cc\\x1Bd\\x7Fe\\xFFf" "-"\n'
