@@ -266,10 +266,11 @@ class H2Connection(WritePaused):
             stream = self.streams.get(event.stream_id)
             if stream is not None and stream.sink is not None:
                 stream.sink.on_response(event.headers, event.ended)
-        elif isinstance(event, ev.TrailersReceived):
+        elif isinstance(event, ev.TrailersReceived):  # (they end the stream: RFC 9113 8.1)
             stream = self.streams.get(event.stream_id)
             if stream is not None and stream.sink is not None:
                 stream.sink.on_trailers(event.headers)
+            self._ended(event.stream_id)
         elif isinstance(event, ev.StreamEnded):
             self._ended(event.stream_id)
         elif isinstance(event, ev.StreamReset):
@@ -294,6 +295,8 @@ class H2Connection(WritePaused):
         stream.received(event.flow_controlled_length)
         if stream.sink is not None and event.data:
             stream.sink.on_data(event.data)
+        if event.ended:  # (no StreamEnded follows: one event for the last DATA)
+            self._ended(event.stream_id)
 
     def _ended(self, stream_id: int) -> None:
         stream = self.streams.get(stream_id)

@@ -190,6 +190,30 @@ def test_unary_call_runs_with_no_task_head_and_body_in_one_write(
     run(test, monkeypatch)
 
 
+def test_an_answer_ended_on_its_data_completes_the_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An upstream answer whose last DATA carries END_STREAM (no trailers: one event from the
+    HTTP/2 layer, no StreamEnded after it) completes the call: the client gets the message
+    and the stream's end, and both sides forget the stream."""
+
+    async def test(gw: Gateway) -> None:
+        await gw.call()
+        sid = next(e for e in gw.to_upstream() if isinstance(e, h2.events.RequestReceived))
+        gw.upstream.send_headers(sid.stream_id, [(b":status", b"200"),
+                                                 (b"content-type", b"application/grpc")])  # fmt: skip
+        gw.upstream.send_data(sid.stream_id, MESSAGE, end_stream=True)
+        gw.conn.data_received(gw.upstream.data_to_send())
+        await gw.turns()
+        events = gw.to_client()
+        status, data, _ = _answer_events(events)
+        assert (status, data) == (b"200", MESSAGE)
+        assert any(isinstance(e, h2.events.StreamEnded) for e in events)
+        assert not gw.h2p.streams and not gw.conn.streams
+
+    run(test, monkeypatch)
+
+
 def test_refused_stream_is_retried_by_the_driver(monkeypatch: pytest.MonkeyPatch) -> None:
     """REFUSED_STREAM (RFC 9113 8.7: not processed): the fast path's failure goes to the
     driver, which tries the node again (``retries: 1``) on the pooled connection; the client
