@@ -122,8 +122,19 @@ class H2Stream:
         sent, ``send_data`` waits for room). The fast path's request body (proxy.grpc_attempt)."""
         conn = self.conn
         h = conn.h2
+        if self.failed is not None:
+            return False
+        if end:
+            # A unary call's message: one DATA frame with END_STREAM when the windows and the
+            # frame size take it (one check, no loop), else as below
+            try:
+                if h.send_last(self.id, data):
+                    conn.flush()
+                    return True
+            except ProtocolError as e:  # the stream was reset meanwhile
+                raise self._closed(e) from None
         n = len(data)
-        if self.failed is not None or n > h.local_flow_control_window(self.id):
+        if n > h.local_flow_control_window(self.id):
             return False
         size = h.max_outbound_frame_size
         try:
