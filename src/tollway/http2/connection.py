@@ -382,6 +382,20 @@ class Connection:
         if end_stream:
             self._local_end(sid, stream)
 
+    def send_fits(self, sid: int, data: bytes) -> bool:
+        """``data`` as one DATA frame when the windows and the frame size take it all (an
+        answer's message: one call); False, nothing sent, when not."""
+        stream = self.streams.get(sid)
+        if stream is None or stream.local_closed:
+            raise StreamClosedError(sid)
+        n = len(data)
+        if n > self.send_window or n > stream.send_window or n > self.max_outbound_frame_size:
+            return False
+        self.send_window -= n
+        stream.send_window -= n
+        self.out += (HEAD.pack(n << 8 | DATA, 0, sid), data)
+        return True
+
     def send_last(self, sid: int, data: bytes) -> bool:
         """``data`` as the stream's last DATA frame (END_STREAM) when the windows and the frame
         size take it all (the usual end of an answer: one call); False, nothing sent, when not.
