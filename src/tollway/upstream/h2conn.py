@@ -180,13 +180,6 @@ class H2Stream:
             n, self.unacked = self.unacked, 0
             self.conn.acknowledge(self.id, n)
 
-    def received(self, n: int) -> None:
-        """``n`` flow-controlled bytes arrived: acknowledged now, or when reading resumes."""
-        if self.paused:
-            self.unacked += n
-        elif n:
-            self.conn.acknowledge(self.id, n)
-
     def fail(self, exc: StreamFailed) -> None:
         self.failed = exc
         self.window_opened()
@@ -303,7 +296,13 @@ class H2Connection(WritePaused):
         if stream is None:
             self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
             return
-        stream.received(event.flow_controlled_length)
+        n = event.flow_controlled_length
+        if stream.paused:
+            stream.unacked += n  # acknowledged when reading resumes
+        elif n and not self.closed:
+            # (once per DATA frame, no call through the stream; what it queues leaves in
+            # data_received's write)
+            self.h2.acknowledge_received_data(n, event.stream_id)
         if stream.sink is not None and event.data:
             stream.sink.on_data(event.data)
         if event.ended:  # (no StreamEnded follows: one event for the last DATA)
