@@ -141,6 +141,22 @@ def test_large_bodies_with_small_windows(gw: Gateway, up: Upstream) -> None:
         c.close()
 
 
+def test_request_trailers_end_the_body(gw: Gateway) -> None:
+    """A request body ended by trailers (RFC 9113 8.1: HEADERS with END_STREAM after the
+    DATA) is complete there: the upstream gets it whole and the client its answer (the
+    trailers are one event that ends the stream, no StreamEnded after it)."""
+    c = H2Client(gw.port)
+    try:
+        sid = c.send_request("/upload", method="POST", body=b"part-1,part-2", end=False)
+        c.conn.send_headers(sid, [(b"x-checksum", b"abc")], end_stream=True)
+        c.flush()
+        (a,) = c.wait(sid)
+        assert a.status == 200
+        assert json.loads(a.body)["body"] == "part-1,part-2"
+    finally:
+        c.close()
+
+
 def test_response_waits_for_the_window(gw: Gateway) -> None:
     """A client that opens no window gets no more than the window; the rest follows its
     WINDOW_UPDATEs, and nothing is lost."""

@@ -382,6 +382,20 @@ class Connection:
         if end_stream:
             self._local_end(sid, stream)
 
+    def send_fits(self, sid: int, data: bytes) -> bool:
+        """``data`` as one DATA frame when the windows and the frame size take it all (an
+        answer's message: one call); False, nothing sent, when not."""
+        stream = self.streams.get(sid)
+        if stream is None or stream.local_closed:
+            raise StreamClosedError(sid)
+        n = len(data)
+        if n > self.send_window or n > stream.send_window or n > self.max_outbound_frame_size:
+            return False
+        self.send_window -= n
+        stream.send_window -= n
+        self.out += (HEAD.pack(n << 8 | DATA, 0, sid), data)
+        return True
+
     def send_last(self, sid: int, data: bytes) -> bool:
         """``data`` as the stream's last DATA frame (END_STREAM) when the windows and the frame
         size take it all (the usual end of an answer: one call); False, nothing sent, when not.
@@ -460,18 +474,17 @@ class Connection:
                 payload = buf[pos + 9 : end]
                 pos = end
                 sid &= MAX_WINDOW
-                if (
-                    word & 0xFF == HEADERS
-                    and flags & _BLOCK_FLAGS == END_HEADERS
-                    and sid
-                    and self._block is None
-                    and self.settings_seen
-                ):
+                ftype = word & 0xFF
+                if self._block is not None or not self.settings_seen:
+                    self._frame(ftype, flags, sid, payload, events)
+                elif ftype == HEADERS and flags & _BLOCK_FLAGS == END_HEADERS and sid:
                     # A whole header block, no padding or priority (a client's request): what
                     # _frame and _on_headers would check, checked
                     self._header_block(sid, flags, payload, events)
+                elif ftype == DATA:  # (a call's message, an answer's body: what _frame checks)
+                    self._on_data(flags, sid, payload, events)
                 else:
-                    self._frame(word & 0xFF, flags, sid, payload, events)
+                    self._frame(ftype, flags, sid, payload, events)
         finally:
             if pos < size and not self.closed:
                 self.buf = buf[pos:]  # an incomplete frame waits for the rest
@@ -529,7 +542,7 @@ class Connection:
         self.recv_window -= size
         if self.recv_window < 0:
             self._fail(ErrorCode.FLOW_CONTROL_ERROR, "DATA beyond the connection window")
-        data = unpad(flags, payload)
+        data = unpad(flags, payload) if flags & PADDED else payload
         if data is None or not sid:
             self._fail(ErrorCode.PROTOCOL_ERROR, "bad DATA frame")
         stream = self.streams.get(sid)
@@ -544,10 +557,20 @@ class Connection:
             self.acknowledge_received_data(size, 0)
             self._stream_error(sid, ErrorCode.PROTOCOL_ERROR, out)  # 8.1.1: malformed
             return
-        ended = bool(flags & END_STREAM)
-        out.append(ev.DataReceived(sid, data, size, ended))
-        if ended:
-            self._remote_end(sid, stream, out)
+        if flags & END_STREAM:
+            # The last DATA (a unary call's message, an answer's body): one event says it came
+            # and ended the stream, no StreamEnded follows. A body shorter than its
+            # content-length (8.1.1) is delivered unended, and the stream reset.
+            if 0 <= stream.length != stream.received:
+                out.append(ev.DataReceived(sid, data, size, False))
+                self._stream_error(sid, ErrorCode.PROTOCOL_ERROR, out)
+                return
+            stream.remote_closed = True
+            if stream.local_closed:
+                del self.streams[sid]
+            out.append(ev.DataReceived(sid, data, size, True))
+            return
+        out.append(ev.DataReceived(sid, data, size, False))
 
     def _stray_data(self, sid: int, stream: Stream | None, size: int, out: list[ev.Event]) -> None:
         """DATA on a stream that cannot take it: idle (a connection error), closed here
@@ -676,9 +699,15 @@ class Connection:
             self._response(sid, stream, headers, ended, out)
         elif not ended or (self.client_side and not self._well_formed(headers, True)):
             self._stream_error(sid, ErrorCode.PROTOCOL_ERROR, out)  # 8.1: trailers end it
+        elif 0 <= stream.length != stream.received:
+            self._stream_error(sid, ErrorCode.PROTOCOL_ERROR, out)  # 8.1.1: malformed
         else:
+            # Trailers end the stream (8.1): one event, no StreamEnded follows (a gRPC answer's
+            # status)
+            stream.remote_closed = True
+            if stream.local_closed:
+                del self.streams[sid]
             out.append(ev.TrailersReceived(sid, headers))
-            self._remote_end(sid, stream, out)
 
     def _open_inbound(self, sid: int, headers: list[tuple[bytes, bytes]], flags: int,
                       out: list[ev.Event]) -> None:  # fmt: skip

@@ -32,6 +32,8 @@ class ResponseReceived(RequestReceived):
 
 
 class TrailersReceived(Event):
+    """Trailers, which end the stream (RFC 9113 8.1): no StreamEnded follows."""
+
     __slots__ = ("headers", "stream_id")
 
     def __init__(self, stream_id: int, headers: Fields) -> None:
@@ -41,7 +43,9 @@ class TrailersReceived(Event):
 
 class DataReceived(Event):
     """Body bytes; ``flow_controlled_length`` (padding included) is what the owner gives back
-    to the windows with ``acknowledge_received_data`` once it took them."""
+    to the windows with ``acknowledge_received_data`` once it took them. ``ended``: the frame
+    carried END_STREAM, and no StreamEnded follows for it (one event for a unary call's
+    message)."""
 
     __slots__ = ("data", "ended", "flow_controlled_length", "stream_id")
 
@@ -53,7 +57,8 @@ class DataReceived(Event):
 
 
 class StreamEnded(Event):
-    """The peer's END_STREAM (after the head, trailers or data that carried it)."""
+    """The peer's END_STREAM after a response head that carried it (client side); a request
+    head, DATA and trailers that end the stream say so themselves."""
 
     __slots__ = ("stream_id",)
 

@@ -303,6 +303,14 @@ class H2Protocol(asyncio.Protocol):
                 self.conn.acknowledge_received_data(size, sid)
             return
         stream.on_data(event.data, size)
+        if event.ended:  # (no StreamEnded follows: a unary call's message is one event)
+            stream.on_end()
+
+    def _on_trailers(self, event: ev.TrailersReceived) -> None:
+        """A request's trailers end it (RFC 9113 8.1); the fields are dropped."""
+        stream = self.streams.get(event.stream_id)
+        if stream is not None:
+            stream.on_end()
 
     def _on_end(self, event: ev.StreamEnded) -> None:
         stream = self.streams.get(event.stream_id)
@@ -440,6 +448,7 @@ _HANDLERS: dict[type, Any] = {
     ev.RequestReceived: H2Protocol._on_request,
     ev.DataReceived: H2Protocol._on_data,
     ev.StreamEnded: H2Protocol._on_end,
+    ev.TrailersReceived: H2Protocol._on_trailers,
     ev.StreamReset: H2Protocol._on_reset,
     ev.WindowUpdated: H2Protocol._on_window,
     ev.RemoteSettingsChanged: H2Protocol._on_settings,

@@ -204,6 +204,17 @@ class H2Stream:
         """Body bytes: DATA frames as far as the windows allow, the rest when they open."""
         if self.ended or not data:
             return
+        if not self.pending:
+            # Nothing waits: one DATA frame at once when the windows take it (a gRPC answer's
+            # message), without the queue
+            try:
+                sent = self.conn.send_fits(self.sid, data)
+            except H2Error:
+                self._lost()
+                return
+            if sent:
+                self.h2p.flush_soon()
+                return
         self._queue().append(data)
         self.push()
 
@@ -212,11 +223,19 @@ class H2Stream:
         last HEADERS frame with trailers, else on the last DATA frame."""
         if self.ended:
             return
-        if not trailers and not self.pending:
+        if not self.pending:
             # The common end (a whole answer read at once): its last bytes with END_STREAM in
-            # one DATA frame when the windows take them, without the queue.
+            # one DATA frame when the windows take them, or its trailers (a gRPC answer's
+            # status) after them, without the queue.
+            conn = self.conn
             try:
-                sent = self.conn.send_last(self.sid, last)
+                if not trailers:
+                    sent = conn.send_last(self.sid, last)
+                elif not last or conn.send_fits(self.sid, last):
+                    conn.send_headers(self.sid, trailers, end_stream=True)
+                    sent = True
+                else:
+                    sent = False
             except H2Error:
                 self._lost()
                 return

@@ -122,8 +122,19 @@ class H2Stream:
         sent, ``send_data`` waits for room). The fast path's request body (proxy.grpc_attempt)."""
         conn = self.conn
         h = conn.h2
+        if self.failed is not None:
+            return False
+        if end:
+            # A unary call's message: one DATA frame with END_STREAM when the windows and the
+            # frame size take it (one check, no loop), else as below
+            try:
+                if h.send_last(self.id, data):
+                    conn.flush()
+                    return True
+            except ProtocolError as e:  # the stream was reset meanwhile
+                raise self._closed(e) from None
         n = len(data)
-        if self.failed is not None or n > h.local_flow_control_window(self.id):
+        if n > h.local_flow_control_window(self.id):
             return False
         size = h.max_outbound_frame_size
         try:
@@ -167,13 +178,6 @@ class H2Stream:
         self.paused = False
         if self.unacked:
             n, self.unacked = self.unacked, 0
-            self.conn.acknowledge(self.id, n)
-
-    def received(self, n: int) -> None:
-        """``n`` flow-controlled bytes arrived: acknowledged now, or when reading resumes."""
-        if self.paused:
-            self.unacked += n
-        elif n:
             self.conn.acknowledge(self.id, n)
 
     def fail(self, exc: StreamFailed) -> None:
@@ -266,10 +270,11 @@ class H2Connection(WritePaused):
             stream = self.streams.get(event.stream_id)
             if stream is not None and stream.sink is not None:
                 stream.sink.on_response(event.headers, event.ended)
-        elif isinstance(event, ev.TrailersReceived):
+        elif isinstance(event, ev.TrailersReceived):  # (they end the stream: RFC 9113 8.1)
             stream = self.streams.get(event.stream_id)
             if stream is not None and stream.sink is not None:
                 stream.sink.on_trailers(event.headers)
+            self._ended(event.stream_id)
         elif isinstance(event, ev.StreamEnded):
             self._ended(event.stream_id)
         elif isinstance(event, ev.StreamReset):
@@ -291,9 +296,17 @@ class H2Connection(WritePaused):
         if stream is None:
             self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
             return
-        stream.received(event.flow_controlled_length)
+        n = event.flow_controlled_length
+        if stream.paused:
+            stream.unacked += n  # acknowledged when reading resumes
+        elif n and not self.closed:
+            # (once per DATA frame, no call through the stream; what it queues leaves in
+            # data_received's write)
+            self.h2.acknowledge_received_data(n, event.stream_id)
         if stream.sink is not None and event.data:
             stream.sink.on_data(event.data)
+        if event.ended:  # (no StreamEnded follows: one event for the last DATA)
+            self._ended(event.stream_id)
 
     def _ended(self, stream_id: int) -> None:
         stream = self.streams.get(stream_id)

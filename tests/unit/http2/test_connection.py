@@ -126,13 +126,13 @@ def test_frames_split_anywhere_give_the_same_events() -> None:
     whole = server()
     data = frame(HEADERS, END_HEADERS, 1, block(REQ)) + frame(DATA, END_STREAM, 1, b"hello")
     expected = [type(e) for e in whole.receive_data(data)]
-    assert expected == [ev.RequestReceived, ev.DataReceived, ev.StreamEnded]
+    assert expected == [ev.RequestReceived, ev.DataReceived]  # (the DATA says it ended)
     c = server()
     got: list[ev.Event] = []
     for i in range(len(data)):  # one byte at a time: truncated frames wait for the rest
         got += c.receive_data(data[i : i + 1])
     assert [type(e) for e in got] == expected
-    assert got[1].data == b"hello"  # type: ignore[attr-defined]
+    assert got[1].data == b"hello" and got[1].ended  # type: ignore[attr-defined]
 
 
 def test_preface_byte_by_byte_and_a_wrong_one() -> None:
@@ -252,8 +252,9 @@ def test_data_after_end_stream_is_a_stream_error() -> None:
 def test_trailers_must_end_the_stream() -> None:
     c = server()
     open_request(c, 1)
-    (t, end) = c.receive_data(frame(HEADERS, END_HEADERS | END_STREAM, 1, block([(b"x-t", b"1")])))
-    assert isinstance(t, ev.TrailersReceived) and isinstance(end, ev.StreamEnded)
+    (t,) = c.receive_data(frame(HEADERS, END_HEADERS | END_STREAM, 1, block([(b"x-t", b"1")])))
+    assert isinstance(t, ev.TrailersReceived)  # (they end it: no StreamEnded follows)
+    assert c.streams[1].remote_closed
     open_request(c, 3)
     (reset,) = c.receive_data(frame(HEADERS, END_HEADERS, 3, block([(b"x-t", b"1")])))
     assert isinstance(reset, ev.StreamReset) and reset.error_code == ErrorCode.PROTOCOL_ERROR
@@ -269,6 +270,7 @@ def test_content_length_against_the_data() -> None:
     c.receive_data(frame(HEADERS, END_HEADERS, 3, head))
     events = c.receive_data(frame(DATA, END_STREAM, 3, b"ab"))
     assert [type(e) for e in events] == [ev.DataReceived, ev.StreamReset]
+    assert not events[0].ended  # type: ignore[attr-defined]  # (reset, not ended)
 
 
 def test_content_length_of_a_repeated_block() -> None:
@@ -287,7 +289,8 @@ def test_content_length_of_a_repeated_block() -> None:
     assert head in c._known_in  # (the second one came from the cache)
     c.receive_data(frame(HEADERS, END_HEADERS, 5, head))
     events = c.receive_data(frame(DATA, END_STREAM, 5, b"abc"))
-    assert [type(e) for e in events] == [ev.DataReceived, ev.StreamEnded]
+    assert [type(e) for e in events] == [ev.DataReceived]
+    assert events[0].ended  # type: ignore[attr-defined]
 
 
 def test_streams_past_the_limit_are_refused() -> None:
@@ -435,7 +438,7 @@ def test_client_request_response_and_trailers() -> None:
     s.send_headers(sid, [(b"grpc-status", b"0")], end_stream=True)
     events = c.receive_data(s.data_to_send())
     assert [type(e) for e in events] == [ev.ResponseReceived, ev.DataReceived,
-                                         ev.TrailersReceived, ev.StreamEnded]  # fmt: skip
+                                         ev.TrailersReceived]  # fmt: skip
     assert events[0].headers == [(b":status", b"200"), (b"grpc-encoding", b"identity")]  # type: ignore[attr-defined]
     assert not c.streams
 
@@ -736,7 +739,7 @@ def test_a_remembered_block_is_checked_once_as_a_head_and_once_as_trailers() -> 
             data += frame(HEADERS, END_HEADERS | END_STREAM, sid, blocks[1])
         kinds.append([type(e).__name__ for e in c.receive_data(data)])
     assert kinds == [
-        ["ResponseReceived", "TrailersReceived", "StreamEnded"],
+        ["ResponseReceived", "TrailersReceived"],
         ["ResponseReceived", "StreamReset"],
         ["StreamReset"],
         ["StreamReset"],

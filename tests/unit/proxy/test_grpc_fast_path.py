@@ -190,6 +190,64 @@ def test_unary_call_runs_with_no_task_head_and_body_in_one_write(
     run(test, monkeypatch)
 
 
+def test_a_message_past_one_frame_goes_whole_in_frames(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The fast path's message goes as one DATA frame with END_STREAM when it fits one frame
+    (``send_last``); a larger one, still within the windows, goes in frames of the peer's
+    maximum size, END_STREAM on the last, with no task."""
+
+    async def test(gw: Gateway) -> None:
+        for size in (100, 40_000):
+            message = b"\x00" + size.to_bytes(4, "big") + b"m" * size
+            sid = gw.client.get_next_available_stream_id()
+            gw.client.send_headers(sid, REQUEST)
+            for i in range(0, len(message), 16_384):
+                gw.client.send_data(sid, message[i : i + 16_384],
+                                    end_stream=i + 16_384 >= len(message))  # fmt: skip
+            gw.h2p.data_received(gw.client.data_to_send())
+            await gw.turns()
+            events = gw.to_upstream()
+            frames = [e for e in events if isinstance(e, h2.events.DataReceived)]
+            assert b"".join(e.data for e in frames) == message
+            assert len(frames) == (1 if size == 100 else 3)
+            assert isinstance(events[-1], h2.events.StreamEnded)
+            up_sid = frames[0].stream_id
+            for e in frames:
+                gw.upstream.acknowledge_received_data(e.flow_controlled_length, up_sid)
+            gw.answer(up_sid)
+            await gw.turns()
+            status, data, trailers = _answer_events(gw.to_client())
+            assert (status, data, trailers) == (b"200", MESSAGE, {b"grpc-status": b"0"})
+        assert gw.spawned == 0
+
+    run(test, monkeypatch)
+
+
+def test_an_answer_ended_on_its_data_completes_the_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An upstream answer whose last DATA carries END_STREAM (no trailers: one event from the
+    HTTP/2 layer, no StreamEnded after it) completes the call: the client gets the message
+    and the stream's end, and both sides forget the stream."""
+
+    async def test(gw: Gateway) -> None:
+        await gw.call()
+        sid = next(e for e in gw.to_upstream() if isinstance(e, h2.events.RequestReceived))
+        gw.upstream.send_headers(sid.stream_id, [(b":status", b"200"),
+                                                 (b"content-type", b"application/grpc")])  # fmt: skip
+        gw.upstream.send_data(sid.stream_id, MESSAGE, end_stream=True)
+        gw.conn.data_received(gw.upstream.data_to_send())
+        await gw.turns()
+        events = gw.to_client()
+        status, data, _ = _answer_events(events)
+        assert (status, data) == (b"200", MESSAGE)
+        assert any(isinstance(e, h2.events.StreamEnded) for e in events)
+        assert not gw.h2p.streams and not gw.conn.streams
+
+    run(test, monkeypatch)
+
+
 def test_refused_stream_is_retried_by_the_driver(monkeypatch: pytest.MonkeyPatch) -> None:
     """REFUSED_STREAM (RFC 9113 8.7: not processed): the fast path's failure goes to the
     driver, which tries the node again (``retries: 1``) on the pooled connection; the client

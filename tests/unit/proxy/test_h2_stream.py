@@ -12,7 +12,7 @@ from h2.connection import H2Connection
 from h2.settings import SettingCodes
 
 from tollway.http2.connection import Connection
-from tollway.proxy.h2_stream import BODY_BUDGET, H2Stream
+from tollway.proxy.h2_stream import _NO_QUEUE, BODY_BUDGET, H2Stream
 from tollway.proxy.pipeline import Exchange
 
 
@@ -86,6 +86,8 @@ def test_head_body_and_trailers_end_the_stream() -> None:
     assert got[1].data == b"hello"
     assert got[2].headers == [(b"grpc-status", b"0"), (b"grpc-message", b"ok")]
     assert s.ended and server.done == [s]
+    # (within the windows the message and the trailers left at once, no queue made for them)
+    assert s.pending is _NO_QUEUE
 
 
 def test_end_without_trailers_is_an_empty_end_stream() -> None:
