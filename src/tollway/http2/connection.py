@@ -385,34 +385,33 @@ class Connection:
     def send_fits(self, sid: int, data: bytes) -> bool:
         """``data`` as one DATA frame when the windows and the frame size take it all (an
         answer's message: one call); False, nothing sent, when not."""
-        stream = self.streams.get(sid)
-        if stream is None or stream.local_closed:
-            raise StreamClosedError(sid)
-        n = len(data)
-        if n > self.send_window or n > stream.send_window or n > self.max_outbound_frame_size:
-            return False
-        self.send_window -= n
-        stream.send_window -= n
-        self.out += (HEAD.pack(n << 8 | DATA, 0, sid), data)
-        return True
+        return self._send_whole(sid, data, 0) is not None
 
     def send_last(self, sid: int, data: bytes) -> bool:
         """``data`` as the stream's last DATA frame (END_STREAM) when the windows and the frame
         size take it all (the usual end of an answer: one call); False, nothing sent, when not.
         """
+        stream = self._send_whole(sid, data, END_STREAM)
+        if stream is None:
+            return False
+        stream.local_closed = True
+        if stream.remote_closed:
+            del self.streams[sid]
+        return True
+
+    def _send_whole(self, sid: int, data: bytes, flags: int) -> Stream | None:
+        """One DATA frame of all ``data`` with ``flags``, its stream, when both windows and the
+        frame size take it; else None and nothing sent."""
         stream = self.streams.get(sid)
         if stream is None or stream.local_closed:
             raise StreamClosedError(sid)
         n = len(data)
         if n > self.send_window or n > stream.send_window or n > self.max_outbound_frame_size:
-            return False
+            return None
         self.send_window -= n
         stream.send_window -= n
-        self.out += (HEAD.pack(n << 8 | DATA, END_STREAM, sid), data)
-        stream.local_closed = True
-        if stream.remote_closed:
-            del self.streams[sid]
-        return True
+        self.out += (HEAD.pack(n << 8 | DATA, flags, sid), data)
+        return stream
 
     def end_stream(self, sid: int) -> None:
         self.send_data(sid, b"", end_stream=True)
