@@ -561,9 +561,9 @@ def test_blocks_that_keep_the_table(data: bytes, keeps: bool) -> None:
     assert _keeps_table(data) is keeps
 
 
-def test_a_repeated_list_encodes_to_what_a_peer_decodes() -> None:
-    """The same response head again (same date, same length) is encoded once; a changed one,
-    or a table size the peer lowered, is encoded anew. A peer's decoder reads them all."""
+def server_and_h2_client() -> tuple[Connection, h2.connection.H2Connection]:
+    """A server connection and an ``h2`` client (an independent implementation) that have
+    exchanged their prefaces and settings."""
     c = Connection(False, {})
     c.initiate_connection()
     peer = h2.connection.H2Connection(
@@ -572,6 +572,13 @@ def test_a_repeated_list_encodes_to_what_a_peer_decodes() -> None:
     peer.initiate_connection()
     c.receive_data(peer.data_to_send())
     peer.receive_data(c.data_to_send())
+    return c, peer
+
+
+def test_a_repeated_list_encodes_to_what_a_peer_decodes() -> None:
+    """The same response head again (same date, same length) is encoded once; a changed one,
+    or a table size the peer lowered, is encoded anew. A peer's decoder reads them all."""
+    c, peer = server_and_h2_client()
     x_n = [*RESP, (b"x-n", b"1")]
     heads = [RESP, RESP, x_n, x_n, x_n]
     sid = 1
@@ -614,14 +621,7 @@ def test_alternating_lists_encode_to_what_a_peer_decodes() -> None:
     """A gRPC answer's head and trailers alternate on a client connection: each list is
     encoded once while neither changes the encoder's table (then taken as encoded), and a new
     head (another date) is encoded anew. A peer's decoder reads them all."""
-    c = Connection(False, {})
-    c.initiate_connection()
-    peer = h2.connection.H2Connection(
-        h2.config.H2Configuration(client_side=True, header_encoding=None)
-    )
-    peer.initiate_connection()
-    c.receive_data(peer.data_to_send())
-    peer.receive_data(c.data_to_send())
+    c, peer = server_and_h2_client()
     trailers = [(b"grpc-status", b"0")]
     later = [*RESP, (b"date", b"Mon, 07 Dec 2026 22:00:01 GMT")]
     sid = 1
