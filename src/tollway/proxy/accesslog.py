@@ -115,9 +115,6 @@ _ESCAPES = {b: f"\\x{b:02X}" for b in (*range(0x20), 0x22, 0x5C, *range(0x7F, 0x
 _SAFE = bytes(b for b in range(0x20, 0x7F) if b not in _ESCAPES)
 
 
-Piece = tuple[str, Callable[[Any], Any], bool]
-
-
 def split_format(fmt: str, escape: str | None = None) -> tuple[list[tuple[str, str]], str]:
     """A format as (the text before a variable, its name) pairs and the text after the last
     (with the newline). With ``escape`` ("default" or "json"), the variables whose value never
@@ -139,14 +136,6 @@ def split_format(fmt: str, escape: str | None = None) -> tuple[list[tuple[str, s
         pairs.append((text, name))
         text = ""
     return pairs, text + fmt[pos:] + "\n"
-
-
-def compile_line(fmt: str, escape: str | None = None) -> tuple[list[Piece], str]:
-    """A format as (the text before a variable, its getter, whether the getter reads the
-    request's context rather than the exchange) and the text after the last: found once, so a
-    line costs only its values, each one call (no wrapper that fetches the context first)."""
-    pairs, tail = split_format(fmt, escape)
-    return [(text, *_getter_of(name)) for text, name in pairs], tail
 
 
 def _getter_of(name: str) -> tuple[Callable[[Any], Any], bool]:
@@ -286,25 +275,6 @@ def _value_lines(v: str, expr: str, kind: str, json_escape: bool) -> list[str]:
         f"elif type({v}) is not str:",
         f"    {v} = str({v})",
     ]
-
-
-def compile_format(fmt: str) -> tuple[list[tuple[str, Getter]], str]:
-    """``compile_line``'s pieces as (text, the value's getter for an exchange) pairs."""
-    pieces, tail = compile_line(fmt)
-    return [(text, _of_ex(get) if of_ctx else get) for text, get, of_ctx in pieces], tail
-
-
-def getter(name: str) -> Getter:
-    """The value of ``$name`` for an exchange: the exchange's own (status, bytes sent, times),
-    else the request's variable (``RequestContext.var``)."""
-    own = _OWN.get(name)
-    if own is not None:
-        return own
-    return _of_ex(_OWN_CTX.get(name) or var_getter(name))
-
-
-def _of_ex(get: Callable[[RequestContext], Any]) -> Getter:
-    return lambda ex: get(_ctx(ex))
 
 
 def _ctx(ex: Logged) -> RequestContext:

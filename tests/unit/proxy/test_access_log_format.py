@@ -1,5 +1,5 @@
-"""The access log's format compiled once into (text, getter) pieces: each line is what nginx's
-log_format makes of the exchange, plain or escape=json."""
+"""The access log's format compiled once into one writer: each line is what nginx's log_format
+makes of the exchange, plain or escape=json, checked against the values' getters."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ from tollway.proxy.accesslog import (
     _OWN,
     _OWN_CTX,
     AccessLog,
-    compile_format,
-    compile_line,
+    _getter_of,
     compile_writer,
     escape_default,
+    split_format,
     time_local,
 )
 from tollway.settings import HttpConf
@@ -73,12 +73,21 @@ def test_json_escape_and_unset_values() -> None:
     assert text == '{"ua":"curl/8.0","ref":"","q":"say \\"hi\\"\\n"}\n'
 
 
-def test_pieces_split_the_text_around_variables() -> None:
-    pieces, tail = compile_format("[$status] $body_bytes_sent bytes")
-    assert [text for text, _ in pieces] == ["[", "] "]
-    assert tail == " bytes\n"
-    assert [get(exchange()) for _, get in pieces] == [200, 12]
-    assert compile_format("no variables") == ([], "no variables\n")
+def test_the_format_splits_around_variables_and_folds_constants() -> None:
+    """The text around each variable, found once; a variable whose value never changes
+    ($upstream_scheme, $remote_user) is written into the text as each escape writes it."""
+    assert split_format("[$status] $body_bytes_sent bytes") == (
+        [("[", "status"), ("] ", "body_bytes_sent")],
+        " bytes\n",
+    )
+    assert split_format("no variables") == ([], "no variables\n")
+    fmt = "$upstream_scheme://$host $remote_user"
+    assert split_format(fmt, "default") == ([("http://", "host")], " -\n")
+    assert split_format(fmt, "json") == ([("http://", "host")], " \n")
+    assert split_format(fmt) == (
+        [("", "upstream_scheme"), ("://", "host"), (" ", "remote_user")],
+        "\n",
+    )
 
 
 def test_http_variables_read_dashes_then_underscores() -> None:
@@ -102,9 +111,10 @@ def test_time_local_is_formatted_once_a_second_and_stays_right() -> None:
 def reference(fmt: str, escape: str, ex: Any) -> bytes:
     """The line as the getters give it (the loop ``AccessLog.log`` ran before the writer was
     generated): each value fetched by its getter, then escaped."""
-    pieces, tail = compile_line(fmt, escape)
+    pairs, tail = split_format(fmt, escape)
     out: list[str] = []
-    for text, get, of_ctx in pieces:
+    for text, name in pairs:
+        get, of_ctx = _getter_of(name)
         v = get(ex.ctx) if of_ctx else get(ex)
         if escape == "json":
             out += (text, "" if v is None else json.dumps(str(v), ensure_ascii=False)[1:-1])
