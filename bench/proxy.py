@@ -496,12 +496,32 @@ def start_limit_count(
     return kinds
 
 
+def start_minproxy(
+    procs: Processes, workdir: Path, nodes: list[int], n: int
+) -> tuple[str, str, int, int, None]:
+    """bench/minproxy.py (CPU 1) to the first node: the floor of a Python proxy, no features."""
+    port = free_ports(1)[0]
+    log = workdir / "logs" / f"minproxy_{n}n.out"
+    script = str(BENCH_DIR / "minproxy.py")
+    argv = [sys.executable, script, "--port", str(port), "--upstream", f"127.0.0.1:{nodes[0]}"]
+    proc = procs.start(f"minproxy_{n}n", pinned(PROXY_CPU, *argv), log)
+    wait_ready(f"http://127.0.0.1:{port}{PATH}", proc, log)
+    return (
+        "minproxy",
+        "minproxy (bench/minproxy.py: uvloop + httptools, no features)",
+        port,
+        proc.pid,
+        None,
+    )
+
+
 def start_all(
     procs: Processes,
     workdir: Path,
     with_plugins: bool,
     node_counts: list[int],
     limit_count: bool = False,
+    minproxy: bool = False,
 ) -> tuple[Target, ...]:
     """One upstream nginx (CPU 0) listening on max(node_counts) ports; per node count N, the
     proxies under test (CPU 1) balance over the first N of them."""
@@ -535,6 +555,8 @@ def start_all(
             kinds.append(("realistic", label, tr, trr.pid, REALISTIC_HEADER))
         if limit_count:
             kinds += start_limit_count(procs, workdir, nodes, n)
+        if minproxy:
+            kinds.append(start_minproxy(procs, workdir, nodes, n))
         for key, label, port, pid, header in kinds:
             url = f"http://127.0.0.1:{port}{PATH}"
             targets.append(
@@ -951,6 +973,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="a smoke run in well under a minute")
     p.add_argument("--no-plugins", action="store_true", help="skip the Tollway+plugins row")
     p.add_argument(
+        "--minproxy",
+        action="store_true",
+        help="add bench/minproxy.py, the floor of a Python proxy (no router, plugins, timeouts)",
+    )
+    p.add_argument(
         "--limit-count",
         action="store_true",
         help="add limit-count rows: policy local, redis, redis with sync_interval (a redis-server)",
@@ -998,11 +1025,14 @@ def bench(procs: Processes, workdir: Path, args: argparse.Namespace) -> None:
     load_before = Path("/proc/loadavg").read_text().strip()
     n_targets = (2 if args.no_plugins else 4) * len(args.nodes)
     n_targets += 3 * len(args.nodes) if args.limit_count else 0
+    n_targets += len(args.nodes) if args.minproxy else 0
     estimate = n_targets * (args.warmup + 1) + args.reps * len(args.conns) * n_targets * (
         args.duration + args.gap + 0.3
     )
     progress(f"work dir {workdir}; estimated {estimate:.0f} s")
-    targets = start_all(procs, workdir, not args.no_plugins, args.nodes, args.limit_count)
+    targets = start_all(
+        procs, workdir, not args.no_plugins, args.nodes, args.limit_count, args.minproxy
+    )
     runs = run_all(procs, targets, args)
     if args.json:
         Path(args.json).write_text(
