@@ -20,8 +20,9 @@ def method_of(raw: bytes) -> str:
     return m
 
 
-# Request header name (as sent) -> what the parser notes about it (0: nothing). Learned per
-# spelling, bounded: most headers then cost one dict lookup, not a lower() and six compares.
+# Request header name (as sent) -> what the parser notes about it. Learned per spelling, bounded:
+# a field the parser notes nothing about (most) costs one set lookup (``_PLAIN``), not a lower()
+# and six compares; a noted one a dict lookup (``_KINDS``).
 _HOST, _CONTENT_LENGTH, _TRANSFER_ENCODING, _UPGRADE, _EXPECT, _CONNECTION, _REAL_IP = range(1, 8)
 _NOTED = {
     b"host": _HOST,
@@ -31,7 +32,9 @@ _NOTED = {
     b"expect": _EXPECT,
     b"connection": _CONNECTION,
 }
-_KINDS: dict[bytes, int] = {}
+_KINDS: dict[bytes, int] = {}  # spellings of noted names
+_PLAIN: set[bytes] = set()  # spellings of the others
+_LEARNED = 4096  # spellings remembered (both tables); an odd one beyond is lowercased each time
 _real_ip_name = [b""]  # the one realip header of this worker (lowercase)
 
 
@@ -46,14 +49,18 @@ def use_real_ip_header(name: bytes) -> None:
     if name not in _NOTED:
         _NOTED[name] = _REAL_IP
     _KINDS.clear()
+    _PLAIN.clear()
     _real_ip_name[0] = name
 
 
 def kind_of(name: bytes) -> int:
-    """What the parser notes about a header name (learned per spelling, bounded)."""
+    """What the parser notes about a header name, 0: nothing (learned per spelling, bounded)."""
     kind = _NOTED.get(name.lower(), 0)
-    if len(_KINDS) < 4096:
-        _KINDS[name] = kind
+    if len(_KINDS) + len(_PLAIN) < _LEARNED:
+        if kind:
+            _KINDS[name] = kind
+        else:
+            _PLAIN.add(name)
     return kind
 
 

@@ -192,8 +192,17 @@ class Phases(ExchangeBase):
         if route is None:  # a global rule's plugins ran for the 404 (``_upstream_or_404``)
             self.respond(404, ROUTE_NOT_FOUND, [(b"Content-Type", PLAIN_TEXT)])
             return
-        runtime: Runtime = ctx.upstream_source  # type: ignore[assignment]
-        if not self._choose_upstream(runtime, route):
+        # The route's own upstream, with nodes, for a request that is no upgrade and that no
+        # plugin sent elsewhere: ``_choose_upstream``, inlined (as ``_prepare`` does).
+        upstream = route.upstream
+        if (
+            upstream is not None
+            and ctx.upstream_override is None
+            and upstream.servers
+            and not self.upgrade
+        ):
+            self.upstream = upstream
+        elif not self._choose_upstream(ctx.upstream_source, route):  # type: ignore[arg-type]
             return
         if chain.before_proxy and not self._run_now(chain.before_proxy, _BEFORE, ctx):
             return

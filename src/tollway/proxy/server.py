@@ -27,6 +27,7 @@ from tollway.proxy.h1_names import (
     _HOST,
     _KINDS,
     _METHODS,
+    _PLAIN,
     _REAL_IP,
     _TRANSFER_ENCODING,
     _UPGRADE,
@@ -67,6 +68,10 @@ class HttpProtocol(Upgrading, asyncio.Protocol):
         self.server_port = 0
         # Request being parsed (reset when its head completes).
         self._headers: list[tuple[bytes, bytes]] = []
+        # max_header_size: a head that cannot exceed it is not counted (see data_received).
+        self._fast_limit = state.max_header_size * 4 // 5
+        self._carry = 0  # bytes received since the head being parsed began, at most
+        self._exact = False  # this data may hold a head over the limit: count field by field
         self._reset_message()
         self.parsing: Exchange | None = None
         # Requests being answered.
@@ -148,9 +153,19 @@ class HttpProtocol(Upgrading, asyncio.Protocol):
             if self.active is not None:
                 self.active.touch()
             return
+        # max_header_size (431, 414) is counted as len(url) + len(name) + len(value) + 4 per
+        # field, which is at most 5/4 of the bytes that carry it ("n:\r\n" is 4 bytes, counted
+        # 5). A head with all its bytes in ``seen`` cannot exceed the limit when ``seen`` is under
+        # 4/5 of it (a request of a few fields): it is not counted, field by field, at all.
+        seen = self._carry + len(data)
+        if seen > self._fast_limit:
+            self._count_exactly()
+        elif self._exact:
+            self._exact = False
         while data:
             try:
                 self.parser.feed_data(data)
+                self._carry = seen if self._url else 0  # a head begun, not complete
                 return
             except httptools.HttpParserUpgrade as e:
                 off = e.args[0] if e.args and isinstance(e.args[0], int) else len(data)
@@ -191,7 +206,7 @@ class HttpProtocol(Upgrading, asyncio.Protocol):
         # Half-close from the client: finish what is in flight, then close. A request whose
         # head or body is incomplete can never be finished: close at once, which ends it and
         # frees its upstream connection (connection_lost -> client_gone).
-        if (self.active is None and not self.pipeline) or self.parsing or self._header_bytes:
+        if (self.active is None and not self.pipeline) or self.parsing or self._url:
             return None
         self.closing = True
         return True
@@ -244,21 +259,39 @@ class HttpProtocol(Upgrading, asyncio.Protocol):
         self._noted = False  # a field of a kind other than Host was seen (see on_header)
 
     def reading_head(self) -> bool:
-        """Part of a request head has arrived, not all of it."""
-        return self._header_bytes > 0
+        """Part of a request head has arrived, not all of it (its URL at least: the first
+        callback of a request; cleared when the head completes)."""
+        return bool(self._url)
+
+    def _count_exactly(self) -> None:
+        """The data about to be parsed may complete a head over max_header_size: the head
+        being parsed (if any) is counted so far, and each URL piece and field from now on."""
+        self._exact = True
+        size = len(self._url)
+        if size:
+            for name, value in self._headers:
+                size += len(name) + len(value) + 4
+        self._header_bytes = size
+
+    def _count(self, size: int, url: bool = False) -> None:
+        """``size`` more bytes of the head (exact counting): 414 or 431 over the limit."""
+        size += self._header_bytes
+        self._header_bytes = size
+        limit = self.state.max_header_size
+        if size > limit:
+            raise ParseLimit(414 if url and len(self._url) > limit else 431)
 
     def on_url(self, url: bytes) -> None:
         self._url += url
-        self._header_bytes += len(url)
-        if self._header_bytes > self.state.max_header_size:
-            raise ParseLimit(414 if len(self._url) > self.state.max_header_size else 431)
+        if self._exact:
+            self._count(len(url), url=True)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        size = self._header_bytes + len(name) + len(value) + 4
-        self._header_bytes = size
-        if size > self.state.max_header_size:
-            raise ParseLimit(431)
+        if self._exact:
+            self._count(len(name) + len(value) + 4)
         self._headers.append((name, value))
+        if name in _PLAIN:  # (most fields: nothing to note)
+            return
         kind = _KINDS.get(name)
         if kind is None:
             kind = kind_of(name)
@@ -485,7 +518,7 @@ class HttpProtocol(Upgrading, asyncio.Protocol):
 
     def on_deadline(self) -> None:
         if self.active is None and not self.pipeline:
-            if self.parsing is not None or self._header_bytes:
+            if self.parsing is not None or self._url:
                 self._fail(408)
             else:
                 self.close()
