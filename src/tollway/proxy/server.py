@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
-import struct
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +38,7 @@ from tollway.proxy.h1_names import (
 from tollway.proxy.h2 import H2Protocol
 from tollway.proxy.h2_fields import starts_h2c
 from tollway.proxy.pipeline import Exchange
+from tollway.proxy.sockets import abort_with_reset, has_unread
 from tollway.proxy.tls import ClientCheck, client_check
 from tollway.proxy.upgrade import Upgrading
 
@@ -47,8 +46,6 @@ if TYPE_CHECKING:
     from tollway.proxy.state import ServerState
 
 log = logging.getLogger("tollway.proxy")
-
-_LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
 
 
 class HttpProtocol(Upgrading, asyncio.Protocol):
@@ -478,26 +475,11 @@ class HttpProtocol(Upgrading, asyncio.Protocol):
         if self.active is None and self.parsing is None and not self.pipeline:
             if min_idle and self.state.loop.time() - self.idle_since < min_idle:
                 return False
-            if self._unread():
+            if has_unread(self.transport):
                 return False  # a request arrived that the loop has not read yet: answer it
             self.close()
             return True
         return False
-
-    def _unread(self) -> bool:
-        """Whether the socket holds bytes not read yet. After the worker was starved of CPU,
-        the loop runs its timers (the graceful stop's sweep) before it reads: a connection
-        that looks idle may already carry the client's next request, and closing it then
-        resets that request (seen as "connection reset" by clients during a reload)."""
-        t = self.transport
-        sock = t.get_extra_info("socket") if t is not None else None
-        if sock is None:
-            return False
-        try:
-            with socket.fromfd(sock.fileno(), socket.AF_INET, socket.SOCK_STREAM) as peek:
-                return bool(peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
-        except OSError:  # BlockingIOError: nothing to read; anything else: let it close
-            return False
 
     def _arm_timer(self, seconds: float) -> None:
         self.deadline = self.state.loop.time() + seconds if seconds > 0 else 0.0
@@ -506,15 +488,9 @@ class HttpProtocol(Upgrading, asyncio.Protocol):
         self.deadline = 0.0
 
     def on_send_timeout(self) -> None:
-        """The client read nothing for send_timeout: drop it with a reset, so that what it was
-        sent does not linger in the kernel either (nginx's reset_timedout_connection)."""
+        """The client read nothing for send_timeout: drop it with a reset."""
         self.closing = True
-        t = self.transport
-        if t is not None:
-            sock = t.get_extra_info("socket")
-            if sock is not None:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
-            t.abort()
+        abort_with_reset(self.transport)
 
     def on_deadline(self) -> None:
         if self.active is None and not self.pipeline:
