@@ -401,7 +401,7 @@ class RequestContext:
         # The head header_filter plugins edit (the proxy sets it; ``resp_headers`` as text).
         self.resp_head: ResponseHead | None = None
         # Response headers set in access (``set_early_headers``): the answer's head gets them.
-        self.resp_early: list[EarlyHeaders] | None = None
+        self.resp_early: tuple[EarlyHeaders, ...] | None = None
         self.resp_body_replaced: bytes | None = None
         self.upstream_addr: str | None = None
         self.upstream_status: str | None = None
@@ -682,10 +682,8 @@ class RequestContext:
         upstream's headers of those names. The response writes them while it writes its head,
         with no header_filter phase; header_filter plugins see them as set already."""
         early = self.resp_early
-        if early is None:
-            self.resp_early = [headers]
-        else:
-            early.append(headers)
+        # a tuple: one entry (the usual case) is one small object, not a list and its items
+        self.resp_early = (headers,) if early is None else (*early, headers)
 
     def get_upstream_trailer(self, name: str) -> str | None:
         """A trailer field of the upstream's response (gRPC's ``grpc-status``), or None. Known

@@ -256,11 +256,8 @@ class Compiled:
             encoded = lines.reset_text(reset)
         tail = (b"%d" % remaining, CRLF, lines.reset_name, SEP, encoded, CRLF)
         quota = (lines.group, lines.head + tail)
-        early = ctx.resp_early
-        if early is None:
-            ctx.resp_early = [quota]
-        else:
-            early.append(quota)
+        early = ctx.resp_early  # (RequestContext.set_early_headers, inlined)
+        ctx.resp_early = (quota,) if early is None else (*early, quota)
         return None
 
     def access_no_quota(self, conf: Conf, ctx: RequestContext) -> Exit:
