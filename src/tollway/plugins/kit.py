@@ -10,6 +10,7 @@ coroutines; the chain is compiled once per route version, so none of this is dec
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
+from operator import attrgetter
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 from urllib.parse import parse_qsl
 
@@ -400,7 +401,7 @@ class RequestContext:
         # The head header_filter plugins edit (the proxy sets it; ``resp_headers`` as text).
         self.resp_head: ResponseHead | None = None
         # Response headers set in access (``set_early_headers``): the answer's head gets them.
-        self.resp_early: list[EarlyHeaders] | None = None
+        self.resp_early: tuple[EarlyHeaders, ...] | None = None
         self.resp_body_replaced: bytes | None = None
         self.upstream_addr: str | None = None
         self.upstream_status: str | None = None
@@ -681,10 +682,8 @@ class RequestContext:
         upstream's headers of those names. The response writes them while it writes its head,
         with no header_filter phase; header_filter plugins see them as set already."""
         early = self.resp_early
-        if early is None:
-            self.resp_early = [headers]
-        else:
-            early.append(headers)
+        # a tuple: one entry (the usual case) is one small object, not a list and its items
+        self.resp_early = (headers,) if early is None else (*early, headers)
 
     def get_upstream_trailer(self, name: str) -> str | None:
         """A trailer field of the upstream's response (gRPC's ``grpc-status``), or None. Known
@@ -738,34 +737,35 @@ def _addr_part(addr: str | None, i: int) -> str | None:
     return host[1:-1] if host.startswith("[") else host
 
 
+# (a plain attribute: the C-level ``attrgetter``, not a Python frame per call)
 _VARS: dict[str, Callable[[RequestContext], Any]] = {
-    "uri": lambda c: c.path,
-    "request_uri": lambda c: c.request_uri,
-    "host": lambda c: c.host,
-    "remote_addr": lambda c: c.remote_addr,
+    "uri": attrgetter("path"),
+    "request_uri": attrgetter("request_uri"),
+    "host": attrgetter("host"),
+    "remote_addr": attrgetter("remote_addr"),
     "remote_port": lambda c: str(c.remote_port),
-    "server_addr": lambda c: c.server_addr,
+    "server_addr": attrgetter("server_addr"),
     "server_port": lambda c: str(c.server_port),
-    "request_method": lambda c: c.method,
-    "scheme": lambda c: c.scheme,
+    "request_method": attrgetter("method"),
+    "scheme": attrgetter("scheme"),
     "query_string": lambda c: c.query or None,
     "args": lambda c: c.query or None,
     "is_args": lambda c: "?" if c.query else "",
     "request": _request_line,
-    "route_id": lambda c: c.route_id,
-    "route_name": lambda c: c.route_name,
-    "service_id": lambda c: c.service_id,
-    "consumer_name": lambda c: c.consumer_name,
-    "matched_uri": lambda c: c.matched_uri,
+    "route_id": attrgetter("route_id"),
+    "route_name": attrgetter("route_name"),
+    "service_id": attrgetter("service_id"),
+    "consumer_name": attrgetter("consumer_name"),
+    "matched_uri": attrgetter("matched_uri"),
     "http_host": lambda c: c.headers.get("host"),
     "content_type": lambda c: c.headers.get("content-type"),
     "content_length": lambda c: c.headers.get("content-length"),
-    "upstream_addr": lambda c: c.upstream_addr,
+    "upstream_addr": attrgetter("upstream_addr"),
     "server_protocol": lambda c: f"HTTP/{c.http_version}",
     # APISIX's balancer_ip / balancer_port: the node picked for this request
     "balancer_ip": lambda c: _addr_part(c.upstream_addr, 0),
     "balancer_port": lambda c: _addr_part(c.upstream_addr, 1),
-    "upstream_status": lambda c: c.upstream_status,
+    "upstream_status": attrgetter("upstream_status"),
     "upstream_response_time": lambda c: (
         f"{c.upstream_response_time:.3f}" if c.upstream_response_time is not None else None
     ),

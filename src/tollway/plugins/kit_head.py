@@ -95,20 +95,38 @@ def early_lines(
 ) -> tuple[list[bytes], bytes | None]:
     """The upstream's head pieces with the access-time headers (no header_filter plugin):
     their encoded lines appended when the upstream sent none of their names (the usual
-    case, nothing decoded); else set semantics (APISIX: the plugin's value replaces the
-    upstream's) through a ``ResponseHead``."""
-    out = lines
-    for group, pieces in early:
-        names = out[0::4]
+    case, nothing decoded: ``early_tail``); else set semantics (APISIX: the plugin's value
+    replaces the upstream's) through a ``ResponseHead``."""
+    tail = early_tail(early, lines)
+    if tail is None:
+        head = ResponseHead(lines, length)
+        apply_early(head, early)
+        return head.wire()
+    return [*lines, *tail], length
+
+
+def early_tail(early: Sequence[EarlyHeaders], lines: list[bytes]) -> tuple[bytes, ...] | None:
+    """The access-time headers' pieces to append to the upstream's head ``lines`` as they
+    are: when every group has wire names and none of a group's names is in the head or an
+    earlier group (one group, the usual case: its own tuple, nothing built). None when not:
+    the head is then edited (``early_lines``, ``apply_early``). The proxy writes an answer's
+    head with this when no header_filter plugin sees it."""
+    if len(early) == 1:
+        group, pieces = early[0]
+        names = lines[0::4]
         # (absent_from's first test inlined: this runs on every answer)
-        if group.wire_names is None or not (
+        if group.wire_names is not None and (
             group.others.issuperset(names) or group.absent_from(names)
         ):
-            head = ResponseHead(lines, length)
-            apply_early(head, early)
-            return head.wire()
-        out = [*out, *pieces]
-    return out, length
+            return pieces
+        return None
+    tail: tuple[bytes, ...] = ()
+    for group, pieces in early:
+        names = [*lines[0::4], *tail[0::4]]
+        if group.wire_names is None or not group.absent_from(names):
+            return None
+        tail += pieces
+    return tail
 
 
 def apply_early(head: ResponseHead, early: Sequence[EarlyHeaders]) -> None:

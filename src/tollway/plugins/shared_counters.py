@@ -43,7 +43,9 @@ Record = tuple[float, float, float]  # (expire, a, b)
 # a step is a plain module-level function, not a closure built per request.
 Step = Callable[[Record | None, float, float, float], tuple[Record | None, T]]
 # Where a key lives: (its digest, its home slot).
-Slot = tuple[bytes, int]
+Home = tuple[bytes, int]
+# A key's handle (``locate``): its home and that slot's offset in the file.
+Slot = tuple[bytes, int, int]
 
 LAYOUT_VERSION = 1
 DEFAULT_SLOTS = 1 << 16  # 2.5 MiB per table; APISIX's plugin dicts are 10 MiB
@@ -55,6 +57,12 @@ _SLOT_SIZE = _SLOT.size
 _HEAD = struct.Struct("<16sdd")  # a slot's digest, expire and a
 _PAIR = struct.Struct("<dd")  # expire and a, after the digest
 _EMPTY = bytes(16)
+# (bound once: incr_at runs on every request of a limit-count route)
+_head_at = _HEAD.unpack_from
+_pair_into = _PAIR.pack_into
+_flock = fcntl.flock
+_LOCK_EX = fcntl.LOCK_EX
+_LOCK_UN = fcntl.LOCK_UN
 _NAME = re.compile(r"^tollway-(\d+)-(\d+)-(\d+)-[\w.-]+\.shm$")
 
 
@@ -78,7 +86,7 @@ class SharedTable:
         self._clock = clock
         # key -> (digest, home slot): hashing costs more than the rest of an update, and the
         # same keys (client addresses, consumers) come back again and again.
-        self._digests: dict[str, Slot] = {}
+        self._digests: dict[str, Home] = {}
         size = _HEADER + slots * _SLOT_SIZE
         if path is None:  # process-local (tests, or no writable directory)
             self._fd = -1
@@ -130,39 +138,41 @@ class SharedTable:
         """Add ``value`` to the key's count (a new or expired key starts from 0 and lives
         ``ttl`` seconds: nginx's ``shared_dict:incr(key, value, 0, ttl)``, which
         resty.limit.count uses); returns (the new count, seconds until the key expires)."""
-        hit = self._digests.get(key)
-        return self.incr_at(hit if hit is not None else self._digest(key), value, ttl)
+        return self.incr_at(self.locate(key), value, ttl)
 
     def locate(self, key: str) -> Slot:
         """The key's handle for ``incr_at``: a caller that sees the same keys again and again
         (limit-count's client addresses) keeps it instead of hashing the key per update."""
         hit = self._digests.get(key)
-        return hit if hit is not None else self._digest(key)
+        if hit is None:
+            hit = self._digest(key)
+        return hit[0], hit[1], _HEADER + hit[1] * _SLOT_SIZE
 
     def incr_at(self, hit: Slot, value: float, ttl: float) -> tuple[float, float]:
         """``incr`` of the key ``hit`` was located for: the one operation of limit-count's
         request path, done in one call when the key sits in its home slot (the usual case)."""
         fd = self._fd
         if fd >= 0:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            _flock(fd, _LOCK_EX)
         try:
             now = self._clock()
-            off = _HEADER + hit[1] * _SLOT_SIZE
+            mm = self._mm
+            off = hit[2]
             # the digest and the two fields incr uses (``b`` stays 0.0 in a counting record)
-            d, expire, a = _HEAD.unpack_from(self._mm, off)
+            d, expire, a = _head_at(mm, off)
             if d != hit[0]:  # not in its home slot: the general probe
                 return self._update(hit[0], hit[1], now, _incr_step, value, ttl)
             if expire > now:
                 a += value
             else:
                 expire, a = now + ttl, value
-            _PAIR.pack_into(self._mm, off + 16, expire, a)
+            _pair_into(mm, off + 16, expire, a)
             return a, expire - now
         finally:
             if fd >= 0:
-                fcntl.flock(fd, fcntl.LOCK_UN)
+                _flock(fd, _LOCK_UN)
 
-    def _digest(self, key: str) -> Slot:
+    def _digest(self, key: str) -> Home:
         digest = blake2b(key.encode("utf-8", "surrogateescape"), digest_size=16).digest()
         hit = (digest, int.from_bytes(digest[:8], "little") & self._mask)
         if len(self._digests) >= _DIGEST_CACHE:

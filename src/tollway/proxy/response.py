@@ -14,7 +14,7 @@ from tollway.httprules.fields import PLAIN_CONNECTION, connection_tokens
 from tollway.httprules.response_head import pairs_to_lines, upstream_status_field
 from tollway.httprules.status import STATUS_LINES, status_line
 from tollway.plugins.kit import RequestContext
-from tollway.plugins.kit_head import ResponseHead, apply_early, early_lines
+from tollway.plugins.kit_head import ResponseHead, apply_early, early_lines, early_tail
 from tollway.plugins.registry import Chain
 from tollway.proxy.base import ExchangeBase
 from tollway.proxy.contracts import ClientConnection, StreamSink
@@ -55,15 +55,26 @@ class Responding(ExchangeBase):
         if status == 101 and self.websocket and isinstance(conn, UpstreamConnection):
             self._start_tunnel(conn, lines)
             return
+        tail: tuple[bytes, ...] = ()  # headers set in access, appended as they are
         if not plain:  # header_filter plugins, or headers set in access
-            status, lines, content_length = self._filtered_head(chain, ctx, lines, content_length)
+            early, found = ctx.resp_early, None
+            if early is not None and not (chain and (chain.header_filter or chain.buffers_body)):
+                found = early_tail(early, lines)  # only those: none of their names in the head?
+            if found is None:
+                status, lines, content_length = self._filtered_head(
+                    chain, ctx, lines, content_length
+                )
+            else:  # (the usual case)
+                tail = found
         if ctx.upstream_status is None:
             ctx.upstream_status = str(status)
         if self.proto.http2:
-            self._h2_head(status, response_fields(lines), content_length)
+            self._h2_head(status, response_fields([*lines, *tail]), content_length)
             return
         state = self.proto.state
         out = [state.status_heads.get(status) or state.status_head(status), *lines]
+        if tail:
+            out += tail
         if status >= 500 or state.show_upstream_status:
             out.append(upstream_status_field(self.upstream_statuses, status))
         # httprules.response_head.without_bodies, inlined: this runs for every proxied answer

@@ -12,6 +12,7 @@ from tollway.plugins.kit_head import (
     apply_early,
     early_lines,
     early_pairs,
+    early_tail,
 )
 
 UPSTREAM = pairs_to_lines([(b"Server", b"nginx"), (b"X-A", b"1"), (b"x-a", b"2")])
@@ -267,3 +268,13 @@ def test_a_group_without_an_encoded_form_is_set_as_text_from_its_pieces() -> Non
     lines, _ = early_lines([_early(group, ("1", "2"))], list(UPSTREAM), None)
     # set by the group's own names (as text), not the placeholders of the pieces
     assert ResponseHead(lines).pairs()[-2:] == [("X-Ä", "1"), ("X-B", "2")]
+
+
+def test_early_tail_is_the_pieces_to_append_or_none() -> None:
+    entry = _early(PAIR, ("10", "9"))
+    assert early_tail([entry], list(UPSTREAM)) is entry[1]  # one group: its tuple as it is
+    assert early_tail([entry], pairs_to_lines([(b"x-R", b"up")])) is None  # the head has one
+    other = _early(HeaderGroup(("X-Q",)), ("1",))
+    assert early_tail([entry, other], list(UPSTREAM)) == entry[1] + other[1]
+    assert early_tail([entry, _early(HeaderGroup(("x-l",)), ("1",))], list(UPSTREAM)) is None
+    assert early_tail([_early(HeaderGroup(("X-Ä",)), ("1",))], list(UPSTREAM)) is None

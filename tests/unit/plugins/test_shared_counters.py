@@ -134,3 +134,14 @@ def test_incr_away_from_the_home_slot() -> None:
         2.0,
     ]
     assert t.incr("a", 1.0, 10)[0] == 2.0
+
+
+def test_a_located_handle_counts_the_keys_record() -> None:
+    clock = Clock()
+    t = SharedTable(None, slots=64, clock=clock)
+    hit = t.locate("k")
+    assert hit == t.locate("k") and hit[2] == 64 + hit[1] * 40  # its slot's offset
+    assert t.incr_at(hit, 1.0, 10) == (1.0, 10.0)
+    assert t.incr("k", 1.0, 10) == (2.0, 10.0)  # the same record by name
+    clock.now += 10
+    assert t.incr_at(hit, 1.0, 10) == (1.0, 10.0)

@@ -14,6 +14,8 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
+from functools import partial
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -24,7 +26,15 @@ from tollway.plugins.builtin.limit_count_redis import close_redis_counters, redi
 from tollway.plugins.builtin.limit_redis import RedisFields, check_redis
 from tollway.plugins.builtin.limit_scope import CountingTemplate, counter_scope, request_key
 from tollway.plugins.builtin.limit_windows import count_step, sliding_local
-from tollway.plugins.kit import Exit, HeaderGroup, PerConf, Plugin, RequestContext, var_getter
+from tollway.plugins.kit import (
+    Exit,
+    HeaderGroup,
+    PerConf,
+    Plugin,
+    RequestContext,
+    UpstreamSource,
+    var_getter,
+)
 from tollway.plugins.kit_counters import RedisUnavailable, SharedTable, Slot, shared_table
 from tollway.plugins.kit_head import early_texts
 
@@ -109,10 +119,11 @@ class QuotaLines:
         self.limit_text = limit
         self.head = (names[0], SEP, limit.encode(), CRLF, names[1], SEP)
         self.reset_name = names[2]
-        # seconds to the reset -> encoded: at most ``time_window`` values, each encoded once
-        self.resets: dict[int, bytes] = {}
+        # seconds to the reset (a whole float) -> encoded: at most ``time_window`` values,
+        # each encoded once
+        self.resets: dict[float, bytes] = {}
 
-    def reset_text(self, reset: int) -> bytes:
+    def reset_text(self, reset: float) -> bytes:
         """``reset`` encoded, kept for the next request with the same seconds to go."""
         resets = self.resets
         if len(resets) >= 4096:  # a window of more than 4096 s: start over
@@ -131,27 +142,36 @@ CRLF = b"\r\n"
 
 
 class Compiled:
+    """What a conf needs per request, found once: its templates, and for the common conf (one
+    fixed window, numbers, not ``$vars``, the local policy) the whole request path
+    (``access``, ``access_no_quota``: bound methods the chain calls)."""
+
     __slots__ = (
+        "consumer_seen",
+        "count",
         "count_text",
         "count_tpl",
         "fixed",
+        "incr_at",
+        "key_of",
         "key_tpl",
-        "key_var",
-        "last_owner",
         "lines",
+        "metadata_seen",
         "plugin",
         "prefix",
+        "route_seen",
         "rules",
         "scoped",
         "scopes",
         "slots",
         "table",
+        "window",
         "window_tpl",
     )
 
     def __init__(self, conf: Conf) -> None:
-        # The common conf (one fixed window, numbers, not $vars): its count and window are
-        # known here, so a request computes only its key.
+        # The common conf: its count and window are known here, so a request computes only its
+        # key (as floats: the table's counts are, so no conversion per request).
         self.fixed: tuple[int, int] | None = None
         if (
             conf.rules is None
@@ -160,19 +180,29 @@ class Compiled:
             and isinstance(conf.time_window, int)
         ):
             self.fixed = (conf.count, conf.time_window)
+        self.count = float(conf.count) if isinstance(conf.count, int) else 0.0
+        self.window = float(conf.time_window) if isinstance(conf.time_window, int) else 0.0
         self.count_text = str(conf.count)
-        self.key_var = var_getter(conf.key) if conf.key_type == "var" else None
+        # The key's getter (a built-in variable's: ``remote_addr`` reads the attribute).
+        self.key_of: Callable[[RequestContext], Any] = (
+            var_getter(conf.key) if conf.key_type == "var" else partial(_key, conf, self)
+        )
         # The quota headers' lines, for the plugin_metadata they were built from.
         self.lines = QuotaLines(DEFAULT_HEADERS, self.count_text)
+        # The runtime's plugin_metadata map the lines were checked against (_UNSEEN: none yet).
+        self.metadata_seen: Any = _UNSEEN
         self.table: SharedTable | None = None  # opened at the first request (in the worker)
+        self.incr_at: Callable[[Slot, float, float], tuple[float, float]] = _unopened
         # (consumer, route) -> the counters' scope: a pure function of the three objects
         self.scopes: dict[tuple[Any, Any], str] = {}
-        # The fixed window's request path: the last (consumer, route) seen, and its scope's
-        # key value -> table slot (a keep-alive client's address is the same str object
-        # request after request: its hash is cached, no key string is built per request).
-        self.last_owner: tuple[Any, Any] = (None, None)
+        # The fixed window's request path: the last consumer and route seen (_UNSEEN: none
+        # yet), and their scope's key value -> table slot (a keep-alive client's address is
+        # the same str object request after request: its hash is cached, no key string is
+        # built per request).
+        self.consumer_seen: Any = _UNSEEN
+        self.route_seen: Any = _UNSEEN
         self.prefix = ""  # that scope
-        self.scoped: dict[str, Slot] | None = None
+        self.scoped: dict[str, Slot] = {}
         self.slots: dict[str, dict[str, Slot]] = {}  # scope -> its key value -> table slot
         self.plugin: LimitCount | None = None  # set by phase_method
         self.key_tpl = CountingTemplate(conf.key) if conf.key_type == "var_combination" else None
@@ -190,11 +220,6 @@ class Compiled:
             for rule in conf.rules or ()
         ]
 
-    def quota_lines(self, h: MetadataConf) -> QuotaLines:
-        if h is not self.lines.meta:
-            self.lines = QuotaLines(h, self.count_text)
-        return self.lines
-
     def scope(self, owner: tuple[Any, Any], scope: str) -> str:
         if len(self.scopes) >= 256:
             self.scopes.clear()
@@ -202,45 +227,27 @@ class Compiled:
         return scope
 
     def access(self, conf: Conf, ctx: RequestContext) -> Exit:
-        """The fixed window of the local policy (count and window are numbers): what runs on
-        every request of a limited route, a bound method the chain calls for this conf."""
-        fixed = self.fixed
-        assert fixed is not None
-        get = self.key_var
-        if get is not None:
-            value = get(ctx)
-            key = ctx.remote_addr if value is None else value
-            if type(key) is not str:
-                key = str(key)
-        else:
-            key = request_key(ctx, conf.key, conf.key_type, self.key_tpl)
-        scoped = self.scoped
-        owner = self.last_owner
-        if scoped is None or owner[0] is not ctx.consumer or owner[1] is not ctx.route:
-            scoped = self._scoped(conf, ctx)
-        hit = scoped.get(key)
-        table = self.table
-        assert table is not None  # opened with ``scoped``
+        """The fixed window of the local policy with the quota headers (the default): what
+        runs on every request of a limited route, a bound method the chain calls."""
+        key = self.key_of(ctx)
+        if type(key) is not str:
+            key = _key_text(key, ctx)
+        if ctx.route is not self.route_seen or ctx.consumer is not self.consumer_seen:
+            self._follow(conf, ctx)
+        hit = self.scoped.get(key)
         if hit is None:
             hit = self._locate(key)
         # resty.limit.count: incr(key, 1, 0, window); the window starts at the key's first use
-        used, ttl = table.incr_at(hit, 1.0, fixed[1])
-        remaining = int(fixed[0] - used)
-        if not conf.show_limit_quota_header:
-            return LimitCount._rejected(conf, {}) if remaining < 0 else None
-        reset = int(ttl)  # whole(ttl), inlined: seconds rounded up
-        if ttl - reset > 1e-6:
-            reset += 1
-        src = ctx.upstream_source  # LimitCount.metadata_for, inlined
-        assert self.plugin is not None
-        h = self.plugin.metadata if src is None else src.plugin_metadata.get("limit-count")
-        if h is None:
-            h = DEFAULT_HEADERS
+        used, ttl = self.incr_at(hit, 1.0, self.window)
+        remaining = self.count - used  # a float: b"%d" formats it as the integer it is
+        src = ctx.upstream_source
+        if src is None or src.plugin_metadata is not self.metadata_seen:
+            self._follow_metadata(src)  # plugin_metadata/limit-count renames the headers
         lines = self.lines
-        if h is not lines.meta:
-            lines = self.quota_lines(h)
+        # the seconds to the reset, rounded up (limit_windows.whole), as a float
+        reset = -((_WHOLE_SLACK - ttl) // 1.0)
         if remaining < 0:
-            return LimitCount._rejected(conf, lines.texts(0, reset))
+            return LimitCount._rejected(conf, lines.texts(0, int(reset)))
         # Set in access, as APISIX does: the answer's head writes them, with no header_filter
         # phase for them. Only the two numbers are encoded here (kit_head.EarlyHeaders);
         # a concatenation, not unpacking: one tuple built, not a list turned into one.
@@ -249,16 +256,26 @@ class Compiled:
             encoded = lines.reset_text(reset)
         tail = (b"%d" % remaining, CRLF, lines.reset_name, SEP, encoded, CRLF)
         quota = (lines.group, lines.head + tail)
-        early = ctx.resp_early
-        if early is None:
-            ctx.resp_early = [quota]
-        else:
-            early.append(quota)
+        early = ctx.resp_early  # (RequestContext.set_early_headers, inlined)
+        ctx.resp_early = (quota,) if early is None else (*early, quota)
         return None
 
-    def _scoped(self, conf: Conf, ctx: RequestContext) -> dict[str, Slot]:
-        """The key -> slot map of the request's counter scope (found once per consumer and
-        route, then kept while they repeat)."""
+    def access_no_quota(self, conf: Conf, ctx: RequestContext) -> Exit:
+        """``access`` for ``show_limit_quota_header: false``: the count only."""
+        key = self.key_of(ctx)
+        if type(key) is not str:
+            key = _key_text(key, ctx)
+        if ctx.route is not self.route_seen or ctx.consumer is not self.consumer_seen:
+            self._follow(conf, ctx)
+        hit = self.scoped.get(key)
+        if hit is None:
+            hit = self._locate(key)
+        used, _ = self.incr_at(hit, 1.0, self.window)
+        return LimitCount._rejected(conf, {}) if used > self.count else None
+
+    def _follow(self, conf: Conf, ctx: RequestContext) -> None:
+        """The request's consumer and route are not the last ones: their counter scope's key
+        -> slot map (found once per consumer and route, then kept while they repeat)."""
         owner = (ctx.consumer, ctx.route)
         prefix = conf.group
         if prefix is None:
@@ -266,26 +283,60 @@ class Compiled:
             if prefix is None:
                 prefix = self.scope(owner, counter_scope(ctx, "limit-count", conf, _decode))
         if self.table is None:
-            self.table = shared_table("plugin-limit-count")
+            table = self.table = shared_table("plugin-limit-count")
+            self.incr_at = table.incr_at
         scoped = self.slots.get(prefix)
         if scoped is None:
             if len(self.slots) >= 256:
                 self.slots.clear()
             scoped = self.slots[prefix] = {}
-        self.last_owner = owner
+        self.consumer_seen, self.route_seen = owner
         self.prefix = prefix
         self.scoped = scoped
-        return scoped
+
+    def _follow_metadata(self, src: UpstreamSource | None) -> None:
+        """The quota lines for the request's ``plugin_metadata/limit-count`` (the runtime's:
+        checked again only when the runtime's metadata map is another one)."""
+        if src is None:  # (no runtime: a unit test) the plugin's latest, looked up each time
+            assert self.plugin is not None
+            h = self.plugin.metadata
+            self.metadata_seen = _UNSEEN
+        else:
+            h = src.plugin_metadata.get("limit-count")
+            self.metadata_seen = src.plugin_metadata
+        if h is None:
+            h = DEFAULT_HEADERS
+        if h is not self.lines.meta:
+            self.lines = QuotaLines(h, self.count_text)
 
     def _locate(self, key: str) -> Slot:
         """The table slot of ``key`` in the current scope, kept for its next request."""
         scoped = self.scoped
-        assert scoped is not None and self.table is not None
+        assert self.table is not None
         hit = self.table.locate(f"{self.prefix}:{key}")
         if len(scoped) >= 10_000:
             scoped.clear()
         scoped[key] = hit
         return hit
+
+
+_UNSEEN = object()  # (no route, consumer or metadata map is this one)
+_WHOLE_SLACK = 1e-6  # limit_windows.whole's: a float error above a whole second is not a second
+
+
+def _unopened(hit: Slot, value: float, ttl: float) -> tuple[float, float]:
+    raise AssertionError("the table is opened with the first scope")  # pragma: no cover
+
+
+def _key(conf: Conf, comp: Compiled, ctx: RequestContext) -> str:
+    """A ``var_combination`` or ``constant`` key's value (limit_scope.request_key)."""
+    return request_key(ctx, conf.key, conf.key_type, comp.key_tpl)
+
+
+def _key_text(value: Any, ctx: RequestContext) -> str:
+    """A key variable's value that is not a str: the client address when it has none (APISIX
+    logs "use client IP instead"), else its text."""
+    return str(ctx.remote_addr if value is None else value)
 
 
 _compiled = PerConf(Compiled)
@@ -353,7 +404,7 @@ class LimitCount(Plugin):
             comp = _compiled(conf)
             if comp.fixed is not None:
                 comp.plugin = self
-                return comp.access
+                return comp.access if conf.show_limit_quota_header else comp.access_no_quota
         return getattr(self, phase)
 
     def access(self, conf: Conf, ctx: RequestContext) -> Exit:
@@ -361,8 +412,10 @@ class LimitCount(Plugin):
         if comp.fixed is None:
             return self._access_windows(conf, ctx)
         comp.plugin = self
+        if not conf.show_limit_quota_header:
+            return comp.access_no_quota(conf, ctx)
         out = comp.access(conf, ctx)
-        if out is None and conf.show_limit_quota_header and ctx.resp_early:
+        if out is None and ctx.resp_early:
             # The quota as a name -> value map in plugin_state, as the other forms keep
             # theirs, for a caller of this method. The request path calls ``comp.access``
             # (``phase_method``) and nothing there reads it back: the head is written from

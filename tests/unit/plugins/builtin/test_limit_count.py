@@ -282,3 +282,68 @@ def test_the_compiled_access_gives_the_quota_lines_the_head_appends(clock: Clock
     )
     clock.now += 10
     assert lines() == b"L: 3\r\nR: 2\r\nT: 10\r\n"
+
+
+def test_the_compiled_access_without_quota_headers_counts_and_sets_none(clock: Clock) -> None:
+    # show_limit_quota_header false: phase_method gives the counting-only method
+    plugin = LimitCount()
+    raw = {"count": 2, "time_window": 10, "show_limit_quota_header": False}
+    conf = conf_of(raw)
+    access = plugin.phase_method("access", conf)
+    route = Route({"limit-count": raw})
+    answers = []
+    for _ in range(3):
+        ctx = make_ctx()
+        ctx.route = route
+        answers.append(access(conf, ctx))
+        assert ctx.resp_early is None
+    assert answers == [None, None, (503, None, {})]
+    ctx = make_ctx()
+    ctx.route = route
+    assert plugin.access(conf, ctx) == (503, None, {})  # the method: the same counter
+    assert ctx.plugin_state is None
+
+
+def test_the_compiled_access_follows_the_runtimes_metadata(clock: Clock) -> None:
+    # The names come from the request's runtime (ctx.upstream_source): looked up again when
+    # its plugin_metadata map is another one, not per request.
+    plugin = LimitCount()
+    raw = {"count": 5, "time_window": 10}
+    conf = conf_of(raw)
+    access = plugin.phase_method("access", conf)
+    route = Route({"limit-count": raw})
+    renamed = {"limit-count": msgspec.convert({"limit_header": "L"}, plugin.metadata_schema)}
+
+    def names(metadata: dict[str, Any]) -> list[bytes]:
+        ctx = make_ctx()
+        ctx.route = route
+        ctx.upstream_source = SimpleNamespace(plugin_metadata=metadata)  # type: ignore[assignment]
+        assert access(conf, ctx) is None
+        ((_, pieces),) = ctx.resp_early or []
+        return list(pieces[0::4])
+
+    default = [b"X-RateLimit-Limit", b"X-RateLimit-Remaining", b"X-RateLimit-Reset"]
+    none: dict[str, Any] = {}
+    assert names(none) == default
+    assert names(renamed) == [b"L", *default[1:]]
+    assert names(renamed) == [b"L", *default[1:]]
+    assert names(none) == default  # another runtime without it: the default names again
+
+
+def test_a_key_variable_without_a_value_counts_the_client_address(clock: Clock) -> None:
+    plugin = LimitCount()
+    raw = {"count": 1, "time_window": 10, "key": "http_x_user"}
+    conf = conf_of(raw)
+    access = plugin.phase_method("access", conf)
+    route = Route({"limit-count": raw})
+
+    def request(addr: str, user: str | None = None) -> Any:
+        ctx = make_ctx(remote_addr=addr, headers={"X-User": user} if user else None)
+        ctx.route = route
+        return access(conf, ctx)
+
+    assert request("10.0.0.1") is None
+    assert request("10.0.0.1")[0] == 503  # no header: counted by address
+    assert request("10.0.0.2") is None
+    assert request("10.0.0.1", "10.0.0.2")[0] == 503  # the header's value is the key
+    assert request("10.0.0.1", "anna") is None
