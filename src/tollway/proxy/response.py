@@ -41,8 +41,7 @@ class Responding(ExchangeBase):
             return
         ctx = self.ctx
         assert ctx is not None
-        self.status = status
-        ctx.resp_status = status
+        self.status = ctx.resp_status = status
         chain = self.chain
         fields = conn.fields
         plain = ctx.resp_early is None and not (chain and chain.header_filter)
@@ -72,41 +71,40 @@ class Responding(ExchangeBase):
             self._h2_head(status, response_fields([*lines, *tail]), content_length)
             return
         state = self.proto.state
-        out = [state.status_heads.get(status) or state.status_head(status), *lines]
-        if tail:
-            out += tail
+        out = [state.status_heads.get(status) or state.status_head(status), *lines, *tail]
         if status >= 500 or state.show_upstream_status:
             out.append(upstream_status_field(self.upstream_statuses, status))
         # httprules.response_head.without_bodies, inlined: this runs for every proxied answer
         no_body = status in _BODYLESS or self.method == "HEAD"
         self.resp_no_body = no_body
-        if self.buffered_resp is not None:
-            pass  # framed when the whole body is known
-        elif content_length is not None:
+        if content_length is not None and self.buffered_resp is None:
             out.append(b"Content-Length: " + content_length + b"\r\n")
-        elif not no_body:
-            if self.http_version == "1.1":
-                self.resp_chunked = True
-                out.append(b"Transfer-Encoding: chunked\r\n")
-            else:
-                self.keep_alive = False  # close-delimited for HTTP/1.0 clients
+        elif not no_body and self.buffered_resp is None:
+            self._unsized(out)
         if not self.keep_alive or (not self.body_complete and not self.has_body):
             out.append(b"Connection: close\r\n")
             self.keep_alive = False
         elif self.http_version == "1.0":
             out.append(b"Connection: keep-alive\r\n")
         self.response_started = True
-        if self.buffered_resp is not None:
+        if self.buffered_resp is not None:  # framed when the whole body is known
             # without its status line: body_filter may still set the status (on_upstream_complete)
             self.buffered_resp.append(state.server_header + b"".join(out[1:]))
             return
-        out.append(b"\r\n")
-        # Buffered: the head usually leaves in one write with the first body bytes (flush()),
-        # its pieces joined once with them.
+        out.append(b"\r\n")  # (buffered: usually one write with the first body bytes, flush())
         if self._out:
             self._out += out
         else:
             self._out = out
+
+    def _unsized(self, out: list[bytes]) -> None:
+        """An answer with a body and no Content-Length: chunked to an HTTP/1.1 client, ended by
+        closing the connection to an HTTP/1.0 one."""
+        if self.http_version == "1.1":
+            self.resp_chunked = True
+            out.append(b"Transfer-Encoding: chunked\r\n")
+        else:
+            self.keep_alive = False
 
     def _filtered_head(
         self, chain: Chain | None, ctx: RequestContext, lines: list[bytes], length: bytes | None
