@@ -321,8 +321,11 @@ class Recorder:
             # The upstream's time is part of the request's: above the bucket below the
             # request's, it is in the request's bucket; the gateway's share (APISIX: the
             # request's less the upstream's) is mostly under the first bound (a millisecond
-            # by default): one count, no search.
-            elif floors[i] < (up := up * 1000.0) <= latency and (own := latency - up) <= first:
+            # by default): one count, no search. (Three comparisons, not a chain: each one
+            # then jumps at once, which the interpreter specializes for floats.)
+            elif (
+                floors[i] < (up := up * 1000.0) and up <= latency and (own := latency - up) <= first
+            ):
                 s.fast[i] += 1
                 g.upstream_sum += up
                 g.apisix_sum += own
