@@ -295,7 +295,6 @@ class Recorder:
 
         def log(conf: PrometheusConf, ctx: RequestContext) -> None:
             now = _now()
-            hosts = ctx.route_hosts
             key = (
                 ctx.resp_status,
                 ctx.route_id,
@@ -303,7 +302,7 @@ class Recorder:
                 ctx.service_id,
                 ctx.consumer_name,
                 ctx.upstream_addr,
-                (hosts, ctx.host) if hosts else None,
+                (ctx.route_hosts, ctx.host) if ctx.route_hosts else None,
                 ctx.route_name if prefer_name else None,
             )
             s = seen.get(key)
