@@ -135,8 +135,10 @@ class Exchange(Phases, Responding):
             todo = self._prepare()
             if todo == FORWARD:  # no request-phase plugin: straight to the upstream
                 forward(self)
-            elif todo == PHASES:
-                self._drive()
+            elif todo == PHASES:  # the chain's generated driver (made by _prepare)
+                chain = self.chain
+                assert chain is not None
+                chain.drive(self)
         except Exception:
             self._crashed()
         if self.task is None and self.held is None:

@@ -30,7 +30,7 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta
 
-from tollway.plugins.kit import Plugin, RequestContext, request_length
+from tollway.plugins.kit import Plugin, RequestContext
 
 log = logging.getLogger("tollway.plugins")
 
@@ -134,46 +134,74 @@ def status_key(ctx: RequestContext, prefer_name: bool) -> tuple[Any, ...]:
 # -- the worker's counts ---------------------------------------------------------------------
 
 
-class _Group:
-    """Latency histograms and bandwidth of one (route, service, consumer, node)."""
+class _Series:
+    """One ``http_status`` series (a status code and the group's labels) and its requests'
+    share of the group's latency histograms and bandwidth: the counts a request adds are its
+    series' (one object found by one probe); a flush sums a group's series.
+
+    Most requests have an upstream answer whose time lies in the request's own bucket while
+    the gateway's share lies in the first: they count once, in ``fast`` (per request bucket);
+    the others count in ``request``, ``upstream`` and ``apisix`` (``_count_apart``)."""
 
     __slots__ = (
         "apisix",
-        "apisix_sum",
         "egress",
+        "fast",
+        "group",
         "ingress",
-        "keys",
+        "key",
         "labels",
         "request",
-        "request_sum",
         "upstream",
-        "upstream_sum",
+        "written",
     )
 
-    def __init__(self, labels: tuple[str, ...], n_buckets: int) -> None:
+    def __init__(self, labels: tuple[str, ...], group: _Group, n_buckets: int) -> None:
         self.labels = labels
-        self.request = [0] * n_buckets  # per bucket, not cumulative; the last one is +Inf
+        self.group = group
+        self.fast = [0] * n_buckets  # per bucket, not cumulative; the last one is +Inf
+        self.request = [0] * n_buckets
         self.upstream = [0] * n_buckets
         self.apisix = [0] * n_buckets
+        self.ingress = 0  # never 0 once counted: a request has a line (the flush's change test)
+        self.egress = 0
+        self.written = 0  # ``ingress`` at the last flush
+        self.key: str | None = None
+
+    def count(self) -> int:
+        return sum(self.fast) + sum(self.request)
+
+
+class _Group:
+    """One (route, service, consumer, node): its series (one per status code), whose counts
+    its histograms and bandwidth sum, and its latency sums, added per request in order (so
+    the floats are those of one running sum)."""
+
+    __slots__ = ("apisix_sum", "keys", "labels", "request_sum", "series", "upstream_sum")
+
+    def __init__(self, labels: tuple[str, ...]) -> None:
+        self.labels = labels
+        self.series: list[_Series] = []
         self.request_sum = 0.0
         self.upstream_sum = 0.0
         self.apisix_sum = 0.0
-        self.ingress = 0
-        self.egress = 0
         self.keys: _GroupKeys | None = None
 
-
-class _Series:
-    """One ``http_status`` series."""
-
-    __slots__ = ("count", "group", "key", "labels", "written")
-
-    def __init__(self, labels: tuple[str, ...], group: _Group) -> None:
-        self.labels = labels
-        self.group = group
-        self.count = 0
-        self.written = 0
-        self.key: str | None = None
+    def totals(self) -> tuple[list[int], list[int], list[int], int, int]:
+        """The (request, upstream, apisix) bucket counts, ingress and egress of its series."""
+        n = len(self.series[0].fast)
+        request, upstream, apisix = [0] * n, [0] * n, [0] * n
+        ingress = egress = 0
+        for s in self.series:
+            fast = s.fast
+            for i in range(n):
+                request[i] += fast[i] + s.request[i]
+                upstream[i] += fast[i] + s.upstream[i]
+                apisix[i] += s.apisix[i]
+            apisix[0] += sum(fast)
+            ingress += s.ingress
+            egress += s.egress
+        return request, upstream, apisix, ingress, egress
 
 
 class _GroupKeys:
@@ -255,10 +283,10 @@ class Recorder:
         (``Prometheus.phase_method``): one call a request, what the conf decides bound here.
 
         Per request: one probe finds the series by what its labels are made of (the label
-        tuple is made once per series, ``status_key``), then a few integer and float adds.
-        Measured against appending one row per request and folding the rows in bulk with C
-        loops (``map``, ``Counter``): the fold alone cost more (~1.2 us a row) than these
-        adds, so the counts are kept up to date here."""
+        tuple is made once per series, ``status_key``), then a few integer and float adds to
+        that series alone. Measured against appending one row per request and folding the
+        rows in bulk with C loops (``map``, ``Counter``): the fold alone cost more (~1.2 us a
+        row) than these adds, so the counts are kept up to date here."""
         seen = self.seen
         add_series = self._series
         bounds = self.bounds
@@ -267,7 +295,6 @@ class Recorder:
 
         def log(conf: PrometheusConf, ctx: RequestContext) -> None:
             now = _now()
-            hosts = ctx.route_hosts
             key = (
                 ctx.resp_status,
                 ctx.route_id,
@@ -275,35 +302,40 @@ class Recorder:
                 ctx.service_id,
                 ctx.consumer_name,
                 ctx.upstream_addr,
-                (hosts, ctx.host) if hosts else None,
+                (ctx.route_hosts, ctx.host) if ctx.route_hosts else None,
                 ctx.route_name if prefer_name else None,
             )
             s = seen.get(key)
             if s is None:
                 s = add_series(ctx, prefer_name, key)
-            s.count += 1
-            g = s.group
             latency = (now - ctx.start_time) * 1000.0
             i = bisect_left(bounds, latency)
-            g.request[i] += 1
+            g = s.group  # (the sums are the group's: added in the requests' order)
             g.request_sum += latency
             up = ctx.upstream_response_time
             if up is None:  # no upstream answer: the gateway's own share is all of it
-                g.apisix[i] += 1
+                s.request[i] += 1
+                s.apisix[i] += 1
                 g.apisix_sum += latency
-            else:
-                up *= 1000.0
-                # The upstream's time is part of the request's: above the bucket below the
-                # request's, it is in the request's bucket (no search, the usual case).
-                g.upstream[i if floors[i] < up <= latency else bisect_left(bounds, up)] += 1
+            # The upstream's time is part of the request's: above the bucket below the
+            # request's, it is in the request's bucket; the gateway's share (APISIX: the
+            # request's less the upstream's) is mostly under the first bound (a millisecond
+            # by default): one count, no search. (Three comparisons, not a chain: each one
+            # then jumps at once, which the interpreter specializes for floats.)
+            elif (
+                floors[i] < (up := up * 1000.0) and up <= latency and (own := latency - up) <= first
+            ):
+                s.fast[i] += 1
                 g.upstream_sum += up
-                # APISIX: the gateway's own share; clocks differ, so never below 0. Mostly
-                # under the first bound (a millisecond by default): no search either.
-                own = latency - up if latency > up else 0.0
-                g.apisix[0 if own <= first else bisect_left(bounds, own)] += 1
                 g.apisix_sum += own
-            g.ingress += request_length(ctx)
-            g.egress += ctx.bytes_sent
+            else:
+                _count_apart(s, bounds, i, latency, up)
+            # nginx's $request_length (``request_length``, inline: no call per request)
+            n = len(ctx.method) + len(ctx.request_uri) + 14 + ctx.request_body_bytes
+            for k, v in ctx.raw_headers:
+                n += len(k) + len(v) + 4
+            s.ingress += n
+            s.egress += ctx.bytes_sent
             if not self.scheduled:
                 self._schedule()
 
@@ -324,8 +356,9 @@ class Recorder:
         gkey = (route, service, consumer, node)
         group = self.groups.get(gkey)
         if group is None:
-            group = self.groups[gkey] = _Group(gkey, len(self.bounds) + 1)
-        s = self.series[key] = _Series((str(code), *key[1:]), group)
+            group = self.groups[gkey] = _Group(gkey)
+        s = self.series[key] = _Series((str(code), *key[1:]), group, len(self.bounds) + 1)
+        group.series.append(s)
         return s
 
     def _schedule(self) -> None:
@@ -342,7 +375,7 @@ class Recorder:
     def flush(self) -> None:
         """Write the totals of every series that changed since the last flush."""
         self.scheduled = False
-        changed = [s for s in self.series.values() if s.count != s.written]
+        changed = [s for s in self.series.values() if s.ingress != s.written]
         if not changed:
             return
         try:
@@ -352,8 +385,8 @@ class Recorder:
                 if s.key is None:
                     name = self.names.status
                     s.key = _key(name, name, STATUS_LABELS, s.labels, HELP_STATUS)
-                counters.write_value(s.key, float(s.count), 0.0)
-                s.written = s.count
+                counters.write_value(s.key, float(s.count()), 0.0)
+                s.written = s.ingress
                 groups[id(s.group)] = s.group
             for g in groups.values():
                 self._write_group(g, counters, histograms)
@@ -370,18 +403,19 @@ class Recorder:
         keys = g.keys
         if keys is None:
             keys = g.keys = _GroupKeys(self.names, g.labels, self.le)
+        request, upstream, apisix, ingress, egress = g.totals()
         for counts, total, (bucket_keys, sum_key) in (
-            (g.request, g.request_sum, keys.request),
-            (g.upstream, g.upstream_sum, keys.upstream),
-            (g.apisix, g.apisix_sum, keys.apisix),
+            (request, g.request_sum, keys.request),
+            (upstream, g.upstream_sum, keys.upstream),
+            (apisix, g.apisix_sum, keys.apisix),
         ):
-            if counts is g.upstream and not any(counts):
+            if counts is upstream and not any(counts):
                 continue  # APISIX observes the upstream latency only when there was one
             for key, n in zip(bucket_keys, counts, strict=True):
                 histograms.write_value(key, float(n), 0.0)
             histograms.write_value(sum_key, total, 0.0)
-        counters.write_value(keys.ingress, float(g.ingress), 0.0)
-        counters.write_value(keys.egress, float(g.egress), 0.0)
+        counters.write_value(keys.ingress, float(ingress), 0.0)
+        counters.write_value(keys.egress, float(egress), 0.0)
 
     def _open(self) -> tuple[Any, Any]:
         pid = os.getpid()
@@ -401,6 +435,18 @@ class Recorder:
             for f in self._files:
                 f.close()
             self._files = None
+
+
+def _count_apart(s: _Series, bounds: tuple[float, ...], i: int, latency: float, up: float) -> None:
+    """An answered request whose upstream time is not in its own bucket (``i``), or whose
+    gateway share is above the first bound: each histogram's bucket found by a search."""
+    own = latency - up if latency > up else 0.0  # APISIX; clocks differ, so never below 0
+    s.request[i] += 1
+    s.upstream[bisect_left(bounds, up)] += 1
+    s.apisix[bisect_left(bounds, own)] += 1
+    g = s.group
+    g.upstream_sum += up
+    g.apisix_sum += own
 
 
 def _key(metric: str, name: str, labels: tuple[str, ...], values: tuple[str, ...], doc: str) -> str:

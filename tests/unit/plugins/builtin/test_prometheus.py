@@ -322,4 +322,27 @@ def test_buckets_are_those_of_a_search_whatever_the_latencies(
                 want["up"][bisect_left(bounds, u)] += 1
                 want["own"][bisect_left(bounds, latency - u if latency > u else 0.0)] += 1
     (g,) = rec.groups.values()
-    assert (g.request, g.upstream, g.apisix) == (want["req"], want["up"], want["own"])
+    request, upstream, apisix, *_ = g.totals()
+    assert (request, upstream, apisix) == (want["req"], want["up"], want["own"])
+
+
+def test_a_flush_that_fails_is_made_good_by_the_next(tmp_path: Path) -> None:
+    """The directory is gone at the first flush (a full or lost disk): nothing is lost, the
+    next flush writes every total, the request's body bytes in its ingress too."""
+    directory = tmp_path / "later"
+    rec = Recorder(str(directory))
+    rec.scheduled = True
+    ctx = routed(upstream_time=0.0001, start=time.time() - 0.0002)
+    ctx.request_body_bytes = 10
+    ctx.bytes_sent = 5
+    rec.record(ctx, False)
+    rec.flush()  # fails: no directory
+    assert not directory.exists()
+    directory.mkdir()
+    rec.flush()  # no request since: the failed flush's series are written now
+    m = Scrape(directory)
+    assert m.value("apisix_http_status_total", code="200") == 1
+    length = routed().request_length + 10
+    assert m.value("apisix_bandwidth_total", type="ingress", node="127.0.0.1") == length
+    assert m.value("apisix_bandwidth_total", type="egress", node="127.0.0.1") == 5
+    assert m.value("apisix_http_latency_count", type="upstream", node="127.0.0.1") == 1
