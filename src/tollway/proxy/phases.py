@@ -383,6 +383,13 @@ _STAGES = ((_PRE, "pre"), (_MAIN, "main"), (_BEFORE, "before"))
 # drivers of a chain of that shape (generated and compiled once per shape).
 _MAKERS: dict[tuple[tuple[bool, ...], ...], Callable[..., tuple[Driver, MainDriver]]] = {}
 _MAKERS_MAX = 1024
+# After the rewrite entries: only a rewrite entry (an auth plugin) identifies a consumer; one
+# with neither plugins nor a group (its auth plugin's conf is not among them) keeps the chain.
+_CONSUMER = (
+    "consumer = ctx.consumer",
+    "if consumer is not None and (consumer.plugins or consumer.group_id is not None):",
+    "    return x._consumed(ctx)",
+)
 
 
 def compile_drivers(chain: Chain) -> None:
@@ -450,13 +457,6 @@ def _maker(shape: tuple[tuple[bool, ...], ...]) -> Callable[..., tuple[Driver, M
         "if not x.response_started and x.upstream is not None:",
         "    forward(x)",
     ]
-    # Only a rewrite entry (an auth plugin) identifies a consumer; one with neither plugins
-    # nor a group (its auth plugin's conf is not among them) keeps the chain, inline here.
-    consumer = [
-        "consumer = ctx.consumer",
-        "if consumer is not None and (consumer.plugins or consumer.group_id is not None):",
-        "    return x._consumed(ctx)",
-    ]
     n = sum(len(flags) for flags in shape)
     src = "\n".join(
         [
@@ -464,7 +464,7 @@ def _maker(shape: tuple[tuple[bool, ...], ...]) -> Callable[..., tuple[Driver, M
             *(f"    f{k}, c{k}, q{k} = F[{k}], C[{k}], Q[{k}]" for k in range(n)),
             "    def drive(x):",
             "        ctx = x.ctx",
-            *(f"        {line}" for line in [*pre, *(consumer if pre else ()), *tail]),
+            *(f"        {line}" for line in [*pre, *(_CONSUMER if pre else ()), *tail]),
             "    def drive_main(x, ctx):",
             *(f"        {line}" for line in tail),
             "    return drive, drive_main",
