@@ -10,6 +10,7 @@ import asyncio
 import gc
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import h2.config
@@ -317,19 +318,20 @@ def test_h2_head_fields_and_lines() -> None:
     assert head.header_pairs() == head.fields and head.header_pairs() is not head.fields
 
 
-class _Ex:
-    def __init__(self, http2: bool, raw: list[tuple[bytes, bytes]]) -> None:
-        self.proto = type("P", (), {"http2": http2})()
-        self.raw_headers = raw
+def _ex(http2: bool, raw: list[tuple[bytes, bytes]]) -> Exchange:
+    """An exchange (a real one: the compiled build checks the classes it is handed) of a client
+    connection that is HTTP/2 or not."""
+    proto: Any = SimpleNamespace(http2=http2)
+    return Exchange(proto, "POST", b"/", raw, "2" if http2 else "1.1", True, b"a")
 
 
 def test_grpc_timeout_read_from_the_header_list() -> None:
-    assert grpc_timeout(_Ex(True, [(b"grpc-timeout", b"5S")])) == b"5S"  # type: ignore[arg-type]
-    assert grpc_timeout(_Ex(False, [(b"Grpc-Timeout", b"5S")])) == b"5S"  # type: ignore[arg-type]
-    assert grpc_timeout(_Ex(True, [(b"te", b"trailers")])) is None  # type: ignore[arg-type]
+    assert grpc_timeout(_ex(True, [(b"grpc-timeout", b"5S")])) == b"5S"
+    assert grpc_timeout(_ex(False, [(b"Grpc-Timeout", b"5S")])) == b"5S"
+    assert grpc_timeout(_ex(True, [(b"te", b"trailers")])) is None
     # repeated: joined with ", " it parses as no timeout (as ctx.headers reads it)
     two = [(b"grpc-timeout", b"5S"), (b"grpc-timeout", b"1S")]
-    assert grpc_timeout(_Ex(True, two)) is None  # type: ignore[arg-type]
+    assert grpc_timeout(_ex(True, two)) is None
 
 
 def test_finished_calls_leave_no_cycle_for_the_collector(monkeypatch: pytest.MonkeyPatch) -> None:

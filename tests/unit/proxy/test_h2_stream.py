@@ -14,6 +14,7 @@ from h2.settings import SettingCodes
 from tollway.http2.connection import Connection
 from tollway.proxy.h2_stream import _NO_QUEUE, BODY_BUDGET, H2Stream
 from tollway.proxy.pipeline import Exchange
+from tollway.proxy.state import ServerState
 
 
 class Carrier:
@@ -22,7 +23,11 @@ class Carrier:
     def __init__(self) -> None:
         self.conn = Connection(False, {})
         self.conn.initiate_connection()
-        self.state: Any = SimpleNamespace(flush_writes=lambda: None, max_body_size=0)
+        # a real ServerState: the compiled build checks the classes it is handed
+        compiler: Any = SimpleNamespace()  # (never read by a stream)
+        self.state = ServerState(
+            compiler, max_header_size=32768, max_body_size=0, keepalive_timeout=60
+        )
         self.scheme = "http"
         self.remote_addr, self.remote_port = "127.0.0.1", 1
         self.server_addr, self.server_port = "127.0.0.1", 2
