@@ -150,13 +150,14 @@ def test_a_client_gone_mid_fast_attempt_releases_the_server() -> None:
     finished: list[bool] = []
     ex = bare_exchange(finished)
     ex.reading = True
-    closed: list[bool] = []
-    conn = SimpleNamespace(close=lambda: closed.append(True))
+    upstream = Transport()
+    conn = UpstreamConnection(ex.proto.state.pool, ("u", "127.0.0.1", 1980))
+    conn.connection_made(upstream)  # type: ignore[arg-type]
     server = Server("127.0.0.1", 1980, 1)
     attempt = Http1Attempt(ex, up, server, PickContext(), None, conn, 0.0)  # type: ignore[arg-type]
     ex.held = attempt
     attempt.client_gone()
-    assert closed == [True] and len(finished) == 1 and ex._finished
+    assert upstream.closed and len(finished) == 1 and ex._finished
     assert ex.held is None and not ex.reading
     assert released == [(server.addr, True)]
 
