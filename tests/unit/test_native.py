@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import shutil
@@ -103,3 +104,20 @@ def test_an_edited_module_runs_as_source_not_as_its_stale_build(tmp_path: Path) 
     status, file = _loaded(src)
     assert status == "pure Python (stale compiled build: tollway.proxy.flow changed since; make)"
     assert file == str(src / "tollway/proxy/server.py")
+
+
+def test_no_compiled_function_binds_one_except_name_to_two_classes() -> None:
+    """mypyc gives ``except A as e`` / ``except B as e`` in one function the type of the first
+    (a B then fails with TypeError, as h2's CONNECT 405 did): each gets its own name."""
+    found = []
+    for m in native.MODULES:
+        tree = ast.parse(native.source_path(m).read_text())
+        for fn in ast.walk(tree):
+            if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            kinds: dict[str, set[str]] = {}
+            for n in ast.walk(fn):
+                if isinstance(n, ast.ExceptHandler) and n.name and n.type is not None:
+                    kinds.setdefault(n.name, set()).add(ast.unparse(n.type))
+            found += [f"{m}.{fn.name}: {k} {sorted(v)}" for k, v in kinds.items() if len(v) > 1]
+    assert found == []

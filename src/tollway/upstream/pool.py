@@ -182,11 +182,11 @@ class UpstreamConnection(WritePaused):
             rest = data[off:]
             if rest and self.sink is not None:
                 self.sink.on_upstream_body(rest)
-        except httptools.HttpParserError as e:
+        except httptools.HttpParserError as err:
             self.keep_alive = False
             self.sink = None
             self.close()
-            sink.on_upstream_error(e)
+            sink.on_upstream_error(err)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
