@@ -20,8 +20,9 @@ $(STAMP): pyproject.toml
 NATIVE ?= 1
 # and the tests then check that the compiled build is what they run (tests/unit/test_native.py)
 export TOLLWAY_NATIVE_EXPECTED := $(if $(filter 0,$(NATIVE)),0,1)
-native: $(STAMP) system-deps
+native: $(STAMP)
 ifneq ($(NATIVE),0)
+	@scripts/ensure-system-deps.sh compiler
 	$(BIN)/python scripts/build_native.py
 endif
 
