@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import importlib
+import inspect
 import json
 import os
 import shutil
@@ -10,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from tollway import native
@@ -120,4 +123,15 @@ def test_no_compiled_function_binds_one_except_name_to_two_classes() -> None:
                 if isinstance(n, ast.ExceptHandler) and n.name and n.type is not None:
                     kinds.setdefault(n.name, set()).add(ast.unparse(n.type))
             found += [f"{m}.{fn.name}: {k} {sorted(v)}" for k, v in kinds.items() if len(v) > 1]
+    assert found == []
+
+
+def test_no_compiled_module_defines_a_msgspec_struct() -> None:
+    """mypyc replaces a class's annotations with what it compiles them to (``type`` for most):
+    msgspec would then validate against those. Structs live in uncompiled ``*_conf`` modules."""
+    found = []
+    for m in native.MODULES:
+        for name, obj in vars(importlib.import_module(m)).items():
+            if inspect.isclass(obj) and obj.__module__ == m and issubclass(obj, msgspec.Struct):
+                found.append(f"{m}.{name}")
     assert found == []
