@@ -5,13 +5,26 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 MODE   ?= etcd
 
-.PHONY: ui run test lint typecheck unit e2e system-deps bench-proxy bench-hotpath bench-plugins bench-router bench-balancer bench-churn bench-limit-redis bench-scale bench-h2 bench-grpc clean
+.PHONY: ui run test lint typecheck unit e2e native system-deps bench-proxy bench-hotpath bench-plugins bench-router bench-balancer bench-churn bench-limit-redis bench-scale bench-h2 bench-grpc clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
+
+# The request path compiled with mypyc into src/tollway/_native (tollway/native.py): built when
+# missing or when a compiled module's source changed (a no-op otherwise); `NATIVE=0 make test`
+# skips it and runs pure Python, as does TOLLWAY_PURE=1 at run time. Needs gcc and the Python
+# headers (scripts/ensure-system-deps.sh).
+NATIVE ?= 1
+# and the tests then check that the compiled build is what they run (tests/unit/test_native.py)
+export TOLLWAY_NATIVE_EXPECTED := $(if $(filter 0,$(NATIVE)),0,1)
+native: $(STAMP)
+ifneq ($(NATIVE),0)
+	@scripts/ensure-system-deps.sh compiler
+	$(BIN)/python scripts/build_native.py
+endif
 
 # etcd (Debian etcd-server) is needed by `make run` and by the tests, redis-server by the tests of
 # the Redis rate-limit policies; installed when missing.
@@ -24,7 +37,7 @@ ui:
 	command -v npm >/dev/null 2>&1 || scripts/ensure-system-deps.sh node
 	cd ui && npm ci --no-audit --no-fund && npm run build
 
-run: $(STAMP) system-deps
+run: $(STAMP) system-deps native
 	MODE=$(MODE) scripts/run-demo.sh
 
 lint: $(STAMP)
@@ -34,54 +47,54 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: $(STAMP) system-deps lint typecheck
+test: $(STAMP) system-deps native lint typecheck
 	$(BIN)/pytest -q tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing on purpose"; exit 1; fi; \
 	exit $$rc
 
-unit: $(STAMP)
+unit: $(STAMP) native
 	$(BIN)/pytest -q tests/unit
 
-e2e: $(STAMP) system-deps
+e2e: $(STAMP) system-deps native
 	$(BIN)/pytest -q tests/e2e
 
-bench-proxy: $(STAMP)
+bench-proxy: $(STAMP) native
 	scripts/ensure-system-deps.sh bench
 	$(BIN)/python bench/proxy.py
 
-bench-h2: $(STAMP)
+bench-h2: $(STAMP) native
 	scripts/ensure-system-deps.sh bench
 	$(BIN)/python bench/http2.py
 
-bench-grpc: $(STAMP)
+bench-grpc: $(STAMP) native
 	scripts/ensure-system-deps.sh bench
 	$(BIN)/python bench/grpc_proxy.py
 
-bench-hotpath: $(STAMP)
+bench-hotpath: $(STAMP) native
 	$(BIN)/python bench/hotpath.py
 	$(BIN)/python bench/hotpath.py --plugins
 	$(BIN)/python bench/hotpath.py --realistic
 
 # The marginal Python cost of every built-in plugin alone on the route (a markdown table).
-bench-plugins: $(STAMP)
+bench-plugins: $(STAMP) native
 	$(BIN)/python bench/hotpath.py --each
 
-bench-limit-redis: $(STAMP) system-deps
+bench-limit-redis: $(STAMP) native system-deps
 	$(BIN)/python bench/limit_redis.py
 
-bench-router: $(STAMP)
+bench-router: $(STAMP) native
 	$(BIN)/python bench/router.py
 
-bench-balancer: $(STAMP)
+bench-balancer: $(STAMP) native
 	$(BIN)/python bench/balancer.py
 
-bench-scale: $(STAMP)
+bench-scale: $(STAMP) native
 	scripts/ensure-system-deps.sh
 	$(BIN)/python bench/scale.py
 
-bench-churn: $(STAMP)
+bench-churn: $(STAMP) native
 	scripts/ensure-system-deps.sh bench
 	$(BIN)/python bench/router_churn.py
 
 clean:
-	rm -rf $(VENV) run .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) run build src/tollway/_native .pytest_cache .mypy_cache .ruff_cache

@@ -35,6 +35,7 @@ from tollway.ipc import (
 )
 from tollway.logs import setup_logging
 from tollway.memory import collector_off_for_load, settle_after_load
+from tollway.native import STATUS as NATIVE_STATUS
 from tollway.plugins.builtin.prometheus import server_stats
 from tollway.plugins.registry import load_registry
 from tollway.proxy.accesslog import AccessLog
@@ -236,7 +237,12 @@ class Worker:
                     ssl_handshake_timeout=10,
                 )
                 self.servers.append(srv)
-        log.info("worker %d serving %d routes", os.getpid(), len(self.compiler.routes))
+        log.info(
+            "worker %d serving %d routes; request path: %s",
+            os.getpid(),
+            len(self.compiler.routes),
+            NATIVE_STATUS,
+        )
 
     async def _graceful_stop(self) -> None:
         state = self.state

@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 from urllib.parse import parse_qsl
 
 import msgspec
+from mypy_extensions import mypyc_attr
 
 from tollway.plugins.kit_head import EarlyHeaders, HeaderGroup, ResponseHead
 
@@ -86,6 +87,8 @@ class PerConf(Generic[C, T]):
         return value
 
 
+# Compiled by mypyc (tollway.native); every plugin is an interpreted subclass.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Plugin:
     """Base class. Subclasses override only the phases they use."""
 

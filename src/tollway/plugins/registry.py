@@ -221,9 +221,9 @@ class Registry:
                 f"failed to check the configuration of plugin {name} err: "
                 f"{jsonschema_message(e, body, schema)}"
             ) from None
-        except ValueError as e:
+        except ValueError as err:
             raise ConfigError(
-                f"failed to check the configuration of plugin {name} err: {e}"
+                f"failed to check the configuration of plugin {name} err: {err}"
             ) from None
         if "_meta" in conf:
             _check_meta(name, conf["_meta"])

@@ -1,11 +1,14 @@
 """The state of one exchange (one request and its response on a client connection).
 
 ``ExchangeBase`` declares every attribute once (with its slot); the parts of an exchange are
-mixins over it, each in its own module: ``phases`` (match, plugins, pick), ``response`` (the
-upstream's answer streamed to the client), and ``pipeline.Exchange`` (the client body, answering
-locally, the log phase), which joins them. The methods one part calls on another are declared
-here for the type checker. An upstream attempt is not a part: it is an object the exchange holds
-(``held``: ``attempt.Http1Attempt``, ``grpc_attempt.GrpcAttempt``), run by ``driver``.
+one chain of classes over it, each in its own module: ``phases.Phases`` (match, plugins, pick),
+``response.Responding`` (the upstream's answer streamed to the client) and ``pipeline.Exchange``
+(the client body, answering locally, the log phase). A chain, not mixins: mypyc compiles these
+modules (``tollway.native``) and a compiled class has one base. The methods one part calls on a
+later one are declared here, raising NotImplementedError until the part that defines them
+overrides them (not under ``if TYPE_CHECKING:``, which mypyc does not allow in a class body).
+An upstream attempt is not a part: it is an object the exchange holds (``held``:
+``attempt.Http1Attempt``, ``grpc_attempt.GrpcAttempt``), run by ``driver``.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from tollway.plugins.kit import RequestContext
 from tollway.plugins.registry import Chain
@@ -147,25 +150,54 @@ class ExchangeBase:
         self.task: asyncio.Task[None] | None = None
         self.held: HeldAttempt | None = None  # the upstream attempt under way
 
-    if TYPE_CHECKING:  # defined by the parts (see the module docstring)
+    # -- defined by the later parts (see the module docstring) -------------------------
 
-        @property
-        def route(self) -> CompiledRoute | None: ...
-        def write(self, data: bytes) -> None: ...
-        def respond(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None: ...
-        def respond_error(self, status: int) -> None: ...
-        def _spawn(self, coro: Coroutine[Any, Any, None]) -> None: ...
-        def _finish(self) -> None: ...
-        async def read_body(self, limit: int) -> bytes | None: ...
-        async def next_body_chunk(self) -> bytes | None: ...
-        async def _plugin_body(self, limit: int) -> bytes | None: ...
-        def _header_filter(self, chain: Chain, ctx: RequestContext) -> None: ...
-        def _body_filter(
-            self, chain: Chain, ctx: RequestContext, data: bytes, eof: bool
-        ) -> bytes: ...
-        # the upstream connection's ResponseSink (response.Responding)
-        def on_upstream_headers(self, status: int, conn: ResponseHead) -> None: ...
-        def on_upstream_body(self, data: bytes) -> None: ...
-        def on_upstream_complete(self) -> None: ...
-        def on_upstream_error(self, exc: BaseException | None) -> None: ...
-        def flush(self) -> None: ...
+    @property
+    def route(self) -> CompiledRoute | None:
+        raise NotImplementedError
+
+    def write(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def respond(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        raise NotImplementedError
+
+    def respond_error(self, status: int) -> None:
+        raise NotImplementedError
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        raise NotImplementedError
+
+    def _finish(self) -> None:
+        raise NotImplementedError
+
+    async def read_body(self, limit: int) -> bytes | None:
+        raise NotImplementedError
+
+    async def next_body_chunk(self) -> bytes | None:
+        raise NotImplementedError
+
+    async def _plugin_body(self, limit: int) -> bytes | None:
+        raise NotImplementedError
+
+    def _header_filter(self, chain: Chain, ctx: RequestContext) -> None:
+        raise NotImplementedError
+
+    def _body_filter(self, chain: Chain, ctx: RequestContext, data: bytes, eof: bool) -> bytes:
+        raise NotImplementedError
+
+    # the upstream connection's ResponseSink (response.Responding)
+    def on_upstream_headers(self, status: int, conn: ResponseHead) -> None:
+        raise NotImplementedError
+
+    def on_upstream_body(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def on_upstream_complete(self) -> None:
+        raise NotImplementedError
+
+    def on_upstream_error(self, exc: BaseException | None) -> None:
+        raise NotImplementedError
+
+    def flush(self) -> None:
+        raise NotImplementedError

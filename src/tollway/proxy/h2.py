@@ -250,9 +250,9 @@ class H2Protocol(asyncio.Protocol):
                 log.debug("h2 stream %d malformed: %s", sid, e)
                 self.conn.reset_stream(sid, ErrorCode.PROTOCOL_ERROR)
                 return
-            except Refused as e:
-                log.debug("h2 stream %d refused (%d): %s", sid, e.status, e)
-                self._answer(sid, e.status, event.ended)
+            except Refused as refused:
+                log.debug("h2 stream %d refused (%d): %s", sid, refused.status, refused)
+                self._answer(sid, refused.status, event.ended)
                 return
             method = method_of(req.method)
             self.last_request = (headers, req, method)

@@ -1,9 +1,9 @@
 """An exchange: one request and its response on a client connection.
 
-``Exchange`` joins the parts (``phases``, ``attempt``, ``response``; their state is declared
-once in ``base.ExchangeBase``) and owns what is left: the client's body, the lifecycle,
-answering locally, the log phase. Nothing escapes: every failure becomes a status code and a
-debug line.
+``Exchange`` is the last of the parts (``phases.Phases``, then ``response.Responding``; their
+state is declared once in ``base.ExchangeBase``) and owns what is left: the client's body, the
+lifecycle, answering locally, the log phase. Nothing escapes: every failure becomes a status
+code and a debug line.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from tollway.proxy.attempt import forward
 from tollway.proxy.contracts import StreamSink
 from tollway.proxy.flow import BODY_HIGH_WATER
 from tollway.proxy.h2_fields import pairs_fields
-from tollway.proxy.phases import FORWARD, PHASES, Phases
+from tollway.proxy.phases import FORWARD, PHASES
 from tollway.proxy.response import Responding
 from tollway.proxy.state import ServerState
 
@@ -30,7 +30,7 @@ __all__ = ["Exchange", "ServerState"]
 log = logging.getLogger("tollway.proxy")
 
 
-class Exchange(Phases, Responding):
+class Exchange(Responding):
     __slots__ = ()
 
     # -- body from the client (parser callbacks) ----------------------------------------

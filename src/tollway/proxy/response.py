@@ -1,4 +1,5 @@
-"""The upstream's answer, streamed to the client: the ResponseSink callbacks of an exchange.
+"""The upstream's answer, streamed to the client: the ResponseSink callbacks of an exchange
+(the part after ``phases.Phases`` in the exchange's chain of classes, see ``base``).
 
 The response head is built once from the upstream's fields (hop-by-hop ones already dropped by
 the connection) and the header_filter plugins; body bytes go out in one client write per
@@ -16,9 +17,9 @@ from tollway.httprules.status import STATUS_LINES, status_line
 from tollway.plugins.kit import RequestContext
 from tollway.plugins.kit_head import ResponseHead, apply_early, early_lines, early_tail
 from tollway.plugins.registry import Chain
-from tollway.proxy.base import ExchangeBase
 from tollway.proxy.contracts import ClientConnection, StreamSink
 from tollway.proxy.h2_fields import pairs_fields, response_fields, split_lines
+from tollway.proxy.phases import Phases
 from tollway.upstream.pool import ResponseHead as UpstreamHead
 from tollway.upstream.pool import UpstreamConnection
 
@@ -31,7 +32,7 @@ log = logging.getLogger("tollway.proxy")
 _BODYLESS = frozenset((204, 304, *range(100, 200)))
 
 
-class Responding(ExchangeBase):
+class Responding(Phases):
     __slots__ = ()
 
     # -- upstream response callbacks (ResponseSink) ------------------------------------

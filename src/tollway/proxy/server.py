@@ -167,11 +167,11 @@ class HttpProtocol(Upgrading, asyncio.Protocol):
             except httptools.HttpParserUpgrade as e:
                 off = e.args[0] if e.args and isinstance(e.args[0], int) else len(data)
                 data = self._after_upgrade(data[off:])
-            except ParseLimit as e:
-                self._fail(e.status)
+            except ParseLimit as limit:
+                self._fail(limit.status)
                 return
-            except httptools.HttpParserCallbackError as e:
-                cause = e.__context__ or e.__cause__
+            except httptools.HttpParserCallbackError as failed:
+                cause = failed.__context__ or failed.__cause__
                 self._fail(cause.status if isinstance(cause, ParseLimit) else 400)
                 return
             except httptools.HttpParserError:

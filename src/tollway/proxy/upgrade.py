@@ -21,12 +21,19 @@ class Upgrading:
     _upgrade: bytes
     _reframing: bool
 
-    if TYPE_CHECKING:
+    # Defined by HttpProtocol (real methods, not stubs under ``if TYPE_CHECKING:``, which mypyc
+    # does not allow in a class body).
+    def _reset_message(self) -> None:
+        raise NotImplementedError
 
-        def _reset_message(self) -> None: ...
-        def pause_reading(self) -> None: ...
-        def resume_reading(self) -> None: ...
-        def _cancel_timer(self) -> None: ...
+    def pause_reading(self) -> None:
+        raise NotImplementedError
+
+    def resume_reading(self) -> None:
+        raise NotImplementedError
+
+    def _cancel_timer(self) -> None:
+        raise NotImplementedError
 
     # -- Upgrade (RFC 9110 7.8) ----------------------------------------------------------
     #

@@ -14,6 +14,7 @@ from collections.abc import Callable, Hashable
 from typing import Protocol, TypeVar
 
 import httptools
+from mypy_extensions import mypyc_attr
 
 from tollway.httprules.fields import RESPONSE_DROP
 
@@ -69,6 +70,8 @@ class ResponseSink(Protocol):
     def flush(self) -> None: ...
 
 
+# Compiled by mypyc (tollway.native); h2conn.H2Connection, interpreted, derives from it.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class WritePaused(asyncio.Protocol):
     """The write side of an upstream connection (HTTP/1.1 here, HTTP/2 in ``h2conn``): the
     transport says when its buffer is full (``pause_writing``); a sender awaits ``drain``,
@@ -179,11 +182,11 @@ class UpstreamConnection(WritePaused):
             rest = data[off:]
             if rest and self.sink is not None:
                 self.sink.on_upstream_body(rest)
-        except httptools.HttpParserError as e:
+        except httptools.HttpParserError as err:
             self.keep_alive = False
             self.sink = None
             self.close()
-            sink.on_upstream_error(e)
+            sink.on_upstream_error(err)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

@@ -17,9 +17,11 @@ from typing import Any
 from tollway.balancer import PickContext, Server
 from tollway.config.source import KeyValue
 from tollway.config.store import Store
+from tollway.plugins.kit import RequestContext
 from tollway.plugins.registry import Registry
 from tollway.proxy.attempt import Http1Attempt, UpstreamFailure
 from tollway.proxy.driver import Failure, drive
+from tollway.proxy.pipeline import Exchange
 from tollway.proxy.server import HttpProtocol
 from tollway.proxy.state import ServerState
 from tollway.runtime.compiler import Compiler
@@ -119,6 +121,25 @@ def test_a_stale_kept_alive_connection_is_retried_on_a_fresh_one() -> None:
     asyncio.run(run())
 
 
+def bare_exchange(done: list[bool] | None = None) -> Exchange:
+    """A GET exchange with its request context on a fake client connection (``done`` gets the
+    keep-alive of its end). Real objects: the compiled build checks the classes it is handed."""
+    state = ServerState(
+        Compiler(default_settings(Path("/tmp/conf")), Registry([])),
+        max_header_size=32768,
+        max_body_size=0,
+        keepalive_timeout=60,
+    )
+    ended = done if done is not None else []
+    proto: Any = SimpleNamespace(state=state, http2=False)
+    proto.exchange_done = lambda ex, keep_alive: ended.append(keep_alive)
+    ex = Exchange(proto, "GET", b"/x", [], "1.1", True, b"a")
+    ex.ctx = RequestContext(
+        "GET", "/x", "/x", "", [], "a", "127.0.0.1", 1, "127.0.0.1", 2, "http", 0.0
+    )
+    return ex
+
+
 def test_a_client_gone_mid_fast_attempt_releases_the_server() -> None:
     """least_conn counts a pick until after_balance: a client that leaves must release it."""
     released: list[tuple[str, bool]] = []
@@ -127,14 +148,16 @@ def test_a_client_gone_mid_fast_attempt_releases_the_server() -> None:
     )
     up = SimpleNamespace(picker=picker, passive=None, key="u")
     finished: list[bool] = []
-    ex = SimpleNamespace(held=None, reading=True, _finish=lambda: finished.append(True))
-    closed: list[bool] = []
-    conn = SimpleNamespace(close=lambda: closed.append(True))
+    ex = bare_exchange(finished)
+    ex.reading = True
+    upstream = Transport()
+    conn = UpstreamConnection(ex.proto.state.pool, ("u", "127.0.0.1", 1980))
+    conn.connection_made(upstream)  # type: ignore[arg-type]
     server = Server("127.0.0.1", 1980, 1)
     attempt = Http1Attempt(ex, up, server, PickContext(), None, conn, 0.0)  # type: ignore[arg-type]
     ex.held = attempt
     attempt.client_gone()
-    assert closed == [True] and finished == [True]
+    assert upstream.closed and len(finished) == 1 and ex._finished
     assert ex.held is None and not ex.reading
     assert released == [(server.addr, True)]
 
@@ -171,18 +194,7 @@ class FakeCall:
             after_balance=lambda s, p, failed, latency=None: self.reports.append((s.addr, failed)),
         )
         self.up: Any = SimpleNamespace(single=None, picker=picker, passive=None, retries=3)
-        ctx = SimpleNamespace(upstream_addr=None, upstream_response_time=None, upstream_status=None)
-        state = SimpleNamespace(retry_non_idempotent=False)
-        self.ex: Any = SimpleNamespace(
-            ctx=ctx,
-            held=None,
-            method="GET",
-            status=0,
-            upstream_statuses=None,
-            response_started=False,
-            client_closed=False,
-            proto=SimpleNamespace(state=state),
-        )
+        self.ex = bare_exchange()
         self.held_during: list[bool] = []
         self.gave_up: list[tuple[int, list[str]]] = []
 

@@ -8,29 +8,15 @@ missing or unknown key is a 401 with ``WWW-Authenticate: apikey realm="<realm>"`
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Any
-
-import msgspec
-from msgspec import Meta
+from typing import Any
 
 from tollway.plugins.builtin.auth_consumer import (
     ANONYMOUS_FAILED,
     anonymous_consumer,
     remove_query_arg,
 )
+from tollway.plugins.builtin.key_auth_conf import Conf, ConsumerConf
 from tollway.plugins.kit import Exit, Plugin, RequestContext
-
-
-class Conf(msgspec.Struct):
-    header: str = "apikey"
-    query: str = "apikey"
-    hide_credentials: bool = False
-    anonymous_consumer: Annotated[str, Meta(min_length=1)] | None = None
-    realm: str = "key"
-
-
-class ConsumerConf(msgspec.Struct):
-    key: str
 
 
 class KeyAuth(Plugin):

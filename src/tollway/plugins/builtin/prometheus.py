@@ -25,11 +25,17 @@ import os
 from bisect import bisect_left
 from collections.abc import Callable
 from time import time as _now
-from typing import Annotated, Any
+from typing import Any
 
 import msgspec
-from msgspec import Meta
 
+from tollway.plugins.builtin.prometheus_conf import (
+    BY_ID,
+    BY_NAME,
+    DEFAULT_BUCKETS,
+    PrometheusAttr,
+    PrometheusConf,
+)
 from tollway.plugins.kit import Plugin, RequestContext
 
 log = logging.getLogger("tollway.plugins")
@@ -37,42 +43,12 @@ log = logging.getLogger("tollway.plugins")
 ENV_DIR = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's name for the directory
 _SEEN_MAX = 10_000
 FLUSH_INTERVAL = 1.0  # seconds; scrapes are seconds apart, so a second of delay is invisible
-# APISIX 3.x (apisix/plugins/prometheus/exporter.lua): 1 ms to 60 s.
-DEFAULT_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000, 60000)
-DEFAULT_EXPORT_URI = "/apisix/prometheus/metrics"
 
 STATUS_LABELS = ("code", "route", "matched_uri", "matched_host", "service", "consumer", "node")
 GROUP_LABELS = ("type", "route", "service", "consumer", "node")
 HELP_STATUS = "HTTP status codes per service in APISIX"
 HELP_LATENCY = "HTTP request latency in milliseconds per service in APISIX"
 HELP_BANDWIDTH = "Total bandwidth in bytes consumed per service in APISIX"
-
-
-class PrometheusConf(msgspec.Struct):
-    prefer_name: bool = False
-
-
-_BY_ID = PrometheusConf()
-_BY_NAME = PrometheusConf(prefer_name=True)
-
-
-class ExportAddr(msgspec.Struct):
-    ip: str = "127.0.0.1"
-    port: Annotated[int, Meta(ge=1, le=65535)] = 9091
-
-
-class PrometheusAttr(msgspec.Struct):
-    """``plugin_attr.prometheus`` in config.yaml (APISIX's keys; others are ignored)."""
-
-    export_addr: ExportAddr = msgspec.field(default_factory=ExportAddr)
-    export_uri: Annotated[str, Meta(pattern=r"^/")] = DEFAULT_EXPORT_URI
-    metric_prefix: str = "apisix_"
-    enable_export_server: bool = True
-    default_buckets: Annotated[list[Annotated[float, Meta(gt=0)]], Meta(min_length=1)] | None = None
-
-    @property
-    def buckets(self) -> tuple[float, ...]:
-        return tuple(sorted(set(self.default_buckets or DEFAULT_BUCKETS)))
 
 
 def parse_attr(attr: dict[str, Any] | None) -> PrometheusAttr:
@@ -272,7 +248,7 @@ class Recorder:
 
     def record(self, ctx: RequestContext, prefer_name: bool) -> None:
         """Count a finished request (``log``, for a conf with ``prefer_name`` or not)."""
-        self.log(_BY_NAME if prefer_name else _BY_ID, ctx)
+        self.log(BY_NAME if prefer_name else BY_ID, ctx)
 
     def log(self, conf: PrometheusConf, ctx: RequestContext) -> None:
         """The plugin's log phase for ``conf`` (the chain calls ``logger``'s function)."""
