@@ -16,9 +16,9 @@ $(STAMP): pyproject.toml
 # The request path compiled with mypyc into src/tollway/_native (tollway/native.py): built when
 # missing or when a compiled module's source changed (a no-op otherwise); `NATIVE=0 make test`
 # skips it and runs pure Python, as does TOLLWAY_PURE=1 at run time. Needs gcc and the Python
-# headers (scripts/ensure-system-deps.sh).
+# headers (scripts/ensure-system-deps.sh). The tests check that the compiled build is what they
+# run unless NATIVE=0 (tests/unit/test_native.py).
 NATIVE ?= 1
-# and the tests then check that the compiled build is what they run (tests/unit/test_native.py)
 export TOLLWAY_NATIVE_EXPECTED := $(if $(filter 0,$(NATIVE)),0,1)
 native: $(STAMP)
 ifneq ($(NATIVE),0)
