@@ -101,12 +101,6 @@ class Chain:
     pre: tuple[ChainEntry, ...] = field(init=False, default=())
     main: tuple[ChainEntry, ...] = field(init=False, default=())
     requests: bool = field(init=False, default=False)
-    # The request phases as generated functions (``tollway.proxy.phases.compile_drivers``),
-    # made once, at the chain's first request: ``drive(exchange)`` runs them from the first
-    # rewrite entry on, ``drive_main(exchange, ctx)`` from the first access entry on (after a
-    # consumer's merge). None until then.
-    drive: Any = field(init=False, default=None, compare=False, repr=False)
-    drive_main: Any = field(init=False, default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         outer = self.outer

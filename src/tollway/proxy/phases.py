@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -81,8 +80,6 @@ class Phases(ExchangeBase):
         if match is None:
             chain = self.chain = runtime.global_chain  # its response phases apply to the 404
             if chain.requests:  # APISIX runs the global rules' rewrite and access first
-                if chain.drive is None:
-                    compile_drivers(chain)
                 return PHASES
             self.respond(404, ROUTE_NOT_FOUND, [(b"Content-Type", PLAIN_TEXT)])
             return ANSWERED
@@ -99,8 +96,6 @@ class Phases(ExchangeBase):
             return ANSWERED
         chain = self.chain = route.chain
         if chain.requests:
-            if chain.drive is None:
-                compile_drivers(chain)
             return PHASES
         # No request-phase plugin at all (the common case): nothing to drive. The route's own
         # upstream, with nodes, for a request that is no upgrade: ``_choose_upstream``, inlined.
@@ -172,7 +167,7 @@ class Phases(ExchangeBase):
         runtime: Runtime = ctx.upstream_source  # type: ignore[assignment]
         return self._choose_upstream(runtime, route)
 
-    # -- what the generated drivers call (``compile_drivers``) --------------------------
+    # -- the request phases as plain calls (a task from the first awaitable on) ----------
 
     def _stop(self, res: Any, stage: int, entries: tuple[ChainEntry, ...], k: int) -> None:
         """Entry ``k`` of a stage returned ``res``: an exit (a tuple) answers the request; an
@@ -197,9 +192,42 @@ class Phases(ExchangeBase):
             chain, added = merged
             if added and not self._run_now(added, _ADDED, ctx):
                 return
-        if chain.drive_main is None:
-            compile_drivers(chain)
-        chain.drive_main(self, ctx)
+        self._drive_main(chain, ctx)
+
+    def _drive(self) -> None:
+        """The request phases as plain calls while the plugins answer at once (most routes),
+        then the upstream; ``_run_now`` hands the rest over to a task at the first awaitable."""
+        ctx = self.ctx
+        chain = self.chain
+        assert ctx is not None and chain is not None
+        if chain.pre and not self._run_now(chain.pre, _PRE, ctx):
+            return
+        consumer = ctx.consumer
+        if consumer is not None and (consumer.plugins or consumer.group_id is not None):
+            self._consumed(ctx)
+            return
+        self._drive_main(chain, ctx)
+
+    def _drive_main(self, chain: Chain, ctx: RequestContext) -> None:
+        """From the access entries on: the upstream (``_choose_upstream``, its usual case
+        inline), the before_proxy entries, the request to the upstream."""
+        if chain.main and not self._run_now(chain.main, _MAIN, ctx):
+            return
+        route = ctx.route
+        if route is None:
+            self._no_route()
+            return
+        up = ctx.upstream_override
+        if up is None:
+            up = route.upstream
+        if up is not None and up.servers and not self.upgrade:
+            self.upstream = up
+        elif not self._choose_upstream(ctx.upstream_source, route):  # type: ignore[arg-type]
+            return
+        if chain.before_proxy and not self._run_now(chain.before_proxy, _BEFORE, ctx):
+            return
+        if not self.response_started and self.upstream is not None:
+            forward(self)
 
     def _no_route(self) -> None:
         """A global rule's plugins ran for a request no route matched: now its 404."""
@@ -372,105 +400,3 @@ class Phases(ExchangeBase):
             except Exception:
                 log.debug("plugin %s body_filter failed", e.plugin.name, exc_info=True)
         return data
-
-
-# -- the request phases as one generated function per chain ------------------------------------
-
-Driver = Callable[[Phases], None]
-MainDriver = Callable[[Phases, RequestContext], None]
-_STAGES = ((_PRE, "pre"), (_MAIN, "main"), (_BEFORE, "before"))
-# A chain's shape (which entries of each stage have a filter) -> the function that makes the
-# drivers of a chain of that shape (generated and compiled once per shape).
-_MAKERS: dict[tuple[tuple[bool, ...], ...], Callable[..., tuple[Driver, MainDriver]]] = {}
-_MAKERS_MAX = 1024
-# After the rewrite entries: only a rewrite entry (an auth plugin) identifies a consumer; one
-# with neither plugins nor a group (its auth plugin's conf is not among them) keeps the chain.
-_CONSUMER = (
-    "consumer = ctx.consumer",
-    "if consumer is not None and (consumer.plugins or consumer.group_id is not None):",
-    "    return x._consumed(ctx)",
-)
-
-
-def compile_drivers(chain: Chain) -> None:
-    """Set ``chain.drive`` (the request phases from the first rewrite entry on) and
-    ``chain.drive_main`` (from the first access entry on, after a consumer's merge): the
-    entries called one after the other, their functions, confs and filters constants, in
-    place of a loop per stage (a call per stage, a filter check and attribute reads per
-    entry, the upstream choice a call: callgrind, ~3.5k instructions per request for one
-    plugin, ~1.5k now). Made once per chain (immutable once built), at its first request."""
-    stages = (chain.pre, chain.main, chain.before_proxy)
-    shape = tuple(tuple(e.filter is not None for e in entries) for entries in stages)
-    make = _MAKERS.get(shape)
-    if make is None:
-        if len(_MAKERS) >= _MAKERS_MAX:  # (shapes come from configs: forget, not grow)
-            _MAKERS.clear()
-        make = _MAKERS[shape] = _maker(shape)
-    entries = chain.pre + chain.main + chain.before_proxy
-    drive, drive_main = make(
-        forward,
-        [e.fn for e in entries],
-        [e.conf for e in entries],
-        [None if e.filter is None else e.filter.eval for e in entries],
-        *stages,
-    )
-    object.__setattr__(chain, "drive", drive)
-    object.__setattr__(chain, "drive_main", drive_main)
-
-
-def _maker(shape: tuple[tuple[bool, ...], ...]) -> Callable[..., tuple[Driver, MainDriver]]:
-    """The function that makes a chain's drivers for its entries (``F``: their functions,
-    ``C``: their confs, ``Q``: their filters' ``eval``), generated for a shape (as
-    ``dataclasses`` makes ``__init__``). The source holds only the fixed lines below and
-    names numbered here: nothing of a config is in it; the entries are passed in."""
-    first = [0, len(shape[0]), len(shape[0]) + len(shape[1])]
-    calls: list[list[str]] = []
-    for (stage, name), flags, k0 in zip(_STAGES, shape, first, strict=True):
-        lines = []
-        for j, filtered in enumerate(flags):
-            k = k0 + j
-            pad = "    " if filtered else ""
-            if filtered:  # APISIX _meta.filter: the entry runs only when it holds
-                lines.append(f"if q{k}(ctx.var):")
-            lines += [
-                f"{pad}r = f{k}(c{k}, ctx)",
-                f"{pad}if r is not None:",
-                f"{pad}    return x._stop(r, {stage}, {name}, {j})",
-            ]
-        calls.append(lines)
-    pre, main, before = calls
-    # From the access entries on: then the upstream (``_choose_upstream``, its usual case
-    # inline), the before_proxy entries and the request to it.
-    tail = [
-        *main,
-        "route = ctx.route",
-        "if route is None:",
-        "    return x._no_route()",
-        "up = ctx.upstream_override",
-        "if up is None:",
-        "    up = route.upstream",
-        "if up is not None and up.servers and not x.upgrade:",
-        "    x.upstream = up",
-        "elif not x._choose_upstream(ctx.upstream_source, route):",
-        "    return",
-        *before,
-        "if not x.response_started and x.upstream is not None:",
-        "    forward(x)",
-    ]
-    n = sum(len(flags) for flags in shape)
-    src = "\n".join(
-        [
-            "def make(forward, F, C, Q, pre, main, before):",
-            *(f"    f{k}, c{k}, q{k} = F[{k}], C[{k}], Q[{k}]" for k in range(n)),
-            "    def drive(x):",
-            "        ctx = x.ctx",
-            *(f"        {line}" for line in [*pre, *(_CONSUMER if pre else ()), *tail]),
-            "    def drive_main(x, ctx):",
-            *(f"        {line}" for line in tail),
-            "    return drive, drive_main",
-        ]
-    )
-    scope: dict[str, Any] = {}
-    exec(compile(src, "<plugin chain driver>", "exec"), scope)  # (the source: see above)
-    made: Callable[..., tuple[Driver, MainDriver]] = scope["make"]
-    return made

@@ -136,9 +136,7 @@ class Exchange(Responding):
             if todo == FORWARD:  # no request-phase plugin: straight to the upstream
                 forward(self)
             elif todo == PHASES:  # the chain's generated driver (made by _prepare)
-                chain = self.chain
-                assert chain is not None
-                chain.drive(self)
+                self._drive()
         except Exception:
             self._crashed()
         if self.task is None and self.held is None:

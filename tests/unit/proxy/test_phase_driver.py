@@ -337,25 +337,3 @@ def test_a_global_rules_entries_run_for_the_404_and_can_answer_it() -> None:
         assert gw.answer().startswith(b"HTTP/1.1 404 ")
 
     asyncio.run(run())
-
-
-def test_a_chains_drivers_are_made_once_and_shared_by_shape() -> None:
-    from tollway.proxy import phases
-
-    async def run() -> None:
-        gw = Gateway()
-        proto = await gw.start(
-            routes__1=route({"test-a": {}}), routes__2=route({"test-b": {}}, uri="/y")
-        )
-        makers = len(phases._MAKERS)
-        proto.data_received(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
-        gw.upstream_answers()
-        chain = proto.state.compiler.routes["1"].chain
-        drive = chain.drive
-        assert drive is not None and len(phases._MAKERS) <= makers + 1
-        proto.data_received(b"GET /y HTTP/1.1\r\nHost: a\r\n\r\n")  # b: a's shape
-        assert len(phases._MAKERS) <= makers + 1
-        assert gw.order == [f"test-{p}:{s}" for p in "ab" for s in STAGES]
-        assert chain.drive is drive
-
-    asyncio.run(run())
