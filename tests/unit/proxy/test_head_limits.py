@@ -9,11 +9,11 @@ from __future__ import annotations
 import asyncio
 import re
 from pathlib import Path
-from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.unit.proxy.fakes import Transport
 from tollway.config.store import Store
 from tollway.plugins.registry import Registry
 from tollway.proxy.server import HttpProtocol
@@ -22,26 +22,6 @@ from tollway.runtime.compiler import Compiler
 from tollway.settings import default_settings
 
 LIMIT = 1024
-
-
-class Transport:
-    def __init__(self) -> None:
-        self.out: list[bytes] = []
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.out.append(data)
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return {"peername": ("127.0.0.1", 50000), "sockname": ("127.0.0.1", 9080)}.get(name)
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def pause_reading(self) -> None: ...
-    def resume_reading(self) -> None: ...
-    def close(self) -> None:
-        self.closed = True
 
 
 def statuses(chunks: list[bytes]) -> list[int]:

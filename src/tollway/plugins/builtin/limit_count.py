@@ -171,16 +171,8 @@ class Compiled:
     def access(self, conf: Conf, ctx: RequestContext) -> Exit:
         """The fixed window of the local policy with the quota headers (the default): what
         runs on every request of a limited route, a bound method the chain calls."""
-        key = self.key_of(ctx)
-        if type(key) is not str:
-            key = _key_text(key, ctx)
-        if ctx.route is not self.route_seen or ctx.consumer is not self.consumer_seen:
-            self._follow(conf, ctx)
-        hit = self.scoped.get(key)
-        if hit is None:
-            hit = self._locate(key)
         # resty.limit.count: incr(key, 1, 0, window); the window starts at the key's first use
-        used, ttl = self.incr_at(hit, 1.0, self.window)
+        used, ttl = self.incr_at(self._slot(conf, ctx), 1.0, self.window)
         remaining = self.count - used  # a float: b"%d" formats it as the integer it is
         src = ctx.upstream_source
         if src is None or src.plugin_metadata is not self.metadata_seen:
@@ -204,6 +196,11 @@ class Compiled:
 
     def access_no_quota(self, conf: Conf, ctx: RequestContext) -> Exit:
         """``access`` for ``show_limit_quota_header: false``: the count only."""
+        used, _ = self.incr_at(self._slot(conf, ctx), 1.0, self.window)
+        return LimitCount._rejected(conf, {}) if used > self.count else None
+
+    def _slot(self, conf: Conf, ctx: RequestContext) -> Slot:
+        """The request's counter: its key in the scope of the route (and consumer) it came by."""
         key = self.key_of(ctx)
         if type(key) is not str:
             key = _key_text(key, ctx)
@@ -212,8 +209,7 @@ class Compiled:
         hit = self.scoped.get(key)
         if hit is None:
             hit = self._locate(key)
-        used, _ = self.incr_at(hit, 1.0, self.window)
-        return LimitCount._rejected(conf, {}) if used > self.count else None
+        return hit
 
     def _follow(self, conf: Conf, ctx: RequestContext) -> None:
         """The request's consumer and route are not the last ones: their counter scope's key
