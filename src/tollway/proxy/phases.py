@@ -3,9 +3,9 @@ choose the upstream.
 
 A route's chain is compiled to what its request phases run (``Chain.pre``: the global rules'
 and the route's rewrite entries; ``Chain.main``: their access entries; ``before_proxy``), with
-the consumer's merge between the first two. Each chain's request phases are one generated
-function (``drivers``, made at the chain's first request): the entries called one after the
-other with nothing in between but their filters, then the upstream. A plugin that returns an
+the consumer's merge between the first two. The request phases run as plain calls (``_drive``,
+``_drive_main``): the entries called one after the other with nothing in between but their
+filters, then the upstream. A plugin that returns an
 awaitable hands the rest over to a task (``_awaiting``), from that very entry on, so a request
 whose plugins do not wait costs no task.
 """

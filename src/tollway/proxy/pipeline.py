@@ -135,7 +135,7 @@ class Exchange(Responding):
             todo = self._prepare()
             if todo == FORWARD:  # no request-phase plugin: straight to the upstream
                 forward(self)
-            elif todo == PHASES:  # the chain's generated driver (made by _prepare)
+            elif todo == PHASES:  # the chain's request phases, as plain calls
                 self._drive()
         except Exception:
             self._crashed()

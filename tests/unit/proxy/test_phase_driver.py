@@ -135,7 +135,7 @@ def test_an_awaitable_hands_the_rest_of_the_phase_to_a_task() -> None:
     asyncio.run(run())
 
 
-# -- the generated drivers: every stage, filters, exits, waits, consumers, the 404 -------------
+# -- the drivers: every stage, filters, exits, waits, consumers, the 404 -------------
 
 
 class Step(Plugin):
