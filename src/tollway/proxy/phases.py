@@ -5,9 +5,8 @@ A route's chain is compiled to what its request phases run (``Chain.pre``: the g
 and the route's rewrite entries; ``Chain.main``: their access entries; ``before_proxy``), with
 the consumer's merge between the first two. The request phases run as plain calls (``_drive``,
 ``_drive_main``): the entries called one after the other with nothing in between but their
-filters, then the upstream. A plugin that returns an
-awaitable hands the rest over to a task (``_awaiting``), from that very entry on, so a request
-whose plugins do not wait costs no task.
+filters, then the upstream. A plugin that returns an awaitable hands the rest over to a task
+(``_awaiting``), from that very entry on, so a request whose plugins do not wait costs no task.
 """
 
 from __future__ import annotations
@@ -81,7 +80,7 @@ class Phases(ExchangeBase):
             chain = self.chain = runtime.global_chain  # its response phases apply to the 404
             if chain.requests:  # APISIX runs the global rules' rewrite and access first
                 return PHASES
-            self.respond(404, ROUTE_NOT_FOUND, [(b"Content-Type", PLAIN_TEXT)])
+            self._no_route()
             return ANSWERED
         route: CompiledRoute = match.payload
         ctx.route = route
@@ -162,7 +161,7 @@ class Phases(ExchangeBase):
         answered (a route-less request gets its 404 now)."""
         route = ctx.route
         if route is None:
-            self.respond(404, ROUTE_NOT_FOUND, [(b"Content-Type", PLAIN_TEXT)])
+            self._no_route()
             return False
         runtime: Runtime = ctx.upstream_source  # type: ignore[assignment]
         return self._choose_upstream(runtime, route)
@@ -230,13 +229,12 @@ class Phases(ExchangeBase):
             forward(self)
 
     def _no_route(self) -> None:
-        """A global rule's plugins ran for a request no route matched: now its 404."""
+        """No route matched the request (after the global rules' plugins, if any): its 404."""
         self.respond(404, ROUTE_NOT_FOUND, [(b"Content-Type", PLAIN_TEXT)])
 
     def _run_now(self, entries: tuple[ChainEntry, ...], stage: int, ctx: RequestContext) -> bool:
-        """One stage's entries as plain calls (the rewrite entries a consumer's merge adds).
-        False: a plugin answered, or returned an awaitable and a task runs the rest
-        (``_stop``)."""
+        """One stage's entries as plain calls. False: a plugin answered, or returned an
+        awaitable and a task runs the rest (``_stop``)."""
         for k, e in enumerate(entries):
             flt = e.filter
             if flt is not None and not flt.eval(ctx.var):

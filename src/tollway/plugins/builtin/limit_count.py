@@ -190,8 +190,7 @@ class Compiled:
             encoded = lines.reset_text(reset)
         tail = (b"%d" % remaining, CRLF, lines.reset_name, SEP, encoded, CRLF)
         quota = (lines.group, lines.head + tail)
-        early = ctx.resp_early  # (RequestContext.set_early_headers, inlined)
-        ctx.resp_early = (quota,) if early is None else (*early, quota)
+        ctx.set_early_headers(quota)
         return None
 
     def access_no_quota(self, conf: Conf, ctx: RequestContext) -> Exit:
